@@ -1,0 +1,241 @@
+"""``KvmVM``: a VM file descriptor with its memory slots, vCPUs, irqchip and clock."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import weakref
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from backends.kvm import convert, ioctls, uapi
+from backends.kvm._sys import ioctl, ioctl_ulong
+from backends.kvm.vcpu import KvmVCPU
+from hvcore.caps import Capability
+from hvcore.errors import AlreadyExists, ClosedError, InvalidArgument, NotFound
+from hvcore.memory import GuestMemory, MemorySlot, SlotChange, SlotTable
+from hvcore.types import ClockData, DirtyLog, IoapicState, IrqchipId, PicState, SlotFlags
+
+if TYPE_CHECKING:
+    from backends.kvm.system import KvmHypervisor
+
+__all__ = ["KvmVM"]
+
+_DEFAULT_MAX_VCPU_ID = 1024
+
+
+class KvmVM:
+    """A KVM virtual machine; see :class:`hvcore.VM` for the contract."""
+
+    def __init__(self, hypervisor: KvmHypervisor, fd: int) -> None:
+        self._fd = fd
+        self._finalizer = weakref.finalize(self, os.close, fd)
+        self._vcpu_mmap_size = hypervisor.vcpu_mmap_size()
+        self._slots = SlotTable(max(1, self.check_extension(Capability.NR_MEMSLOTS)))
+        self._max_vcpu_id = self.check_extension(Capability.MAX_VCPU_ID) or _DEFAULT_MAX_VCPU_ID
+        self._vcpus: dict[int, KvmVCPU] = {}
+        self._irqchip = False
+
+    def _live(self) -> int:
+        if self._fd < 0:
+            raise ClosedError("the VM is closed; create a new one", operation="vm")
+        return self._fd
+
+    def check_extension(self, capability: Capability | int) -> int:
+        """``KVM_CHECK_EXTENSION`` on the VM fd."""
+        return ioctl(self._live(), ioctls.KVM_CHECK_EXTENSION, int(capability))
+
+    # -- memory ------------------------------------------------------------
+
+    def _commit(self, change: SlotChange) -> None:
+        slot = change.new or change.old
+        assert slot is not None
+        region = uapi.KvmUserspaceMemoryRegion()
+        region.slot = change.slot
+        if change.new is not None:
+            region.flags = int(change.new.flags)
+            region.guest_phys_addr = change.new.guest_address
+            region.memory_size = change.new.size
+            region.userspace_addr = change.new.host_address
+        ioctl(
+            self._live(),
+            ioctls.KVM_SET_USER_MEMORY_REGION,
+            region,
+            f"slot {change.slot} at {slot.guest_address:#x} size {slot.size:#x}",
+        )
+        self._slots.apply(change)
+
+    def set_memory_slot(
+        self,
+        slot: int,
+        guest_address: int,
+        memory: GuestMemory,
+        *,
+        offset: int = 0,
+        size: int | None = None,
+        flags: SlotFlags = SlotFlags(0),
+    ) -> MemorySlot:
+        """``KVM_SET_USER_MEMORY_REGION``: map ``memory`` at ``guest_address``."""
+        self._live()
+        if size is None:
+            size = memory.size - offset
+        if size == 0:
+            raise InvalidArgument("a slot of size 0 maps nothing; use delete_memory_slot() to remove one")
+        change = self._slots.plan(slot, guest_address, memory, offset, size, flags)
+        self._commit(change)
+        return self._slots.get(slot)
+
+    def delete_memory_slot(self, slot: int) -> None:
+        """``KVM_SET_USER_MEMORY_REGION`` with size 0."""
+        self._live()
+        self._commit(self._slots.plan(slot, 0, None, 0, 0, SlotFlags(0)))
+
+    def set_slot_flags(self, slot: int, flags: SlotFlags) -> MemorySlot:
+        """Change a slot's flags (READONLY by delete and re-add, as QEMU does)."""
+        self._live()
+        old = self._slots.get(slot)
+        if bool(flags & SlotFlags.READONLY) != old.readonly:
+            self.delete_memory_slot(slot)
+        return self.set_memory_slot(slot, old.guest_address, old.memory, offset=old.offset, size=old.size, flags=flags)
+
+    def memory_slots(self) -> tuple[MemorySlot, ...]:
+        """The slots, by id."""
+        self._live()
+        return self._slots.slots()
+
+    def get_dirty_log(self, slot: int) -> DirtyLog:
+        """``KVM_GET_DIRTY_LOG``: the slot's dirty pages since the last call (and clear them)."""
+        self._live()
+        entry = self._slots.get(slot)
+        if not entry.flags & SlotFlags.LOG_DIRTY_PAGES:
+            raise NotFound(
+                f"slot {slot} does not log dirty pages; set SlotFlags.LOG_DIRTY_PAGES on it first",
+                operation="KVM_GET_DIRTY_LOG",
+            )
+        pages = entry.size // 4096
+        bitmap = (ctypes.c_uint64 * ((pages + 63) // 64))()
+        raw = uapi.KvmDirtyLog()
+        raw.slot = slot
+        raw.dirty_bitmap = ctypes.addressof(bitmap)
+        ioctl(self._live(), ioctls.KVM_GET_DIRTY_LOG, raw, f"slot {slot}")
+        return DirtyLog(slot, pages, bytes(bitmap))
+
+    # -- vCPUs -------------------------------------------------------------
+
+    def create_vcpu(self, vcpu_id: int) -> KvmVCPU:
+        """``KVM_CREATE_VCPU`` and mmap its ``kvm_run``."""
+        fd = self._live()
+        if not 0 <= vcpu_id < self._max_vcpu_id:
+            raise InvalidArgument(
+                f"vCPU id {vcpu_id} is out of range; use 0 to {self._max_vcpu_id - 1}", operation="KVM_CREATE_VCPU"
+            )
+        if vcpu_id in self._vcpus:
+            raise AlreadyExists(f"vCPU {vcpu_id} already exists in this VM", operation="KVM_CREATE_VCPU")
+        vcpu_fd = ioctl(fd, ioctls.KVM_CREATE_VCPU, vcpu_id, f"vCPU {vcpu_id}")
+        vcpu = KvmVCPU(self, vcpu_id, vcpu_fd, self._vcpu_mmap_size)
+        self._vcpus[vcpu_id] = vcpu
+        return vcpu
+
+    def vcpus(self) -> tuple[KvmVCPU, ...]:
+        """The open vCPUs, by id."""
+        return tuple(self._vcpus[i] for i in sorted(self._vcpus))
+
+    def _forget_vcpu(self, vcpu_id: int) -> None:
+        self._vcpus.pop(vcpu_id, None)
+
+    # -- interrupt controllers, timer, clock ---------------------------------
+
+    def create_irqchip(self) -> None:
+        """``KVM_CREATE_IRQCHIP``."""
+        ioctl(self._live(), ioctls.KVM_CREATE_IRQCHIP, 0)
+        self._irqchip = True
+
+    def irq_line(self, irq: int, level: bool) -> int:
+        """``KVM_IRQ_LINE_STATUS``: drive pin ``irq``; returns the delivery status."""
+        if not 0 <= irq < 1024:
+            raise InvalidArgument(f"IRQ {irq} is out of range", operation="KVM_IRQ_LINE_STATUS")
+        raw = uapi.KvmIrqLevel()
+        raw.u.irq = irq
+        raw.level = int(bool(level))
+        ioctl(self._live(), ioctls.KVM_IRQ_LINE_STATUS, raw, f"irq {irq}")
+        return int(raw.u.status)
+
+    def _irqchip_request(self, chip: IrqchipId) -> uapi.KvmIrqchip:
+        raw = uapi.KvmIrqchip()
+        raw.chip_id = int(IrqchipId(chip))
+        return raw
+
+    def get_irqchip(self, chip: IrqchipId) -> PicState | IoapicState:
+        """``KVM_GET_IRQCHIP``."""
+        raw = self._irqchip_request(chip)
+        ioctl(self._live(), ioctls.KVM_GET_IRQCHIP, raw, f"chip {IrqchipId(chip).name}")
+        if raw.chip_id == IrqchipId.IOAPIC:
+            return convert.ioapic_from_kvm(raw.chip.ioapic)
+        return convert.pic_from_kvm(raw.chip.pic)
+
+    def set_irqchip(self, chip: IrqchipId, state: PicState | IoapicState) -> None:
+        """``KVM_SET_IRQCHIP``."""
+        raw = self._irqchip_request(chip)
+        if raw.chip_id == IrqchipId.IOAPIC:
+            if not isinstance(state, IoapicState):
+                raise InvalidArgument("the IOAPIC takes an IoapicState", operation="KVM_SET_IRQCHIP")
+            convert.ioapic_to_kvm(state, raw.chip.ioapic)
+        else:
+            if not isinstance(state, PicState):
+                raise InvalidArgument("a PIC takes a PicState", operation="KVM_SET_IRQCHIP")
+            convert.pic_to_kvm(state, raw.chip.pic)
+        ioctl(self._live(), ioctls.KVM_SET_IRQCHIP, raw, f"chip {IrqchipId(chip).name}")
+
+    def create_pit(self) -> None:
+        """``KVM_CREATE_PIT2``."""
+        ioctl(self._live(), ioctls.KVM_CREATE_PIT2, uapi.KvmPitConfig())
+
+    def get_clock(self) -> ClockData:
+        """``KVM_GET_CLOCK``."""
+        raw = uapi.KvmClockData()
+        ioctl(self._live(), ioctls.KVM_GET_CLOCK, raw)
+        return convert.clock_from_kvm(raw)
+
+    def set_clock(self, nanoseconds: int) -> None:
+        """``KVM_SET_CLOCK``."""
+        if not 0 <= nanoseconds < 1 << 64:
+            raise InvalidArgument(
+                f"clock value {nanoseconds} is not an unsigned 64-bit count", operation="KVM_SET_CLOCK"
+            )
+        raw = uapi.KvmClockData()
+        raw.clock = nanoseconds
+        ioctl(self._live(), ioctls.KVM_SET_CLOCK, raw)
+
+    def set_tss_address(self, address: int) -> None:
+        """``KVM_SET_TSS_ADDR``."""
+        if not 0 <= address < 1 << 32:
+            raise InvalidArgument(f"TSS address {address:#x} must be below 4 GiB", operation="KVM_SET_TSS_ADDR")
+        ioctl_ulong(self._live(), ioctls.KVM_SET_TSS_ADDR, address, f"address {address:#x}")
+
+    def set_identity_map_address(self, address: int) -> None:
+        """``KVM_SET_IDENTITY_MAP_ADDR``."""
+        value = ctypes.c_uint64(address)
+        ioctl_ulong(self._live(), ioctls.KVM_SET_IDENTITY_MAP_ADDR, ctypes.addressof(value), f"address {address:#x}")
+
+    # -- lifetime ----------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every vCPU, then the VM; slots release their GuestMemory."""
+        if self._fd < 0:
+            return
+        for vcpu in list(self._vcpus.values()):
+            vcpu.close()
+        self._fd = -1
+        self._finalizer()
+        self._slots.release_all()
+
+    def __enter__(self) -> KvmVM:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"KvmVM(vcpus={len(self._vcpus)}, slots={len(self._slots.slots())}{', closed' if self._fd < 0 else ''})"

@@ -1,0 +1,297 @@
+"""Guest memory owned by the VMM, and the memory-slot rules every backend enforces.
+
+A :class:`GuestMemory` is an anonymous, page-aligned mmap. It is lazily
+allocated (``MAP_NORESERVE``): declaring 4 GiB costs nothing until the guest
+touches pages. A VM maps it into guest-physical space through memory slots::
+
+    with GuestMemory(2 << 20) as ram:
+        ram.write(0x1000, code)
+        vm.set_memory_slot(0, guest_address=0, memory=ram)
+
+:class:`SlotTable` holds KVM's slot rules (alignment, overlap, what an
+existing slot may change) once, for every backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+from dataclasses import dataclass, replace
+from enum import Enum
+from types import TracebackType
+
+from hvcore.errors import AlignmentError, ClosedError, InvalidArgument, NotFound, SlotOverlap
+from hvcore.types import SlotFlags
+
+__all__ = ["PAGE_SIZE", "GuestMemory", "MemorySlot", "SlotChange", "SlotTable"]
+
+PAGE_SIZE = 4096
+MAX_GUEST_MEMORY = 1 << 46
+"""The largest buffer hvcore will reserve (64 TiB): larger requests are a bug, not a wish."""
+
+
+def _check_page_aligned(what: str, value: int) -> None:
+    if value % PAGE_SIZE:
+        raise AlignmentError(
+            f"{what} {value:#x} is not a multiple of the page size ({PAGE_SIZE:#x}); round it to a page boundary",
+            operation="set_memory_slot",
+        )
+
+
+class GuestMemory:
+    """A page-aligned, zero-filled, lazily allocated buffer of guest RAM.
+
+    ``address`` is its host virtual address (what KVM's slots and Unicorn's
+    ``mem_map_ptr`` take). Reads and writes copy; no views are handed out, so
+    ``close()`` always succeeds once no slot uses the buffer.
+    """
+
+    def __init__(self, size: int) -> None:
+        if not isinstance(size, int) or size <= 0:
+            raise InvalidArgument(f"guest memory size must be a positive integer, got {size!r}")
+        if size % PAGE_SIZE:
+            raise AlignmentError(f"guest memory size {size:#x} is not a multiple of the page size ({PAGE_SIZE:#x})")
+        if size > MAX_GUEST_MEMORY:
+            raise InvalidArgument(f"guest memory size {size:#x} is larger than the {MAX_GUEST_MEMORY:#x} hvcore allows")
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+        self._map: mmap.mmap | None = mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        anchor = ctypes.c_char.from_buffer(self._map)
+        self._address = ctypes.addressof(anchor)
+        del anchor  # releases the buffer export, so close() can unmap
+        self._size = size
+        self._slot_users = 0
+        self._close_requested = False
+
+    @property
+    def size(self) -> int:
+        """Size in bytes."""
+        return self._size
+
+    @property
+    def address(self) -> int:
+        """Host virtual address of the first byte."""
+        self._live()
+        return self._address
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` has been called (the unmap may wait for the last slot to go)."""
+        return self._map is None or self._close_requested
+
+    def _live(self) -> mmap.mmap:
+        if self._map is None or self._close_requested:
+            raise ClosedError("guest memory is closed; allocate a new GuestMemory", operation="guest memory")
+        return self._map
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise InvalidArgument(
+                f"range {offset:#x}+{length:#x} is outside guest memory of size {self._size:#x}",
+                operation="guest memory access",
+            )
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Copy ``length`` bytes starting at ``offset``."""
+        m = self._live()
+        self._check_range(offset, length)
+        return m[offset : offset + length]
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` in at ``offset``."""
+        m = self._live()
+        self._check_range(offset, len(data))
+        m[offset : offset + len(data)] = data
+
+    def fill(self, offset: int, length: int, byte: int = 0) -> None:
+        """Set ``length`` bytes at ``offset`` to ``byte``."""
+        self.write(offset, bytes([byte]) * length)
+
+    def _attach(self) -> None:
+        self._live()
+        self._slot_users += 1
+
+    def _detach(self) -> None:
+        self._slot_users -= 1
+        if self._close_requested and not self._slot_users:
+            self._unmap()
+
+    def _unmap(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def close(self) -> None:
+        """Release the buffer. While a memory slot still maps it, the unmap waits until the slot is deleted
+        or its VM closed (the guest must never see freed memory); the buffer is unusable from now on."""
+        self._close_requested = True
+        if not self._slot_users:
+            self._unmap()
+
+    def __enter__(self) -> GuestMemory:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"at {self._address:#x}"
+        return f"GuestMemory(size={self._size:#x}, {state})"
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySlot:
+    """A memory slot: ``size`` bytes of ``memory`` from ``offset``, seen by the guest at ``guest_address``."""
+
+    slot: int
+    guest_address: int
+    size: int
+    memory: GuestMemory
+    offset: int = 0
+    flags: SlotFlags = SlotFlags(0)
+
+    @property
+    def end(self) -> int:
+        """First guest-physical address past the slot."""
+        return self.guest_address + self.size
+
+    @property
+    def host_address(self) -> int:
+        """Host virtual address of the slot's first byte."""
+        return self.memory.address + self.offset
+
+    @property
+    def readonly(self) -> bool:
+        """True when guest writes to the slot become MMIO exits."""
+        return bool(self.flags & SlotFlags.READONLY)
+
+    def contains(self, guest_address: int) -> bool:
+        """True when the slot maps ``guest_address``."""
+        return self.guest_address <= guest_address < self.end
+
+
+class SlotChangeKind(Enum):
+    """What a slot request amounts to."""
+
+    ADD = "add"
+    DELETE = "delete"
+    MODIFY = "modify"
+
+
+@dataclass(frozen=True, slots=True)
+class SlotChange:
+    """A validated slot request: ``new`` is None for a delete, ``old`` is None for an add."""
+
+    kind: SlotChangeKind
+    slot: int
+    old: MemorySlot | None
+    new: MemorySlot | None
+
+
+class SlotTable:
+    """A VM's memory slots, with KVM's rules (Documentation/virt/kvm/api.rst, KVM_SET_USER_MEMORY_REGION).
+
+    ``plan()`` validates a request and says what it means; the backend performs
+    it, then ``apply()`` records it. The table also keeps each slot's
+    ``GuestMemory`` alive and refuses to let it close while mapped.
+    """
+
+    def __init__(self, max_slots: int) -> None:
+        self.max_slots = max_slots
+        self._slots: dict[int, MemorySlot] = {}
+
+    def slots(self) -> tuple[MemorySlot, ...]:
+        """Every slot, by slot id."""
+        return tuple(sorted(self._slots.values(), key=lambda s: s.slot))
+
+    def get(self, slot: int) -> MemorySlot:
+        """The slot with id ``slot``; :class:`NotFound` if there is none."""
+        try:
+            return self._slots[slot]
+        except KeyError:
+            raise NotFound(f"memory slot {slot} does not exist", operation="memory slot lookup") from None
+
+    def find(self, guest_address: int) -> MemorySlot | None:
+        """The slot that maps ``guest_address``, if any."""
+        for s in self._slots.values():
+            if s.contains(guest_address):
+                return s
+        return None
+
+    def plan(
+        self, slot: int, guest_address: int, memory: GuestMemory | None, offset: int, size: int, flags: SlotFlags
+    ) -> SlotChange:
+        """Check a request against KVM's rules; raise the error KVM would, with a better message."""
+        op = "set_memory_slot"
+        if not 0 <= slot < self.max_slots:
+            raise InvalidArgument(f"slot id {slot} is out of range; use 0 to {self.max_slots - 1}", operation=op)
+        unknown = int(flags) & ~int(SlotFlags.LOG_DIRTY_PAGES | SlotFlags.READONLY)
+        if unknown:
+            raise InvalidArgument(f"unknown slot flag bits {unknown:#x}", operation=op)
+        old = self._slots.get(slot)
+        if size == 0:
+            if old is None:
+                raise InvalidArgument(f"cannot delete memory slot {slot}: it does not exist", operation=op)
+            return SlotChange(SlotChangeKind.DELETE, slot, old, None)
+        if memory is None:
+            raise InvalidArgument("a memory slot needs a GuestMemory to map", operation=op)
+        if memory.closed:
+            raise ClosedError("cannot map closed guest memory into a slot", operation=op)
+        if size < 0 or offset < 0:
+            raise InvalidArgument(f"size {size:#x} and offset {offset:#x} must not be negative", operation=op)
+        _check_page_aligned("guest address", guest_address)
+        _check_page_aligned("slot size", size)
+        _check_page_aligned("offset into guest memory", offset)
+        if offset + size > memory.size:
+            raise InvalidArgument(
+                f"slot {slot} wants {size:#x} bytes at offset {offset:#x} of a {memory.size:#x}-byte GuestMemory",
+                operation=op,
+            )
+        if guest_address < 0 or guest_address + size > 1 << 52:
+            raise InvalidArgument(
+                f"guest range {guest_address:#x}+{size:#x} is beyond 52-bit physical space", operation=op
+            )
+        new = MemorySlot(slot, guest_address, size, memory, offset, SlotFlags(flags))
+        for other in self._slots.values():
+            if other.slot != slot and other.guest_address < new.end and new.guest_address < other.end:
+                raise SlotOverlap(
+                    f"slot {slot} at {guest_address:#x}-{new.end:#x} overlaps slot {other.slot} at "
+                    f"{other.guest_address:#x}-{other.end:#x}; move or delete one of them",
+                    operation=op,
+                )
+        if old is None:
+            return SlotChange(SlotChangeKind.ADD, slot, None, new)
+        if old.size != size or old.memory is not memory or old.offset != offset:
+            raise InvalidArgument(
+                f"slot {slot} exists with another size or buffer; delete it first (size 0), then add it again",
+                operation=op,
+            )
+        if old.readonly != new.readonly:
+            raise InvalidArgument(
+                f"slot {slot}: the READONLY flag cannot change in place; use set_slot_flags(), "
+                "which deletes and re-adds the slot",
+                operation=op,
+            )
+        return SlotChange(SlotChangeKind.MODIFY, slot, old, new)
+
+    def apply(self, change: SlotChange) -> None:
+        """Record a change the backend has carried out."""
+        if change.new is not None:
+            change.new.memory._attach()
+            self._slots[change.slot] = change.new
+        else:
+            del self._slots[change.slot]
+        if change.old is not None:
+            change.old.memory._detach()
+
+    def release_all(self) -> None:
+        """Forget every slot (the VM is closing) and let their memory close."""
+        for s in self._slots.values():
+            s.memory._detach()
+        self._slots.clear()
+
+    @staticmethod
+    def with_flags(slot: MemorySlot, flags: SlotFlags) -> MemorySlot:
+        """``slot`` with other flags."""
+        return replace(slot, flags=SlotFlags(flags))

@@ -1,0 +1,401 @@
+"""The backend-neutral protocol: ``Hypervisor`` -> ``VM`` -> ``VCPU``.
+
+Every backend implements every method. A feature a backend lacks raises
+:class:`hvcore.Unsupported` and is absent from ``capabilities()``. All three
+objects are context managers; ``close()`` is idempotent, and every other
+method raises :class:`hvcore.ClosedError` after it. Closing a VM closes its
+vCPUs; closing a hypervisor closes its VMs.
+
+A minimal VMM::
+
+    import hvcore
+    from dataclasses import replace
+
+    with hvcore.open_hypervisor("auto") as hv, hv.create_vm() as vm, hvcore.GuestMemory(0x10000) as ram:
+        ram.write(0x1000, code)
+        vm.set_memory_slot(0, 0, ram)
+        vcpu = vm.create_vcpu(0)
+        vcpu.set_sregs(hvcore.x86.real_mode_sregs(vcpu.get_sregs()))
+        vcpu.set_regs(replace(vcpu.get_regs(), rip=0x1000, rflags=2))
+        while True:
+            match vcpu.run():
+                case hvcore.IoExit(port=0x3F8, data=data):
+                    print(data.decode(), end="")
+                case hvcore.HltExit():
+                    break
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from hvcore.caps import Capability
+from hvcore.exits import Exit
+from hvcore.memory import GuestMemory, MemorySlot
+from hvcore.types import (
+    ClockData,
+    CpuidEntry,
+    DebugRegs,
+    DirtyLog,
+    Fpu,
+    GuestDebug,
+    IoapicState,
+    IrqchipId,
+    Lapic,
+    MpState,
+    PicState,
+    Regs,
+    SlotFlags,
+    Sregs,
+    Translation,
+    VcpuEvents,
+    Xsave,
+)
+
+__all__ = ["VCPU", "VM", "Hypervisor"]
+
+
+@runtime_checkable
+class VCPU(Protocol):
+    """One virtual CPU. ``run()`` may be called from any one thread at a time; ``kick()`` from any thread."""
+
+    @property
+    def id(self) -> int:
+        """The vCPU id given to ``VM.create_vcpu``."""
+        ...
+
+    def run(self) -> Exit:
+        """Run the guest until it needs the VMM, and say why (see :mod:`hvcore.exits`).
+
+        Raises :class:`hvcore.ExitNotCompleted` while an IN or MMIO read waits for ``complete()``.
+        """
+        ...
+
+    def complete(self, data: bytes | int) -> None:
+        """Answer the pending IN (``size * count`` bytes) or MMIO read (``length`` bytes).
+
+        An int is packed little-endian to the access size.
+        """
+        ...
+
+    def kick(self) -> None:
+        """Make a ``run()`` in progress (or the next one) return :class:`hvcore.InterruptedExit` promptly.
+
+        Thread-safe. A kick is consumed by the ``run()`` it interrupts, or by one
+        that returned for another reason after it: it never cancels a later run.
+        """
+        ...
+
+    @property
+    def immediate_exit(self) -> bool:
+        """When set, the next ``run()`` returns ``InterruptedExit`` without running the guest.
+
+        It still completes a pending IN or MMIO read. ``run()`` clears it.
+        """
+        ...
+
+    @immediate_exit.setter
+    def immediate_exit(self, value: bool) -> None: ...
+
+    @property
+    def request_interrupt_window(self) -> bool:
+        """When set, ``run()`` returns ``IrqWindowOpenExit`` as soon as the guest can take an interrupt."""
+        ...
+
+    @request_interrupt_window.setter
+    def request_interrupt_window(self, value: bool) -> None: ...
+
+    @property
+    def ready_for_interrupt_injection(self) -> bool:
+        """After ``run()``: an interrupt injected now would be taken at once (IF=1, no shadow, none queued)."""
+        ...
+
+    @property
+    def if_flag(self) -> bool:
+        """After ``run()``: the guest's RFLAGS.IF."""
+        ...
+
+    @property
+    def cr8(self) -> int:
+        """The guest's CR8 (task priority), as exchanged on every ``run()``."""
+        ...
+
+    @cr8.setter
+    def cr8(self, value: int) -> None: ...
+
+    @property
+    def apic_base(self) -> int:
+        """After ``run()``: the guest's IA32_APIC_BASE."""
+        ...
+
+    def get_regs(self) -> Regs:
+        """General-purpose registers, RIP and RFLAGS (``KVM_GET_REGS``)."""
+        ...
+
+    def set_regs(self, regs: Regs) -> None:
+        """Set general-purpose registers, RIP and RFLAGS (``KVM_SET_REGS``)."""
+        ...
+
+    def get_sregs(self) -> Sregs:
+        """Segment, descriptor-table and control registers (``KVM_GET_SREGS``)."""
+        ...
+
+    def set_sregs(self, sregs: Sregs) -> None:
+        """Set segment, descriptor-table and control registers (``KVM_SET_SREGS``)."""
+        ...
+
+    def get_fpu(self) -> Fpu:
+        """x87/SSE state (``KVM_GET_FPU``)."""
+        ...
+
+    def set_fpu(self, fpu: Fpu) -> None:
+        """Set x87/SSE state (``KVM_SET_FPU``)."""
+        ...
+
+    def get_xsave(self) -> Xsave:
+        """The XSAVE area (``KVM_GET_XSAVE``)."""
+        ...
+
+    def set_xsave(self, xsave: Xsave) -> None:
+        """Set the XSAVE area (``KVM_SET_XSAVE``)."""
+        ...
+
+    def get_xcrs(self) -> dict[int, int]:
+        """Extended control registers by number, e.g. ``{0: xcr0}`` (``KVM_GET_XCRS``)."""
+        ...
+
+    def set_xcrs(self, xcrs: Mapping[int, int]) -> None:
+        """Set extended control registers (``KVM_SET_XCRS``)."""
+        ...
+
+    def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
+        """Read MSRs by index (``KVM_GET_MSRS``); an MSR the vCPU lacks raises :class:`hvcore.InvalidArgument`."""
+        ...
+
+    def set_msrs(self, msrs: Mapping[int, int]) -> None:
+        """Write MSRs (``KVM_SET_MSRS``); stops at the first one refused and raises :class:`hvcore.InvalidArgument`."""
+        ...
+
+    def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
+        """Set what CPUID returns to the guest (``KVM_SET_CPUID2``)."""
+        ...
+
+    def get_cpuid(self) -> tuple[CpuidEntry, ...]:
+        """What CPUID returns to the guest (``KVM_GET_CPUID2``)."""
+        ...
+
+    def get_lapic(self) -> Lapic:
+        """Local APIC registers (``KVM_GET_LAPIC``; needs an irqchip)."""
+        ...
+
+    def set_lapic(self, lapic: Lapic) -> None:
+        """Set local APIC registers (``KVM_SET_LAPIC``; needs an irqchip)."""
+        ...
+
+    def get_debugregs(self) -> DebugRegs:
+        """DR0-3, DR6, DR7 (``KVM_GET_DEBUGREGS``)."""
+        ...
+
+    def set_debugregs(self, debugregs: DebugRegs) -> None:
+        """Set DR0-3, DR6, DR7 (``KVM_SET_DEBUGREGS``)."""
+        ...
+
+    def get_vcpu_events(self) -> VcpuEvents:
+        """Pending exceptions, interrupts, NMIs and the interrupt shadow (``KVM_GET_VCPU_EVENTS``)."""
+        ...
+
+    def set_vcpu_events(self, events: VcpuEvents) -> None:
+        """Set pending events (``KVM_SET_VCPU_EVENTS``)."""
+        ...
+
+    def get_mp_state(self) -> MpState:
+        """The multiprocessing state (``KVM_GET_MP_STATE``)."""
+        ...
+
+    def set_mp_state(self, state: MpState) -> None:
+        """Set the multiprocessing state (``KVM_SET_MP_STATE``)."""
+        ...
+
+    def interrupt(self, vector: int) -> None:
+        """Queue external interrupt ``vector`` without an irqchip (``KVM_INTERRUPT``).
+
+        It is delivered on the next ``run()`` even with IF=0: check
+        ``ready_for_interrupt_injection`` or ask for an interrupt window first.
+        """
+        ...
+
+    def nmi(self) -> None:
+        """Queue an NMI (``KVM_NMI``)."""
+        ...
+
+    def set_guest_debug(self, debug: GuestDebug) -> None:
+        """Enable single-step or breakpoints (``KVM_SET_GUEST_DEBUG``); exits come as ``DebugExit``."""
+        ...
+
+    def translate(self, linear_address: int) -> Translation:
+        """Walk the guest's page tables for ``linear_address`` (``KVM_TRANSLATE``)."""
+        ...
+
+    def close(self) -> None:
+        """Release the vCPU; idempotent."""
+        ...
+
+    def __enter__(self) -> VCPU: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+@runtime_checkable
+class VM(Protocol):
+    """A virtual machine: guest-physical memory, vCPUs, interrupt controllers and clock."""
+
+    def check_extension(self, capability: Capability | int) -> int:
+        """The raw ``KVM_CHECK_EXTENSION`` value for this VM (0 = absent)."""
+        ...
+
+    def set_memory_slot(
+        self,
+        slot: int,
+        guest_address: int,
+        memory: GuestMemory,
+        *,
+        offset: int = 0,
+        size: int | None = None,
+        flags: SlotFlags = SlotFlags(0),
+    ) -> MemorySlot:
+        """Map ``size`` bytes of ``memory`` (from ``offset``; all of it by default) at ``guest_address``.
+
+        KVM's rules hold on every backend: page alignment, no overlap, an
+        existing slot may only move or toggle ``LOG_DIRTY_PAGES``.
+        """
+        ...
+
+    def delete_memory_slot(self, slot: int) -> None:
+        """Remove a slot; later guest accesses to its range are MMIO exits."""
+        ...
+
+    def set_slot_flags(self, slot: int, flags: SlotFlags) -> MemorySlot:
+        """Change a slot's flags; a READONLY change deletes and re-adds the slot (its dirty log restarts)."""
+        ...
+
+    def memory_slots(self) -> tuple[MemorySlot, ...]:
+        """The slots, by id."""
+        ...
+
+    def get_dirty_log(self, slot: int) -> DirtyLog:
+        """Pages written since the last call, for a slot with ``LOG_DIRTY_PAGES``; reading clears it."""
+        ...
+
+    def create_vcpu(self, vcpu_id: int) -> VCPU:
+        """Create vCPU ``vcpu_id`` in the architectural reset state (real mode at 0xfffffff0)."""
+        ...
+
+    def vcpus(self) -> tuple[VCPU, ...]:
+        """The open vCPUs, by id."""
+        ...
+
+    def create_irqchip(self) -> None:
+        """Create the interrupt controllers (PIC pair, IOAPIC, a LAPIC per vCPU) (``KVM_CREATE_IRQCHIP``)."""
+        ...
+
+    def irq_line(self, irq: int, level: bool) -> int:
+        """Drive interrupt pin ``irq``; returns the delivery status (``KVM_IRQ_LINE_STATUS``)."""
+        ...
+
+    def get_irqchip(self, chip: IrqchipId) -> PicState | IoapicState:
+        """State of one interrupt controller (``KVM_GET_IRQCHIP``)."""
+        ...
+
+    def set_irqchip(self, chip: IrqchipId, state: PicState | IoapicState) -> None:
+        """Set one interrupt controller's state (``KVM_SET_IRQCHIP``)."""
+        ...
+
+    def create_pit(self) -> None:
+        """Create the 8254 timer (``KVM_CREATE_PIT2``); needs an irqchip."""
+        ...
+
+    def get_clock(self) -> ClockData:
+        """The VM clock in nanoseconds (``KVM_GET_CLOCK``)."""
+        ...
+
+    def set_clock(self, nanoseconds: int) -> None:
+        """Set the VM clock (``KVM_SET_CLOCK``)."""
+        ...
+
+    def set_tss_address(self, address: int) -> None:
+        """Reserve three pages at ``address`` for the hypervisor's real-mode TSS (``KVM_SET_TSS_ADDR``)."""
+        ...
+
+    def set_identity_map_address(self, address: int) -> None:
+        """Reserve a page at ``address`` for the identity page table (``KVM_SET_IDENTITY_MAP_ADDR``)."""
+        ...
+
+    def close(self) -> None:
+        """Close the vCPUs and the VM; idempotent."""
+        ...
+
+    def __enter__(self) -> VM: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+@runtime_checkable
+class Hypervisor(Protocol):
+    """An open hypervisor backend: creates VMs and reports what it supports."""
+
+    @property
+    def name(self) -> str:
+        """The backend's registry name (``"kvm"``, ``"sim"``)."""
+        ...
+
+    def api_version(self) -> int:
+        """The KVM API version the backend speaks (always 12)."""
+        ...
+
+    def check_extension(self, capability: Capability | int) -> int:
+        """The raw ``KVM_CHECK_EXTENSION`` value (0 = absent; a count for ``NR_*`` / ``MAX_*``)."""
+        ...
+
+    def capabilities(self) -> frozenset[Capability]:
+        """Every known capability the backend has."""
+        ...
+
+    def vcpu_mmap_size(self) -> int:
+        """Size of a vCPU's shared run area (``KVM_GET_VCPU_MMAP_SIZE``)."""
+        ...
+
+    def msr_index_list(self) -> tuple[int, ...]:
+        """MSRs the backend can save and restore (``KVM_GET_MSR_INDEX_LIST``)."""
+        ...
+
+    def supported_cpuid(self) -> tuple[CpuidEntry, ...]:
+        """CPUID leaves the backend can expose (``KVM_GET_SUPPORTED_CPUID``)."""
+        ...
+
+    def recommended_vcpus(self) -> int:
+        """Recommended most vCPUs per VM (``KVM_CAP_NR_VCPUS``)."""
+        ...
+
+    def max_vcpus(self) -> int:
+        """Hard limit of vCPUs per VM (``KVM_CAP_MAX_VCPUS``)."""
+        ...
+
+    def create_vm(self) -> VM:
+        """Create an empty VM (``KVM_CREATE_VM``)."""
+        ...
+
+    def close(self) -> None:
+        """Close every VM and the hypervisor; idempotent."""
+        ...
+
+    def __enter__(self) -> Hypervisor: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...

@@ -1,0 +1,60 @@
+"""Developer sessions: ``nox -s tests lint typecheck`` (what CI runs), ``hardware``, ``bench``."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = os.environ.get("HVCORE_NOX_PYTHON") or None  # default: the interpreter running nox
+
+
+def _kvm_status() -> str:
+    """One line saying whether /dev/kvm is usable here, so a hardware skip is never silent."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"/dev/kvm: NOT usable ({exc.strerror}); real-KVM tests will skip"
+    os.close(fd)
+    return "/dev/kvm: usable; real-KVM tests will run"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Every test on every backend; backends unusable here skip with their reason."""
+    session.install("-e", ".[test]")
+    session.log(_kvm_status())
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def hardware(session: nox.Session) -> None:
+    """The real-KVM tests only; fails loudly where /dev/kvm is unusable."""
+    session.install("-e", ".[test]")
+    session.log(_kvm_status())
+    session.run("pytest", "-k", "kvm", *session.posargs, env={"HVCORE_REQUIRE": "kvm"})
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and format check."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "hvcore", "backends", "simulator", "tests", "bench", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the packages, tests and benchmarks."""
+    session.install("-e", ".[test]", "mypy>=1.10", "nox>=2024.3")
+    session.run("mypy", "--strict", "hvcore", "backends", "simulator", "tests", "bench", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """IO-exit round trips: hvcore against a bare ioctl loop and a C loop, as ratios."""
+    session.install("-e", ".")
+    session.log(_kvm_status())
+    session.run("python", "-m", "bench.io_exit", *session.posargs)

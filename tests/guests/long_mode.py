@@ -1,0 +1,145 @@
+"""64-bit long-mode x86 guest programs, as `bytes`.
+
+Each guest is loaded at ``layout.CODE`` (0x1000) and started at RIP = 0x1000 in 64-bit
+mode (EFER = LME | LMA, CR0 = PE | PG, CR4.PAE, CR3 = ``layout.PML4``, CS with L = 1, flat
+data segments), with the identity map of the first 1 GiB described in ``layout`` (2 MiB
+pages, user bit set). CPL 0 unless the comment says otherwise. The comment above each
+guest says what the host must set up and the exact exit sequence it sees. Each byte
+literal is one instruction, assembled with GNU as (``.code64``, Intel syntax) at 0x1000;
+the trailing comment is the source line.
+"""
+
+# MMIO writes of 1, 2, 4 and 8 bytes, then MMIO reads of 1, 2, 4 and 8 bytes into
+# registers, then the read values are sent to port 0x30, then hlt.
+# Plain `mov`s to absolute addresses (MMIO + offset); no RAM access at all.
+# Host: 64-bit long mode, rip=CODE; no register presets.
+# No memory slot may cover MMIO (0xD0000).
+# Exits (the host answers the reads; suggested answers shown as A1/A2/A4/A8):
+#    1. MMIO write 0xD0000 len 1 data 0x12
+#    2. MMIO write 0xD0008 len 2 data 0x3456
+#    3. MMIO write 0xD0010 len 4 data 0x789ABCDE
+#    4. MMIO write 0xD0018 len 8 data 0x1122334455667788
+#    5. MMIO read  0xD0020 len 1   -> A1 (e.g. 0xA1)                 into bl
+#    6. MMIO read  0xD0028 len 2   -> A2 (e.g. 0xB2C3)               into cx
+#    7. MMIO read  0xD0030 len 4   -> A4 (e.g. 0xD4E5F607)           into esi
+#    8. MMIO read  0xD0038 len 8   -> A8 (e.g. 0x0123456789ABCDEF)   into rdi
+#    9. OUT port 0x30 size 1 data A1   (get_regs here: bl=A1, cx=A2, esi=A4)
+#   10. OUT port 0x30 size 2 data A2
+#   11. OUT port 0x30 size 4 data A4
+#   12. OUT port 0x30 size 4 data A8 & 0xFFFFFFFF
+#   13. OUT port 0x30 size 4 data A8 >> 32
+#   14. HLT
+# Each read exit leaves rip at the reading instruction; the value lands on the next run.
+# Measured on this host's KVM: exactly that sequence.
+MMIO_RW = (
+    b"\xc6\x04\x25\x00\x00\x0d\x00\x12"              # mov byte ptr ds:[0xD0000], 0x12
+    b"\x66\xc7\x04\x25\x08\x00\x0d\x00\x56\x34"      # mov word ptr ds:[0xD0008], 0x3456
+    b"\xc7\x04\x25\x10\x00\x0d\x00\xde\xbc\x9a\x78"  # mov dword ptr ds:[0xD0010], 0x789ABCDE
+    b"\x48\xb8\x88\x77\x66\x55\x44\x33\x22\x11"      # mov rax, 0x1122334455667788
+    b"\x48\x89\x04\x25\x18\x00\x0d\x00"              # mov qword ptr ds:[0xD0018], rax
+    b"\x8a\x1c\x25\x20\x00\x0d\x00"                  # mov bl, ds:[0xD0020]
+    b"\x66\x8b\x0c\x25\x28\x00\x0d\x00"              # mov cx, ds:[0xD0028]
+    b"\x8b\x34\x25\x30\x00\x0d\x00"                  # mov esi, ds:[0xD0030]
+    b"\x48\x8b\x3c\x25\x38\x00\x0d\x00"              # mov rdi, ds:[0xD0038]
+    b"\x88\xd8"                                      # mov al, bl
+    b"\xe6\x30"                                      # out 0x30, al
+    b"\x66\x89\xc8"                                  # mov ax, cx
+    b"\x66\xe7\x30"                                  # out 0x30, ax
+    b"\x89\xf0"                                      # mov eax, esi
+    b"\xe7\x30"                                      # out 0x30, eax
+    b"\x48\x89\xf8"                                  # mov rax, rdi
+    b"\xe7\x30"                                      # out 0x30, eax
+    b"\x48\xc1\xe8\x20"                              # shr rax, 32
+    b"\xe7\x30"                                      # out 0x30, eax
+    b"\xf4"                                          # hlt
+)
+
+# Read-modify-write of an MMIO dword: `add dword [MMIO + 0x40], 5`, then hlt.
+# Host: 64-bit long mode, rip=CODE.
+# Exits: MMIO read 0xD0040 len 4 -> answer X; MMIO write 0xD0040 len 4 data (X + 5) mod 2**32;
+# HLT.
+# Measured on this host's KVM: exactly that; rip CODE (read), CODE+8 (write), CODE+9 (HLT).
+MMIO_RMW = (
+    b"\x83\x04\x25\x40\x00\x0d\x00\x05"  # add dword ptr ds:[0xD0040], 5
+    b"\xf4"                              # hlt
+)
+
+# OUT of each size to port 0x10, then, with rax = 0x1122334455667788 (loaded by the guest),
+# IN of each size from port 0x10, each IN followed by two OUTs of eax to port 0x11: the low
+# half of rax, then the high half (`ror rax, 32` around the second OUT, rax is restored).
+# This shows that `in al`/`in ax` keep the upper bits and `in eax` zero-extends rax.
+# Host: 64-bit long mode, rip=CODE, no presets.
+# Exits, with the host answering the INs with 0x5A, 0x1234, 0xCAFEBABE:
+#    1. OUT port 0x10 size 1 data 0x11
+#    2. OUT port 0x10 size 2 data 0x2233
+#    3. OUT port 0x10 size 4 data 0x44556677
+#    4. IN  port 0x10 size 1 count 1   -> 0x5A        (rax = 0x1122334455667788 before)
+#    5. OUT port 0x11 size 4 data 0x5566775A     (rax = 0x112233445566775A)
+#    6. OUT port 0x11 size 4 data 0x11223344
+#    7. IN  port 0x10 size 2 count 1   -> 0x1234
+#    8. OUT port 0x11 size 4 data 0x55661234     (rax = 0x1122334455661234)
+#    9. OUT port 0x11 size 4 data 0x11223344
+#   10. IN  port 0x10 size 4 count 1   -> 0xCAFEBABE
+#   11. OUT port 0x11 size 4 data 0xCAFEBABE     (rax = 0x00000000CAFEBABE)
+#   12. OUT port 0x11 size 4 data 0x00000000
+#   13. HLT with rax = 0xCAFEBABE
+# Measured on this host's KVM: exactly that.
+IO_SIZES = (
+    b"\x66\xba\x10\x00"                          # mov dx, 0x10
+    b"\xb0\x11"                                  # mov al, 0x11
+    b"\xee"                                      # out dx, al
+    b"\x66\xb8\x33\x22"                          # mov ax, 0x2233
+    b"\x66\xef"                                  # out dx, ax
+    b"\xb8\x77\x66\x55\x44"                      # mov eax, 0x44556677
+    b"\xef"                                      # out dx, eax
+    b"\x48\xb8\x88\x77\x66\x55\x44\x33\x22\x11"  # mov rax, 0x1122334455667788
+    b"\xec"                                      # in al, dx
+    b"\xe7\x11"                                  # out 0x11, eax
+    b"\x48\xc1\xc8\x20"                          # ror rax, 32
+    b"\xe7\x11"                                  # out 0x11, eax
+    b"\x48\xc1\xc8\x20"                          # ror rax, 32
+    b"\x66\xed"                                  # in ax, dx
+    b"\xe7\x11"                                  # out 0x11, eax
+    b"\x48\xc1\xc8\x20"                          # ror rax, 32
+    b"\xe7\x11"                                  # out 0x11, eax
+    b"\x48\xc1\xc8\x20"                          # ror rax, 32
+    b"\xed"                                      # in eax, dx
+    b"\xe7\x11"                                  # out 0x11, eax
+    b"\x48\xc1\xc8\x20"                          # ror rax, 32
+    b"\xe7\x11"                                  # out 0x11, eax
+    b"\x48\xc1\xc8\x20"                          # ror rax, 32
+    b"\xf4"                                      # hlt
+)
+
+# Endless loop of `out 0x80, al` (one OUT exit per iteration), for the exit-rate benchmark.
+# Works at CPL0 and at CPL3.
+# Host: 64-bit long mode, rip=CODE, al = any byte. For CPL3: cs/ss with DPL 3 (selector
+# RPL 3), page tables with the U bit (the identity map has it), rflags IOPL=3 (0x3002);
+# with IOPL < 3 the OUT must raise #GP on upstream KVM (no I/O bitmap in the TSS).
+# Exits: OUT port 0x80 size 1 data al, forever; rip after each exit is CODE+2.
+# Measured on this host's KVM: as above at CPL0 and CPL3. Round trip per exit from Python
+# (ctypes/fcntl harness): ~11-13 us at CPL0 (instruction emulator), ~33-38 us at CPL3
+# (native execution: the exit costs more here than the emulator).
+# Host quirk seen here: at CPL3 with IOPL=0 (rflags=0x2) the OUT still gave an OUT exit
+# instead of #GP; do not rely on that.
+OUT_LOOP = (
+    b"\xe6\x80"  # loop: out 0x80, al
+    b"\xeb\xfc"  # jmp loop
+)
+
+# `ud2`: raises #UD; with an IDT limit of 0 (host sets idt.limit = 0) the #UD cannot be
+# delivered, #DF cannot either, so the CPU triple-faults.
+# Host: 64-bit long mode, rip=CODE, idt.base = 0, idt.limit = 0.
+# Exits: SHUTDOWN (running again gives SHUTDOWN again).
+# Measured on this host's KVM: SHUTDOWN with rip=CODE, then SHUTDOWN again.
+TRIPLE_FAULT = (
+    b"\x0f\x0b"  # ud2
+)
+
+# Tight infinite loop (`jmp $`), for kick / immediate_exit tests.
+# Host: 64-bit long mode, rip=CODE (CPL0 or CPL3).
+# Measured on this host's KVM: SIGALRM -> EINTR (rip=CODE) at CPL0 and CPL3;
+# immediate_exit=1 -> EINTR.
+SPIN = (
+    b"\xeb\xfe"  # spin: jmp spin
+)

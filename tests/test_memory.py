@@ -1,0 +1,85 @@
+"""Guest memory and memory slots: mapping, moving, dirty logging, host writes seen by the guest."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hvcore import VM, GuestMemory, HltExit, Hypervisor, IoDirection, IoExit, SlotFlags
+from tests.boot import boot, read_guest, run_exits, slot_memory, write_guest
+from tests.guests import layout, real_mode
+
+
+def test_guest_memory_is_zeroed_lazy_and_page_aligned() -> None:
+    with GuestMemory(4 << 30) as ram:  # 4 GiB declared, only touched pages cost memory
+        assert ram.size == 4 << 30
+        assert ram.address % 4096 == 0
+        assert ram.read(3 << 30, 16) == bytes(16)
+        ram.write(0x1234, b"abc")
+        assert ram.read(0x1233, 5) == b"\0abc\0"
+        ram.fill(0x1233, 2, 0xFF)
+        assert ram.read(0x1233, 3) == b"\xff\xffb"
+    assert ram.closed
+
+
+def test_slots_are_listed_and_their_memory_stays_alive_while_mapped(hv: Hypervisor, vm: VM) -> None:
+    ram, rom = GuestMemory(0x10000), GuestMemory(0x2000)
+    vm.set_memory_slot(3, 0x20000, rom, flags=SlotFlags.READONLY)
+    vm.set_memory_slot(1, 0, ram, offset=0x1000, size=0x8000)
+    assert [(s.slot, s.guest_address, s.size, s.offset, s.flags) for s in vm.memory_slots()] == [
+        (1, 0, 0x8000, 0x1000, SlotFlags(0)),
+        (3, 0x20000, 0x2000, 0, SlotFlags.READONLY),
+    ]
+    rom.close()  # deferred: slot 3 still maps it
+    assert rom.closed
+    vm.delete_memory_slot(3)
+    assert [s.slot for s in vm.memory_slots()] == [1]
+
+
+def test_slot_offset_maps_the_right_bytes(hv: Hypervisor, vm: VM) -> None:
+    ram = GuestMemory(layout.RAM_SIZE + 0x4000)
+    vm.set_memory_slot(0, 0, ram, offset=0x4000, size=layout.RAM_SIZE)
+    vcpu = boot(hv, vm, real_mode.PRINTS_5, rax=2, rbx=3)
+    assert ram.read(0x4000 + layout.CODE, len(real_mode.PRINTS_5)) == real_mode.PRINTS_5
+    assert run_exits(vcpu)[0] == IoExit(0x3F8, 1, 1, IoDirection.OUT, b"5")
+
+
+def test_moving_a_slot_changes_what_the_guest_sees(hv: Hypervisor, vm: VM) -> None:
+    data = GuestMemory(0x10000)
+    data.write(0, b"\x99")
+    vm.set_memory_slot(1, layout.ROM, data)
+    vcpu = boot(hv, vm, real_mode.ROM_WRITE)  # writes 0x55 to ROM, reads it back, outs it
+    vm.set_memory_slot(1, layout.MMIO, data)  # same size and buffer: a move
+    assert vm.memory_slots()[1].guest_address == layout.MMIO
+    exits = run_exits(vcpu, lambda e: 0x66)
+    assert exits[0].reason.name == "MMIO"  # nothing at ROM any more
+
+
+def test_host_writes_to_guest_code_are_seen(hv: Hypervisor, vm: VM) -> None:
+    vcpu = boot(hv, vm, real_mode.PRINTS_5, rax=2, rbx=3)
+    assert run_exits(vcpu)[0] == IoExit(0x3F8, 1, 1, IoDirection.OUT, b"5")
+    write_guest(vm, layout.CODE + 8, b"\xb0\x21")  # patch "mov al, 10" into "mov al, '!'"
+    vcpu.set_regs(replace(vcpu.get_regs(), rip=layout.CODE, rax=2, rbx=3))
+    assert [e for e in run_exits(vcpu) if isinstance(e, IoExit)][1].data == b"!"
+
+
+def test_dirty_log_records_written_pages_and_clears_on_read(hv: Hypervisor, vm: VM) -> None:
+    vcpu = boot(hv, vm, real_mode.DIRTY_PAGES, ram_flags=SlotFlags.LOG_DIRTY_PAGES)
+    vm.get_dirty_log(0)  # forget the host's own loading writes
+    assert run_exits(vcpu) == [HltExit()]
+    log = vm.get_dirty_log(0)
+    assert log.page_count == layout.RAM_SIZE // 4096
+    pages = set(log.pages())
+    assert {16, 18} <= pages
+    assert 19 not in pages
+    assert pages <= {1, 16, 18}  # the code page may be logged (upstream), nothing else
+    assert vm.get_dirty_log(0).pages() == []  # reading cleared it
+    assert read_guest(vm, layout.DATA, 1) == b"\xaa"
+
+
+def test_toggling_dirty_logging_keeps_the_slot(hv: Hypervisor, vm: VM) -> None:
+    vcpu = boot(hv, vm, real_mode.DIRTY_PAGES)
+    slot = vm.set_slot_flags(0, SlotFlags.LOG_DIRTY_PAGES)
+    assert slot.flags == SlotFlags.LOG_DIRTY_PAGES
+    assert slot_memory(vm).read(layout.CODE, 3) == real_mode.DIRTY_PAGES[:3]
+    run_exits(vcpu)
+    assert {16, 18} <= set(vm.get_dirty_log(0).pages())

@@ -1,0 +1,203 @@
+"""vCPU and VM state: reset values, every get/set pair round-trips, clock, irqchip, system queries."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+import pytest
+
+from hvcore import (
+    VM,
+    AlreadyExists,
+    Capability,
+    CpuidEntry,
+    Fpu,
+    Hypervisor,
+    InvalidArgument,
+    IoapicState,
+    IrqchipId,
+    MpState,
+    PicState,
+    Regs,
+    ShutdownExit,
+    Xsave,
+    x86,
+)
+from tests.boot import boot
+from tests.guests import layout, long_mode
+
+MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_LSTAR, MSR_TSC_AUX = 0x174, 0x175, 0xC0000082, 0xC0000103
+
+
+def test_new_vcpu_is_in_the_reset_state(hv: Hypervisor, vm: VM) -> None:
+    vcpu = vm.create_vcpu(0)
+    regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+    assert (regs.rip, regs.rdx & 0xFF00, regs.rflags) == (0xFFF0, 0x600, 0x2)
+    assert (sregs.cs.selector, sregs.cs.base, sregs.cs.limit) == (0xF000, 0xFFFF0000, 0xFFFF)
+    assert sregs.cr0 == 0x60000010
+    assert sregs.efer == 0
+    assert sregs.apic_base == 0xFEE00900
+    assert vcpu.get_mp_state() == MpState.RUNNABLE
+
+
+def test_system_queries(hv: Hypervisor) -> None:
+    assert hv.api_version() == 12
+    caps = hv.capabilities()
+    assert {Capability.USER_MEMORY, Capability.SET_GUEST_DEBUG, Capability.IMMEDIATE_EXIT} <= caps
+    assert hv.check_extension(Capability.USER_MEMORY) == 1
+    assert hv.check_extension(Capability.NR_MEMSLOTS) > 32
+    assert 1 <= hv.recommended_vcpus() <= hv.max_vcpus()
+    assert hv.vcpu_mmap_size() >= 2 * 4096
+    msrs = hv.msr_index_list()
+    assert MSR_IA32_SYSENTER_CS in msrs
+    assert MSR_LSTAR in msrs
+    leaves = {e.function for e in hv.supported_cpuid()}
+    assert {0, 1, 0x80000000, 0x80000001} <= leaves
+
+
+def test_regs_and_sregs_round_trip(hv: Hypervisor, vm: VM) -> None:
+    vcpu = vm.create_vcpu(0)
+    names = [f.name for f in fields(Regs)]
+    regs = Regs(**{n: i for i, n in enumerate(names[:16], 1)}, rip=0x1234, rflags=0x202)
+    vcpu.set_regs(regs)
+    assert vcpu.get_regs() == regs
+    sregs = x86.real_mode_sregs(vcpu.get_sregs(), code_segment=0x2000)
+    sregs = replace(sregs, es=replace(sregs.es, selector=0x3000, base=0x30000), cr2=0xDEAD000)
+    vcpu.set_sregs(sregs)
+    got = vcpu.get_sregs()
+    assert (got.cs, got.es, got.cr2, got.gdt, got.idt) == (sregs.cs, sregs.es, sregs.cr2, sregs.gdt, sregs.idt)
+
+
+def test_long_mode_sregs_round_trip(hv: Hypervisor, vm: VM) -> None:
+    vcpu = boot(hv, vm, long_mode.SPIN, "long")
+    sregs = vcpu.get_sregs()
+    assert sregs.efer & (x86.EFER_LME | x86.EFER_LMA) == x86.EFER_LME | x86.EFER_LMA
+    assert sregs.cs.l == 1
+    assert sregs.cr3 == layout.PML4
+    translation = vcpu.translate(0x3FFF_F123)
+    assert translation.valid
+    assert translation.physical_address == 0x3FFF_F123
+    assert translation.writeable
+    assert not vcpu.translate(0x4000_0000).valid
+
+
+def test_fpu_and_xsave_round_trip(hv: Hypervisor, vm: VM) -> None:
+    vcpu = vm.create_vcpu(0)
+    xsave = vcpu.get_xsave()
+    region = bytearray(xsave.region)
+    region[160:176] = bytes(range(16))  # XMM0 in the legacy area
+    region[512:520] = (region[512] | 0x2).to_bytes(1, "little") + region[513:520]  # XSTATE_BV: SSE
+    vcpu.set_xsave(Xsave(bytes(region)))
+    assert vcpu.get_xsave().region[160:176] == bytes(range(16))
+    assert vcpu.get_fpu().xmm[0] == bytes(range(16))
+    fpu = vcpu.get_fpu()
+    vcpu.set_fpu(replace(fpu, xmm=(b"\x11" * 16, *fpu.xmm[1:]), mxcsr=0x1F80))
+    assert isinstance(vcpu.get_fpu(), Fpu)
+
+
+def test_msrs_round_trip(hv: Hypervisor, vm: VM) -> None:
+    vcpu = vm.create_vcpu(0)
+    vcpu.set_msrs({MSR_IA32_SYSENTER_CS: 0x10, MSR_IA32_SYSENTER_ESP: 0xFFFF8000})
+    assert vcpu.get_msrs([MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP]) == {
+        MSR_IA32_SYSENTER_CS: 0x10,
+        MSR_IA32_SYSENTER_ESP: 0xFFFF8000,
+    }
+
+
+def test_cpuid_xcrs_and_mp_state(hv: Hypervisor, vm: VM) -> None:
+    vcpu = vm.create_vcpu(0)
+    supported = hv.supported_cpuid()
+    vcpu.set_cpuid(supported)
+    leaf0 = next(e for e in vcpu.get_cpuid() if e.function == 0)
+    assert isinstance(leaf0, CpuidEntry)
+    assert leaf0.eax >= 1
+    assert vcpu.get_xcrs()[0] & 1  # x87 state is always enabled in XCR0
+    vcpu.set_xcrs({0: 0x3})
+    assert vcpu.get_xcrs()[0] == 0x3
+    vcpu.set_mp_state(MpState.RUNNABLE)
+    with pytest.raises(InvalidArgument):  # without an in-kernel LAPIC only RUNNABLE is valid
+        vcpu.set_mp_state(MpState.HALTED)
+
+
+def test_mp_state_with_irqchip(hv: Hypervisor, vm: VM) -> None:
+    vm.create_irqchip()
+    vcpu = vm.create_vcpu(0)
+    vcpu.set_mp_state(MpState.HALTED)
+    assert vcpu.get_mp_state() == MpState.HALTED
+
+
+def test_vcpu_events_round_trip(hv: Hypervisor, vm: VM) -> None:
+    vcpu = vm.create_vcpu(0)
+    events = vcpu.get_vcpu_events()
+    vcpu.set_vcpu_events(replace(events, nmi_masked=1))
+    assert vcpu.get_vcpu_events().nmi_masked == 1
+
+
+def test_triple_fault_is_shutdown_and_stays_so(hv: Hypervisor, vm: VM) -> None:
+    vcpu = boot(hv, vm, long_mode.TRIPLE_FAULT, "long")
+    vcpu.set_sregs(replace(vcpu.get_sregs(), idt=replace(vcpu.get_sregs().idt, base=0, limit=0)))
+    assert vcpu.run() == ShutdownExit()
+    assert vcpu.run() == ShutdownExit()
+
+
+def test_clock_get_set(hv: Hypervisor, vm: VM) -> None:
+    first = vm.get_clock().clock
+    second = vm.get_clock().clock
+    assert second >= first
+    vm.set_clock(5_000_000_000_000)
+    after = vm.get_clock().clock
+    assert 5_000_000_000_000 <= after < 5_000_000_000_000 + 10_000_000_000  # set, then advancing
+
+
+def test_irqchip_state_round_trip(hv: Hypervisor, vm: VM) -> None:
+    vm.create_irqchip()
+    master = vm.get_irqchip(IrqchipId.PIC_MASTER)
+    assert isinstance(master, PicState)
+    vm.set_irqchip(IrqchipId.PIC_MASTER, replace(master, imr=0xFA, irq_base=0x20, elcr=0x08, elcr_mask=0xF8))
+    again = vm.get_irqchip(IrqchipId.PIC_MASTER)
+    assert isinstance(again, PicState)
+    assert (again.imr, again.irq_base, again.elcr) == (0xFA, 0x20, 0x08)
+    ioapic = vm.get_irqchip(IrqchipId.IOAPIC)
+    assert isinstance(ioapic, IoapicState)
+    assert ioapic.base_address == 0xFEC00000
+    assert all(e & (1 << 16) for e in ioapic.redirtbl)
+    table = (49, *ioapic.redirtbl[1:])
+    vm.set_irqchip(IrqchipId.IOAPIC, replace(ioapic, redirtbl=table, id=2))
+    again_io = vm.get_irqchip(IrqchipId.IOAPIC)
+    assert isinstance(again_io, IoapicState)
+    assert again_io.redirtbl[0] == 0x31
+    assert again_io.id == 2
+
+
+def test_irq_line_status_reports_latched_and_coalesced_edges(hv: Hypervisor, vm: VM) -> None:
+    vm.create_irqchip()
+    assert vm.irq_line(3, True) == 1  # the PIC latched the edge (the IOAPIC pin is masked: adds 0)
+    assert vm.irq_line(3, False) > 0
+    assert vm.irq_line(3, True) == 0  # still in IRR, never acknowledged: coalesced
+    master = vm.get_irqchip(IrqchipId.PIC_MASTER)
+    assert isinstance(master, PicState)
+    assert master.irr & (1 << 3)
+
+
+def test_lapic_round_trip(hv: Hypervisor, vm: VM) -> None:
+    vm.create_irqchip()
+    vcpu = vm.create_vcpu(1)
+    lapic = vcpu.get_lapic()
+    assert lapic.register(0x20) >> 24 == 1  # APIC ID = vCPU id
+    vcpu.set_lapic(lapic.with_register(0x80, 0x20))  # TPR
+    assert vcpu.get_lapic().register(0x80) == 0x20
+
+
+@pytest.mark.parametrize("address", [0xFFFBD000])
+def test_tss_and_identity_map_addresses(hv: Hypervisor, vm: VM, address: int) -> None:
+    vm.set_identity_map_address(address - 0x1000)
+    vm.set_tss_address(address)
+
+
+def test_pit_needs_an_irqchip_and_exists_once(hv: Hypervisor, vm: VM) -> None:
+    vm.create_irqchip()
+    vm.create_pit()
+    with pytest.raises(AlreadyExists):
+        vm.create_pit()
+    with pytest.raises(AlreadyExists):
+        vm.create_irqchip()

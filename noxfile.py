@@ -40,7 +40,7 @@ def hardware(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff check and format check."""
+    """ruff over the packages, tests, benchmarks and this file."""
     session.install("ruff>=0.5")
     session.run("ruff", "check", "hvcore", "backends", "simulator", "tests", "bench", "noxfile.py")
 

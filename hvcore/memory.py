@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from types import TracebackType
 
-from hvcore.errors import AlignmentError, ClosedError, InvalidArgument, NotFound, SlotOverlap
+from hvcore.errors import AlignmentError, ClosedError, InvalidArgument, NotFound, SlotOverlap, error_for_errno
 from hvcore.types import SlotFlags
 
 __all__ = ["PAGE_SIZE", "GuestMemory", "MemorySlot", "SlotChange", "SlotTable"]
@@ -47,14 +47,17 @@ class GuestMemory:
     """
 
     def __init__(self, size: int) -> None:
-        if not isinstance(size, int) or size <= 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise InvalidArgument(f"guest memory size must be a positive integer, got {size!r}")
         if size % PAGE_SIZE:
             raise AlignmentError(f"guest memory size {size:#x} is not a multiple of the page size ({PAGE_SIZE:#x})")
         if size > MAX_GUEST_MEMORY:
             raise InvalidArgument(f"guest memory size {size:#x} is larger than the {MAX_GUEST_MEMORY:#x} hvcore allows")
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
-        self._map: mmap.mmap | None = mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            self._map: mmap.mmap | None = mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            raise error_for_errno(exc.errno or 0, "mmap(guest memory)", f"cannot reserve {size:#x} bytes") from exc
         anchor = ctypes.c_char.from_buffer(self._map)
         self._address = ctypes.addressof(anchor)
         del anchor  # releases the buffer export, so close() can unmap
@@ -104,6 +107,10 @@ class GuestMemory:
 
     def fill(self, offset: int, length: int, byte: int = 0) -> None:
         """Set ``length`` bytes at ``offset`` to ``byte``."""
+        self._live()
+        self._check_range(offset, length)
+        if not 0 <= byte < 256:
+            raise InvalidArgument(f"fill byte {byte} is not in range 0-255", operation="guest memory access")
         self.write(offset, bytes([byte]) * length)
 
     def _attach(self) -> None:
@@ -207,6 +214,8 @@ class SlotTable:
 
     def get(self, slot: int) -> MemorySlot:
         """The slot with id ``slot``; :class:`NotFound` if there is none."""
+        if not 0 <= slot < self.max_slots:
+            raise InvalidArgument(f"slot id {slot} is out of range; use 0 to {self.max_slots - 1}")
         try:
             return self._slots[slot]
         except KeyError:
@@ -275,6 +284,24 @@ class SlotTable:
             )
         return SlotChange(SlotChangeKind.MODIFY, slot, old, new)
 
+    def plan_flags(self, slot: int, flags: SlotFlags) -> tuple[SlotChange, ...]:
+        """The changes that give ``slot`` new ``flags``: one in place, or delete then add when READONLY changes.
+
+        Everything is checked before anything is done, so a refused request leaves the slot as it was.
+        """
+        old = self.get(slot)
+        unknown = int(flags) & ~int(SlotFlags.LOG_DIRTY_PAGES | SlotFlags.READONLY)
+        if unknown:
+            raise InvalidArgument(f"unknown slot flag bits {unknown:#x}", operation="set_slot_flags")
+        if old.memory.closed:
+            raise ClosedError(
+                f"slot {slot} maps closed guest memory; its flags cannot change", operation="set_slot_flags"
+            )
+        new = replace(old, flags=SlotFlags(flags))
+        if new.readonly == old.readonly:
+            return (SlotChange(SlotChangeKind.MODIFY, slot, old, new),)
+        return (SlotChange(SlotChangeKind.DELETE, slot, old, None), SlotChange(SlotChangeKind.ADD, slot, None, new))
+
     def apply(self, change: SlotChange) -> None:
         """Record a change the backend has carried out."""
         if change.new is not None:
@@ -290,8 +317,3 @@ class SlotTable:
         for s in self._slots.values():
             s.memory._detach()
         self._slots.clear()
-
-    @staticmethod
-    def with_flags(slot: MemorySlot, flags: SlotFlags) -> MemorySlot:
-        """``slot`` with other flags."""
-        return replace(slot, flags=SlotFlags(flags))

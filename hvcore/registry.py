@@ -24,6 +24,7 @@ from hvcore.errors import BackendUnavailable, InvalidArgument
 from hvcore.protocol import Hypervisor
 
 __all__ = [
+    "AUTO_ORDER",
     "ENTRY_POINT_GROUP",
     "Backend",
     "available_backends",

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import IntEnum, IntFlag
 
+from hvcore.errors import InvalidArgument
+
 __all__ = [
     "ClockData",
     "CpuidEntry",
@@ -260,7 +262,7 @@ class Lapic:
     def register(self, offset: int) -> int:
         """The 32-bit register at ``offset`` (e.g. 0x20 for the APIC ID)."""
         if offset % 16 or not 0 <= offset < 1024:
-            raise ValueError(f"LAPIC register offset {offset:#x} must be a multiple of 16 below 0x400")
+            raise InvalidArgument(f"LAPIC register offset {offset:#x} must be a multiple of 16 below 0x400")
         return int.from_bytes(self.regs[offset : offset + 4], "little")
 
     def with_register(self, offset: int, value: int) -> Lapic:

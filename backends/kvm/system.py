@@ -73,8 +73,11 @@ class KvmHypervisor:
         return ioctl(self._live(), ioctls.KVM_GET_API_VERSION, 0)
 
     def check_extension(self, capability: Capability | int) -> int:
-        """``KVM_CHECK_EXTENSION``."""
-        return ioctl(self._live(), ioctls.KVM_CHECK_EXTENSION, int(capability))
+        """``KVM_CHECK_EXTENSION`` (0 for numbers KVM cannot know)."""
+        fd = self._live()
+        if not 0 <= int(capability) < 1 << 31:
+            return 0
+        return ioctl(fd, ioctls.KVM_CHECK_EXTENSION, int(capability))
 
     def capabilities(self) -> frozenset[Capability]:
         """Every :class:`Capability` for which ``KVM_CHECK_EXTENSION`` is non-zero."""
@@ -83,8 +86,9 @@ class KvmHypervisor:
 
     def vcpu_mmap_size(self) -> int:
         """``KVM_GET_VCPU_MMAP_SIZE``."""
+        fd = self._live()
         if self._mmap_size is None:
-            self._mmap_size = ioctl(self._live(), ioctls.KVM_GET_VCPU_MMAP_SIZE, 0)
+            self._mmap_size = ioctl(fd, ioctls.KVM_GET_VCPU_MMAP_SIZE, 0)
         return self._mmap_size
 
     def msr_index_list(self) -> tuple[int, ...]:

@@ -50,6 +50,13 @@ _IMMEDIATE_EXIT = kvm_run.IMMEDIATE_EXIT
 _MAX_CPUID_ENTRIES = 256
 
 
+def _check_msr(index: int, value: int) -> None:
+    if not 0 <= index < 1 << 32:
+        raise InvalidArgument(f"MSR index {index:#x} is not a 32-bit number", operation="msrs")
+    if not 0 <= value < 1 << 64:
+        raise InvalidArgument(f"MSR {index:#x}: value {value:#x} is not an unsigned 64-bit number", operation="msrs")
+
+
 def _release(fd: int, run: mmap.mmap) -> None:
     run.close()
     os.close(fd)
@@ -268,6 +275,8 @@ class KvmVCPU:
     def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
         """``KVM_GET_MSRS``; an MSR KVM does not know raises InvalidArgument naming it."""
         wanted = list(indices)
+        for index in wanted:
+            _check_msr(index, 0)
         raw = uapi.msrs_with(len(wanted))()
         raw.nmsrs = len(wanted)
         for i, index in enumerate(wanted):
@@ -280,6 +289,8 @@ class KvmVCPU:
     def set_msrs(self, msrs: Mapping[int, int]) -> None:
         """``KVM_SET_MSRS``; stops at the first MSR refused and raises InvalidArgument naming it."""
         items = list(msrs.items())
+        for index, value in items:
+            _check_msr(index, value)
         raw = uapi.msrs_with(len(items))()
         raw.nmsrs = len(items)
         for i, (index, value) in enumerate(items):
@@ -313,6 +324,8 @@ class KvmVCPU:
 
     def set_lapic(self, lapic: Lapic) -> None:
         """``KVM_SET_LAPIC``."""
+        if len(lapic.regs) != 1024:
+            raise InvalidArgument(f"the LAPIC page is 1024 bytes, got {len(lapic.regs)}", operation="KVM_SET_LAPIC")
         self._get(ioctls.KVM_SET_LAPIC, convert.lapic_to_kvm(lapic))
 
     def get_debugregs(self) -> DebugRegs:
@@ -343,7 +356,11 @@ class KvmVCPU:
 
     def set_mp_state(self, state: MpState) -> None:
         """``KVM_SET_MP_STATE``."""
-        self._get(ioctls.KVM_SET_MP_STATE, uapi.KvmMpState(int(MpState(state))))
+        try:
+            value = MpState(state)
+        except ValueError:
+            raise InvalidArgument(f"{state!r} is not an MpState", operation="KVM_SET_MP_STATE") from None
+        self._get(ioctls.KVM_SET_MP_STATE, uapi.KvmMpState(int(value)))
 
     def interrupt(self, vector: int) -> None:
         """``KVM_INTERRUPT``: queue external interrupt ``vector`` (no irqchip)."""
@@ -363,6 +380,8 @@ class KvmVCPU:
 
     def translate(self, linear_address: int) -> Translation:
         """``KVM_TRANSLATE``."""
+        if not 0 <= linear_address < 1 << 64:
+            raise InvalidArgument(f"linear address {linear_address:#x} is not 64-bit", operation="KVM_TRANSLATE")
         raw = uapi.KvmTranslation()
         raw.linear_address = linear_address
         self._get(ioctls.KVM_TRANSLATE, raw)

@@ -12,8 +12,8 @@ from backends.kvm import convert, ioctls, uapi
 from backends.kvm._sys import ioctl, ioctl_ulong
 from backends.kvm.vcpu import KvmVCPU
 from hvcore.caps import Capability
-from hvcore.errors import AlreadyExists, ClosedError, InvalidArgument, NotFound
-from hvcore.memory import GuestMemory, MemorySlot, SlotChange, SlotTable
+from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound
+from hvcore.memory import GuestMemory, MemorySlot, SlotChange, SlotChangeKind, SlotTable
 from hvcore.types import ClockData, DirtyLog, IoapicState, IrqchipId, PicState, SlotFlags
 
 if TYPE_CHECKING:
@@ -24,17 +24,23 @@ __all__ = ["KvmVM"]
 _DEFAULT_MAX_VCPU_ID = 1024
 
 
+def _release(fd: int, slots: SlotTable) -> None:
+    os.close(fd)
+    slots.release_all()
+
+
 class KvmVM:
     """A KVM virtual machine; see :class:`hvcore.VM` for the contract."""
 
     def __init__(self, hypervisor: KvmHypervisor, fd: int) -> None:
         self._fd = fd
-        self._finalizer = weakref.finalize(self, os.close, fd)
         self._vcpu_mmap_size = hypervisor.vcpu_mmap_size()
         self._slots = SlotTable(max(1, self.check_extension(Capability.NR_MEMSLOTS)))
         self._max_vcpu_id = self.check_extension(Capability.MAX_VCPU_ID) or _DEFAULT_MAX_VCPU_ID
         self._vcpus: dict[int, KvmVCPU] = {}
+        self._vcpus_created = False  # closed vCPUs still count for KVM
         self._irqchip = False
+        self._finalizer = weakref.finalize(self, _release, fd, self._slots)  # last: the caller owns fd until here
 
     def _live(self) -> int:
         if self._fd < 0:
@@ -42,8 +48,11 @@ class KvmVM:
         return self._fd
 
     def check_extension(self, capability: Capability | int) -> int:
-        """``KVM_CHECK_EXTENSION`` on the VM fd."""
-        return ioctl(self._live(), ioctls.KVM_CHECK_EXTENSION, int(capability))
+        """``KVM_CHECK_EXTENSION`` on the VM fd (0 for numbers KVM cannot know)."""
+        fd = self._live()
+        if not 0 <= int(capability) < 1 << 31:
+            return 0
+        return ioctl(fd, ioctls.KVM_CHECK_EXTENSION, int(capability))
 
     # -- memory ------------------------------------------------------------
 
@@ -80,7 +89,9 @@ class KvmVM:
         if size is None:
             size = memory.size - offset
         if size == 0:
-            raise InvalidArgument("a slot of size 0 maps nothing; use delete_memory_slot() to remove one")
+            raise InvalidArgument(
+                "a slot of size 0 maps nothing; use delete_memory_slot() to remove one", operation="set_memory_slot"
+            )
         change = self._slots.plan(slot, guest_address, memory, offset, size, flags)
         self._commit(change)
         return self._slots.get(slot)
@@ -93,10 +104,15 @@ class KvmVM:
     def set_slot_flags(self, slot: int, flags: SlotFlags) -> MemorySlot:
         """Change a slot's flags (READONLY by delete and re-add, as QEMU does)."""
         self._live()
-        old = self._slots.get(slot)
-        if bool(flags & SlotFlags.READONLY) != old.readonly:
-            self.delete_memory_slot(slot)
-        return self.set_memory_slot(slot, old.guest_address, old.memory, offset=old.offset, size=old.size, flags=flags)
+        first, *rest = self._slots.plan_flags(slot, flags)
+        self._commit(first)
+        for change in rest:
+            try:
+                self._commit(change)
+            except HvError:
+                self._commit(SlotChange(SlotChangeKind.ADD, slot, None, first.old))
+                raise
+        return self._slots.get(slot)
 
     def memory_slots(self) -> tuple[MemorySlot, ...]:
         """The slots, by id."""
@@ -132,12 +148,14 @@ class KvmVM:
         if vcpu_id in self._vcpus:
             raise AlreadyExists(f"vCPU {vcpu_id} already exists in this VM", operation="KVM_CREATE_VCPU")
         vcpu_fd = ioctl(fd, ioctls.KVM_CREATE_VCPU, vcpu_id, f"vCPU {vcpu_id}")
+        self._vcpus_created = True
         vcpu = KvmVCPU(self, vcpu_id, vcpu_fd, self._vcpu_mmap_size)
         self._vcpus[vcpu_id] = vcpu
         return vcpu
 
     def vcpus(self) -> tuple[KvmVCPU, ...]:
         """The open vCPUs, by id."""
+        self._live()
         return tuple(self._vcpus[i] for i in sorted(self._vcpus))
 
     def _forget_vcpu(self, vcpu_id: int) -> None:
@@ -146,8 +164,14 @@ class KvmVM:
     # -- interrupt controllers, timer, clock ---------------------------------
 
     def create_irqchip(self) -> None:
-        """``KVM_CREATE_IRQCHIP``."""
-        ioctl(self._live(), ioctls.KVM_CREATE_IRQCHIP, 0)
+        """``KVM_CREATE_IRQCHIP``; it must come before the first vCPU."""
+        fd = self._live()
+        if self._vcpus_created and not self._irqchip:
+            raise InvalidArgument(
+                "create the irqchip before any vCPU: KVM refuses KVM_CREATE_IRQCHIP once a vCPU exists",
+                operation="KVM_CREATE_IRQCHIP",
+            )
+        ioctl(fd, ioctls.KVM_CREATE_IRQCHIP, 0)
         self._irqchip = True
 
     def irq_line(self, irq: int, level: bool) -> int:
@@ -227,7 +251,6 @@ class KvmVM:
             vcpu.close()
         self._fd = -1
         self._finalizer()
-        self._slots.release_all()
 
     def __enter__(self) -> KvmVM:
         return self

@@ -1,0 +1,232 @@
+"""The ``hvcore`` command: run the demo guest, list the backends.
+
+::
+
+    hvcore demo [--backend kvm|sim|auto]   run the bundled guest and report what happened
+    hvcore info                            every backend: usable or why not, and what it offers
+    hvcore --version
+
+Errors are one line on stderr (``hvcore: error: ...``); the exit status is 0 on
+success, 1 when the hypervisor fails and 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn, TextIO
+
+import hvcore
+from hvcore import registry
+from hvcore.demo import RESULT_PORT, DemoResult, run_demo
+from hvcore.errors import HvError
+
+__all__ = ["main"]
+
+PROG = "hvcore"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_LABEL_WIDTH = 10
+_USABLE_BECAUSE = {"kvm": "/dev/kvm usable", "sim": "simulator usable"}
+"""How ``hvcore demo`` says why auto chose a built-in backend."""
+
+
+class _UsageError(Exception):
+    """A command-line mistake; reported as one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises on usage errors instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def _one_line(text: str) -> str:
+    """Fold a multi-line message (``"head:\\n  a\\n  b"``) into ``"head: a; b"``."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head, rest = lines[0], lines[1:]
+    if not rest:
+        return head
+    return f"{head} {'; '.join(rest)}" if head.endswith(":") else "; ".join(lines)
+
+
+def _row(label: str, value: str) -> str:
+    return f"{label:<{_LABEL_WIDTH}}{value}"
+
+
+class _LabelledConsole(io.StringIO):
+    """Passes guest console text on to ``target``, the first line after a label and the rest indented under it."""
+
+    def __init__(self, target: TextIO, label: str) -> None:
+        super().__init__()
+        self._target = target
+        self._prefix = f"{label:<{_LABEL_WIDTH}}"
+        self._at_line_start = True
+        self.wrote = False
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines(keepends=True):
+            if self._at_line_start:
+                self._target.write(self._prefix)
+                self._prefix = " " * _LABEL_WIDTH
+            self._target.write(line)
+            self._at_line_start = line.endswith(("\n", "\r"))
+            self.wrote = True
+        return len(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def end(self) -> None:
+        """Finish the console block: end a partial last line, or say there was no output."""
+        if not self.wrote:
+            self._target.write(self._prefix + "(no output)\n")
+        elif not self._at_line_start:
+            self._target.write("\n")
+
+
+def _why(requested: str, chosen: str) -> str:
+    """Why ``chosen`` was picked for ``--backend requested``."""
+    if requested != "auto":
+        return "requested with --backend"
+    reasons = hvcore.available_backends()
+    skipped = []
+    for name in registry.AUTO_ORDER:
+        if name == chosen:
+            break
+        reason = reasons.get(name)
+        if reason is not None:
+            skipped.append(f"{name} unusable: {_one_line(reason)}")
+    return "; ".join(skipped) or _USABLE_BECAUSE.get(chosen, f"{chosen} usable")
+
+
+def _format_seconds(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.0f} us"
+
+
+def _print_result(result: DemoResult, out: TextIO) -> None:
+    counts = ", ".join(f"{kind} {n}" for kind, n in result.exits.items())
+    per_exit = f" ({_format_seconds(result.elapsed / result.total_exits)} per exit)" if result.total_exits else ""
+    print(_row("computed", f"{result.value} (sent to port {RESULT_PORT:#x})"), file=out)
+    print(_row("exits", f"{result.total_exits} ({counts})"), file=out)
+    print(_row("time", f"{_format_seconds(result.elapsed)}{per_exit}"), file=out)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    out = sys.stdout
+    with hvcore.open_hypervisor(args.backend) as hv:
+        print(_row("backend", f"{hv.name} ({_why(args.backend, hv.name)})"), file=out, flush=True)
+        console = _LabelledConsole(out, "console")
+        try:
+            result = run_demo(hv, console)
+        finally:
+            console.end()
+            out.flush()
+    _print_result(result, out)
+    return EXIT_OK
+
+
+def _describe_usable(hv: hvcore.Hypervisor, indent: str) -> list[str]:
+    rows = [
+        ("API version", str(hv.api_version())),
+        ("capabilities", str(len(hv.capabilities()))),
+        ("vCPUs", f"{hv.recommended_vcpus()} recommended, {hv.max_vcpus()} max"),
+        ("MSRs", f"{len(hv.msr_index_list())} saved and restored"),
+        ("CPUID", f"{len(hv.supported_cpuid())} leaves supported"),
+    ]
+    width = max(len(label) for label, _ in rows) + 2
+    return [f"{indent}{label:<{width}}{value}" for label, value in rows]
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    out = sys.stdout
+    status = EXIT_OK
+    reasons = hvcore.available_backends()
+    width = max(len(name) for name in [*reasons, "auto"]) + 2
+    indent = " " * (width + 2)
+    print(f"{PROG} {hvcore.__version__}", file=out)
+    for name, reason in reasons.items():
+        if reason is not None:
+            print(f"{name:<{width}}unusable: {_one_line(reason)}", file=out)
+            continue
+        try:
+            with hvcore.open_hypervisor(name) as hv:
+                details = _describe_usable(hv, indent)
+        except HvError as exc:
+            print(f"{name:<{width}}usable, but failed: {_one_line(exc.message)}", file=out)
+            status = EXIT_FAILURE
+            continue
+        print(f"{name:<{width}}usable", file=out)
+        print("\n".join(details), file=out)
+    auto = next((n for n in registry.AUTO_ORDER if reasons.get(n, "not registered") is None), None)
+    order = ", ".join(registry.AUTO_ORDER)
+    choice = f"{auto} (first usable of {order})" if auto else f"none usable (tries {order})"
+    print(f"{'auto':<{width}}{choice}", file=out)
+    return status
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(
+        prog=PROG,
+        description="Portable virtual machine monitors in Python, over Linux KVM or a simulator.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {hvcore.__version__}")
+    commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run the bundled real-mode guest and show what it did")
+    demo.add_argument(
+        "--backend",
+        choices=[*hvcore.backend_names(), "auto"],
+        default="auto",
+        help="backend to run on (default: auto, which prefers kvm and falls back to sim)",
+    )
+    demo.set_defaults(handler=_cmd_demo)
+
+    info = commands.add_parser("info", help="list the backends: usable or why not, and what each supports")
+    info.set_defaults(handler=_cmd_info)
+    return parser
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``hvcore`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        _fail(f"{exc} (see '{PROG} --help')")
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help and --version print and exit
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    try:
+        status: int = args.handler(args)
+        sys.stdout.flush()  # here, so a closed pipe is caught below rather than at interpreter exit
+    except HvError as exc:
+        _fail(exc.message or type(exc).__name__)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``hvcore info | head -1``): stop quietly, and keep
+        # Python from complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""The README's example runs and prints what it says."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import hvcore
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_minimal_vmm_example_prints_5(capsys: pytest.CaptureFixture[str], backend_name: str) -> None:
+    if hvcore.available_backends().get(backend_name) is not None:
+        pytest.skip(f"backend {backend_name!r} unusable here: {hvcore.available_backends()[backend_name]}")
+    block = re.search(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert block is not None
+    source = block.group(1).replace('open_hypervisor("auto")', f"open_hypervisor({backend_name!r})")
+    exec(compile(source, "README.md", "exec"), {})
+    assert capsys.readouterr().out == "5\n"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from hvcore import Hypervisor
 from tests.boot import boot
 from tests.guests import long_mode
 
-TINY = {"exits": 40, "repeat": 3, "warmup": 5, "timeout": 10.0, "alone_calls": 300}
+REPEAT = 3
 
 
 def _positive(values: tuple[float, ...], count: int) -> None:
@@ -31,22 +30,21 @@ def test_hard_coded_kvm_run_layout_matches_uapi() -> None:
     assert io_exit.KVM_RUN == ioctls.KVM_RUN
     assert io_exit.EXIT_REASON_OFFSET == kvm_run.EXIT_REASON
     assert io_exit.IMMEDIATE_EXIT_OFFSET == kvm_run.IMMEDIATE_EXIT
-    fields = ("u.io.direction", "u.io.size", "u.io.port", "u.io.count", "u.io.data_offset")
-    offsets = [kvm_run.offset_of(uapi.KvmRun, f) for f in fields]
-    assert offsets[0] == io_exit.IO_OFFSET
-    # the bare loop's one unpack: exit_reason, then the io fields at their offsets
-    fmt = io_exit._EXIT_IO.format
-    sizes = [struct.calcsize(fmt[: fmt.index(c) + 1]) for c in "BBHIQ"]
-    assert [io_exit.EXIT_REASON_OFFSET + s for s in sizes] == [o + n for o, n in zip(offsets, (1, 1, 2, 4, 8), strict=True)]
+    assert kvm_run.offset_of(uapi.KvmRun, "u.io") == io_exit.IO_OFFSET
+    raw = uapi.KvmRun()
+    raw.exit_reason = 2
+    raw.u.io.direction, raw.u.io.size, raw.u.io.port, raw.u.io.count, raw.u.io.data_offset = 1, 4, 0x80, 3, 0x1000
+    # the bare loop's one unpack reads exit_reason and the io fields where the kernel puts them
+    assert io_exit._EXIT_IO.unpack_from(bytes(raw), io_exit.EXIT_REASON_OFFSET) == (2, 1, 4, 0x80, 3, 0x1000)
 
 
 def test_bench_runs_every_row(kvm: Hypervisor) -> None:
-    result = io_exit.run_bench(kvm, **TINY)  # type: ignore[arg-type]
+    result = io_exit.run_bench(kvm, exits=40, repeat=REPEAT, warmup=5, timeout=10.0, alone_calls=300)
     assert [row.mode for row in result.rows] == list(io_exit.MODES)
     gcc = shutil.which("gcc") is not None
     for row in result.rows:
         for runs in (row.bare_runs, row.hvcore_runs, row.decode_runs, row.lock_runs):
-            _positive(runs, TINY["repeat"])  # type: ignore[arg-type]
+            _positive(runs, REPEAT)
         assert row.bare_ns > 0
         assert row.hvcore_ns > 0
         assert row.hvcore_over_bare > 0
@@ -54,7 +52,7 @@ def test_bench_runs_every_row(kvm: Hypervisor) -> None:
         assert row.lock_ns is not None
         assert row.rest_ns is not None
         if gcc:
-            _positive(row.c_runs, TINY["repeat"])  # type: ignore[arg-type]
+            _positive(row.c_runs, REPEAT)
             assert row.c_skipped is None
             assert row.c_ns is not None
             assert row.bare_over_c is not None
@@ -67,7 +65,7 @@ def test_bench_runs_every_row(kvm: Hypervisor) -> None:
     assert result.kvm_api == 12
     assert isinstance(result.met, bool)
     report = io_exit.format_report(result)
-    for text in ("CPL0", "CPL3", "target", "decode_exit", "kick lock", result.python):
+    for text in ("CPL0", "CPL3", "target", "decode_exit", "claim and kick bookkeeping", result.python):
         assert text in report
     data = json.loads(json.dumps(result.to_json()))
     assert {"met", "rows", "python", "alone"} <= data.keys()
@@ -75,7 +73,7 @@ def test_bench_runs_every_row(kvm: Hypervisor) -> None:
 
 
 def test_without_gcc_the_c_row_is_skipped_with_a_reason(kvm: Hypervisor, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(io_exit.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     result = io_exit.run_bench(kvm, exits=10, repeat=1, warmup=0, breakdown=False)
     for row in result.rows:
         assert row.c_ns is None
@@ -110,9 +108,14 @@ def test_watchdog_ends_a_guest_that_never_exits(kvm: Hypervisor, loop: str) -> N
     with kvm.create_vm() as vm:
         vcpu = boot(kvm, vm, long_mode.SPIN, "long")
         fd, run = vcpu._fd, vcpu._run  # type: ignore[attr-defined]
-        with pytest.raises(io_exit.BenchError, match="watchdog"), io_exit.watchdog(vcpu, 0.2, loop):
-            if loop == "bare":
-                io_exit.bare_loop(fd, run, 1)
-            else:
-                io_exit.hvcore_loop(vcpu, 1)
+
+        def spin() -> None:
+            with io_exit.watchdog(vcpu, 0.2, loop):
+                if loop == "bare":
+                    io_exit.bare_loop(fd, run, 1)
+                else:
+                    io_exit.hvcore_loop(vcpu, 1)
+
+        with pytest.raises(io_exit.BenchError, match="watchdog"):
+            spin()
         assert not vcpu.immediate_exit

@@ -73,6 +73,10 @@ _EVENT_AT, _EVENT = _checked("u.system_event", ("type", "I"), ("ndata", "I"))
 _FAIL_AT, _FAIL = _checked("u.fail_entry", ("hardware_entry_failure_reason", "Q"), ("cpu", "I"))
 _HW_AT, _HW = _checked("u.hw", ("hardware_exit_reason", "Q"))
 _REASON = struct.Struct("<I").unpack_from
+# exit_reason and the io member of the union in one unpack (the IO hot path)
+_REASON_IO = struct.Struct(f"<I{_IO_AT - EXIT_REASON - 4}x{_IO.format[1:]}").unpack_from
+if _REASON_IO(bytes(uapi.KvmRun(exit_reason=7)), EXIT_REASON)[0] != 7:  # pragma: no cover
+    raise AssertionError("kvm_run.exit_reason is not where uapi.KvmRun puts it")
 _U64 = struct.Struct("<Q")
 
 _HLT: Final = HltExit()
@@ -84,14 +88,6 @@ Decoded = tuple[Exit, int]
 """An exit and, when it waits for ``complete()``, the kvm_run offset its answer goes to (else -1)."""
 
 _OUT, _IN = IoDirection.OUT, IoDirection.IN
-
-
-def _io(run: mmap.mmap) -> Decoded:
-    direction, size, port, count, data_offset = _IO.unpack_from(run, _IO_AT)
-    if direction:
-        end = data_offset + size * count
-        return IoExit(port, size, count, _OUT, run[data_offset:end]), -1
-    return IoExit(port, size, count, _IN), data_offset
 
 
 def _mmio(run: mmap.mmap) -> Decoded:
@@ -126,7 +122,6 @@ def _fail_entry(run: mmap.mmap) -> Decoded:
 
 
 _DECODERS: Final[dict[int, Callable[[mmap.mmap], Decoded]]] = {
-    ExitReason.IO: _io,
     ExitReason.MMIO: _mmio,
     ExitReason.HLT: lambda run: (_HLT, -1),
     ExitReason.SHUTDOWN: lambda run: (_SHUTDOWN, -1),
@@ -143,10 +138,37 @@ def _unknown(run: mmap.mmap, reason: int) -> Decoded:
     return UnknownExit(reason, _HW.unpack_from(run, _HW_AT)[0]), -1
 
 
+_OUT_EXITS: Final[dict[tuple[int, int, bytes], IoExit]] = {}
+_IN_EXITS: Final[dict[tuple[int, int, int], IoExit]] = {}
+_CACHE_MAX: Final = 1024
+"""IoExits are immutable values: equal ones are shared (like _HLT), and a VMM's hot exits are few."""
+
+
+def _new_out(port: int, size: int, count: int, data: bytes) -> IoExit:
+    exit_ = IoExit(port, size, count, _OUT, data)
+    if count == 1:  # small keys only (string OUTs exit once per element anyway)
+        if len(_OUT_EXITS) >= _CACHE_MAX:
+            _OUT_EXITS.clear()
+        _OUT_EXITS[port, size, data] = exit_
+    return exit_
+
+
+def _new_in(port: int, size: int, count: int) -> IoExit:
+    if len(_IN_EXITS) >= _CACHE_MAX:
+        _IN_EXITS.clear()
+    exit_ = _IN_EXITS[port, size, count] = IoExit(port, size, count, _IN)
+    return exit_
+
+
 def decode_exit(run: mmap.mmap) -> Decoded:
     """Decode the exit in the kvm_run mapping ``run`` (an ``mmap.mmap``)."""
-    reason = _REASON(run, EXIT_REASON)[0]
-    if reason == 2:  # IO, the hot path
-        return _io(run)
+    reason, direction, size, port, count, data_offset = _REASON_IO(run, EXIT_REASON)
+    if reason == 2:  # IO, the hot path: one unpack, and a cached exit when it was seen before
+        if direction:
+            data = run[data_offset : data_offset + size * count]
+            exit_ = _OUT_EXITS.get((port, size, data))
+            return (exit_ if exit_ is not None else _new_out(port, size, count, data)), -1
+        exit_ = _IN_EXITS.get((port, size, count))
+        return (exit_ if exit_ is not None else _new_in(port, size, count)), data_offset
     decoder = _DECODERS.get(reason)
     return decoder(run) if decoder is not None else _unknown(run, reason)

@@ -79,6 +79,8 @@ class KvmVCPU:
         self._answer_at = -1  # where in kvm_run its answer goes
         self._thread: int | None = None  # the thread inside KVM_RUN
         self._kick_lock = threading.Lock()
+        self._closing = False
+        self._kicked = False  # a kick() is pending (immediate_exit is set)
         self._finalizer = weakref.finalize(self, _release, fd, run)
 
     @property
@@ -100,13 +102,16 @@ class KvmVCPU:
                 f"vCPU {self._id} still waits for the answer to {self._pending_exit!r}; call complete(data) first",
                 operation="run",
             )
+        if self._thread is not None:
+            raise VcpuBusy(f"vCPU {self._id} is already running in another thread", operation="run")
+        # Claim the vCPU, then look at _closing: close() sets _closing first and then waits for
+        # _thread to be None, so one of the two always sees the other. The fast path takes no
+        # lock (see kick() for why that is safe under the GIL's sequential ordering).
+        self._thread = _get_ident()
+        if self._closing:
+            self._thread = None
+            raise ClosedError(f"vCPU {self._id} is closed", operation="run")
         fd, run = self._fd, self._run
-        with self._kick_lock:
-            if fd < 0:
-                raise ClosedError(f"vCPU {self._id} is closed", operation="run")
-            if self._thread is not None:
-                raise VcpuBusy(f"vCPU {self._id} is already running in another thread", operation="run")
-            self._thread = _get_ident()
         try:
             _fcntl_ioctl(fd, _KVM_RUN, 0)
         except InterruptedError:
@@ -115,10 +120,10 @@ class KvmVCPU:
         except OSError as exc:
             self._leave_run()
             raise error_for_errno(exc.errno or 0, "KVM_RUN", f"vCPU {self._id}") from exc
-        with self._kick_lock:
-            self._thread = None
-            run[_IMMEDIATE_EXIT] = 0  # a kick that raced with this exit is consumed by it
-        exit_, answer_at = kvm_run.decode_exit(run)
+        exit_, answer_at = kvm_run.decode_exit(run)  # while still claimed: close() waits for us
+        self._thread = None
+        if self._kicked:  # a kick that raced with this exit is consumed by it
+            self._leave_run()
         if answer_at >= 0:
             self._pending_exit = exit_
             self._answer_at = answer_at
@@ -127,6 +132,7 @@ class KvmVCPU:
     def _leave_run(self) -> None:
         with self._kick_lock:
             self._thread = None
+            self._kicked = False
             self._run[_IMMEDIATE_EXIT] = 0
 
     def complete(self, data: bytes | int) -> None:
@@ -146,13 +152,21 @@ class KvmVCPU:
         self._pending_exit = None
 
     def kick(self) -> None:
-        """Make the current or next ``run()`` return ``InterruptedExit``; callable from any thread."""
+        """Make the current or next ``run()`` return ``InterruptedExit``; callable from any thread.
+
+        Sets ``_kicked`` and ``immediate_exit`` before looking at ``_thread``, while ``run()``
+        clears ``_thread`` before looking at ``_kicked``: whichever order the two threads run
+        in, a kick is either seen by the returning ``run()`` (and consumed by it) or left in
+        ``immediate_exit`` for the next one; it is never lost and never outlives the run it hit.
+        """
         with self._kick_lock:
             if self._fd < 0:
                 return
-            self._run[kvm_run.IMMEDIATE_EXIT] = 1
-            if self._thread is not None and self._thread != _get_ident():
-                kick.send_kick(self._thread)
+            self._kicked = True
+            self._run[_IMMEDIATE_EXIT] = 1
+            running = self._thread
+            if running is not None and running != _get_ident():
+                kick.send_kick(running)
 
     # -- kvm_run fields ----------------------------------------------------
 
@@ -392,22 +406,27 @@ class KvmVCPU:
     # -- lifetime ----------------------------------------------------------
 
     def close(self) -> None:
-        """Close the vCPU; a ``run()`` in another thread is kicked and waited for (up to 5 s)."""
+        """Close the vCPU. A ``run()`` in another thread is kicked until it returns (up to 5 s);
+        from then on ``run()`` raises ClosedError."""
         with self._kick_lock:
             if self._fd < 0:
                 return
-            running = self._thread
-            if running is not None and running != _get_ident():
-                self._run[kvm_run.IMMEDIATE_EXIT] = 1
-                kick.send_kick(running)
+            self._closing = True
         deadline = time.monotonic() + 5.0
-        while self._thread is not None and time.monotonic() < deadline:
+        while True:
+            with self._kick_lock:
+                running = self._thread
+                if running is None or running == _get_ident():
+                    self._fd = -1
+                    self._pending_exit = None
+                    break
+                self._run[_IMMEDIATE_EXIT] = 1
+                kick.send_kick(running)
+            if time.monotonic() > deadline:
+                raise StateError(
+                    f"vCPU {self._id} did not leave run() after 5 s of kicks; close it from its own thread"
+                )
             time.sleep(0.001)
-        with self._kick_lock:
-            if self._thread is not None:
-                raise StateError(f"vCPU {self._id} did not leave run() after a kick; close it from its own thread")
-            self._fd = -1
-            self._pending_exit = None
         self._finalizer()
         self._vm._forget_vcpu(self._id)
 

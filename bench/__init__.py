@@ -1,0 +1,1 @@
+"""Benchmarks of hvcore against the KVM API used directly (run with ``python -m bench.<name>``)."""

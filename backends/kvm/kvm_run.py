@@ -74,8 +74,8 @@ _FAIL_AT, _FAIL = _checked("u.fail_entry", ("hardware_entry_failure_reason", "Q"
 _HW_AT, _HW = _checked("u.hw", ("hardware_exit_reason", "Q"))
 _REASON = struct.Struct("<I").unpack_from
 # exit_reason and the io member of the union in one unpack (the IO hot path)
-_REASON_IO = struct.Struct(f"<I{_IO_AT - EXIT_REASON - 4}x{_IO.format[1:]}").unpack_from
-if _REASON_IO(bytes(uapi.KvmRun(exit_reason=7)), EXIT_REASON)[0] != 7:  # pragma: no cover
+REASON_IO = struct.Struct(f"<I{_IO_AT - EXIT_REASON - 4}x{_IO.format[1:]}").unpack_from
+if REASON_IO(bytes(uapi.KvmRun(exit_reason=7)), EXIT_REASON)[0] != 7:  # pragma: no cover
     raise AssertionError("kvm_run.exit_reason is not where uapi.KvmRun puts it")
 _U64 = struct.Struct("<Q")
 
@@ -138,18 +138,19 @@ def _unknown(run: mmap.mmap, reason: int) -> Decoded:
     return UnknownExit(reason, _HW.unpack_from(run, _HW_AT)[0]), -1
 
 
-_OUT_EXITS: Final[dict[tuple[int, int, bytes], IoExit]] = {}
+OUT_EXITS: Final[dict[tuple[int, int, bytes], IoExit]] = {}
 _IN_EXITS: Final[dict[tuple[int, int, int], IoExit]] = {}
 _CACHE_MAX: Final = 1024
 """IoExits are immutable values: equal ones are shared (like _HLT), and a VMM's hot exits are few."""
 
 
-def _new_out(port: int, size: int, count: int, data: bytes) -> IoExit:
+def new_out(port: int, size: int, count: int, data: bytes) -> IoExit:
+    """An OUT exit, remembered for reuse when it has one element."""
     exit_ = IoExit(port, size, count, _OUT, data)
     if count == 1:  # small keys only (string OUTs exit once per element anyway)
-        if len(_OUT_EXITS) >= _CACHE_MAX:
-            _OUT_EXITS.clear()
-        _OUT_EXITS[port, size, data] = exit_
+        if len(OUT_EXITS) >= _CACHE_MAX:
+            OUT_EXITS.clear()
+        OUT_EXITS[port, size, data] = exit_
     return exit_
 
 
@@ -162,12 +163,12 @@ def _new_in(port: int, size: int, count: int) -> IoExit:
 
 def decode_exit(run: mmap.mmap) -> Decoded:
     """Decode the exit in the kvm_run mapping ``run`` (an ``mmap.mmap``)."""
-    reason, direction, size, port, count, data_offset = _REASON_IO(run, EXIT_REASON)
+    reason, direction, size, port, count, data_offset = REASON_IO(run, EXIT_REASON)
     if reason == 2:  # IO, the hot path: one unpack, and a cached exit when it was seen before
         if direction:
             data = run[data_offset : data_offset + size * count]
-            exit_ = _OUT_EXITS.get((port, size, data))
-            return (exit_ if exit_ is not None else _new_out(port, size, count, data)), -1
+            exit_ = OUT_EXITS.get((port, size, data))
+            return (exit_ if exit_ is not None else new_out(port, size, count, data)), -1
         exit_ = _IN_EXITS.get((port, size, count))
         return (exit_ if exit_ is not None else _new_in(port, size, count)), data_offset
     decoder = _DECODERS.get(reason)

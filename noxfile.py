@@ -35,7 +35,7 @@ def hardware(session: nox.Session) -> None:
     """The real-KVM tests only; fails loudly where /dev/kvm is unusable."""
     session.install("-e", ".[test]")
     session.log(_kvm_status())
-    session.run("pytest", "-k", "kvm", *session.posargs, env={"HVCORE_REQUIRE": "kvm"})
+    session.run("pytest", "-m", "kvm", *session.posargs, env={"HVCORE_REQUIRE": "kvm"})
 
 
 @nox.session(python=PYTHON)

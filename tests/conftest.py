@@ -97,3 +97,12 @@ def vm(hv: Hypervisor) -> Iterator[VM]:
         yield machine
     if dog.fired:
         pytest.fail(f"watchdog: the guest ran longer than {WATCHDOG_SECONDS} s and was kicked")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that runs on real KVM with ``kvm`` (``nox -s hardware`` runs ``-m kvm``)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_kvm = callspec is not None and callspec.params.get("backend_name") == "kvm"
+        if on_kvm or "kvm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kvm)

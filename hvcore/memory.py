@@ -18,9 +18,9 @@ import ctypes
 import mmap
 from dataclasses import dataclass, replace
 from enum import Enum
-from types import TracebackType
 
 from hvcore.errors import AlignmentError, ClosedError, InvalidArgument, NotFound, SlotOverlap, error_for_errno
+from hvcore.lifetime import Closeable
 from hvcore.types import SlotFlags
 
 __all__ = ["PAGE_SIZE", "GuestMemory", "MemorySlot", "SlotChange", "SlotTable"]
@@ -38,7 +38,7 @@ def _check_page_aligned(what: str, value: int) -> None:
         )
 
 
-class GuestMemory:
+class GuestMemory(Closeable):
     """A page-aligned, zero-filled, lazily allocated buffer of guest RAM.
 
     ``address`` is its host virtual address (what KVM's slots and Unicorn's
@@ -133,14 +133,6 @@ class GuestMemory:
         self._close_requested = True
         if not self._slot_users:
             self._unmap()
-
-    def __enter__(self) -> GuestMemory:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"at {self._address:#x}"

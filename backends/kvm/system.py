@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import weakref
-from types import TracebackType
 from typing import Final
 
 from backends.kvm import convert, ioctls, kick, uapi
@@ -13,6 +12,7 @@ from backends.kvm._sys import ioctl
 from backends.kvm.vm import KvmVM
 from hvcore.caps import Capability
 from hvcore.errors import BackendUnavailable, ClosedError, HvError, InvalidArgument
+from hvcore.lifetime import Closeable
 from hvcore.types import CpuidEntry
 
 __all__ = ["BACKEND", "KvmBackend", "KvmHypervisor"]
@@ -51,7 +51,7 @@ def _open_device(path: str) -> int:
     return fd
 
 
-class KvmHypervisor:
+class KvmHypervisor(Closeable):
     """The KVM system fd; see :class:`hvcore.Hypervisor` for the contract."""
 
     name: Final = "kvm"
@@ -146,14 +146,6 @@ class KvmHypervisor:
             vm.close()
         self._fd = -1
         self._finalizer()
-
-    def __enter__(self) -> KvmHypervisor:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"KvmHypervisor({'closed' if self._fd < 0 else DEVICE})"

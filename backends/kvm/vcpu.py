@@ -10,7 +10,6 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 from backends.kvm import convert, ioctls, kick, kvm_run, uapi
@@ -24,6 +23,7 @@ from hvcore.errors import (
     error_for_errno,
 )
 from hvcore.exits import Exit, ExitReason, IoExit
+from hvcore.lifetime import Closeable
 from hvcore.types import (
     CpuidEntry,
     DebugRegs,
@@ -66,7 +66,7 @@ def _release(fd: int, run: mmap.mmap) -> None:
     os.close(fd)
 
 
-class KvmVCPU:
+class KvmVCPU(Closeable):
     """A KVM vCPU. Create it with ``KvmVM.create_vcpu``; see :class:`hvcore.VCPU` for the contract."""
 
     def __init__(self, vm: KvmVM, vcpu_id: int, fd: int, mmap_size: int) -> None:
@@ -442,14 +442,6 @@ class KvmVCPU:
             time.sleep(0.001)
         self._finalizer()
         self._vm._forget_vcpu(self._id)
-
-    def __enter__(self) -> KvmVCPU:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"KvmVCPU(id={self._id}{', closed' if self._fd < 0 else ''})"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import os
 import weakref
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 from backends.kvm import convert, ioctls, uapi
@@ -13,6 +12,7 @@ from backends.kvm._sys import ioctl, ioctl_ulong
 from backends.kvm.vcpu import KvmVCPU
 from hvcore.caps import Capability
 from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound
+from hvcore.lifetime import Closeable
 from hvcore.memory import GuestMemory, MemorySlot, SlotChange, SlotChangeKind, SlotTable
 from hvcore.types import ClockData, DirtyLog, IoapicState, IrqchipId, PicState, SlotFlags
 
@@ -29,7 +29,7 @@ def _release(fd: int, slots: SlotTable) -> None:
     slots.release_all()
 
 
-class KvmVM:
+class KvmVM(Closeable):
     """A KVM virtual machine; see :class:`hvcore.VM` for the contract."""
 
     def __init__(self, hypervisor: KvmHypervisor, fd: int) -> None:
@@ -251,14 +251,6 @@ class KvmVM:
             vcpu.close()
         self._fd = -1
         self._finalizer()
-
-    def __enter__(self) -> KvmVM:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"KvmVM(vcpus={len(self._vcpus)}, slots={len(self._slots.slots())}{', closed' if self._fd < 0 else ''})"

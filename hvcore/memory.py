@@ -64,6 +64,8 @@ class GuestMemory(Closeable):
         self._size = size
         self._slot_users = 0
         self._close_requested = False
+        self._version = 0
+        self._last_write = (0, 0)
 
     @property
     def size(self) -> int:
@@ -104,6 +106,18 @@ class GuestMemory(Closeable):
         m = self._live()
         self._check_range(offset, len(data))
         m[offset : offset + len(data)] = data
+        self._version += 1
+        self._last_write = (offset, len(data))
+
+    @property
+    def version(self) -> int:
+        """Counts host writes through :meth:`write`, so an emulator can drop code it translated from stale bytes."""
+        return self._version
+
+    @property
+    def last_write(self) -> tuple[int, int]:
+        """``(offset, length)`` of the latest :meth:`write`."""
+        return self._last_write
 
     def fill(self, offset: int, length: int, byte: int = 0) -> None:
         """Set ``length`` bytes at ``offset`` to ``byte``."""

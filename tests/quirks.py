@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 
-from hvcore import Hypervisor
+import pytest
+
+from hvcore import VM, Capability, Hypervisor, Unsupported
 
 
 def is_pvm_host(hv: Hypervisor) -> bool:
@@ -20,3 +22,18 @@ def is_pvm_host(hv: Hypervisor) -> bool:
 def single_step_dr7(hv: Hypervisor) -> int:
     """DR7 in a single-step DEBUG exit: upstream reports 0x400; kvm_pvm reports 0."""
     return 0 if is_pvm_host(hv) else 0x400
+
+
+def has_irqchip(hv: Hypervisor, vm: VM) -> bool:
+    """Create the in-kernel irqchip where the backend has one; where it has none, assert that it says so.
+
+    Divergence: the simulator has no PIC/IOAPIC/LAPIC/PIT yet (issue 5), so it does not claim
+    ``Capability.IRQCHIP`` and ``create_irqchip()`` raises ``Unsupported``. Tests that need an
+    irqchip check the refusal and end there.
+    """
+    if Capability.IRQCHIP in hv.capabilities():
+        vm.create_irqchip()
+        return True
+    with pytest.raises(Unsupported, match="irqchip"):
+        vm.create_irqchip()
+    return False

@@ -6,7 +6,7 @@ import ctypes
 from dataclasses import fields
 
 from backends.kvm import uapi
-from hvcore.errors import InvalidArgument
+from hvcore.checks import check_width
 from hvcore.types import (
     ClockData,
     CpuidEntry,
@@ -35,17 +35,10 @@ def regs_from_kvm(raw: uapi.KvmRegs) -> Regs:
     return Regs(*(getattr(raw, n) for n in _REG_NAMES))
 
 
-def _check_width(what: str, values: dict[str, int], bits: int) -> None:
-    for name, value in values.items():
-        if not 0 <= value < 1 << bits:
-            raise InvalidArgument(f"{what}.{name} = {value:#x} is not an unsigned {bits}-bit number")
-
-
 def regs_to_kvm(regs: Regs) -> uapi.KvmRegs:
     """Regs -> ``struct kvm_regs``."""
-    values = {n: getattr(regs, n) for n in _REG_NAMES}
-    _check_width("Regs", values, 64)
-    return uapi.KvmRegs(*values.values())
+    check_width("Regs", regs, 64, "set_regs")
+    return uapi.KvmRegs(*(getattr(regs, n) for n in _REG_NAMES))
 
 
 def _segment_from_kvm(raw: uapi.KvmSegment) -> Segment:
@@ -144,7 +137,6 @@ def cpuid_from_kvm(raw: uapi.KvmCpuidEntry2) -> CpuidEntry:
 
 def cpuid_to_kvm(entry: CpuidEntry, raw: uapi.KvmCpuidEntry2) -> None:
     """CpuidEntry -> an existing ``struct kvm_cpuid_entry2``."""
-    _check_width("CpuidEntry", {f.name: getattr(entry, f.name) for f in fields(CpuidEntry)}, 32)
     raw.function, raw.index, raw.flags = entry.function, entry.index, entry.flags
     raw.eax, raw.ebx, raw.ecx, raw.edx = entry.eax, entry.ebx, entry.ecx, entry.edx
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from backends.kvm import convert, ioctls, kick, kvm_run, uapi
 from backends.kvm._sys import ioctl
+from hvcore.checks import check_cpuid, check_msr, check_vector, completion_bytes, msr_refused, msr_unreadable
 from hvcore.errors import (
     ClosedError,
     ExitNotCompleted,
@@ -22,7 +23,7 @@ from hvcore.errors import (
     VcpuBusy,
     error_for_errno,
 )
-from hvcore.exits import Exit, ExitReason, IoExit
+from hvcore.exits import Exit, ExitReason
 from hvcore.lifetime import Closeable
 from hvcore.types import (
     CpuidEntry,
@@ -52,13 +53,6 @@ _EXIT_IO = int(ExitReason.IO)
 _reason_io = kvm_run.REASON_IO
 _out_exits = kvm_run.OUT_EXITS
 _MAX_CPUID_ENTRIES = 256
-
-
-def _check_msr(index: int, value: int) -> None:
-    if not 0 <= index < 1 << 32:
-        raise InvalidArgument(f"MSR index {index:#x} is not a 32-bit number", operation="msrs")
-    if not 0 <= value < 1 << 64:
-        raise InvalidArgument(f"MSR {index:#x}: value {value:#x} is not an unsigned 64-bit number", operation="msrs")
 
 
 def _release(fd: int, run: mmap.mmap) -> None:
@@ -151,17 +145,8 @@ class KvmVCPU(Closeable):
     def complete(self, data: bytes | int) -> None:
         """Answer the pending IN (``size * count`` bytes) or MMIO read (``length`` bytes)."""
         self._live()
-        pending = self._pending_exit
-        if pending is None:
-            raise StateError(f"vCPU {self._id} has no IN or MMIO read waiting for data", operation="complete")
-        length = pending.size * pending.count if isinstance(pending, IoExit) else pending.length  # type: ignore[union-attr]
-        if isinstance(data, int):
-            if not -(1 << (8 * length - 1)) <= data < 1 << (8 * length):
-                raise InvalidArgument(f"value {data:#x} does not fit the {length}-byte access", operation="complete")
-            data = (data & ((1 << (8 * length)) - 1)).to_bytes(length, "little")
-        elif len(data) != length:
-            raise InvalidArgument(f"{pending!r} needs exactly {length} bytes, got {len(data)}", operation="complete")
-        self._run[self._answer_at : self._answer_at + length] = data
+        answer = completion_bytes(self._id, self._pending_exit, data)
+        self._run[self._answer_at : self._answer_at + len(answer)] = answer
         self._pending_exit = None
 
     def kick(self) -> None:
@@ -303,33 +288,32 @@ class KvmVCPU(Closeable):
         """``KVM_GET_MSRS``; an MSR KVM does not know raises InvalidArgument naming it."""
         wanted = list(indices)
         for index in wanted:
-            _check_msr(index, 0)
+            check_msr(index)
         raw = uapi.msrs_with(len(wanted))()
         raw.nmsrs = len(wanted)
         for i, index in enumerate(wanted):
             raw.entries[i].index = index
         done = ioctl(self._live(), ioctls.KVM_GET_MSRS, raw, f"vCPU {self._id}")
         if done < len(wanted):
-            raise InvalidArgument(f"MSR {wanted[done]:#x} cannot be read on this vCPU", operation="KVM_GET_MSRS")
+            raise msr_unreadable(wanted[done])
         return {raw.entries[i].index: raw.entries[i].data for i in range(len(wanted))}
 
     def set_msrs(self, msrs: Mapping[int, int]) -> None:
         """``KVM_SET_MSRS``; stops at the first MSR refused and raises InvalidArgument naming it."""
         items = list(msrs.items())
         for index, value in items:
-            _check_msr(index, value)
+            check_msr(index, value)
         raw = uapi.msrs_with(len(items))()
         raw.nmsrs = len(items)
         for i, (index, value) in enumerate(items):
             raw.entries[i].index, raw.entries[i].data = index, value
         done = ioctl(self._live(), ioctls.KVM_SET_MSRS, raw, f"vCPU {self._id}")
         if done < len(items):
-            index, value = items[done]
-            raise InvalidArgument(f"MSR {index:#x} refused the value {value:#x}", operation="KVM_SET_MSRS")
+            raise msr_refused(*items[done])
 
     def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
         """``KVM_SET_CPUID2``."""
-        wanted = list(entries)
+        wanted = check_cpuid(entries)
         raw = uapi.cpuid2_with(len(wanted))()
         raw.nent = len(wanted)
         for i, entry in enumerate(wanted):
@@ -391,8 +375,7 @@ class KvmVCPU(Closeable):
 
     def interrupt(self, vector: int) -> None:
         """``KVM_INTERRUPT``: queue external interrupt ``vector`` (no irqchip)."""
-        if not 0 <= vector < 256:
-            raise InvalidArgument(f"interrupt vector {vector} is out of range 0-255", operation="KVM_INTERRUPT")
+        check_vector(vector, "KVM_INTERRUPT")
         self._get(ioctls.KVM_INTERRUPT, uapi.KvmInterrupt(vector))
 
     def nmi(self) -> None:

@@ -1,0 +1,314 @@
+"""One Unicorn engine per vCPU: KVM-shaped register state in and out, and counted runs.
+
+The engine is always ``UC_MODE_64`` (the only mode that can follow a guest from
+real to long mode). Segment caches, control registers, EFER and ``hflags`` are
+written straight into the context blob at the offsets :mod:`simulator.layout`
+found, and ``hflags`` is recomputed from them the way QEMU derives it, so the
+translator decodes 16-, 32- or 64-bit code as the state says.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import replace
+from typing import Any, Final
+
+from hvcore.types import DescriptorTable, Regs, Segment, Sregs
+from simulator.layout import ContextLayout
+
+__all__ = ["Engine", "segment_flags"]
+
+_SEGMENT: Final = struct.Struct("<IxxxxQII")  # selector, base, limit, flags
+_QEMU_ORDER: Final = ("es", "cs", "ss", "ds", "fs", "gs")
+_U64: Final = struct.Struct("<Q")
+_U32: Final = struct.Struct("<I")
+_I32: Final = struct.Struct("<i")
+
+# QEMU's hflags bits
+HF_CPL_MASK: Final = 3
+HF_INHIBIT_IRQ: Final = 1 << 3
+HF_CS32: Final = 1 << 4
+HF_SS32: Final = 1 << 5
+HF_ADDSEG: Final = 1 << 6
+HF_PE: Final = 1 << 7
+HF_MP_SHIFT: Final = 9
+HF_LMA: Final = 1 << 14
+HF_CS64: Final = 1 << 15
+HF_SMM: Final = 1 << 19
+HF_SVME: Final = 1 << 20
+HF_OSFXSR: Final = 1 << 22
+_HF_KEPT: Final = HF_INHIBIT_IRQ | HF_SMM
+EFER_LMA: Final = 1 << 10
+EFER_SVME: Final = 1 << 12
+
+
+def segment_flags(seg: Segment) -> int:
+    """QEMU's SegmentCache.flags for a KVM-style segment."""
+    return (
+        seg.type << 8
+        | seg.s << 12
+        | seg.dpl << 13
+        | seg.present << 15
+        | seg.avl << 20
+        | seg.l << 21
+        | seg.db << 22
+        | seg.g << 23
+    )
+
+
+def _segment(selector: int, base: int, limit: int, flags: int) -> Segment:
+    present = flags >> 15 & 1
+    return Segment(
+        base=base,
+        limit=limit,
+        selector=selector,
+        type=flags >> 8 & 0xF,
+        present=present,
+        dpl=flags >> 13 & 3,
+        db=flags >> 22 & 1,
+        s=flags >> 12 & 1,
+        l=flags >> 21 & 1,
+        g=flags >> 23 & 1,
+        avl=flags >> 20 & 1,
+        unusable=0 if present else 1,
+    )
+
+
+def compute_hflags(sregs: Sregs, old: int) -> int:
+    """The hflags QEMU would hold for ``sregs`` (keeping the interrupt shadow and SMM bits of ``old``)."""
+    hflags = old & _HF_KEPT
+    protected = sregs.cr0 & 1
+    long_mode = sregs.efer & EFER_LMA
+    if protected:
+        hflags |= HF_PE | (sregs.ss.dpl & HF_CPL_MASK)
+    hflags |= ((sregs.cr0 >> 1) & 7) << HF_MP_SHIFT
+    if long_mode:
+        hflags |= HF_LMA
+    if long_mode and sregs.cs.l:
+        hflags |= HF_CS64 | HF_CS32 | HF_SS32
+    else:
+        if sregs.cs.db:
+            hflags |= HF_CS32
+        if sregs.ss.db:
+            hflags |= HF_SS32
+        if not protected or not sregs.cs.db or (sregs.ds.base | sregs.es.base | sregs.ss.base):
+            hflags |= HF_ADDSEG
+    if sregs.cr4 & (1 << 9):
+        hflags |= HF_OSFXSR
+    if sregs.efer & EFER_SVME:
+        hflags |= HF_SVME
+    return hflags
+
+
+class Engine:
+    """A Unicorn x86-64 engine with KVM-shaped state accessors."""
+
+    def __init__(self, layout: ContextLayout) -> None:
+        import unicorn
+        from unicorn import x86_const as x
+
+        self._uc_mod = unicorn
+        self.uc: Any = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        self.uc.ctl_exits_enabled(True)  # never pass `until`: it clobbers CR2 with paging on
+        self.layout = layout
+        self._ctx: Any = self.uc.context_save()
+        self._gprs = (
+            x.UC_X86_REG_RAX,
+            x.UC_X86_REG_RBX,
+            x.UC_X86_REG_RCX,
+            x.UC_X86_REG_RDX,
+            x.UC_X86_REG_RSI,
+            x.UC_X86_REG_RDI,
+            x.UC_X86_REG_RSP,
+            x.UC_X86_REG_RBP,
+            x.UC_X86_REG_R8,
+            x.UC_X86_REG_R9,
+            x.UC_X86_REG_R10,
+            x.UC_X86_REG_R11,
+            x.UC_X86_REG_R12,
+            x.UC_X86_REG_R13,
+            x.UC_X86_REG_R14,
+            x.UC_X86_REG_R15,
+            x.UC_X86_REG_RIP,
+            x.UC_X86_REG_RFLAGS,
+        )
+        self.RIP: Final = x.UC_X86_REG_RIP
+        self.RAX: Final = x.UC_X86_REG_RAX
+        self.RFLAGS: Final = x.UC_X86_REG_RFLAGS
+        base = ctypes.cast(self.uc._uch, ctypes.c_void_p).value
+        assert base is not None
+        self._counter = ctypes.c_uint64.from_address(base + layout.counter)
+
+    # -- the context blob ----------------------------------------------------
+
+    def _blob(self) -> bytearray:
+        self.uc.context_update(self._ctx)
+        return bytearray(ctypes.string_at(self._ctx.context, self.layout.size))
+
+    def _store(self, blob: bytearray) -> None:
+        ctypes.memmove(self._ctx.context, bytes(blob), self.layout.size)
+        self.uc.context_restore(self._ctx)
+
+    # -- registers -----------------------------------------------------------
+
+    def get_regs(self) -> Regs:
+        """RAX..R15, RIP, RFLAGS."""
+        read = self.uc.reg_read
+        return Regs(*(read(r) for r in self._gprs))
+
+    def set_regs(self, regs: Regs) -> None:
+        """Write RAX..R15, RIP, RFLAGS."""
+        write = self.uc.reg_write
+        for reg, value in zip(self._gprs, (getattr(regs, n) for n in Regs.__dataclass_fields__), strict=True):
+            write(reg, value)
+
+    def reg(self, reg: int) -> int:
+        """One register by Unicorn id."""
+        return int(self.uc.reg_read(reg))
+
+    def set_reg(self, reg: int, value: int) -> None:
+        """Write one register by Unicorn id."""
+        self.uc.reg_write(reg, value)
+
+    def get_sregs(self, *, apic_base: int, interrupt_bitmap: tuple[int, int, int, int], cr8: int) -> Sregs:
+        """Segments (with hidden caches), descriptor tables, CR0-4, EFER.
+
+        The APIC base, CR8 and the pending-interrupt bitmap are the vCPU's, passed in.
+        """
+        blob = self._blob()
+        lay = self.layout
+        segs = {name: _segment(*_SEGMENT.unpack_from(blob, lay.segment(i))) for i, name in enumerate(_QEMU_ORDER)}
+        gdt = _SEGMENT.unpack_from(blob, lay.gdt)
+        idt = _SEGMENT.unpack_from(blob, lay.idt)
+        cr = [_U64.unpack_from(blob, lay.cr + 8 * i)[0] for i in range(5)]
+        return Sregs(
+            cs=segs["cs"],
+            ds=segs["ds"],
+            es=segs["es"],
+            fs=segs["fs"],
+            gs=segs["gs"],
+            ss=segs["ss"],
+            tr=_segment(*_SEGMENT.unpack_from(blob, lay.tr)),
+            ldt=_segment(*_SEGMENT.unpack_from(blob, lay.ldt)),
+            gdt=DescriptorTable(gdt[1], gdt[2]),
+            idt=DescriptorTable(idt[1], idt[2]),
+            cr0=cr[0],
+            cr2=cr[2],
+            cr3=cr[3],
+            cr4=cr[4],
+            cr8=cr8,
+            efer=_U64.unpack_from(blob, lay.efer)[0],
+            apic_base=apic_base,
+            interrupt_bitmap=interrupt_bitmap,
+        )
+
+    def set_sregs(self, sregs: Sregs) -> None:
+        """Load segments, tables, control registers and EFER; recompute hflags; drop stale translations."""
+        blob = self._blob()
+        lay = self.layout
+        for i, name in enumerate(_QEMU_ORDER):
+            seg: Segment = getattr(sregs, name)
+            _SEGMENT.pack_into(blob, lay.segment(i), seg.selector, seg.base, seg.limit, segment_flags(seg))
+        _SEGMENT.pack_into(blob, lay.tr, sregs.tr.selector, sregs.tr.base, sregs.tr.limit, segment_flags(sregs.tr))
+        ldt = sregs.ldt
+        _SEGMENT.pack_into(blob, lay.ldt, ldt.selector, ldt.base, ldt.limit, segment_flags(ldt))
+        _SEGMENT.pack_into(blob, lay.gdt, 0, sregs.gdt.base, sregs.gdt.limit, 0)
+        _SEGMENT.pack_into(blob, lay.idt, 0, sregs.idt.base, sregs.idt.limit, 0)
+        for i, value in ((0, sregs.cr0), (2, sregs.cr2), (3, sregs.cr3), (4, sregs.cr4)):
+            _U64.pack_into(blob, lay.cr + 8 * i, value)
+        _U64.pack_into(blob, lay.efer, sregs.efer)
+        hflags = _U32.unpack_from(blob, lay.hflags)[0]
+        _U32.pack_into(blob, lay.hflags, compute_hflags(sregs, hflags))
+        self._store(blob)
+        self.flush()
+
+    def flush(self) -> None:
+        """Forget translated code and TLB entries (after a mode change or a host write to guest code)."""
+        self.uc.ctl_flush_tb()
+        self.uc.ctl(self._uc_mod.UC_CTL_TLB_FLUSH, self._uc_mod.UC_CTL_IO_WRITE)
+
+    def code_segment(self) -> tuple[int, int]:
+        """CS base and the code's default address size in bits (16, 32 or 64)."""
+        blob = self._blob()
+        _, base, _, flags = _SEGMENT.unpack_from(blob, self.layout.segment(1))
+        hflags = _U32.unpack_from(blob, self.layout.hflags)[0]
+        bits = 64 if hflags & HF_CS64 else 32 if flags >> 22 & 1 else 16
+        return base, bits
+
+    def es_base(self) -> int:
+        """ES base (the destination segment of INS)."""
+        return int(_SEGMENT.unpack_from(self._blob(), self.layout.segment(0))[1])
+
+    def paging(self) -> tuple[int, int, int, int]:
+        """CR0, CR3, CR4, EFER: what a page walk needs."""
+        blob = self._blob()
+        cr = self.layout.cr
+        return (
+            _U64.unpack_from(blob, cr)[0],
+            _U64.unpack_from(blob, cr + 24)[0],
+            _U64.unpack_from(blob, cr + 32)[0],
+            _U64.unpack_from(blob, self.layout.efer)[0],
+        )
+
+    def adopt(self, old: Engine) -> None:
+        """Take over ``old``'s CPU state (a new engine for a new memory layout)."""
+        self._store(old._blob())
+        self.flush()
+
+    # -- interrupt shadow, pending exception bookkeeping ------------------------
+
+    @property
+    def interrupt_shadow(self) -> bool:
+        """The one-instruction STI / MOV SS shadow (QEMU's HF_INHIBIT_IRQ)."""
+        return bool(_U32.unpack_from(self._blob(), self.layout.hflags)[0] & HF_INHIBIT_IRQ)
+
+    @interrupt_shadow.setter
+    def interrupt_shadow(self, value: bool) -> None:
+        blob = self._blob()
+        hflags = _U32.unpack_from(blob, self.layout.hflags)[0]
+        hflags = hflags | HF_INHIBIT_IRQ if value else hflags & ~HF_INHIBIT_IRQ
+        _U32.pack_into(blob, self.layout.hflags, hflags)
+        self._store(blob)
+
+    def take_exception(self) -> int:
+        """The error code of the exception just raised; also clears QEMU's sticky ``old_exception``."""
+        blob = self._blob()
+        code: int = _I32.unpack_from(blob, self.layout.error_code)[0]
+        _I32.pack_into(blob, self.layout.old_exception, -1)
+        self._store(blob)
+        return code & 0xFFFFFFFF
+
+    # -- running ---------------------------------------------------------------
+
+    @property
+    def counter(self) -> int:
+        """Unicorn's instruction counter of the last counted run."""
+        return int(self._counter.value)
+
+    def start(self, rip: int, count: int) -> None:
+        """Run from ``rip`` for at most ``count`` instructions (stops and hooks may end it earlier)."""
+        self.uc.emu_start(rip, 0, 0, count)
+
+    def stop(self) -> None:
+        """Ask the running engine to stop at the next instruction boundary."""
+        self.uc.emu_stop()
+
+    def reset(self) -> None:
+        """KVM's x86 reset state (real mode at 0xf000:0xfff0)."""
+        data = Segment(base=0, limit=0xFFFF, selector=0, type=3, present=1, s=1)
+        sregs = Sregs(
+            cs=replace(data, selector=0xF000, base=0xFFFF0000, type=0xB),
+            ds=data,
+            es=data,
+            fs=data,
+            gs=data,
+            ss=data,
+            tr=Segment(base=0, limit=0xFFFF, selector=0, type=0xB, present=1, s=0),
+            ldt=Segment(base=0, limit=0xFFFF, selector=0, type=2, present=1, s=0),
+            gdt=DescriptorTable(0, 0xFFFF),
+            idt=DescriptorTable(0, 0xFFFF),
+            cr0=0x60000010,
+        )
+        self.set_sregs(sregs)
+        self.set_regs(Regs(rdx=0x600, rip=0xFFF0, rflags=0x2))

@@ -1,0 +1,331 @@
+"""Hook callbacks -> KVM exits, with KVM's instruction-level rules.
+
+- **OUT**: the hook sees the value; the instruction completes (RIP past it), one exit per
+  element for ``rep outs``.
+- **IN**: the hook answers with what the destination already holds, the run stops, and the
+  registers are put back: RIP stays at the IN and the destination is unchanged until the VMM
+  answers, as on KVM. ``rep ins`` is batched by KVM's rule: ``min(rcx, 1024 // size,
+  elements left in the page of rdi)``. The next ``run()`` replays the batch with the answer.
+- **MMIO**: every access to a gap, or a write to a read-only slot, is recorded and aborts the
+  instruction (Unicorn leaves RIP at it, with no register effects). Reads wait for the VMM's
+  answer; the next ``run()`` replays the instruction for exactly one step, answering known
+  reads and swallowing known writes, and the first new access becomes the next exit
+  (a read-modify-write gives a read exit, then a write exit). An 8-byte access arrives as
+  two 4-byte callbacks and is merged into one exit. After a write exit the instruction is
+  completed at once, so RIP is past it, as on KVM.
+- **Dirty logging**: the first write to a write-protected page of a logging slot stops,
+  the page is recorded and made writable, and the instruction runs again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from hvcore.checks import completion_bytes
+from hvcore.errors import HypervisorFault, StateError
+from hvcore.exits import Exit, IoDirection, IoExit, MmioExit
+from hvcore.memory import PAGE_SIZE
+from simulator import decode
+
+if TYPE_CHECKING:
+    from simulator.engine import Engine
+    from simulator.vcpu import SimVCPU
+
+__all__ = ["Stop", "StopKind", "Tracker"]
+
+_PIO_BATCH = 1024  # bytes: the size of KVM's pio data page
+
+
+class StopKind(Enum):
+    """Why a counted run ended."""
+
+    SLICE = "slice"
+    EXIT = "exit"
+    HLT = "hlt"
+    EXCEPTION = "exception"
+    FETCH_FAULT = "fetch"
+
+
+@dataclass
+class Stop:
+    """What ended a run; ``exit`` for EXIT, the event for EXCEPTION."""
+
+    kind: StopKind
+    exit: Exit | None = None
+    vector: int = 0
+    event_kind: str = "exception"
+    error_code: int | None = None
+
+
+@dataclass
+class _Access:
+    write: bool
+    address: int
+    size: int
+    value: int | None = None
+
+
+@dataclass
+class _PendingIn:
+    exit: IoExit
+    data: list[int] = field(default_factory=list)
+
+
+class Tracker:
+    """The instruction in progress on one vCPU, and the hooks that see it."""
+
+    def __init__(self, vcpu: SimVCPU) -> None:
+        self.vcpu = vcpu
+        self.pending: Exit | None = None  # an IN or MMIO read waiting for complete()
+        self._engine: Engine | None = None
+        self._stop: Stop | None = None
+        self._known: list[_Access] = []  # accesses of the current instruction already reported
+        self._cursor = 0
+        self._new: list[_Access] = []
+        self._in: _PendingIn | None = None
+        self._in_answers: list[int] = []
+        self._queued: Exit | None = None
+        self._saved: dict[int, int] = {}
+        self._restore: list[tuple[int, bytes]] = []
+        self._unprotect: list[int] = []
+        self._unprotected: dict[int, set[int]] = {}
+        self._dirty_generation = -1
+
+    # -- hooks -------------------------------------------------------------------
+
+    def install(self, engine: Engine) -> None:
+        """Add this tracker's hooks to a new engine."""
+        import unicorn
+        from unicorn import x86_const as x
+
+        uc = engine.uc
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, x.UC_X86_INS_OUT)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, x.UC_X86_INS_IN)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x.UC_X86_INS_CPUID)
+        uc.hook_add(unicorn.UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(unicorn.UC_HOOK_MEM_WRITE_PROT, self._on_write_protected)
+        self._unprotected = {}
+        self._dirty_generation = -1
+
+    def _halt(self, stop: Stop) -> None:
+        if self._stop is None:
+            self._stop = stop
+        assert self._engine is not None
+        self._engine.stop()
+
+    def _on_out(self, uc: Any, port: int, size: int, value: int, _: object) -> None:
+        self._halt(Stop(StopKind.EXIT, IoExit(port, size, 1, IoDirection.OUT, value.to_bytes(size, "little"))))
+
+    def _on_in(self, uc: Any, port: int, size: int, _: object) -> int:
+        if self._in_answers:
+            return self._in_answers.pop(0)
+        engine = self._engine
+        assert engine is not None
+        rip = engine.reg(engine.RIP)
+        cs_base, bits = engine.code_segment()
+        read = self.vcpu._vm.linear_reader(engine)
+        insn = decode.io_instruction(engine, rip, cs_base, bits, read)
+        count, current = 1, engine.reg(engine.RAX) & ((1 << (8 * size)) - 1)
+        if insn.string:
+            if insn.rep:
+                left_in_page = (PAGE_SIZE - (insn.destination & 0xFFF)) // size
+                if insn.backwards:
+                    left_in_page = (insn.destination & 0xFFF) // size + 1
+                count = max(1, min(insn.rcx, _PIO_BATCH // size, left_in_page))
+            current = insn.current_value(engine, size)
+        self._saved = {reg: engine.reg(reg) for reg in decode.IN_SAVED}
+        self._halt(Stop(StopKind.EXIT, IoExit(port, size, count, IoDirection.IN)))
+        return current
+
+    def _on_cpuid(self, uc: Any, _: object) -> int:
+        engine = self._engine
+        assert engine is not None
+        self.vcpu._state.serve_cpuid(engine)
+        return 1  # skip Unicorn's own CPUID model
+
+    def _on_interrupt(self, uc: Any, vector: int, _: object) -> None:
+        engine = self._engine
+        assert engine is not None
+        error_code = engine.take_exception()
+        rip = engine.reg(engine.RIP)
+        cs_base, _ = engine.code_segment()
+        try:
+            code = self.vcpu._vm.linear_reader(engine)(cs_base + rip, 16)
+        except Exception:
+            code = b""
+        kind, length = decode.software_interrupt(code, vector)
+        if length is not None:
+            engine.set_reg(engine.RIP, rip + length)  # INT n returns to the next instruction
+        self._halt(Stop(StopKind.EXCEPTION, vector=vector, event_kind=kind, error_code=error_code))
+
+    def mmio_read(self, address: int, size: int) -> int:
+        """An MMIO read callback (``address`` guest-physical)."""
+        known = self._next_known(False, address, size)
+        if known is not None:
+            return known.value or 0
+        self._new.append(_Access(False, address, size))
+        self._halt(Stop(StopKind.EXIT))
+        return 0
+
+    def mmio_write(self, address: int, size: int, value: int) -> None:
+        """An MMIO write callback."""
+        if self._next_known(True, address, size) is not None:
+            return
+        self._new.append(_Access(True, address, size, value & ((1 << (8 * size)) - 1)))
+        self._halt(Stop(StopKind.EXIT))
+
+    def _next_known(self, write: bool, address: int, size: int) -> _Access | None:
+        if self._cursor < len(self._known):
+            known = self._known[self._cursor]
+            if (known.write, known.address, known.size) == (write, address, size):
+                self._cursor += 1
+                return known
+        return None
+
+    def _on_write_protected(self, uc: Any, access: int, address: int, size: int, value: int, _: object) -> bool:
+        slot = self.vcpu._vm.slot_at(address)
+        if slot is None:
+            return False
+        if slot.readonly:
+            if self._next_known(True, address, size) is not None:
+                offset = slot.offset + address - slot.guest_address
+                self._restore.append((address, slot.memory.read(offset, size)))
+                return True  # let it land, then put the ROM bytes back
+            self._new.append(_Access(True, address, size, value & ((1 << (8 * size)) - 1)))
+            self._halt(Stop(StopKind.EXIT))
+            return False
+        page = (address - slot.guest_address) // PAGE_SIZE
+        self.vcpu._vm.dirty.record(slot.slot, page)
+        self._unprotect.append(slot.guest_address + page * PAGE_SIZE)
+        self._unprotected.setdefault(slot.slot, set()).add(page)
+        return False
+
+    # -- running -------------------------------------------------------------------
+
+    def run(self, engine: Engine, count: int) -> Stop:
+        """One counted run from the current RIP; what stopped it."""
+        import unicorn
+
+        self._engine = engine
+        self._stop = None
+        self._new = []
+        self._cursor = 0
+        try:
+            engine.start(engine.reg(engine.RIP), count)
+        except unicorn.UcError as err:
+            if self._unprotect:
+                for page in self._unprotect:
+                    engine.uc.mem_protect(page, PAGE_SIZE, unicorn.UC_PROT_ALL)
+                self._unprotect = []
+                return Stop(StopKind.SLICE)
+            if err.errno in (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT):
+                return Stop(StopKind.FETCH_FAULT)
+            if err.errno == unicorn.UC_ERR_INSN_INVALID:
+                return Stop(StopKind.EXCEPTION, vector=6)
+            if self._stop is None:
+                raise HypervisorFault(f"the simulator's engine failed: {err}", operation="run") from err
+        finally:
+            self._put_back_rom()
+        return self._after(engine, count)
+
+    def _put_back_rom(self) -> None:
+        for address, data in self._restore:
+            slot = self.vcpu._vm.slot_at(address)
+            if slot is not None:
+                slot.memory.write(slot.offset + address - slot.guest_address, data)
+        self._restore = []
+
+    def _after(self, engine: Engine, count: int) -> Stop:
+        stop = self._stop
+        if stop is None:
+            return Stop(StopKind.HLT) if engine.counter <= count else Stop(StopKind.SLICE)
+        if stop.kind is StopKind.EXIT and stop.exit is None:
+            return self._mmio_exit(engine)
+        if isinstance(stop.exit, IoExit) and stop.exit.is_in:
+            for reg, value in self._saved.items():
+                engine.set_reg(reg, value)
+            self._in = _PendingIn(stop.exit)
+            self.pending = stop.exit
+        return stop
+
+    def _mmio_exit(self, engine: Engine) -> Stop:
+        first = self._new[0]
+        parts = [first]
+        if len(self._new) > 1:
+            second = self._new[1]
+            if (second.write, second.address, second.size) == (first.write, first.address + 4, 4) and first.size == 4:
+                parts.append(second)
+        length = sum(p.size for p in parts)
+        self._known.extend(parts)
+        if not first.write:
+            exit_: Exit = MmioExit(first.address, length, False)
+            self.pending = exit_
+            return Stop(StopKind.EXIT, exit_)
+        data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in parts)
+        exit_ = MmioExit(first.address, length, True, data)
+        self._queued = self._step(engine)  # finish the instruction now: RIP past a write, as on KVM
+        return Stop(StopKind.EXIT, exit_)
+
+    def _step(self, engine: Engine) -> Exit | None:
+        """Replay the current instruction for one step; the next new access's exit, if any."""
+        stop = self.run(engine, 1)
+        if stop.kind is StopKind.EXIT:
+            return stop.exit
+        self._known = []
+        if stop.kind is not StopKind.SLICE and stop.kind is not StopKind.HLT:
+            raise StateError(f"replaying an MMIO instruction stopped with {stop.kind}", operation="run")
+        return None
+
+    def finish_instruction(self, engine: Engine) -> Exit | None:
+        """At the start of ``run()``: return a queued exit, or complete the answered IN / MMIO read."""
+        if self._queued is not None:
+            queued, self._queued = self._queued, None
+            if isinstance(queued, MmioExit) and not queued.is_write:
+                self.pending = queued
+            return queued
+        if self._in is not None:
+            pending_in, self._in = self._in, None
+            self._in_answers = pending_in.data
+            self._engine = engine
+            self.run(engine, pending_in.exit.count)
+            self._in_answers = []
+            return None
+        if self._known:
+            return self._step(engine)
+        return None
+
+    def complete(self, data: bytes | int) -> None:
+        """Take the VMM's answer to the pending IN or MMIO read."""
+        pending = self.pending
+        data = completion_bytes(self.vcpu.id, pending, data)
+        length = len(data)
+        if isinstance(pending, IoExit):
+            assert self._in is not None
+            size = pending.size
+            self._in.data = [int.from_bytes(data[i : i + size], "little") for i in range(0, length, size)]
+        else:
+            at = 0
+            for access in self._known[-2:] if length == 8 and self._known[-1].size == 4 else self._known[-1:]:
+                access.value = int.from_bytes(data[at : at + access.size], "little")
+                at += access.size
+        self.pending = None
+
+    def sync_dirty(self, engine: Engine) -> None:
+        """Write-protect again the pages a read of the dirty log cleared."""
+        import unicorn
+
+        dirty = self.vcpu._vm.dirty
+        if dirty.generation == self._dirty_generation:
+            return
+        for slot, pages in self._unprotected.items():
+            still = dirty.writable_pages(slot)
+            entry = self.vcpu._vm.slot_by_id(slot)
+            for page in pages - still:
+                if entry is not None:
+                    engine.uc.mem_protect(
+                        entry.guest_address + page * PAGE_SIZE, PAGE_SIZE, unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
+                    )
+            pages.intersection_update(still)
+        self._dirty_generation = dirty.generation

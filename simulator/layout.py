@@ -1,0 +1,195 @@
+"""Where Unicorn keeps the CPU state the simulator needs, found by calibration at start-up.
+
+Unicorn's ``context_save()`` blob is QEMU 5.0's ``CPUX86State`` behind a small
+header, and ``uc_struct`` holds the instruction counter of ``count`` runs. The
+public API does not reach the hidden segment caches, ``hflags``, EFER with LMA,
+the pending error code or the instruction counter, so the simulator reads and
+writes them in place. Rather than trusting hard-coded offsets, :func:`calibrate`
+writes known values through the public API (or makes the CPU produce them) and
+finds them; if anything is not where QEMU 5.0's layout puts it relative to the
+rest, the backend refuses to run and names the Unicorn version.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ContextLayout", "LayoutError", "calibrate"]
+
+# QEMU 5.0 CPUX86State, relative to regs[0] (what calibration confirms):
+_EIP, _EFLAGS, _HFLAGS, _HFLAGS2, _SEGS = 128, 136, 176, 180, 184
+_SEGMENT_CACHE = 24  # u32 selector, (pad), u64 base, u32 limit, u32 flags
+_LDT, _TR, _GDT, _IDT, _CR = 328, 352, 376, 400, 424
+_MARKERS = {"rax": 0x1122334455667788, "rip": 0x0000123456789ABC, "cr3": 0x7654321000, "efer": 0xD01}
+
+
+class LayoutError(RuntimeError):
+    """Unicorn's internals are not laid out as this simulator expects."""
+
+
+@dataclass(frozen=True)
+class ContextLayout:
+    """Byte offsets into a context blob (and into ``uc_struct`` for the counters)."""
+
+    size: int
+    env: int
+    eip: int
+    eflags: int
+    hflags: int
+    hflags2: int
+    segs: int
+    ldt: int
+    tr: int
+    gdt: int
+    idt: int
+    cr: int
+    efer: int
+    error_code: int
+    old_exception: int
+    counter: int
+    count: int
+
+    def segment(self, index: int) -> int:
+        """Offset of ``segs[index]`` (QEMU order: ES, CS, SS, DS, FS, GS)."""
+        return self.segs + _SEGMENT_CACHE * index
+
+
+def _offsets(blob: bytes, value: int, fmt: str) -> list[int]:
+    size = struct.calcsize(fmt)
+    return [i for i in range(0, len(blob) - size + 1, 4) if struct.unpack_from(fmt, blob, i)[0] == value]
+
+
+def _one(blob: bytes, value: int, fmt: str, what: str) -> int:
+    found = _offsets(blob, value, fmt)
+    if len(found) != 1:
+        raise LayoutError(f"{what}: expected one place holding {value:#x}, found {len(found)}")
+    return found[0]
+
+
+def _engine() -> Any:
+    import unicorn
+
+    return unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+
+
+def _context_fields() -> tuple[int, int, int, int]:
+    """Find env (regs[0]) and EFER; check RIP, CR3 and the descriptor tables where QEMU 5.0 has them."""
+    from unicorn import x86_const as x
+
+    uc = _engine()
+    uc.reg_write(x.UC_X86_REG_RAX, _MARKERS["rax"])
+    uc.reg_write(x.UC_X86_REG_RIP, _MARKERS["rip"])
+    uc.reg_write(x.UC_X86_REG_CR3, _MARKERS["cr3"])
+    uc.reg_write(x.UC_X86_REG_MSR, (0xC0000080, _MARKERS["efer"]))
+    uc.reg_write(x.UC_X86_REG_GDTR, (0, 0xABCDE000, 0x1FF, 0))
+    ctx = uc.context_save()
+    blob = bytes(ctx)
+    env = _one(blob, _MARKERS["rax"], "<Q", "RAX")
+    checks = {
+        "RIP": (env + _EIP, _MARKERS["rip"]),
+        "CR3": (env + _CR + 3 * 8, _MARKERS["cr3"]),
+        "GDTR.base": (env + _GDT + 8, 0xABCDE000),
+    }
+    for what, (offset, value) in checks.items():
+        if struct.unpack_from("<Q", blob, offset)[0] != value:
+            raise LayoutError(f"{what} is not at context offset {offset}")
+    efer = _one(blob, _MARKERS["efer"], "<Q", "EFER")
+    return len(blob), env, efer, int(ctx.size)
+
+
+@functools.cache
+def calibrate() -> ContextLayout:
+    """Find and check every offset; raise :class:`LayoutError` naming what did not fit."""
+    size, env, efer, _ = _context_fields()
+    error_code, old_exception = _exception_fields(env)
+    counter, count = _counter_fields()
+    return ContextLayout(
+        size=size,
+        env=env,
+        eip=env + _EIP,
+        eflags=env + _EFLAGS,
+        hflags=env + _HFLAGS,
+        hflags2=env + _HFLAGS2,
+        segs=env + _SEGS,
+        ldt=env + _LDT,
+        tr=env + _TR,
+        gdt=env + _GDT,
+        idt=env + _IDT,
+        cr=env + _CR,
+        efer=efer,
+        error_code=error_code,
+        old_exception=old_exception,
+        counter=counter,
+        count=count,
+    )
+
+
+def _exception_fields(env: int) -> tuple[int, int]:
+    """Make the CPU raise #GP(0x1230) and find where it keeps the error code and the sticky exception number."""
+    import unicorn
+    from unicorn import x86_const as x
+
+    uc = _engine()
+    page = ctypes.create_string_buffer(0x2000)
+    uc.mem_map_ptr(0, 0x2000, unicorn.UC_PROT_ALL, ctypes.addressof(page))
+    ctypes.memmove(ctypes.addressof(page) + 0x1000, b"\xea\x00\x00\x00\x00\x30\x12", 7)  # jmp far 0x1230:0
+    blob = bytearray(bytes(uc.context_save()))
+    flat32 = (0xB << 8) | (1 << 12) | (1 << 15) | (1 << 22) | (1 << 23)
+    for i in range(6):
+        struct.pack_into("<IxxxxQII", blob, env + _SEGS + _SEGMENT_CACHE * i, 0x8, 0, 0xFFFFFFFF, flat32)
+    struct.pack_into("<IxxxxQII", blob, env + _GDT, 0, 0, 0x17, 0)  # GDT too small for 0x1230
+    struct.pack_into("<Q", blob, env + _CR, 0x11)  # CR0.PE
+    struct.pack_into("<I", blob, env + _HFLAGS, 0x80 | 0x20 | 0x10)  # PE, SS32, CS32
+    ctx = uc.context_save()
+    ctypes.memmove(ctx.context, bytes(blob), len(blob))
+    uc.context_restore(ctx)
+    before = bytes(uc.context_save())
+    seen: list[int] = []
+
+    def on_interrupt(engine: Any, number: int, _: object) -> None:
+        seen.append(number)
+        engine.emu_stop()
+
+    uc.hook_add(unicorn.UC_HOOK_INTR, on_interrupt)
+    uc.emu_start(0x1000, 0, 0, 1)
+    if seen != [13]:
+        raise LayoutError(f"a far jump beyond the GDT limit raised {seen}, not #GP (13)")
+    after = bytes(uc.context_save())
+    codes = [o for o in _offsets(after, 0x1230, "<i") if struct.unpack_from("<i", before, o)[0] != 0x1230]
+    sticky = [o for o in _offsets(after, 13, "<i") if struct.unpack_from("<i", before, o)[0] == -1 and o > env + _CR]
+    if len(codes) != 1 or len(sticky) != 1:
+        raise LayoutError(f"error code / old_exception not found (candidates {codes}, {sticky})")
+    del x
+    return codes[0], sticky[0]
+
+
+def _counter_fields() -> tuple[int, int]:
+    """Find ``emu_counter`` and ``emu_count`` in ``uc_struct`` from two counted runs of ``jmp $``."""
+    import unicorn
+
+    uc = _engine()
+    page = ctypes.create_string_buffer(0x1000)
+    uc.mem_map_ptr(0, 0x1000, unicorn.UC_PROT_ALL, ctypes.addressof(page))
+    ctypes.memmove(page, b"\xeb\xfe", 2)
+    uc.ctl_exits_enabled(True)
+    base = ctypes.cast(uc._uch, ctypes.c_void_p).value
+    if base is None:
+        raise LayoutError("no uc_struct handle")
+    span = 1 << 16
+
+    def counted(count: int) -> tuple[set[int], set[int]]:
+        uc.emu_start(0, 0, 0, count)
+        blob = ctypes.string_at(base, span)
+        return set(_offsets(blob, count + 1, "<Q")), set(_offsets(blob, count, "<Q"))
+
+    counters_a, counts_a = counted(1234)
+    counters_b, counts_b = counted(4321)
+    counters, counts = counters_a & counters_b, counts_a & counts_b
+    pairs = [(c, n) for c in counters for n in counts if n == c + 8]
+    if len(pairs) != 1:
+        raise LayoutError(f"instruction counter not found in uc_struct (candidates {sorted(counters)})")
+    return pairs[0]

@@ -1,0 +1,509 @@
+"""``SimVCPU``: one vCPU on its own Unicorn engine, giving KVM's exits.
+
+``run()`` runs the guest in counted slices under the VM's execution lock (so two
+engines never execute at once and guest ``lock`` operations stay atomic), and
+turns what stopped a slice into KVM's exit. The instruction-level rules live in
+:mod:`simulator.exits`; this module owns the run loop, the kick and the state API.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from hvcore.checks import check_vector, check_width
+from hvcore.errors import (
+    ClosedError,
+    ExitNotCompleted,
+    InvalidArgument,
+    StateError,
+    Unsupported,
+    VcpuBusy,
+)
+from hvcore.exits import (
+    DebugExit,
+    Exit,
+    HltExit,
+    InternalErrorExit,
+    InterruptedExit,
+    IrqWindowOpenExit,
+    ShutdownExit,
+)
+from hvcore.lifetime import Closeable
+from hvcore.types import (
+    CpuidEntry,
+    DebugRegs,
+    Fpu,
+    GuestDebug,
+    GuestDebugFlags,
+    Lapic,
+    MpState,
+    Regs,
+    Sregs,
+    Translation,
+    VcpuEvents,
+    Xsave,
+)
+from simulator import state
+from simulator.engine import Engine
+from simulator.exits import Stop, StopKind, Tracker
+
+if TYPE_CHECKING:
+    from simulator.vm import SimVM
+
+__all__ = ["SimVCPU"]
+
+SLICE = 1 << 16
+"""Instructions per slice: the longest a kick, another vCPU or a window check waits."""
+RFLAGS_IF = 1 << 9
+_INTERRUPTED = InterruptedExit()
+_HLT = HltExit()
+_SHUTDOWN = ShutdownExit()
+_WINDOW = IrqWindowOpenExit()
+_NO_LAPIC = "there is no in-kernel LAPIC: the simulator has no irqchip yet (issue 5)"
+
+
+class SimVCPU(Closeable):
+    """A simulated vCPU; see :class:`hvcore.VCPU` for the contract."""
+
+    def __init__(self, vm: SimVM, vcpu_id: int) -> None:
+        self._vm = vm
+        self._id = vcpu_id
+        self._closed = False
+        self._thread: int | None = None
+        self._kick_lock = threading.Lock()
+        self._kicked = False
+        self._immediate_exit = False
+        self._request_window = False
+        self._cr8 = 0
+        self._apic_base = 0xFEE00900 | (0x100 if vcpu_id == 0 else 0) if False else 0xFEE00900
+        self._queued_interrupt: int | None = None
+        self._nmi_pending = False
+        self._shutdown = False
+        self._debug = GuestDebug()
+        self._state = state.VcpuState()
+        self._engine: Engine | None = None
+        self._layout_generation = -1
+        self._versions: dict[int, int] = {}
+        self.tracker = Tracker(self)
+        self._engine = self._new_engine(None)
+        self._engine.reset()
+
+    # -- engine lifetime -------------------------------------------------------
+
+    def _new_engine(self, old: Engine | None) -> Engine:
+        engine = Engine(self._vm.context_layout)
+        if old is not None:
+            engine.adopt(old)
+        self.tracker.install(engine)
+        self._vm.map_into(engine, self.tracker)
+        self._layout_generation = self._vm.layout_generation
+        return engine
+
+    def engine(self) -> Engine:
+        """The engine, rebuilt first when the VM's slot layout changed (call under the VM lock)."""
+        assert self._engine is not None
+        if self._layout_generation != self._vm.layout_generation:
+            self._engine = self._new_engine(self._engine)
+        self.tracker.sync_dirty(self._engine)
+        self._drop_stale_code(self._engine)
+        return self._engine
+
+    def _drop_stale_code(self, engine: Engine) -> None:
+        """Forget translations of guest memory the host wrote since the last run."""
+        for slot in self._vm.memory_slots_unchecked():
+            memory = slot.memory
+            seen = self._versions.get(id(memory))
+            if seen == memory.version:
+                continue
+            self._versions[id(memory)] = memory.version
+            if seen is None:
+                continue
+            offset, length = memory.last_write
+            if seen + 1 == memory.version and slot.offset <= offset < slot.offset + slot.size:
+                start = slot.guest_address + offset - slot.offset
+                engine.uc.ctl_remove_cache(start, start + max(length, 1))
+            else:
+                engine.uc.ctl_flush_tb()
+
+    @property
+    def id(self) -> int:
+        """The vCPU id."""
+        return self._id
+
+    def _live(self) -> Engine:
+        if self._closed:
+            raise ClosedError(f"vCPU {self._id} is closed", operation="vcpu")
+        assert self._engine is not None
+        return self._engine
+
+    # -- running -----------------------------------------------------------------
+
+    def run(self) -> Exit:
+        """Run the guest until it needs the VMM (see :class:`hvcore.VCPU`)."""
+        if self.tracker.pending is not None:
+            raise ExitNotCompleted(
+                f"vCPU {self._id} still waits for the answer to {self.tracker.pending!r}; call complete(data) first",
+                operation="run",
+            )
+        if self._thread is not None:
+            raise VcpuBusy(f"vCPU {self._id} is already running in another thread", operation="run")
+        self._thread = threading.get_ident()
+        try:
+            if self._closed:
+                raise ClosedError(f"vCPU {self._id} is closed", operation="run")
+            return self._run()
+        finally:
+            self._thread = None
+
+    def _consume_kick(self) -> bool:
+        with self._kick_lock:
+            kicked = self._kicked or self._immediate_exit
+            self._kicked = self._immediate_exit = False
+            return kicked
+
+    def _run(self) -> Exit:
+        vm = self._vm
+        with vm.exec_lock:
+            engine = self.engine()
+            if self._shutdown:
+                return _SHUTDOWN
+            queued = self.tracker.finish_instruction(engine)
+            if queued is not None:
+                return queued
+        if self._consume_kick():
+            return _INTERRUPTED
+        stepping = bool(self._debug.flags & GuestDebugFlags.SINGLESTEP and self._debug.flags & GuestDebugFlags.ENABLE)
+        while True:
+            with vm.exec_lock:
+                engine = self.engine()
+                exit_ = self._inject(engine)
+                if exit_ is not None:
+                    return exit_
+                if self._request_window and self._ready(engine):
+                    return _WINDOW
+                waiting = self._request_window and not self._ready(engine)
+                count = 1 if stepping or waiting else SLICE
+                stop = self.tracker.run(engine, count)
+                exit_ = self._handle(engine, stop)
+            if exit_ is not None and not (stepping and exit_ is _HLT):
+                return exit_
+            if stepping:  # KVM reports a stepped HLT as a step, and the vCPU does not halt
+                regs_rip = engine.reg(engine.RIP)
+                return DebugExit(exception=1, pc=regs_rip, dr6=0xFFFF4FF0, dr7=self._debugregs_dr7())
+            if self._consume_kick():
+                return _INTERRUPTED
+
+    def _handle(self, engine: Engine, stop: Stop) -> Exit | None:
+        kind = stop.kind
+        if kind is StopKind.SLICE:
+            return None
+        if kind is StopKind.EXIT:
+            return stop.exit
+        if kind is StopKind.HLT:
+            return _HLT
+        if kind is StopKind.EXCEPTION:
+            if not self._vm.deliver(self, engine, stop.vector, stop.event_kind, stop.error_code):
+                self._shutdown = True
+                return _SHUTDOWN
+            return None
+        if kind is StopKind.FETCH_FAULT:
+            return InternalErrorExit(suberror=1, data=(0,))
+        raise AssertionError(f"unhandled stop {stop!r}")
+
+    def _ready(self, engine: Engine) -> bool:
+        return (
+            bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
+            and not engine.interrupt_shadow
+            and (self._queued_interrupt is None)
+        )
+
+    def _inject(self, engine: Engine) -> Exit | None:
+        """Deliver a queued interrupt or NMI, as KVM does on entry (even with IF=0)."""
+        for vector, kind in ((2, "nmi"), (self._queued_interrupt, "external")):
+            if vector is None or (kind == "nmi" and not self._nmi_pending):
+                continue
+            if kind == "nmi":
+                self._nmi_pending = False
+            else:
+                self._queued_interrupt = None
+            if not self._vm.deliver(self, engine, vector, kind, None):
+                self._shutdown = True
+                return _SHUTDOWN
+        return None
+
+    def complete(self, data: bytes | int) -> None:
+        """Answer the pending IN or MMIO read."""
+        self._live()
+        self.tracker.complete(data)
+
+    def kick(self) -> None:
+        """Make the current or next ``run()`` return ``InterruptedExit`` (checked between slices)."""
+        with self._kick_lock:
+            if not self._closed:
+                self._kicked = True
+
+    @property
+    def immediate_exit(self) -> bool:
+        """KVM's ``immediate_exit``: the next ``run()`` returns ``InterruptedExit`` at once."""
+        self._live()
+        return self._immediate_exit or self._kicked
+
+    @immediate_exit.setter
+    def immediate_exit(self, value: bool) -> None:
+        self._live()
+        with self._kick_lock:
+            self._immediate_exit = bool(value)
+            if not value:
+                self._kicked = False
+
+    @property
+    def request_interrupt_window(self) -> bool:
+        """When set, ``run()`` returns ``IrqWindowOpenExit`` once the guest can take an interrupt."""
+        self._live()
+        return self._request_window
+
+    @request_interrupt_window.setter
+    def request_interrupt_window(self, value: bool) -> None:
+        self._live()
+        self._request_window = bool(value)
+
+    @property
+    def ready_for_interrupt_injection(self) -> bool:
+        """IF=1, no STI/MOV SS shadow, no interrupt queued."""
+        with self._vm.exec_lock:
+            return self._ready(self._live())
+
+    @property
+    def if_flag(self) -> bool:
+        """The guest's RFLAGS.IF."""
+        engine = self._live()
+        return bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
+
+    @property
+    def cr8(self) -> int:
+        """CR8 (task priority)."""
+        self._live()
+        return self._cr8
+
+    @cr8.setter
+    def cr8(self, value: int) -> None:
+        self._live()
+        if not 0 <= value < 16:
+            raise InvalidArgument(f"CR8 is a 4-bit task priority; {value} is out of range", operation="cr8")
+        self._cr8 = value
+
+    @property
+    def apic_base(self) -> int:
+        """IA32_APIC_BASE."""
+        self._live()
+        return self._apic_base
+
+    # -- state ---------------------------------------------------------------------
+
+    def get_regs(self) -> Regs:
+        """General-purpose registers, RIP, RFLAGS."""
+        with self._vm.exec_lock:
+            return self._live().get_regs()
+
+    def set_regs(self, regs: Regs) -> None:
+        """Set general-purpose registers, RIP, RFLAGS."""
+        check_width("Regs", regs, 64, "set_regs")
+        with self._vm.exec_lock:
+            self._live().set_regs(regs)
+
+    def get_sregs(self) -> Sregs:
+        """Segments, descriptor tables, control registers, EFER, APIC base."""
+        bitmap = [0, 0, 0, 0]
+        if self._queued_interrupt is not None:
+            bitmap[self._queued_interrupt // 64] = 1 << (self._queued_interrupt % 64)
+        with self._vm.exec_lock:
+            return self._live().get_sregs(
+                apic_base=self._apic_base, interrupt_bitmap=(bitmap[0], bitmap[1], bitmap[2], bitmap[3]), cr8=self._cr8
+            )
+
+    def set_sregs(self, sregs: Sregs) -> None:
+        """Load segments, descriptor tables, control registers, EFER."""
+        state.check_sregs(sregs)
+        with self._vm.exec_lock:
+            self._live().set_sregs(sregs)
+        self._apic_base = sregs.apic_base or self._apic_base
+        self._cr8 = sregs.cr8 & 0xF
+        pending = [i * 64 + b for i, w in enumerate(sregs.interrupt_bitmap) for b in range(64) if w >> b & 1]
+        self._queued_interrupt = pending[0] if pending else None
+
+    def get_fpu(self) -> Fpu:
+        """x87/SSE state."""
+        with self._vm.exec_lock:
+            return self._state.get_fpu(self._live())
+
+    def set_fpu(self, fpu: Fpu) -> None:
+        """Set x87/SSE state."""
+        with self._vm.exec_lock:
+            self._state.set_fpu(self._live(), fpu)
+
+    def get_xsave(self) -> Xsave:
+        """The XSAVE area (legacy region and header)."""
+        with self._vm.exec_lock:
+            return self._state.get_xsave(self._live())
+
+    def set_xsave(self, xsave: Xsave) -> None:
+        """Set the XSAVE area."""
+        if len(xsave.region) != 4096:
+            raise InvalidArgument(f"the XSAVE area is 4096 bytes, got {len(xsave.region)}", operation="set_xsave")
+        with self._vm.exec_lock:
+            self._state.set_xsave(self._live(), xsave)
+
+    def get_xcrs(self) -> dict[int, int]:
+        """XCR0."""
+        self._live()
+        return {0: self._state.xcr0}
+
+    def set_xcrs(self, xcrs: Mapping[int, int]) -> None:
+        """Set XCR0 (bit 0, x87, must stay set)."""
+        self._live()
+        self._state.set_xcrs(xcrs)
+
+    def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
+        """Read MSRs the simulator models."""
+        with self._vm.exec_lock:
+            return self._state.get_msrs(self._live(), list(indices))
+
+    def set_msrs(self, msrs: Mapping[int, int]) -> None:
+        """Write MSRs the simulator models."""
+        with self._vm.exec_lock:
+            self._state.set_msrs(self._live(), dict(msrs))
+
+    def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
+        """What CPUID returns to the guest."""
+        self._live()
+        self._state.set_cpuid(list(entries))
+
+    def get_cpuid(self) -> tuple[CpuidEntry, ...]:
+        """What CPUID returns to the guest."""
+        self._live()
+        return tuple(self._state.cpuid)
+
+    def get_lapic(self) -> Lapic:
+        """There is no in-kernel LAPIC: EINVAL, as KVM without an irqchip."""
+        self._live()
+        raise InvalidArgument(_NO_LAPIC, operation="get_lapic")
+
+    def set_lapic(self, lapic: Lapic) -> None:
+        """There is no in-kernel LAPIC: EINVAL, as KVM without an irqchip."""
+        self._live()
+        raise InvalidArgument(_NO_LAPIC, operation="set_lapic")
+
+    def get_debugregs(self) -> DebugRegs:
+        """DR0-3, DR6, DR7."""
+        self._live()
+        return self._state.debugregs
+
+    def set_debugregs(self, debugregs: DebugRegs) -> None:
+        """Set DR0-3, DR6, DR7."""
+        self._live()
+        self._state.debugregs = debugregs
+
+    def _debugregs_dr7(self) -> int:
+        return 0x400
+
+    def get_vcpu_events(self) -> VcpuEvents:
+        """Queued interrupt, pending NMI, interrupt shadow."""
+        with self._vm.exec_lock:
+            shadow = int(self._live().interrupt_shadow)
+        queued = self._queued_interrupt
+        return VcpuEvents(
+            interrupt_injected=int(queued is not None),
+            interrupt_nr=queued or 0,
+            interrupt_shadow=shadow,
+            nmi_pending=int(self._nmi_pending),
+            nmi_masked=self._state.nmi_masked,
+            flags=0xD,
+        )
+
+    def set_vcpu_events(self, events: VcpuEvents) -> None:
+        """Set the queued interrupt, pending NMI and interrupt shadow."""
+        with self._vm.exec_lock:
+            self._live().interrupt_shadow = bool(events.interrupt_shadow)
+        self._queued_interrupt = events.interrupt_nr if events.interrupt_injected else None
+        self._nmi_pending = bool(events.nmi_pending)
+        self._state.nmi_masked = events.nmi_masked
+
+    def get_mp_state(self) -> MpState:
+        """RUNNABLE (the simulator has no LAPIC to halt or wait for SIPI yet)."""
+        self._live()
+        return MpState.RUNNABLE
+
+    def set_mp_state(self, state_: MpState) -> None:
+        """Only RUNNABLE is valid without an irqchip, as on KVM."""
+        self._live()
+        try:
+            value = MpState(state_)
+        except ValueError:
+            raise InvalidArgument(f"{state_!r} is not an MpState", operation="set_mp_state") from None
+        if value is not MpState.RUNNABLE:
+            raise InvalidArgument(
+                f"{value.name} needs an in-kernel LAPIC; without an irqchip only RUNNABLE is valid",
+                operation="set_mp_state",
+            )
+
+    def interrupt(self, vector: int) -> None:
+        """Queue external interrupt ``vector``; delivered on the next ``run()`` even with IF=0."""
+        self._live()
+        check_vector(vector, "interrupt")
+        self._queued_interrupt = vector
+
+    def nmi(self) -> None:
+        """Queue an NMI."""
+        self._live()
+        self._nmi_pending = True
+
+    def set_guest_debug(self, debug: GuestDebug) -> None:
+        """Enable or disable single-stepping."""
+        self._live()
+        if len(debug.debugreg) != 8:
+            raise InvalidArgument("guest debug takes exactly 8 debug-register values", operation="set_guest_debug")
+        unsupported = debug.flags & ~(GuestDebugFlags.ENABLE | GuestDebugFlags.SINGLESTEP)
+        if unsupported:
+            raise Unsupported(
+                f"the simulator supports ENABLE and SINGLESTEP only, not {GuestDebugFlags(unsupported)!r}",
+                operation="set_guest_debug",
+            )
+        self._debug = debug
+
+    def translate(self, linear_address: int) -> Translation:
+        """Walk the guest's page tables."""
+        if not 0 <= linear_address < 1 << 64:
+            raise InvalidArgument(f"linear address {linear_address:#x} is not 64-bit", operation="translate")
+        sregs = self.get_sregs()
+        return self._vm.translate(sregs, linear_address)
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the vCPU; a run in another thread is kicked and stops at its next slice boundary."""
+        with self._kick_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._kicked = True
+        self._vm.wait_idle(self)
+        self._engine = None
+        self._vm._forget_vcpu(self._id)
+
+    @property
+    def running(self) -> bool:
+        """True while a thread is inside ``run()``."""
+        return self._thread is not None
+
+    def adopt_state(self, other: Any) -> None:  # pragma: no cover - placeholder for issue 5
+        """Reserved."""
+        raise StateError("not implemented")
+
+    def __repr__(self) -> str:
+        return f"SimVCPU(id={self._id}{', closed' if self._closed else ''})"
+
+
+_ = replace  # keep the import for state helpers' callers

@@ -1,0 +1,298 @@
+"""``SimVM``: memory slots, vCPUs, the execution lock, the clock."""
+
+from __future__ import annotations
+
+import errno as _errno
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from hvcore.caps import Capability
+from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, StateError, Unsupported
+from hvcore.lifetime import Closeable
+from hvcore.memory import GuestMemory, MemorySlot, SlotChange, SlotChangeKind, SlotTable
+from hvcore.types import (
+    ClockData,
+    DirtyLog,
+    IoapicState,
+    IrqchipId,
+    PicState,
+    SlotFlags,
+    Sregs,
+    Translation,
+)
+from simulator import delivery, mmu
+from simulator.engine import Engine
+from simulator.memory import DirtyLog as DirtyPages
+from simulator.memory import map_layout
+from simulator.vcpu import SimVCPU
+
+if TYPE_CHECKING:
+    from simulator.exits import Tracker
+    from simulator.system import SimHypervisor
+
+__all__ = ["SimVM"]
+
+MAX_SLOTS = 32764
+MAX_VCPU_ID = 1024
+_NO_IRQCHIP = "the simulator has no irqchip yet (PIC, IOAPIC, LAPIC, PIT arrive with issue 5)"
+
+
+class _SlotMemory:
+    """Guest-physical reads and writes through the VM's slots (for page walks and event delivery)."""
+
+    def __init__(self, vm: SimVM) -> None:
+        self._vm = vm
+
+    def read(self, address: int, length: int) -> bytes:
+        slot = self._vm.slot_at(address)
+        if slot is None or address + length > slot.end:
+            raise NotFound(f"no memory slot backs guest-physical {address:#x}+{length}")
+        return slot.memory.read(slot.offset + address - slot.guest_address, length)
+
+    def write(self, address: int, data: bytes) -> None:
+        slot = self._vm.slot_at(address)
+        if slot is None or address + len(data) > slot.end:
+            raise NotFound(f"no memory slot backs guest-physical {address:#x}+{len(data)}")
+        slot.memory.write(slot.offset + address - slot.guest_address, data)
+
+
+class SimVM(Closeable):
+    """A simulated VM; see :class:`hvcore.VM` for the contract."""
+
+    def __init__(self, hypervisor: SimHypervisor) -> None:
+        self._hypervisor = hypervisor
+        self.context_layout = hypervisor.context_layout
+        self._slots = SlotTable(MAX_SLOTS)
+        self.layout_generation = 0
+        self.dirty = DirtyPages()
+        self.exec_lock = threading.RLock()
+        self._vcpus: dict[int, SimVCPU] = {}
+        self._used_vcpu_ids: set[int] = set()
+        self._closed = False
+        self._clock_offset = -time.monotonic_ns()
+        self.physical = _SlotMemory(self)
+
+    def _live(self) -> None:
+        if self._closed:
+            raise ClosedError("the VM is closed; create a new one", operation="vm")
+
+    def check_extension(self, capability: Capability | int) -> int:
+        """The simulator's answer to ``KVM_CHECK_EXTENSION``."""
+        self._live()
+        return self._hypervisor.check_extension(capability)
+
+    # -- memory --------------------------------------------------------------------
+
+    def _commit(self, change: SlotChange) -> None:
+        with self.exec_lock:
+            if change.old is not None and (change.new is None or change.old.flags != change.new.flags):
+                self.dirty.forget(change.slot)
+            self._slots.apply(change)
+            self.layout_generation += 1
+
+    def set_memory_slot(
+        self,
+        slot: int,
+        guest_address: int,
+        memory: GuestMemory,
+        *,
+        offset: int = 0,
+        size: int | None = None,
+        flags: SlotFlags = SlotFlags(0),
+    ) -> MemorySlot:
+        """Map ``memory`` at ``guest_address`` (KVM's rules, KVM's errors)."""
+        self._live()
+        if size is None:
+            size = memory.size - offset
+        if size == 0:
+            raise InvalidArgument(
+                "a slot of size 0 maps nothing; use delete_memory_slot() to remove one", operation="set_memory_slot"
+            )
+        self._commit(self._slots.plan(slot, guest_address, memory, offset, size, flags))
+        return self._slots.get(slot)
+
+    def delete_memory_slot(self, slot: int) -> None:
+        """Remove a slot; its range becomes MMIO."""
+        self._live()
+        self._commit(self._slots.plan(slot, 0, None, 0, 0, SlotFlags(0)))
+
+    def set_slot_flags(self, slot: int, flags: SlotFlags) -> MemorySlot:
+        """Change a slot's flags (a READONLY change deletes and re-adds it)."""
+        self._live()
+        for change in self._slots.plan_flags(slot, flags):
+            self._commit(change)
+        return self._slots.get(slot)
+
+    def memory_slots(self) -> tuple[MemorySlot, ...]:
+        """The slots, by id."""
+        self._live()
+        return self._slots.slots()
+
+    def memory_slots_unchecked(self) -> tuple[MemorySlot, ...]:
+        """The slots, without the closed check (the run loop's view)."""
+        return self._slots.slots()
+
+    def slot_at(self, address: int) -> MemorySlot | None:
+        """The slot mapping guest-physical ``address``."""
+        return self._slots.find(address)
+
+    def slot_by_id(self, slot: int) -> MemorySlot | None:
+        """The slot with id ``slot``, if it exists."""
+        return next((s for s in self._slots.slots() if s.slot == slot), None)
+
+    def get_dirty_log(self, slot: int) -> DirtyLog:
+        """Pages written since the last call; reading clears the log."""
+        self._live()
+        entry = self._slots.get(slot)
+        if not entry.flags & SlotFlags.LOG_DIRTY_PAGES:
+            raise NotFound(
+                f"slot {slot} does not log dirty pages; set SlotFlags.LOG_DIRTY_PAGES on it first",
+                operation="get_dirty_log",
+            )
+        pages = entry.size // 4096
+        with self.exec_lock:
+            return DirtyLog(slot, pages, self.dirty.take(slot, pages))
+
+    def map_into(self, engine: Engine, tracker: Tracker) -> None:
+        """Map the current layout into a new engine."""
+        map_layout(engine.uc, self._slots.slots(), tracker.mmio_read, tracker.mmio_write, self.dirty)
+
+    def linear_reader(self, engine: Engine) -> Any:
+        """A ``read(linear, length)`` for ``engine``'s current paging mode."""
+        cr0, cr3, cr4, efer = engine.paging()
+        return lambda linear, length: mmu.read_linear(
+            Sregs(cr0=cr0, cr3=cr3, cr4=cr4, efer=efer), self.physical, linear, length
+        )
+
+    def translate(self, sregs: Sregs, linear: int) -> Translation:
+        """``KVM_TRANSLATE`` through the guest's page tables."""
+        try:
+            physical = mmu.translate(sregs, linear, self.physical, write=False, user=False)
+        except (mmu.PageFault, mmu.NonCanonical, HvError):
+            return Translation(linear, 0, False, False, False)
+        writeable = True
+        try:
+            mmu.translate(sregs, linear, self.physical, write=True, user=False)
+        except mmu.PageFault:
+            writeable = False
+        user = True
+        try:
+            mmu.translate(sregs, linear, self.physical, write=False, user=True)
+        except mmu.PageFault:
+            user = False
+        return Translation(linear, physical, True, writeable, user)
+
+    def deliver(self, vcpu: SimVCPU, engine: Engine, vector: int, kind: str, error_code: int | None) -> bool:
+        """Deliver an exception or interrupt through the guest's IVT/IDT; False on a triple fault."""
+        regs = engine.get_regs()
+        sregs = vcpu.get_sregs()
+        event = delivery.Event(vector=vector, kind=delivery.EventKind(kind), error_code=error_code)
+        try:
+            regs, sregs = delivery.deliver_with_escalation(regs, sregs, self.physical, event)
+        except delivery.TripleFault:
+            return False
+        engine.set_sregs(sregs)
+        engine.set_regs(regs)
+        engine.interrupt_shadow = False
+        return True
+
+    # -- vCPUs -------------------------------------------------------------------------
+
+    def create_vcpu(self, vcpu_id: int) -> SimVCPU:
+        """A vCPU in KVM's reset state."""
+        self._live()
+        if not 0 <= vcpu_id < MAX_VCPU_ID:
+            raise InvalidArgument(
+                f"vCPU id {vcpu_id} is out of range; use 0 to {MAX_VCPU_ID - 1}", operation="create_vcpu"
+            )
+        if vcpu_id in self._used_vcpu_ids:  # as on KVM, a closed vCPU's id stays taken
+            raise AlreadyExists(f"vCPU {vcpu_id} already exists in this VM", operation="create_vcpu")
+        with self.exec_lock:
+            vcpu = SimVCPU(self, vcpu_id)
+        self._vcpus[vcpu_id] = vcpu
+        self._used_vcpu_ids.add(vcpu_id)
+        return vcpu
+
+    def vcpus(self) -> tuple[SimVCPU, ...]:
+        """The open vCPUs, by id."""
+        self._live()
+        return tuple(self._vcpus[i] for i in sorted(self._vcpus))
+
+    def _forget_vcpu(self, vcpu_id: int) -> None:
+        self._vcpus.pop(vcpu_id, None)
+
+    def wait_idle(self, vcpu: SimVCPU, timeout: float = 5.0) -> None:
+        """Wait until ``vcpu`` is out of ``run()`` (it has been kicked)."""
+        deadline = time.monotonic() + timeout
+        while vcpu.running and vcpu._thread != threading.get_ident():
+            if time.monotonic() > deadline:
+                raise StateError(f"vCPU {vcpu.id} did not leave run() after a kick")
+            time.sleep(0.001)
+
+    # -- interrupt controllers (issue 5), clock ---------------------------------------------
+
+    def create_irqchip(self) -> None:
+        """Not yet: the simulator's PIC/IOAPIC/LAPIC are issue 5 (``Capability.IRQCHIP`` is absent)."""
+        self._live()
+        raise Unsupported(_NO_IRQCHIP, operation="create_irqchip")
+
+    def irq_line(self, irq: int, level: bool) -> int:
+        """There is no irqchip to drive: ENXIO, as KVM without one."""
+        self._live()
+        raise NotFound(f"irq_line: there is no irqchip; {_NO_IRQCHIP}", errno=_errno.ENXIO, operation="irq_line")
+
+    def get_irqchip(self, chip: IrqchipId) -> PicState | IoapicState:
+        """There is no irqchip: ENXIO, as KVM without one."""
+        self._live()
+        raise NotFound(f"get_irqchip: there is no irqchip; {_NO_IRQCHIP}", errno=_errno.ENXIO, operation="get_irqchip")
+
+    def set_irqchip(self, chip: IrqchipId, state: PicState | IoapicState) -> None:
+        """There is no irqchip: ENXIO, as KVM without one."""
+        self._live()
+        raise NotFound(f"set_irqchip: there is no irqchip; {_NO_IRQCHIP}", errno=_errno.ENXIO, operation="set_irqchip")
+
+    def create_pit(self) -> None:
+        """The PIT needs an irqchip: ENOENT, as KVM without one."""
+        self._live()
+        raise NotFound(f"create_pit needs an irqchip; {_NO_IRQCHIP}", errno=_errno.ENOENT, operation="create_pit")
+
+    def get_clock(self) -> ClockData:
+        """The VM clock in nanoseconds: host monotonic time plus the offset ``set_clock`` chose."""
+        self._live()
+        return ClockData(time.monotonic_ns() + self._clock_offset)
+
+    def set_clock(self, nanoseconds: int) -> None:
+        """Set the VM clock; it keeps advancing with host time."""
+        self._live()
+        if not 0 <= nanoseconds < 1 << 64:
+            raise InvalidArgument(f"clock value {nanoseconds} is not an unsigned 64-bit count", operation="set_clock")
+        self._clock_offset = nanoseconds - time.monotonic_ns()
+
+    def set_tss_address(self, address: int) -> None:
+        """Accepted and ignored: the simulator needs no real-mode TSS (KVM's VMX does)."""
+        self._live()
+        if not 0 <= address < 1 << 32:
+            raise InvalidArgument(f"TSS address {address:#x} must be below 4 GiB", operation="set_tss_address")
+
+    def set_identity_map_address(self, address: int) -> None:
+        """Accepted and ignored: the simulator needs no identity-map page."""
+        self._live()
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the vCPUs and release the slots."""
+        if self._closed:
+            return
+        for vcpu in list(self._vcpus.values()):
+            vcpu.close()
+        self._closed = True
+        with self.exec_lock:
+            self._slots.release_all()
+
+    def __repr__(self) -> str:
+        return f"SimVM(vcpus={len(self._vcpus)}{', closed' if self._closed else ''})"
+
+
+_ = SlotChangeKind  # re-exported for backends that build changes by hand

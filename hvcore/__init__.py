@@ -31,6 +31,7 @@ from hvcore.exits import (
     FailEntryExit,
     HltExit,
     InternalErrorExit,
+    InternalErrorSuberror,
     InterruptedExit,
     IoDirection,
     IoExit,
@@ -38,6 +39,7 @@ from hvcore.exits import (
     MmioExit,
     ShutdownExit,
     SystemEventExit,
+    SystemEventType,
     UnknownExit,
 )
 from hvcore.memory import PAGE_SIZE, GuestMemory, MemorySlot
@@ -96,6 +98,7 @@ __all__ = [
     "Hypervisor",
     "HypervisorFault",
     "InternalErrorExit",
+    "InternalErrorSuberror",
     "InterruptedExit",
     "InvalidArgument",
     "IoDirection",
@@ -118,6 +121,7 @@ __all__ = [
     "Sregs",
     "StateError",
     "SystemEventExit",
+    "SystemEventType",
     "Translation",
     "UnknownExit",
     "Unsupported",

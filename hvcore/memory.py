@@ -213,10 +213,11 @@ class SlotTable:
     def __init__(self, max_slots: int) -> None:
         self.max_slots = max_slots
         self._slots: dict[int, MemorySlot] = {}
+        self._sorted: tuple[MemorySlot, ...] = ()
 
     def slots(self) -> tuple[MemorySlot, ...]:
         """Every slot, by slot id."""
-        return tuple(sorted(self._slots.values(), key=lambda s: s.slot))
+        return self._sorted
 
     def get(self, slot: int) -> MemorySlot:
         """The slot with id ``slot``; :class:`NotFound` if there is none."""
@@ -317,9 +318,11 @@ class SlotTable:
             del self._slots[change.slot]
         if change.old is not None:
             change.old.memory._detach()
+        self._sorted = tuple(sorted(self._slots.values(), key=lambda s: s.slot))
 
     def release_all(self) -> None:
         """Forget every slot (the VM is closing) and let their memory close."""
         for s in self._slots.values():
             s.memory._detach()
         self._slots.clear()
+        self._sorted = ()

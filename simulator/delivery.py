@@ -21,9 +21,11 @@ interrupt, an NMI or ``int n`` / ``int3`` / ``into`` (for the software kinds,
   virtual-8086 mode raise :class:`DeliveryError` (not supported).
 - IA-32e mode (EFER.LMA, 64-bit and compatibility code alike): 16-byte gates,
   IST, RSP0-2, the stack aligned down to 16 bytes, SS:RSP always pushed, and a
-  null SS with RPL = new CPL on a privilege change.
+  null SS with RPL = new CPL on a privilege change (reported unusable, DPL =
+  CPL, other attributes 0: hardware leaves them undefined).
 
-CPL is SS.DPL, as on VMX. As KVM does, the pushed RFLAGS image has RF set for
+CPL is SS.DPL, as on VMX. Table reads and CPL0 stack pushes are supervisor
+accesses that EFLAGS.AC does not exempt from SMAP. As KVM does, the pushed RFLAGS image has RF set for
 fault-class exceptions. Pushed selectors are zero-extended. A delivery that
 fails changes no register and writes no stack or descriptor (walks may already
 have set accessed bits in page tables). Guest memory that no slot backs raises
@@ -92,6 +94,8 @@ _SOFTWARE: Final = frozenset({EventKind.SOFTWARE, EventKind.SOFTWARE_EXCEPTION})
 def deliver_event(regs: Regs, sregs: Sregs, memory: PhysicalMemory, event: Event) -> tuple[Regs, Sregs]:
     """The state after the processor vectors ``event``, with the frame written to the guest's stack.
 
+    ``regs.rip`` is the return address to push: the faulting instruction for a
+    fault, the next instruction for a trap, an interrupt or a software event.
     Raises the :class:`GuestFault` the delivery itself causes (leaving memory
     unchanged); :func:`deliver_with_escalation` turns those into #DF or a
     triple fault.

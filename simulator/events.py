@@ -37,7 +37,7 @@ _SOFTWARE: Final = frozenset({EventKind.SOFTWARE, EventKind.SOFTWARE_EXCEPTION})
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """An event to deliver.
+    """An event to deliver (the return address it pushes is ``regs.rip``, see :mod:`simulator.delivery`).
 
     ``error_code`` is given exactly for the :data:`HAS_ERROR_CODE` exceptions
     (real mode ignores it). ``instruction_length`` is the length of the

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hvcore.checks import check_vector, check_width
 from hvcore.errors import (
     ClosedError,
     ExitNotCompleted,
     InvalidArgument,
-    StateError,
     Unsupported,
     VcpuBusy,
 )
@@ -78,7 +76,6 @@ class SimVCPU(Closeable):
         self._immediate_exit = False
         self._request_window = False
         self._cr8 = 0
-        self._apic_base = 0xFEE00900 | (0x100 if vcpu_id == 0 else 0) if False else 0xFEE00900
         self._queued_interrupt: int | None = None
         self._nmi_pending = False
         self._shutdown = False
@@ -299,7 +296,7 @@ class SimVCPU(Closeable):
     def apic_base(self) -> int:
         """IA32_APIC_BASE."""
         self._live()
-        return self._apic_base
+        return self._state.apic_base
 
     # -- state ---------------------------------------------------------------------
 
@@ -321,7 +318,9 @@ class SimVCPU(Closeable):
             bitmap[self._queued_interrupt // 64] = 1 << (self._queued_interrupt % 64)
         with self._vm.exec_lock:
             return self._live().get_sregs(
-                apic_base=self._apic_base, interrupt_bitmap=(bitmap[0], bitmap[1], bitmap[2], bitmap[3]), cr8=self._cr8
+                apic_base=self._state.apic_base,
+                interrupt_bitmap=(bitmap[0], bitmap[1], bitmap[2], bitmap[3]),
+                cr8=self._cr8,
             )
 
     def set_sregs(self, sregs: Sregs) -> None:
@@ -329,7 +328,7 @@ class SimVCPU(Closeable):
         state.check_sregs(sregs)
         with self._vm.exec_lock:
             self._live().set_sregs(sregs)
-        self._apic_base = sregs.apic_base or self._apic_base
+        self._state.apic_base = sregs.apic_base or self._state.apic_base
         self._cr8 = sregs.cr8 & 0xF
         pending = [i * 64 + b for i, w in enumerate(sregs.interrupt_bitmap) for b in range(64) if w >> b & 1]
         self._queued_interrupt = pending[0] if pending else None
@@ -498,12 +497,5 @@ class SimVCPU(Closeable):
         """True while a thread is inside ``run()``."""
         return self._thread is not None
 
-    def adopt_state(self, other: Any) -> None:  # pragma: no cover - placeholder for issue 5
-        """Reserved."""
-        raise StateError("not implemented")
-
     def __repr__(self) -> str:
         return f"SimVCPU(id={self._id}{', closed' if self._closed else ''})"
-
-
-_ = replace  # keep the import for state helpers' callers

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from hvcore.caps import Capability
 from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, StateError, Unsupported
 from hvcore.lifetime import Closeable
-from hvcore.memory import GuestMemory, MemorySlot, SlotChange, SlotChangeKind, SlotTable
+from hvcore.memory import GuestMemory, MemorySlot, SlotChange, SlotTable
 from hvcore.types import (
     ClockData,
     DirtyLog,
@@ -294,5 +294,3 @@ class SimVM(Closeable):
     def __repr__(self) -> str:
         return f"SimVM(vcpus={len(self._vcpus)}{', closed' if self._closed else ''})"
 
-
-_ = SlotChangeKind  # re-exported for backends that build changes by hand

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from hvcore import VM, GuestMemory, HltExit, Hypervisor, IoDirection, IoExit, MmioExit, SlotFlags
+from hvcore import (
+    VM,
+    GuestMemory,
+    HltExit,
+    Hypervisor,
+    InternalErrorExit,
+    InternalErrorSuberror,
+    IoDirection,
+    IoExit,
+    MmioExit,
+    SlotFlags,
+)
 from tests.boot import boot, read_guest, run_exits
 from tests.guests import layout, long_mode, protected_mode, real_mode
 
@@ -105,3 +118,18 @@ def test_readonly_flag_toggles_by_delete_and_readd(hv: Hypervisor, vm: VM) -> No
     assert isinstance(exits[0], IoExit)
     assert exits[0].data == b"\x55"
     assert rom.read(0, 1) == b"\x55" == read_guest(vm, layout.ROM, 1)
+
+
+@pytest.mark.parametrize("mode", ["real", "long"])
+def test_executing_unbacked_memory_is_an_internal_error(hv: Hypervisor, vm: VM, mode: str) -> None:
+    vcpu = boot(hv, vm, real_mode.SPIN if mode == "real" else long_mode.SPIN, mode)  # type: ignore[arg-type]
+    if mode == "real":
+        sregs = vcpu.get_sregs()
+        vcpu.set_sregs(replace(sregs, cs=replace(sregs.cs, selector=layout.MMIO >> 4, base=layout.MMIO)))
+        vcpu.set_regs(replace(vcpu.get_regs(), rip=0))
+    else:
+        vcpu.set_regs(replace(vcpu.get_regs(), rip=layout.MMIO))
+    exit_ = vcpu.run()
+    assert isinstance(exit_, InternalErrorExit)
+    assert exit_.suberror == InternalErrorSuberror.EMULATION
+    assert vcpu.get_regs().rip == (0 if mode == "real" else layout.MMIO)  # rip at the target

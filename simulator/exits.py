@@ -28,6 +28,7 @@ from hvcore.errors import HypervisorFault, StateError
 from hvcore.exits import Exit, IoDirection, IoExit, MmioExit
 from hvcore.memory import PAGE_SIZE
 from simulator import decode
+from simulator.events import HAS_ERROR_CODE
 
 if TYPE_CHECKING:
     from simulator.engine import Engine
@@ -57,6 +58,7 @@ class Stop:
     vector: int = 0
     event_kind: str = "exception"
     error_code: int | None = None
+    instruction_length: int = 0
 
 
 @dataclass
@@ -148,7 +150,7 @@ class Tracker:
     def _on_interrupt(self, uc: Any, vector: int, _: object) -> None:
         engine = self._engine
         assert engine is not None
-        error_code = engine.take_exception()
+        error_code: int | None = engine.take_exception()
         rip = engine.reg(engine.RIP)
         cs_base, _ = engine.code_segment()
         try:
@@ -158,7 +160,11 @@ class Tracker:
         kind, length = decode.software_interrupt(code, vector)
         if length is not None:
             engine.set_reg(engine.RIP, rip + length)  # INT n returns to the next instruction
-        self._halt(Stop(StopKind.EXCEPTION, vector=vector, event_kind=kind, error_code=error_code))
+        if kind != "exception" or vector not in HAS_ERROR_CODE:
+            error_code = None
+        stop = Stop(StopKind.EXCEPTION, vector=vector, event_kind=kind, error_code=error_code)
+        stop.instruction_length = length or 0
+        self._halt(stop)
 
     def mmio_read(self, address: int, size: int) -> int:
         """An MMIO read callback (``address`` guest-physical)."""

@@ -202,7 +202,9 @@ class SimVCPU(Closeable):
         if kind is StopKind.HLT:
             return _HLT
         if kind is StopKind.EXCEPTION:
-            if not self._vm.deliver(self, engine, stop.vector, stop.event_kind, stop.error_code):
+            if not self._vm.deliver(
+                self, engine, stop.vector, stop.event_kind, stop.error_code, stop.instruction_length
+            ):
                 self._shutdown = True
                 return _SHUTDOWN
             return None

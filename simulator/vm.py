@@ -183,11 +183,28 @@ class SimVM(Closeable):
             user = False
         return Translation(linear, physical, True, writeable, user)
 
-    def deliver(self, vcpu: SimVCPU, engine: Engine, vector: int, kind: str, error_code: int | None) -> bool:
-        """Deliver an exception or interrupt through the guest's IVT/IDT; False on a triple fault."""
+    def deliver(
+        self,
+        vcpu: SimVCPU,
+        engine: Engine,
+        vector: int,
+        kind: str,
+        error_code: int | None,
+        instruction_length: int = 0,
+    ) -> bool:
+        """Deliver an exception or interrupt through the guest's IVT/IDT; False on a triple fault.
+
+        RIP must already be the return address: the faulting instruction for a fault, the next
+        one for ``int n`` (whose length lets a fault during delivery point back at it).
+        """
         regs = engine.get_regs()
         sregs = vcpu.get_sregs()
-        event = delivery.Event(vector=vector, kind=delivery.EventKind(kind), error_code=error_code)
+        event = delivery.Event(
+            vector=vector,
+            kind=delivery.EventKind(kind),
+            error_code=error_code,
+            instruction_length=instruction_length,
+        )
         try:
             regs, sregs = delivery.deliver_with_escalation(regs, sregs, self.physical, event)
         except delivery.TripleFault:
@@ -293,4 +310,3 @@ class SimVM(Closeable):
 
     def __repr__(self) -> str:
         return f"SimVM(vcpus={len(self._vcpus)}{', closed' if self._closed else ''})"
-

@@ -85,3 +85,39 @@ def test_close_kicks_a_running_vcpu(hv: Hypervisor, vm: VM) -> None:
     worker.join(timeout=10)
     assert result == [InterruptedExit()]
     assert vm.vcpus() == ()
+
+
+# inc eax; out 0x80, eax; jmp back -- every OUT reports the next integer
+COUNT_OUT = (
+    b"\x66\x40"  # again: inc eax
+    b"\x66\xe7\x80"  # out 0x80, eax
+    b"\xeb\xf9"  # jmp again
+)
+
+
+def test_kicks_never_make_the_guest_repeat_or_skip_an_instruction(hv: Hypervisor, vm: VM) -> None:
+    vcpu = boot(hv, vm, COUNT_OUT)
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            vcpu.kick()
+            time.sleep(0.0002)
+
+    kicker = threading.Thread(target=hammer)
+    kicker.start()
+    seen: list[int] = []
+    interrupted = 0
+    try:
+        while len(seen) < 2000:
+            exit_ = vcpu.run()
+            if isinstance(exit_, InterruptedExit):
+                interrupted += 1
+                continue
+            assert isinstance(exit_, IoExit)
+            seen.append(exit_.values()[0])
+    finally:
+        stop.set()
+        kicker.join()
+    assert seen == list(range(1, 2001))  # no OUT (or INC) lost or run twice around a kick
+    assert interrupted > 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from hvcore import VM, DebugExit, DebugRegs, GuestDebug, GuestDebugFlags, Hypervisor
+import pytest
+
+from hvcore import VM, DebugExit, DebugRegs, GuestDebug, GuestDebugFlags, Hypervisor, Unsupported
 from tests.boot import boot
 from tests.guests import layout, real_mode
-from tests.quirks import single_step_dr7
+from tests.quirks import full_guest_debug, single_step_dr7
 
 
 def test_single_step_exits_once_per_instruction(hv: Hypervisor, vm: VM) -> None:
@@ -35,3 +37,14 @@ def test_debug_registers_round_trip(hv: Hypervisor, vm: VM) -> None:
     vcpu.set_debugregs(wanted)
     got = vcpu.get_debugregs()
     assert (got.db, got.dr7) == (wanted.db, wanted.dr7)
+
+
+def test_breakpoint_flags_are_accepted_or_refused_as_documented(hv: Hypervisor, vm: VM) -> None:
+    vcpu = vm.create_vcpu(0)
+    settings = GuestDebug(GuestDebugFlags.ENABLE | GuestDebugFlags.USE_HW_BP, (0x1000, 0, 0, 0, 0, 0, 0, 0x1))
+    if full_guest_debug(hv):
+        vcpu.set_guest_debug(settings)
+    else:
+        with pytest.raises(Unsupported, match="SINGLESTEP only"):
+            vcpu.set_guest_debug(settings)
+    vcpu.set_guest_debug(GuestDebug())

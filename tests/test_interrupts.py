@@ -5,6 +5,7 @@ from __future__ import annotations
 from hvcore import VM, HltExit, Hypervisor, IoDirection, IoExit, IrqWindowOpenExit
 from tests.boot import boot, read_guest
 from tests.guests import layout, real_mode
+from tests.quirks import unknown_msr_faults
 
 
 def test_interrupt_window_and_injection(hv: Hypervisor, vm: VM) -> None:
@@ -46,3 +47,32 @@ def test_nmi_is_queued_as_pending(hv: Hypervisor, vm: VM) -> None:
     vcpu = boot(hv, vm, real_mode.SPIN)
     vcpu.nmi()
     assert vcpu.get_vcpu_events().nmi_pending == 1
+
+
+# Real mode: IVT entry 13 (#GP) -> handler; rdmsr of an MSR nobody has; report eax.
+RDMSR_UNKNOWN = (
+    b"\x31\xc0"  # xor ax, ax
+    b"\x8e\xd0"  # mov ss, ax
+    b"\xbc\x00\x80"  # mov sp, 0x8000
+    b"\xc7\x06\x34\x00\x25\x10"  # mov word [13*4], handler (0x1025)
+    b"\xc7\x06\x36\x00\x00\x00"  # mov word [13*4+2], 0
+    b"\x66\xb9\xef\xbe\xad\xde"  # mov ecx, 0xdeadbeef
+    b"\x66\xb8\x55\x55\x55\x55"  # mov eax, 0x55555555
+    b"\x0f\x32"  # rdmsr
+    b"\x66\xe7\x20"  # out 0x20, eax   (no fault: the value read)
+    b"\xf4"  # hlt
+    b"\xb0\x0d"  # handler: mov al, 13
+    b"\xe6\x21"  # out 0x21, al   (#GP taken)
+    b"\xf4"  # hlt
+)
+
+
+def test_guest_rdmsr_of_an_unknown_msr(hv: Hypervisor, vm: VM) -> None:
+    assert RDMSR_UNKNOWN.index(b"\xb0\x0d") == 0x25
+    vcpu = boot(hv, vm, RDMSR_UNKNOWN)
+    first = vcpu.run()
+    if unknown_msr_faults(hv):
+        assert first == IoExit(0x21, 1, 1, IoDirection.OUT, b"\x0d")  # #GP through the IVT
+    else:
+        assert first == IoExit(0x20, 4, 1, IoDirection.OUT, bytes(4))  # documented divergence: reads 0
+    assert vcpu.run() == HltExit()

@@ -15,6 +15,7 @@ from hvcore import (
     Hypervisor,
     InvalidArgument,
     IoapicState,
+    IoExit,
     IrqchipId,
     MpState,
     PicState,
@@ -23,7 +24,7 @@ from hvcore import (
     Xsave,
     x86,
 )
-from tests.boot import boot
+from tests.boot import boot, run_exits
 from tests.guests import layout, long_mode
 from tests.quirks import has_irqchip
 
@@ -207,3 +208,25 @@ def test_pit_needs_an_irqchip_and_exists_once(hv: Hypervisor, vm: VM) -> None:
         vm.create_pit()
     with pytest.raises(AlreadyExists):
         vm.create_irqchip()
+
+
+# cpuid; out 0x10, eax; mov eax, ebx; out; mov eax, ecx; out; mov eax, edx; out; hlt  (16-bit code)
+CPUID_REPORT = (
+    b"\x0f\xa2"  # cpuid
+    b"\x66\xe7\x10"  # out 0x10, eax
+    b"\x66\x89\xd8"  # mov eax, ebx
+    b"\x66\xe7\x10"  # out 0x10, eax
+    b"\x66\x89\xc8"  # mov eax, ecx
+    b"\x66\xe7\x10"  # out 0x10, eax
+    b"\x66\x89\xd0"  # mov eax, edx
+    b"\x66\xe7\x10"  # out 0x10, eax
+    b"\xf4"  # hlt
+)
+
+
+def test_guest_cpuid_is_served_from_the_vmm_entries(hv: Hypervisor, vm: VM) -> None:
+    vendor = CpuidEntry(0, eax=1, ebx=0x6F637668, edx=0x45542D65, ecx=0x75706354)  # "hvcore-TEcpu" as KVM packs it
+    vcpu = boot(hv, vm, CPUID_REPORT, rax=0, rcx=0)
+    vcpu.set_cpuid([vendor, *(e for e in hv.supported_cpuid() if e.function != 0)])
+    values = [e.values()[0] for e in run_exits(vcpu) if isinstance(e, IoExit)]
+    assert values == [1, 0x6F637668, 0x75706354, 0x45542D65]

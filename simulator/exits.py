@@ -215,26 +215,27 @@ class Tracker:
         import unicorn
 
         self._engine = engine
-        self._stop = None
-        self._new = []
-        self._cursor = 0
-        try:
-            engine.start(engine.reg(engine.RIP), count)
-        except unicorn.UcError as err:
-            if self._unprotect:
-                for page in self._unprotect:
-                    engine.uc.mem_protect(page, PAGE_SIZE, unicorn.UC_PROT_ALL)
-                self._unprotect = []
-                return Stop(StopKind.SLICE)
-            if err.errno in (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT):
-                return Stop(StopKind.FETCH_FAULT)
-            if err.errno == unicorn.UC_ERR_INSN_INVALID:
-                return Stop(StopKind.EXCEPTION, vector=6)
-            if self._stop is None:
-                raise HypervisorFault(f"the simulator's engine failed: {err}", operation="run") from err
-        finally:
-            self._put_back_rom()
-        return self._after(engine, count)
+        while True:
+            self._stop = None
+            self._new = []
+            self._cursor = 0
+            try:
+                engine.start(engine.reg(engine.RIP), count)
+            except unicorn.UcError as err:
+                if self._unprotect:  # the first write to a page of a logging slot: log it, then run again
+                    for page in self._unprotect:
+                        engine.uc.mem_protect(page, PAGE_SIZE, unicorn.UC_PROT_ALL)
+                    self._unprotect = []
+                    continue
+                if err.errno in (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT):
+                    return Stop(StopKind.FETCH_FAULT)
+                if err.errno == unicorn.UC_ERR_INSN_INVALID:
+                    return Stop(StopKind.EXCEPTION, vector=6)
+                if self._stop is None:
+                    raise HypervisorFault(f"the simulator's engine failed: {err}", operation="run") from err
+            finally:
+                self._put_back_rom()
+            return self._after(engine, count)
 
     def _put_back_rom(self) -> None:
         for address, data in self._restore:

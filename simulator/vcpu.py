@@ -78,7 +78,6 @@ class SimVCPU(Closeable):
         self._cr8 = 0
         self._queued_interrupt: int | None = None
         self._nmi_pending = False
-        self._shutdown = False
         self._debug = GuestDebug()
         self._state = state.VcpuState()
         self._engine: Engine | None = None
@@ -165,8 +164,6 @@ class SimVCPU(Closeable):
         vm = self._vm
         with vm.exec_lock:
             engine = self.engine()
-            if self._shutdown:
-                return _SHUTDOWN
             queued = self.tracker.finish_instruction(engine)
             if queued is not None:
                 return queued
@@ -189,7 +186,7 @@ class SimVCPU(Closeable):
                 return exit_
             if stepping:  # KVM reports a stepped HLT as a step, and the vCPU does not halt
                 regs_rip = engine.reg(engine.RIP)
-                return DebugExit(exception=1, pc=regs_rip, dr6=0xFFFF4FF0, dr7=self._debugregs_dr7())
+                return DebugExit(exception=1, pc=regs_rip, dr6=0xFFFF4FF0, dr7=self._state.debugregs.dr7)
             if self._consume_kick():
                 return _INTERRUPTED
 
@@ -205,7 +202,6 @@ class SimVCPU(Closeable):
             if not self._vm.deliver(
                 self, engine, stop.vector, stop.event_kind, stop.error_code, stop.instruction_length
             ):
-                self._shutdown = True
                 return _SHUTDOWN
             return None
         if kind is StopKind.FETCH_FAULT:
@@ -229,7 +225,6 @@ class SimVCPU(Closeable):
             else:
                 self._queued_interrupt = None
             if not self._vm.deliver(self, engine, vector, kind, None):
-                self._shutdown = True
                 return _SHUTDOWN
         return None
 
@@ -406,9 +401,6 @@ class SimVCPU(Closeable):
         """Set DR0-3, DR6, DR7."""
         self._live()
         self._state.debugregs = debugregs
-
-    def _debugregs_dr7(self) -> int:
-        return 0x400
 
     def get_vcpu_events(self) -> VcpuEvents:
         """Queued interrupt, pending NMI, interrupt shadow."""

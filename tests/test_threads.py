@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from hvcore import VM, Exit, HltExit, Hypervisor, InterruptedExit, IoDirection, IoExit, VcpuBusy
-from tests.boot import boot, run_exits
+from tests.boot import boot, read_guest, run_exits
 from tests.guests import real_mode
 
 
@@ -121,3 +121,20 @@ def test_kicks_never_make_the_guest_repeat_or_skip_an_instruction(hv: Hypervisor
         kicker.join()
     assert seen == list(range(1, 2001))  # no OUT (or INC) lost or run twice around a kick
     assert interrupted > 0
+
+
+LOCKED_COUNT = (
+    b"\xb9\x10\x27"  # mov cx, 10000
+    b"\xf0\x66\xff\x06\x00\x30"  # again: lock inc dword [0x3000]
+    b"\x49"  # dec cx
+    b"\x75\xf7"  # jnz again
+    b"\xf4"  # hlt
+)
+
+
+def test_locked_increments_from_two_vcpus_in_threads_are_atomic(hv: Hypervisor, vm: VM) -> None:
+    vcpus = [boot(hv, vm, LOCKED_COUNT, vcpu_id=i) for i in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run_exits, vcpus))
+    assert results == [[HltExit()], [HltExit()]]
+    assert int.from_bytes(read_guest(vm, 0x3000, 4), "little") == 20000

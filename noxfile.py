@@ -58,3 +58,4 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".")
     session.log(_kvm_status())
     session.run("python", "-m", "bench.io_exit", *session.posargs)
+    session.run("python", "-m", "bench.sim_exits")

@@ -1,4 +1,4 @@
-"""The little x86 decoding the exit rules need: string-IO operands and software interrupts."""
+"""The little x86 decoding the exit rules need: the operands of IN / INS."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from simulator.engine import Engine
 
-__all__ = ["IN_SAVED", "IoInstruction", "io_instruction", "software_interrupt"]
+__all__ = ["IN_SAVED", "IoInstruction", "io_instruction"]
 
 _PREFIXES: Final = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 _REG_RCX, _REG_RDI = "rcx", "rdi"
@@ -75,16 +75,16 @@ def io_instruction(engine: Engine, rip: int, cs_base: int, address_bits: int, re
     return IoInstruction(string, rep, backwards, rcx, es_base + rdi, read_linear)
 
 
-def software_interrupt(code: bytes, vector: int) -> tuple[str, int | None]:
-    """For the instruction bytes at RIP when ``vector`` was raised: ("software", length) for INT n / INT3 / INTO."""
-    _, at = _prefixes(code)
-    if at >= len(code):
-        return "exception", None
-    opcode = code[at]
-    if opcode == 0xCD and at + 1 < len(code) and code[at + 1] == vector:
-        return "software", at + 2
-    if opcode == 0xCC and vector == 3:
-        return "software_exception", at + 1
-    if opcode == 0xCE and vector == 4:
-        return "software_exception", at + 1
-    return "exception", None
+def io_permitted(engine: Engine, read_linear: ReadLinear, port: int, size: int) -> bool:
+    """The TSS I/O-permission bitmap allows ``size`` ports from ``port`` (CPL > IOPL or virtual-8086 mode)."""
+    tr_base, tr_limit, tr_type = engine.task_register()
+    if tr_type not in (9, 0xB) or tr_limit < 0x67:
+        return False
+    try:
+        bitmap = int.from_bytes(read_linear(tr_base + 0x66, 2), "little")
+        if bitmap + (port + size - 1) // 8 + 1 > tr_limit:
+            return False
+        bits = int.from_bytes(read_linear(tr_base + bitmap + port // 8, 2), "little")
+    except Exception:
+        return False
+    return not bits >> (port % 8) & ((1 << size) - 1)

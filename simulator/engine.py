@@ -24,6 +24,7 @@ _QEMU_ORDER: Final = ("es", "cs", "ss", "ds", "fs", "gs")
 _U64: Final = struct.Struct("<Q")
 _U32: Final = struct.Struct("<I")
 _I32: Final = struct.Struct("<i")
+_EXCEPTION: Final = struct.Struct("<iiQ")  # error_code, exception_is_int, exception_next_eip
 
 # QEMU's hflags bits
 HF_CPL_MASK: Final = 3
@@ -136,6 +137,9 @@ class Engine:
         self.RIP: Final = x.UC_X86_REG_RIP
         self.RAX: Final = x.UC_X86_REG_RAX
         self.RFLAGS: Final = x.UC_X86_REG_RFLAGS
+        self.CR0: Final = x.UC_X86_REG_CR0
+        self.RSP: Final = x.UC_X86_REG_RSP
+        self.CS: Final = x.UC_X86_REG_CS
         base = ctypes.cast(self.uc._uch, ctypes.c_void_p).value
         assert base is not None
         self._counter = ctypes.c_uint64.from_address(base + layout.counter)
@@ -236,6 +240,11 @@ class Engine:
         bits = 64 if hflags & HF_CS64 else 32 if flags >> 22 & 1 else 16
         return base, bits
 
+    def task_register(self) -> tuple[int, int, int]:
+        """TR's base, limit and descriptor type."""
+        _, base, limit, flags = _SEGMENT.unpack_from(self._blob(), self.layout.tr)
+        return base, limit, flags >> 8 & 0xF
+
     def es_base(self) -> int:
         """ES base (the destination segment of INS)."""
         return int(_SEGMENT.unpack_from(self._blob(), self.layout.segment(0))[1])
@@ -271,13 +280,18 @@ class Engine:
         _U32.pack_into(blob, self.layout.hflags, hflags)
         self._store(blob)
 
-    def take_exception(self) -> int:
-        """The error code of the exception just raised; also clears QEMU's sticky ``old_exception``."""
+    def take_exception(self) -> tuple[int, int | None]:
+        """The error code of the exception just raised and, for INT n / INT3 / INTO, the address after it.
+
+        Also clears QEMU's sticky ``old_exception`` (else the next fault would become #DF) and the
+        software-interrupt mark.
+        """
         blob = self._blob()
-        code: int = _I32.unpack_from(blob, self.layout.error_code)[0]
+        code, is_int, next_eip = _EXCEPTION.unpack_from(blob, self.layout.error_code)
         _I32.pack_into(blob, self.layout.old_exception, -1)
+        _I32.pack_into(blob, self.layout.error_code + 4, 0)
         self._store(blob)
-        return code & 0xFFFFFFFF
+        return code & 0xFFFFFFFF, next_eip if is_int else None
 
     # -- running ---------------------------------------------------------------
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Stop", "StopKind", "Tracker"]
 
 _PIO_BATCH = 1024  # bytes: the size of KVM's pio data page
+RFLAGS_RF = 1 << 16
 
 
 class StopKind(Enum):
@@ -75,6 +76,12 @@ class _PendingIn:
     data: list[int] = field(default_factory=list)
 
 
+def _clear_resume_flag(engine: Engine) -> None:
+    rflags = engine.reg(engine.RFLAGS)
+    if rflags & RFLAGS_RF:
+        engine.set_reg(engine.RFLAGS, rflags & ~RFLAGS_RF)
+
+
 class Tracker:
     """The instruction in progress on one vCPU, and the hooks that see it."""
 
@@ -92,6 +99,7 @@ class Tracker:
         self._saved: dict[int, int] = {}
         self._restore: list[tuple[int, bytes]] = []
         self._unprotect: list[int] = []
+        self._io_fault_rip: int | None = None
         self._unprotected: dict[int, set[int]] = {}
         self._dirty_generation = -1
 
@@ -117,7 +125,24 @@ class Tracker:
         assert self._engine is not None
         self._engine.stop()
 
+    def _io_forbidden(self, port: int, size: int) -> bool:
+        """Raise #GP(0) instead of the access when CPL > IOPL and the TSS bitmap forbids the ports."""
+        engine = self._engine
+        assert engine is not None
+        if not engine.reg(engine.CR0) & 1:
+            return False
+        rflags = engine.reg(engine.RFLAGS)
+        if not rflags >> 17 & 1 and engine.reg(engine.CS) & 3 <= (rflags >> 12) & 3:
+            return False
+        if decode.io_permitted(engine, self.vcpu._vm.linear_reader(engine), port, size):
+            return False
+        self._io_fault_rip = engine.reg(engine.RIP)
+        self._halt(Stop(StopKind.EXCEPTION, vector=13, error_code=0))
+        return True
+
     def _on_out(self, uc: Any, port: int, size: int, value: int, _: object) -> None:
+        if self._io_forbidden(port, size):
+            return
         self._halt(Stop(StopKind.EXIT, IoExit(port, size, 1, IoDirection.OUT, value.to_bytes(size, "little"))))
 
     def _on_in(self, uc: Any, port: int, size: int, _: object) -> int:
@@ -125,6 +150,9 @@ class Tracker:
             return self._in_answers.pop(0)
         engine = self._engine
         assert engine is not None
+        if self._io_forbidden(port, size):
+            self._saved = {reg: engine.reg(reg) for reg in decode.IN_SAVED}
+            return 0
         rip = engine.reg(engine.RIP)
         cs_base, bits = engine.code_segment()
         read = self.vcpu._vm.linear_reader(engine)
@@ -150,20 +178,21 @@ class Tracker:
     def _on_interrupt(self, uc: Any, vector: int, _: object) -> None:
         engine = self._engine
         assert engine is not None
-        error_code: int | None = engine.take_exception()
-        rip = engine.reg(engine.RIP)
+        error_code, next_rip = engine.take_exception()
+        if next_rip is None:  # a fault or trap: RIP is where it happened
+            code = error_code if vector in HAS_ERROR_CODE else None
+            self._halt(Stop(StopKind.EXCEPTION, vector=vector, error_code=code))
+            return
+        # INT n / INT3 / INTO: deliver with the next instruction as the return address
         cs_base, _ = engine.code_segment()
         try:
-            code = self.vcpu._vm.linear_reader(engine)(cs_base + rip, 16)
+            last = self.vcpu._vm.linear_reader(engine)(cs_base + next_rip - 1, 1)[0]
         except Exception:
-            code = b""
-        kind, length = decode.software_interrupt(code, vector)
-        if length is not None:
-            engine.set_reg(engine.RIP, rip + length)  # INT n returns to the next instruction
-        if kind != "exception" or vector not in HAS_ERROR_CODE:
-            error_code = None
-        stop = Stop(StopKind.EXCEPTION, vector=vector, event_kind=kind, error_code=error_code)
-        stop.instruction_length = length or 0
+            last = 0
+        kind, length = ("software_exception", 1) if last in (0xCC, 0xCE) and vector in (3, 4) else ("software", 2)
+        engine.set_reg(engine.RIP, next_rip)
+        stop = Stop(StopKind.EXCEPTION, vector=vector, event_kind=kind)
+        stop.instruction_length = length
         self._halt(stop)
 
     def mmio_read(self, address: int, size: int) -> int:
@@ -246,8 +275,17 @@ class Tracker:
 
     def _after(self, engine: Engine, count: int) -> Stop:
         stop = self._stop
+        if stop is None or (isinstance(stop.exit, IoExit) and not stop.exit.is_in):
+            _clear_resume_flag(engine)  # an instruction completed: RF goes, as on hardware (Unicorn keeps it)
         if stop is None:
             return Stop(StopKind.HLT) if engine.counter <= count else Stop(StopKind.SLICE)
+        if self._io_fault_rip is not None:  # IN/OUT refused by the I/O permission check: nothing happened
+            for reg, value in self._saved.items():
+                engine.set_reg(reg, value)
+            engine.set_reg(engine.RIP, self._io_fault_rip)
+            self._io_fault_rip = None
+            self._saved = {}
+            return stop
         if stop.kind is StopKind.EXIT and stop.exit is None:
             return self._mmio_exit(engine)
         if isinstance(stop.exit, IoExit) and stop.exit.is_in:

@@ -163,7 +163,13 @@ def _exception_fields(env: int) -> tuple[int, int]:
     sticky = [o for o in _offsets(after, 13, "<i") if struct.unpack_from("<i", before, o)[0] == -1 and o > env + _CR]
     if len(codes) != 1 or len(sticky) != 1:
         raise LayoutError(f"error code / old_exception not found (candidates {codes}, {sticky})")
-    del x
+    # A software interrupt: QEMU marks it (exception_is_int) and keeps the return address next to the error code.
+    ctypes.memmove(ctypes.addressof(page) + 0x1800, b"\xcd\x30", 2)  # int 0x30
+    uc.reg_write(x.UC_X86_REG_RIP, 0x1800)
+    uc.emu_start(0x1800, 0, 0, 1)
+    is_int, next_eip = struct.unpack_from("<iQ", bytes(uc.context_save()), codes[0] + 4)
+    if seen[-1] != 0x30 or (is_int, next_eip) != (1, 0x1802):
+        raise LayoutError(f"int 0x30 left is_int={is_int}, next_eip={next_eip:#x} beside the error code")
     return codes[0], sticky[0]
 
 

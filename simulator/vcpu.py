@@ -78,6 +78,7 @@ class SimVCPU(Closeable):
         self._cr8 = 0
         self._queued_interrupt: int | None = None
         self._nmi_pending = False
+        self._nmi_return: tuple[int, int] | None = None  # where an NMI struck: NMIs stay blocked until IRET there
         self._debug = GuestDebug()
         self._state = state.VcpuState()
         self._engine: Engine | None = None
@@ -217,11 +218,16 @@ class SimVCPU(Closeable):
 
     def _inject(self, engine: Engine) -> Exit | None:
         """Deliver a queued interrupt or NMI, as KVM does on entry (even with IF=0)."""
+        if self._nmi_return is not None and (engine.reg(engine.RIP), engine.reg(engine.RSP)) == self._nmi_return:
+            self._nmi_return = None  # back where the NMI struck, stack unwound: the handler's IRET ran
+            self._state.nmi_masked = 0
         for vector, kind in ((2, "nmi"), (self._queued_interrupt, "external")):
-            if vector is None or (kind == "nmi" and not self._nmi_pending):
+            if vector is None or (kind == "nmi" and (not self._nmi_pending or self._state.nmi_masked)):
                 continue
             if kind == "nmi":
                 self._nmi_pending = False
+                self._nmi_return = (engine.reg(engine.RIP), engine.reg(engine.RSP))
+                self._state.nmi_masked = 1
             else:
                 self._queued_interrupt = None
             if not self._vm.deliver(self, engine, vector, kind, None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno as _errno
+from dataclasses import replace
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,8 @@ __all__ = ["SimVM"]
 
 MAX_SLOTS = 32764
 MAX_VCPU_ID = 1024
+_NOT_FAULTS = frozenset({1, 3, 4, 8, 18})  # traps and aborts: KVM does not set RF for them
+RFLAGS_RF = 1 << 16
 _NO_IRQCHIP = "the simulator has no irqchip yet (PIC, IOAPIC, LAPIC, PIT arrive with issue 5)"
 
 
@@ -199,6 +202,10 @@ class SimVM(Closeable):
         """
         regs = engine.get_regs()
         sregs = vcpu.get_sregs()
+        if kind == "exception" and vector not in _NOT_FAULTS:
+            # KVM sets RF in the guest's RFLAGS before it injects a fault, so it is in any #DF frame too
+            regs = replace(regs, rflags=regs.rflags | RFLAGS_RF)
+            engine.set_reg(engine.RFLAGS, regs.rflags)
         event = delivery.Event(
             vector=vector,
             kind=delivery.EventKind(kind),

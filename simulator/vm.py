@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import errno as _errno
-from dataclasses import replace
 import threading
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from hvcore.caps import Capability

@@ -577,7 +577,7 @@ def tracker_io_loop(vcpu: VCPU, exits: int) -> int:
     run, finish = tracker.run, tracker.finish_instruction
     total = 0
     for _ in range(exits):
-        exit_ = finish(engine)
+        exit_ = finish(engine, now=False)
         if exit_ is None:
             exit_ = run(engine, SLICE).exit
         match exit_:
@@ -595,7 +595,7 @@ def tracker_mmio_write_loop(vcpu: VCPU, exits: int) -> int:
     run, finish = tracker.run, tracker.finish_instruction
     total = 0
     for _ in range(exits):
-        exit_ = finish(engine)
+        exit_ = finish(engine, now=False)
         if exit_ is None:
             exit_ = run(engine, SLICE).exit
         match exit_:
@@ -613,7 +613,7 @@ def tracker_mmio_read_loop(vcpu: VCPU, exits: int) -> int:
     run, finish, complete = tracker.run, tracker.finish_instruction, tracker.complete
     total = 0
     for _ in range(exits):
-        exit_ = finish(engine)
+        exit_ = finish(engine, now=False)
         if exit_ is None:
             exit_ = run(engine, SLICE).exit
         match exit_:

@@ -143,6 +143,23 @@ class Engine:
         base = ctypes.cast(self.uc._uch, ctypes.c_void_p).value
         assert base is not None
         self._counter = ctypes.c_uint64.from_address(base + layout.counter)
+        self._count = ctypes.c_uint64.from_address(base + layout.count)
+        # Straight ctypes calls for the per-exit register traffic: the binding's generic path costs ~2 us a read.
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        self._handle = self.uc._uch
+        self._read_one = uclib.uc_reg_read
+        self._write_one = uclib.uc_reg_write
+        self._read_many = uclib.uc_reg_read_batch
+        self._emu_start = uclib.uc_emu_start
+        self._uc_error = unicorn.UcError
+        self._scratch = ctypes.c_uint64()
+        self._scratch_ref = ctypes.byref(self._scratch)
+        n = len(self._gprs)
+        self._gpr_ids = (ctypes.c_int * n)(*self._gprs)
+        self._gpr_values = (ctypes.c_uint64 * n)()
+        at = ctypes.addressof(self._gpr_values)
+        self._gpr_pointers = (ctypes.c_void_p * n)(*(at + 8 * i for i in range(n)))
 
     # -- the context blob ----------------------------------------------------
 
@@ -158,8 +175,10 @@ class Engine:
 
     def get_regs(self) -> Regs:
         """RAX..R15, RIP, RFLAGS."""
-        read = self.uc.reg_read
-        return Regs(*(read(r) for r in self._gprs))
+        if self._read_many(self._handle, self._gpr_ids, self._gpr_pointers, len(self._gprs)):
+            read = self.uc.reg_read
+            return Regs(*(read(r) for r in self._gprs))
+        return Regs(*self._gpr_values)
 
     def set_regs(self, regs: Regs) -> None:
         """Write RAX..R15, RIP, RFLAGS."""
@@ -168,12 +187,15 @@ class Engine:
             write(reg, value)
 
     def reg(self, reg: int) -> int:
-        """One register by Unicorn id."""
-        return int(self.uc.reg_read(reg))
+        """One 64-bit register by Unicorn id."""
+        if self._read_one(self._handle, reg, self._scratch_ref):
+            return int(self.uc.reg_read(reg))
+        return self._scratch.value
 
     def set_reg(self, reg: int, value: int) -> None:
-        """Write one register by Unicorn id."""
-        self.uc.reg_write(reg, value)
+        """Write one 64-bit register by Unicorn id."""
+        if self._write_one(self._handle, reg, ctypes.byref(ctypes.c_uint64(value))):
+            self.uc.reg_write(reg, value)
 
     def get_sregs(self, *, apic_base: int, interrupt_bitmap: tuple[int, int, int, int], cr8: int) -> Sregs:
         """Segments (with hidden caches), descriptor tables, CR0-4, EFER.
@@ -301,8 +323,22 @@ class Engine:
         return int(self._counter.value)
 
     def start(self, rip: int, count: int) -> None:
-        """Run from ``rip`` for at most ``count`` instructions (stops and hooks may end it earlier)."""
-        self.uc.emu_start(rip, 0, 0, count)
+        """Run from ``rip`` for at most ``count`` instructions (stops and hooks may end it earlier).
+
+        This is the binding's ``emu_start`` without its Python wrapper: the same C call, the same
+        error and the same re-raise of an exception a hook raised.
+        """
+        uc = self.uc
+        uc._hook_exception = None
+        status = self._emu_start(self._handle, rip, 0, 0, count)
+        if status:
+            raise self._uc_error(status)
+        if uc._hook_exception is not None:
+            raise uc._hook_exception
+
+    def stop_after_this_instruction(self) -> None:
+        """From a hook: let the current instruction complete, then stop (lowers the run's instruction budget)."""
+        self._count.value = self._counter.value
 
     def stop(self) -> None:
         """Ask the running engine to stop at the next instruction boundary."""

@@ -50,7 +50,7 @@ class StopKind(Enum):
     FETCH_FAULT = "fetch"
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Stop:
     """What ended a run; ``exit`` for EXIT, the event for EXCEPTION."""
 
@@ -68,6 +68,7 @@ class _Access:
     address: int
     size: int
     value: int | None = None
+    rom: bool = False  # a write to a read-only slot (lands only on replay, then the ROM bytes go back)
 
 
 @dataclass
@@ -80,6 +81,9 @@ def _clear_resume_flag(engine: Engine) -> None:
     rflags = engine.reg(engine.RFLAGS)
     if rflags & RFLAGS_RF:
         engine.set_reg(engine.RFLAGS, rflags & ~RFLAGS_RF)
+
+
+_MMIO = Stop(StopKind.EXIT)  # an MMIO access is being recorded; the exit is built after the run
 
 
 class Tracker:
@@ -100,6 +104,8 @@ class Tracker:
         self._restore: list[tuple[int, bytes]] = []
         self._unprotect: list[int] = []
         self._io_fault_rip: int | None = None
+        self._out_stops: dict[tuple[int, int, int], Stop] = {}
+        self.watch_resume_flag = False  # RF can only be set once an event was delivered (IRET restores it)
         self._unprotected: dict[int, set[int]] = {}
         self._dirty_generation = -1
 
@@ -129,8 +135,8 @@ class Tracker:
         """Raise #GP(0) instead of the access when CPL > IOPL and the TSS bitmap forbids the ports."""
         engine = self._engine
         assert engine is not None
-        if not engine.reg(engine.CR0) & 1:
-            return False
+        if not engine.reg(engine.CS) & 3 or not engine.reg(engine.CR0) & 1:
+            return False  # CPL0 (CS.RPL) or real mode: every port is allowed
         rflags = engine.reg(engine.RFLAGS)
         if not rflags >> 17 & 1 and engine.reg(engine.CS) & 3 <= (rflags >> 12) & 3:
             return False
@@ -143,7 +149,13 @@ class Tracker:
     def _on_out(self, uc: Any, port: int, size: int, value: int, _: object) -> None:
         if self._io_forbidden(port, size):
             return
-        self._halt(Stop(StopKind.EXIT, IoExit(port, size, 1, IoDirection.OUT, value.to_bytes(size, "little"))))
+        stop = self._out_stops.get((port, size, value))
+        if stop is None:  # equal exits are shared values, as in the KVM backend
+            if len(self._out_stops) > 1024:
+                self._out_stops.clear()
+            exit_ = IoExit(port, size, 1, IoDirection.OUT, value.to_bytes(size, "little"))
+            stop = self._out_stops[port, size, value] = Stop(StopKind.EXIT, exit_)
+        self._halt(stop)
 
     def _on_in(self, uc: Any, port: int, size: int, _: object) -> int:
         if self._in_answers:
@@ -191,27 +203,30 @@ class Tracker:
             last = 0
         kind, length = ("software_exception", 1) if last in (0xCC, 0xCE) and vector in (3, 4) else ("software", 2)
         engine.set_reg(engine.RIP, next_rip)
-        stop = Stop(StopKind.EXCEPTION, vector=vector, event_kind=kind)
-        stop.instruction_length = length
-        self._halt(stop)
+        self._halt(Stop(StopKind.EXCEPTION, vector=vector, event_kind=kind, instruction_length=length))
 
     def mmio_read(self, address: int, size: int) -> int:
-        """An MMIO read callback (``address`` guest-physical)."""
+        """An MMIO read callback (``address`` guest-physical): answered if replayed, else the instruction aborts."""
         known = self._next_known(False, address, size)
         if known is not None:
             return known.value or 0
         self._new.append(_Access(False, address, size))
-        self._halt(Stop(StopKind.EXIT))
+        self._halt(_MMIO)
         return 0
 
     def mmio_write(self, address: int, size: int, value: int) -> None:
-        """An MMIO write callback."""
+        """An MMIO write callback: swallowed if replayed; else the instruction completes, then the run stops."""
         if self._next_known(True, address, size) is not None:
             return
         self._new.append(_Access(True, address, size, value & ((1 << (8 * size)) - 1)))
-        self._halt(Stop(StopKind.EXIT))
+        if self._stop is None:
+            self._stop = _MMIO
+            assert self._engine is not None
+            self._engine.stop_after_this_instruction()  # RIP goes past the store, as on KVM
 
     def _next_known(self, write: bool, address: int, size: int) -> _Access | None:
+        if self._known and self._engine is not None and self._engine.counter > 1:
+            self._known, self._cursor = [], 0  # the replayed instruction has finished
         if self._cursor < len(self._known):
             known = self._known[self._cursor]
             if (known.write, known.address, known.size) == (write, address, size):
@@ -228,8 +243,8 @@ class Tracker:
                 offset = slot.offset + address - slot.guest_address
                 self._restore.append((address, slot.memory.read(offset, size)))
                 return True  # let it land, then put the ROM bytes back
-            self._new.append(_Access(True, address, size, value & ((1 << (8 * size)) - 1)))
-            self._halt(Stop(StopKind.EXIT))
+            self._new.append(_Access(True, address, size, value & ((1 << (8 * size)) - 1), rom=True))
+            self._halt(_MMIO)
             return False
         page = (address - slot.guest_address) // PAGE_SIZE
         self.vcpu._vm.dirty.record(slot.slot, page)
@@ -275,7 +290,7 @@ class Tracker:
 
     def _after(self, engine: Engine, count: int) -> Stop:
         stop = self._stop
-        if stop is None or (isinstance(stop.exit, IoExit) and not stop.exit.is_in):
+        if self.watch_resume_flag and (stop is None or (isinstance(stop.exit, IoExit) and not stop.exit.is_in)):
             _clear_resume_flag(engine)  # an instruction completed: RF goes, as on hardware (Unicorn keeps it)
         if stop is None:
             return Stop(StopKind.HLT) if engine.counter <= count else Stop(StopKind.SLICE)
@@ -286,7 +301,7 @@ class Tracker:
             self._io_fault_rip = None
             self._saved = {}
             return stop
-        if stop.kind is StopKind.EXIT and stop.exit is None:
+        if stop is _MMIO:
             return self._mmio_exit(engine)
         if isinstance(stop.exit, IoExit) and stop.exit.is_in:
             for reg, value in self._saved.items():
@@ -303,14 +318,20 @@ class Tracker:
             if (second.write, second.address, second.size) == (first.write, first.address + 4, 4) and first.size == 4:
                 parts.append(second)
         length = sum(p.size for p in parts)
-        self._known.extend(parts)
+        # accesses of this instruction answered so far stay known; another instruction's are forgotten
+        answered = self._known[: self._cursor] if engine.counter <= 1 else []
+        data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in parts)
         if not first.write:
+            self._known = answered + parts
             exit_: Exit = MmioExit(first.address, length, False)
             self.pending = exit_
             return Stop(StopKind.EXIT, exit_)
-        data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in parts)
         exit_ = MmioExit(first.address, length, True, data)
-        self._queued = self._step(engine)  # finish the instruction now: RIP past a write, as on KVM
+        if first.rom:  # the instruction was aborted: finish it now, so RIP is past the write as on KVM
+            self._known = answered + parts
+            self._queued = self._step(engine)
+        else:
+            self._known = []  # stopped after the instruction: it is complete
         return Stop(StopKind.EXIT, exit_)
 
     def _step(self, engine: Engine) -> Exit | None:
@@ -323,8 +344,13 @@ class Tracker:
             raise StateError(f"replaying an MMIO instruction stopped with {stop.kind}", operation="run")
         return None
 
-    def finish_instruction(self, engine: Engine) -> Exit | None:
-        """At the start of ``run()``: return a queued exit, or complete the answered IN / MMIO read."""
+    def finish_instruction(self, engine: Engine, *, now: bool) -> Exit | None:
+        """At the start of ``run()``: return a queued exit, or complete the answered IN / MMIO read.
+
+        An answered MMIO read is replayed by the next slice itself (its callback answers from the
+        known accesses); ``now`` (a kick or ``immediate_exit``) replays it at once instead, as KVM
+        completes a pending read even when it does not enter the guest.
+        """
         if self._queued is not None:
             queued, self._queued = self._queued, None
             if isinstance(queued, MmioExit) and not queued.is_write:
@@ -337,7 +363,7 @@ class Tracker:
             self.run(engine, pending_in.exit.count)
             self._in_answers = []
             return None
-        if self._known:
+        if self._known and now:
             return self._step(engine)
         return None
 

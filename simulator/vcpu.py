@@ -80,6 +80,7 @@ class SimVCPU(Closeable):
         self._nmi_pending = False
         self._nmi_return: tuple[int, int] | None = None  # where an NMI struck: NMIs stay blocked until IRET there
         self._debug = GuestDebug()
+        self._stepping = False
         self._state = state.VcpuState()
         self._engine: Engine | None = None
         self._layout_generation = -1
@@ -162,18 +163,20 @@ class SimVCPU(Closeable):
             return kicked
 
     def _run(self) -> Exit:
-        vm = self._vm
-        with vm.exec_lock:
-            engine = self.engine()
-            queued = self.tracker.finish_instruction(engine)
-            if queued is not None:
-                return queued
-        if self._consume_kick():
-            return _INTERRUPTED
-        stepping = bool(self._debug.flags & GuestDebugFlags.SINGLESTEP and self._debug.flags & GuestDebugFlags.ENABLE)
+        lock, stepping = self._vm.exec_lock, self._stepping
+        first = True
         while True:
-            with vm.exec_lock:
+            with lock:
                 engine = self.engine()
+                if first:  # finish what the last exit left, then honour a kick, before any new guest code
+                    first = False
+                    kicked = self._kicked or self._immediate_exit
+                    queued = self.tracker.finish_instruction(engine, now=kicked)
+                    if queued is not None:
+                        return queued
+                    if kicked:
+                        self._consume_kick()
+                        return _INTERRUPTED
                 exit_ = self._inject(engine)
                 if exit_ is not None:
                     return exit_
@@ -188,7 +191,7 @@ class SimVCPU(Closeable):
             if stepping:  # KVM reports a stepped HLT as a step, and the vCPU does not halt
                 regs_rip = engine.reg(engine.RIP)
                 return DebugExit(exception=1, pc=regs_rip, dr6=0xFFFF4FF0, dr7=self._state.debugregs.dr7)
-            if self._consume_kick():
+            if self._kicked and self._consume_kick():
                 return _INTERRUPTED
 
     def _handle(self, engine: Engine, stop: Stop) -> Exit | None:
@@ -471,6 +474,7 @@ class SimVCPU(Closeable):
                 operation="set_guest_debug",
             )
         self._debug = debug
+        self._stepping = bool(debug.flags & GuestDebugFlags.SINGLESTEP and debug.flags & GuestDebugFlags.ENABLE)
 
     def translate(self, linear_address: int) -> Translation:
         """Walk the guest's page tables."""

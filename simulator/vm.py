@@ -202,6 +202,7 @@ class SimVM(Closeable):
         """
         regs = engine.get_regs()
         sregs = vcpu.get_sregs()
+        vcpu.tracker.watch_resume_flag = True
         if kind == "exception" and vector not in _NOT_FAULTS:
             # KVM sets RF in the guest's RFLAGS before it injects a fault, so it is in any #DF frame too
             regs = replace(regs, rflags=regs.rflags | RFLAGS_RF)

@@ -18,6 +18,7 @@ import ctypes
 import mmap
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import ClassVar
 
 from hvcore.errors import AlignmentError, ClosedError, InvalidArgument, NotFound, SlotOverlap, error_for_errno
 from hvcore.lifetime import Closeable
@@ -45,6 +46,9 @@ class GuestMemory(Closeable):
     ``mem_map_ptr`` take). Reads and writes copy; no views are handed out, so
     ``close()`` always succeeds once no slot uses the buffer.
     """
+
+    writes: ClassVar[int] = 0
+    """Host writes through :meth:`write` to any GuestMemory (a cheap "did anything change" for emulators)."""
 
     def __init__(self, size: int) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
@@ -108,6 +112,7 @@ class GuestMemory(Closeable):
         m[offset : offset + len(data)] = data
         self._version += 1
         self._last_write = (offset, len(data))
+        GuestMemory.writes += 1
 
     @property
     def version(self) -> int:

@@ -107,7 +107,7 @@ class Tracker:
         self._out_stops: dict[tuple[int, int, int], Stop] = {}
         self.watch_resume_flag = False  # RF can only be set once an event was delivered (IRET restores it)
         self._unprotected: dict[int, set[int]] = {}
-        self._dirty_generation = -1
+        self.dirty_generation = -1
 
     # -- hooks -------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ class Tracker:
         uc.hook_add(unicorn.UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(unicorn.UC_HOOK_MEM_WRITE_PROT, self._on_write_protected)
         self._unprotected = {}
-        self._dirty_generation = -1
+        self.dirty_generation = -1
 
     def _halt(self, stop: Stop) -> None:
         if self._stop is None:
@@ -388,7 +388,7 @@ class Tracker:
         import unicorn
 
         dirty = self.vcpu._vm.dirty
-        if dirty.generation == self._dirty_generation:
+        if dirty.generation == self.dirty_generation:
             return
         for slot, pages in self._unprotected.items():
             still = dirty.writable_pages(slot)
@@ -399,4 +399,4 @@ class Tracker:
                         entry.guest_address + page * PAGE_SIZE, PAGE_SIZE, unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
                     )
             pages.intersection_update(still)
-        self._dirty_generation = dirty.generation
+        self.dirty_generation = dirty.generation

@@ -30,6 +30,7 @@ from hvcore.exits import (
     ShutdownExit,
 )
 from hvcore.lifetime import Closeable
+from hvcore.memory import GuestMemory
 from hvcore.types import (
     CpuidEntry,
     DebugRegs,
@@ -85,6 +86,7 @@ class SimVCPU(Closeable):
         self._engine: Engine | None = None
         self._layout_generation = -1
         self._versions: dict[int, int] = {}
+        self._host_writes = -1
         self.tracker = Tracker(self)
         self._engine = self._new_engine(None)
         self._engine.reset()
@@ -102,12 +104,16 @@ class SimVCPU(Closeable):
 
     def engine(self) -> Engine:
         """The engine, rebuilt first when the VM's slot layout changed (call under the VM lock)."""
-        assert self._engine is not None
-        if self._layout_generation != self._vm.layout_generation:
-            self._engine = self._new_engine(self._engine)
-        self.tracker.sync_dirty(self._engine)
-        self._drop_stale_code(self._engine)
-        return self._engine
+        engine, vm = self._engine, self._vm
+        assert engine is not None
+        if self._layout_generation != vm.layout_generation:
+            engine = self._engine = self._new_engine(engine)
+        if vm.dirty.generation != self.tracker.dirty_generation:
+            self.tracker.sync_dirty(engine)
+        if GuestMemory.writes != self._host_writes:  # any host write since the last look
+            self._host_writes = GuestMemory.writes
+            self._drop_stale_code(engine)
+        return engine
 
     def _drop_stale_code(self, engine: Engine) -> None:
         """Forget translations of guest memory the host wrote since the last run."""

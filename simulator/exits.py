@@ -105,6 +105,8 @@ class Tracker:
         self._unprotect: list[int] = []
         self._io_fault_rip: int | None = None
         self._out_stops: dict[tuple[int, int, int], Stop] = {}
+        self._read_stops: dict[tuple[int, int], Stop] = {}
+        self._write_stops: dict[tuple[int, int, bytes], Stop] = {}
         self.watch_resume_flag = False  # RF can only be set once an event was delivered (IRET restores it)
         self._unprotected: dict[int, set[int]] = {}
         self.dirty_generation = -1
@@ -205,8 +207,16 @@ class Tracker:
         engine.set_reg(engine.RIP, next_rip)
         self._halt(Stop(StopKind.EXCEPTION, vector=vector, event_kind=kind, instruction_length=length))
 
+    def on_mmio_read(self, uc: Any, offset: int, size: int, base: int) -> int:
+        """Unicorn's MMIO read callback for the gap starting at ``base``."""
+        return self.mmio_read(base + offset, size)
+
+    def on_mmio_write(self, uc: Any, offset: int, size: int, value: int, base: int) -> None:
+        """Unicorn's MMIO write callback for the gap starting at ``base``."""
+        self.mmio_write(base + offset, size, value)
+
     def mmio_read(self, address: int, size: int) -> int:
-        """An MMIO read callback (``address`` guest-physical): answered if replayed, else the instruction aborts."""
+        """An MMIO read (``address`` guest-physical): answered if replayed, else the instruction aborts."""
         known = self._next_known(False, address, size)
         if known is not None:
             return known.value or 0
@@ -225,7 +235,9 @@ class Tracker:
             self._engine.stop_after_this_instruction()  # RIP goes past the store, as on KVM
 
     def _next_known(self, write: bool, address: int, size: int) -> _Access | None:
-        if self._known and self._engine is not None and self._engine.counter > 1:
+        if not self._known:
+            return None
+        if self._engine is not None and self._engine.counter > 1:
             self._known, self._cursor = [], 0  # the replayed instruction has finished
         if self._cursor < len(self._known):
             known = self._known[self._cursor]
@@ -323,16 +335,28 @@ class Tracker:
         data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in parts)
         if not first.write:
             self._known = answered + parts
-            exit_: Exit = MmioExit(first.address, length, False)
-            self.pending = exit_
-            return Stop(StopKind.EXIT, exit_)
-        exit_ = MmioExit(first.address, length, True, data)
+            stop = self._read_stops.get((first.address, length))
+            if stop is None:  # equal exits are shared values
+                if len(self._read_stops) > 1024:
+                    self._read_stops.clear()
+                stop = self._read_stops[first.address, length] = Stop(
+                    StopKind.EXIT, MmioExit(first.address, length, False)
+                )
+            self.pending = stop.exit
+            return stop
+        stop = self._write_stops.get((first.address, length, data))
+        if stop is None:
+            if len(self._write_stops) > 1024:
+                self._write_stops.clear()
+            stop = self._write_stops[first.address, length, data] = Stop(
+                StopKind.EXIT, MmioExit(first.address, length, True, data)
+            )
         if first.rom:  # the instruction was aborted: finish it now, so RIP is past the write as on KVM
             self._known = answered + parts
             self._queued = self._step(engine)
         else:
             self._known = []  # stopped after the instruction: it is complete
-        return Stop(StopKind.EXIT, exit_)
+        return stop
 
     def _step(self, engine: Engine) -> Exit | None:
         """Replay the current instruction for one step; the next new access's exit, if any."""

@@ -24,8 +24,8 @@ __all__ = ["PHYSICAL_LIMIT", "DirtyLog", "map_layout"]
 PHYSICAL_LIMIT: Final = 1 << 52
 """Top of the guest-physical space the simulator maps (x86's architectural MAXPHYADDR)."""
 
-MmioRead = Callable[[int, int], int]
-MmioWrite = Callable[[int, int, int], None]
+MmioRead = Callable[[Any, int, int, int], int]  # (uc, offset, size, gap base) -> value
+MmioWrite = Callable[[Any, int, int, int, int], None]  # (uc, offset, size, value, gap base)
 
 
 def _gaps(slots: Iterable[MemorySlot]) -> list[tuple[int, int]]:
@@ -52,14 +52,7 @@ def map_layout(uc: Any, slots: Iterable[MemorySlot], read: MmioRead, write: Mmio
             for page in dirty.writable_pages(s.slot):  # already dirty: no need to catch them again
                 uc.mem_protect(s.guest_address + page * PAGE_SIZE, PAGE_SIZE, unicorn.UC_PROT_ALL)
     for base, size in _gaps(slots):
-        uc.mmio_map(
-            base,
-            size,
-            lambda _uc, offset, length, _data, base=base: read(base + offset, length),
-            None,
-            lambda _uc, offset, length, value, _data, base=base: write(base + offset, length, value),
-            None,
-        )
+        uc.mmio_map(base, size, read, base, write, base)
 
 
 @dataclass

@@ -159,7 +159,7 @@ class SimVM(Closeable):
 
     def map_into(self, engine: Engine, tracker: Tracker) -> None:
         """Map the current layout into a new engine."""
-        map_layout(engine.uc, self._slots.slots(), tracker.mmio_read, tracker.mmio_write, self.dirty)
+        map_layout(engine.uc, self._slots.slots(), tracker.on_mmio_read, tracker.on_mmio_write, self.dirty)
 
     def linear_reader(self, engine: Engine) -> Any:
         """A ``read(linear, length)`` for ``engine``'s current paging mode."""

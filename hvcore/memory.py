@@ -20,11 +20,11 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import ClassVar
 
-from hvcore.errors import AlignmentError, ClosedError, InvalidArgument, NotFound, SlotOverlap, error_for_errno
+from hvcore.errors import AlignmentError, ClosedError, HvError, InvalidArgument, NotFound, SlotOverlap, error_for_errno
 from hvcore.lifetime import Closeable
-from hvcore.types import SlotFlags
+from hvcore.types import DirtyLog, SlotFlags
 
-__all__ = ["PAGE_SIZE", "GuestMemory", "MemorySlot", "SlotChange", "SlotTable"]
+__all__ = ["PAGE_SIZE", "GuestMemory", "MemorySlot", "SlotChange", "SlotOwner", "SlotTable"]
 
 PAGE_SIZE = 4096
 MAX_GUEST_MEMORY = 1 << 46
@@ -331,3 +331,78 @@ class SlotTable:
             s.memory._detach()
         self._slots.clear()
         self._sorted = ()
+
+
+class SlotOwner:
+    """Mixin: the memory-slot methods of :class:`hvcore.VM`, with KVM's rules, for any backend.
+
+    A backend provides ``_slots`` (a :class:`SlotTable`), ``_live()`` (raise when closed),
+    ``_commit(change)`` (carry a checked change out, then ``_slots.apply`` it) and
+    ``_dirty_bitmap(slot)`` (read and clear the slot's dirty bitmap).
+    """
+
+    _slots: SlotTable
+
+    def _live(self) -> object:
+        raise NotImplementedError
+
+    def _commit(self, change: SlotChange) -> None:
+        raise NotImplementedError
+
+    def _dirty_bitmap(self, slot: MemorySlot) -> bytes:
+        raise NotImplementedError
+
+    def set_memory_slot(
+        self,
+        slot: int,
+        guest_address: int,
+        memory: GuestMemory,
+        *,
+        offset: int = 0,
+        size: int | None = None,
+        flags: SlotFlags = SlotFlags(0),
+    ) -> MemorySlot:
+        """Map ``size`` bytes of ``memory`` (from ``offset``; all of it by default) at ``guest_address``."""
+        self._live()
+        if size is None:
+            size = memory.size - offset
+        if size == 0:
+            raise InvalidArgument(
+                "a slot of size 0 maps nothing; use delete_memory_slot() to remove one", operation="set_memory_slot"
+            )
+        self._commit(self._slots.plan(slot, guest_address, memory, offset, size, flags))
+        return self._slots.get(slot)
+
+    def delete_memory_slot(self, slot: int) -> None:
+        """Remove a slot; later guest accesses to its range are MMIO exits."""
+        self._live()
+        self._commit(self._slots.plan(slot, 0, None, 0, 0, SlotFlags(0)))
+
+    def set_slot_flags(self, slot: int, flags: SlotFlags) -> MemorySlot:
+        """Change a slot's flags; a READONLY change deletes and re-adds the slot, as QEMU does."""
+        self._live()
+        first, *rest = self._slots.plan_flags(slot, flags)
+        self._commit(first)
+        for change in rest:
+            try:
+                self._commit(change)
+            except HvError:
+                self._commit(SlotChange(SlotChangeKind.ADD, slot, None, first.old))
+                raise
+        return self._slots.get(slot)
+
+    def memory_slots(self) -> tuple[MemorySlot, ...]:
+        """The slots, by id."""
+        self._live()
+        return self._slots.slots()
+
+    def get_dirty_log(self, slot: int) -> DirtyLog:
+        """Pages written since the last call, for a slot with ``LOG_DIRTY_PAGES``; reading clears it."""
+        self._live()
+        entry = self._slots.get(slot)
+        if not entry.flags & SlotFlags.LOG_DIRTY_PAGES:
+            raise NotFound(
+                f"slot {slot} does not log dirty pages; set SlotFlags.LOG_DIRTY_PAGES on it first",
+                operation="get_dirty_log",
+            )
+        return DirtyLog(slot, entry.size // PAGE_SIZE, self._dirty_bitmap(entry))

@@ -11,14 +11,12 @@ from typing import TYPE_CHECKING, Any
 from hvcore.caps import Capability
 from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, StateError, Unsupported
 from hvcore.lifetime import Closeable
-from hvcore.memory import GuestMemory, MemorySlot, SlotChange, SlotTable
+from hvcore.memory import MemorySlot, SlotChange, SlotOwner, SlotTable
 from hvcore.types import (
     ClockData,
-    DirtyLog,
     IoapicState,
     IrqchipId,
     PicState,
-    SlotFlags,
     Sregs,
     Translation,
 )
@@ -60,7 +58,7 @@ class _SlotMemory:
         slot.memory.write(slot.offset + address - slot.guest_address, data)
 
 
-class SimVM(Closeable):
+class SimVM(SlotOwner, Closeable):
     """A simulated VM; see :class:`hvcore.VM` for the contract."""
 
     def __init__(self, hypervisor: SimHypervisor) -> None:
@@ -94,44 +92,6 @@ class SimVM(Closeable):
             self._slots.apply(change)
             self.layout_generation += 1
 
-    def set_memory_slot(
-        self,
-        slot: int,
-        guest_address: int,
-        memory: GuestMemory,
-        *,
-        offset: int = 0,
-        size: int | None = None,
-        flags: SlotFlags = SlotFlags(0),
-    ) -> MemorySlot:
-        """Map ``memory`` at ``guest_address`` (KVM's rules, KVM's errors)."""
-        self._live()
-        if size is None:
-            size = memory.size - offset
-        if size == 0:
-            raise InvalidArgument(
-                "a slot of size 0 maps nothing; use delete_memory_slot() to remove one", operation="set_memory_slot"
-            )
-        self._commit(self._slots.plan(slot, guest_address, memory, offset, size, flags))
-        return self._slots.get(slot)
-
-    def delete_memory_slot(self, slot: int) -> None:
-        """Remove a slot; its range becomes MMIO."""
-        self._live()
-        self._commit(self._slots.plan(slot, 0, None, 0, 0, SlotFlags(0)))
-
-    def set_slot_flags(self, slot: int, flags: SlotFlags) -> MemorySlot:
-        """Change a slot's flags (a READONLY change deletes and re-adds it)."""
-        self._live()
-        for change in self._slots.plan_flags(slot, flags):
-            self._commit(change)
-        return self._slots.get(slot)
-
-    def memory_slots(self) -> tuple[MemorySlot, ...]:
-        """The slots, by id."""
-        self._live()
-        return self._slots.slots()
-
     def memory_slots_unchecked(self) -> tuple[MemorySlot, ...]:
         """The slots, without the closed check (the run loop's view)."""
         return self._slots.slots()
@@ -144,18 +104,10 @@ class SimVM(Closeable):
         """The slot with id ``slot``, if it exists."""
         return next((s for s in self._slots.slots() if s.slot == slot), None)
 
-    def get_dirty_log(self, slot: int) -> DirtyLog:
-        """Pages written since the last call; reading clears the log."""
-        self._live()
-        entry = self._slots.get(slot)
-        if not entry.flags & SlotFlags.LOG_DIRTY_PAGES:
-            raise NotFound(
-                f"slot {slot} does not log dirty pages; set SlotFlags.LOG_DIRTY_PAGES on it first",
-                operation="get_dirty_log",
-            )
-        pages = entry.size // 4096
+    def _dirty_bitmap(self, slot: MemorySlot) -> bytes:
+        """The pages the write-protect hooks recorded; reading clears them (and re-protects them)."""
         with self.exec_lock:
-            return DirtyLog(slot, pages, self.dirty.take(slot, pages))
+            return self.dirty.take(slot.slot, slot.size // 4096)
 
     def map_into(self, engine: Engine, tracker: Tracker) -> None:
         """Map the current layout into a new engine."""

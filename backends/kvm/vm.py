@@ -11,10 +11,10 @@ from backends.kvm import convert, ioctls, uapi
 from backends.kvm._sys import ioctl, ioctl_ulong
 from backends.kvm.vcpu import KvmVCPU
 from hvcore.caps import Capability
-from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound
+from hvcore.errors import AlreadyExists, ClosedError, InvalidArgument
 from hvcore.lifetime import Closeable
-from hvcore.memory import GuestMemory, MemorySlot, SlotChange, SlotChangeKind, SlotTable
-from hvcore.types import ClockData, DirtyLog, IoapicState, IrqchipId, PicState, SlotFlags
+from hvcore.memory import MemorySlot, SlotChange, SlotOwner, SlotTable
+from hvcore.types import ClockData, IoapicState, IrqchipId, PicState
 
 if TYPE_CHECKING:
     from backends.kvm.system import KvmHypervisor
@@ -29,7 +29,7 @@ def _release(fd: int, slots: SlotTable) -> None:
     slots.release_all()
 
 
-class KvmVM(Closeable):
+class KvmVM(SlotOwner, Closeable):
     """A KVM virtual machine; see :class:`hvcore.VM` for the contract."""
 
     def __init__(self, hypervisor: KvmHypervisor, fd: int) -> None:
@@ -74,67 +74,14 @@ class KvmVM(Closeable):
         )
         self._slots.apply(change)
 
-    def set_memory_slot(
-        self,
-        slot: int,
-        guest_address: int,
-        memory: GuestMemory,
-        *,
-        offset: int = 0,
-        size: int | None = None,
-        flags: SlotFlags = SlotFlags(0),
-    ) -> MemorySlot:
-        """``KVM_SET_USER_MEMORY_REGION``: map ``memory`` at ``guest_address``."""
-        self._live()
-        if size is None:
-            size = memory.size - offset
-        if size == 0:
-            raise InvalidArgument(
-                "a slot of size 0 maps nothing; use delete_memory_slot() to remove one", operation="set_memory_slot"
-            )
-        change = self._slots.plan(slot, guest_address, memory, offset, size, flags)
-        self._commit(change)
-        return self._slots.get(slot)
-
-    def delete_memory_slot(self, slot: int) -> None:
-        """``KVM_SET_USER_MEMORY_REGION`` with size 0."""
-        self._live()
-        self._commit(self._slots.plan(slot, 0, None, 0, 0, SlotFlags(0)))
-
-    def set_slot_flags(self, slot: int, flags: SlotFlags) -> MemorySlot:
-        """Change a slot's flags (READONLY by delete and re-add, as QEMU does)."""
-        self._live()
-        first, *rest = self._slots.plan_flags(slot, flags)
-        self._commit(first)
-        for change in rest:
-            try:
-                self._commit(change)
-            except HvError:
-                self._commit(SlotChange(SlotChangeKind.ADD, slot, None, first.old))
-                raise
-        return self._slots.get(slot)
-
-    def memory_slots(self) -> tuple[MemorySlot, ...]:
-        """The slots, by id."""
-        self._live()
-        return self._slots.slots()
-
-    def get_dirty_log(self, slot: int) -> DirtyLog:
-        """``KVM_GET_DIRTY_LOG``: the slot's dirty pages since the last call (and clear them)."""
-        self._live()
-        entry = self._slots.get(slot)
-        if not entry.flags & SlotFlags.LOG_DIRTY_PAGES:
-            raise NotFound(
-                f"slot {slot} does not log dirty pages; set SlotFlags.LOG_DIRTY_PAGES on it first",
-                operation="KVM_GET_DIRTY_LOG",
-            )
-        pages = entry.size // 4096
-        bitmap = (ctypes.c_uint64 * ((pages + 63) // 64))()
+    def _dirty_bitmap(self, slot: MemorySlot) -> bytes:
+        """``KVM_GET_DIRTY_LOG``: the slot's bitmap, cleared by reading."""
+        bitmap = (ctypes.c_uint64 * ((slot.size // 4096 + 63) // 64))()
         raw = uapi.KvmDirtyLog()
-        raw.slot = slot
+        raw.slot = slot.slot
         raw.dirty_bitmap = ctypes.addressof(bitmap)
-        ioctl(self._live(), ioctls.KVM_GET_DIRTY_LOG, raw, f"slot {slot}")
-        return DirtyLog(slot, pages, bytes(bitmap))
+        ioctl(self._live(), ioctls.KVM_GET_DIRTY_LOG, raw, f"slot {slot.slot}")
+        return bytes(bitmap)
 
     # -- vCPUs -------------------------------------------------------------
 

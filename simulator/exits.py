@@ -208,21 +208,25 @@ class Tracker:
         self._halt(Stop(StopKind.EXCEPTION, vector=vector, event_kind=kind, instruction_length=length))
 
     def on_mmio_read(self, uc: Any, offset: int, size: int, base: int) -> int:
-        """Unicorn's MMIO read callback for the gap starting at ``base``."""
-        return self.mmio_read(base + offset, size)
+        """Unicorn's MMIO read callback for the gap at ``base``: answered if replayed, else the instruction aborts."""
+        address = base + offset
+        known = self._known
+        if known:
+            assert self._engine is not None
+            if self._engine.counter > 1:
+                self._known, self._cursor = [], 0  # the replayed instruction has finished
+            else:
+                access = known[self._cursor] if self._cursor < len(known) else None
+                if access is not None and not access.write and access.address == address and access.size == size:
+                    self._cursor += 1
+                    return access.value or 0
+        self._new.append(_Access(False, address, size))
+        self._halt(_MMIO)
+        return 0
 
     def on_mmio_write(self, uc: Any, offset: int, size: int, value: int, base: int) -> None:
         """Unicorn's MMIO write callback for the gap starting at ``base``."""
         self.mmio_write(base + offset, size, value)
-
-    def mmio_read(self, address: int, size: int) -> int:
-        """An MMIO read (``address`` guest-physical): answered if replayed, else the instruction aborts."""
-        known = self._next_known(False, address, size)
-        if known is not None:
-            return known.value or 0
-        self._new.append(_Access(False, address, size))
-        self._halt(_MMIO)
-        return 0
 
     def mmio_write(self, address: int, size: int, value: int) -> None:
         """An MMIO write callback: swallowed if replayed; else the instruction completes, then the run stops."""
@@ -332,7 +336,6 @@ class Tracker:
         length = sum(p.size for p in parts)
         # accesses of this instruction answered so far stay known; another instruction's are forgotten
         answered = self._known[: self._cursor] if engine.counter <= 1 else []
-        data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in parts)
         if not first.write:
             self._known = answered + parts
             stop = self._read_stops.get((first.address, length))
@@ -344,6 +347,7 @@ class Tracker:
                 )
             self.pending = stop.exit
             return stop
+        data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in parts)
         stop = self._write_stops.get((first.address, length, data))
         if stop is None:
             if len(self._write_stops) > 1024:

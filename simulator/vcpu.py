@@ -183,15 +183,17 @@ class SimVCPU(Closeable):
                     if kicked:
                         self._consume_kick()
                         return _INTERRUPTED
-                exit_ = self._inject(engine)
-                if exit_ is not None:
-                    return exit_
-                if self._request_window and self._ready(engine):
-                    return _WINDOW
-                waiting = self._request_window and not self._ready(engine)
-                count = 1 if stepping or waiting else SLICE
+                if self._nmi_pending or self._queued_interrupt is not None or self._nmi_return is not None:
+                    exit_ = self._inject(engine)
+                    if exit_ is not None:
+                        return exit_
+                count = 1 if stepping else SLICE
+                if self._request_window:
+                    if self._ready(engine):
+                        return _WINDOW
+                    count = 1  # step until the guest can take an interrupt: the exit comes right then
                 stop = self.tracker.run(engine, count)
-                exit_ = self._handle(engine, stop)
+                exit_ = stop.exit if stop.kind is StopKind.EXIT else self._handle(engine, stop)
             if exit_ is not None and not (stepping and exit_ is _HLT):
                 return exit_
             if stepping:  # KVM reports a stepped HLT as a step, and the vCPU does not halt

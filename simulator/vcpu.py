@@ -170,9 +170,11 @@ class SimVCPU(Closeable):
 
     def _run(self) -> Exit:
         lock, stepping = self._vm.exec_lock, self._stepping
+        acquire, release = lock.acquire, lock.release
         first = True
         while True:
-            with lock:
+            acquire()
+            try:
                 engine = self.engine()
                 if first:  # finish what the last exit left, then honour a kick, before any new guest code
                     first = False
@@ -194,6 +196,9 @@ class SimVCPU(Closeable):
                     count = 1  # step until the guest can take an interrupt: the exit comes right then
                 stop = self.tracker.run(engine, count)
                 exit_ = stop.exit if stop.kind is StopKind.EXIT else self._handle(engine, stop)
+            finally:
+                release()
+            lock.yield_if_wanted()
             if exit_ is not None and not (stepping and exit_ is _HLT):
                 return exit_
             if stepping:  # KVM reports a stepped HLT as a step, and the vCPU does not halt

@@ -22,6 +22,7 @@ from hvcore.types import (
 )
 from simulator import delivery, mmu
 from simulator.engine import Engine
+from simulator.execlock import ExecLock
 from simulator.memory import DirtyLog as DirtyPages
 from simulator.memory import map_layout
 from simulator.vcpu import SimVCPU
@@ -67,7 +68,7 @@ class SimVM(SlotOwner, Closeable):
         self._slots = SlotTable(MAX_SLOTS)
         self.layout_generation = 0
         self.dirty = DirtyPages()
-        self.exec_lock = threading.RLock()
+        self.exec_lock = ExecLock()
         self._vcpus: dict[int, SimVCPU] = {}
         self._used_vcpu_ids: set[int] = set()
         self._closed = False

@@ -21,6 +21,8 @@ class ExecLock:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        self.raw = self._lock
+        """The underlying lock, for the run loop's uncontended fast path (it must still count when it waits)."""
         self.waiting = 0
 
     def acquire(self) -> None:

@@ -170,10 +170,11 @@ class SimVCPU(Closeable):
 
     def _run(self) -> Exit:
         lock, stepping = self._vm.exec_lock, self._stepping
-        acquire, release = lock.acquire, lock.release
+        acquire, release = lock.raw.acquire, lock.raw.release  # the C lock itself: this is the hot path
         first = True
         while True:
-            acquire()
+            if not acquire(False):
+                lock.acquire()  # busy: wait as a counted waiter
             try:
                 engine = self.engine()
                 if first:  # finish what the last exit left, then honour a kick, before any new guest code
@@ -198,7 +199,8 @@ class SimVCPU(Closeable):
                 exit_ = stop.exit if stop.kind is StopKind.EXIT else self._handle(engine, stop)
             finally:
                 release()
-            lock.yield_if_wanted()
+            if lock.waiting:
+                lock.yield_if_wanted()
             if exit_ is not None and not (stepping and exit_ is _HLT):
                 return exit_
             if stepping:  # KVM reports a stepped HLT as a step, and the vCPU does not halt

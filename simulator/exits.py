@@ -62,7 +62,7 @@ class Stop:
     instruction_length: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Access:
     write: bool
     address: int
@@ -71,7 +71,7 @@ class _Access:
     rom: bool = False  # a write to a read-only slot (lands only on replay, then the ROM bytes go back)
 
 
-@dataclass
+@dataclass(slots=True)
 class _PendingIn:
     exit: IoExit
     data: list[int] = field(default_factory=list)
@@ -398,6 +398,15 @@ class Tracker:
     def complete(self, data: bytes | int) -> None:
         """Take the VMM's answer to the pending IN or MMIO read."""
         pending = self.pending
+        if (
+            type(data) is int
+            and type(pending) is MmioExit
+            and pending.length < 8
+            and 0 <= data < 1 << (8 * pending.length)
+        ):
+            self._known[-1].value = data  # the common case: a small read answered with an int
+            self.pending = None
+            return
         data = completion_bytes(self.vcpu.id, pending, data)
         length = len(data)
         if isinstance(pending, IoExit):

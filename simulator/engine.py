@@ -142,7 +142,8 @@ class Engine:
         self.CS: Final = x.UC_X86_REG_CS
         base = ctypes.cast(self.uc._uch, ctypes.c_void_p).value
         assert base is not None
-        self._counter = ctypes.c_uint64.from_address(base + layout.counter)
+        self.counter_cell = ctypes.c_uint64.from_address(base + layout.counter)
+        """Unicorn's instruction counter in place (``.value``): read on every MMIO access."""
         self._count = ctypes.c_uint64.from_address(base + layout.count)
         # Straight ctypes calls for the per-exit register traffic: the binding's generic path costs ~2 us a read.
         from unicorn.unicorn_py3.unicorn import uclib
@@ -320,7 +321,7 @@ class Engine:
     @property
     def counter(self) -> int:
         """Unicorn's instruction counter of the last counted run."""
-        return int(self._counter.value)
+        return int(self.counter_cell.value)
 
     def start(self, rip: int, count: int) -> None:
         """Run from ``rip`` for at most ``count`` instructions (stops and hooks may end it earlier).
@@ -338,7 +339,7 @@ class Engine:
 
     def stop_after_this_instruction(self) -> None:
         """From a hook: let the current instruction complete, then stop (lowers the run's instruction budget)."""
-        self._count.value = self._counter.value
+        self._count.value = self.counter_cell.value
 
     def stop(self) -> None:
         """Ask the running engine to stop at the next instruction boundary."""

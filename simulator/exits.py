@@ -90,6 +90,9 @@ class Tracker:
     """The instruction in progress on one vCPU, and the hooks that see it."""
 
     def __init__(self, vcpu: SimVCPU) -> None:
+        import unicorn
+
+        self._unicorn = unicorn
         self.vcpu = vcpu
         self.pending: Exit | None = None  # an IN or MMIO read waiting for complete()
         self._engine: Engine | None = None
@@ -213,7 +216,7 @@ class Tracker:
         known = self._known
         if known:
             assert self._engine is not None
-            if self._engine.counter > 1:
+            if self._engine.counter_cell.value > 1:
                 self._known, self._cursor = [], 0  # the replayed instruction has finished
             else:
                 access = known[self._cursor] if self._cursor < len(known) else None
@@ -241,7 +244,7 @@ class Tracker:
     def _next_known(self, write: bool, address: int, size: int) -> _Access | None:
         if not self._known:
             return None
-        if self._engine is not None and self._engine.counter > 1:
+        if self._engine is not None and self._engine.counter_cell.value > 1:
             self._known, self._cursor = [], 0  # the replayed instruction has finished
         if self._cursor < len(self._known):
             known = self._known[self._cursor]
@@ -272,12 +275,12 @@ class Tracker:
 
     def run(self, engine: Engine, count: int) -> Stop:
         """One counted run from the current RIP; what stopped it."""
-        import unicorn
-
+        unicorn = self._unicorn
         self._engine = engine
         while True:
             self._stop = None
-            self._new = []
+            if self._new:
+                self._new = []
             self._cursor = 0
             try:
                 engine.start(engine.reg(engine.RIP), count)
@@ -294,7 +297,8 @@ class Tracker:
                 if self._stop is None:
                     raise HypervisorFault(f"the simulator's engine failed: {err}", operation="run") from err
             finally:
-                self._put_back_rom()
+                if self._restore:
+                    self._put_back_rom()
             return self._after(engine, count)
 
     def _put_back_rom(self) -> None:
@@ -309,7 +313,7 @@ class Tracker:
         if self.watch_resume_flag and (stop is None or (isinstance(stop.exit, IoExit) and not stop.exit.is_in)):
             _clear_resume_flag(engine)  # an instruction completed: RF goes, as on hardware (Unicorn keeps it)
         if stop is None:
-            return Stop(StopKind.HLT) if engine.counter <= count else Stop(StopKind.SLICE)
+            return Stop(StopKind.HLT) if engine.counter_cell.value <= count else Stop(StopKind.SLICE)
         if self._io_fault_rip is not None:  # IN/OUT refused by the I/O permission check: nothing happened
             for reg, value in self._saved.items():
                 engine.set_reg(reg, value)
@@ -335,7 +339,7 @@ class Tracker:
                 parts.append(second)
         length = sum(p.size for p in parts)
         # accesses of this instruction answered so far stay known; another instruction's are forgotten
-        answered = self._known[: self._cursor] if engine.counter <= 1 else []
+        answered = self._known[: self._cursor] if engine.counter_cell.value <= 1 else []
         if not first.write:
             self._known = answered + parts
             stop = self._read_stops.get((first.address, length))
@@ -371,6 +375,11 @@ class Tracker:
         if stop.kind is not StopKind.SLICE and stop.kind is not StopKind.HLT:
             raise StateError(f"replaying an MMIO instruction stopped with {stop.kind}", operation="run")
         return None
+
+    @property
+    def has_unfinished(self) -> bool:
+        """A queued exit, an answered IN, or known MMIO accesses wait for the next run."""
+        return self._queued is not None or self._in is not None or bool(self._known)
 
     def finish_instruction(self, engine: Engine, *, now: bool) -> Exit | None:
         """At the start of ``run()``: return a queued exit, or complete the answered IN / MMIO read.

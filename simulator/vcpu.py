@@ -169,7 +169,7 @@ class SimVCPU(Closeable):
             return kicked
 
     def _run(self) -> Exit:
-        lock, stepping = self._vm.exec_lock, self._stepping
+        lock, stepping, tracker = self._vm.exec_lock, self._stepping, self.tracker
         acquire, release = lock.raw.acquire, lock.raw.release  # the C lock itself: this is the hot path
         first = True
         while True:
@@ -180,9 +180,10 @@ class SimVCPU(Closeable):
                 if first:  # finish what the last exit left, then honour a kick, before any new guest code
                     first = False
                     kicked = self._kicked or self._immediate_exit
-                    queued = self.tracker.finish_instruction(engine, now=kicked)
-                    if queued is not None:
-                        return queued
+                    if tracker.has_unfinished:
+                        queued = tracker.finish_instruction(engine, now=kicked)
+                        if queued is not None:
+                            return queued
                     if kicked:
                         self._consume_kick()
                         return _INTERRUPTED
@@ -195,7 +196,7 @@ class SimVCPU(Closeable):
                     if self._ready(engine):
                         return _WINDOW
                     count = 1  # step until the guest can take an interrupt: the exit comes right then
-                stop = self.tracker.run(engine, count)
+                stop = tracker.run(engine, count)
                 exit_ = stop.exit if stop.kind is StopKind.EXIT else self._handle(engine, stop)
             finally:
                 release()

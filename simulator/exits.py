@@ -337,7 +337,7 @@ class Tracker:
             second = self._new[1]
             if (second.write, second.address, second.size) == (first.write, first.address + 4, 4) and first.size == 4:
                 parts.append(second)
-        length = sum(p.size for p in parts)
+        length = first.size if len(parts) == 1 else first.size + parts[1].size
         # accesses of this instruction answered so far stay known; another instruction's are forgotten
         answered = self._known[: self._cursor] if engine.counter_cell.value <= 1 else []
         if not first.write:

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SimVCPU"]
 
+_get_ident = threading.get_ident
 SLICE = 1 << 16
 """Instructions per slice: the longest a kick, another vCPU or a window check waits."""
 RFLAGS_IF = 1 << 9
@@ -154,7 +155,7 @@ class SimVCPU(Closeable):
             )
         if self._thread is not None:
             raise VcpuBusy(f"vCPU {self._id} is already running in another thread", operation="run")
-        self._thread = threading.get_ident()
+        self._thread = _get_ident()
         try:
             if self._closed:
                 raise ClosedError(f"vCPU {self._id} is closed", operation="run")
@@ -255,7 +256,8 @@ class SimVCPU(Closeable):
 
     def complete(self, data: bytes | int) -> None:
         """Answer the pending IN or MMIO read."""
-        self._live()
+        if self._closed:
+            raise ClosedError(f"vCPU {self._id} is closed", operation="complete")
         self.tracker.complete(data)
 
     def kick(self) -> None:

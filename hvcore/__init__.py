@@ -6,7 +6,7 @@ simulator on Unicorn). Open one with :func:`open_hypervisor`; importing hvcore
 imports no backend.
 """
 
-from hvcore import x86
+from hvcore import trace, x86
 from hvcore.caps import Capability
 from hvcore.errors import (
     AlignmentError,
@@ -133,5 +133,6 @@ __all__ = [
     "backend_names",
     "open_hypervisor",
     "register_backend",
+    "trace",
     "x86",
 ]

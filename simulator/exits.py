@@ -429,6 +429,10 @@ class Tracker:
                 at += access.size
         self.pending = None
 
+    def mapped_writable(self, pages: dict[int, set[int]]) -> None:
+        """The logged pages a new engine mapped writable (so a later log read protects them again)."""
+        self._unprotected = pages
+
     def sync_dirty(self, engine: Engine) -> None:
         """Write-protect again the pages a read of the dirty log cleared."""
         import unicorn

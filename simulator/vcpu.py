@@ -100,6 +100,7 @@ class SimVCPU(Closeable):
             engine.adopt(old)
         self.tracker.install(engine)
         self._vm.map_into(engine, self.tracker)
+        self.tracker.mapped_writable({slot: set(pages) for slot, pages in self._vm.dirty.pages.items()})
         self._layout_generation = self._vm.layout_generation
         return engine
 

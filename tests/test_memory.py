@@ -83,3 +83,19 @@ def test_toggling_dirty_logging_keeps_the_slot(hv: Hypervisor, vm: VM) -> None:
     assert slot_memory(vm).read(layout.CODE, 3) == real_mode.DIRTY_PAGES[:3]
     run_exits(vcpu)
     assert {16, 18} <= set(vm.get_dirty_log(0).pages())
+
+
+def test_dirty_logging_survives_a_layout_change(hv: Hypervisor, vm: VM) -> None:
+    vcpu = boot(hv, vm, real_mode.DIRTY_PAGES, ram_flags=SlotFlags.LOG_DIRTY_PAGES)
+    vm.get_dirty_log(0)
+
+    def again() -> None:
+        vcpu.set_regs(replace(vcpu.get_regs(), rip=layout.CODE))
+        assert run_exits(vcpu) == [HltExit()]
+
+    again()  # pages 16 and 18 are dirty and not read yet...
+    vm.set_memory_slot(1, layout.ROM, GuestMemory(0x10000))  # ...when the layout changes (the sim rebuilds)
+    again()
+    assert {16, 18} <= set(vm.get_dirty_log(0).pages())
+    again()  # the log was read: the same writes must be caught again
+    assert {16, 18} <= set(vm.get_dirty_log(0).pages())

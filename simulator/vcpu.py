@@ -162,6 +162,9 @@ class SimVCPU(Closeable):
                 raise ClosedError(f"vCPU {self._id} is closed", operation="run")
             return self._run()
         finally:
+            if self._kicked:  # as on KVM, a kick is consumed by the run it hit, whatever that run returned
+                with self._kick_lock:
+                    self._kicked = False
             self._thread = None
 
     def _consume_kick(self) -> bool:

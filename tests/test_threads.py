@@ -138,3 +138,16 @@ def test_locked_increments_from_two_vcpus_in_threads_are_atomic(hv: Hypervisor, 
         results = list(pool.map(run_exits, vcpus))
     assert results == [[HltExit()], [HltExit()]]
     assert int.from_bytes(read_guest(vm, 0x3000, 4), "little") == 20000
+
+
+def test_a_kick_is_consumed_by_one_run_and_never_cancels_a_later_one(hv: Hypervisor, vm: VM) -> None:
+    vcpu = boot(hv, vm, COUNT_OUT)
+    for _ in range(50):
+        kicker = threading.Thread(target=vcpu.kick)
+        kicker.start()
+        first = vcpu.run()  # the kick may land before, during or after this run
+        kicker.join()
+        second = vcpu.run()  # the kick has happened by now
+        third = vcpu.run()
+        assert [isinstance(r, InterruptedExit) for r in (first, second)].count(True) <= 1
+        assert isinstance(third, IoExit)  # a kick never outlives the run it hit

@@ -46,6 +46,7 @@ class IoInstruction:
     rep: bool
     backwards: bool
     rcx: int
+    rdi: int
     destination: int  # linear ES:RDI
     read_linear: ReadLinear
 
@@ -72,7 +73,7 @@ def io_instruction(engine: Engine, rip: int, cs_base: int, address_bits: int, re
     es_base = engine.es_base() if string else 0
     backwards = bool(engine.reg(engine.RFLAGS) & (1 << 10))
     rep = string and (0xF3 in prefixes or 0xF2 in prefixes)
-    return IoInstruction(string, rep, backwards, rcx, es_base + rdi, read_linear)
+    return IoInstruction(string, rep, backwards, rcx, rdi, es_base + rdi, read_linear)
 
 
 def io_permitted(engine: Engine, read_linear: ReadLinear, port: int, size: int) -> bool:

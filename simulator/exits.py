@@ -108,8 +108,10 @@ class Tracker:
         self._unprotect: list[int] = []
         self._io_fault_rip: int | None = None
         self._out_stops: dict[tuple[int, int, int], Stop] = {}
+        self.completed_instruction = False  # finish_instruction() just completed an IN (a step, when stepping)
         self._read_stops: dict[tuple[int, int], Stop] = {}
         self._write_stops: dict[tuple[int, int, bytes], Stop] = {}
+        self._answer_parts: list[_Access] = []  # the pieces of the pending MMIO read
         self.watch_resume_flag = False  # RF can only be set once an event was delivered (IRET restores it)
         self._unprotected: dict[int, set[int]] = {}
         self.dirty_generation = -1
@@ -177,10 +179,11 @@ class Tracker:
         count, current = 1, engine.reg(engine.RAX) & ((1 << (8 * size)) - 1)
         if insn.string:
             if insn.rep:
-                left_in_page = (PAGE_SIZE - (insn.destination & 0xFFF)) // size
-                if insn.backwards:
-                    left_in_page = (insn.destination & 0xFFF) // size + 1
-                count = max(1, min(insn.rcx, _PIO_BATCH // size, left_in_page))
+                # KVM's rule (pio_in_emulated): bytes, not elements, left in RDI's page -- RDI's own
+                # offset in the page, not the linear address; going down, the offset itself
+                offset = insn.rdi & 0xFFF
+                in_page = offset if insn.backwards else PAGE_SIZE - offset
+                count = max(1, min(insn.rcx, _PIO_BATCH // size, in_page))
             current = insn.current_value(engine, size)
         self._saved = {reg: engine.reg(reg) for reg in decode.IN_SAVED}
         self._halt(Stop(StopKind.EXIT, IoExit(port, size, count, IoDirection.IN)))
@@ -310,6 +313,8 @@ class Tracker:
 
     def _after(self, engine: Engine, count: int) -> Stop:
         stop = self._stop
+        if self._known and stop is not _MMIO and engine.counter_cell.value > 1:
+            self._known, self._cursor = [], 0  # the replayed instruction finished before this stop
         if self.watch_resume_flag and (stop is None or (isinstance(stop.exit, IoExit) and not stop.exit.is_in)):
             _clear_resume_flag(engine)  # an instruction completed: RF goes, as on hardware (Unicorn keeps it)
         if stop is None:
@@ -333,11 +338,15 @@ class Tracker:
     def _mmio_exit(self, engine: Engine) -> Stop:
         first = self._new[0]
         parts = [first]
-        if len(self._new) > 1:
-            second = self._new[1]
-            if (second.write, second.address, second.size) == (first.write, first.address + 4, 4) and first.size == 4:
-                parts.append(second)
-        length = first.size if len(parts) == 1 else first.size + parts[1].size
+        length = first.size
+        # Unicorn splits an 8-byte access in two and an unaligned one in pieces; KVM reports one
+        # access of up to 8 bytes, so contiguous pieces of the same kind are merged.
+        for piece in self._new[1:]:
+            if piece.write != first.write or piece.address != first.address + length or length + piece.size > 8:
+                break
+            parts.append(piece)
+            length += piece.size
+        self._answer_parts = parts
         # accesses of this instruction answered so far stay known; another instruction's are forgotten
         answered = self._known[: self._cursor] if engine.counter_cell.value <= 1 else []
         if not first.write:
@@ -399,6 +408,7 @@ class Tracker:
             self._engine = engine
             self.run(engine, pending_in.exit.count)
             self._in_answers = []
+            self.completed_instruction = True
             return None
         if self._known and now:
             return self._step(engine)
@@ -407,13 +417,13 @@ class Tracker:
     def complete(self, data: bytes | int) -> None:
         """Take the VMM's answer to the pending IN or MMIO read."""
         pending = self.pending
-        if (
+        if (  # the common case: a small read in one piece, answered with an int
             type(data) is int
             and type(pending) is MmioExit
-            and pending.length < 8
+            and len(self._answer_parts) == 1
             and 0 <= data < 1 << (8 * pending.length)
         ):
-            self._known[-1].value = data  # the common case: a small read answered with an int
+            self._answer_parts[0].value = data
             self.pending = None
             return
         data = completion_bytes(self.vcpu.id, pending, data)
@@ -424,7 +434,7 @@ class Tracker:
             self._in.data = [int.from_bytes(data[i : i + size], "little") for i in range(0, length, size)]
         else:
             at = 0
-            for access in self._known[-2:] if length == 8 and self._known[-1].size == 4 else self._known[-1:]:
+            for access in self._answer_parts:
                 access.value = int.from_bytes(data[at : at + access.size], "little")
                 at += access.size
         self.pending = None

@@ -26,7 +26,9 @@ from hvcore.exits import (
     HltExit,
     InternalErrorExit,
     InterruptedExit,
+    IoExit,
     IrqWindowOpenExit,
+    MmioExit,
     ShutdownExit,
 )
 from hvcore.lifetime import Closeable
@@ -62,6 +64,11 @@ _INTERRUPTED = InterruptedExit()
 _HLT = HltExit()
 _SHUTDOWN = ShutdownExit()
 _WINDOW = IrqWindowOpenExit()
+def _completed(exit_: Exit) -> bool:
+    """An exit after which the instruction is complete (OUT, MMIO write): under single-step, a step."""
+    return (isinstance(exit_, IoExit) and not exit_.is_in) or (isinstance(exit_, MmioExit) and exit_.is_write)
+
+
 _NO_LAPIC = "there is no in-kernel LAPIC: the simulator has no irqchip yet (issue 5)"
 
 
@@ -83,7 +90,8 @@ class SimVCPU(Closeable):
         self._nmi_return: tuple[int, int] | None = None  # where an NMI struck: NMIs stay blocked until IRET there
         self._debug = GuestDebug()
         self._stepping = False
-        self._state = state.VcpuState()
+        self._step_owed = False
+        self._state = state.VcpuState(apic_base=0xFEE00800 | (0x100 if vcpu_id == 0 else 0))  # BSP bit: vCPU 0
         self._engine: Engine | None = None
         self._layout_generation = -1
         self._versions: dict[int, int] = {}
@@ -186,9 +194,15 @@ class SimVCPU(Closeable):
                     first = False
                     kicked = self._kicked or self._immediate_exit
                     if tracker.has_unfinished:
+                        tracker.completed_instruction = False
                         queued = tracker.finish_instruction(engine, now=kicked)
                         if queued is not None:
                             return queued
+                        if stepping and tracker.completed_instruction:  # finishing the IN was the step
+                            return self._step_exit(engine)
+                    if stepping and self._step_owed:  # the OUT / MMIO write that exited was a step too
+                        self._step_owed = False
+                        return self._step_exit(engine)
                     if kicked:
                         self._consume_kick()
                         return _INTERRUPTED
@@ -208,12 +222,16 @@ class SimVCPU(Closeable):
             if lock.waiting:
                 lock.yield_if_wanted()
             if exit_ is not None and not (stepping and exit_ is _HLT):
+                if stepping and _completed(exit_):
+                    self._step_owed = True  # upstream KVM reports the step on the next run
                 return exit_
             if stepping:  # KVM reports a stepped HLT as a step, and the vCPU does not halt
-                regs_rip = engine.reg(engine.RIP)
-                return DebugExit(exception=1, pc=regs_rip, dr6=0xFFFF4FF0, dr7=self._state.debugregs.dr7)
+                return self._step_exit(engine)
             if self._kicked and self._consume_kick():
                 return _INTERRUPTED
+
+    def _step_exit(self, engine: Engine) -> DebugExit:
+        return DebugExit(exception=1, pc=engine.reg(engine.RIP), dr6=0xFFFF4FF0, dr7=self._state.debugregs.dr7)
 
     def _handle(self, engine: Engine, stop: Stop) -> Exit | None:
         kind = stop.kind

@@ -46,12 +46,13 @@ from hvcore.exits import (
 )
 from hvcore.lifetime import Closeable
 from hvcore.protocol import VCPU, VM
-from hvcore.types import DescriptorTable, Regs, Segment, Sregs
+from hvcore.types import DescriptorTable, GuestDebug, GuestDebugFlags, Regs, Segment, Sregs
 
 __all__ = [
     "TRACE_FORMAT",
     "Divergence",
     "Trace",
+    "TraceAction",
     "TraceEntry",
     "TracingVCPU",
     "exit_from_json",
@@ -135,11 +136,49 @@ class TraceEntry:
 
 
 @dataclass(frozen=True)
+class TraceAction:
+    """Something the VMM did to the vCPU between exits, replayed in order: ``interrupt``, ``nmi``,
+    ``request_interrupt_window``, ``immediate_exit``, ``set_regs``, ``set_sregs``, ``set_guest_debug``."""
+
+    name: str
+    args: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"action": self.name, "args": self.args}
+
+    def apply(self, vcpu: VCPU) -> None:
+        """Do it to ``vcpu``."""
+        name, args = self.name, self.args
+        if name == "interrupt":
+            vcpu.interrupt(int(args))
+        elif name == "nmi":
+            vcpu.nmi()
+        elif name == "request_interrupt_window":
+            vcpu.request_interrupt_window = bool(args)
+        elif name == "immediate_exit":
+            vcpu.immediate_exit = bool(args)
+        elif name == "set_regs":
+            vcpu.set_regs(Regs(**args))
+        elif name == "set_sregs":
+            vcpu.set_sregs(_sregs_from_json(args))
+        elif name == "set_guest_debug":
+            vcpu.set_guest_debug(GuestDebug(GuestDebugFlags(args["flags"]), tuple(args["debugreg"])))
+        else:
+            raise InvalidArgument(f"unknown trace action {name!r}")
+
+
+@dataclass(frozen=True)
 class Trace:
-    """A recorded trace: the header (backend, start state, memory digests) and the entries."""
+    """A recorded trace: the header (backend, start state, memory digests) and the events in order."""
 
     header: dict[str, Any]
-    entries: tuple[TraceEntry, ...] = field(default_factory=tuple)
+    events: tuple[TraceEntry | TraceAction, ...] = field(default_factory=tuple)
+
+    @property
+    def entries(self) -> tuple[TraceEntry, ...]:
+        """The exits only."""
+        return tuple(e for e in self.events if isinstance(e, TraceEntry))
 
 
 def _regs_json(regs: Regs) -> dict[str, int]:
@@ -200,18 +239,22 @@ def memory_digests(vm: VM) -> list[dict[str, Any]]:
 class TracingVCPU(DelegatingVCPU, Closeable):
     """A VCPU that writes every exit to ``sink`` (JSON lines) and keeps them in :attr:`entries`.
 
-    An exit's line is written when the next ``run()`` starts (or at ``close()``/``flush()``), so it
-    carries the answer the VMM gave. Pass ``vm`` to record a digest of its memory in the header.
+    The header (start registers, memory digests) is written when wrapping, so wrap a vCPU once
+    it is set up (or let the recorded ``set_regs``/``set_sregs`` carry the setup). An exit's line
+    is written when the next ``run()`` or action starts (or at ``close()``/``flush()``), so it carries
+    the answer the VMM gave. Pass ``vm`` to record a digest of its memory in the header.
     """
 
     def __init__(self, vcpu: VCPU, sink: IO[str] | None = None, *, vm: VM | None = None, backend: str = "") -> None:
         super().__init__(vcpu)
         self._sink = sink
         self.entries: list[TraceEntry] = []
+        self.actions: list[TraceAction] = []
         self._last: TraceEntry | None = None
         self._header_written = False
         self._vm = vm
         self._backend = backend
+        self._header()  # the start state: everything the VMM does from here on is recorded
 
     def _write(self, record: Mapping[str, Any]) -> None:
         if self._sink is not None:
@@ -232,6 +275,58 @@ class TracingVCPU(DelegatingVCPU, Closeable):
                 "memory": memory_digests(self._vm) if self._vm is not None else [],
             }
         )
+
+    def _action(self, name: str, args: Any = None) -> None:
+        self._header()
+        self.flush()
+        action = TraceAction(name, args)
+        self.actions.append(action)
+        self._write(action.to_json())
+
+    def interrupt(self, vector: int) -> None:
+        """Queue an interrupt, and record it."""
+        self.inner.interrupt(vector)
+        self._action("interrupt", vector)
+
+    def nmi(self) -> None:
+        """Queue an NMI, and record it."""
+        self.inner.nmi()
+        self._action("nmi")
+
+    @property
+    def request_interrupt_window(self) -> bool:
+        """The wrapped vCPU's ``request_interrupt_window`` (changes are recorded)."""
+        return self.inner.request_interrupt_window
+
+    @request_interrupt_window.setter
+    def request_interrupt_window(self, value: bool) -> None:
+        self.inner.request_interrupt_window = value
+        self._action("request_interrupt_window", bool(value))
+
+    @property
+    def immediate_exit(self) -> bool:
+        """The wrapped vCPU's ``immediate_exit`` (changes are recorded)."""
+        return self.inner.immediate_exit
+
+    @immediate_exit.setter
+    def immediate_exit(self, value: bool) -> None:
+        self.inner.immediate_exit = value
+        self._action("immediate_exit", bool(value))
+
+    def set_regs(self, regs: Regs) -> None:
+        """Set registers, and record them."""
+        self.inner.set_regs(regs)
+        self._action("set_regs", _regs_json(regs))
+
+    def set_sregs(self, sregs: Sregs) -> None:
+        """Set system registers, and record them."""
+        self.inner.set_sregs(sregs)
+        self._action("set_sregs", _sregs_json(sregs))
+
+    def set_guest_debug(self, debug: GuestDebug) -> None:
+        """Set guest debugging, and record it."""
+        self.inner.set_guest_debug(debug)
+        self._action("set_guest_debug", {"flags": int(debug.flags), "debugreg": list(debug.debugreg)})
 
     def flush(self) -> None:
         """Write the last exit (its answer, if any, is known by now)."""
@@ -272,7 +367,14 @@ def read_trace(source: Iterable[str]) -> Trace:
     header = json.loads(lines[0])
     if header.get("format") != TRACE_FORMAT:
         raise InvalidArgument(f"not an hvcore trace (format {header.get('format')!r}, expected {TRACE_FORMAT!r})")
-    return Trace(header, tuple(TraceEntry.from_json(json.loads(line)) for line in lines[1:]))
+    events: list[TraceEntry | TraceAction] = []
+    for line in lines[1:]:
+        record = json.loads(line)
+        if "action" in record:
+            events.append(TraceAction(record["action"], record.get("args")))
+        else:
+            events.append(TraceEntry.from_json(record))
+    return Trace(header, tuple(events))
 
 
 @dataclass(frozen=True)
@@ -316,7 +418,12 @@ def replay(trace: Trace, vcpu: VCPU, *, vm: VM | None = None, restore: bool = Tr
     if restore:
         vcpu.set_sregs(_sregs_from_json(trace.header["sregs"]))
         vcpu.set_regs(Regs(**trace.header["regs"]))
-    for index, expected in enumerate(trace.entries):
+    index = -1
+    for event in trace.events:
+        if isinstance(event, TraceAction):
+            event.apply(vcpu)
+            continue
+        expected, index = event, index + 1
         exit_ = vcpu.run()
         actual = TraceEntry(exit_, vcpu.get_regs().rip)
         if exit_ != expected.exit:

@@ -127,3 +127,48 @@ def test_a_non_trace_is_refused() -> None:
         trace.read_trace(['{"format": "something-else"}'])
     with pytest.raises(hvcore.InvalidArgument, match="empty trace"):
         trace.read_trace([])
+
+
+# cli; IVT[0x20] = handler; sti; jmp $   handler: out 0x81, 0x42; hlt   (real mode, at CODE)
+WINDOW_GUEST = (
+    b"\xfa"  # cli
+    b"\xc7\x06\x80\x00\x10\x10"  # mov word [0x80], 0x1010 (handler)
+    b"\xc7\x06\x82\x00\x00\x00"  # mov word [0x82], 0
+    b"\xfb"  # sti
+    b"\xeb\xfe"  # jmp $
+    b"\xb0\x42"  # handler: mov al, 0x42
+    b"\xe6\x81"  # out 0x81, al
+    b"\xf4"  # hlt
+)
+
+
+def _window_session(hv: Hypervisor, vm: VM, sink: io.StringIO) -> list[Exit]:
+    vcpu = trace.TracingVCPU(boot(hv, vm, WINDOW_GUEST), sink, vm=vm, backend=hv.name)
+    vcpu.request_interrupt_window = True
+    exits = [vcpu.run()]
+    vcpu.interrupt(0x20)
+    vcpu.request_interrupt_window = False
+    exits += [vcpu.run(), vcpu.run()]
+    vcpu.flush()
+    return exits
+
+
+def test_vmm_actions_are_recorded_and_replayed(hv: Hypervisor, vm: VM) -> None:
+    sink = io.StringIO()
+    exits = _window_session(hv, vm, sink)
+    assert exits == [IrqWindowOpenExit(), IoExit(0x81, 1, 1, IoDirection.OUT, b"\x42"), HltExit()]
+    recorded = trace.read_trace(io.StringIO(sink.getvalue()))
+    actions = [e.name for e in recorded.events if isinstance(e, trace.TraceAction)]
+    assert actions == ["request_interrupt_window", "interrupt", "request_interrupt_window"]
+    with hv.create_vm() as other:
+        divergence = trace.replay(recorded, boot(hv, other, WINDOW_GUEST), vm=other)
+    assert divergence is None, str(divergence)
+
+
+def test_a_kvm_session_with_injection_replays_on_the_simulator(kvm: Hypervisor) -> None:
+    sink = io.StringIO()
+    with kvm.create_vm() as vm:
+        _window_session(kvm, vm, sink)
+    with hvcore.open_hypervisor("sim") as sim, sim.create_vm() as vm:
+        divergence = trace.replay(trace.read_trace(io.StringIO(sink.getvalue())), boot(sim, vm, WINDOW_GUEST), vm=vm)
+    assert divergence is None, str(divergence)

@@ -438,8 +438,11 @@ def _loop(case: Case, host: Host) -> None:
             raise AssertionError(f"{case.name}: the guest asked for data and the script gave none: {exit_!r}")
 
 
-def run_case(hv: Hypervisor, case: Case) -> Outcome:
-    """Run ``case`` on ``hv`` in a fresh VM under the watchdog; everything it produced."""
+def run_case(hv: Hypervisor, case: Case, wrap: Callable[[VM, VCPU], VCPU] | None = None) -> Outcome:
+    """Run ``case`` on ``hv`` in a fresh VM under the watchdog; everything it produced.
+
+    ``wrap`` may replace each new vCPU by a wrapper (e.g. a trace recorder) before it is set up.
+    """
     with ExitStack() as stack:
         owned: list[GuestMemory] = []
 
@@ -455,6 +458,8 @@ def run_case(hv: Hypervisor, case: Case) -> Outcome:
         for spec in case.slots:
             host.add_slot(spec)
         host.vcpus = [vm.create_vcpu(i) for i in range(case.vcpus)]
+        if wrap is not None:
+            host.vcpus = [wrap(vm, vcpu) for vcpu in host.vcpus]
         vcpus = host.vcpus
         if case.mode != "reset":
             host.write(layout.CODE, case.code)

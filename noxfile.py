@@ -53,6 +53,23 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Differential fuzzing, long: random guests on KVM and the simulator must agree (10,000 unless told).
+
+    ``HVCORE_FUZZ_EXAMPLES=N nox -s fuzz`` runs N guests; pytest arguments pass through
+    (``nox -s fuzz -- --hypothesis-seed=1`` repeats a run). Fails where either backend is unusable.
+    """
+    session.install("-e", ".[test]")
+    session.log(_kvm_status())
+    examples = os.environ.get("HVCORE_FUZZ_EXAMPLES", "10000")
+    session.log(f"differential fuzzing: {examples} random guests on kvm and sim")
+    session.run(
+        "pytest", "tests/differential", "--hypothesis-show-statistics", *session.posargs,
+        env={"HVCORE_FUZZ_EXAMPLES": examples, "HVCORE_REQUIRE": "kvm,sim"},
+    )  # fmt: skip
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """IO-exit round trips: hvcore against a bare ioctl loop and a C loop, as ratios."""
     session.install("-e", ".")

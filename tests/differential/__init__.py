@@ -1,0 +1,1 @@
+"""Differential tests: the simulator against real KVM as its oracle (random guests, identical traces)."""

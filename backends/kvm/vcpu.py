@@ -121,15 +121,16 @@ class KvmVCPU(Closeable):
         # Decode while still claimed (close() waits for us). A single-element OUT, the most
         # frequent exit, is decoded inline: one unpack and a lookup of the shared exit value.
         reason, direction, size, port, count, data_offset = _reason_io(run, _EXIT_REASON)
-        exit_: Exit
         if reason == _EXIT_IO and direction and count == 1:
             data = run[data_offset : data_offset + size]
-            exit_ = _out_exits.get((port, size, data)) or kvm_run.new_out(port, size, 1, data)
-            answer_at = -1
-        else:
-            exit_, answer_at = kvm_run.decode_exit(run)
+            out = _out_exits.get((port, size, data)) or kvm_run.new_out(port, size, 1, data)
+            self._thread = None
+            if self._kicked:  # a kick that raced with this exit is consumed by it
+                self._leave_run()
+            return out
+        exit_, answer_at = kvm_run.decode_exit(run)
         self._thread = None
-        if self._kicked:  # a kick that raced with this exit is consumed by it
+        if self._kicked:
             self._leave_run()
         if answer_at >= 0:
             self._pending_exit = exit_

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from simulator.engine import Engine
+    from simulator.engine import CpuView, Engine
 
 __all__ = ["IN_SAVED", "IoInstruction", "io_instruction"]
 
 _PREFIXES: Final = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
-_REG_RCX, _REG_RDI = "rcx", "rdi"
 
 ReadLinear = Callable[[int, int], bytes]
 
@@ -50,7 +49,7 @@ class IoInstruction:
     destination: int  # linear ES:RDI
     read_linear: ReadLinear
 
-    def current_value(self, engine: Engine, size: int) -> int:
+    def current_value(self, size: int) -> int:
         """What the destination holds now (an INS that stores it changes nothing)."""
         try:
             return int.from_bytes(self.read_linear(self.destination, size), "little")
@@ -58,9 +57,10 @@ class IoInstruction:
             return 0
 
 
-def io_instruction(engine: Engine, rip: int, cs_base: int, address_bits: int, read_linear: ReadLinear) -> IoInstruction:
-    """Decode the IN/INS at ``rip`` (``address_bits``: the default address size of the code segment)."""
-    code = read_linear(cs_base + rip, 16)
+def io_instruction(engine: Engine, rip: int, view: CpuView, read_linear: ReadLinear) -> IoInstruction:
+    """Decode the IN/INS at ``rip`` (``view``: CS, ES and paging at the time)."""
+    address_bits = view.code_bits
+    code = read_linear(view.cs_base + rip, 16)
     prefixes, at = _prefixes(code)
     opcode = code[at] if at < len(code) else 0
     string = opcode in (0x6C, 0x6D)
@@ -70,15 +70,15 @@ def io_instruction(engine: Engine, rip: int, cs_base: int, address_bits: int, re
     mask = (1 << bits) - 1
     rcx = engine.reg(IN_SAVED[2]) & mask
     rdi = engine.reg(IN_SAVED[3]) & mask
-    es_base = engine.es_base() if string else 0
+    es_base = view.es_base if string else 0
     backwards = bool(engine.reg(engine.RFLAGS) & (1 << 10))
     rep = string and (0xF3 in prefixes or 0xF2 in prefixes)
     return IoInstruction(string, rep, backwards, rcx, rdi, es_base + rdi, read_linear)
 
 
-def io_permitted(engine: Engine, read_linear: ReadLinear, port: int, size: int) -> bool:
+def io_permitted(view: CpuView, read_linear: ReadLinear, port: int, size: int) -> bool:
     """The TSS I/O-permission bitmap allows ``size`` ports from ``port`` (CPL > IOPL or virtual-8086 mode)."""
-    tr_base, tr_limit, tr_type = engine.task_register()
+    tr_base, tr_limit, tr_type = view.tr_base, view.tr_limit, view.tr_type
     if tr_type not in (9, 0xB) or tr_limit < 0x67:
         return False
     try:

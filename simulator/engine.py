@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from hvcore.types import DescriptorTable, Regs, Segment, Sregs
 from simulator.layout import ContextLayout
 
-__all__ = ["Engine", "segment_flags"]
+__all__ = ["CpuView", "Engine", "segment_flags"]
 
 _SEGMENT: Final = struct.Struct("<IxxxxQII")  # selector, base, limit, flags
 _QEMU_ORDER: Final = ("es", "cs", "ss", "ds", "fs", "gs")
@@ -100,6 +100,19 @@ def compute_hflags(sregs: Sregs, old: int) -> int:
     if sregs.efer & EFER_SVME:
         hflags |= HF_SVME
     return hflags
+
+
+@dataclass(frozen=True, slots=True)
+class CpuView:
+    """What decoding an IN/INS or a software interrupt needs: CS, ES, TR, and paging (as ``Sregs``)."""
+
+    cs_base: int
+    code_bits: int
+    es_base: int
+    tr_base: int
+    tr_limit: int
+    tr_type: int
+    paging: Sregs
 
 
 class Engine:
@@ -255,32 +268,25 @@ class Engine:
         self.uc.ctl_flush_tb()
         self.uc.ctl(self._uc_mod.UC_CTL_TLB_FLUSH, self._uc_mod.UC_CTL_IO_WRITE)
 
-    def code_segment(self) -> tuple[int, int]:
-        """CS base and the code's default address size in bits (16, 32 or 64)."""
-        blob = self._blob()
-        _, base, _, flags = _SEGMENT.unpack_from(blob, self.layout.segment(1))
-        hflags = _U32.unpack_from(blob, self.layout.hflags)[0]
-        bits = 64 if hflags & HF_CS64 else 32 if flags >> 22 & 1 else 16
-        return base, bits
-
-    def task_register(self) -> tuple[int, int, int]:
-        """TR's base, limit and descriptor type."""
-        _, base, limit, flags = _SEGMENT.unpack_from(self._blob(), self.layout.tr)
-        return base, limit, flags >> 8 & 0xF
-
-    def es_base(self) -> int:
-        """ES base (the destination segment of INS)."""
-        return int(_SEGMENT.unpack_from(self._blob(), self.layout.segment(0))[1])
-
-    def paging(self) -> tuple[int, int, int, int]:
-        """CR0, CR3, CR4, EFER: what a page walk needs."""
-        blob = self._blob()
-        cr = self.layout.cr
-        return (
-            _U64.unpack_from(blob, cr)[0],
-            _U64.unpack_from(blob, cr + 24)[0],
-            _U64.unpack_from(blob, cr + 32)[0],
-            _U64.unpack_from(blob, self.layout.efer)[0],
+    def view(self) -> CpuView:
+        """The segment and paging state the exit rules read, from one read of the context blob."""
+        blob, lay = self._blob(), self.layout
+        _, cs_base, _, cs_flags = _SEGMENT.unpack_from(blob, lay.segment(1))
+        hflags = _U32.unpack_from(blob, lay.hflags)[0]
+        _, tr_base, tr_limit, tr_flags = _SEGMENT.unpack_from(blob, lay.tr)
+        return CpuView(
+            cs_base=cs_base,
+            code_bits=64 if hflags & HF_CS64 else 32 if cs_flags >> 22 & 1 else 16,
+            es_base=_SEGMENT.unpack_from(blob, lay.segment(0))[1],
+            tr_base=tr_base,
+            tr_limit=tr_limit,
+            tr_type=tr_flags >> 8 & 0xF,
+            paging=Sregs(
+                cr0=_U64.unpack_from(blob, lay.cr)[0],
+                cr3=_U64.unpack_from(blob, lay.cr + 24)[0],
+                cr4=_U64.unpack_from(blob, lay.cr + 32)[0],
+                efer=_U64.unpack_from(blob, lay.efer)[0],
+            ),
         )
 
     def adopt(self, old: Engine) -> None:
@@ -317,11 +323,6 @@ class Engine:
         return code & 0xFFFFFFFF, next_eip if is_int else None
 
     # -- running ---------------------------------------------------------------
-
-    @property
-    def counter(self) -> int:
-        """Unicorn's instruction counter of the last counted run."""
-        return int(self.counter_cell.value)
 
     def start(self, rip: int, count: int) -> None:
         """Run from ``rip`` for at most ``count`` instructions (stops and hooks may end it earlier).

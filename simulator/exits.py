@@ -147,7 +147,8 @@ class Tracker:
         rflags = engine.reg(engine.RFLAGS)
         if not rflags >> 17 & 1 and engine.reg(engine.CS) & 3 <= (rflags >> 12) & 3:
             return False
-        if decode.io_permitted(engine, self.vcpu._vm.linear_reader(engine), port, size):
+        view = engine.view()
+        if decode.io_permitted(view, self.vcpu._vm.linear_reader(view), port, size):
             return False
         self._io_fault_rip = engine.reg(engine.RIP)
         self._halt(Stop(StopKind.EXCEPTION, vector=13, error_code=0))
@@ -173,9 +174,8 @@ class Tracker:
             self._saved = {reg: engine.reg(reg) for reg in decode.IN_SAVED}
             return 0
         rip = engine.reg(engine.RIP)
-        cs_base, bits = engine.code_segment()
-        read = self.vcpu._vm.linear_reader(engine)
-        insn = decode.io_instruction(engine, rip, cs_base, bits, read)
+        view = engine.view()
+        insn = decode.io_instruction(engine, rip, view, self.vcpu._vm.linear_reader(view))
         count, current = 1, engine.reg(engine.RAX) & ((1 << (8 * size)) - 1)
         if insn.string:
             if insn.rep:
@@ -184,7 +184,7 @@ class Tracker:
                 offset = insn.rdi & 0xFFF
                 in_page = offset if insn.backwards else PAGE_SIZE - offset
                 count = max(1, min(insn.rcx, _PIO_BATCH // size, in_page))
-            current = insn.current_value(engine, size)
+            current = insn.current_value(size)
         self._saved = {reg: engine.reg(reg) for reg in decode.IN_SAVED}
         self._halt(Stop(StopKind.EXIT, IoExit(port, size, count, IoDirection.IN)))
         return current
@@ -204,9 +204,9 @@ class Tracker:
             self._halt(Stop(StopKind.EXCEPTION, vector=vector, error_code=code))
             return
         # INT n / INT3 / INTO: deliver with the next instruction as the return address
-        cs_base, _ = engine.code_segment()
+        view = engine.view()
         try:
-            last = self.vcpu._vm.linear_reader(engine)(cs_base + next_rip - 1, 1)[0]
+            last = self.vcpu._vm.linear_reader(view)(view.cs_base + next_rip - 1, 1)[0]
         except Exception:
             last = 0
         kind, length = ("software_exception", 1) if last in (0xCC, 0xCE) and vector in (3, 4) else ("software", 2)

@@ -64,6 +64,8 @@ _INTERRUPTED = InterruptedExit()
 _HLT = HltExit()
 _SHUTDOWN = ShutdownExit()
 _WINDOW = IrqWindowOpenExit()
+
+
 def _completed(exit_: Exit) -> bool:
     """An exit after which the instruction is complete (OUT, MMIO write): under single-step, a step."""
     return (isinstance(exit_, IoExit) and not exit_.is_in) or (isinstance(exit_, MmioExit) and exit_.is_write)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import errno as _errno
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hvcore.caps import Capability
 from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, StateError, Unsupported
@@ -21,7 +22,7 @@ from hvcore.types import (
     Translation,
 )
 from simulator import delivery, mmu
-from simulator.engine import Engine
+from simulator.engine import CpuView, Engine
 from simulator.execlock import ExecLock
 from simulator.memory import DirtyLog as DirtyPages
 from simulator.memory import map_layout
@@ -114,12 +115,9 @@ class SimVM(SlotOwner, Closeable):
         """Map the current layout into a new engine."""
         map_layout(engine.uc, self._slots.slots(), tracker.on_mmio_read, tracker.on_mmio_write, self.dirty)
 
-    def linear_reader(self, engine: Engine) -> Any:
-        """A ``read(linear, length)`` for ``engine``'s current paging mode."""
-        cr0, cr3, cr4, efer = engine.paging()
-        return lambda linear, length: mmu.read_linear(
-            Sregs(cr0=cr0, cr3=cr3, cr4=cr4, efer=efer), self.physical, linear, length
-        )
+    def linear_reader(self, view: CpuView) -> Callable[[int, int], bytes]:
+        """A ``read(linear, length)`` through the paging state of ``view``."""
+        return lambda linear, length: mmu.read_linear(view.paging, self.physical, linear, length)
 
     def translate(self, sregs: Sregs, linear: int) -> Translation:
         """``KVM_TRANSLATE`` through the guest's page tables."""

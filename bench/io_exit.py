@@ -47,6 +47,8 @@ import hvcore
 from backends.kvm import ioctls, kvm_run, uapi
 from backends.kvm import kick as kvm_kick
 from backends.kvm._sys import ioctl
+from bench.watchdog import BenchError
+from bench.watchdog import watchdog as shared_watchdog
 from hvcore import VCPU, VM, Hypervisor, IoExit
 from tests.boot import Mode, boot, slot_memory
 from tests.guests import layout
@@ -101,10 +103,6 @@ IO_OFFSET: Final = 32
 IMMEDIATE_EXIT_OFFSET: Final = 1
 _EXIT_IO: Final = struct.Struct(f"<I{IO_OFFSET - EXIT_REASON_OFFSET - 4}xBBHIQ")
 _IMAGE_MAGIC: Final = b"HVBENCH1"
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not measure (unexpected exit, watchdog, C loop failure)."""
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -354,44 +352,15 @@ class _RunState:
 
 @contextmanager
 def watchdog(vcpu: VCPU, seconds: float, what: str) -> Iterator[None]:
-    """Kick ``vcpu`` (and signal this thread out of a bare KVM_RUN) after ``seconds``; exit the process if that fails.
-
-    A kicked loop ends with InterruptedError / InterruptedExit, turned into :class:`BenchError`.
-    """
+    """The shared watchdog, which also signals this thread out of a bare ``KVM_RUN``."""
     target = threading.get_ident()
-    fired = threading.Event()
-    done = threading.Event()
 
-    def kick() -> None:
-        fired.set()
-        vcpu.kick()  # sets immediate_exit; signals a thread inside vcpu.run()
+    def signal_bare_run() -> None:
         if kvm_kick.kick_handler_installed():  # hvcore's kick signal, for a bare KVM_RUN too
             signal.pthread_kill(target, kvm_kick.KICK_SIGNAL)
 
-    def give_up() -> None:
-        if not done.is_set():
-            sys.stderr.write(f"bench: watchdog: {what} still running {seconds} s after a kick; exiting\n")
-            sys.stderr.flush()
-            os._exit(3)
-
-    timers = [threading.Timer(seconds, kick), threading.Timer(2 * seconds + 5, give_up)]
-    for timer in timers:
-        timer.daemon = True
-        timer.start()
-    try:
+    with shared_watchdog(vcpu, seconds, what, also=signal_bare_run, interrupted=(InterruptedError,)):
         yield
-    except (InterruptedError, BenchError) as exc:
-        if fired.is_set():
-            raise BenchError(f"watchdog: {what} ran longer than {seconds} s and was kicked") from exc
-        raise
-    finally:
-        done.set()
-        for timer in timers:
-            timer.cancel()
-        if fired.is_set():
-            vcpu.immediate_exit = False
-    if fired.is_set():
-        raise BenchError(f"watchdog: {what} ran longer than {seconds} s")
 
 
 # -- the C loop ---------------------------------------------------------------------------

@@ -68,10 +68,9 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -79,6 +78,7 @@ from types import CodeType
 from typing import Any, Final
 
 import hvcore
+from bench.watchdog import BenchError, watchdog
 from hvcore import VCPU, HltExit, Hypervisor, IoDirection, IoExit, MmioExit
 from hvcore.types import GuestDebugFlags
 from simulator.engine import Engine
@@ -184,10 +184,6 @@ COUNT_LOOP: Final = (
 )  # fmt: skip
 
 INSTRUCTIONS_PER_ITERATION: Final = 4
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not measure (unexpected exit, watchdog, Unicorn failure)."""
 
 
 def _unicorn() -> Any:
@@ -626,47 +622,6 @@ def tracker_mmio_read_loop(vcpu: VCPU, exits: int) -> int:
 
 
 # -- watchdog -------------------------------------------------------------------------------
-
-
-@contextmanager
-def watchdog(vcpu: VCPU | None, seconds: float, what: str) -> Iterator[None]:
-    """Kick ``vcpu`` (if any) after ``seconds``; exit the process if the loop still runs ``2 * seconds + 5`` s in.
-
-    A kicked hvcore loop ends with ``InterruptedExit``, turned into :class:`BenchError`; a loop
-    that finished late is an error too.
-    """
-    fired = threading.Event()
-    done = threading.Event()
-
-    def kick() -> None:
-        fired.set()
-        if vcpu is not None:
-            vcpu.kick()
-
-    def give_up() -> None:
-        if not done.is_set():
-            sys.stderr.write(f"bench.sim_exits: watchdog: {what} still running after {2 * seconds + 5} s; exiting\n")
-            sys.stderr.flush()
-            os._exit(3)
-
-    timers = [threading.Timer(seconds, kick), threading.Timer(2 * seconds + 5, give_up)]
-    for timer in timers:
-        timer.daemon = True
-        timer.start()
-    try:
-        yield
-    except BenchError as exc:
-        if fired.is_set():
-            raise BenchError(f"watchdog: {what} ran longer than {seconds} s and was kicked") from exc
-        raise
-    finally:
-        done.set()
-        for timer in timers:
-            timer.cancel()
-        if fired.is_set() and vcpu is not None:
-            vcpu.immediate_exit = False
-    if fired.is_set():
-        raise BenchError(f"watchdog: {what} ran longer than {seconds} s")
 
 
 # -- measuring ------------------------------------------------------------------------------

@@ -25,11 +25,16 @@ __all__ = [
     "Fpu",
     "GuestDebug",
     "GuestDebugFlags",
+    "GsiRoute",
     "IoapicState",
     "IrqchipId",
+    "IrqchipRoute",
     "Lapic",
     "MpState",
+    "MsiRoute",
     "PicState",
+    "PitChannelState",
+    "PitState",
     "Regs",
     "Segment",
     "SlotFlags",
@@ -350,3 +355,66 @@ class IoapicState:
     id: int = 0
     irr: int = 0
     redirtbl: tuple[int, ...] = (1 << 16,) * 24
+
+
+@dataclass(frozen=True, slots=True)
+class PitChannelState:
+    """One 8254 PIT channel (``struct kvm_pit_channel_state``).
+
+    ``count_load_time`` is when ``count`` was loaded, in nanoseconds of the backend's own clock
+    (the host's monotonic clock on KVM, the VM clock on the simulator).
+    """
+
+    count: int = 0
+    latched_count: int = 0
+    count_latched: int = 0
+    status_latched: int = 0
+    status: int = 0
+    read_state: int = 0
+    write_state: int = 0
+    write_latch: int = 0
+    rw_mode: int = 0
+    mode: int = 0
+    bcd: int = 0
+    gate: int = 0
+    count_load_time: int = 0
+
+
+PIT_FLAGS_HPET_LEGACY = 1
+"""``PitState.flags``: the HPET drives IRQ 0 and the PIT does not (``KVM_PIT_FLAGS_HPET_LEGACY``)."""
+PIT_FLAGS_SPEAKER_DATA_ON = 2
+"""``PitState.flags``: port 0x61 bit 1, speaker data on (``KVM_PIT_FLAGS_SPEAKER_DATA_ON``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PitState:
+    """The 8254 PIT (``struct kvm_pit_state2``): three channels and ``PIT_FLAGS_*``."""
+
+    channels: tuple[PitChannelState, PitChannelState, PitChannelState] = (
+        PitChannelState(),
+        PitChannelState(),
+        PitChannelState(),
+    )
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IrqchipRoute:
+    """A GSI routed to pin ``pin`` of ``chip`` (``KVM_IRQ_ROUTING_IRQCHIP``)."""
+
+    gsi: int
+    chip: IrqchipId
+    pin: int
+
+
+@dataclass(frozen=True, slots=True)
+class MsiRoute:
+    """A GSI that sends the message-signalled interrupt ``(address, data)`` (``KVM_IRQ_ROUTING_MSI``)."""
+
+    gsi: int
+    address: int
+    data: int
+
+
+GsiRoute = IrqchipRoute | MsiRoute
+"""One entry of a GSI routing table (``set_gsi_routing``)."""

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import errno as _errno
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from typing import Any, Final
 
 from hvcore.errors import InvalidArgument, StateError
 from hvcore.exits import Exit, IoExit, MmioExit
+from hvcore.types import GsiRoute, IrqchipId, IrqchipRoute, MsiRoute, PitState
 
 __all__ = [
     "MAX_CPUID_ENTRIES",
     "check_cpuid",
+    "check_gsi_routes",
+    "check_msi",
+    "check_pit_state",
     "check_msr",
     "check_vector",
     "check_width",
@@ -88,3 +92,47 @@ def completion_bytes(vcpu_id: int, pending: Exit | None, data: bytes | int) -> b
     if len(data) != length:
         raise InvalidArgument(f"{pending!r} needs exactly {length} bytes, got {len(data)}", operation="complete")
     return bytes(data)
+
+
+MAX_GSI: Final = 1024
+"""KVM_MAX_IRQ_ROUTES on x86: GSIs are below this (``irq_line`` takes the same range)."""
+_PINS = {IrqchipId.PIC_MASTER: 8, IrqchipId.PIC_SLAVE: 8, IrqchipId.IOAPIC: 24}
+
+
+def check_pit_state(state: PitState, operation: str) -> None:
+    """Three channels of 8254 state with counts up to 65536 and valid modes."""
+    if not isinstance(state, PitState) or len(state.channels) != 3:
+        raise InvalidArgument("the PIT state is a PitState with three channels", operation=operation)
+    for i, channel in enumerate(state.channels):
+        if not 0 <= channel.count <= 0x10000 or not (0 <= channel.mode <= 5 or channel.mode == 0xFF) or not 0 <= channel.rw_mode <= 3:
+            raise InvalidArgument(
+                f"PIT channel {i}: count {channel.count} (0..65536), mode {channel.mode} (0..5, or 0xff: never programmed) or rw_mode "
+                f"{channel.rw_mode} (0..3) out of range",
+                operation=operation,
+            )
+
+
+def check_msi(address: int, data: int, operation: str) -> None:
+    """An x86 MSI: a 64-bit address in the 0xfeexxxxx window and 32-bit data."""
+    if not 0 <= address < 1 << 64 or not 0 <= data < 1 << 32:
+        raise InvalidArgument(f"MSI address {address:#x} / data {data:#x} out of range", operation=operation)
+
+
+def check_gsi_routes(routes: Sequence[GsiRoute], operation: str) -> list[GsiRoute]:
+    """GSIs below ``MAX_GSI``, irqchip pins that exist, MSI fields in range; at most ``MAX_GSI`` routes."""
+    checked = list(routes)
+    if len(checked) > MAX_GSI:
+        raise InvalidArgument(f"{len(checked)} routes; KVM takes at most {MAX_GSI}", operation=operation)
+    for route in checked:
+        if not isinstance(route, IrqchipRoute | MsiRoute) or not 0 <= route.gsi < MAX_GSI:
+            raise InvalidArgument(f"{route!r}: a GSI route with a GSI below {MAX_GSI}", operation=operation)
+        if isinstance(route, IrqchipRoute):
+            pins = _PINS.get(route.chip)
+            if pins is None or not 0 <= route.pin < pins:
+                raise InvalidArgument(
+                    f"{route!r}: pin {route.pin} does not exist on {route.chip!r} (PICs have 8, the IOAPIC 24)",
+                    operation=operation,
+                )
+        else:
+            check_msi(route.address, route.data, operation)
+    return checked

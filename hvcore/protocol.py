@@ -27,7 +27,7 @@ A minimal VMM::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
@@ -40,12 +40,14 @@ from hvcore.types import (
     DebugRegs,
     DirtyLog,
     Fpu,
+    GsiRoute,
     GuestDebug,
     IoapicState,
     IrqchipId,
     Lapic,
     MpState,
     PicState,
+    PitState,
     Regs,
     SlotFlags,
     Sregs,
@@ -316,6 +318,22 @@ class VM(Protocol):
 
     def create_pit(self) -> None:
         """Create the 8254 timer (``KVM_CREATE_PIT2``); needs an irqchip."""
+        ...
+
+    def get_pit(self) -> PitState:
+        """State of the 8254 PIT (``KVM_GET_PIT2``)."""
+        ...
+
+    def set_pit(self, state: PitState) -> None:
+        """Load the 8254 PIT's state (``KVM_SET_PIT2``)."""
+        ...
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """Inject a message-signalled interrupt; returns the delivery status (``KVM_SIGNAL_MSI``)."""
+        ...
+
+    def set_gsi_routing(self, routes: Sequence[GsiRoute]) -> None:
+        """Replace the GSI routing table that ``irq_line`` uses (``KVM_SET_GSI_ROUTING``)."""
         ...
 
     def get_clock(self) -> ClockData:

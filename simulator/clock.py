@@ -8,11 +8,12 @@ wall time, as KVM does.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "HostClock", "VirtualClock"]
+__all__ = ["Clock", "HostClock", "VirtualClock", "clock_from_environment"]
 
 
 class Clock(Protocol):
@@ -101,3 +102,17 @@ class VirtualClock:
 
     def __repr__(self) -> str:
         return f"VirtualClock(now={self._now}, ns_per_instruction={self.ns_per_instruction})"
+
+
+def clock_from_environment() -> Clock:
+    """``HVCORE_SIM_CLOCK``: ``host`` (default), ``virtual`` or ``virtual:N`` (N ns per instruction)."""
+    setting = os.environ.get("HVCORE_SIM_CLOCK", "host").strip().lower()
+    if setting in ("", "host"):
+        return HostClock()
+    kind, _, rate = setting.partition(":")
+    if kind == "virtual":
+        try:
+            return VirtualClock(int(rate) if rate else 1)
+        except ValueError:
+            pass
+    raise ValueError(f"HVCORE_SIM_CLOCK={setting!r}: use 'host', 'virtual' or 'virtual:N' (N ns per instruction)")

@@ -84,6 +84,7 @@ def _clear_resume_flag(engine: Engine) -> None:
 
 
 _MMIO = Stop(StopKind.EXIT)  # an MMIO access is being recorded; the exit is built after the run
+_LOOK_AGAIN = Stop(StopKind.SLICE)  # the guest changed interrupt state: end the slice so run() looks again
 
 
 class Tracker:
@@ -132,6 +133,13 @@ class Tracker:
         self._unprotected = {}
         self.dirty_generation = -1
 
+    def reevaluate(self) -> None:
+        """From a device callback: end the slice after this instruction, so ``run()`` looks for interrupts."""
+        if self._stop is None:
+            self._stop = _LOOK_AGAIN
+            assert self._engine is not None
+            self._engine.stop_after_this_instruction()
+
     def _halt(self, stop: Stop) -> None:
         if self._stop is None:
             self._stop = stop
@@ -157,6 +165,12 @@ class Tracker:
     def _on_out(self, uc: Any, port: int, size: int, value: int, _: object) -> None:
         if self._io_forbidden(port, size):
             return
+        if port in self.vcpu._vm.irqchip_ports:  # the in-kernel PIC / PIT: never the VMM's
+            chip = self.vcpu._vm.irqchip
+            assert chip is not None
+            chip.port_write(port, value)
+            self._halt(_LOOK_AGAIN)
+            return
         stop = self._out_stops.get((port, size, value))
         if stop is None:  # equal exits are shared values, as in the KVM backend
             if len(self._out_stops) > 1024:
@@ -168,6 +182,10 @@ class Tracker:
     def _on_in(self, uc: Any, port: int, size: int, _: object) -> int:
         if self._in_answers:
             return self._in_answers.pop(0)
+        if port in self.vcpu._vm.irqchip_ports:
+            chip = self.vcpu._vm.irqchip
+            assert chip is not None
+            return chip.port_read(port)
         engine = self._engine
         assert engine is not None
         if self._io_forbidden(port, size):

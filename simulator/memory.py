@@ -19,7 +19,7 @@ from typing import Any, Final
 from hvcore.memory import PAGE_SIZE, MemorySlot
 from hvcore.types import SlotFlags
 
-__all__ = ["PHYSICAL_LIMIT", "DirtyLog", "map_layout"]
+__all__ = ["PHYSICAL_LIMIT", "DeviceRegion", "DirtyLog", "map_layout"]
 
 PHYSICAL_LIMIT: Final = 1 << 52
 """Top of the guest-physical space the simulator maps (x86's architectural MAXPHYADDR)."""
@@ -28,22 +28,40 @@ MmioRead = Callable[[Any, int, int, int], int]  # (uc, offset, size, gap base) -
 MmioWrite = Callable[[Any, int, int, int, int], None]  # (uc, offset, size, value, gap base)
 
 
-def _gaps(slots: Iterable[MemorySlot]) -> list[tuple[int, int]]:
+@dataclass(frozen=True)
+class DeviceRegion:
+    """A guest-physical range the simulator's own devices answer (the LAPIC, the IOAPIC): never the VMM's."""
+
+    base: int
+    size: int
+    read: Callable[[Any, int, int, Any], int]  # (uc, offset, size, user data) -> value
+    write: Callable[[Any, int, int, int, Any], None]  # (uc, offset, size, value, user data)
+
+
+def _gaps(taken: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     gaps, at = [], 0
-    for s in sorted(slots, key=lambda s: s.guest_address):
-        if s.guest_address > at:
-            gaps.append((at, s.guest_address - at))
-        at = s.end
+    for start, end in sorted(taken):
+        if start > at:
+            gaps.append((at, start - at))
+        at = max(at, end)
     if at < PHYSICAL_LIMIT:
         gaps.append((at, PHYSICAL_LIMIT - at))
     return gaps
 
 
-def map_layout(uc: Any, slots: Iterable[MemorySlot], read: MmioRead, write: MmioWrite, dirty: DirtyLog) -> None:
-    """Map ``slots`` and the MMIO gaps between them into a fresh engine ``uc``."""
+def map_layout(
+    uc: Any,
+    slots: Iterable[MemorySlot],
+    read: MmioRead,
+    write: MmioWrite,
+    dirty: DirtyLog,
+    devices: Iterable[DeviceRegion] = (),
+) -> None:
+    """Map ``slots``, the simulator's ``devices`` where no slot is, and MMIO gaps everywhere else."""
     import unicorn
 
     slots = list(slots)
+    taken = [(s.guest_address, s.end) for s in slots]
     for s in slots:
         protect = s.readonly or bool(s.flags & SlotFlags.LOG_DIRTY_PAGES)
         perms = unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC if protect else unicorn.UC_PROT_ALL
@@ -51,7 +69,11 @@ def map_layout(uc: Any, slots: Iterable[MemorySlot], read: MmioRead, write: Mmio
         if not s.readonly:
             for page in dirty.writable_pages(s.slot):  # already dirty: no need to catch them again
                 uc.mem_protect(s.guest_address + page * PAGE_SIZE, PAGE_SIZE, unicorn.UC_PROT_ALL)
-    for base, size in _gaps(slots):
+    for device in devices:
+        if not any(start < device.base + device.size and device.base < end for start, end in taken):
+            uc.mmio_map(device.base, device.size, device.read, None, device.write, None)
+            taken.append((device.base, device.base + device.size))
+    for base, size in _gaps(taken):
         uc.mmio_map(base, size, read, base, write, base)
 
 

@@ -11,6 +11,7 @@ from hvcore.errors import BackendUnavailable, ClosedError
 from hvcore.lifetime import Closeable
 from hvcore.types import CpuidEntry
 from simulator import cpuid
+from simulator.clock import Clock, clock_from_environment
 from simulator.layout import ContextLayout, LayoutError, calibrate
 from simulator.state import MSRS
 from simulator.vm import MAX_SLOTS, MAX_VCPU_ID, SimVM
@@ -40,6 +41,12 @@ _CAPABILITIES: Final = {
     Capability.SYNC_MMU: 1,
     Capability.INTERNAL_ERROR_DATA: 1,
     Capability.CHECK_EXTENSION_VM: 1,
+    Capability.IRQCHIP: 1,
+    Capability.IRQ_INJECT_STATUS: 1,
+    Capability.IRQ_ROUTING: 1,
+    Capability.PIT2: 1,
+    Capability.PIT_STATE2: 1,
+    Capability.SIGNAL_MSI: 1,
     Capability.NR_VCPUS: RECOMMENDED_VCPUS,
     Capability.MAX_VCPUS: MAX_VCPU_ID,
     Capability.MAX_VCPU_ID: MAX_VCPU_ID,
@@ -124,10 +131,14 @@ class SimHypervisor(Closeable):
         self._live()
         return MAX_VCPU_ID
 
-    def create_vm(self) -> SimVM:
-        """An empty VM."""
+    def create_vm(self, *, clock: Clock | None = None) -> SimVM:
+        """An empty VM whose timers run on ``clock`` (default: ``HVCORE_SIM_CLOCK``, else the host's time).
+
+        ``HVCORE_SIM_CLOCK=virtual`` (or ``virtual:N``, N ns per instruction) makes every VM's time
+        count guest instructions, so timer interrupts land at the same instruction on every run.
+        """
         self._live()
-        vm = SimVM(self)
+        vm = SimVM(self, clock if clock is not None else clock_from_environment())
         self._vms.add(vm)
         return vm
 

@@ -8,8 +8,10 @@ turns what stopped a slice into KVM's exit. The instruction-level rules live in
 
 from __future__ import annotations
 
+import errno as _errno
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hvcore.checks import check_vector, check_width
@@ -17,6 +19,7 @@ from hvcore.errors import (
     ClosedError,
     ExitNotCompleted,
     InvalidArgument,
+    NotFound,
     Unsupported,
     VcpuBusy,
 )
@@ -52,6 +55,8 @@ from simulator.engine import Engine
 from simulator.exits import Stop, StopKind, Tracker
 
 if TYPE_CHECKING:
+    from simulator.irqchip.chip import Irqchip
+    from simulator.irqchip.lapic import LocalApic
     from simulator.vm import SimVM
 
 __all__ = ["SimVCPU"]
@@ -64,6 +69,8 @@ _INTERRUPTED = InterruptedExit()
 _HLT = HltExit()
 _SHUTDOWN = ShutdownExit()
 _WINDOW = IrqWindowOpenExit()
+_BLOCKED_STEPS = 256  # single steps while an interrupt waits for IF, before running on in bursts this long
+_IDLE_POLL = 0.05  # seconds: a sleeping vCPU looks again at least this often
 
 
 def _completed(exit_: Exit) -> bool:
@@ -71,7 +78,8 @@ def _completed(exit_: Exit) -> bool:
     return (isinstance(exit_, IoExit) and not exit_.is_in) or (isinstance(exit_, MmioExit) and exit_.is_write)
 
 
-_NO_LAPIC = "there is no in-kernel LAPIC: the simulator has no irqchip yet (issue 5)"
+_NO_LAPIC = "there is no in-kernel LAPIC: call vm.create_irqchip() before creating vCPUs"
+_SETTABLE_MP_STATES = (MpState.RUNNABLE, MpState.UNINITIALIZED, MpState.INIT_RECEIVED, MpState.HALTED, MpState.SIPI_RECEIVED)
 
 
 class SimVCPU(Closeable):
@@ -98,6 +106,11 @@ class SimVCPU(Closeable):
         self._layout_generation = -1
         self._versions: dict[int, int] = {}
         self._host_writes = -1
+        chip = vm.irqchip
+        self._lapic = chip.add_lapic(vcpu_id) if chip is not None else None
+        # with an irqchip, as on KVM, vCPUs other than 0 wait for INIT and SIPI
+        self._mp_state = MpState.RUNNABLE if chip is None or vcpu_id == 0 else MpState.UNINITIALIZED
+        self._blocked_steps = 0
         self.tracker = Tracker(self)
         self._engine = self._new_engine(None)
         self._engine.reset()
@@ -187,7 +200,10 @@ class SimVCPU(Closeable):
         lock, stepping, tracker = self._vm.exec_lock, self._stepping, self.tracker
         acquire, release = lock.raw.acquire, lock.raw.release  # the C lock itself: this is the hot path
         first = True
+        chip, clock = self._vm.irqchip, self._vm.clock
         while True:
+            if chip is not None and self._mp_state is not MpState.RUNNABLE and not first and self._sleep(chip):
+                return _INTERRUPTED
             if not acquire(False):
                 lock.acquire()  # busy: wait as a counted waiter
             try:
@@ -208,16 +224,26 @@ class SimVCPU(Closeable):
                     if kicked:
                         self._consume_kick()
                         return _INTERRUPTED
+                count = 1 if stepping else SLICE
+                if chip is not None:
+                    count = self._irqchip_events(chip, engine, count)
+                    if count == 0:
+                        continue  # not runnable: sleep (outside the execution lock)
                 if self._nmi_pending or self._queued_interrupt is not None or self._nmi_return is not None:
                     exit_ = self._inject(engine)
                     if exit_ is not None:
                         return exit_
-                count = 1 if stepping else SLICE
-                if self._request_window:
+                if chip is None and self._request_window:
                     if self._ready(engine):
                         return _WINDOW
                     count = 1  # step until the guest can take an interrupt: the exit comes right then
+                if clock.virtual:
+                    deadline = chip.deadline() if chip is not None else None
+                    if deadline is not None:
+                        count = min(count, clock.instructions_until(deadline))
                 stop = tracker.run(engine, count)
+                if clock.virtual:
+                    clock.executed(min(engine.counter_cell.value, count))
                 exit_ = stop.exit if stop.kind is StopKind.EXIT else self._handle(engine, stop)
             finally:
                 release()
@@ -232,6 +258,98 @@ class SimVCPU(Closeable):
             if self._kicked and self._consume_kick():
                 return _INTERRUPTED
 
+    # -- with an irqchip -------------------------------------------------------------
+
+    def _irqchip_events(self, chip: Irqchip, engine: Engine, count: int) -> int:
+        """Fire due timers, take INIT / SIPI / NMI, and take an interrupt the guest can accept now.
+
+        Returns how many instructions to run: 0 when the vCPU is not runnable (it must sleep), a
+        single step while an interrupt waits for IF or the STI shadow (so it lands right then).
+        """
+        lapic = self._lapic
+        assert lapic is not None
+        with chip.lock:
+            deadline = chip.deadline()
+            if deadline is not None and deadline <= chip.clock.now():
+                chip.advance()
+            if lapic.init_pending:
+                lapic.init_pending = False
+                self._init(engine)
+            if lapic.sipi_vector is not None:
+                vector, lapic.sipi_vector = lapic.sipi_vector, None
+                if self._mp_state is MpState.INIT_RECEIVED:
+                    self._start_at(engine, vector)
+            if lapic.nmi_pending:
+                lapic.nmi_pending = False
+                self._nmi_pending = True
+                if self._mp_state is MpState.HALTED:
+                    self._mp_state = MpState.RUNNABLE
+            if self._mp_state is not MpState.RUNNABLE:
+                return 0
+            if self._queued_interrupt is None and chip.has_interrupt(self._id):
+                if self._ready(engine):
+                    self._queued_interrupt = chip.acknowledge(self._id)
+                    self._blocked_steps = 0
+                else:  # step until IF / the shadow lets it in; a guest that stays masked long runs on in bursts
+                    self._blocked_steps += 1
+                    return 1 if self._blocked_steps <= _BLOCKED_STEPS else min(count, _BLOCKED_STEPS)
+        return count
+
+    def _init(self, engine: Engine) -> None:
+        """INIT: KVM's ``kvm_vcpu_reset(init_event)``; an application processor then waits for SIPI."""
+        engine.reset()
+        self._queued_interrupt = None
+        self._nmi_pending = False
+        self._mp_state = MpState.RUNNABLE if self._id == 0 else MpState.INIT_RECEIVED
+
+    def _start_at(self, engine: Engine, vector: int) -> None:
+        """SIPI: real mode at ``vector << 12`` (CS = vector << 8, IP = 0)."""
+        sregs = engine.get_sregs(apic_base=self._state.apic_base, interrupt_bitmap=(0, 0, 0, 0), cr8=self._cr8)
+        engine.set_sregs(replace(sregs, cs=replace(sregs.cs, selector=vector << 8, base=vector << 12)))
+        engine.set_reg(engine.RIP, 0)
+        self._mp_state = MpState.RUNNABLE
+
+    def _wakeable(self, chip: Irqchip) -> bool:
+        """Whether what is pending ends this vCPU's sleep (call with ``chip.lock`` held)."""
+        lapic = self._lapic
+        assert lapic is not None and self._engine is not None
+        if lapic.init_pending or lapic.nmi_pending:
+            return True
+        state = self._mp_state
+        if state is MpState.INIT_RECEIVED:
+            return lapic.sipi_vector is not None
+        if state is MpState.HALTED:
+            engine = self._engine
+            return bool(engine.reg(engine.RFLAGS) & RFLAGS_IF) and chip.has_interrupt(self._id)
+        return state is MpState.RUNNABLE
+
+    def _sleep(self, chip: Irqchip) -> bool:
+        """Wait, outside the execution lock, until this vCPU can run again; True if a kick ended the wait."""
+        clock, vm = chip.clock, self._vm
+        with chip.changed:
+            vm.sleeping.add(self._id)
+            try:
+                while True:
+                    if self._kicked or self._immediate_exit:
+                        self._consume_kick()
+                        return True
+                    if self._wakeable(chip):
+                        if self._mp_state is MpState.HALTED:
+                            self._mp_state = MpState.RUNNABLE
+                        return False
+                    deadline = chip.deadline()
+                    now = clock.now()
+                    if deadline is not None and deadline <= now:
+                        chip.advance()
+                        continue
+                    if clock.virtual and deadline is not None and vm.all_asleep():
+                        clock.idle_until(deadline)  # nobody runs: virtual time skips to the next timer
+                        continue
+                    timeout = _IDLE_POLL if deadline is None or clock.virtual else (deadline - now) / 1e9
+                    chip.changed.wait(min(timeout, _IDLE_POLL))
+            finally:
+                vm.sleeping.discard(self._id)
+
     def _step_exit(self, engine: Engine) -> DebugExit:
         return DebugExit(exception=1, pc=engine.reg(engine.RIP), dr6=0xFFFF4FF0, dr7=self._state.debugregs.dr7)
 
@@ -242,6 +360,9 @@ class SimVCPU(Closeable):
         if kind is StopKind.EXIT:
             return stop.exit
         if kind is StopKind.HLT:
+            if self._lapic is not None:  # with an irqchip, HLT sleeps in run() until an interrupt
+                self._mp_state = MpState.HALTED
+                return None
             return _HLT
         if kind is StopKind.EXCEPTION:
             if not self._vm.deliver(
@@ -289,6 +410,13 @@ class SimVCPU(Closeable):
         with self._kick_lock:
             if not self._closed:
                 self._kicked = True
+        self._wake()
+
+    def _wake(self) -> None:
+        chip = self._vm.irqchip
+        if chip is not None:  # a vCPU asleep in HLT or waiting for SIPI looks at its kick flag
+            with chip.changed:
+                chip.changed.notify_all()
 
     @property
     def immediate_exit(self) -> bool:
@@ -433,15 +561,27 @@ class SimVCPU(Closeable):
         self._live()
         return tuple(self._state.cpuid)
 
-    def get_lapic(self) -> Lapic:
-        """There is no in-kernel LAPIC: EINVAL, as KVM without an irqchip."""
+    def _chip_lapic(self, operation: str) -> tuple[Irqchip, LocalApic]:
         self._live()
-        raise InvalidArgument(_NO_LAPIC, operation="get_lapic")
+        chip = self._vm.irqchip
+        if chip is None or self._lapic is None:
+            raise InvalidArgument(_NO_LAPIC, operation=operation)  # KVM: EINVAL
+        return chip, self._lapic
+
+    def get_lapic(self) -> Lapic:
+        """The LAPIC register page (``KVM_GET_LAPIC``); EINVAL without an irqchip, as KVM."""
+        chip, lapic = self._chip_lapic("get_lapic")
+        with chip.lock:
+            return lapic.get_state()
 
     def set_lapic(self, lapic: Lapic) -> None:
-        """There is no in-kernel LAPIC: EINVAL, as KVM without an irqchip."""
-        self._live()
-        raise InvalidArgument(_NO_LAPIC, operation="set_lapic")
+        """Load the LAPIC register page (``KVM_SET_LAPIC``); EINVAL without an irqchip, as KVM."""
+        if len(lapic.regs) != 1024:
+            raise InvalidArgument(f"the LAPIC page is 1024 bytes, got {len(lapic.regs)}", operation="set_lapic")
+        chip, local = self._chip_lapic("set_lapic")
+        with chip.changed:
+            local.set_state(lapic)
+            chip.changed.notify_all()
 
     def get_debugregs(self) -> DebugRegs:
         """DR0-3, DR6, DR7."""
@@ -476,27 +616,43 @@ class SimVCPU(Closeable):
         self._state.nmi_masked = events.nmi_masked
 
     def get_mp_state(self) -> MpState:
-        """RUNNABLE (the simulator has no LAPIC to halt or wait for SIPI yet)."""
+        """RUNNABLE, HALTED, UNINITIALIZED or INIT_RECEIVED (always RUNNABLE without an irqchip)."""
         self._live()
-        return MpState.RUNNABLE
+        return self._mp_state
 
     def set_mp_state(self, state_: MpState) -> None:
-        """Only RUNNABLE is valid without an irqchip, as on KVM."""
+        """Set the MP state; without an irqchip only RUNNABLE is valid, as on KVM."""
         self._live()
         try:
             value = MpState(state_)
         except ValueError:
             raise InvalidArgument(f"{state_!r} is not an MpState", operation="set_mp_state") from None
-        if value is not MpState.RUNNABLE:
+        if self._lapic is None and value is not MpState.RUNNABLE:
             raise InvalidArgument(
                 f"{value.name} needs an in-kernel LAPIC; without an irqchip only RUNNABLE is valid",
                 operation="set_mp_state",
             )
+        if value not in _SETTABLE_MP_STATES:
+            raise InvalidArgument(
+                f"{value.name} is not an x86 MP state; use one of {', '.join(m.name for m in _SETTABLE_MP_STATES)}",
+                operation="set_mp_state",
+            )
+        self._mp_state = MpState.INIT_RECEIVED if value is MpState.SIPI_RECEIVED else value
+        self._wake()
 
     def interrupt(self, vector: int) -> None:
-        """Queue external interrupt ``vector``; delivered on the next ``run()`` even with IF=0."""
+        """Queue external interrupt ``vector``; delivered on the next ``run()`` even with IF=0.
+
+        With an irqchip, interrupts come from its lines: ENXIO, as KVM.
+        """
         self._live()
         check_vector(vector, "interrupt")
+        if self._lapic is not None:
+            raise NotFound(
+                "with an in-kernel irqchip, inject through vm.irq_line() or vm.signal_msi(), not interrupt()",
+                errno=_errno.ENXIO,
+                operation="interrupt",
+            )
         self._queued_interrupt = vector
 
     def nmi(self) -> None:
@@ -534,6 +690,7 @@ class SimVCPU(Closeable):
                 return
             self._closed = True
             self._kicked = True
+        self._wake()
         self._vm.wait_idle(self)
         self._engine = None
         self._vm._forget_vcpu(self._id)

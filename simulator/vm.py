@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno as _errno
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -15,13 +15,18 @@ from hvcore.lifetime import Closeable
 from hvcore.memory import MemorySlot, SlotChange, SlotOwner, SlotTable
 from hvcore.types import (
     ClockData,
+    GsiRoute,
     IoapicState,
     IrqchipId,
     PicState,
+    PitState,
     Sregs,
     Translation,
 )
+from hvcore.checks import MAX_GSI, check_gsi_routes, check_msi, check_pit_state
 from simulator import delivery, mmu
+from simulator.clock import Clock, HostClock
+from simulator.irqchip.chip import Irqchip
 from simulator.engine import CpuView, Engine
 from simulator.execlock import ExecLock
 from simulator.memory import DirtyLog as DirtyPages
@@ -38,7 +43,6 @@ MAX_SLOTS = 32764
 MAX_VCPU_ID = 1024
 _NOT_FAULTS = frozenset({1, 3, 4, 8, 18})  # traps and aborts: KVM does not set RF for them
 RFLAGS_RF = 1 << 16
-_NO_IRQCHIP = "the simulator has no irqchip yet (PIC, IOAPIC, LAPIC, PIT arrive with issue 5)"
 
 
 class _SlotMemory:
@@ -63,8 +67,12 @@ class _SlotMemory:
 class SimVM(SlotOwner, Closeable):
     """A simulated VM; see :class:`hvcore.VM` for the contract."""
 
-    def __init__(self, hypervisor: SimHypervisor) -> None:
+    def __init__(self, hypervisor: SimHypervisor, clock: Clock | None = None) -> None:
         self._hypervisor = hypervisor
+        self.clock: Clock = clock if clock is not None else HostClock()
+        self.irqchip: Irqchip | None = None
+        self.irqchip_ports: frozenset[int] = frozenset()
+        self.sleeping: set[int] = set()
         self.context_layout = hypervisor.context_layout
         self._slots = SlotTable(MAX_SLOTS)
         self.layout_generation = 0
@@ -73,7 +81,6 @@ class SimVM(SlotOwner, Closeable):
         self._vcpus: dict[int, SimVCPU] = {}
         self._used_vcpu_ids: set[int] = set()
         self._closed = False
-        self._clock_offset = -time.monotonic_ns()
         self.physical = _SlotMemory(self)
 
     def _live(self) -> None:
@@ -113,7 +120,8 @@ class SimVM(SlotOwner, Closeable):
 
     def map_into(self, engine: Engine, tracker: Tracker) -> None:
         """Map the current layout into a new engine."""
-        map_layout(engine.uc, self._slots.slots(), tracker.on_mmio_read, tracker.on_mmio_write, self.dirty)
+        devices = self.irqchip.regions(tracker.vcpu.id) if self.irqchip is not None else ()
+        map_layout(engine.uc, self._slots.slots(), tracker.on_mmio_read, tracker.on_mmio_write, self.dirty, devices)
 
     def linear_reader(self, view: CpuView) -> Callable[[int, int], bytes]:
         """A ``read(linear, length)`` through the paging state of ``view``."""
@@ -197,6 +205,8 @@ class SimVM(SlotOwner, Closeable):
 
     def _forget_vcpu(self, vcpu_id: int) -> None:
         self._vcpus.pop(vcpu_id, None)
+        if self.irqchip is not None:
+            self.irqchip.remove_lapic(vcpu_id)
 
     def wait_idle(self, vcpu: SimVCPU, timeout: float = 5.0) -> None:
         """Wait until ``vcpu`` is out of ``run()`` (it has been kicked)."""
@@ -206,44 +216,94 @@ class SimVM(SlotOwner, Closeable):
                 raise StateError(f"vCPU {vcpu.id} did not leave run() after a kick")
             time.sleep(0.001)
 
-    # -- interrupt controllers (issue 5), clock ---------------------------------------------
+    # -- interrupt controllers, clock ----------------------------------------------------------
 
     def create_irqchip(self) -> None:
-        """Not yet: the simulator's PIC/IOAPIC/LAPIC are issue 5 (``Capability.IRQCHIP`` is absent)."""
+        """PIC pair, IOAPIC and a LAPIC per vCPU (``KVM_CREATE_IRQCHIP``); before any vCPU, once."""
         self._live()
-        raise Unsupported(_NO_IRQCHIP, operation="create_irqchip")
+        if self.irqchip is not None:
+            raise AlreadyExists("the VM already has an irqchip", operation="create_irqchip")
+        if self._used_vcpu_ids:
+            raise InvalidArgument(
+                "create the irqchip before any vCPU: KVM refuses KVM_CREATE_IRQCHIP once a vCPU exists",
+                operation="create_irqchip",
+            )
+        with self.exec_lock:
+            self.irqchip = Irqchip(self.clock, self._poke)
+            self.irqchip_ports = self.irqchip.ports
+            self.layout_generation += 1
+
+    def _poke(self, vcpu_id: int) -> None:
+        vcpu = self._vcpus.get(vcpu_id)
+        if vcpu is not None:
+            vcpu.tracker.reevaluate()
+
+    def _chip(self, operation: str, errno: int = _errno.ENXIO) -> Irqchip:
+        self._live()
+        if self.irqchip is None:
+            raise NotFound(f"{operation}: there is no irqchip; call create_irqchip() first", errno=errno, operation=operation)
+        return self.irqchip
 
     def irq_line(self, irq: int, level: bool) -> int:
-        """There is no irqchip to drive: ENXIO, as KVM without one."""
-        self._live()
-        raise NotFound(f"irq_line: there is no irqchip; {_NO_IRQCHIP}", errno=_errno.ENXIO, operation="irq_line")
+        """Drive GSI ``irq`` through the routing table; the delivery status (``KVM_IRQ_LINE_STATUS``)."""
+        chip = self._chip("irq_line")
+        if not 0 <= irq < MAX_GSI:
+            raise InvalidArgument(f"IRQ {irq} is out of range; GSIs are below {MAX_GSI}", operation="irq_line")
+        return chip.irq_line(irq, bool(level))
 
     def get_irqchip(self, chip: IrqchipId) -> PicState | IoapicState:
-        """There is no irqchip: ENXIO, as KVM without one."""
-        self._live()
-        raise NotFound(f"get_irqchip: there is no irqchip; {_NO_IRQCHIP}", errno=_errno.ENXIO, operation="get_irqchip")
+        """State of the master PIC, the slave PIC or the IOAPIC (``KVM_GET_IRQCHIP``)."""
+        return self._chip("get_irqchip").get_state(_chip_id(chip, "get_irqchip"))
 
     def set_irqchip(self, chip: IrqchipId, state: PicState | IoapicState) -> None:
-        """There is no irqchip: ENXIO, as KVM without one."""
-        self._live()
-        raise NotFound(f"set_irqchip: there is no irqchip; {_NO_IRQCHIP}", errno=_errno.ENXIO, operation="set_irqchip")
+        """Load the state of one controller (``KVM_SET_IRQCHIP``)."""
+        self._chip("set_irqchip").set_state(_chip_id(chip, "set_irqchip"), state)
 
     def create_pit(self) -> None:
-        """The PIT needs an irqchip: ENOENT, as KVM without one."""
+        """The 8254 PIT on IRQ 0 (``KVM_CREATE_PIT2``); needs the irqchip (ENOENT), once (EEXIST)."""
+        chip = self._chip("create_pit", _errno.ENOENT)
+        if chip.pit is not None:
+            raise AlreadyExists("the VM already has a PIT", operation="create_pit")
+        chip.create_pit()
+        self.irqchip_ports = chip.ports
+
+    def get_pit(self) -> PitState:
+        """State of the PIT (``KVM_GET_PIT2``)."""
+        return self._chip("get_pit").get_pit()
+
+    def set_pit(self, state: PitState) -> None:
+        """Load the PIT's state (``KVM_SET_PIT2``)."""
+        check_pit_state(state, "set_pit")
+        self._chip("set_pit").set_pit(state)
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """Deliver a message-signalled interrupt to the LAPICs (``KVM_SIGNAL_MSI``)."""
+        check_msi(address, data, "signal_msi")
         self._live()
-        raise NotFound(f"create_pit needs an irqchip; {_NO_IRQCHIP}", errno=_errno.ENOENT, operation="create_pit")
+        if self.irqchip is None:  # KVM: EINVAL, not ENXIO, for this one
+            raise InvalidArgument("signal_msi: there is no irqchip; call create_irqchip() first", operation="signal_msi")
+        return self.irqchip.signal_msi(address, data)
+
+    def set_gsi_routing(self, routes: Sequence[GsiRoute]) -> None:
+        """Replace the GSI routing table (``KVM_SET_GSI_ROUTING``)."""
+        checked = check_gsi_routes(routes, "set_gsi_routing")
+        self._chip("set_gsi_routing").set_gsi_routing(checked)
+
+    def all_asleep(self) -> bool:
+        """Every vCPU that is in ``run()`` sleeps (so a virtual clock may skip ahead)."""
+        return all(vcpu.id in self.sleeping for vcpu in self._vcpus.values() if vcpu.running)
 
     def get_clock(self) -> ClockData:
-        """The VM clock in nanoseconds: host monotonic time plus the offset ``set_clock`` chose."""
+        """The VM clock in nanoseconds (host time, or virtual time counted in instructions)."""
         self._live()
-        return ClockData(time.monotonic_ns() + self._clock_offset)
+        return ClockData(self.clock.now())
 
     def set_clock(self, nanoseconds: int) -> None:
-        """Set the VM clock; it keeps advancing with host time."""
+        """Set the VM clock; it goes on from there."""
         self._live()
         if not 0 <= nanoseconds < 1 << 64:
             raise InvalidArgument(f"clock value {nanoseconds} is not an unsigned 64-bit count", operation="set_clock")
-        self._clock_offset = nanoseconds - time.monotonic_ns()
+        self.clock.set(nanoseconds)
 
     def set_tss_address(self, address: int) -> None:
         """Accepted and ignored: the simulator needs no real-mode TSS (KVM's VMX does)."""
@@ -269,3 +329,12 @@ class SimVM(SlotOwner, Closeable):
 
     def __repr__(self) -> str:
         return f"SimVM(vcpus={len(self._vcpus)}{', closed' if self._closed else ''})"
+
+
+def _chip_id(chip: IrqchipId | int, operation: str) -> IrqchipId:
+    try:
+        return IrqchipId(chip)
+    except ValueError:
+        raise InvalidArgument(
+            f"{chip!r} is not an irqchip; use IrqchipId.PIC_MASTER, PIC_SLAVE or IOAPIC", operation=operation
+        ) from None

@@ -45,6 +45,14 @@ def write_guest(vm: VM, address: int, data: bytes) -> None:
     raise LookupError(f"no slot maps {address:#x}")
 
 
+def map_apic_window(vm: VM) -> None:
+    """Identity-map 3-4 GiB (the IOAPIC at 0xfec00000, the LAPIC at 0xfee00000) in the long-mode tables."""
+    flags = 0x87  # present, writable, user, 2 MiB
+    entries = b"".join(((0xC0000000 + (i << 21)) | flags | 0x10).to_bytes(8, "little") for i in range(512))  # +PCD
+    write_guest(vm, layout.APIC_PD, entries)
+    write_guest(vm, layout.PDPT + 3 * 8, (layout.APIC_PD | 0x7).to_bytes(8, "little"))
+
+
 def boot(
     hv: Hypervisor,
     vm: VM,

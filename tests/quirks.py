@@ -244,12 +244,13 @@ REGISTRY: tuple[Quirk, ...] = (
         "QEMU's value (here: AF = 0 after `shr rax, 32`; this host's AMD EPYC sets it)",
     ),
     Quirk(
-        "no_irqchip",
-        is_simulator,
-        "the PIC/IOAPIC/LAPIC/PIT models are issue 5",
-        "create_irqchip() makes the in-kernel irqchip; Capability.IRQCHIP is present",
-        "Capability.IRQCHIP is absent and create_irqchip() raises Unsupported",
-        helper="has_irqchip",
+        "level_redelivered_early",
+        is_pvm_host,
+        "this host's LAPIC shows the interrupt being handled as still pending in the IRR, not in the ISR, "
+        "so a held level-triggered line is delivered again before the handler's EOI",
+        "a level-triggered interrupt is re-delivered only at the EOI of the previous one",
+        "one more delivery than upstream after a held line is released (its handler runs once more)",
+        helper="level_extra_deliveries",
     ),
     Quirk(
         "single_step_only",
@@ -285,20 +286,15 @@ def irq_window_batched(hv: Hypervisor) -> bool:
 
 
 def has_irqchip(hv: Hypervisor, vm: VM) -> bool:
-    """Create the in-kernel irqchip where the backend has one; where it has none, assert that it says so.
+    """Create the in-kernel irqchip (every backend has one) and say so."""
+    assert Capability.IRQCHIP in hv.capabilities()
+    vm.create_irqchip()
+    return True
 
-    Divergence ``no_irqchip``: the simulator has no PIC/IOAPIC/LAPIC/PIT yet (issue 5), so it does
-    not claim ``Capability.IRQCHIP`` and ``create_irqchip()`` raises ``Unsupported``. Tests that
-    need an irqchip check the refusal and end there.
-    """
-    if Capability.IRQCHIP in hv.capabilities():
-        assert not quirk_applies("no_irqchip", hv)
-        vm.create_irqchip()
-        return True
-    assert quirk_applies("no_irqchip", hv), f"{hv.name} lacks an irqchip and the registry does not say so"
-    with pytest.raises(Unsupported, match="irqchip"):
-        vm.create_irqchip()
-    return False
+
+def level_extra_deliveries(hv: Hypervisor) -> int:
+    """Deliveries of a held level-triggered line beyond upstream's (``level_redelivered_early``)."""
+    return 1 if quirk_applies("level_redelivered_early", hv) else 0
 
 
 def unknown_msr_faults(hv: Hypervisor) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from dataclasses import fields
 
 from backends.kvm import uapi
@@ -13,10 +14,14 @@ from hvcore.types import (
     DebugRegs,
     DescriptorTable,
     Fpu,
+    GsiRoute,
     GuestDebug,
     IoapicState,
+    IrqchipRoute,
     Lapic,
     PicState,
+    PitChannelState,
+    PitState,
     Regs,
     Segment,
     Sregs,
@@ -28,6 +33,8 @@ _REG_NAMES = tuple(f.name for f in fields(Regs))
 _SEGMENT_NAMES = tuple(f.name for f in fields(Segment))
 _SREG_SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
 _PIC_NAMES = tuple(f.name for f in fields(PicState))
+_PIT_CHANNEL_NAMES = tuple(f.name for f in fields(PitChannelState))
+_ROUTE_IRQCHIP, _ROUTE_MSI = 1, 2  # KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI
 
 
 def regs_from_kvm(raw: uapi.KvmRegs) -> Regs:
@@ -251,3 +258,35 @@ def ioapic_to_kvm(state: IoapicState, raw: uapi.KvmIoapicState) -> None:
     raw.base_address, raw.ioregsel, raw.id, raw.irr = state.base_address, state.ioregsel, state.id, state.irr
     for i, v in enumerate(state.redirtbl[:24]):
         raw.redirtbl[i] = v
+
+
+def pit_from_kvm(raw: uapi.KvmPitState2) -> PitState:
+    """``struct kvm_pit_state2`` -> PitState."""
+    channels = tuple(PitChannelState(*(getattr(c, n) for n in _PIT_CHANNEL_NAMES)) for c in raw.channels)
+    return PitState((channels[0], channels[1], channels[2]), raw.flags)
+
+
+def pit_to_kvm(state: PitState) -> uapi.KvmPitState2:
+    """PitState -> ``struct kvm_pit_state2``."""
+    raw = uapi.KvmPitState2()
+    for channel, raw_channel in zip(state.channels, raw.channels, strict=True):
+        for n in _PIT_CHANNEL_NAMES:
+            setattr(raw_channel, n, getattr(channel, n))
+    raw.flags = state.flags
+    return raw
+
+
+def routing_to_kvm(routes: Sequence[GsiRoute]) -> uapi.KvmIrqRouting:
+    """GSI routes -> ``struct kvm_irq_routing`` with its entries."""
+    raw = uapi.irq_routing_with(len(routes))()
+    raw.nr = len(routes)
+    for route, entry in zip(routes, raw.entries, strict=True):  # type: ignore[attr-defined]
+        entry.gsi = route.gsi
+        if isinstance(route, IrqchipRoute):
+            entry.type = _ROUTE_IRQCHIP
+            entry.u.irqchip.irqchip, entry.u.irqchip.pin = int(route.chip), route.pin
+        else:
+            entry.type = _ROUTE_MSI
+            entry.u.msi.address_lo, entry.u.msi.address_hi = route.address & 0xFFFFFFFF, route.address >> 32
+            entry.u.msi.data = route.data
+    return raw

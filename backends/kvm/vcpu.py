@@ -110,14 +110,21 @@ class KvmVCPU(Closeable):
             self._thread = None
             raise ClosedError(f"vCPU {self._id} is closed", operation="run")
         fd, run = self._fd, self._run
-        try:
-            _fcntl_ioctl(fd, _KVM_RUN, 0)
-        except InterruptedError:
-            self._leave_run()
-            return kvm_run.INTERRUPTED
-        except OSError as exc:
-            self._leave_run()
-            raise error_for_errno(exc.errno or 0, "KVM_RUN", f"vCPU {self._id}") from exc
+        while True:
+            try:
+                _fcntl_ioctl(fd, _KVM_RUN, 0)
+                break
+            except InterruptedError:
+                self._leave_run()
+                return kvm_run.INTERRUPTED
+            except BlockingIOError:
+                # EAGAIN: a vCPU waiting for INIT/SIPI woke up for an event; KVM wants KVM_RUN again
+                if self._kicked or run[_IMMEDIATE_EXIT]:
+                    self._leave_run()
+                    return kvm_run.INTERRUPTED
+            except OSError as exc:
+                self._leave_run()
+                raise error_for_errno(exc.errno or 0, "KVM_RUN", f"vCPU {self._id}") from exc
         # Decode while still claimed (close() waits for us). A single-element OUT, the most
         # frequent exit, is decoded inline: one unpack and a lookup of the shared exit value.
         reason, direction, size, port, count, data_offset = _reason_io(run, _EXIT_REASON)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from backends.kvm import convert, ioctls, uapi
 from backends.kvm._sys import ioctl, ioctl_ulong
 from backends.kvm.vcpu import KvmVCPU
 from hvcore.caps import Capability
-from hvcore.errors import AlreadyExists, ClosedError, InvalidArgument
+from hvcore.checks import check_gsi_routes, check_msi, check_pit_state
+from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument
 from hvcore.lifetime import Closeable
 from hvcore.memory import MemorySlot, SlotChange, SlotOwner, SlotTable
-from hvcore.types import ClockData, IoapicState, IrqchipId, PicState
+from hvcore.types import ClockData, GsiRoute, IoapicState, IrqchipId, PicState, PitState
 
 if TYPE_CHECKING:
     from backends.kvm.system import KvmHypervisor
@@ -160,6 +163,34 @@ class KvmVM(SlotOwner, Closeable):
     def create_pit(self) -> None:
         """``KVM_CREATE_PIT2``."""
         ioctl(self._live(), ioctls.KVM_CREATE_PIT2, uapi.KvmPitConfig())
+
+    def get_pit(self) -> PitState:
+        """``KVM_GET_PIT2``."""
+        raw = uapi.KvmPitState2()
+        ioctl(self._live(), ioctls.KVM_GET_PIT2, raw)
+        return convert.pit_from_kvm(raw)
+
+    def set_pit(self, state: PitState) -> None:
+        """``KVM_SET_PIT2``."""
+        check_pit_state(state, "KVM_SET_PIT2")
+        ioctl(self._live(), ioctls.KVM_SET_PIT2, convert.pit_to_kvm(state))
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """``KVM_SIGNAL_MSI``: inject one message-signalled interrupt; returns the delivery status."""
+        check_msi(address, data, "KVM_SIGNAL_MSI")
+        raw = uapi.KvmMsi()
+        raw.address_lo, raw.address_hi, raw.data = address & 0xFFFFFFFF, address >> 32, data
+        try:
+            return ioctl(self._live(), ioctls.KVM_SIGNAL_MSI, raw, f"address {address:#x} data {data:#x}")
+        except HvError as exc:
+            if exc.errno == errno.EPERM:  # the kernel's -1 status, "no LAPIC took it", reads as EPERM
+                return -1
+            raise
+
+    def set_gsi_routing(self, routes: Sequence[GsiRoute]) -> None:
+        """``KVM_SET_GSI_ROUTING``: replace the whole GSI routing table."""
+        routes = check_gsi_routes(routes, "KVM_SET_GSI_ROUTING")
+        ioctl(self._live(), ioctls.KVM_SET_GSI_ROUTING, convert.routing_to_kvm(routes))
 
     def get_clock(self) -> ClockData:
         """``KVM_GET_CLOCK``."""

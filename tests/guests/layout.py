@@ -12,6 +12,7 @@
     0x09000 | PML4                      |  long mode page tables: identity map of the
     0x0A000 | PDPT                      |  first 1 GiB with 2 MiB pages, every level
     0x0B000 | PD                        |  with P | RW | U (the user bit is set)
+    0x0C000 | APIC_PD                   |  the 4th GiB with 2 MiB pages (map_apic_window)
             |   ...                     |
     0x10000 | DATA                      |  DATA_SIZE (64 KiB) scratch buffer
     0x20000 |   ...                     |
@@ -35,6 +36,7 @@ STACK_TOP = 0x8000
 PML4 = 0x9000
 PDPT = 0xA000
 PD = 0xB000
+APIC_PD = 0xC000
 DATA = 0x10000
 DATA_SIZE = 0x10000  # 64 KiB
 ROM = 0xC0000

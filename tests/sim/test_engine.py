@@ -86,8 +86,11 @@ def test_segment_flags_match_the_descriptor_attribute_bits() -> None:
 def test_gaps_cover_everything_outside_the_slots() -> None:
     with GuestMemory(0x20000) as a, GuestMemory(0x10000) as b:
         slots = [MemorySlot(0, 0, 0x20000, a), MemorySlot(1, 0xFFFF0000, 0x10000, b, flags=SlotFlags.READONLY)]
-        assert _gaps(slots) == [(0x20000, 0xFFFF0000 - 0x20000), (1 << 32, PHYSICAL_LIMIT - (1 << 32))]
+        taken = [(s.guest_address, s.end) for s in slots]
+        assert _gaps(taken) == [(0x20000, 0xFFFF0000 - 0x20000), (1 << 32, PHYSICAL_LIMIT - (1 << 32))]
         assert _gaps([]) == [(0, PHYSICAL_LIMIT)]
+        lapic = (0xFEE00000, 0xFEE01000)  # a device page carved out of a gap
+        assert _gaps([*taken, lapic])[1:3] == [(0xFEE01000, 0xFFFF0000 - 0xFEE01000), (1 << 32, PHYSICAL_LIMIT - (1 << 32))]
 
 
 def test_dirty_log_bitmap_is_kvm_shaped_and_clears() -> None:

@@ -1,0 +1,356 @@
+"""64-bit guests that program the in-kernel interrupt controllers and timers (issue 5).
+
+Each is loaded at ``layout.CODE`` and started in 64-bit long mode at CPL 0 (see
+``tests/guests/long_mode.py`` for the set-up) with the APIC window mapped
+(``tests.boot.map_apic_window``: the LAPIC at 0xfee00000, the IOAPIC at 0xfec00000).
+They build their IDT at ``IDT`` (64-bit interrupt gates, selector 0x08) and keep their
+variables at ``VARS``: ticks/count at +0x10, a flag at +0x14, a vector at +0x18.
+Interrupts end with ``iretq`` at CPL 0, which this host's KVM emulates (32-bit ``iret``
+fails there). Each byte literal is one instruction, assembled with GNU as (Intel syntax);
+the trailing comment is the disassembly at its address. With an irqchip HLT never exits,
+so every guest reports through OUT.
+"""
+
+IDT = 0x3000
+VARS = 0x5000
+AP_STACK_TOP = 0x7000
+SIPI_VECTOR = 0x0E
+SIPI_ADDRESS = SIPI_VECTOR << 12
+IPI_AP_ENTRY = 0x1097
+"""Where vCPU 1 of ``IPI`` starts."""
+
+# Programs both 8259s the BIOS way (ICW1-4: master at vector 0x20, slave at 0x28, only IRQ 0
+# unmasked) and PIT channel 0 at 100 Hz (mode 2, divisor 11932), then `sti; hlt` until its ISR
+# (vector 0x20: count, non-specific EOI to port 0x20) has counted 10 ticks; the tenth masks IRQ 0.
+# Host: long mode, irqchip and PIT created before the vCPU.
+# Exits: OUT port 0x10 size 4 data 10 (the tick count), nothing before it.
+PIC_PIT_TICKS = (
+    b"\xfa"                                    # 1000 cli
+    b"\x48\x8d\x05\xa2\x00\x00\x00"            # 1001 lea rax,[rip+0xa2] # 0x10aa
+    b"\x66\x89\x04\x25\x00\x32\x00\x00"        # 1008 mov WORD PTR ds:0x3200,ax
+    b"\x66\xc7\x04\x25\x02\x32\x00\x00\x08\x00"# 1010 mov WORD PTR ds:0x3202,0x8
+    b"\x66\xc7\x04\x25\x04\x32\x00\x00\x00\x8e"# 101A mov WORD PTR ds:0x3204,0x8e00
+    b"\x48\xc1\xe8\x10"                        # 1024 shr rax,0x10
+    b"\x66\x89\x04\x25\x06\x32\x00\x00"        # 1028 mov WORD PTR ds:0x3206,ax
+    b"\x48\xc1\xe8\x10"                        # 1030 shr rax,0x10
+    b"\x89\x04\x25\x08\x32\x00\x00"            # 1034 mov DWORD PTR ds:0x3208,eax
+    b"\x66\xc7\x04\x25\x00\x50\x00\x00\xff\x0f"# 103B mov WORD PTR ds:0x5000,0xfff
+    b"\xc7\x04\x25\x02\x50\x00\x00\x00\x30\x00\x00"# 1045 mov DWORD PTR ds:0x5002,0x3000
+    b"\xc7\x04\x25\x06\x50\x00\x00\x00\x00\x00\x00"# 1050 mov DWORD PTR ds:0x5006,0x0
+    b"\x0f\x01\x1c\x25\x00\x50\x00\x00"        # 105B lidt ds:0x5000
+    b"\xb0\x11"                                # 1063 mov al,0x11
+    b"\xe6\x20"                                # 1065 out 0x20,al
+    b"\xe6\xa0"                                # 1067 out 0xa0,al
+    b"\xb0\x20"                                # 1069 mov al,0x20
+    b"\xe6\x21"                                # 106B out 0x21,al
+    b"\xb0\x28"                                # 106D mov al,0x28
+    b"\xe6\xa1"                                # 106F out 0xa1,al
+    b"\xb0\x04"                                # 1071 mov al,0x4
+    b"\xe6\x21"                                # 1073 out 0x21,al
+    b"\xb0\x02"                                # 1075 mov al,0x2
+    b"\xe6\xa1"                                # 1077 out 0xa1,al
+    b"\xb0\x01"                                # 1079 mov al,0x1
+    b"\xe6\x21"                                # 107B out 0x21,al
+    b"\xe6\xa1"                                # 107D out 0xa1,al
+    b"\xb0\xfe"                                # 107F mov al,0xfe
+    b"\xe6\x21"                                # 1081 out 0x21,al
+    b"\xb0\xff"                                # 1083 mov al,0xff
+    b"\xe6\xa1"                                # 1085 out 0xa1,al
+    b"\xb0\x34"                                # 1087 mov al,0x34
+    b"\xe6\x43"                                # 1089 out 0x43,al
+    b"\xb0\x9c"                                # 108B mov al,0x9c
+    b"\xe6\x40"                                # 108D out 0x40,al
+    b"\xb0\x2e"                                # 108F mov al,0x2e
+    b"\xe6\x40"                                # 1091 out 0x40,al
+    b"\xfb"                                    # 1093 sti
+    b"\xf4"                                    # 1094 hlt
+    b"\x83\x3c\x25\x10\x50\x00\x00\x0a"        # 1095 cmp DWORD PTR ds:0x5010,0xa
+    b"\x72\xf5"                                # 109D jb 0x1094
+    b"\xfa"                                    # 109F cli
+    b"\x8b\x04\x25\x10\x50\x00\x00"            # 10A0 mov eax,DWORD PTR ds:0x5010
+    b"\xe7\x10"                                # 10A7 out 0x10,eax
+    b"\xf4"                                    # 10A9 hlt
+    b"\x50"                                    # 10AA push rax
+    b"\xff\x04\x25\x10\x50\x00\x00"            # 10AB inc DWORD PTR ds:0x5010
+    b"\x83\x3c\x25\x10\x50\x00\x00\x0a"        # 10B2 cmp DWORD PTR ds:0x5010,0xa
+    b"\x75\x04"                                # 10BA jne 0x10c0
+    b"\xb0\xff"                                # 10BC mov al,0xff
+    b"\xe6\x21"                                # 10BE out 0x21,al
+    b"\xb0\x20"                                # 10C0 mov al,0x20
+    b"\xe6\x20"                                # 10C2 out 0x20,al
+    b"\x58"                                    # 10C4 pop rax
+    b"\x48\xcf"                                # 10C5 iretq
+)
+
+# Masks both PICs, enables the LAPIC (SVR 0x1FF) and routes IOAPIC pin 5 to vector 0x45 (edge,
+# fixed, physical destination APIC 0), says it is ready, then `sti; hlt` until the ISR ran.
+# Host: long mode with the APIC window mapped, irqchip; after the ready exit it pulses GSI 5.
+# Exits: OUT 0x10 size 1 data 1 (ready); OUT 0x11 size 1 data 0x45 (the vector the ISR saw).
+IOAPIC_ROUTE = (
+    b"\xfa"                                      # 1000 cli
+    b"\x48\x8d\x05\xaa\x00\x00\x00"              # 1001 lea rax,[rip+0xaa] # 0x10b2
+    b"\x66\x89\x04\x25\x50\x34\x00\x00"          # 1008 mov WORD PTR ds:0x3450,ax
+    b"\x66\xc7\x04\x25\x52\x34\x00\x00\x08\x00"  # 1010 mov WORD PTR ds:0x3452,0x8
+    b"\x66\xc7\x04\x25\x54\x34\x00\x00\x00\x8e"  # 101A mov WORD PTR ds:0x3454,0x8e00
+    b"\x48\xc1\xe8\x10"                          # 1024 shr rax,0x10
+    b"\x66\x89\x04\x25\x56\x34\x00\x00"          # 1028 mov WORD PTR ds:0x3456,ax
+    b"\x48\xc1\xe8\x10"                          # 1030 shr rax,0x10
+    b"\x89\x04\x25\x58\x34\x00\x00"              # 1034 mov DWORD PTR ds:0x3458,eax
+    b"\x66\xc7\x04\x25\x00\x50\x00\x00\xff\x0f"  # 103B mov WORD PTR ds:0x5000,0xfff
+    b"\xc7\x04\x25\x02\x50\x00\x00\x00\x30\x00\x00"# 1045 mov DWORD PTR ds:0x5002,0x3000
+    b"\xc7\x04\x25\x06\x50\x00\x00\x00\x00\x00\x00"# 1050 mov DWORD PTR ds:0x5006,0x0
+    b"\x0f\x01\x1c\x25\x00\x50\x00\x00"          # 105B lidt ds:0x5000
+    b"\xb0\xff"                                  # 1063 mov al,0xff
+    b"\xe6\x21"                                  # 1065 out 0x21,al
+    b"\xe6\xa1"                                  # 1067 out 0xa1,al
+    b"\xbb\x00\x00\xe0\xfe"                      # 1069 mov ebx,0xfee00000
+    b"\xbe\x00\x00\xc0\xfe"                      # 106E mov esi,0xfec00000
+    b"\xc7\x83\xf0\x00\x00\x00\xff\x01\x00\x00"  # 1073 mov DWORD PTR [rbx+0xf0],0x1ff
+    b"\xc7\x06\x1a\x00\x00\x00"                  # 107D mov DWORD PTR [rsi],0x1a
+    b"\xc7\x46\x10\x45\x00\x00\x00"              # 1083 mov DWORD PTR [rsi+0x10],0x45
+    b"\xc7\x06\x1b\x00\x00\x00"                  # 108A mov DWORD PTR [rsi],0x1b
+    b"\xc7\x46\x10\x00\x00\x00\x00"              # 1090 mov DWORD PTR [rsi+0x10],0x0
+    b"\xb0\x01"                                  # 1097 mov al,0x1
+    b"\xe6\x10"                                  # 1099 out 0x10,al
+    b"\xfb"                                      # 109B sti
+    b"\xf4"                                      # 109C hlt
+    b"\x80\x3c\x25\x14\x50\x00\x00\x00"          # 109D cmp BYTE PTR ds:0x5014,0x0
+    b"\x74\xf5"                                  # 10A5 je 0x109c
+    b"\xfa"                                      # 10A7 cli
+    b"\x8a\x04\x25\x18\x50\x00\x00"              # 10A8 mov al,BYTE PTR ds:0x5018
+    b"\xe6\x11"                                  # 10AF out 0x11,al
+    b"\xf4"                                      # 10B1 hlt
+    b"\xc6\x04\x25\x14\x50\x00\x00\x01"          # 10B2 mov BYTE PTR ds:0x5014,0x1
+    b"\xc6\x04\x25\x18\x50\x00\x00\x45"          # 10BA mov BYTE PTR ds:0x5018,0x45
+    b"\xc7\x83\xb0\x00\x00\x00\x00\x00\x00\x00"  # 10C2 mov DWORD PTR [rbx+0xb0],0x0
+    b"\x48\xcf"                                  # 10CC iretq
+)
+
+# LAPIC timer, periodic: vector 0x40, divide by 1, initial count 1,000,000 (1 ms at KVM's 1 ns
+# bus cycle) until the ISR counted 5 ticks (the fifth masks and stops it); then one-shot (2 ms): after
+# its tick the current-count register reads 0 (a periodic timer would have reloaded).
+# Host: long mode with the APIC window mapped, irqchip.
+# Exits: OUT 0x10 size 4 data 5; OUT 0x11 size 4 data 0 (current count); OUT 0x10 size 4 data 1.
+LAPIC_TIMER = (
+    b"\xfa"                                      # 1000 cli
+    b"\x48\x8d\x05\xdc\x00\x00\x00"              # 1001 lea rax,[rip+0xdc] # 0x10e4
+    b"\x66\x89\x04\x25\x00\x34\x00\x00"          # 1008 mov WORD PTR ds:0x3400,ax
+    b"\x66\xc7\x04\x25\x02\x34\x00\x00\x08\x00"  # 1010 mov WORD PTR ds:0x3402,0x8
+    b"\x66\xc7\x04\x25\x04\x34\x00\x00\x00\x8e"  # 101A mov WORD PTR ds:0x3404,0x8e00
+    b"\x48\xc1\xe8\x10"                          # 1024 shr rax,0x10
+    b"\x66\x89\x04\x25\x06\x34\x00\x00"          # 1028 mov WORD PTR ds:0x3406,ax
+    b"\x48\xc1\xe8\x10"                          # 1030 shr rax,0x10
+    b"\x89\x04\x25\x08\x34\x00\x00"              # 1034 mov DWORD PTR ds:0x3408,eax
+    b"\x66\xc7\x04\x25\x00\x50\x00\x00\xff\x0f"  # 103B mov WORD PTR ds:0x5000,0xfff
+    b"\xc7\x04\x25\x02\x50\x00\x00\x00\x30\x00\x00"# 1045 mov DWORD PTR ds:0x5002,0x3000
+    b"\xc7\x04\x25\x06\x50\x00\x00\x00\x00\x00\x00"# 1050 mov DWORD PTR ds:0x5006,0x0
+    b"\x0f\x01\x1c\x25\x00\x50\x00\x00"          # 105B lidt ds:0x5000
+    b"\xbb\x00\x00\xe0\xfe"                      # 1063 mov ebx,0xfee00000
+    b"\xc7\x83\xf0\x00\x00\x00\xff\x01\x00\x00"  # 1068 mov DWORD PTR [rbx+0xf0],0x1ff
+    b"\xc7\x83\xe0\x03\x00\x00\x0b\x00\x00\x00"  # 1072 mov DWORD PTR [rbx+0x3e0],0xb
+    b"\xc7\x83\x20\x03\x00\x00\x40\x00\x02\x00"  # 107C mov DWORD PTR [rbx+0x320],0x20040
+    b"\xc7\x83\x80\x03\x00\x00\x40\x42\x0f\x00"  # 1086 mov DWORD PTR [rbx+0x380],0xf4240
+    b"\xfb"                                      # 1090 sti
+    b"\xf4"                                      # 1091 hlt
+    b"\x83\x3c\x25\x10\x50\x00\x00\x05"          # 1092 cmp DWORD PTR ds:0x5010,0x5
+    b"\x72\xf5"                                  # 109A jb 0x1091
+    b"\xfa"                                      # 109C cli
+    b"\x8b\x04\x25\x10\x50\x00\x00"              # 109D mov eax,DWORD PTR ds:0x5010
+    b"\xe7\x10"                                  # 10A4 out 0x10,eax
+    b"\xc7\x04\x25\x10\x50\x00\x00\x00\x00\x00\x00"# 10A6 mov DWORD PTR ds:0x5010,0x0
+    b"\xc7\x83\x20\x03\x00\x00\x40\x00\x00\x00"  # 10B1 mov DWORD PTR [rbx+0x320],0x40
+    b"\xc7\x83\x80\x03\x00\x00\x80\x84\x1e\x00"  # 10BB mov DWORD PTR [rbx+0x380],0x1e8480
+    b"\xfb"                                      # 10C5 sti
+    b"\xf4"                                      # 10C6 hlt
+    b"\x83\x3c\x25\x10\x50\x00\x00\x01"          # 10C7 cmp DWORD PTR ds:0x5010,0x1
+    b"\x72\xf5"                                  # 10CF jb 0x10c6
+    b"\xfa"                                      # 10D1 cli
+    b"\x8b\x83\x90\x03\x00\x00"                  # 10D2 mov eax,DWORD PTR [rbx+0x390]
+    b"\xe7\x11"                                  # 10D8 out 0x11,eax
+    b"\x8b\x04\x25\x10\x50\x00\x00"              # 10DA mov eax,DWORD PTR ds:0x5010
+    b"\xe7\x10"                                  # 10E1 out 0x10,eax
+    b"\xf4"                                      # 10E3 hlt
+    b"\xff\x04\x25\x10\x50\x00\x00"              # 10E4 inc DWORD PTR ds:0x5010
+    b"\x83\x3c\x25\x10\x50\x00\x00\x05"          # 10EB cmp DWORD PTR ds:0x5010,0x5
+    b"\x75\x14"                                  # 10F3 jne 0x1109
+    b"\xc7\x83\x20\x03\x00\x00\x40\x00\x01\x00"  # 10F5 mov DWORD PTR [rbx+0x320],0x10040
+    b"\xc7\x83\x80\x03\x00\x00\x00\x00\x00\x00"  # 10FF mov DWORD PTR [rbx+0x380],0x0
+    b"\xc7\x83\xb0\x00\x00\x00\x00\x00\x00\x00"  # 1109 mov DWORD PTR [rbx+0xb0],0x0
+    b"\x48\xcf"                                  # 1113 iretq
+)
+
+# IOAPIC pin 6 level-triggered to vector 0x46. While the host holds the line high, every EOI
+# re-delivers; the third ISR run asks the host to release it (OUT 0x14) before its EOI, and no
+# fourth interrupt comes. Then the count and the redirection entry (remote IRR, bit 14, clear).
+# Host: long mode, APIC window, irqchip; after OUT 0x10 it raises GSI 6; at OUT 0x14 lowers it.
+# Exits: OUT 0x10 data 1; OUT 0x14 data 3; OUT 0x11 size 4 data 3; OUT 0x12 size 4 data 0x8046.
+LEVEL_HELD = (
+    b"\xfa"                                      # 1000 cli
+    b"\x48\x8d\x05\xbe\x00\x00\x00"              # 1001 lea rax,[rip+0xbe] # 0x10c6
+    b"\x66\x89\x04\x25\x60\x34\x00\x00"          # 1008 mov WORD PTR ds:0x3460,ax
+    b"\x66\xc7\x04\x25\x62\x34\x00\x00\x08\x00"  # 1010 mov WORD PTR ds:0x3462,0x8
+    b"\x66\xc7\x04\x25\x64\x34\x00\x00\x00\x8e"  # 101A mov WORD PTR ds:0x3464,0x8e00
+    b"\x48\xc1\xe8\x10"                          # 1024 shr rax,0x10
+    b"\x66\x89\x04\x25\x66\x34\x00\x00"          # 1028 mov WORD PTR ds:0x3466,ax
+    b"\x48\xc1\xe8\x10"                          # 1030 shr rax,0x10
+    b"\x89\x04\x25\x68\x34\x00\x00"              # 1034 mov DWORD PTR ds:0x3468,eax
+    b"\x66\xc7\x04\x25\x00\x50\x00\x00\xff\x0f"  # 103B mov WORD PTR ds:0x5000,0xfff
+    b"\xc7\x04\x25\x02\x50\x00\x00\x00\x30\x00\x00"# 1045 mov DWORD PTR ds:0x5002,0x3000
+    b"\xc7\x04\x25\x06\x50\x00\x00\x00\x00\x00\x00"# 1050 mov DWORD PTR ds:0x5006,0x0
+    b"\x0f\x01\x1c\x25\x00\x50\x00\x00"          # 105B lidt ds:0x5000
+    b"\xb0\xff"                                  # 1063 mov al,0xff
+    b"\xe6\x21"                                  # 1065 out 0x21,al
+    b"\xe6\xa1"                                  # 1067 out 0xa1,al
+    b"\xbb\x00\x00\xe0\xfe"                      # 1069 mov ebx,0xfee00000
+    b"\xbe\x00\x00\xc0\xfe"                      # 106E mov esi,0xfec00000
+    b"\xc7\x83\xf0\x00\x00\x00\xff\x01\x00\x00"  # 1073 mov DWORD PTR [rbx+0xf0],0x1ff
+    b"\xc7\x06\x1c\x00\x00\x00"                  # 107D mov DWORD PTR [rsi],0x1c
+    b"\xc7\x46\x10\x46\x80\x00\x00"              # 1083 mov DWORD PTR [rsi+0x10],0x8046
+    b"\xc7\x06\x1d\x00\x00\x00"                  # 108A mov DWORD PTR [rsi],0x1d
+    b"\xc7\x46\x10\x00\x00\x00\x00"              # 1090 mov DWORD PTR [rsi+0x10],0x0
+    b"\xb0\x01"                                  # 1097 mov al,0x1
+    b"\xe6\x10"                                  # 1099 out 0x10,al
+    b"\xfb"                                      # 109B sti
+    b"\xf4"                                      # 109C hlt
+    b"\x83\x3c\x25\x10\x50\x00\x00\x03"          # 109D cmp DWORD PTR ds:0x5010,0x3
+    b"\x72\xf5"                                  # 10A5 jb 0x109c
+    b"\xb9\xe8\x03\x00\x00"                      # 10A7 mov ecx,0x3e8
+    b"\xff\xc9"                                  # 10AC dec ecx
+    b"\x75\xfc"                                  # 10AE jne 0x10ac
+    b"\xfa"                                      # 10B0 cli
+    b"\x8b\x04\x25\x10\x50\x00\x00"              # 10B1 mov eax,DWORD PTR ds:0x5010
+    b"\xe7\x11"                                  # 10B8 out 0x11,eax
+    b"\xc7\x06\x1c\x00\x00\x00"                  # 10BA mov DWORD PTR [rsi],0x1c
+    b"\x8b\x46\x10"                              # 10C0 mov eax,DWORD PTR [rsi+0x10]
+    b"\xe7\x12"                                  # 10C3 out 0x12,eax
+    b"\xf4"                                      # 10C5 hlt
+    b"\xff\x04\x25\x10\x50\x00\x00"              # 10C6 inc DWORD PTR ds:0x5010
+    b"\x83\x3c\x25\x10\x50\x00\x00\x03"          # 10CD cmp DWORD PTR ds:0x5010,0x3
+    b"\x75\x04"                                  # 10D5 jne 0x10db
+    b"\xb0\x03"                                  # 10D7 mov al,0x3
+    b"\xe6\x14"                                  # 10D9 out 0x14,al
+    b"\xc7\x83\xb0\x00\x00\x00\x00\x00\x00\x00"  # 10DB mov DWORD PTR [rbx+0xb0],0x0
+    b"\x48\xcf"                                  # 10E5 iretq
+)
+
+# IOAPIC pin 7 edge to vector 0x47, then `sti; hlt`: with an irqchip HLT sleeps inside run()
+# until the host (from another thread) pulses GSI 7; the ISR records 0x47.
+# Host: long mode, APIC window, irqchip.
+# Exits: OUT 0x10 data 1 (ready); then, only after GSI 7 was pulsed, OUT 0x11 size 1 data 0x47.
+HLT_WAKE = (
+    b"\xfa"                                      # 1000 cli
+    b"\x48\x8d\x05\xa0\x00\x00\x00"              # 1001 lea rax,[rip+0xa0] # 0x10a8
+    b"\x66\x89\x04\x25\x70\x34\x00\x00"          # 1008 mov WORD PTR ds:0x3470,ax
+    b"\x66\xc7\x04\x25\x72\x34\x00\x00\x08\x00"  # 1010 mov WORD PTR ds:0x3472,0x8
+    b"\x66\xc7\x04\x25\x74\x34\x00\x00\x00\x8e"  # 101A mov WORD PTR ds:0x3474,0x8e00
+    b"\x48\xc1\xe8\x10"                          # 1024 shr rax,0x10
+    b"\x66\x89\x04\x25\x76\x34\x00\x00"          # 1028 mov WORD PTR ds:0x3476,ax
+    b"\x48\xc1\xe8\x10"                          # 1030 shr rax,0x10
+    b"\x89\x04\x25\x78\x34\x00\x00"              # 1034 mov DWORD PTR ds:0x3478,eax
+    b"\x66\xc7\x04\x25\x00\x50\x00\x00\xff\x0f"  # 103B mov WORD PTR ds:0x5000,0xfff
+    b"\xc7\x04\x25\x02\x50\x00\x00\x00\x30\x00\x00"# 1045 mov DWORD PTR ds:0x5002,0x3000
+    b"\xc7\x04\x25\x06\x50\x00\x00\x00\x00\x00\x00"# 1050 mov DWORD PTR ds:0x5006,0x0
+    b"\x0f\x01\x1c\x25\x00\x50\x00\x00"          # 105B lidt ds:0x5000
+    b"\xb0\xff"                                  # 1063 mov al,0xff
+    b"\xe6\x21"                                  # 1065 out 0x21,al
+    b"\xe6\xa1"                                  # 1067 out 0xa1,al
+    b"\xbb\x00\x00\xe0\xfe"                      # 1069 mov ebx,0xfee00000
+    b"\xbe\x00\x00\xc0\xfe"                      # 106E mov esi,0xfec00000
+    b"\xc7\x83\xf0\x00\x00\x00\xff\x01\x00\x00"  # 1073 mov DWORD PTR [rbx+0xf0],0x1ff
+    b"\xc7\x06\x1e\x00\x00\x00"                  # 107D mov DWORD PTR [rsi],0x1e
+    b"\xc7\x46\x10\x47\x00\x00\x00"              # 1083 mov DWORD PTR [rsi+0x10],0x47
+    b"\xc7\x06\x1f\x00\x00\x00"                  # 108A mov DWORD PTR [rsi],0x1f
+    b"\xc7\x46\x10\x00\x00\x00\x00"              # 1090 mov DWORD PTR [rsi+0x10],0x0
+    b"\xb0\x01"                                  # 1097 mov al,0x1
+    b"\xe6\x10"                                  # 1099 out 0x10,al
+    b"\xfb"                                      # 109B sti
+    b"\xf4"                                      # 109C hlt
+    b"\xfa"                                      # 109D cli
+    b"\x8a\x04\x25\x14\x50\x00\x00"              # 109E mov al,BYTE PTR ds:0x5014
+    b"\xe6\x11"                                  # 10A5 out 0x11,al
+    b"\xf4"                                      # 10A7 hlt
+    b"\xc6\x04\x25\x14\x50\x00\x00\x47"          # 10A8 mov BYTE PTR ds:0x5014,0x47
+    b"\xc7\x83\xb0\x00\x00\x00\x00\x00\x00\x00"  # 10B0 mov DWORD PTR [rbx+0xb0],0x0
+    b"\x48\xcf"                                  # 10BA iretq
+)
+
+# Two vCPUs. vCPU 1 starts at `ap` (RSP 0x7000, mp_state set RUNNABLE by the host), reports its
+# APIC ID register (OUT 0x15: 0x01000000), enables its LAPIC, flags 0x501C and sleeps in HLT;
+# vCPU 0 waits for the flag, then sends a fixed IPI, vector 0x50, to APIC 1 through the ICR.
+# Exits on vCPU 0: OUT 0x10 data 0x10 (sent). On vCPU 1: OUT 0x15 size 4 data 0x01000000, then
+# OUT 0x12 data 0x50 (the vector its ISR saw).
+IPI = (
+    b"\xfa"                                      # 1000 cli
+    b"\x48\x8d\x05\xeb\x00\x00\x00"              # 1001 lea rax,[rip+0xeb] # 0x10f3
+    b"\x66\x89\x04\x25\x00\x35\x00\x00"          # 1008 mov WORD PTR ds:0x3500,ax
+    b"\x66\xc7\x04\x25\x02\x35\x00\x00\x08\x00"  # 1010 mov WORD PTR ds:0x3502,0x8
+    b"\x66\xc7\x04\x25\x04\x35\x00\x00\x00\x8e"  # 101A mov WORD PTR ds:0x3504,0x8e00
+    b"\x48\xc1\xe8\x10"                          # 1024 shr rax,0x10
+    b"\x66\x89\x04\x25\x06\x35\x00\x00"          # 1028 mov WORD PTR ds:0x3506,ax
+    b"\x48\xc1\xe8\x10"                          # 1030 shr rax,0x10
+    b"\x89\x04\x25\x08\x35\x00\x00"              # 1034 mov DWORD PTR ds:0x3508,eax
+    b"\x66\xc7\x04\x25\x00\x50\x00\x00\xff\x0f"  # 103B mov WORD PTR ds:0x5000,0xfff
+    b"\xc7\x04\x25\x02\x50\x00\x00\x00\x30\x00\x00"# 1045 mov DWORD PTR ds:0x5002,0x3000
+    b"\xc7\x04\x25\x06\x50\x00\x00\x00\x00\x00\x00"# 1050 mov DWORD PTR ds:0x5006,0x0
+    b"\x0f\x01\x1c\x25\x00\x50\x00\x00"          # 105B lidt ds:0x5000
+    b"\xbb\x00\x00\xe0\xfe"                      # 1063 mov ebx,0xfee00000
+    b"\xc7\x83\xf0\x00\x00\x00\xff\x01\x00\x00"  # 1068 mov DWORD PTR [rbx+0xf0],0x1ff
+    b"\xf3\x90"                                  # 1072 pause
+    b"\x80\x3c\x25\x1c\x50\x00\x00\x00"          # 1074 cmp BYTE PTR ds:0x501c,0x0
+    b"\x74\xf4"                                  # 107C je 0x1072
+    b"\xc7\x83\x10\x03\x00\x00\x00\x00\x00\x01"  # 107E mov DWORD PTR [rbx+0x310],0x1000000
+    b"\xc7\x83\x00\x03\x00\x00\x50\x00\x00\x00"  # 1088 mov DWORD PTR [rbx+0x300],0x50
+    b"\xb0\x10"                                  # 1092 mov al,0x10
+    b"\xe6\x10"                                  # 1094 out 0x10,al
+    b"\xf4"                                      # 1096 hlt
+    b"\xfa"                                      # 1097 cli
+    b"\x66\xc7\x04\x25\x00\x50\x00\x00\xff\x0f"  # 1098 mov WORD PTR ds:0x5000,0xfff
+    b"\xc7\x04\x25\x02\x50\x00\x00\x00\x30\x00\x00"# 10A2 mov DWORD PTR ds:0x5002,0x3000
+    b"\xc7\x04\x25\x06\x50\x00\x00\x00\x00\x00\x00"# 10AD mov DWORD PTR ds:0x5006,0x0
+    b"\x0f\x01\x1c\x25\x00\x50\x00\x00"          # 10B8 lidt ds:0x5000
+    b"\xbb\x00\x00\xe0\xfe"                      # 10C0 mov ebx,0xfee00000
+    b"\xc7\x83\xf0\x00\x00\x00\xff\x01\x00\x00"  # 10C5 mov DWORD PTR [rbx+0xf0],0x1ff
+    b"\x8b\x43\x20"                              # 10CF mov eax,DWORD PTR [rbx+0x20]
+    b"\xe7\x15"                                  # 10D2 out 0x15,eax
+    b"\xc6\x04\x25\x1c\x50\x00\x00\x01"          # 10D4 mov BYTE PTR ds:0x501c,0x1
+    b"\xfb"                                      # 10DC sti
+    b"\xf4"                                      # 10DD hlt
+    b"\x80\x3c\x25\x14\x50\x00\x00\x00"          # 10DE cmp BYTE PTR ds:0x5014,0x0
+    b"\x74\xf5"                                  # 10E6 je 0x10dd
+    b"\xfa"                                      # 10E8 cli
+    b"\x8a\x04\x25\x18\x50\x00\x00"              # 10E9 mov al,BYTE PTR ds:0x5018
+    b"\xe6\x12"                                  # 10F0 out 0x12,al
+    b"\xf4"                                      # 10F2 hlt
+    b"\xc6\x04\x25\x14\x50\x00\x00\x01"          # 10F3 mov BYTE PTR ds:0x5014,0x1
+    b"\xc6\x04\x25\x18\x50\x00\x00\x50"          # 10FB mov BYTE PTR ds:0x5018,0x50
+    b"\xc7\x83\xb0\x00\x00\x00\x00\x00\x00\x00"  # 1103 mov DWORD PTR [rbx+0xb0],0x0
+    b"\x48\xcf"                                  # 110D iretq
+)
+
+# vCPU 0 sends INIT, then a STARTUP IPI with vector 0x0E to APIC 1, and reports (OUT 0x10).
+# vCPU 1 (created with the irqchip, so UNINITIALIZED) sleeps in run() until INIT and SIPI, then
+# starts in real mode at 0x0E00:0000, where the host put SIPI_TRAMPOLINE.
+# Exits on vCPU 0: OUT 0x10 data 0x10.
+INIT_SIPI = (
+    b"\xfa"                                      # 1000 cli
+    b"\xbb\x00\x00\xe0\xfe"                      # 1001 mov ebx,0xfee00000
+    b"\xc7\x83\xf0\x00\x00\x00\xff\x01\x00\x00"  # 1006 mov DWORD PTR [rbx+0xf0],0x1ff
+    b"\xc7\x83\x10\x03\x00\x00\x00\x00\x00\x01"  # 1010 mov DWORD PTR [rbx+0x310],0x1000000
+    b"\xc7\x83\x00\x03\x00\x00\x00\x45\x00\x00"  # 101A mov DWORD PTR [rbx+0x300],0x4500
+    b"\xc7\x83\x10\x03\x00\x00\x00\x00\x00\x01"  # 1024 mov DWORD PTR [rbx+0x310],0x1000000
+    b"\xc7\x83\x00\x03\x00\x00\x0e\x46\x00\x00"  # 102E mov DWORD PTR [rbx+0x300],0x460e
+    b"\xb0\x10"                                  # 1038 mov al,0x10
+    b"\xe6\x10"                                  # 103A out 0x10,al
+    b"\xf4"                                      # 103C hlt
+)
+
+# Real-mode code at 0xE000 (SIPI vector 0x0E): reports CS (OUT 0x13 size 2: 0x0E00), then 0x5A.
+# Exits: OUT 0x13 size 2 data 0x0E00; OUT 0x13 size 1 data 0x5A.
+SIPI_TRAMPOLINE = (
+    b"\xfa"      # 0000 cli
+    b"\x8c\xc8"  # 0001 mov ax,cs
+    b"\xe7\x13"  # 0003 out 0x13,ax
+    b"\xb0\x5a"  # 0005 mov al,0x5a
+    b"\xe6\x13"  # 0007 out 0x13,al
+    b"\xf4"      # 0009 hlt
+)

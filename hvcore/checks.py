@@ -104,10 +104,14 @@ def check_pit_state(state: PitState, operation: str) -> None:
     if not isinstance(state, PitState) or len(state.channels) != 3:
         raise InvalidArgument("the PIT state is a PitState with three channels", operation=operation)
     for i, channel in enumerate(state.channels):
-        if not 0 <= channel.count <= 0x10000 or not (0 <= channel.mode <= 5 or channel.mode == 0xFF) or not 0 <= channel.rw_mode <= 3:
+        if (
+            not 0 <= channel.count <= 0x10000
+            or not (0 <= channel.mode <= 5 or channel.mode == 0xFF)
+            or not 0 <= channel.rw_mode <= 3
+        ):
             raise InvalidArgument(
-                f"PIT channel {i}: count {channel.count} (0..65536), mode {channel.mode} (0..5, or 0xff: never programmed) or rw_mode "
-                f"{channel.rw_mode} (0..3) out of range",
+                f"PIT channel {i}: count {channel.count} (0..65536), mode {channel.mode} "
+                f"(0..5, or 0xff: never programmed) or rw_mode {channel.rw_mode} (0..3) out of range",
                 operation=operation,
             )
 

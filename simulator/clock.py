@@ -38,6 +38,10 @@ class Clock(Protocol):
         """Every vCPU sleeps until ``nanoseconds``: a virtual clock jumps there, a host clock ignores it."""
         ...
 
+    def instructions_until(self, nanoseconds: int) -> int:
+        """How many guest instructions may run before ``nanoseconds`` (virtual clocks only bound it)."""
+        ...
+
 
 class HostClock:
     """The host's monotonic clock, as KVM's VM clock."""
@@ -60,6 +64,10 @@ class HostClock:
 
     def idle_until(self, nanoseconds: int) -> None:
         """Host time does not jump."""
+
+    def instructions_until(self, nanoseconds: int) -> int:
+        """Unbounded: host time does not depend on instructions (the run loop checks timers per slice)."""
+        return 1 << 62
 
     def __repr__(self) -> str:
         return f"HostClock(now={self.now()})"

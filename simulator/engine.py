@@ -149,6 +149,7 @@ class Engine:
         )
         self.RIP: Final = x.UC_X86_REG_RIP
         self.RAX: Final = x.UC_X86_REG_RAX
+        self.RDX: Final = x.UC_X86_REG_RDX
         self.RFLAGS: Final = x.UC_X86_REG_RFLAGS
         self.CR0: Final = x.UC_X86_REG_CR0
         self.RSP: Final = x.UC_X86_REG_RSP

@@ -70,6 +70,8 @@ _HLT = HltExit()
 _SHUTDOWN = ShutdownExit()
 _WINDOW = IrqWindowOpenExit()
 _BLOCKED_STEPS = 256  # single steps while an interrupt waits for IF, before running on in bursts this long
+_CR0_ET, _CR0_CD_NW = 0x10, 0x60000000
+_RESET_RDX = 0x600  # KVM's CPU signature when the VMM set no CPUID
 _IDLE_POLL = 0.05  # seconds: a sleeping vCPU looks again at least this often
 
 
@@ -79,7 +81,13 @@ def _completed(exit_: Exit) -> bool:
 
 
 _NO_LAPIC = "there is no in-kernel LAPIC: call vm.create_irqchip() before creating vCPUs"
-_SETTABLE_MP_STATES = (MpState.RUNNABLE, MpState.UNINITIALIZED, MpState.INIT_RECEIVED, MpState.HALTED, MpState.SIPI_RECEIVED)
+_SETTABLE_MP_STATES = (
+    MpState.RUNNABLE,
+    MpState.UNINITIALIZED,
+    MpState.INIT_RECEIVED,
+    MpState.HALTED,
+    MpState.SIPI_RECEIVED,
+)
 
 
 class SimVCPU(Closeable):
@@ -296,8 +304,16 @@ class SimVCPU(Closeable):
         return count
 
     def _init(self, engine: Engine) -> None:
-        """INIT: KVM's ``kvm_vcpu_reset(init_event)``; an application processor then waits for SIPI."""
+        """INIT: KVM's ``kvm_vcpu_reset(init_event)``; an application processor then waits for SIPI.
+
+        As KVM, INIT keeps CR0.CD/NW and loads RDX with the CPU signature (CPUID.1:EAX) the VMM set.
+        """
+        cache_bits = engine.reg(engine.CR0) & _CR0_CD_NW
         engine.reset()
+        sregs = engine.get_sregs(apic_base=self._state.apic_base, interrupt_bitmap=(0, 0, 0, 0), cr8=0)
+        engine.set_sregs(replace(sregs, cr0=_CR0_ET | cache_bits))
+        signature = next((e.eax for e in self._state.cpuid if e.function == 1), _RESET_RDX)
+        engine.set_reg(engine.RDX, signature)
         self._queued_interrupt = None
         self._nmi_pending = False
         self._mp_state = MpState.RUNNABLE if self._id == 0 else MpState.INIT_RECEIVED

@@ -10,7 +10,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hvcore.caps import Capability
-from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, StateError, Unsupported
+from hvcore.checks import MAX_GSI, check_gsi_routes, check_msi, check_pit_state
+from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, StateError
 from hvcore.lifetime import Closeable
 from hvcore.memory import MemorySlot, SlotChange, SlotOwner, SlotTable
 from hvcore.types import (
@@ -23,12 +24,11 @@ from hvcore.types import (
     Sregs,
     Translation,
 )
-from hvcore.checks import MAX_GSI, check_gsi_routes, check_msi, check_pit_state
 from simulator import delivery, mmu
 from simulator.clock import Clock, HostClock
-from simulator.irqchip.chip import Irqchip
 from simulator.engine import CpuView, Engine
 from simulator.execlock import ExecLock
+from simulator.irqchip.chip import Irqchip
 from simulator.memory import DirtyLog as DirtyPages
 from simulator.memory import map_layout
 from simulator.vcpu import SimVCPU
@@ -241,7 +241,9 @@ class SimVM(SlotOwner, Closeable):
     def _chip(self, operation: str, errno: int = _errno.ENXIO) -> Irqchip:
         self._live()
         if self.irqchip is None:
-            raise NotFound(f"{operation}: there is no irqchip; call create_irqchip() first", errno=errno, operation=operation)
+            raise NotFound(
+                f"{operation}: there is no irqchip; call create_irqchip() first", errno=errno, operation=operation
+            )
         return self.irqchip
 
     def irq_line(self, irq: int, level: bool) -> int:
@@ -281,7 +283,9 @@ class SimVM(SlotOwner, Closeable):
         check_msi(address, data, "signal_msi")
         self._live()
         if self.irqchip is None:  # KVM: EINVAL, not ENXIO, for this one
-            raise InvalidArgument("signal_msi: there is no irqchip; call create_irqchip() first", operation="signal_msi")
+            raise InvalidArgument(
+                "signal_msi: there is no irqchip; call create_irqchip() first", operation="signal_msi"
+            )
         return self.irqchip.signal_msi(address, data)
 
     def set_gsi_routing(self, routes: Sequence[GsiRoute]) -> None:

@@ -23,9 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-import pytest
-
-from hvcore import VM, Capability, DebugExit, Hypervisor, InternalErrorExit, IoExit, Unsupported
+from hvcore import VM, Capability, DebugExit, Hypervisor, InternalErrorExit, IoExit
 from tests.guests import layout
 
 if TYPE_CHECKING:

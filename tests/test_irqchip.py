@@ -169,7 +169,7 @@ def test_pic_and_ioapic_state_round_trip(hv: Hypervisor, vm: VM) -> None:
         assert vm.get_irqchip(chip) == state
     ioapic = vm.get_irqchip(IrqchipId.IOAPIC)
     assert isinstance(ioapic, hvcore.IoapicState)
-    vm.set_irqchip(IrqchipId.IOAPIC, replace(ioapic, redirtbl=(ioapic.redirtbl[:5] + (1 << 16,) + ioapic.redirtbl[6:])))
+    vm.set_irqchip(IrqchipId.IOAPIC, replace(ioapic, redirtbl=((*ioapic.redirtbl[:5], 1 << 16, *ioapic.redirtbl[6:]))))
     assert vm.irq_line(5, True) == -1  # the pin is masked now: nobody takes it
     vm.irq_line(5, False)
 
@@ -193,7 +193,9 @@ def test_pit_state_round_trip(hv: Hypervisor, vm: VM) -> None:
     vm.create_pit()
     state = vm.get_pit()
     assert [c.mode for c in state.channels] == [0xFF, 0xFF, 0xFF]  # never programmed, as KVM resets it
-    programmed = replace(state, channels=(replace(state.channels[0], mode=2, count=1000, rw_mode=3),) + state.channels[1:])
+    programmed = replace(
+        state, channels=(replace(state.channels[0], mode=2, count=1000, rw_mode=3), *state.channels[1:])
+    )
     vm.set_pit(programmed)
     got = vm.get_pit().channels[0]
     assert (got.mode, got.count, got.rw_mode) == (2, 1000, 3)

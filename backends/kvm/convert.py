@@ -280,7 +280,7 @@ def routing_to_kvm(routes: Sequence[GsiRoute]) -> uapi.KvmIrqRouting:
     """GSI routes -> ``struct kvm_irq_routing`` with its entries."""
     raw = uapi.irq_routing_with(len(routes))()
     raw.nr = len(routes)
-    for route, entry in zip(routes, raw.entries, strict=True):  # type: ignore[attr-defined]
+    for route, entry in zip(routes, raw.entries, strict=True):
         entry.gsi = route.gsi
         if isinstance(route, IrqchipRoute):
             entry.type = _ROUTE_IRQCHIP

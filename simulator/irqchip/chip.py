@@ -295,4 +295,3 @@ class Irqchip:
                 raise NotFound("there is no PIT; call create_pit() first", operation="set_pit")
             self.pit.set_state(state)
             self.changed.notify_all()
-

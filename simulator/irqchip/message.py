@@ -49,7 +49,7 @@ class InterruptMessage:
 
     @classmethod
     def from_msi(cls, address: int, data: int) -> InterruptMessage:
-        """Decode an x86 MSI: address 0xfeeXXXXX (destination id bits 19:12, logical bit 2), data (vector, mode, trigger)."""
+        """Decode an x86 MSI: address 0xfeeXXXXX (destination bits 19:12, logical bit 2), data (vector, mode)."""
         return cls(
             vector=data & 0xFF,
             delivery_mode=DeliveryMode((data >> 8) & 7) if (data >> 8) & 7 != 3 else DeliveryMode.FIXED,

@@ -8,6 +8,7 @@ from tests.conformance import (
     cases_events,
     cases_faults,
     cases_io,
+    cases_irqchip,
     cases_machine,
     cases_mmio,
     cases_vcpus,
@@ -22,6 +23,7 @@ CORPUS: tuple[Case, ...] = (
     *cases_control.CASES,
     *cases_machine.CASES,
     *cases_vcpus.CASES,
+    *cases_irqchip.CASES,
 )
 """Every conformance case, by area."""
 
@@ -60,6 +62,14 @@ REQUIRED_FEATURES = frozenset(
         "paging",
         "multi-vcpu",
         "kick",
+        "pic",
+        "pit",
+        "ioapic",
+        "level-irq",
+        "lapic-timer",
+        "ipi",
+        "init-sipi",
+        "hlt-sleep",
     }
 )
 """What the issue asks the corpus to exercise (``Case.covers`` tags)."""

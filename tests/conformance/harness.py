@@ -329,6 +329,10 @@ class Case:
     memory: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     vcpus: int = 1
     threads: bool = False
+    irqchip: bool = False
+    """Create the in-kernel irqchip before the vCPUs."""
+    pit: bool = False
+    """Create the PIT too (after the irqchip)."""
     quirks: tuple[str, ...] = ()
     variants: Mapping[str, Effect] = field(default_factory=dict)
     covers: frozenset[str] = frozenset()
@@ -457,6 +461,10 @@ def run_case(hv: Hypervisor, case: Case, wrap: Callable[[VM, VCPU], VCPU] | None
         host.owned = owned
         for spec in case.slots:
             host.add_slot(spec)
+        if case.irqchip:
+            vm.create_irqchip()
+        if case.pit:
+            vm.create_pit()
         host.vcpus = [vm.create_vcpu(i) for i in range(case.vcpus)]
         if wrap is not None:
             host.vcpus = [wrap(vm, vcpu) for vcpu in host.vcpus]

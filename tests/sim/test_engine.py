@@ -90,7 +90,10 @@ def test_gaps_cover_everything_outside_the_slots() -> None:
         assert _gaps(taken) == [(0x20000, 0xFFFF0000 - 0x20000), (1 << 32, PHYSICAL_LIMIT - (1 << 32))]
         assert _gaps([]) == [(0, PHYSICAL_LIMIT)]
         lapic = (0xFEE00000, 0xFEE01000)  # a device page carved out of a gap
-        assert _gaps([*taken, lapic])[1:3] == [(0xFEE01000, 0xFFFF0000 - 0xFEE01000), (1 << 32, PHYSICAL_LIMIT - (1 << 32))]
+        assert _gaps([*taken, lapic])[1:3] == [
+            (0xFEE01000, 0xFFFF0000 - 0xFEE01000),
+            (1 << 32, PHYSICAL_LIMIT - (1 << 32)),
+        ]
 
 
 def test_dirty_log_bitmap_is_kvm_shaped_and_clears() -> None:

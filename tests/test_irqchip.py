@@ -274,3 +274,9 @@ def test_irqchip_state_moves_between_backends(source: str, target: str) -> None:
             assert vm.irq_line(5, True) == 1  # the route the guest wrote on the other backend
             vm.irq_line(5, False)
             assert run_until_out(vcpu) == out(0x11, 0x45)
+
+
+def test_pit_through_the_ioapic_keeps_ticking(hv: Hypervisor, vm: VM) -> None:
+    """Each tick waits for the EOI of the one before (reinjection); the EOI at the LAPIC must reach the PIT."""
+    vcpu = start(hv, vm, guests.PIT_IOAPIC_TICKS, pit=True)
+    assert run_until_out(vcpu) == out(0x10, 5, 4)

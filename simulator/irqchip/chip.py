@@ -76,6 +76,7 @@ class Irqchip:
         """The LAPIC of a new vCPU (APIC id = vCPU id; vCPU 0 is the bootstrap processor)."""
         with self.lock:
             lapic = LocalApic(vcpu_id, self.clock, self.deliver, self.ioapic.eoi)
+            lapic.edge_eoi = self._edge_eoi
             lapic.reset(bsp=vcpu_id == 0)
             self.lapics[vcpu_id] = lapic
             return lapic
@@ -210,6 +211,19 @@ class Irqchip:
     def _pic_acked(self, irq: int) -> None:
         if irq == 0 and self.pit is not None:
             self.pit.acked()
+
+    def _edge_eoi(self, vector: int) -> None:
+        """An edge vector was EOI'd: if an IOAPIC pin that GSI 0 reaches carries it, the PIT's tick was acked."""
+        if self.pit is None:
+            return
+        for route in self._routes.get(0, ()):
+            if (
+                isinstance(route, IrqchipRoute)
+                and route.chip is IrqchipId.IOAPIC
+                and self.ioapic.get_state().redirtbl[route.pin] & 0xFF == vector
+            ):
+                self.pit.acked()
+                return
 
     def _pic_masked(self, irq: int, masked: bool) -> None:
         if irq == 0 and self.pit is not None:

@@ -159,6 +159,8 @@ class LocalApic:
         self._clock = clock
         self._send = send
         self._eoi_broadcast = eoi_broadcast
+        self.edge_eoi: Callable[[int], None] | None = None
+        """Told of each EOI of an edge-triggered vector (KVM's ack notifiers for edge IOAPIC pins: the PIT's)."""
         self._timer_mode_mask = (3 << 17) if tsc_deadline else (1 << 17)
         self._regs = bytearray(_PAGE_SIZE)
         self._apic_base = APIC_BASE_ENABLE  # as kvm_create_lapic, before the reset below
@@ -380,8 +382,11 @@ class LocalApic:
             return
         self._set_vector(APIC_ISR, vector, False)
         self._update_ppr()
-        if self._test_vector(APIC_TMR, vector) and not self._get(APIC_SPIV) & SPIV_DIRECTED_EOI:
-            self._eoi_broadcast(vector)
+        if self._test_vector(APIC_TMR, vector):
+            if not self._get(APIC_SPIV) & SPIV_DIRECTED_EOI:
+                self._eoi_broadcast(vector)
+        elif self.edge_eoi is not None:
+            self.edge_eoi(vector)
 
     def _send_ipi(self, low: int, high: int) -> None:
         mode = (low >> 8) & 7

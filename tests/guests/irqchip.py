@@ -82,6 +82,59 @@ PIC_PIT_TICKS = (
     b"\x48\xcf"                                # 10C5 iretq
 )
 
+# The PIT at 100 Hz reaching the CPU through IOAPIC pin 0 (vector 0x30, both PICs masked), as an
+# APIC-based guest wires it: five ticks, each EOI'd at the LAPIC (the fifth masks the pin). KVM
+# reinjects a missed PIT tick only after the previous one was acknowledged, so the IOAPIC path has
+# to report those edge EOIs back to the PIT.
+# Host: long mode with the APIC window mapped, irqchip and PIT.
+# Exits: OUT 0x10 size 4 data 5.
+PIT_IOAPIC_TICKS = (
+    b"\xfa"                                      # 1000 cli
+    b"\x48\x8d\x05\xb2\x00\x00\x00"              # 1001 lea rax,[rip+0xb2] # 0x10ba
+    b"\x66\x89\x04\x25\x00\x33\x00\x00"          # 1008 mov WORD PTR ds:0x3300,ax
+    b"\x66\xc7\x04\x25\x02\x33\x00\x00\x08\x00"  # 1010 mov WORD PTR ds:0x3302,0x8
+    b"\x66\xc7\x04\x25\x04\x33\x00\x00\x00\x8e"  # 101A mov WORD PTR ds:0x3304,0x8e00
+    b"\x48\xc1\xe8\x10"                          # 1024 shr rax,0x10
+    b"\x66\x89\x04\x25\x06\x33\x00\x00"          # 1028 mov WORD PTR ds:0x3306,ax
+    b"\x48\xc1\xe8\x10"                          # 1030 shr rax,0x10
+    b"\x89\x04\x25\x08\x33\x00\x00"              # 1034 mov DWORD PTR ds:0x3308,eax
+    b"\x66\xc7\x04\x25\x00\x50\x00\x00\xff\x0f"  # 103B mov WORD PTR ds:0x5000,0xfff
+    b"\xc7\x04\x25\x02\x50\x00\x00\x00\x30\x00\x00"# 1045 mov DWORD PTR ds:0x5002,0x3000
+    b"\xc7\x04\x25\x06\x50\x00\x00\x00\x00\x00\x00"# 1050 mov DWORD PTR ds:0x5006,0x0
+    b"\x0f\x01\x1c\x25\x00\x50\x00\x00"          # 105B lidt ds:0x5000
+    b"\xb0\xff"                                  # 1063 mov al,0xff
+    b"\xe6\x21"                                  # 1065 out 0x21,al
+    b"\xe6\xa1"                                  # 1067 out 0xa1,al
+    b"\xbb\x00\x00\xe0\xfe"                      # 1069 mov ebx,0xfee00000
+    b"\xbe\x00\x00\xc0\xfe"                      # 106E mov esi,0xfec00000
+    b"\xc7\x83\xf0\x00\x00\x00\xff\x01\x00\x00"  # 1073 mov DWORD PTR [rbx+0xf0],0x1ff
+    b"\xc7\x06\x10\x00\x00\x00"                  # 107D mov DWORD PTR [rsi],0x10
+    b"\xc7\x46\x10\x30\x00\x00\x00"              # 1083 mov DWORD PTR [rsi+0x10],0x30
+    b"\xc7\x06\x11\x00\x00\x00"                  # 108A mov DWORD PTR [rsi],0x11
+    b"\xc7\x46\x10\x00\x00\x00\x00"              # 1090 mov DWORD PTR [rsi+0x10],0x0
+    b"\xb0\x34"                                  # 1097 mov al,0x34
+    b"\xe6\x43"                                  # 1099 out 0x43,al
+    b"\xb0\x9c"                                  # 109B mov al,0x9c
+    b"\xe6\x40"                                  # 109D out 0x40,al
+    b"\xb0\x2e"                                  # 109F mov al,0x2e
+    b"\xe6\x40"                                  # 10A1 out 0x40,al
+    b"\xfb"                                      # 10A3 sti
+    b"\xf4"                                      # 10A4 hlt
+    b"\x83\x3c\x25\x10\x50\x00\x00\x05"          # 10A5 cmp DWORD PTR ds:0x5010,0x5
+    b"\x72\xf5"                                  # 10AD jb 0x10a4
+    b"\xfa"                                      # 10AF cli
+    b"\x8b\x04\x25\x10\x50\x00\x00"              # 10B0 mov eax,DWORD PTR ds:0x5010
+    b"\xe7\x10"                                  # 10B7 out 0x10,eax
+    b"\xf4"                                      # 10B9 hlt
+    b"\xff\x04\x25\x10\x50\x00\x00"              # 10BA inc DWORD PTR ds:0x5010
+    b"\x83\x3c\x25\x10\x50\x00\x00\x05"          # 10C1 cmp DWORD PTR ds:0x5010,0x5
+    b"\x75\x0d"                                  # 10C9 jne 0x10d8
+    b"\xc7\x06\x10\x00\x00\x00"                  # 10CB mov DWORD PTR [rsi],0x10
+    b"\xc7\x46\x10\x30\x00\x01\x00"              # 10D1 mov DWORD PTR [rsi+0x10],0x10030
+    b"\xc7\x83\xb0\x00\x00\x00\x00\x00\x00\x00"  # 10D8 mov DWORD PTR [rbx+0xb0],0x0
+    b"\x48\xcf"                                  # 10E2 iretq
+)
+
 # Masks both PICs, enables the LAPIC (SVR 0x1FF) and routes IOAPIC pin 5 to vector 0x45 (edge,
 # fixed, physical destination APIC 0), says it is ready, then `sti; hlt` until the ISR ran.
 # Host: long mode with the APIC window mapped, irqchip; after the ready exit it pulses GSI 5.

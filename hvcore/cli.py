@@ -1,7 +1,8 @@
-"""The ``hvcore`` command: run the demo guest, list the backends.
+"""The ``hvcore`` command: run an image, run the demo guest, list the backends.
 
 ::
 
+    hvcore run IMAGE [options]             boot firmware, a kernel or a flat binary on a PC machine
     hvcore demo [--backend kvm|sim|auto]   run the bundled guest and report what happened
     hvcore info                            every backend: usable or why not, and what it offers
     hvcore --version
@@ -23,6 +24,7 @@ import hvcore
 from hvcore import registry
 from hvcore.demo import RESULT_PORT, DemoResult, run_demo
 from hvcore.errors import HvError
+from hvcore.vmm.run import run_image
 
 __all__ = ["main"]
 
@@ -174,6 +176,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return status
 
 
+def _size(text: str) -> int:
+    """``"256M"``, ``"1G"``, ``"65536"`` -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 256M, 1G)") from None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return run_image(args, sys.stdout)
+
+
 def _build_parser() -> _Parser:
     parser = _Parser(
         prog=PROG,
@@ -190,6 +208,24 @@ def _build_parser() -> _Parser:
         help="backend to run on (default: auto, which prefers kvm and falls back to sim)",
     )
     demo.set_defaults(handler=_cmd_demo)
+
+    run = commands.add_parser("run", help="boot an image (firmware, bzImage, multiboot, ELF, raw) on a PC machine")
+    run.add_argument("image", help="the image file")
+    run.add_argument("--backend", choices=[*hvcore.backend_names(), "auto"], default="auto", help="default: auto")
+    run.add_argument("--memory", "-m", type=_size, default=256 << 20, help="RAM, e.g. 256M or 1G (default 256M)")
+    run.add_argument("--cpus", type=int, default=1, help="vCPUs (default 1)")
+    run.add_argument(
+        "--format", choices=["auto", "firmware", "bzimage", "multiboot", "elf", "raw"], default="auto",
+        help="image format (default: detected)",
+    )  # fmt: skip
+    run.add_argument("--cmdline", default="", help="kernel command line (bzImage, multiboot)")
+    run.add_argument("--initrd", help="initrd file (bzImage) or module (multiboot)")
+    run.add_argument("--timeout", type=float, help="stop after this many seconds")
+    run.add_argument("--until", help="stop once the guest's console output contains this text")
+    run.add_argument("--trace", help="write vCPU 0's exits to this file (JSON lines, see hvcore.trace)")
+    run.add_argument("--stats", action="store_true", help="print exit statistics at the end")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the guest's output")
+    run.set_defaults(handler=_cmd_run)
 
     info = commands.add_parser("info", help="list the backends: usable or why not, and what each supports")
     info.set_defaults(handler=_cmd_info)

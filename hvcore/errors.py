@@ -12,8 +12,10 @@ errors and never a backend's own (``OSError``, ``unicorn.UcError``)::
      |    +-- VcpuBusy             run() while another thread is inside run()
      +-- InvalidArgument           a bad value (EINVAL, EFAULT, E2BIG, out of range)
      |    +-- AlignmentError       an address or size is not page aligned
+     |    +-- ImageError           a guest image (kernel, firmware, ELF) is malformed or does not fit
      +-- AlreadyExists             EEXIST: duplicate id, second irqchip
      |    +-- SlotOverlap          a memory slot overlaps another one
+     |    +-- BusConflict          a device range overlaps another device's on an IO or MMIO bus
      +-- NotFound                  ENOENT / ENXIO: no such slot, dirty log not enabled
      +-- ResourceExhausted         ENOMEM, ENOSPC, EMFILE, too many vCPUs or slots
      +-- HypervisorFault           anything else the hypervisor reported (keeps the errno)
@@ -32,10 +34,12 @@ __all__ = [
     "AlignmentError",
     "AlreadyExists",
     "BackendUnavailable",
+    "BusConflict",
     "ClosedError",
     "ExitNotCompleted",
     "HvError",
     "HypervisorFault",
+    "ImageError",
     "InvalidArgument",
     "NotFound",
     "ResourceExhausted",
@@ -128,6 +132,12 @@ class AlignmentError(InvalidArgument):
     __module__ = "hvcore"
 
 
+class ImageError(InvalidArgument):
+    """A guest image (raw, ELF, multiboot, bzImage, firmware) is malformed or does not fit the machine."""
+
+    __module__ = "hvcore"
+
+
 class AlreadyExists(HvError):
     """The object already exists (a vCPU id, an irqchip, a PIT)."""
 
@@ -137,6 +147,12 @@ class AlreadyExists(HvError):
 
 class SlotOverlap(AlreadyExists):
     """A memory slot's guest-physical range overlaps another slot's."""
+
+    __module__ = "hvcore"
+
+
+class BusConflict(AlreadyExists):
+    """A device's range overlaps another device's on an IO or MMIO bus."""
 
     __module__ = "hvcore"
 

@@ -10,14 +10,16 @@ translator decodes 16-, 32- or 64-bit code as the state says.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import struct
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from hvcore.types import DescriptorTable, Regs, Segment, Sregs
-from simulator.layout import ContextLayout
+from simulator.layout import HF_GUEST, SVM_EXIT_MSR, SVM_EXIT_RDTSC, SVM_INTERCEPT_BASE, VMCB_MSRPM, ContextLayout
+from simulator.memory import PHYSICAL_LIMIT
 
-__all__ = ["CpuView", "Engine", "segment_flags"]
+__all__ = ["SVM_AREA", "CpuView", "Engine", "segment_flags"]
 
 _SEGMENT: Final = struct.Struct("<IxxxxQII")  # selector, base, limit, flags
 _QEMU_ORDER: Final = ("es", "cs", "ss", "ds", "fs", "gs")
@@ -39,9 +41,20 @@ HF_CS64: Final = 1 << 15
 HF_SMM: Final = 1 << 19
 HF_SVME: Final = 1 << 20
 HF_OSFXSR: Final = 1 << 22
-_HF_KEPT: Final = HF_INHIBIT_IRQ | HF_SMM
+_HF_KEPT: Final = HF_INHIBIT_IRQ | HF_SMM | HF_GUEST
 EFER_LMA: Final = 1 << 10
 EFER_SVME: Final = 1 << 12
+
+SVM_AREA: Final = PHYSICAL_LIMIT
+"""Guest-physical address of each engine's VMCB page and MSR permission bitmap: above anything a guest reaches."""
+_MSRPM: Final = 0x1000  # the bitmap's offset in the area; every bit set: every RDMSR / WRMSR is intercepted
+_MSRPM_SIZE: Final = 0x2000
+_INTERCEPTS: Final = 1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE)
+
+
+def _in_msr_bitmap(index: int) -> bool:
+    """The MSR ranges the SVM permission bitmap covers (QEMU intercepts any other index unconditionally)."""
+    return index < 0x2000 or 0xC0000000 <= index < 0xC0002000 or 0xC0010000 <= index < 0xC0012000
 
 
 def segment_flags(seg: Segment) -> int:
@@ -149,6 +162,7 @@ class Engine:
         )
         self.RIP: Final = x.UC_X86_REG_RIP
         self.RAX: Final = x.UC_X86_REG_RAX
+        self.RCX: Final = x.UC_X86_REG_RCX
         self.RDX: Final = x.UC_X86_REG_RDX
         self.RFLAGS: Final = x.UC_X86_REG_RFLAGS
         self.CR0: Final = x.UC_X86_REG_CR0
@@ -167,6 +181,9 @@ class Engine:
         self._write_one = uclib.uc_reg_write
         self._read_many = uclib.uc_reg_read_batch
         self._emu_start = uclib.uc_emu_start
+        self._vmem_read = uclib.uc_vmem_read
+        self._prot_exec = unicorn.UC_PROT_EXEC
+        self._code = ctypes.create_string_buffer(16)
         self._uc_error = unicorn.UcError
         self._scratch = ctypes.c_uint64()
         self._scratch_ref = ctypes.byref(self._scratch)
@@ -175,6 +192,28 @@ class Engine:
         self._gpr_values = (ctypes.c_uint64 * n)()
         at = ctypes.addressof(self._gpr_values)
         self._gpr_pointers = (ctypes.c_void_p * n)(*(at + 8 * i for i in range(n)))
+        self._msr_reg = x.UC_X86_REG_MSR
+        self._intercept_msrs(unicorn)
+
+    def _intercept_msrs(self, unicorn: Any) -> None:
+        """Make guest RDMSR / WRMSR / RDTSC reach the interrupt hook (see :mod:`simulator.msrs`).
+
+        Unicorn cannot hook them, but QEMU's helpers check SVM intercepts first while hflags has
+        HF_GUEST: with the RDTSC and MSR intercept bits set and a permission bitmap of all ones,
+        each becomes ``EXCP_VMEXIT`` + exit code in the hook, RIP still at the instruction. The
+        VMCB page (QEMU reads only its bitmap address) and the bitmap live at ``SVM_AREA``.
+        """
+        self._svm_area = mmap.mmap(-1, _MSRPM + _MSRPM_SIZE)
+        area = ctypes.addressof(ctypes.c_char.from_buffer(self._svm_area))
+        _U64.pack_into(self._svm_area, VMCB_MSRPM, SVM_AREA + _MSRPM)
+        self._msrpm = area + _MSRPM
+        ctypes.memset(self._msrpm, 0xFF, _MSRPM_SIZE)
+        self.uc.mem_map_ptr(SVM_AREA, _MSRPM + _MSRPM_SIZE, unicorn.UC_PROT_READ, area)
+        blob = self._blob()
+        _U64.pack_into(blob, self.layout.vm_vmcb, SVM_AREA)
+        _U64.pack_into(blob, self.layout.intercept, _INTERCEPTS)
+        _U32.pack_into(blob, self.layout.hflags, _U32.unpack_from(blob, self.layout.hflags)[0] | HF_GUEST)
+        self._store(blob)
 
     # -- the context blob ----------------------------------------------------
 
@@ -290,10 +329,50 @@ class Engine:
             ),
         )
 
+    def code_address(self, rip: int) -> int:
+        """The linear address of CS:RIP (CS's base is ignored in 64-bit code)."""
+        blob, lay = self._blob(), self.layout
+        if _U32.unpack_from(blob, lay.hflags)[0] & HF_CS64:
+            return rip
+        cs_base: int = _SEGMENT.unpack_from(blob, lay.segment(1))[1]
+        return (cs_base + rip) & 0xFFFFFFFF
+
+    def read_code(self, linear: int, length: int) -> bytes | None:
+        """``length`` (<= 16) bytes at ``linear`` through Unicorn's MMU, as instruction fetch; None if unmapped.
+
+        Only for code the CPU has just fetched: a failed walk sets CR2, as Unicorn's MMU faults do.
+        """
+        if self._vmem_read(self._handle, ctypes.c_uint64(linear), self._prot_exec, self._code, ctypes.c_size_t(length)):
+            return None
+        return self._code.raw[:length]
+
     def adopt(self, old: Engine) -> None:
         """Take over ``old``'s CPU state (a new engine for a new memory layout)."""
         self._store(old._blob())
         self.flush()
+
+    # -- MSRs as Unicorn keeps them ------------------------------------------------
+
+    def read_msr(self, index: int) -> int:
+        """Unicorn's own value of MSR ``index`` (its RDMSR helper, run with the intercept bitmap cleared)."""
+        self._open_msr_bitmap(index)
+        try:
+            return int(self.uc.reg_read(self._msr_reg, index))
+        finally:
+            ctypes.memset(self._msrpm, 0xFF, _MSRPM_SIZE)
+
+    def write_msr(self, index: int, value: int) -> None:
+        """Set MSR ``index`` in Unicorn's state (its WRMSR helper, run with the intercept bitmap cleared)."""
+        self._open_msr_bitmap(index)
+        try:
+            self.uc.reg_write(self._msr_reg, (index, value))
+        finally:
+            ctypes.memset(self._msrpm, 0xFF, _MSRPM_SIZE)
+
+    def _open_msr_bitmap(self, index: int) -> None:
+        if not _in_msr_bitmap(index):  # QEMU would take the intercept and longjmp out of the API call
+            raise ValueError(f"MSR {index:#x} is outside the SVM permission bitmap; Unicorn cannot be asked for it")
+        ctypes.memset(self._msrpm, 0, _MSRPM_SIZE)
 
     # -- interrupt shadow, pending exception bookkeeping ------------------------
 

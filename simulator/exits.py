@@ -12,25 +12,42 @@
   reads and swallowing known writes, and the first new access becomes the next exit
   (a read-modify-write gives a read exit, then a write exit). An 8-byte access arrives as
   two 4-byte callbacks and is merged into one exit. After a write exit the instruction is
-  completed at once, so RIP is past it, as on KVM.
-- **Dirty logging**: the first write to a write-protected page of a logging slot stops,
-  the page is recorded and made writable, and the instruction runs again.
+  completed at once, so RIP is past it, as on KVM; a write that spans pages, or more than
+  8 bytes, gives one exit per page and 8 bytes, as on KVM.
+- **Split MMIO reads**: Unicorn performs an unaligned or page-crossing read as the aligned
+  words around it. KVM reports the guest's own address and length (one exit per page), so
+  such a read is located by decoding the instruction (:mod:`simulator.operand`), and on
+  replay each of Unicorn's words gets its share of the VMM's answer.
+- **cmpxchg8b / cmpxchg16b** run as one Unicorn helper that a stop cannot abort. When one
+  goes on storing after its MMIO read stopped the run, its register and flag effects are
+  undone and the read is reported; the replay then gives the write exits.
+- **Flags**: an instruction aborted halfway leaves Unicorn's lazy flags mislabelled
+  (:mod:`simulator.internals`); they are put right after every such abort.
+- **Dirty logging**: the first write to a write-protected page of a logging slot is let
+  through and the page recorded; the slice ends after that instruction, and the page is made
+  writable (refusing the write would lose it where one helper runs a whole instruction).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from hvcore.checks import completion_bytes
-from hvcore.errors import HypervisorFault, StateError
+from hvcore.errors import HvError, HypervisorFault, StateError
 from hvcore.exits import Exit, IoDirection, IoExit, MmioExit
 from hvcore.memory import PAGE_SIZE
-from simulator import decode
+from simulator import decode, mmu, operand
 from simulator.events import HAS_ERROR_CODE
+from simulator.faults import NonCanonical, PageFault
+from simulator.internals import CC_MASK, Cells
+from simulator.layout import EXCP_VMEXIT
 
 if TYPE_CHECKING:
+    import ctypes
+
     from simulator.engine import Engine
     from simulator.vcpu import SimVCPU
 
@@ -38,6 +55,17 @@ __all__ = ["Stop", "StopKind", "Tracker"]
 
 _PIO_BATCH = 1024  # bytes: the size of KVM's pio data page
 RFLAGS_RF = 1 << 16
+_MMIO_EXIT_MAX = 8  # bytes: KVM's kvm_run.mmio.data
+
+
+def _gpr_ids() -> tuple[int, ...]:
+    from unicorn import x86_const as x
+
+    names = ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", *(f"R{i}" for i in range(8, 16)))
+    return tuple(getattr(x, f"UC_X86_REG_{name}") for name in names)
+
+
+_GPRS = _gpr_ids()  # Unicorn's ids of the GPRs in x86 encoding order
 
 
 class StopKind(Enum):
@@ -69,6 +97,36 @@ class _Access:
     size: int
     value: int | None = None
     rom: bool = False  # a write to a read-only slot (lands only on replay, then the ROM bytes go back)
+    span: tuple[int, int] | None = None  # a read Unicorn split: the aligned words it reads for this one
+
+
+def _share(access: _Access, address: int, size: int) -> int:
+    """What Unicorn's word ``address``/``size`` of a split read holds of the answer (0 outside the access)."""
+    data = (access.value or 0).to_bytes(access.size, "little")
+    at = address - access.address
+    return int.from_bytes(bytes(data[i] if 0 <= i < access.size else 0 for i in range(at, at + size)), "little")
+
+
+def _exits(pieces: list[_Access]) -> list[tuple[int, list[_Access]]]:
+    """Contiguous pieces of one kind merged into KVM's exits: at most 8 bytes each, never across a page."""
+    groups: list[tuple[int, list[_Access]]] = []
+    length = 0
+    for piece in pieces:
+        if groups:
+            start, parts = groups[-1]
+            head = parts[0]
+            if (
+                piece.write == head.write
+                and piece.address == start + length
+                and length + piece.size <= _MMIO_EXIT_MAX
+                and piece.address // PAGE_SIZE == start // PAGE_SIZE
+            ):
+                parts.append(piece)
+                length += piece.size
+                continue
+        groups.append((piece.address, [piece]))
+        length = piece.size
+    return groups
 
 
 @dataclass(slots=True)
@@ -84,6 +142,7 @@ def _clear_resume_flag(engine: Engine) -> None:
 
 
 _MMIO = Stop(StopKind.EXIT)  # an MMIO access is being recorded; the exit is built after the run
+_WRITABLE = Stop(StopKind.SLICE)  # a page of a logging slot was written: end the slice, make it writable
 _LOOK_AGAIN = Stop(StopKind.SLICE)  # the guest changed interrupt state: end the slice so run() looks again
 
 
@@ -103,7 +162,7 @@ class Tracker:
         self._new: list[_Access] = []
         self._in: _PendingIn | None = None
         self._in_answers: list[int] = []
-        self._queued: Exit | None = None
+        self._queued: list[Exit] = []  # exits of an instruction already completed, given by the next runs
         self._saved: dict[int, int] = {}
         self._restore: list[tuple[int, bytes]] = []
         self._unprotect: list[int] = []
@@ -116,6 +175,11 @@ class Tracker:
         self.watch_resume_flag = False  # RF can only be set once an event was delivered (IRET restores it)
         self._unprotected: dict[int, set[int]] = {}
         self.dirty_generation = -1
+        self._cells: Cells | None = None
+        self._split: ctypes.c_int | None = None  # Unicorn's size of the access it is splitting, in place
+        self._swallow = False  # a split read is recorded: the rest of Unicorn's words for it are not new
+        self._undo: tuple[int, int, int, int, int] | None = None  # before a cmpxchg8b/16b: see _undo_point
+        self._rom_rip = 0  # where the instruction that wrote to a read-only slot is
 
     # -- hooks -------------------------------------------------------------------
 
@@ -132,6 +196,8 @@ class Tracker:
         uc.hook_add(unicorn.UC_HOOK_MEM_WRITE_PROT, self._on_write_protected)
         self._unprotected = {}
         self.dirty_generation = -1
+        self._cells = Cells(engine)
+        self._split = self._cells.split_size
 
     def reevaluate(self) -> None:
         """From a device callback: end the slice after this instruction, so ``run()`` looks for interrupts."""
@@ -211,13 +277,19 @@ class Tracker:
         engine = self._engine
         assert engine is not None
         self.vcpu._state.serve_cpuid(engine)
+        if self._cells is not None:  # Unicorn synced the state for this hook the way an abort does
+            self._cells.settle()
         return 1  # skip Unicorn's own CPUID model
 
     def _on_interrupt(self, uc: Any, vector: int, _: object) -> None:
         engine = self._engine
         assert engine is not None
+        if vector >= EXCP_VMEXIT:
+            self._on_intercept(engine, vector - EXCP_VMEXIT)
+            return
         error_code, next_rip = engine.take_exception()
         if next_rip is None:  # a fault or trap: RIP is where it happened
+            self._settle_after_fault(engine, vector)
             code = error_code if vector in HAS_ERROR_CODE else None
             self._halt(Stop(StopKind.EXCEPTION, vector=vector, error_code=code))
             return
@@ -231,6 +303,37 @@ class Tracker:
         engine.set_reg(engine.RIP, next_rip)
         self._halt(Stop(StopKind.EXCEPTION, vector=vector, event_kind=kind, instruction_length=length))
 
+    def _on_intercept(self, engine: Engine, exit_code: int) -> None:
+        """A guest RDMSR / WRMSR / RDTSC caught as an SVM intercept (:mod:`simulator.msrs`): emulated, or a fault.
+
+        QEMU restored the state to the instruction's start (flags included) before the hook, so
+        nothing needs settling: emulated, RIP moves past it and the run goes on; else #GP / #UD.
+        """
+        stop = self.vcpu.msrs.intercepted(engine, exit_code)
+        if stop is not None:
+            self._halt(stop)
+
+    def _settle_after_fault(self, engine: Engine, vector: int) -> None:
+        """A fault raised inside an instruction leaves the lazy flags mislabelled; one raised fetching it does not."""
+        cells = self._cells
+        if cells is None:
+            return
+        split = cells.split_size
+        if split is not None and split.value:
+            split.value = 0  # the fault cut a split access short; Unicorn does not reset it then
+        if vector in (13, 14):
+            rip = engine.reg(engine.RIP)
+            signed = rip - (1 << 64) if rip >> 63 else rip
+            if vector == 13 and not -(1 << 47) <= signed < 1 << 47:
+                return  # a non-canonical RIP: the fetch faulted
+            if vector == 14:
+                from unicorn import x86_const as x
+
+                linear = operand.cpu_state(engine).bases[operand.CS] + rip
+                if 0 <= engine.reg(x.UC_X86_REG_CR2) - linear < 16:
+                    return  # the fetch faulted, before any of the instruction ran
+        cells.settle()
+
     def on_mmio_read(self, uc: Any, offset: int, size: int, base: int) -> int:
         """Unicorn's MMIO read callback for the gap at ``base``: answered if replayed, else the instruction aborts."""
         address = base + offset
@@ -241,12 +344,65 @@ class Tracker:
                 self._known, self._cursor = [], 0  # the replayed instruction has finished
             else:
                 access = known[self._cursor] if self._cursor < len(known) else None
-                if access is not None and not access.write and access.address == address and access.size == size:
-                    self._cursor += 1
-                    return access.value or 0
+                if access is not None and not access.write:
+                    span = access.span
+                    if span is None:
+                        if access.address == address and access.size == size:
+                            self._cursor += 1
+                            return access.value or 0
+                    elif span[0] <= address and address + size <= span[1]:
+                        if address + size == span[1]:
+                            self._cursor += 1
+                        return _share(access, address, size)
+        if self._swallow:
+            return 0  # another of Unicorn's words for the split read already recorded
+        split = self._split
+        if split is not None and split.value:
+            access = self._split_read(address, split.value)
+            if access is not None:
+                self._swallow = True
+                self._new.append(access)
+                self._halt(_MMIO)
+                return 0
         self._new.append(_Access(False, address, size))
         self._halt(_MMIO)
         return 0
+
+    def _split_read(self, address: int, size: int) -> _Access | None:
+        """The guest's read (its part in one page) that Unicorn reads as aligned words, one of them at ``address``."""
+        engine = self._engine
+        assert engine is not None
+        memory = self.vcpu._vm.physical
+        try:
+            cpu = operand.cpu_state(engine)
+            rip = engine.reg(engine.RIP)  # synced to the instruction's start in a counted run
+            insn = operand.decode(self._code(cpu, rip), cpu.code_bits)
+            for memory_operand in insn.operands:
+                linear = operand.effective_linear(memory_operand, self._gpr, rip + insn.length, cpu)
+                for physical, length in operand.physical_pieces(linear, size, cpu, memory):
+                    low, high = physical & -size, (physical + length + size - 1) & -size
+                    if low <= address < high:
+                        return _Access(False, physical, length, span=(low, high))
+        except (HvError, PageFault, NonCanonical):
+            pass
+        return None
+
+    def _code(self, cpu: operand.CpuState, rip: int) -> bytes:
+        """Up to 15 bytes of the instruction at ``rip`` (fewer where the next page is not readable)."""
+        memory = self.vcpu._vm.physical
+        linear = cpu.bases[operand.CS] + rip
+        first = min(15, PAGE_SIZE - linear % PAGE_SIZE)
+        user = cpu.cpl == 3
+        code = mmu.read_linear(cpu.paging, memory, linear, first, user=user)
+        if first < 15:
+            with contextlib.suppress(HvError, PageFault, NonCanonical):
+                code += mmu.read_linear(cpu.paging, memory, linear + first, 15 - first, user=user)
+        return code
+
+    def _gpr(self, number: int) -> int:
+        engine = self._engine
+        assert engine is not None
+        return engine.reg(_GPRS[number])
 
     def on_mmio_write(self, uc: Any, offset: int, size: int, value: int, base: int) -> None:
         """Unicorn's MMIO write callback for the gap starting at ``base``."""
@@ -256,11 +412,26 @@ class Tracker:
         """An MMIO write callback: swallowed if replayed; else the instruction completes, then the run stops."""
         if self._next_known(True, address, size) is not None:
             return
-        self._new.append(_Access(True, address, size, value & ((1 << (8 * size)) - 1)))
+        new = self._new
+        if new and not new[0].write and self._stop is _MMIO:
+            # Its read stopped the run, yet the instruction stores: one helper runs all of it
+            # (cmpxchg8b / cmpxchg16b). Undo it after the run; the replay gives this write.
+            if self._undo is None:
+                self._undo = self._undo_point()
+            return
+        new.append(_Access(True, address, size, value & ((1 << (8 * size)) - 1)))
         if self._stop is None:
             self._stop = _MMIO
             assert self._engine is not None
             self._engine.stop_after_this_instruction()  # RIP goes past the store, as on KVM
+
+    def _undo_point(self) -> tuple[int, int, int, int, int]:
+        """RIP, RAX, RDX, RFLAGS as a cmpxchg8b/16b found them (read inside it, before it writes them), its count."""
+        engine, cells = self._engine, self._cells
+        assert engine is not None and cells is not None
+        rflags = engine.reg(engine.RFLAGS) & ~CC_MASK | cells.entry_flags()
+        rip, rax, rdx = engine.reg(engine.RIP), engine.reg(engine.RAX), engine.reg(_GPRS[2])
+        return rip, rax, rdx, rflags, engine.counter_cell.value
 
     def _next_known(self, write: bool, address: int, size: int) -> _Access | None:
         if not self._known:
@@ -278,11 +449,17 @@ class Tracker:
         slot = self.vcpu._vm.slot_at(address)
         if slot is None:
             return False
+        engine, cells = self._engine, self._cells
+        assert engine is not None
+        if cells is not None:  # Unicorn synced the state for this hook the way an abort does
+            cells.settle()
         if slot.readonly:
             if self._next_known(True, address, size) is not None:
                 offset = slot.offset + address - slot.guest_address
                 self._restore.append((address, slot.memory.read(offset, size)))
                 return True  # let it land, then put the ROM bytes back
+            if self._stop is None:
+                self._rom_rip = engine.reg(engine.RIP)
             self._new.append(_Access(True, address, size, value & ((1 << (8 * size)) - 1), rom=True))
             self._halt(_MMIO)
             return False
@@ -290,7 +467,13 @@ class Tracker:
         self.vcpu._vm.dirty.record(slot.slot, page)
         self._unprotect.append(slot.guest_address + page * PAGE_SIZE)
         self._unprotected.setdefault(slot.slot, set()).add(page)
-        return False
+        # The store lands: refused, it would be lost where one helper runs the whole instruction
+        # (cmpxchg8b, a far call's pushes). The page is made writable once the instruction is done
+        # (mem_protect cannot be called from a hook); an IN being completed finishes its batch first.
+        if self._stop is None and not self._in_answers:
+            self._stop = _WRITABLE
+            engine.stop_after_this_instruction()
+        return True
 
     # -- running -------------------------------------------------------------------
 
@@ -298,29 +481,27 @@ class Tracker:
         """One counted run from the current RIP; what stopped it."""
         unicorn = self._unicorn
         self._engine = engine
-        while True:
-            self._stop = None
-            if self._new:
-                self._new = []
-            self._cursor = 0
-            try:
-                engine.start(engine.reg(engine.RIP), count)
-            except unicorn.UcError as err:
-                if self._unprotect:  # the first write to a page of a logging slot: log it, then run again
-                    for page in self._unprotect:
-                        engine.uc.mem_protect(page, PAGE_SIZE, unicorn.UC_PROT_ALL)
-                    self._unprotect = []
-                    continue
-                if err.errno in (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT):
-                    return Stop(StopKind.FETCH_FAULT)
-                if err.errno == unicorn.UC_ERR_INSN_INVALID:
-                    return Stop(StopKind.EXCEPTION, vector=6)
-                if self._stop is None:
-                    raise HypervisorFault(f"the simulator's engine failed: {err}", operation="run") from err
-            finally:
-                if self._restore:
-                    self._put_back_rom()
-            return self._after(engine, count)
+        self._stop = None
+        if self._new:
+            self._new = []
+        self._cursor = 0
+        try:
+            engine.start(engine.reg(engine.RIP), count)
+        except unicorn.UcError as err:
+            if err.errno in (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT):
+                return Stop(StopKind.FETCH_FAULT)
+            if err.errno == unicorn.UC_ERR_INSN_INVALID:
+                return Stop(StopKind.EXCEPTION, vector=6)
+            if self._stop is None:
+                raise HypervisorFault(f"the simulator's engine failed: {err}", operation="run") from err
+        finally:
+            if self._restore:
+                self._put_back_rom()
+            if self._unprotect:  # pages of logging slots written (and logged) during the run
+                for page in self._unprotect:
+                    engine.uc.mem_protect(page, PAGE_SIZE, unicorn.UC_PROT_ALL)
+                self._unprotect = []
+        return self._after(engine, count)
 
     def _put_back_rom(self) -> None:
         for address, data in self._restore:
@@ -333,7 +514,9 @@ class Tracker:
         stop = self._stop
         if self._known and stop is not _MMIO and engine.counter_cell.value > 1:
             self._known, self._cursor = [], 0  # the replayed instruction finished before this stop
-        if self.watch_resume_flag and (stop is None or (isinstance(stop.exit, IoExit) and not stop.exit.is_in)):
+        if self.watch_resume_flag and (
+            stop is None or stop.kind is StopKind.SLICE or (isinstance(stop.exit, IoExit) and not stop.exit.is_in)
+        ):
             _clear_resume_flag(engine)  # an instruction completed: RF goes, as on hardware (Unicorn keeps it)
         if stop is None:
             return Stop(StopKind.HLT) if engine.counter_cell.value <= count else Stop(StopKind.SLICE)
@@ -354,20 +537,38 @@ class Tracker:
         return stop
 
     def _mmio_exit(self, engine: Engine) -> Stop:
-        first = self._new[0]
+        new = self._new
+        first = new[0]
         parts = [first]
         length = first.size
-        # Unicorn splits an 8-byte access in two and an unaligned one in pieces; KVM reports one
-        # access of up to 8 bytes, so contiguous pieces of the same kind are merged.
-        for piece in self._new[1:]:
-            if piece.write != first.write or piece.address != first.address + length or length + piece.size > 8:
+        # Unicorn splits an 8-byte access in two and an unaligned write in bytes; KVM reports one
+        # access of up to 8 bytes within a page, so contiguous pieces of the same kind are merged.
+        for piece in new[1:]:
+            if (
+                piece.write != first.write
+                or piece.address != first.address + length
+                or length + piece.size > _MMIO_EXIT_MAX
+                or piece.address // PAGE_SIZE != first.address // PAGE_SIZE
+            ):
                 break
             parts.append(piece)
             length += piece.size
         self._answer_parts = parts
+        self._swallow = False
+        undo = self._undo
+        if undo is None:
+            counter = engine.counter_cell.value
+        else:
+            self._undo = None
+            counter = undo[4]  # the count when the access was made
         # accesses of this instruction answered so far stay known; another instruction's are forgotten
-        answered = self._known[: self._cursor] if engine.counter_cell.value <= 1 else []
+        answered = self._known[: self._cursor] if counter <= 1 else []
         if not first.write:
+            if undo is not None:  # a cmpxchg8b/16b completed: put back what it changed
+                for reg, value in zip((engine.RIP, engine.RAX, _GPRS[2], engine.RFLAGS), undo[:4], strict=True):
+                    engine.set_reg(reg, value)
+            elif self._cells is not None:
+                self._cells.settle()  # the read aborted the instruction halfway
             self._known = answered + parts
             stop = self._read_stops.get((first.address, length))
             if stop is None:  # equal exits are shared values
@@ -386,11 +587,23 @@ class Tracker:
             stop = self._write_stops[first.address, length, data] = Stop(
                 StopKind.EXIT, MmioExit(first.address, length, True, data)
             )
-        if first.rom:  # the instruction was aborted: finish it now, so RIP is past the write as on KVM
+        if first.rom and engine.reg(engine.RIP) != self._rom_rip:
+            self._known = []  # a helper (cmpxchg8b) went on without the store: the instruction is complete
+        elif first.rom:  # the instruction was aborted: finish it now, so RIP is past the write as on KVM
+            if self._cells is not None:
+                self._cells.settle()
             self._known = answered + parts
-            self._queued = self._step(engine)
+            following = self._step(engine)
+            if following is not None:
+                self._queued.insert(0, following)
         else:
             self._known = []  # stopped after the instruction: it is complete
+            if len(parts) < len(new):  # the rest of a write across pages, or of more than 8 bytes
+                for address, more in _exits(new[len(parts) :]):
+                    if not more[0].write:
+                        break
+                    data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in more)
+                    self._queued.append(MmioExit(address, len(data), True, data))
         return stop
 
     def _step(self, engine: Engine) -> Exit | None:
@@ -406,7 +619,7 @@ class Tracker:
     @property
     def has_unfinished(self) -> bool:
         """A queued exit, an answered IN, or known MMIO accesses wait for the next run."""
-        return self._queued is not None or self._in is not None or bool(self._known)
+        return bool(self._queued) or self._in is not None or bool(self._known)
 
     def finish_instruction(self, engine: Engine, *, now: bool) -> Exit | None:
         """At the start of ``run()``: return a queued exit, or complete the answered IN / MMIO read.
@@ -415,8 +628,8 @@ class Tracker:
         known accesses); ``now`` (a kick or ``immediate_exit``) replays it at once instead, as KVM
         completes a pending read even when it does not enter the guest.
         """
-        if self._queued is not None:
-            queued, self._queued = self._queued, None
+        if self._queued:
+            queued = self._queued.pop(0)
             if isinstance(queued, MmioExit) and not queued.is_write:
                 self.pending = queued
             return queued

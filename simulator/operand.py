@@ -75,7 +75,8 @@ _IMM8_0F: Final = frozenset({0x0F, 0x70, 0x71, 0x72, 0x73, 0xA4, 0xAC, 0xBA, 0xC
 _STRING_SOURCE: Final = frozenset({0xA4, 0xA5, 0xA6, 0xA7, 0xAC, 0xAD, 0x6E, 0x6F})  # DS(override):rSI
 _STRING_DESTINATION: Final = frozenset({0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAE, 0xAF, 0x6C, 0x6D})  # ES:rDI
 # 16-bit addressing: ModRM.rm -> (base, index)
-_ADDRESS16: Final = ((3, 6), (3, 7), (5, 6), (5, 7), (6, NO_REGISTER), (7, NO_REGISTER), (5, NO_REGISTER), (3, NO_REGISTER))
+_NONE = NO_REGISTER
+_ADDRESS16: Final = ((3, 6), (3, 7), (5, 6), (5, 7), (6, _NONE), (7, _NONE), (5, _NONE), (3, _NONE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +93,10 @@ class MemoryOperand:
 
 @dataclass(frozen=True, slots=True)
 class Instruction:
-    """A decoded instruction: its length, its data memory operands, and whether it is ``cmpxchg8b/16b``."""
+    """A decoded instruction: its length and its data memory operands."""
 
     length: int
     operands: tuple[MemoryOperand, ...]
-    cmpxchg: int = 0
-    """8 for ``cmpxchg8b``, 16 for ``cmpxchg16b`` (run by one Unicorn helper that a stop cannot abort), else 0."""
 
 
 _NOTHING: Final = Instruction(0, ())
@@ -168,7 +167,7 @@ def _decode(code: bytes, bits: int) -> Instruction:
     address_bits = {16: 32, 32: 16, 64: 32}[bits] if address_override else bits
     if bits == 16:
         operand16 = not operand16
-    wide = bool(rex & 8)
+    operand16 &= not rex & 8  # REX.W wins over 0x66
     opcode, escape = code[at], 0
     at += 1
     vex = opcode in (0xC4, 0xC5) and (bits == 64 or code[at] >= 0xC0)
@@ -179,7 +178,6 @@ def _decode(code: bytes, bits: int) -> Instruction:
         else:
             escape = code[at] & 0x1F
             rex |= (0 if code[at] & 0x80 else 4) | (0 if code[at] & 0x40 else 2) | (0 if code[at] & 0x20 else 1)
-            wide = bool(code[at + 1] & 0x80)
             at += 2
             if escape not in (1, 2, 3):
                 return _NOTHING
@@ -213,9 +211,8 @@ def _decode(code: bytes, bits: int) -> Instruction:
     mod, reg, rm = modrm >> 6, (modrm >> 3) & 7, modrm & 7
     if escape == 0 and opcode in (0xF6, 0xF7) and reg < 2:  # test r/m, imm
         imm = 1 if opcode == 0xF6 else 2 if operand16 else 4
-    cmpxchg = (16 if wide else 8) if escape == 1 and opcode == 0xC7 and reg == 1 and mod != 3 else 0
     if mod == 3:
-        return Instruction(at + imm, (), cmpxchg)
+        return Instruction(at + imm, ())
     if address_bits == 16:
         base, index = _ADDRESS16[rm]
         default = SS if base == 5 else DS
@@ -227,7 +224,7 @@ def _decode(code: bytes, bits: int) -> Instruction:
         displacement = int.from_bytes(code[at : at + size], "little", signed=True) if size else 0
         at += size
         operand = MemoryOperand(segment if segment >= 0 else default, base, index, 0, displacement, 16)
-        return Instruction(at + imm, (operand,), cmpxchg)
+        return Instruction(at + imm, (operand,))
     scale, index = 0, NO_REGISTER
     if rm == 4:
         sib = code[at]
@@ -250,7 +247,7 @@ def _decode(code: bytes, bits: int) -> Instruction:
     at += size
     default = SS if base in (4, 5) else DS
     operand = MemoryOperand(segment if segment >= 0 else default, base, index, scale, displacement, address_bits)
-    return Instruction(at + imm, (operand,), cmpxchg)
+    return Instruction(at + imm, (operand,))
 
 
 def _implicit(code: bytes, opcode: int, escape: int, at: int, segment: int, address_bits: int) -> Instruction:

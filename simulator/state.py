@@ -1,4 +1,7 @@
-"""vCPU state that is not general-purpose or segment registers: FPU/XSAVE, MSRs, CPUID, XCR0, debug registers."""
+"""vCPU state that is not general-purpose or segment registers: FPU/XSAVE, CPUID, XCR0, debug registers.
+
+MSRs are :mod:`simulator.msrs`.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from hvcore.checks import check_cpuid, check_msr, msr_refused, msr_unreadable
+from hvcore.checks import check_cpuid
 from hvcore.errors import InvalidArgument
 from hvcore.types import CpuidEntry, DebugRegs, Fpu, Sregs, Xsave
 
 if TYPE_CHECKING:
     from simulator.engine import Engine
 
-__all__ = ["MSRS", "VcpuState", "check_sregs"]
+__all__ = ["VcpuState", "check_sregs"]
 
-MSRS: Final = (
-    0x10,  # IA32_TSC
-    0x1B,  # IA32_APIC_BASE
-    0x174,  # IA32_SYSENTER_CS
-    0x175,  # IA32_SYSENTER_ESP
-    0x176,  # IA32_SYSENTER_EIP
-    0x277,  # IA32_PAT
-    0xC0000080,  # EFER
-    0xC0000081,  # STAR
-    0xC0000082,  # LSTAR
-    0xC0000083,  # CSTAR
-    0xC0000084,  # FMASK
-    0xC0000100,  # FS_BASE
-    0xC0000101,  # GS_BASE
-    0xC0000102,  # KERNEL_GS_BASE
-    0xC0000103,  # TSC_AUX
-)
-"""The MSRs the simulator saves and restores (its KVM_GET_MSR_INDEX_LIST)."""
-_APIC_BASE: Final = 0x1B
 _FXSAVE: Final = struct.Struct("<HHBxHQQII")  # fcw, fsw, ftw (abridged), fop, fip, fdp, mxcsr, mxcsr_mask
 _XSTATE_BV: Final = 512
 _XCR0_X87: Final = 1
@@ -48,7 +32,7 @@ def check_sregs(sregs: Sregs) -> None:
             raise InvalidArgument(f"Sregs.{name} = {value:#x} is not an unsigned 64-bit number", operation="set_sregs")
 
 
-def _regs() -> tuple[int, int, int, int, int, tuple[int, ...], tuple[int, ...], int]:
+def _regs() -> tuple[int, int, int, int, int, tuple[int, ...], tuple[int, ...]]:
     from unicorn import x86_const as x
 
     return (
@@ -59,11 +43,10 @@ def _regs() -> tuple[int, int, int, int, int, tuple[int, ...], tuple[int, ...], 
         x.UC_X86_REG_MXCSR,
         tuple(getattr(x, f"UC_X86_REG_FP{i}") for i in range(8)),
         tuple(getattr(x, f"UC_X86_REG_XMM{i}") for i in range(16)),
-        x.UC_X86_REG_MSR,
     )
 
 
-_FPCW, _FPSW, _FPTAG, _FOP, _MXCSR, _FP, _XMM, _MSR = _regs()
+_FPCW, _FPSW, _FPTAG, _FOP, _MXCSR, _FP, _XMM = _regs()
 
 
 def _abridged_tag(full: int) -> int:
@@ -148,27 +131,6 @@ class VcpuState:
             if not value & _XCR0_X87 or (value & 4 and not value & 2) or value >> 3:
                 raise InvalidArgument(f"XCR0 = {value:#x} is not a valid x87/SSE/AVX combination", operation="set_xcrs")
             self.xcr0 = value
-
-    def get_msrs(self, engine: Engine, indices: list[int]) -> dict[int, int]:
-        """Read modelled MSRs; an unknown one raises InvalidArgument naming it, as KVM's short count does."""
-        result = {}
-        for index in indices:
-            check_msr(index)
-            if index not in MSRS:
-                raise msr_unreadable(index)
-            result[index] = self.apic_base if index == _APIC_BASE else int(engine.uc.reg_read(_MSR, index))
-        return result
-
-    def set_msrs(self, engine: Engine, msrs: dict[int, int]) -> None:
-        """Write modelled MSRs; stops at the first unknown one."""
-        for index, value in msrs.items():
-            check_msr(index, value)
-            if index not in MSRS:
-                raise msr_refused(index, value)
-            if index == _APIC_BASE:
-                self.apic_base = value
-            else:
-                engine.uc.reg_write(_MSR, (index, value))
 
     def set_cpuid(self, entries: list[CpuidEntry]) -> None:
         """Keep what CPUID returns."""

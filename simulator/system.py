@@ -13,7 +13,7 @@ from hvcore.types import CpuidEntry
 from simulator import cpuid
 from simulator.clock import Clock, clock_from_environment
 from simulator.layout import ContextLayout, LayoutError, calibrate
-from simulator.state import MSRS
+from simulator.msrs import MSRS
 from simulator.vm import MAX_SLOTS, MAX_VCPU_ID, SimVM
 
 __all__ = ["BACKEND", "SimBackend", "SimHypervisor"]

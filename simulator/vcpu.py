@@ -53,6 +53,7 @@ from hvcore.types import (
 from simulator import state
 from simulator.engine import Engine
 from simulator.exits import Stop, StopKind, Tracker
+from simulator.msrs import DefaultMsrHandler, LapicMsrHandler, MsrEmulator
 
 if TYPE_CHECKING:
     from simulator.irqchip.chip import Irqchip
@@ -110,6 +111,8 @@ class SimVCPU(Closeable):
         self._stepping = False
         self._step_owed = False
         self._state = state.VcpuState(apic_base=0xFEE00800 | (0x100 if vcpu_id == 0 else 0))  # BSP bit: vCPU 0
+        self.msrs = MsrEmulator(self._state, vm.clock)
+        """Guest RDMSR / WRMSR / RDTSC and get_msrs / set_msrs (``msrs.handler``: the LAPIC's MSRs)."""
         self._engine: Engine | None = None
         self._layout_generation = -1
         self._versions: dict[int, int] = {}
@@ -120,6 +123,10 @@ class SimVCPU(Closeable):
         self._mp_state = MpState.RUNNABLE if chip is None or vcpu_id == 0 else MpState.UNINITIALIZED
         self._blocked_steps = 0
         self.tracker = Tracker(self)
+        if chip is not None and self._lapic is not None:
+            default = self.msrs.handler
+            assert isinstance(default, DefaultMsrHandler)
+            self.msrs.handler = LapicMsrHandler(default, self._lapic, self.msrs, chip.lock, self._timers_changed)
         self._engine = self._new_engine(None)
         self._engine.reset()
 
@@ -302,6 +309,11 @@ class SimVCPU(Closeable):
                     self._blocked_steps += 1
                     return 1 if self._blocked_steps <= _BLOCKED_STEPS else min(count, _BLOCKED_STEPS)
         return count
+
+    def _timers_changed(self) -> None:
+        if self._thread == _get_ident():  # from the guest's own WRMSR: end the slice after it
+            self.tracker.reevaluate()
+        self._wake()
 
     def _init(self, engine: Engine) -> None:
         """INIT: KVM's ``kvm_vcpu_reset(init_event)``; an application processor then waits for SIPI.
@@ -558,14 +570,14 @@ class SimVCPU(Closeable):
         self._state.set_xcrs(xcrs)
 
     def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
-        """Read MSRs the simulator models."""
+        """Read MSRs (``simulator.msrs.MSRS``), as KVM_GET_MSRS."""
         with self._vm.exec_lock:
-            return self._state.get_msrs(self._live(), list(indices))
+            return self.msrs.get_msrs(self._live(), indices)
 
     def set_msrs(self, msrs: Mapping[int, int]) -> None:
-        """Write MSRs the simulator models."""
+        """Write MSRs with KVM's checks, as KVM_SET_MSRS."""
         with self._vm.exec_lock:
-            self._state.set_msrs(self._live(), dict(msrs))
+            self.msrs.set_msrs(self._live(), msrs)
 
     def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
         """What CPUID returns to the guest."""

@@ -210,15 +210,23 @@ REGISTRY: tuple[Quirk, ...] = (
         "32-bit (non-PAE) paging works",
         "setting CR0.PG outside long mode gives SHUTDOWN (RIP at the mov to CR0)",
     ),
-    # the simulator's limitations (README, "Known divergences")
     Quirk(
-        "unknown_msr_reads_zero",
-        is_simulator,
-        "Unicorn 2.1 cannot hook RDMSR/WRMSR",
-        "a guest RDMSR/WRMSR of an unknown MSR raises #GP(0)",
-        "RDMSR reads 0, WRMSR is ignored",
-        helper="unknown_msr_faults",
+        "pat_unchecked",
+        is_pvm_host,
+        "measured on kvm_pvm: IA32_PAT takes any value, from the guest and from KVM_SET_MSRS",
+        "a PAT entry that is not a memory type (2, 3, 8 and up) is refused: #GP(0) on WRMSR, a short KVM_SET_MSRS",
+        "the value is stored and reads back",
+        helper="pat_checked",
     ),
+    Quirk(
+        "tsc_writes_ignored",
+        is_pvm_host,
+        "measured on kvm_pvm (../shared/kvm-notes.md): the guest's TSC runs with the host's",
+        "writing IA32_TSC (guest WRMSR or KVM_SET_MSRS) sets the TSC; rdtsc goes on from the value written",
+        "the write succeeds and changes nothing: rdtsc and IA32_TSC go on from the host's TSC",
+        helper="tsc_writable",
+    ),
+    # the simulator's limitations (README, "Known divergences")
     Quirk(
         "page_table_writes_not_logged",
         is_simulator,
@@ -295,9 +303,14 @@ def level_extra_deliveries(hv: Hypervisor) -> int:
     return 1 if quirk_applies("level_redelivered_early", hv) else 0
 
 
-def unknown_msr_faults(hv: Hypervisor) -> bool:
-    """Whether a guest RDMSR/WRMSR of an unknown MSR raises #GP (not on the simulator: ``unknown_msr_reads_zero``)."""
-    return not quirk_applies("unknown_msr_reads_zero", hv)
+def pat_checked(hv: Hypervisor) -> bool:
+    """Whether an invalid IA32_PAT value is refused, as upstream (not on kvm_pvm: ``pat_unchecked``)."""
+    return not quirk_applies("pat_unchecked", hv)
+
+
+def tsc_writable(hv: Hypervisor) -> bool:
+    """Whether writing IA32_TSC moves the TSC, as upstream (not on kvm_pvm: ``tsc_writes_ignored``)."""
+    return not quirk_applies("tsc_writes_ignored", hv)
 
 
 def full_guest_debug(hv: Hypervisor) -> bool:

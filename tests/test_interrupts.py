@@ -5,7 +5,6 @@ from __future__ import annotations
 from hvcore import VM, HltExit, Hypervisor, IoDirection, IoExit, IrqWindowOpenExit
 from tests.boot import boot, read_guest
 from tests.guests import layout, real_mode
-from tests.quirks import unknown_msr_faults
 
 
 def test_interrupt_window_and_injection(hv: Hypervisor, vm: VM) -> None:
@@ -70,9 +69,5 @@ RDMSR_UNKNOWN = (
 def test_guest_rdmsr_of_an_unknown_msr(hv: Hypervisor, vm: VM) -> None:
     assert RDMSR_UNKNOWN.index(b"\xb0\x0d") == 0x25
     vcpu = boot(hv, vm, RDMSR_UNKNOWN)
-    first = vcpu.run()
-    if unknown_msr_faults(hv):
-        assert first == IoExit(0x21, 1, 1, IoDirection.OUT, b"\x0d")  # #GP through the IVT
-    else:
-        assert first == IoExit(0x20, 4, 1, IoDirection.OUT, bytes(4))  # documented divergence: reads 0
+    assert vcpu.run() == IoExit(0x21, 1, 1, IoDirection.OUT, b"\x0d")  # #GP through the IVT, on every backend
     assert vcpu.run() == HltExit()

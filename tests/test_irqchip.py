@@ -280,3 +280,10 @@ def test_pit_through_the_ioapic_keeps_ticking(hv: Hypervisor, vm: VM) -> None:
     """Each tick waits for the EOI of the one before (reinjection); the EOI at the LAPIC must reach the PIT."""
     vcpu = start(hv, vm, guests.PIT_IOAPIC_TICKS, pit=True)
     assert run_until_out(vcpu) == out(0x10, 5, 4)
+
+
+def test_lapic_tsc_deadline_timer(hv: Hypervisor, vm: VM) -> None:
+    vcpu = start(hv, vm, guests.TSC_DEADLINE)
+    assert run_until_out(vcpu) == out(0x12, 1, 4)  # armed: IA32_TSC_DEADLINE reads back non-zero
+    assert run_until_out(vcpu) == out(0x11, 0, 4)  # fired: the MSR reads 0 again
+    assert run_until_out(vcpu) == out(0x10, 1, 4)

@@ -308,8 +308,7 @@ LONG_NMI_IST = Case(
 )
 
 # 64-bit CPL0: RDMSR of an MSR nobody has, then the value read is sent out.
-# Host: 64-bit, rip=CODE, the IDT above. Upstream: #GP(0) on the rdmsr (OUT 13, HLT).
-# Exits under ``unknown_msr_reads_zero`` (simulator): OUT 0x20 size 4 data 0, HLT.
+# Host: 64-bit, rip=CODE, the IDT above. Exits: #GP(0) on the rdmsr (OUT 13, HLT).
 RDMSR_UNKNOWN = (
     b"\xb9\xef\xbe\xad\xde"  # 1000 mov ecx, 0xdeadbeef
     b"\xb8\x55\x55\x55\x55"  # 1005 mov eax, 0x55555555
@@ -330,14 +329,6 @@ LONG_RDMSR_UNKNOWN = Case(
         state=handled(13, STACK_TOP, 6, rax=0x5555550D, rdx=0x600),
         memory={"frame": frame(0, CODE + 10, KERNEL_CS, RF | 0x2, STACK_TOP, KERNEL_SS)},
     ),
-    quirks=("unknown_msr_reads_zero",),
-    variants={
-        "unknown_msr_reads_zero": redeliver(
-            (out(0x20, 0, CODE + 0xE, size=4), hlt(CODE + 0xF)),
-            bytes(48),
-            {"rip": CODE + 0xF, "rax": 0, "rdx": 0, "rsp": STACK_TOP, "rflags": 0x2},
-        )
-    },
     covers=frozenset({"exception-delivery"}),
 )
 

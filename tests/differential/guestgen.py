@@ -40,11 +40,11 @@ MMIO_WINDOW = 0x100
 MAX_INSNS, MAX_SKIP = 20, 6
 """At most 20 instructions; a forward jump skips at most 6 (so rel8 always reaches)."""
 
-# Known simulator bugs (regression tests in test_fuzz.py), kept out of the random guests until fixed:
-ALIGNED_MMIO_ONLY = True
-"""Unaligned MMIO reads come out as Unicorn splits them: MMIO operands stay aligned to their size."""
-MMIO_RIGHT_AFTER_FLAGS = False
-"""The flags set just before an MMIO read come out wrong: no MMIO access right after a flag writer."""
+# Switches that keep known simulator bugs (regression tests in test_fuzz.py) out of the random guests:
+ALIGNED_MMIO_ONLY = False
+"""True: MMIO operands stay aligned to their size (unaligned MMIO reads were split as Unicorn splits them; fixed)."""
+MMIO_RIGHT_AFTER_FLAGS = True
+"""False: no MMIO access right after a flag writer (the flags set just before an MMIO read came out wrong; fixed)."""
 _NO_MMIO = 1 << 32  # beside the status flags in ``d``: no MMIO operand for this instruction
 
 GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", *(f"r{i}" for i in range(8, 16)))

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from hvcore import VM, Exit, Hypervisor, IoDirection, IoExit, MmioExit, Regs
+from hvcore import VCPU, VM, Exit, Hypervisor, IoDirection, IoExit, MmioExit, Regs
 from tests.boot import boot, read_guest, write_guest
 from tests.differential.guestgen import SCRATCH, SCRATCH_SIZE, Program
 from tests.guests import layout
@@ -117,12 +117,19 @@ class Watchdog:
         self._thread.join()
 
 
-def run(hv: Hypervisor, program: Program, watchdog: Watchdog) -> Outcome:
-    """Run ``program`` in a fresh VM on ``hv`` (64-bit long mode, CPL0) and record its ``Outcome``."""
+def run(
+    hv: Hypervisor, program: Program, watchdog: Watchdog, setup: Callable[[VM, VCPU], None] | None = None
+) -> Outcome:
+    """Run ``program`` in a fresh VM on ``hv`` (64-bit long mode, CPL0) and record its ``Outcome``.
+
+    ``setup`` (the regression tests' extra slots, IDT...) runs once the vCPU is ready, before the guest.
+    """
     with hv.create_vm() as vm, watchdog.watch(vm):
         vcpu = boot(hv, vm, program.code, "long", rflags=program.rflags)
         vcpu.set_regs(replace(vcpu.get_regs(), **program.regs))
         write_guest(vm, SCRATCH, program.scratch)
+        if setup is not None:
+            setup(vm, vcpu)
         steps: list[Step] = []
         while len(steps) < MAX_EXITS:
             exit_ = vcpu.run()

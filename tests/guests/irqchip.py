@@ -232,6 +232,57 @@ LAPIC_TIMER = (
     b"\x48\xcf"                                  # 1113 iretq
 )
 
+# LAPIC timer in TSC-deadline mode (LVT timer 0x40040): the guest arms IA32_TSC_DEADLINE 2,000,000
+# TSC ticks ahead with WRMSR, reads it back (armed: non-zero), sleeps in HLT until vector 0x40, then
+# reads the MSR again: 0 once the deadline has fired.
+# Host: long mode, APIC window, irqchip, the CPUID supported_cpuid() gives (TSC-deadline bit).
+# Exits: OUT 0x12 size 4 data 1 (armed); OUT 0x11 size 4 data 0; OUT 0x10 size 4 data 1 (one tick).
+TSC_DEADLINE = (
+    b"\xfa"                                      # 1000 cli
+    b"\x48\x8d\x05\xbd\x00\x00\x00"              # 1001 lea rax,[rip+0xbd] # 0x10c5
+    b"\x66\x89\x04\x25\x00\x34\x00\x00"          # 1008 mov WORD PTR ds:0x3400,ax
+    b"\x66\xc7\x04\x25\x02\x34\x00\x00\x08\x00"  # 1010 mov WORD PTR ds:0x3402,0x8
+    b"\x66\xc7\x04\x25\x04\x34\x00\x00\x00\x8e"  # 101A mov WORD PTR ds:0x3404,0x8e00
+    b"\x48\xc1\xe8\x10"                          # 1024 shr rax,0x10
+    b"\x66\x89\x04\x25\x06\x34\x00\x00"          # 1028 mov WORD PTR ds:0x3406,ax
+    b"\x48\xc1\xe8\x10"                          # 1030 shr rax,0x10
+    b"\x89\x04\x25\x08\x34\x00\x00"              # 1034 mov DWORD PTR ds:0x3408,eax
+    b"\x66\xc7\x04\x25\x00\x50\x00\x00\xff\x0f"  # 103B mov WORD PTR ds:0x5000,0xfff
+    b"\xc7\x04\x25\x02\x50\x00\x00\x00\x30\x00\x00"# 1045 mov DWORD PTR ds:0x5002,0x3000
+    b"\xc7\x04\x25\x06\x50\x00\x00\x00\x00\x00\x00"# 1050 mov DWORD PTR ds:0x5006,0x0
+    b"\x0f\x01\x1c\x25\x00\x50\x00\x00"          # 105B lidt ds:0x5000
+    b"\xbb\x00\x00\xe0\xfe"                      # 1063 mov ebx,0xfee00000
+    b"\xc7\x83\xf0\x00\x00\x00\xff\x01\x00\x00"  # 1068 mov DWORD PTR [rbx+0xf0],0x1ff
+    b"\xc7\x83\x20\x03\x00\x00\x40\x00\x04\x00"  # 1072 mov DWORD PTR [rbx+0x320],0x40040
+    b"\x0f\x31"                                  # 107C rdtsc
+    b"\x48\xc1\xe2\x20"                          # 107E shl rdx,0x20
+    b"\x48\x09\xd0"                              # 1082 or rax,rdx
+    b"\x48\x05\x80\x84\x1e\x00"                  # 1085 add rax,0x1e8480
+    b"\x48\x89\xc2"                              # 108B mov rdx,rax
+    b"\x48\xc1\xea\x20"                          # 108E shr rdx,0x20
+    b"\xb9\xe0\x06\x00\x00"                      # 1092 mov ecx,0x6e0
+    b"\x0f\x30"                                  # 1097 wrmsr
+    b"\x0f\x32"                                  # 1099 rdmsr
+    b"\x85\xc0"                                  # 109B test eax,eax
+    b"\x0f\x95\xc0"                              # 109D setne al
+    b"\x0f\xb6\xc0"                              # 10A0 movzx eax,al
+    b"\xe7\x12"                                  # 10A3 out 0x12,eax
+    b"\xfb"                                      # 10A5 sti
+    b"\xf4"                                      # 10A6 hlt
+    b"\x83\x3c\x25\x10\x50\x00\x00\x01"          # 10A7 cmp DWORD PTR ds:0x5010,0x1
+    b"\x72\xf5"                                  # 10AF jb 0x10a6
+    b"\xfa"                                      # 10B1 cli
+    b"\xb9\xe0\x06\x00\x00"                      # 10B2 mov ecx,0x6e0
+    b"\x0f\x32"                                  # 10B7 rdmsr
+    b"\xe7\x11"                                  # 10B9 out 0x11,eax
+    b"\x8b\x04\x25\x10\x50\x00\x00"              # 10BB mov eax,DWORD PTR ds:0x5010
+    b"\xe7\x10"                                  # 10C2 out 0x10,eax
+    b"\xf4"                                      # 10C4 hlt
+    b"\xff\x04\x25\x10\x50\x00\x00"              # 10C5 inc DWORD PTR ds:0x5010
+    b"\xc7\x83\xb0\x00\x00\x00\x00\x00\x00\x00"  # 10CC mov DWORD PTR [rbx+0xb0],0x0
+    b"\x48\xcf"                                  # 10D6 iretq
+)
+
 # IOAPIC pin 6 level-triggered to vector 0x46. While the host holds the line high, every EOI
 # re-delivers; the third ISR run asks the host to release it (OUT 0x14) before its EOI, and no
 # fourth interrupt comes. Then the count and the redirection entry (remote IRR, bit 14, clear).

@@ -143,3 +143,46 @@ TRIPLE_FAULT = (
 SPIN = (
     b"\xeb\xfe"  # spin: jmp spin
 )
+
+# RDMSR of an MSR no CPU has, then the value read is sent out.
+# Host: 64-bit long mode, rip=CODE, an IDT whose #GP gate reports (tests.test_exceptions).
+# Exits: #GP(0) on the rdmsr (RIP at CODE + 0xA; eax and edx unchanged), so the #GP handler's
+# exits; never the OUT.
+# Measured on this host's KVM: exactly that.
+RDMSR_UNKNOWN = (
+    b"\xb9\xef\xbe\xad\xde"  # mov ecx, 0xdeadbeef
+    b"\xb8\x55\x55\x55\x55"  # mov eax, 0x55555555
+    b"\x0f\x32"              # rdmsr
+    b"\xe7\x20"              # out 0x20, eax
+    b"\xf4"                  # hlt
+)
+
+# WRMSR of an MSR no CPU has.
+# Host: 64-bit long mode, rip=CODE, an IDT whose #GP gate reports (tests.test_exceptions).
+# Exits: #GP(0) on the wrmsr (RIP at CODE + 0x9), so the #GP handler's exits; never the OUT.
+# Measured on this host's KVM: exactly that.
+WRMSR_UNKNOWN = (
+    b"\xb9\xef\xbe\xad\xde"  # mov ecx, 0xdeadbeef
+    b"\x31\xc0"              # xor eax, eax
+    b"\x31\xd2"              # xor edx, edx
+    b"\x0f\x30"              # wrmsr
+    b"\xe6\x20"              # out 0x20, al
+    b"\xf4"                  # hlt
+)
+
+# Two RDTSCs, and the difference between them (low 32 bits) sent out.
+# Host: 64-bit long mode, rip=CODE. rbx holds the first TSC at the end, rax the difference.
+# Exits: OUT port 0x20 size 4 data (a positive difference); HLT.
+# Measured on this host's KVM: a difference of about 10^5 (the host emulates CPL0 code).
+RDTSC_TWICE = (
+    b"\x0f\x31"              # rdtsc
+    b"\x48\xc1\xe2\x20"      # shl rdx, 32
+    b"\x48\x09\xd0"          # or rax, rdx
+    b"\x48\x89\xc3"          # mov rbx, rax
+    b"\x0f\x31"              # rdtsc
+    b"\x48\xc1\xe2\x20"      # shl rdx, 32
+    b"\x48\x09\xd0"          # or rax, rdx
+    b"\x48\x29\xd8"          # sub rax, rbx
+    b"\xe7\x20"              # out 0x20, eax
+    b"\xf4"                  # hlt
+)

@@ -284,3 +284,45 @@ COUNTED_OUT = (
     b"\x75\xfb"  # jnz again
     b"\xf4"      # done: hlt
 )
+
+# An MSR and TSC probe driven by the host: a loop that says it is ready (OUT port 0x3F size 1),
+# asks (IN port 0x40) for an MSR index, then (IN port 0x41) for an operation: 0 = rdmsr, 1 = wrmsr
+# (the value from IN ports 0x44 low, 0x45 high), 2 = rdtsc. A read answers with OUT port 0x42
+# size 4 (eax), then OUT port 0x43 size 4 (edx); a write that succeeds with OUT port 0x46 size 1.
+# A #GP (IVT entry 13, set by the guest) drops its frame and answers OUT port 0x47 size 1. Then
+# the loop starts again. At the ready OUT no instruction is pending: the host may change state.
+# Host: real mode, rip=CODE; the guest sets ss:sp = 0:0x8000 and IVT entry 13 itself.
+# Measured on this host's KVM: exactly that (the #GP handler runs at 0:0x104C).
+MSR_PROBE = (
+    b"\x31\xc0"                      # 1000 xor ax, ax
+    b"\x8e\xd0"                      # 1002 mov ss, ax
+    b"\xbc\x00\x80"                  # 1004 mov sp, 0x8000
+    b"\xc7\x06\x34\x00\x4c\x10"      # 1007 mov word ptr [13*4], offset gp   (0x104C)
+    b"\xc7\x06\x36\x00\x00\x00"      # 100D mov word ptr [13*4+2], 0
+    b"\xe6\x3f"                      # 1013 next: out 0x3f, al
+    b"\x66\xe5\x40"                  # 1015 in eax, 0x40
+    b"\x66\x89\xc1"                  # 1018 mov ecx, eax
+    b"\x66\xe5\x41"                  # 101B in eax, 0x41
+    b"\x3c\x01"                      # 101E cmp al, 1
+    b"\x74\x11"                      # 1020 je write
+    b"\x3c\x02"                      # 1022 cmp al, 2
+    b"\x74\x22"                      # 1024 je tsc
+    b"\x0f\x32"                      # 1026 rdmsr
+    b"\x66\xe7\x42"                  # 1028 report: out 0x42, eax
+    b"\x66\x89\xd0"                  # 102B mov eax, edx
+    b"\x66\xe7\x43"                  # 102E out 0x43, eax
+    b"\xeb\xe0"                      # 1031 jmp next
+    b"\x66\xe5\x44"                  # 1033 write: in eax, 0x44
+    b"\x66\x89\xc3"                  # 1036 mov ebx, eax
+    b"\x66\xe5\x45"                  # 1039 in eax, 0x45
+    b"\x66\x89\xc2"                  # 103C mov edx, eax
+    b"\x66\x89\xd8"                  # 103F mov eax, ebx
+    b"\x0f\x30"                      # 1042 wrmsr
+    b"\xe6\x46"                      # 1044 out 0x46, al
+    b"\xeb\xcb"                      # 1046 jmp next
+    b"\x0f\x31"                      # 1048 tsc: rdtsc
+    b"\xeb\xdc"                      # 104A jmp report
+    b"\x83\xc4\x06"                  # 104C gp: add sp, 6
+    b"\xe6\x47"                      # 104F out 0x47, al
+    b"\xeb\xc0"                      # 1051 jmp next
+)

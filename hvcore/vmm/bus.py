@@ -1,0 +1,104 @@
+"""``Bus``: one address space (port IO or MMIO) of device ranges.
+
+A device registers ``[base, base + length)``; ranges may not overlap (``BusConflict``). An
+access is dispatched to the device whose range holds its first byte, with the offset into that
+range. Unclaimed reads answer all-ones and unclaimed writes are counted, as on a PC.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass
+
+from hvcore.errors import BusConflict, InvalidArgument, NotFound
+from hvcore.vmm.device import Device
+
+__all__ = ["Bus", "Range"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """A device's range on a bus."""
+
+    base: int
+    length: int
+    device: Device
+
+    @property
+    def end(self) -> int:
+        """One past the last address."""
+        return self.base + self.length
+
+
+class Bus:
+    """Device ranges in an address space of ``limit`` addresses (0x10000 for ports)."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self._ranges: list[Range] = []
+        self._bases: list[int] = []
+        self._lock = threading.Lock()
+        self.unclaimed_reads = 0
+        self.unclaimed_writes = 0
+
+    def register(self, base: int, length: int, device: Device) -> Range:
+        """Put ``device`` at ``[base, base + length)``; ``BusConflict`` if another device is there."""
+        if length <= 0 or base < 0 or base + length > self.limit:
+            raise InvalidArgument(
+                f"{device.name}: {self.name} range {base:#x}+{length:#x} is outside 0..{self.limit:#x}",
+                operation="register",
+            )
+        entry = Range(base, length, device)
+        with self._lock:
+            at = bisect.bisect_left(self._bases, base)
+            for neighbour in self._ranges[max(0, at - 1) : at + 1]:
+                if neighbour.base < entry.end and base < neighbour.end:
+                    raise BusConflict(
+                        f"{device.name} at {self.name} {base:#x}+{length:#x} overlaps {neighbour.device.name} "
+                        f"at {neighbour.base:#x}+{neighbour.length:#x}; pick a free range",
+                        operation="register",
+                    )
+            self._ranges.insert(at, entry)
+            self._bases.insert(at, base)
+        return entry
+
+    def unregister(self, device: Device) -> None:
+        """Remove every range of ``device``."""
+        with self._lock:
+            kept = [r for r in self._ranges if r.device is not device]
+            if len(kept) == len(self._ranges):
+                raise NotFound(f"{device.name} is not on the {self.name} bus", operation="unregister")
+            self._ranges = kept
+            self._bases = [r.base for r in kept]
+
+    def find(self, address: int) -> Range | None:
+        """The range holding ``address``, if any."""
+        at = bisect.bisect_right(self._bases, address) - 1
+        if at >= 0:
+            entry = self._ranges[at]
+            if address < entry.end:
+                return entry
+        return None
+
+    def read(self, address: int, size: int) -> int:
+        """Dispatch a read; all-ones when no device claims ``address``."""
+        entry = self.find(address)
+        if entry is None:
+            self.unclaimed_reads += 1
+            return (1 << (8 * size)) - 1
+        return entry.device.read(address - entry.base, size) & ((1 << (8 * size)) - 1)
+
+    def write(self, address: int, size: int, value: int) -> bool:
+        """Dispatch a write; False (and counted) when no device claims ``address``."""
+        entry = self.find(address)
+        if entry is None:
+            self.unclaimed_writes += 1
+            return False
+        entry.device.write(address - entry.base, size, value & ((1 << (8 * size)) - 1))
+        return True
+
+    def ranges(self) -> tuple[Range, ...]:
+        """Every registered range, by base."""
+        return tuple(self._ranges)

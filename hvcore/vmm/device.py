@@ -1,0 +1,61 @@
+"""What a device is to a bus, and what it may ask of the machine it is plugged into."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Device", "DeviceHost", "IrqLine", "StopRequest"]
+
+
+@runtime_checkable
+class Device(Protocol):
+    """A device model on an IO or MMIO bus.
+
+    ``offset`` is relative to the start of the range the device was registered at; ``size`` is
+    1, 2, 4 or 8 bytes. Reads return the value (only the low ``size`` bytes count); a device
+    never raises for a guest access it does not implement, it ignores the write or reads
+    all-ones, as hardware does.
+    """
+
+    name: str
+    """A short name for statistics and errors, e.g. ``"uart0"``."""
+
+    def read(self, offset: int, size: int) -> int:
+        """A guest read of ``size`` bytes at ``offset``."""
+        ...
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        """A guest write of ``size`` bytes at ``offset``."""
+        ...
+
+
+class IrqLine(Protocol):
+    """One interrupt line of the machine's irqchip (a GSI)."""
+
+    def set(self, level: bool) -> None:
+        """Drive the line (level-triggered devices hold it)."""
+        ...
+
+    def pulse(self) -> None:
+        """Raise and lower the line: one edge."""
+        ...
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """Why a device asked the machine to stop, and the exit status it chose (``None``: no status)."""
+
+    reason: str
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class DeviceHost:
+    """What a device may ask of its machine: an interrupt line, a stop."""
+
+    irq: Callable[[int], IrqLine | None]
+    """The line for GSI ``n``, or ``None`` when the machine has no irqchip."""
+    request_stop: Callable[[StopRequest], None]
+    """Stop the machine (every vCPU), e.g. for isa-debug-exit or an i8042 reset."""

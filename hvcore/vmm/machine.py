@@ -1,0 +1,381 @@
+"""``Machine``: a VM with its memory layout, vCPU threads and device buses, on any backend.
+
+::
+
+    with Machine(hvcore.open_hypervisor("auto"), memory=256 << 20, cpus=2) as machine:
+        add_pc_devices(machine, console=sys.stdout.buffer)   # COM1, debugcon, CMOS, fw_cfg, ...
+        machine.load(open("bios.bin", "rb").read())
+        result = machine.run(timeout=30)                      # start, wait, stop
+    print(result.reason, result.status, machine.stats)
+
+Memory: RAM from guest-physical 0 up to the 32-bit hole (3 GiB), the rest from 4 GiB; ROMs
+(firmware) read-only where loaders put them. With an irqchip (the default) every vCPU gets a
+thread: vCPU 0 starts as the image says, the others wait for INIT/SIPI as on real hardware.
+Exits go to the IO and MMIO buses; unclaimed reads answer all-ones, unclaimed writes are
+counted. ``pause()``/``resume()`` hold every vCPU between exits; ``stop()`` (or a device's stop
+request, a triple fault, an error) ends the run, and ``close()`` joins every thread and closes
+the VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import IO
+
+from hvcore import x86
+from hvcore.errors import HvError, ImageError, InvalidArgument, StateError
+from hvcore.exits import (
+    DebugExit,
+    Exit,
+    HltExit,
+    InterruptedExit,
+    IoExit,
+    IrqWindowOpenExit,
+    MmioExit,
+    ShutdownExit,
+)
+from hvcore.memory import PAGE_SIZE, GuestMemory
+from hvcore.protocol import VCPU, VM, Hypervisor
+from hvcore.trace import TracingVCPU
+from hvcore.types import SlotFlags
+from hvcore.vmm.bus import Bus
+from hvcore.vmm.device import Device, DeviceHost, IrqLine, StopRequest
+from hvcore.vmm.loaders import BootPlan
+from hvcore.vmm.loaders.detect import load as load_image
+
+__all__ = ["HOLE_START", "HIGH_RAM_START", "Machine", "MachineResult"]
+
+HOLE_START = 0xC000_0000
+"""RAM below 4 GiB ends here; the hole holds the IOAPIC, LAPIC and firmware ROM."""
+HIGH_RAM_START = 1 << 32
+"""Where RAM above the hole continues."""
+_LOW_SLOT, _HIGH_SLOT, _FIRST_ROM_SLOT = 0, 1, 8
+
+
+@dataclass(frozen=True)
+class MachineResult:
+    """How a run ended: ``reason`` (``"stopped"``, ``"debug-exit"``, ``"reset"``, ``"shutdown"``,
+    ``"halted"``, ``"timeout"``, ``"error"``), the guest's exit ``status`` where it chose one,
+    and the error that ended it, if any."""
+
+    reason: str
+    status: int | None = None
+    error: BaseException | None = None
+
+
+class _Line:
+    """An irqchip line for devices."""
+
+    def __init__(self, vm: VM, gsi: int) -> None:
+        self._vm, self._gsi = vm, gsi
+
+    def set(self, level: bool) -> None:
+        self._vm.irq_line(self._gsi, level)
+
+    def pulse(self) -> None:
+        self._vm.irq_line(self._gsi, True)
+        self._vm.irq_line(self._gsi, False)
+
+
+class Machine:
+    """A VM, its memory, devices and vCPU threads. See the module docstring."""
+
+    def __init__(
+        self,
+        hypervisor: Hypervisor,
+        *,
+        memory: int = 256 << 20,
+        cpus: int = 1,
+        irqchip: bool = True,
+        trace: IO[str] | None = None,
+    ) -> None:
+        if memory < (1 << 20) or memory % PAGE_SIZE:
+            raise InvalidArgument(
+                f"memory must be whole pages and at least 1 MiB, got {memory:#x}", operation="Machine"
+            )
+        if cpus < 1 or cpus > hypervisor.max_vcpus():
+            raise InvalidArgument(
+                f"{cpus} vCPUs: this backend takes 1 to {hypervisor.max_vcpus()}", operation="Machine"
+            )
+        if cpus > 1 and not irqchip:
+            raise InvalidArgument("more than one vCPU needs the irqchip (for INIT/SIPI)", operation="Machine")
+        self.hypervisor = hypervisor
+        self.cpus = cpus
+        self.io_bus = Bus("io", 0x10000)
+        self.mmio_bus = Bus("mmio", 1 << 52)
+        self.stats: Counter[str] = Counter()
+        self.plan: BootPlan | None = None
+        self._trace = trace
+        self._memories: list[GuestMemory] = []
+        self._rom_slot = _FIRST_ROM_SLOT
+        self._lock = threading.Lock()
+        self._resumed = threading.Event()
+        self._resumed.set()
+        self._done = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._result: MachineResult | None = None
+        self._closed = False
+        self.vm = hypervisor.create_vm()
+        try:
+            self.irqchip = irqchip
+            if irqchip:
+                self.vm.create_irqchip()
+                self.vm.create_pit()
+            low = min(memory, HOLE_START)
+            self._low = self._add_ram(_LOW_SLOT, 0, low)
+            self._high_size = memory - low
+            if self._high_size:
+                self._add_ram(_HIGH_SLOT, HIGH_RAM_START, self._high_size)
+            self.vcpus: list[VCPU] = [self.vm.create_vcpu(i) for i in range(cpus)]
+            for vcpu in self.vcpus:
+                vcpu.set_cpuid(hypervisor.supported_cpuid())
+        except BaseException:
+            self._release()
+            raise
+        self.device_host = DeviceHost(irq=self.irq, request_stop=self.request_stop)
+
+    # -- memory (the loaders' LoadTarget) ------------------------------------------------------
+
+    def _add_ram(self, slot: int, address: int, size: int) -> GuestMemory:
+        memory = GuestMemory(size)
+        self._memories.append(memory)
+        self.vm.set_memory_slot(slot, address, memory)
+        return memory
+
+    @property
+    def ram_size(self) -> int:
+        """Bytes of RAM from guest-physical 0."""
+        return self._low.size
+
+    @property
+    def high_ram_size(self) -> int:
+        """Bytes of RAM from 4 GiB."""
+        return self._high_size
+
+    def _locate(self, address: int, length: int) -> tuple[GuestMemory, int]:
+        for slot in self.vm.memory_slots():
+            if slot.contains(address) and address + length <= slot.end and not slot.readonly:
+                return slot.memory, slot.offset + address - slot.guest_address
+        raise ImageError(
+            f"guest-physical {address:#x}+{length:#x} is not RAM (RAM: 0..{self.ram_size:#x}"
+            + (f", {HIGH_RAM_START:#x}..{HIGH_RAM_START + self._high_size:#x}" if self._high_size else "")
+            + "); give the machine more memory or load the image elsewhere",
+            operation="load",
+        )
+
+    def write(self, address: int, data: bytes) -> None:
+        """Write guest RAM."""
+        memory, offset = self._locate(address, len(data))
+        memory.write(offset, data)
+
+    def read(self, address: int, length: int) -> bytes:
+        """Read guest RAM."""
+        memory, offset = self._locate(address, length)
+        return memory.read(offset, length)
+
+    def add_rom(self, address: int, data: bytes) -> None:
+        """Map ``data`` read-only at ``address`` (page aligned, padded to whole pages)."""
+        if address % PAGE_SIZE:
+            raise ImageError(f"a ROM must start on a page boundary, not {address:#x}", operation="add_rom")
+        size = -(-len(data) // PAGE_SIZE) * PAGE_SIZE
+        rom = GuestMemory(size)
+        self._memories.append(rom)
+        rom.write(0, data)
+        self.vm.set_memory_slot(self._rom_slot, address, rom, flags=SlotFlags.READONLY)
+        self._rom_slot += 1
+
+    # -- devices ---------------------------------------------------------------------------------
+
+    def add_io_device(self, base: int, length: int, device: Device) -> None:
+        """Put ``device`` at ports ``[base, base + length)``."""
+        self.io_bus.register(base, length, device)
+
+    def add_mmio_device(self, base: int, length: int, device: Device) -> None:
+        """Put ``device`` at guest-physical ``[base, base + length)`` (where no RAM or ROM is)."""
+        self.mmio_bus.register(base, length, device)
+
+    def irq(self, gsi: int) -> IrqLine | None:
+        """The irqchip line for GSI ``gsi`` (``None`` without an irqchip)."""
+        return _Line(self.vm, gsi) if self.irqchip else None
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def load(self, image: bytes, *, format: str = "auto", cmdline: str = "", initrd: bytes | None = None) -> BootPlan:
+        """Load ``image`` (format detected unless given) and set vCPU 0 up to start it."""
+        plan = load_image(image, self, format=format, cmdline=cmdline, initrd=initrd)
+        self.boot(plan)
+        return plan
+
+    def boot(self, plan: BootPlan) -> None:
+        """Set vCPU 0 up as ``plan`` says (the reset state for firmware)."""
+        vcpu = self.vcpus[0]
+        if plan.mode != "reset":
+            sregs = vcpu.get_sregs()
+            memory = self._low
+            if plan.mode == "real":
+                sregs = x86.real_mode_sregs(sregs)
+            elif plan.mode == "protected":
+                sregs = x86.protected_mode_sregs(sregs, memory, plan.gdt)
+            else:
+                sregs = x86.long_mode_sregs(sregs, memory, plan.gdt, plan.page_tables)
+            vcpu.set_sregs(sregs)
+            regs = replace(vcpu.get_regs(), rip=plan.entry, rflags=0x2, **dict(plan.regs))
+            vcpu.set_regs(regs)
+        self.plan = plan
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start one thread per vCPU."""
+        if self._closed:
+            raise StateError("the machine is closed", operation="start")
+        if self._threads:
+            raise StateError("the machine is already running; stop() it first", operation="start")
+        self._done.clear()
+        self._result = None
+        vcpus: list[VCPU] = self.vcpus
+        if self._trace is not None:
+            vcpus = [TracingVCPU(vcpus[0], self._trace, vm=self.vm, backend=self.hypervisor.name), *vcpus[1:]]
+        for vcpu in vcpus:
+            thread = threading.Thread(target=self._vcpu_loop, args=(vcpu,), name=f"hvcore-vcpu{vcpu.id}", daemon=True)
+            self._threads.append(thread)
+        for thread in self._threads:
+            thread.start()
+
+    def wait(self, timeout: float | None = None) -> MachineResult | None:
+        """Wait until the run ends; its result, or ``None`` if ``timeout`` passed first."""
+        if not self._done.wait(timeout):
+            return None
+        self._join()
+        return self._result
+
+    def run(self, timeout: float | None = None) -> MachineResult:
+        """Start, wait until the guest stops (or ``timeout`` seconds), stop; how it ended."""
+        self.start()
+        result = self.wait(timeout)
+        if result is None:
+            self.stop(MachineResult("timeout"))
+            result = self.wait()
+        assert result is not None
+        return result
+
+    def pause(self) -> None:
+        """Hold every vCPU at its next exit (kicks them so that comes at once)."""
+        self._resumed.clear()
+        self._kick_all()
+
+    def resume(self) -> None:
+        """Let paused vCPUs run again."""
+        self._resumed.set()
+
+    @property
+    def paused(self) -> bool:
+        """Whether ``pause()`` holds the vCPUs."""
+        return not self._resumed.is_set()
+
+    def request_stop(self, request: StopRequest) -> None:
+        """A device's stop request (debug exit, reset)."""
+        self.stop(MachineResult(request.reason, request.status))
+
+    def stop(self, result: MachineResult | None = None) -> None:
+        """End the run: every vCPU leaves at its next exit (they are kicked); the first result set wins."""
+        with self._lock:
+            if self._result is None:
+                self._result = result or MachineResult("stopped")
+        self._done.set()
+        self._resumed.set()
+        self._kick_all()
+
+    def _kick_all(self) -> None:
+        for vcpu in self.vcpus:
+            with contextlib.suppress(HvError):  # closed already
+                vcpu.kick()
+
+    def _join(self) -> None:
+        while any(thread.is_alive() for thread in self._threads):
+            self._kick_all()  # a kick can land before a vCPU enters run(): repeat until all left
+            for thread in self._threads:
+                thread.join(0.05)
+        self._threads = []
+
+    def _vcpu_loop(self, vcpu: VCPU) -> None:
+        try:
+            while not self._done.is_set():
+                if not self._resumed.is_set():
+                    self._resumed.wait()
+                    continue
+                exit_ = vcpu.run()
+                self.stats[type(exit_).__name__] += 1
+                self._dispatch(vcpu, exit_)
+        except BaseException as exc:  # a device or backend failure ends the whole run, reported by wait()
+            self.stop(MachineResult("error", error=exc))
+
+    def _dispatch(self, vcpu: VCPU, exit_: Exit) -> None:
+        if isinstance(exit_, IoExit):
+            bus, size = self.io_bus, exit_.size
+            if exit_.is_in:
+                vcpu.complete(b"".join(bus.read(exit_.port, size).to_bytes(size, "little") for _ in range(exit_.count)))
+            else:
+                data = exit_.data
+                for at in range(0, len(data), size):
+                    bus.write(exit_.port, size, int.from_bytes(data[at : at + size], "little"))
+        elif isinstance(exit_, MmioExit):
+            if exit_.is_write:
+                self.mmio_bus.write(exit_.address, exit_.length, int.from_bytes(exit_.data, "little"))
+            else:
+                vcpu.complete(self.mmio_bus.read(exit_.address, exit_.length).to_bytes(exit_.length, "little"))
+        elif isinstance(exit_, InterruptedExit | IrqWindowOpenExit | DebugExit):
+            return  # a kick (pause, stop) or nothing the machine asked for: look at the flags again
+        elif isinstance(exit_, HltExit):
+            self.stop(MachineResult("halted"))  # without an irqchip nothing can wake it
+        elif isinstance(exit_, ShutdownExit):
+            self.stop(MachineResult("shutdown"))
+        else:
+            self.stop(MachineResult("error", error=StateError(f"vCPU {vcpu.id}: unexpected exit {exit_!r}")))
+
+    # -- statistics, lifetime ----------------------------------------------------------------------
+
+    def statistics(self) -> Mapping[str, int]:
+        """Exits by kind, and accesses no device claimed."""
+        counts = dict(self.stats)
+        counts["unclaimed_io_reads"] = self.io_bus.unclaimed_reads
+        counts["unclaimed_io_writes"] = self.io_bus.unclaimed_writes
+        counts["unclaimed_mmio_reads"] = self.mmio_bus.unclaimed_reads
+        counts["unclaimed_mmio_writes"] = self.mmio_bus.unclaimed_writes
+        return counts
+
+    def close(self) -> None:
+        """Stop, join every vCPU thread, close devices that can be closed, close the VM."""
+        if self._closed:
+            return
+        if self._threads:
+            self.stop()
+            self._join()
+        self._closed = True
+        for bus in (self.io_bus, self.mmio_bus):
+            for entry in bus.ranges():
+                close = getattr(entry.device, "close", None)
+                if callable(close):
+                    close()
+        self._release()
+
+    def _release(self) -> None:
+        self.vm.close()
+        for memory in self._memories:
+            memory.close()
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Machine({self.hypervisor.name}, ram={self.ram_size + self._high_size:#x}, cpus={self.cpus})"

@@ -1,0 +1,58 @@
+"""The standard PC devices on a :class:`Machine`: COM1, debug console, debug exit, i8042, CMOS, fw_cfg."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from hvcore.vmm.devices import I8042, Cmos, DebugConsole, DebugExit, FwCfg, Uart16550
+from hvcore.vmm.machine import Machine
+
+__all__ = ["PcDevices", "add_pc_devices"]
+
+
+@dataclass(frozen=True)
+class PcDevices:
+    """The devices :func:`add_pc_devices` plugged in."""
+
+    uart: Uart16550
+    debugcon: DebugConsole
+    debug_exit: DebugExit
+    i8042: I8042
+    cmos: Cmos
+    fw_cfg: FwCfg
+
+
+def add_pc_devices(
+    machine: Machine,
+    *,
+    serial: BinaryIO | None = None,
+    serial_input: BinaryIO | None = None,
+    debugcon: BinaryIO | None = None,
+) -> PcDevices:
+    """Plug the PC's devices into ``machine``; serial and debug-console output go to the given streams.
+
+    COM1 at 0x3f8 (GSI 4 when there is an irqchip), the debug console at 0x402 (SeaBIOS logs
+    there), isa-debug-exit at 0xf4, the i8042 at 0x60/0x64 (0xfe to 0x64 resets: the machine
+    stops), CMOS/RTC at 0x70 with the memory-size registers, fw_cfg at 0x510 (DMA at 0x514) with
+    RAM size, CPU count and SeaBIOS's no-boot-menu setting.
+    """
+    host = machine.device_host
+    uart = Uart16550(output=serial, input=serial_input, irq=machine.irq(Uart16550.COM1_GSI))
+    machine.add_io_device(Uart16550.COM1, Uart16550.LENGTH, uart)
+    console = DebugConsole(output=debugcon)
+    machine.add_io_device(DebugConsole.PORT, 1, console)
+    debug_exit = DebugExit(host)
+    machine.add_io_device(DebugExit.PORT, 1, debug_exit)
+    i8042 = I8042(host)
+    for base, length, port in i8042.ports():
+        machine.add_io_device(base, length, port)
+    cmos = Cmos(machine.ram_size, machine.high_ram_size, machine.cpus)
+    machine.add_io_device(Cmos.PORT, 2, cmos)
+    fw_cfg = FwCfg(dma_memory=machine)
+    fw_cfg.set_ram_size(machine.ram_size + machine.high_ram_size)
+    fw_cfg.set_cpus(machine.cpus)
+    fw_cfg.seabios_defaults()
+    for base, length, port in fw_cfg.ports():
+        machine.add_io_device(base, length, port)
+    return PcDevices(uart, console, debug_exit, i8042, cmos, fw_cfg)

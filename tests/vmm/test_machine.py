@@ -1,0 +1,172 @@
+"""``Machine`` on every backend: devices on the buses, vCPU threads, pause/resume/stop, statistics."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+import hvcore
+from hvcore import Hypervisor, MpState, x86
+from hvcore.vmm.loaders import BootPlan
+from hvcore.vmm.machine import Machine, MachineResult
+from hvcore.vmm.pc import PcDevices, add_pc_devices
+
+# Real mode at 0x1000 (ds = 0): prints "hello, machine\n" on COM1 (polling nothing: the UART's THR
+# is always ready), reads unclaimed port 0x99 and echoes it to the debug console (0x402), writes
+# unclaimed port 0x98, then writes 0x21 to isa-debug-exit: exit status (0x21 << 1) | 1 = 0x43.
+HELLO_EXIT = (
+    b"\xba\xf8\x03"  # 1000 mov dx,0x3f8
+    b"\xbe\x1b\x10"  # 1003 mov si,0x101b
+    b"\xac"  # 1006 lods al,BYTE PTR ds:[si]
+    b"\x84\xc0"  # 1007 test al,al
+    b"\x74\x03"  # 1009 je 0x100e
+    b"\xee"  # 100B out dx,al
+    b"\xeb\xf8"  # 100C jmp 0x1006
+    b"\xe4\x99"  # 100E in al,0x99
+    b"\xba\x02\x04"  # 1010 mov dx,0x402
+    b"\xee"  # 1013 out dx,al
+    b"\xe6\x98"  # 1014 out 0x98,al
+    b"\xb0\x21"  # 1016 mov al,0x21
+    b"\xe6\xf4"  # 1018 out 0xf4,al
+    b"\xf4"  # 101A hlt
+    b"hello, machine\n\x00"  # 101B the string
+)
+
+# Real mode at 0x1000: increments the dword at 0x2000 forever.
+COUNT_FOREVER = (
+    b"\x66\xff\x06\x00\x20"  # 1000 inc DWORD PTR ds:0x2000
+    b"\xeb\xf9"  # 1005 jmp 0x1000
+)
+
+
+@pytest.fixture
+def machine(hv: Hypervisor) -> Iterator[Machine]:
+    """A 16 MiB PC machine with an irqchip on each backend."""
+    with Machine(hv, memory=16 << 20) as m:
+        yield m
+
+
+def _start_real(machine: Machine, code: bytes) -> None:
+    machine.write(0x1000, code)
+    machine.boot(BootPlan("real", entry=0x1000))
+
+
+def test_devices_on_the_buses_and_debug_exit(machine: Machine) -> None:
+    serial, console = io.BytesIO(), io.BytesIO()
+    devices: PcDevices = add_pc_devices(machine, serial=serial, debugcon=console)
+    _start_real(machine, HELLO_EXIT)
+    result = machine.run(timeout=20)
+    assert result == MachineResult("debug-exit", (0x21 << 1) | 1)
+    assert serial.getvalue() == b"hello, machine\n"
+    assert console.getvalue() == b"\xff"  # an unclaimed port reads all-ones
+    assert devices.debugcon.data == bytearray(b"\xff")
+    stats = machine.statistics()
+    assert stats["unclaimed_io_reads"] == 1 and stats["unclaimed_io_writes"] == 1
+    assert stats["IoExit"] == len(b"hello, machine\n") + 4  # 15 chars, IN 0x99, OUT 0x402, OUT 0x98, OUT 0xf4
+
+
+def test_hlt_without_irqchip_ends_the_run(hv: Hypervisor) -> None:
+    with Machine(hv, memory=1 << 20, irqchip=False) as machine:
+        _start_real(machine, b"\xf4")
+        assert machine.run(timeout=20) == MachineResult("halted")
+        assert machine.statistics()["HltExit"] == 1
+
+
+def test_triple_fault_is_a_shutdown(machine: Machine) -> None:
+    vcpu = machine.vcpus[0]
+    _start_real(machine, b"\x90")
+    sregs = x86.protected_mode_sregs(vcpu.get_sregs(), machine._low, 0x500)  # no IDT: the #UD below triple-faults
+    vcpu.set_sregs(replace(sregs, idt=hvcore.DescriptorTable(0, 0)))
+    machine.write(0x1000, b"\x0f\x0b")  # ud2
+    assert machine.run(timeout=20).reason == "shutdown"
+
+
+def test_pause_holds_every_vcpu_and_resume_lets_them_go(machine: Machine) -> None:
+    _start_real(machine, COUNT_FOREVER)
+    machine.start()
+    try:
+        deadline = time.monotonic() + 10
+        while int.from_bytes(machine.read(0x2000, 4), "little") < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        machine.pause()
+        time.sleep(0.05)  # the kick lands within a slice
+        held = int.from_bytes(machine.read(0x2000, 4), "little")
+        time.sleep(0.1)
+        assert int.from_bytes(machine.read(0x2000, 4), "little") == held
+        assert machine.paused
+        machine.resume()
+        while int.from_bytes(machine.read(0x2000, 4), "little") == held and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert int.from_bytes(machine.read(0x2000, 4), "little") > held
+    finally:
+        machine.stop()
+    assert machine.wait(10) == MachineResult("stopped")
+
+
+def test_busy_multi_vcpu_machine_stops_cleanly(hv: Hypervisor) -> None:
+    before = threading.active_count()
+    with Machine(hv, memory=16 << 20, cpus=3) as machine:
+        _start_real(machine, COUNT_FOREVER)
+        boot = machine.vcpus[0]
+        for ap in machine.vcpus[1:]:  # as if SIPI'd: all three spin on the same counter
+            ap.set_sregs(boot.get_sregs())
+            ap.set_regs(boot.get_regs())
+            ap.set_mp_state(MpState.RUNNABLE)
+        result = machine.run(timeout=0.5)
+        assert result == MachineResult("timeout")
+        assert int.from_bytes(machine.read(0x2000, 4), "little") > 0
+    assert threading.active_count() == before  # every vCPU thread joined
+
+
+def test_application_processors_wait_for_sipi(hv: Hypervisor) -> None:
+    with Machine(hv, memory=16 << 20, cpus=2) as two:
+        _start_real(two, b"\xfa\xf4")  # cli; hlt: vCPU 0 sleeps for good, nobody sends SIPI
+        assert two.vcpus[1].get_mp_state() == MpState.UNINITIALIZED
+        two.start()
+        time.sleep(0.1)  # (on KVM a state call would wait for run() to return: the kernel holds the vCPU)
+        two.stop()
+        assert two.wait(10) == MachineResult("stopped")
+        assert two.vcpus[1].get_mp_state() == MpState.UNINITIALIZED
+        assert two.vcpus[0].get_mp_state() == MpState.HALTED
+
+
+def test_a_failing_device_ends_the_run_with_its_error(machine: Machine) -> None:
+    class Broken:
+        name = "broken"
+
+        def read(self, offset: int, size: int) -> int:
+            raise RuntimeError("device bug")
+
+        def write(self, offset: int, size: int, value: int) -> None:
+            raise RuntimeError("device bug")
+
+    machine.add_io_device(0x99, 1, Broken())
+    _start_real(machine, HELLO_EXIT)
+    result = machine.run(timeout=20)
+    assert result.reason == "error" and isinstance(result.error, RuntimeError)
+
+
+def test_machine_misuse(hv: Hypervisor) -> None:
+    with pytest.raises(hvcore.InvalidArgument, match="at least 1 MiB"):
+        Machine(hv, memory=4096)
+    with pytest.raises(hvcore.InvalidArgument, match="needs the irqchip"):
+        Machine(hv, memory=1 << 20, cpus=2, irqchip=False)
+    with Machine(hv, memory=1 << 20) as machine:
+        with pytest.raises(hvcore.ImageError, match="is not RAM"):
+            machine.write(0x100000 - 2, b"1234")
+        add_pc_devices(machine)
+        with pytest.raises(hvcore.BusConflict, match="overlaps"):
+            machine.add_io_device(0x3FC, 2, machine.io_bus.ranges()[0].device)
+        _start_real(machine, b"\xf4")
+        machine.start()
+        with pytest.raises(hvcore.StateError, match="already running"):
+            machine.start()
+        machine.stop()
+        machine.wait(10)
+    with pytest.raises(hvcore.StateError, match="closed"):
+        machine.start()

@@ -5,4 +5,24 @@
 - :mod:`.devices`: device models (UART, debug console, debug exit, i8042, CMOS/RTC, fw_cfg).
 - :mod:`.loaders`: raw, ELF, multiboot, Linux bzImage and firmware images into guest memory.
 - :mod:`.machine`: ``Machine``: the VM, its memory layout and vCPU threads, exits to devices.
+- :mod:`.pc`: the standard PC devices on a machine; :mod:`.run`: the ``hvcore run`` command.
 """
+
+from hvcore.vmm.bus import Bus
+from hvcore.vmm.device import Device, DeviceHost, IrqLine, StopRequest
+from hvcore.vmm.loaders import BootPlan
+from hvcore.vmm.machine import Machine, MachineResult
+from hvcore.vmm.pc import PcDevices, add_pc_devices
+
+__all__ = [
+    "BootPlan",
+    "Bus",
+    "Device",
+    "DeviceHost",
+    "IrqLine",
+    "Machine",
+    "MachineResult",
+    "PcDevices",
+    "StopRequest",
+    "add_pc_devices",
+]

@@ -55,6 +55,7 @@ HOLE_START = 0xC000_0000
 HIGH_RAM_START = 1 << 32
 """Where RAM above the hole continues."""
 _LOW_SLOT, _HIGH_SLOT, _FIRST_ROM_SLOT = 0, 1, 8
+_REGISTER_NAMES = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")}
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,8 @@ class Machine:
             else:
                 sregs = x86.long_mode_sregs(sregs, memory, plan.gdt, plan.page_tables)
             vcpu.set_sregs(sregs)
-            regs = replace(vcpu.get_regs(), rip=plan.entry, rflags=0x2, **dict(plan.regs))
+            named = {_REGISTER_NAMES.get(name, name): value for name, value in plan.regs.items()}  # eax -> rax
+            regs = replace(vcpu.get_regs(), rip=plan.entry, rflags=0x2, **named)
             vcpu.set_regs(regs)
         self.plan = plan
 

@@ -306,9 +306,12 @@ class Tracker:
     def _on_intercept(self, engine: Engine, exit_code: int) -> None:
         """A guest RDMSR / WRMSR / RDTSC caught as an SVM intercept (:mod:`simulator.msrs`): emulated, or a fault.
 
-        QEMU restored the state to the instruction's start (flags included) before the hook, so
-        nothing needs settling: emulated, RIP moves past it and the run goes on; else #GP / #UD.
+        QEMU restored the state to the instruction's start before the hook, which leaves the lazy
+        flags mislabelled as after any mid-instruction stop: they are settled first. Emulated, RIP
+        moves past it and the run goes on; else #GP / #UD.
         """
+        if self._cells is not None:
+            self._cells.settle()  # the restore to the instruction's start mislabels the lazy flags (see settle)
         stop = self.vcpu.msrs.intercepted(engine, exit_code)
         if stop is not None:
             self._halt(stop)
@@ -468,7 +471,7 @@ class Tracker:
         self._unprotect.append(slot.guest_address + page * PAGE_SIZE)
         self._unprotected.setdefault(slot.slot, set()).add(page)
         # The store lands: refused, it would be lost where one helper runs the whole instruction
-        # (cmpxchg8b, a far call's pushes). The page is made writable once the instruction is done
+        # (cmpxchg8b goes on without it). The page is made writable once the instruction is done
         # (mem_protect cannot be called from a hook); an IN being completed finishes its batch first.
         if self._stop is None and not self._in_answers:
             self._stop = _WRITABLE

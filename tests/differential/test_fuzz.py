@@ -357,8 +357,9 @@ def _log_dirty(vm: VM, vcpu: VCPU) -> None:
 # The same mislabelled lazy flags, after other ways an instruction stops halfway or syncs its state: a
 # fault raised inside it (#DE from div, #PF from a load: the pushed RFLAGS), a refused write to a
 # read-only slot or to a not yet dirty page of a logging slot, CPUID (Unicorn syncs the state for its
-# hook as an abort does; a jump then makes the next block read the flags from the CPU state), and
-# cmpxchg8b on MMIO (its one helper reads the CPU state's CC_OP).
+# hook as an abort does; a jump then makes the next block read the flags from the CPU state),
+# cmpxchg8b on MMIO (its one helper reads the CPU state's CC_OP), and RDMSR / RDTSC (SVM intercepts:
+# the restore to the instruction's start is an abort too).
 @pytest.mark.kvm
 @pytest.mark.parametrize(
     ("lines", "setup"),
@@ -373,8 +374,14 @@ def _log_dirty(vm: VM, vcpu: VCPU) -> None:
             None,
         ),
         ([ADD_AF, ("f00fc70c2500000d00", "lock cmpxchg8b qword ptr ds:0xd0000"), *SETC_OUT], None),
+        ([ADD_AF, ("b974010000", "mov ecx, 0x174"), ("0f32", "rdmsr"), ("eb00", "jmp L2"), *SETC_OUT], None),
+        (
+            [ADD_AF, ("0f31", "rdtsc"), ("eb00", "jmp L2"), ("0f92c1", "setc cl"), ("b800000000", "mov eax, 0"),
+             ("ba00000000", "mov edx, 0"), ("88c8", "mov al, cl"), ("e600", "out 0x0, al")],
+            None,
+        ),
     ],
-    ids=["div-DE", "load-PF", "rom-write", "dirty-log-write", "cpuid", "cmpxchg8b-mmio"],
+    ids=["div-DE", "load-PF", "rom-write", "dirty-log-write", "cpuid", "cmpxchg8b-mmio", "rdmsr", "rdtsc"],
 )
 def test_flags_before_other_aborts(
     backends: Backends, lines: list[tuple[str, str]], setup: Callable[[VM, VCPU], None] | None

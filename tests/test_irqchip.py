@@ -19,7 +19,7 @@ from tests.boot import add_ram, boot, map_apic_window, read_guest, write_guest
 from tests.conftest import WATCHDOG_SECONDS, Watchdog, open_or_skip
 from tests.guests import irqchip as guests
 from tests.guests import layout
-from tests.quirks import level_extra_deliveries
+from tests.quirks import guest_cr8_works, level_extra_deliveries
 
 
 def out(port: int, value: int, size: int = 1) -> IoExit:
@@ -287,3 +287,23 @@ def test_lapic_tsc_deadline_timer(hv: Hypervisor, vm: VM) -> None:
     assert run_until_out(vcpu) == out(0x12, 1, 4)  # armed: IA32_TSC_DEADLINE reads back non-zero
     assert run_until_out(vcpu) == out(0x11, 0, 4)  # fired: the MSR reads 0 again
     assert run_until_out(vcpu) == out(0x10, 1, 4)
+
+
+# mov rax, 5; mov cr8, rax; xor eax, eax; mov rax, cr8; out 0x10, al; hlt
+CR8_ROUND_TRIP = bytes.fromhex("48c7c005000000" "440f22c0" "31c0" "440f20c0" "e610" "f4")
+
+
+@pytest.mark.parametrize("irqchip", [False, True], ids=["no-irqchip", "irqchip"])
+def test_guest_cr8_is_the_task_priority(hv: Hypervisor, vm: VM, irqchip: bool) -> None:
+    if irqchip:
+        vm.create_irqchip()
+    vcpu = boot(hv, vm, CR8_ROUND_TRIP, "long")
+    exit_ = vcpu.run()
+    if guest_cr8_works(hv):
+        assert exit_ == out(0x10, 5)
+        assert vcpu.get_sregs().cr8 == 5
+        if irqchip:
+            assert vcpu.get_lapic().register(0x80) == 0x50
+    else:  # divergence guest_cr8_unlinked: the guest's CR8 moves go nowhere
+        assert exit_ == out(0x10, 0)
+        assert vcpu.get_sregs().cr8 == 0

@@ -50,6 +50,7 @@ SVM_AREA: Final = PHYSICAL_LIMIT
 _MSRPM: Final = 0x1000  # the bitmap's offset in the area; every bit set: every RDMSR / WRMSR is intercepted
 _MSRPM_SIZE: Final = 0x2000
 _INTERCEPTS: Final = 1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE)
+_CR8_ONLY: Final = struct.Struct("<HH")
 
 
 def _in_msr_bitmap(index: int) -> bool:
@@ -161,6 +162,11 @@ class Engine:
             x.UC_X86_REG_RFLAGS,
         )
         self.RIP: Final = x.UC_X86_REG_RIP
+        self.GPRS_BY_NUMBER: Final = tuple(
+            getattr(x, f"UC_X86_REG_{name}")
+            for name in ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", *(f"R{i}" for i in range(8, 16)))
+        )
+        """The general registers in x86 encoding order (ModRM / REX numbers 0-15)."""
         self.RAX: Final = x.UC_X86_REG_RAX
         self.RCX: Final = x.UC_X86_REG_RCX
         self.RDX: Final = x.UC_X86_REG_RDX
@@ -196,7 +202,7 @@ class Engine:
         self._intercept_msrs(unicorn)
 
     def _intercept_msrs(self, unicorn: Any) -> None:
-        """Make guest RDMSR / WRMSR / RDTSC reach the interrupt hook (see :mod:`simulator.msrs`).
+        """Make guest RDMSR / WRMSR / RDTSC and MOV to/from CR8 reach the interrupt hook (see :mod:`simulator.msrs`).
 
         Unicorn cannot hook them, but QEMU's helpers check SVM intercepts first while hflags has
         HF_GUEST: with the RDTSC and MSR intercept bits set and a permission bitmap of all ones,
@@ -212,6 +218,7 @@ class Engine:
         blob = self._blob()
         _U64.pack_into(blob, self.layout.vm_vmcb, SVM_AREA)
         _U64.pack_into(blob, self.layout.intercept, _INTERCEPTS)
+        _CR8_ONLY.pack_into(blob, self.layout.intercept_cr, 1 << 8, 1 << 8)  # MOV from / to CR8
         _U32.pack_into(blob, self.layout.hflags, _U32.unpack_from(blob, self.layout.hflags)[0] | HF_GUEST)
         self._store(blob)
 

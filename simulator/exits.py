@@ -43,7 +43,7 @@ from simulator import decode, mmu, operand
 from simulator.events import HAS_ERROR_CODE
 from simulator.faults import NonCanonical, PageFault
 from simulator.internals import CC_MASK, Cells
-from simulator.layout import EXCP_VMEXIT
+from simulator.layout import EXCP_VMEXIT, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8
 
 if TYPE_CHECKING:
     import ctypes
@@ -304,7 +304,7 @@ class Tracker:
         self._halt(Stop(StopKind.EXCEPTION, vector=vector, event_kind=kind, instruction_length=length))
 
     def _on_intercept(self, engine: Engine, exit_code: int) -> None:
-        """A guest RDMSR / WRMSR / RDTSC caught as an SVM intercept (:mod:`simulator.msrs`): emulated, or a fault.
+        """A guest RDMSR / WRMSR / RDTSC (:mod:`simulator.msrs`) or MOV to/from CR8 caught as an SVM intercept.
 
         QEMU restored the state to the instruction's start before the hook, which leaves the lazy
         flags mislabelled as after any mid-instruction stop: they are settled first. Emulated, RIP
@@ -312,7 +312,10 @@ class Tracker:
         """
         if self._cells is not None:
             self._cells.settle()  # the restore to the instruction's start mislabels the lazy flags (see settle)
-        stop = self.vcpu.msrs.intercepted(engine, exit_code)
+        if exit_code in (SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8):
+            stop = self.vcpu.cr8_intercepted(engine, write=exit_code == SVM_EXIT_WRITE_CR8)
+        else:
+            stop = self.vcpu.msrs.intercepted(engine, exit_code)
         if stop is not None:
             self._halt(stop)
 

@@ -23,6 +23,8 @@ __all__ = [
     "HF_GUEST",
     "SVM_EXIT_MSR",
     "SVM_EXIT_RDTSC",
+    "SVM_EXIT_READ_CR8",
+    "SVM_EXIT_WRITE_CR8",
     "SVM_INTERCEPT_BASE",
     "VMCB_MSRPM",
     "ContextLayout",
@@ -38,6 +40,9 @@ _MARKERS = {"rax": 0x1122334455667788, "rip": 0x0000123456789ABC, "cr3": 0x76543
 # QEMU 5.0 svm.h: offsets in the VMCB, exit codes, and cpu.h's HF_GUEST_MASK and EXCP_VMEXIT
 _VMCB_INTERCEPT, VMCB_MSRPM, _VMCB_SAVE = 0x0C, 0x48, 0x400
 SVM_EXIT_RDTSC, SVM_EXIT_MSR = 0x6E, 0x7C
+SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8 = 0x08, 0x18
+_VMCB_INTERCEPT_CR = 0x00  # u16 intercept_cr_read, then u16 intercept_cr_write
+_CR_READ_MARK, _CR_WRITE_MARK = 0x5A00, 0xA400  # bits of CR9..CR15 only: nothing the run touches
 SVM_INTERCEPT_BASE = 0x60
 """Intercept bit ``n`` of ``env->intercept`` stands for exit code ``SVM_INTERCEPT_BASE + n``."""
 EXCP_VMEXIT = 0x100
@@ -71,6 +76,8 @@ class ContextLayout:
     old_exception: int
     vm_vmcb: int
     intercept: int
+    intercept_cr: int
+    """``intercept_cr_read`` (u16); ``intercept_cr_write`` follows it."""
     counter: int
     count: int
 
@@ -127,7 +134,7 @@ def calibrate() -> ContextLayout:
     """Find and check every offset; raise :class:`LayoutError` naming what did not fit."""
     size, env, efer, _ = _context_fields()
     error_code, old_exception = _exception_fields(env)
-    vm_vmcb, intercept = _intercept_fields(env, efer, error_code)
+    vm_vmcb, intercept, intercept_cr = _intercept_fields(env, efer, error_code)
     counter, count = _counter_fields()
     return ContextLayout(
         size=size,
@@ -147,6 +154,7 @@ def calibrate() -> ContextLayout:
         old_exception=old_exception,
         vm_vmcb=vm_vmcb,
         intercept=intercept,
+        intercept_cr=intercept_cr,
         counter=counter,
         count=count,
     )
@@ -201,7 +209,7 @@ _CALIBRATION_VMCB = 0x7E5D3000  # a guest-physical address no other field of the
 _CALIBRATION_MARK = 0x3C5AA50000000000  # intercept bits of exit codes no instruction of the run can raise
 
 
-def _intercept_fields(env: int, efer: int, error_code: int) -> tuple[int, int]:
+def _intercept_fields(env: int, efer: int, error_code: int) -> tuple[int, int, int]:
     """Find ``vm_vmcb`` and ``intercept`` from a VMRUN, and check the intercepts :mod:`simulator.msrs` relies on.
 
     The VMCB intercepts RDTSC and (through an all-ones permission bitmap) every MSR; the guest it
@@ -223,6 +231,7 @@ def _intercept_fields(env: int, efer: int, error_code: int) -> tuple[int, int]:
     ctypes.memset(ctypes.addressof(low) + 0x8000, 0xFF, 0x2000)
     bits = 1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE)
     struct.pack_into("<Q", vmcb, _VMCB_INTERCEPT, _CALIBRATION_MARK | bits)
+    struct.pack_into("<HH", vmcb, _VMCB_INTERCEPT_CR, _CR_READ_MARK, _CR_WRITE_MARK)
     struct.pack_into("<Q", vmcb, VMCB_MSRPM, 0x8000)
     code32, data32 = 0xC9B, 0xC93  # VMCB segment attributes (G, D, P, S, type): flat 32-bit code and data
     for i, attrib in enumerate((data32, code32, data32, data32)):  # ES, CS, SS, DS
@@ -268,7 +277,9 @@ def _intercept_fields(env: int, efer: int, error_code: int) -> tuple[int, int]:
     intercept = _one(guest, _CALIBRATION_MARK | bits, "<Q", "intercept")
     if not error_code < vm_vmcb < intercept == vm_vmcb + 16:  # vm_vmcb, tsc_offset, intercept: QEMU 5.0's order
         raise LayoutError(f"vm_vmcb ({vm_vmcb}) and intercept ({intercept}) are not laid out as in QEMU 5.0")
-    return vm_vmcb, intercept
+    if struct.unpack_from("<HH", guest, intercept + 8) != (_CR_READ_MARK, _CR_WRITE_MARK):
+        raise LayoutError("intercept_cr_read / intercept_cr_write do not follow intercept as in QEMU 5.0")
+    return vm_vmcb, intercept, intercept + 8
 
 
 def _counter_fields() -> tuple[int, int]:

@@ -46,6 +46,7 @@ __all__ = [
     "LapicMsrHandler",
     "MsrEmulator",
     "MsrHandler",
+    "fetch_instruction",
 ]
 
 IA32_TSC: Final = 0x10
@@ -445,7 +446,7 @@ class MsrEmulator:
         if exit_code not in (SVM_EXIT_MSR, SVM_EXIT_RDTSC):
             raise HypervisorFault(f"unexpected SVM intercept {exit_code:#x} in the simulator", operation="run")
         rip = engine.reg(engine.RIP)
-        length, opcode = _decode(_fetch(engine, rip))
+        length, opcode = _decode(fetch_instruction(engine, rip))
         reg = engine.reg
         if opcode == 0x32:  # rdmsr
             value = self.read(engine, reg(engine.RCX) & 0xFFFFFFFF, host=False, running=True)
@@ -488,7 +489,7 @@ def _decode(code: bytes) -> tuple[int, int]:
     raise HypervisorFault(f"an intercepted instruction is not RDMSR/WRMSR/RDTSC/RDTSCP: {code.hex()}", operation="run")
 
 
-def _fetch(engine: Engine, rip: int) -> bytes:
+def fetch_instruction(engine: Engine, rip: int) -> bytes:
     """The intercepted instruction's bytes: to the end of RIP's page, and on into the next only if it goes on there.
 
     Every byte read is one the CPU has just fetched, so the walk cannot fail (and so touch CR2).

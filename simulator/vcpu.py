@@ -18,6 +18,7 @@ from hvcore.checks import check_vector, check_width
 from hvcore.errors import (
     ClosedError,
     ExitNotCompleted,
+    HypervisorFault,
     InvalidArgument,
     NotFound,
     Unsupported,
@@ -53,7 +54,7 @@ from hvcore.types import (
 from simulator import state
 from simulator.engine import Engine
 from simulator.exits import Stop, StopKind, Tracker
-from simulator.msrs import DefaultMsrHandler, LapicMsrHandler, MsrEmulator
+from simulator.msrs import DefaultMsrHandler, LapicMsrHandler, MsrEmulator, fetch_instruction
 
 if TYPE_CHECKING:
     from simulator.irqchip.chip import Irqchip
@@ -72,6 +73,9 @@ _SHUTDOWN = ShutdownExit()
 _WINDOW = IrqWindowOpenExit()
 _BLOCKED_STEPS = 256  # single steps while an interrupt waits for IF, before running on in bursts this long
 _CR0_ET, _CR0_CD_NW = 0x10, 0x60000000
+_APIC_TPR = 0x80
+_LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+_GP = Stop(StopKind.EXCEPTION, vector=13, error_code=0)
 _RESET_RDX = 0x600  # KVM's CPU signature when the VMM set no CPUID
 _IDLE_POLL = 0.05  # seconds: a sleeping vCPU looks again at least this often
 
@@ -310,6 +314,49 @@ class SimVCPU(Closeable):
                     return 1 if self._blocked_steps <= _BLOCKED_STEPS else min(count, _BLOCKED_STEPS)
         return count
 
+    # -- CR8: the task priority ----------------------------------------------------
+
+    def _task_priority(self) -> int:
+        """CR8: the LAPIC's TPR bits 7:4 with an irqchip (as KVM's ``kvm_get_cr8``), else the vCPU's own."""
+        chip, lapic = self._vm.irqchip, self._lapic
+        if chip is None or lapic is None:
+            return self._cr8
+        with chip.lock:
+            return (lapic.read(_APIC_TPR, 4) >> 4) & 0xF
+
+    def _set_task_priority(self, value: int) -> None:
+        chip, lapic = self._vm.irqchip, self._lapic
+        if chip is None or lapic is None:
+            self._cr8 = value
+            return
+        with chip.changed:
+            lapic.write(_APIC_TPR, 4, value << 4)
+            chip.changed.notify_all()
+
+    def cr8_intercepted(self, engine: Engine, *, write: bool) -> Stop | None:
+        """A guest ``mov cr8, reg`` / ``mov reg, cr8`` (an SVM intercept, RIP at it): done, RIP past it; or #GP."""
+        rip = engine.reg(engine.RIP)
+        code = fetch_instruction(engine, rip)
+        at, rex = 0, 0
+        while at < len(code) and code[at] in _LEGACY_PREFIXES:  # (LOCK MOV CR0 is AMD's CR8 outside 64-bit mode)
+            at += 1
+        if at < len(code) and 0x40 <= code[at] <= 0x4F:
+            rex, at = code[at], at + 1
+        if code[at : at + 2] not in (b"\x0f\x20", b"\x0f\x22") or at + 2 >= len(code):
+            raise HypervisorFault(f"CR8 intercept at {rip:#x}: not MOV to/from CR8: {code.hex()}", operation="run")
+        modrm = code[at + 2]
+        register = engine.GPRS_BY_NUMBER[(modrm & 7) | (rex & 1) << 3]
+        if write:
+            value = engine.reg(register)
+            if value & ~0xF:
+                return _GP
+            self._set_task_priority(value)
+            self.tracker.reevaluate()  # a lower priority may let a pending interrupt in
+        else:
+            engine.set_reg(register, self._task_priority())
+        engine.set_reg(engine.RIP, rip + at + 3)
+        return None
+
     def _timers_changed(self) -> None:
         if self._thread == _get_ident():  # from the guest's own WRMSR: end the slice after it
             self.tracker.reevaluate()
@@ -487,14 +534,14 @@ class SimVCPU(Closeable):
     def cr8(self) -> int:
         """CR8 (task priority)."""
         self._live()
-        return self._cr8
+        return self._task_priority()
 
     @cr8.setter
     def cr8(self, value: int) -> None:
         self._live()
         if not 0 <= value < 16:
             raise InvalidArgument(f"CR8 is a 4-bit task priority; {value} is out of range", operation="cr8")
-        self._cr8 = value
+        self._set_task_priority(value)
 
     @property
     def apic_base(self) -> int:
@@ -524,7 +571,7 @@ class SimVCPU(Closeable):
             return self._live().get_sregs(
                 apic_base=self._state.apic_base,
                 interrupt_bitmap=(bitmap[0], bitmap[1], bitmap[2], bitmap[3]),
-                cr8=self._cr8,
+                cr8=self._task_priority(),
             )
 
     def set_sregs(self, sregs: Sregs) -> None:
@@ -533,7 +580,7 @@ class SimVCPU(Closeable):
         with self._vm.exec_lock:
             self._live().set_sregs(sregs)
         self._state.apic_base = sregs.apic_base or self._state.apic_base
-        self._cr8 = sregs.cr8 & 0xF
+        self._set_task_priority(sregs.cr8 & 0xF)
         pending = [i * 64 + b for i, w in enumerate(sregs.interrupt_bitmap) for b in range(64) if w >> b & 1]
         self._queued_interrupt = pending[0] if pending else None
 

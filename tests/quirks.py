@@ -228,15 +228,6 @@ REGISTRY: tuple[Quirk, ...] = (
     ),
     # the simulator's limitations (README, "Known divergences")
     Quirk(
-        "guest_cr8_unlinked",
-        is_simulator,
-        "Unicorn's MOV to/from CR8 goes to QEMU's absent APIC; the SVM CR8 intercepts that would "
-        "route it to the LAPIC model are not wired yet",
-        "a guest MOV to CR8 sets the task priority (the LAPIC's TPR bits 7:4 with an irqchip) and MOV from CR8 reads it",
-        "MOV to CR8 is ignored and MOV from CR8 reads 0; the VMM's cr8 / sregs.cr8 and the LAPIC TPR still work",
-        helper="guest_cr8_works",
-    ),
-    Quirk(
         "page_table_writes_not_logged",
         is_simulator,
         "Unicorn's page-table updates (accessed/dirty bits) bypass the write-protect hook",
@@ -315,11 +306,6 @@ def level_extra_deliveries(hv: Hypervisor) -> int:
 def pat_checked(hv: Hypervisor) -> bool:
     """Whether an invalid IA32_PAT value is refused, as upstream (not on kvm_pvm: ``pat_unchecked``)."""
     return not quirk_applies("pat_unchecked", hv)
-
-
-def guest_cr8_works(hv: Hypervisor) -> bool:
-    """Whether guest MOV to/from CR8 reaches the task priority (not on the simulator: ``guest_cr8_unlinked``)."""
-    return not quirk_applies("guest_cr8_unlinked", hv)
 
 
 def tsc_writable(hv: Hypervisor) -> bool:

@@ -19,7 +19,7 @@ from tests.boot import add_ram, boot, map_apic_window, read_guest, write_guest
 from tests.conftest import WATCHDOG_SECONDS, Watchdog, open_or_skip
 from tests.guests import irqchip as guests
 from tests.guests import layout
-from tests.quirks import guest_cr8_works, level_extra_deliveries
+from tests.quirks import level_extra_deliveries
 
 
 def out(port: int, value: int, size: int = 1) -> IoExit:
@@ -298,12 +298,15 @@ def test_guest_cr8_is_the_task_priority(hv: Hypervisor, vm: VM, irqchip: bool) -
     if irqchip:
         vm.create_irqchip()
     vcpu = boot(hv, vm, CR8_ROUND_TRIP, "long")
-    exit_ = vcpu.run()
-    if guest_cr8_works(hv):
-        assert exit_ == out(0x10, 5)
-        assert vcpu.get_sregs().cr8 == 5
-        if irqchip:
-            assert vcpu.get_lapic().register(0x80) == 0x50
-    else:  # divergence guest_cr8_unlinked: the guest's CR8 moves go nowhere
-        assert exit_ == out(0x10, 0)
-        assert vcpu.get_sregs().cr8 == 0
+    assert vcpu.run() == out(0x10, 5)
+    assert vcpu.get_sregs().cr8 == 5 and vcpu.cr8 == 5
+    if irqchip:
+        assert vcpu.get_lapic().register(0x80) == 0x50  # CR8 is TPR bits 7:4
+        vcpu.set_lapic(vcpu.get_lapic().with_register(0x80, 0x30))
+        assert vcpu.get_sregs().cr8 == 3
+
+
+def test_guest_cr8_refuses_reserved_bits(hv: Hypervisor, vm: VM) -> None:
+    """``mov cr8, rax`` with bits above 3 set is #GP; with no IDT that is a triple fault."""
+    vcpu = boot(hv, vm, bytes.fromhex("48c7c010000000" "440f22c0" "f4"), "long")  # mov rax, 16; mov cr8, rax
+    assert isinstance(vcpu.run(), hvcore.ShutdownExit)

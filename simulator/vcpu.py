@@ -64,8 +64,13 @@ if TYPE_CHECKING:
 __all__ = ["SimVCPU"]
 
 _get_ident = threading.get_ident
-SLICE = 1 << 16
-"""Instructions per slice: the longest a kick, another vCPU or a window check waits."""
+SLICE = 65521
+"""Instructions per slice: the longest a kick, another vCPU or a window check waits.
+
+A prime, not 2**16: vCPUs take turns at slice ends, and a spin loop whose length divides the
+slice would always be cut at the same instruction. SeaBIOS's SMP bring-up is such a loop: the
+BSP frees its lock for two of its eight instructions, and with 2**16 the application processor
+never got it. With a prime, successive cuts walk through every position of any shorter loop."""
 RFLAGS_IF = 1 << 9
 _INTERRUPTED = InterruptedExit()
 _HLT = HltExit()

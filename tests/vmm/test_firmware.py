@@ -35,11 +35,11 @@ def seabios() -> Path:
     pytest.skip(f"SeaBIOS not found (HVCORE_SEABIOS, {', '.join(_CANDIDATES[1:])}); `bash .ci/run` fetches it")
 
 
-def boot_log(hv: Hypervisor, *, hide_kvm: bool = False) -> str:
+def boot_log(hv: Hypervisor, *, hide_kvm: bool = False, cpus: int = 1) -> str:
     """SeaBIOS's debug-console output up to "No bootable device" (at most 120 s)."""
     image = seabios().read_bytes()
     console = io.StringIO()
-    with Machine(hv, memory=256 << 20) as machine:
+    with Machine(hv, memory=256 << 20, cpus=cpus) as machine:
         tee = ConsoleTee(console, DONE, lambda: machine.stop(MachineResult("until")))
         add_pc_devices(machine, debugcon=tee)  # type: ignore[arg-type]  # write/flush suffice
         machine.load(image)
@@ -85,3 +85,9 @@ def test_seabios_console_is_the_same_on_both_backends() -> None:
             or line.startswith(("kvmclock:", "CPU Mhz=", "Copying MPTABLE"))
             or line.endswith("- 0000000100000000 = 2 RESERVED")
         ), f"unexplained difference: {line!r}"
+
+
+def test_seabios_brings_up_every_vcpu(hv: Hypervisor) -> None:
+    """SeaBIOS sends INIT/SIPI to all other APICs and counts the processors that check in."""
+    log = boot_log(hv, cpus=4)
+    assert "Found 4 cpu(s) max supported 4 cpu(s)" in log

@@ -154,6 +154,8 @@ class Tracker:
 
         self._unicorn = unicorn
         self.vcpu = vcpu
+        self.local_ports: frozenset[int] = vcpu._vm.irqchip_ports
+        """Ports the simulator's own devices answer (the PIC, the PIT); the VM updates it."""
         self.pending: Exit | None = None  # an IN or MMIO read waiting for complete()
         self._engine: Engine | None = None
         self._stop: Stop | None = None
@@ -231,7 +233,7 @@ class Tracker:
     def _on_out(self, uc: Any, port: int, size: int, value: int, _: object) -> None:
         if self._io_forbidden(port, size):
             return
-        if port in self.vcpu._vm.irqchip_ports:  # the in-kernel PIC / PIT: never the VMM's
+        if port in self.local_ports:  # the in-kernel PIC / PIT: never the VMM's
             chip = self.vcpu._vm.irqchip
             assert chip is not None
             chip.port_write(port, value)
@@ -248,7 +250,7 @@ class Tracker:
     def _on_in(self, uc: Any, port: int, size: int, _: object) -> int:
         if self._in_answers:
             return self._in_answers.pop(0)
-        if port in self.vcpu._vm.irqchip_ports:
+        if port in self.local_ports:
             chip = self.vcpu._vm.irqchip
             assert chip is not None
             return chip.port_read(port)

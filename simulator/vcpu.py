@@ -225,6 +225,7 @@ class SimVCPU(Closeable):
         acquire, release = lock.raw.acquire, lock.raw.release  # the C lock itself: this is the hot path
         first = True
         chip, clock = self._vm.irqchip, self._vm.clock
+        virtual = clock.virtual
         while True:
             if chip is not None and self._mp_state is not MpState.RUNNABLE and not first and self._sleep(chip):
                 return _INTERRUPTED
@@ -261,12 +262,12 @@ class SimVCPU(Closeable):
                     if self._ready(engine):
                         return _WINDOW
                     count = 1  # step until the guest can take an interrupt: the exit comes right then
-                if clock.virtual:
+                if virtual:
                     deadline = chip.deadline() if chip is not None else None
                     if deadline is not None:
                         count = min(count, clock.instructions_until(deadline))
                 stop = tracker.run(engine, count)
-                if clock.virtual:
+                if virtual:
                     clock.executed(min(engine.counter_cell.value, count))
                 exit_ = stop.exit if stop.kind is StopKind.EXIT else self._handle(engine, stop)
             finally:

@@ -268,6 +268,8 @@ class SimVM(SlotOwner, Closeable):
             raise AlreadyExists("the VM already has a PIT", operation="create_pit")
         chip.create_pit()
         self.irqchip_ports = chip.ports
+        for vcpu in self._vcpus.values():
+            vcpu.tracker.local_ports = chip.ports
 
     def get_pit(self) -> PitState:
         """State of the PIT (``KVM_GET_PIT2``)."""

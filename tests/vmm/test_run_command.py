@@ -1,0 +1,59 @@
+"""``hvcore run`` end to end: console, exit status, trace file, statistics and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hvcore import Hypervisor, IoExit, trace
+from hvcore.cli import main
+from tests.vmm.test_machine import HELLO_EXIT
+
+
+def test_run_a_raw_image_with_a_trace(hv: Hypervisor, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image, recorded = tmp_path / "hello.bin", tmp_path / "hello.trace"
+    image.write_bytes(HELLO_EXIT)
+    argv = ["run", str(image), "--backend", hv.name, "--format", "raw", "--memory", "16M", "--trace", str(recorded)]
+    status = main([*argv, "--stats"])
+    out = capsys.readouterr().out
+    assert status == 0x43  # the guest's isa-debug-exit status: (0x21 << 1) | 1
+    assert "hello, machine" in out
+    assert "exit status 67" in out and "IoExit 19" in out
+    with recorded.open() as source:
+        entries = trace.read_trace(source).entries
+    outs = [e.exit for e in entries if isinstance(e.exit, IoExit) and e.exit.port == 0x3F8]
+    assert b"".join(e.data for e in outs) == b"hello, machine\n"
+
+
+def test_run_until_text_and_quiet(hv: Hypervisor, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "hello.bin"
+    image.write_bytes(HELLO_EXIT)
+    status = main(["run", str(image), "--backend", hv.name, "--format", "raw", "-q", "--until", "machine"])
+    assert status == 0
+    assert capsys.readouterr().out.startswith("hello, machine")  # -q: the guest's output only
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--format", "elf"], "ELF: bad magic"),
+        (["--format", "bzimage"], "HdrS"),
+        (["--cmdline", "x", "--format", "raw"], "command line"),
+        (["--memory", "12345"], "whole pages"),
+    ],
+)
+def test_run_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    image = tmp_path / "junk.bin"
+    image.write_bytes(bytes(range(256)) * 8)
+    status = main(["run", str(image), "--backend", "sim", *argv])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("hvcore: error: ") and message in err and err.count("\n") == 1
+
+
+def test_run_a_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "/nonexistent/image"]) == 1
+    assert "cannot read /nonexistent/image" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from typing import Any, Final
 from hvcore.memory import PAGE_SIZE, MemorySlot
 from hvcore.types import SlotFlags
 
-__all__ = ["PHYSICAL_LIMIT", "DeviceRegion", "DirtyLog", "map_layout"]
+__all__ = ["PHYSICAL_LIMIT", "DeviceRegion", "DirtyLog", "MmioRead", "MmioWrite", "map_layout"]
 
 PHYSICAL_LIMIT: Final = 1 << 52
 """Top of the guest-physical space the simulator maps (x86's architectural MAXPHYADDR)."""

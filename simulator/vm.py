@@ -120,7 +120,8 @@ class SimVM(SlotOwner, Closeable):
 
     def map_into(self, engine: Engine, tracker: Tracker) -> None:
         """Map the current layout into a new engine."""
-        devices = self.irqchip.regions(tracker.vcpu.id) if self.irqchip is not None else ()
+        chip = self.irqchip
+        devices = chip.regions(tracker.vcpu.id, tracker.on_mmio_read, tracker.on_mmio_write) if chip is not None else ()
         map_layout(engine.uc, self._slots.slots(), tracker.on_mmio_read, tracker.on_mmio_write, self.dirty, devices)
 
     def linear_reader(self, view: CpuView) -> Callable[[int, int], bytes]:

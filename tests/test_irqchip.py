@@ -310,3 +310,16 @@ def test_guest_cr8_refuses_reserved_bits(hv: Hypervisor, vm: VM) -> None:
     """``mov cr8, rax`` with bits above 3 set is #GP; with no IDT that is a triple fault."""
     vcpu = boot(hv, vm, bytes.fromhex("48c7c010000000" "440f22c0" "f4"), "long")  # mov rax, 16; mov cr8, rax
     assert isinstance(vcpu.run(), hvcore.ShutdownExit)
+
+
+# mov esi, 0xfec00000; mov dword [rsi + 0x200], 0x1234; mov eax, [rsi + 0x204]; mov eax, [rsi]; out 0x10, eax; hlt
+IOAPIC_PAGE_TAIL = bytes.fromhex("be0000c0fe" "c78600020000" "34120000" "8b8604020000" "8b06" "e710" "f4")
+
+
+def test_the_ioapic_page_past_its_registers_is_ordinary_mmio(hv: Hypervisor, vm: VM) -> None:
+    """KVM's IOAPIC claims 0x100 bytes; the rest of its page reaches the VMM as MMIO exits."""
+    vcpu = start(hv, vm, IOAPIC_PAGE_TAIL)
+    assert vcpu.run() == hvcore.MmioExit(0xFEC00200, 4, True, (0x1234).to_bytes(4, "little"))
+    assert vcpu.run() == hvcore.MmioExit(0xFEC00204, 4, False)
+    vcpu.complete(7)
+    assert run_until_out(vcpu) == out(0x10, 0, 4)  # IOREGSEL reads back 0: the register window is the IOAPIC's

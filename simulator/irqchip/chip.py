@@ -24,7 +24,7 @@ from simulator.irqchip.lapic import LocalApic
 from simulator.irqchip.message import DeliveryMode, InterruptMessage, Shorthand
 from simulator.irqchip.pic import PicPair
 from simulator.irqchip.pit import Pit
-from simulator.memory import DeviceRegion
+from simulator.memory import DeviceRegion, MmioRead, MmioWrite
 
 __all__ = ["IOAPIC_BASE", "LAPIC_BASE", "Irqchip", "default_routes"]
 
@@ -100,8 +100,13 @@ class Irqchip:
         with self.lock:
             self._routes = table
 
-    def regions(self, vcpu_id: int) -> list[DeviceRegion]:
-        """The MMIO ranges vCPU ``vcpu_id``'s engine maps to the devices: its own LAPIC page and the IOAPIC."""
+    def regions(self, vcpu_id: int, outside_read: MmioRead, outside_write: MmioWrite) -> list[DeviceRegion]:
+        """The MMIO ranges vCPU ``vcpu_id``'s engine maps to the devices: its own LAPIC page and the IOAPIC.
+
+        Engines map whole pages, but KVM's IOAPIC answers only 0x100 bytes: the rest of its page is
+        ordinary MMIO for the VMM, handed to ``outside_read`` / ``outside_write`` (the vCPU's MMIO
+        callbacks, called as for a gap starting at the IOAPIC's base).
+        """
         lapic = self.lapics[vcpu_id]
 
         def lapic_read(uc: Any, offset: int, size: int, _: Any) -> int:
@@ -115,10 +120,15 @@ class Irqchip:
             self._poke(vcpu_id)
 
         def ioapic_read(uc: Any, offset: int, size: int, _: Any) -> int:
+            if offset >= _IOAPIC_SIZE:
+                return outside_read(uc, offset, size, IOAPIC_BASE)
             with self.lock:
                 return self.ioapic.read(offset, size)
 
         def ioapic_write(uc: Any, offset: int, size: int, value: int, _: Any) -> None:
+            if offset >= _IOAPIC_SIZE:
+                outside_write(uc, offset, size, value, IOAPIC_BASE)
+                return
             with self.lock:
                 self.ioapic.write(offset, size, value)
                 self.changed.notify_all()

@@ -14,7 +14,8 @@ rules with KVM's ``host_initiated`` relaxations.
   the instructions the current slice has run, so the TSC moves on between two ``rdtsc``.
 - IA32_APIC_BASE and IA32_TSC_DEADLINE belong to the local APIC: they go to the vCPU's
   :class:`MsrHandler` (:class:`DefaultMsrHandler` behaves as KVM without an in-kernel LAPIC).
-- MSRs KVM emulates for every guest without saving them (MTRRs, IA32_MISC_ENABLE, MCG, PLATFORM_INFO)
+- MSRs KVM emulates for every guest without saving them (MTRRs, IA32_MISC_ENABLE, MCG and the 32
+  machine-check banks, PLATFORM_INFO)
   are plain storage with KVM's reset values and MTRR type checks.
 - Any other index is unknown: #GP(0) for the guest, an error naming it for the VMM.
 
@@ -101,6 +102,7 @@ _EMULATED: Final = {
     0x1A0: 0x1,  # IA32_MISC_ENABLE: fast strings
     IA32_MTRR_DEF_TYPE: 0,
     **dict.fromkeys(_MTRR_FIXED | _MTRR_VARIABLE, 0),
+    **dict.fromkeys(range(0x400, 0x480), 0),  # 32 machine-check banks: MCi_CTL, _STATUS, _ADDR, _MISC
 }
 """MSRs KVM emulates for every guest beyond the saved list, with their values on a new vCPU (as measured)."""
 _READ_ONLY: Final = frozenset({IA32_MTRRCAP, 0x179})
@@ -127,6 +129,15 @@ def _canonical(value: int) -> bool:
 def _sign_extend_48(value: int) -> int:
     low = value & ((1 << 48) - 1)
     return low | (_MASK64 ^ ((1 << 48) - 1)) if low >> 47 else low
+
+
+def _emulated_valid(index: int, value: int, host: bool) -> bool:
+    """What KVM accepts for its emulated MSRs: MTRR types; MCi_CTL all or nothing; MCi_STATUS only cleared."""
+    if 0x400 <= index < 0x480:
+        if index % 4 == 0:
+            return value in (0, _MASK64)
+        return host or index % 4 != 1 or value == 0
+    return _mtrr_valid(index, value)
 
 
 def _mtrr_valid(index: int, value: int) -> bool:
@@ -382,7 +393,7 @@ class MsrEmulator:
         if index in _EMULATED:
             if index in _READ_ONLY:
                 return host and value == _EMULATED[index]
-            if not _mtrr_valid(index, value):
+            if not _emulated_valid(index, value, host):
                 return False
             self._emulated[index] = value
             return True

@@ -76,7 +76,7 @@ _INTERRUPTED = InterruptedExit()
 _HLT = HltExit()
 _SHUTDOWN = ShutdownExit()
 _WINDOW = IrqWindowOpenExit()
-_BLOCKED_STEPS = 256  # single steps while an interrupt waits for IF, before running on in bursts this long
+_BLOCKED_STEPS = 16  # single steps while an interrupt waits for IF, before bursts (32, 64, ... up to a slice)
 _CR0_ET, _CR0_CD_NW = 0x10, 0x60000000
 _APIC_TPR = 0x80
 _LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
@@ -315,9 +315,16 @@ class SimVCPU(Closeable):
                 if self._ready(engine):
                     self._queued_interrupt = chip.acknowledge(self._id)
                     self._blocked_steps = 0
-                else:  # step until IF / the shadow lets it in; a guest that stays masked long runs on in bursts
-                    self._blocked_steps += 1
-                    return 1 if self._blocked_steps <= _BLOCKED_STEPS else min(count, _BLOCKED_STEPS)
+                    return count
+                # Step until IF / the shadow lets it in, so it lands right after the STI as on hardware;
+                # a guest that keeps interrupts off for long (an OS booting) runs on in bursts that
+                # double up to a whole slice, so a pending timer tick does not slow it down for good.
+                self._blocked_steps += 1
+                if self._blocked_steps <= _BLOCKED_STEPS:
+                    return 1
+                burst = _BLOCKED_STEPS << min(self._blocked_steps - _BLOCKED_STEPS, 12)
+                return min(count, burst)
+            self._blocked_steps = 0
         return count
 
     # -- CR8: the task priority ----------------------------------------------------

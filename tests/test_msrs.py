@@ -144,6 +144,9 @@ def test_msrs_kvm_emulates_beyond_its_saved_ones(hv: Hypervisor, vm: VM) -> None
     assert probe.write(0x2FF, 0x2) == GP  # memory type 2 is reserved
     assert probe.write(0x250, 0x0606060606060606) != GP
     assert probe.vcpu.get_msrs([0x250]) == {0x250: 0x0606060606060606}
+    assert probe.read(0x401) == 0  # MC0_STATUS: one of the 32 banks IA32_MCG_CAP (0x20) announces
+    assert probe.write(0x401, 1) == GP  # the guest may only clear it
+    assert probe.write(0x400, 1) == GP  # MCi_CTL: all ones or nothing
 
 
 # --- known MSRs ------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from simulator.clock import Clock
 from simulator.irqchip.message import DeliveryMode, InterruptMessage, Shorthand
 
 __all__ = ["DEFAULT_BASE", "MIN_PERIODIC_NS", "MMIO_SIZE", "VERSION", "LocalApic"]
+_EMPTY_VECTOR_REGISTERS: Final = bytes(0x80)  # ISR, TMR or IRR with no bit set (8 registers, 16-byte stride)
 
 DEFAULT_BASE: Final = 0xFEE00000
 """Guest-physical address of the APIC page after reset."""
@@ -189,6 +190,8 @@ class LocalApic:
         self._set(offset, self._get(offset) | bit if on else self._get(offset) & ~bit)
 
     def _highest_vector(self, base: int) -> int:
+        if self._regs[base : base + 0x80] == _EMPTY_VECTOR_REGISTERS:  # the usual case, asked on every run
+            return -1
         for index in range(7, -1, -1):
             word = self._get(base + 0x10 * index)
             if word:
@@ -360,9 +363,8 @@ class LocalApic:
         """The highest IRR vector whose priority class is above PPR, or None (also when hardware-disabled)."""
         if not self.hardware_enabled:
             return None
-        ppr = self._update_ppr()
         vector = self._highest_vector(APIC_IRR)
-        if vector < 0 or (vector & 0xF0) <= ppr:
+        if vector < 0 or (vector & 0xF0) <= self._update_ppr():
             return None
         return vector
 

@@ -9,12 +9,13 @@ from typing import Any, Final
 
 from hvcore.errors import InvalidArgument, StateError
 from hvcore.exits import Exit, IoExit, MmioExit
-from hvcore.types import GsiRoute, IrqchipId, IrqchipRoute, MsiRoute, PitState
+from hvcore.types import GsiRoute, IoapicState, IrqchipId, IrqchipRoute, MsiRoute, PicState, PitState
 
 __all__ = [
     "MAX_CPUID_ENTRIES",
     "check_cpuid",
     "check_gsi_routes",
+    "check_irqchip",
     "check_msi",
     "check_pit_state",
     "check_msr",
@@ -140,3 +141,20 @@ def check_gsi_routes(routes: Sequence[GsiRoute], operation: str) -> list[GsiRout
         else:
             check_msi(route.address, route.data, operation)
     return checked
+
+
+def check_irqchip(chip: IrqchipId | int, state: object, operation: str) -> IrqchipId:
+    """``chip`` as an IrqchipId; with a ``state`` (not None), one of the right type for that chip."""
+    try:
+        which = IrqchipId(chip)
+    except ValueError:
+        raise InvalidArgument(
+            f"{chip!r} is not an irqchip; use IrqchipId.PIC_MASTER, PIC_SLAVE or IOAPIC", operation=operation
+        ) from None
+    if state is not None:
+        wanted = IoapicState if which is IrqchipId.IOAPIC else PicState
+        if not isinstance(state, wanted):
+            raise InvalidArgument(
+                f"{which.name} takes a {wanted.__name__}, not {type(state).__name__}", operation=operation
+            )
+    return which

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 __all__ = [
     "MSRS",
     "TSC_HZ",
+    "GP_FAULT",
+    "LEGACY_PREFIXES",
     "DefaultMsrHandler",
     "LapicMsrHandler",
     "MsrEmulator",
@@ -118,7 +120,7 @@ _EFER_KNOWN: Final = _EFER_SCE | _EFER_LME | _EFER_LMA | _EFER_NX
 _APIC_BASE_RESERVED: Final = 0x2FF
 _APIC_X2APIC, _APIC_ENABLE = 1 << 10, 1 << 11
 _CR0_PG: Final = 1 << 31
-_LEGACY_PREFIXES: Final = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+LEGACY_PREFIXES: Final = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 _AMD_VENDORS: Final = frozenset({b"AuthenticAMD", b"HygonGenuine"})
 
 
@@ -462,13 +464,13 @@ class MsrEmulator:
         if opcode == 0x32:  # rdmsr
             value = self.read(engine, reg(engine.RCX) & 0xFFFFFFFF, host=False, running=True)
             if value is None:
-                return _GP
+                return GP_FAULT
             engine.set_reg(engine.RAX, value & 0xFFFFFFFF)
             engine.set_reg(engine.RDX, value >> 32)
         elif opcode == 0x30:  # wrmsr
             value = (reg(engine.RDX) & 0xFFFFFFFF) << 32 | reg(engine.RAX) & 0xFFFFFFFF
             if not self.write(engine, reg(engine.RCX) & 0xFFFFFFFF, value, host=False, running=True):
-                return _GP
+                return GP_FAULT
         else:  # rdtsc, rdtscp
             if opcode == 0xF9:
                 if not self._cpuid.rdtscp:
@@ -481,14 +483,14 @@ class MsrEmulator:
         return None
 
 
-_GP: Final = Stop(StopKind.EXCEPTION, vector=13, error_code=0)
+GP_FAULT: Final = Stop(StopKind.EXCEPTION, vector=13, error_code=0)
 _UD: Final = Stop(StopKind.EXCEPTION, vector=6)
 
 
 def _decode(code: bytes) -> tuple[int, int]:
     """Length and last opcode byte of the RDMSR (0x32), WRMSR (0x30), RDTSC (0x31) or RDTSCP (0xF9) in ``code``."""
     at = 0
-    while at < len(code) and code[at] in _LEGACY_PREFIXES:
+    while at < len(code) and code[at] in LEGACY_PREFIXES:
         at += 1
     if at < len(code) and 0x40 <= code[at] <= 0x4F:  # REX: the instruction is 64-bit code, so it is a prefix
         at += 1
@@ -508,6 +510,6 @@ def fetch_instruction(engine: Engine, rip: int) -> bytes:
     linear = engine.code_address(rip)
     first = min(15, 0x1000 - (linear & 0xFFF))
     code = engine.read_code(linear, first) or b""
-    if len(code) == first < 15 and all(b in _LEGACY_PREFIXES or 0x40 <= b <= 0x4F or b in (0x0F, 0x01) for b in code):
+    if len(code) == first < 15 and all(b in LEGACY_PREFIXES or 0x40 <= b <= 0x4F or b in (0x0F, 0x01) for b in code):
         code += engine.read_code(linear + first, 15 - first) or b""
     return code

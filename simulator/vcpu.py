@@ -54,7 +54,7 @@ from hvcore.types import (
 from simulator import state
 from simulator.engine import Engine
 from simulator.exits import Stop, StopKind, Tracker
-from simulator.msrs import DefaultMsrHandler, LapicMsrHandler, MsrEmulator, fetch_instruction
+from simulator.msrs import GP_FAULT, LEGACY_PREFIXES, DefaultMsrHandler, LapicMsrHandler, MsrEmulator, fetch_instruction
 
 if TYPE_CHECKING:
     from simulator.irqchip.chip import Irqchip
@@ -79,8 +79,6 @@ _WINDOW = IrqWindowOpenExit()
 _BLOCKED_STEPS = 16  # single steps while an interrupt waits for IF, before bursts (32, 64, ... up to a slice)
 _CR0_ET, _CR0_CD_NW = 0x10, 0x60000000
 _APIC_TPR = 0x80
-_LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
-_GP = Stop(StopKind.EXCEPTION, vector=13, error_code=0)
 _RESET_RDX = 0x600  # KVM's CPU signature when the VMM set no CPUID
 _IDLE_POLL = 0.05  # seconds: a sleeping vCPU looks again at least this often
 
@@ -351,7 +349,7 @@ class SimVCPU(Closeable):
         rip = engine.reg(engine.RIP)
         code = fetch_instruction(engine, rip)
         at, rex = 0, 0
-        while at < len(code) and code[at] in _LEGACY_PREFIXES:  # (LOCK MOV CR0 is AMD's CR8 outside 64-bit mode)
+        while at < len(code) and code[at] in LEGACY_PREFIXES:  # (LOCK MOV CR0 is AMD's CR8 outside 64-bit mode)
             at += 1
         if at < len(code) and 0x40 <= code[at] <= 0x4F:
             rex, at = code[at], at + 1
@@ -362,7 +360,7 @@ class SimVCPU(Closeable):
         if write:
             value = engine.reg(register)
             if value & ~0xF:
-                return _GP
+                return GP_FAULT
             self._set_task_priority(value)
             self.tracker.reevaluate()  # a lower priority may let a pending interrupt in
         else:

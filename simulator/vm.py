@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hvcore.caps import Capability
-from hvcore.checks import MAX_GSI, check_gsi_routes, check_msi, check_pit_state
+from hvcore.checks import MAX_GSI, check_gsi_routes, check_irqchip, check_msi, check_pit_state
 from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, StateError
 from hvcore.lifetime import Closeable
 from hvcore.memory import MemorySlot, SlotChange, SlotOwner, SlotTable
@@ -256,11 +256,11 @@ class SimVM(SlotOwner, Closeable):
 
     def get_irqchip(self, chip: IrqchipId) -> PicState | IoapicState:
         """State of the master PIC, the slave PIC or the IOAPIC (``KVM_GET_IRQCHIP``)."""
-        return self._chip("get_irqchip").get_state(_chip_id(chip, "get_irqchip"))
+        return self._chip("get_irqchip").get_state(check_irqchip(chip, None, "get_irqchip"))
 
     def set_irqchip(self, chip: IrqchipId, state: PicState | IoapicState) -> None:
         """Load the state of one controller (``KVM_SET_IRQCHIP``)."""
-        self._chip("set_irqchip").set_state(_chip_id(chip, "set_irqchip"), state)
+        self._chip("set_irqchip").set_state(check_irqchip(chip, state, "set_irqchip"), state)
 
     def create_pit(self) -> None:
         """The 8254 PIT on IRQ 0 (``KVM_CREATE_PIT2``); needs the irqchip (ENOENT), once (EEXIST)."""
@@ -336,12 +336,3 @@ class SimVM(SlotOwner, Closeable):
 
     def __repr__(self) -> str:
         return f"SimVM(vcpus={len(self._vcpus)}{', closed' if self._closed else ''})"
-
-
-def _chip_id(chip: IrqchipId | int, operation: str) -> IrqchipId:
-    try:
-        return IrqchipId(chip)
-    except ValueError:
-        raise InvalidArgument(
-            f"{chip!r} is not an irqchip; use IrqchipId.PIC_MASTER, PIC_SLAVE or IOAPIC", operation=operation
-        ) from None

@@ -323,3 +323,13 @@ def test_the_ioapic_page_past_its_registers_is_ordinary_mmio(hv: Hypervisor, vm:
     assert vcpu.run() == hvcore.MmioExit(0xFEC00204, 4, False)
     vcpu.complete(7)
     assert run_until_out(vcpu) == out(0x10, 0, 4)  # IOREGSEL reads back 0: the register window is the IOAPIC's
+
+
+def test_irqchip_state_misuse_is_the_same_error_on_every_backend(vm: VM) -> None:
+    vm.create_irqchip()
+    with pytest.raises(hvcore.InvalidArgument, match="is not an irqchip"):
+        vm.get_irqchip(7)  # type: ignore[arg-type]
+    with pytest.raises(hvcore.InvalidArgument, match="IOAPIC takes a IoapicState, not PicState"):
+        vm.set_irqchip(IrqchipId.IOAPIC, hvcore.PicState())
+    with pytest.raises(hvcore.InvalidArgument, match="PIC_SLAVE takes a PicState"):
+        vm.set_irqchip(IrqchipId.PIC_SLAVE, hvcore.IoapicState())

@@ -13,7 +13,7 @@ from backends.kvm import convert, ioctls, uapi
 from backends.kvm._sys import ioctl, ioctl_ulong
 from backends.kvm.vcpu import KvmVCPU
 from hvcore.caps import Capability
-from hvcore.checks import check_gsi_routes, check_msi, check_pit_state
+from hvcore.checks import check_gsi_routes, check_irqchip, check_msi, check_pit_state
 from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument
 from hvcore.lifetime import Closeable
 from hvcore.memory import MemorySlot, SlotChange, SlotOwner, SlotTable
@@ -134,31 +134,24 @@ class KvmVM(SlotOwner, Closeable):
         ioctl(self._live(), ioctls.KVM_IRQ_LINE_STATUS, raw, f"irq {irq}")
         return int(raw.u.status)
 
-    def _irqchip_request(self, chip: IrqchipId) -> uapi.KvmIrqchip:
-        raw = uapi.KvmIrqchip()
-        raw.chip_id = int(IrqchipId(chip))
-        return raw
-
     def get_irqchip(self, chip: IrqchipId) -> PicState | IoapicState:
         """``KVM_GET_IRQCHIP``."""
-        raw = self._irqchip_request(chip)
-        ioctl(self._live(), ioctls.KVM_GET_IRQCHIP, raw, f"chip {IrqchipId(chip).name}")
-        if raw.chip_id == IrqchipId.IOAPIC:
+        raw = uapi.KvmIrqchip()
+        raw.chip_id = int(which := check_irqchip(chip, None, "KVM_GET_IRQCHIP"))
+        ioctl(self._live(), ioctls.KVM_GET_IRQCHIP, raw, f"chip {which.name}")
+        if which is IrqchipId.IOAPIC:
             return convert.ioapic_from_kvm(raw.chip.ioapic)
         return convert.pic_from_kvm(raw.chip.pic)
 
     def set_irqchip(self, chip: IrqchipId, state: PicState | IoapicState) -> None:
         """``KVM_SET_IRQCHIP``."""
-        raw = self._irqchip_request(chip)
-        if raw.chip_id == IrqchipId.IOAPIC:
-            if not isinstance(state, IoapicState):
-                raise InvalidArgument("the IOAPIC takes an IoapicState", operation="KVM_SET_IRQCHIP")
+        raw = uapi.KvmIrqchip()
+        raw.chip_id = int(which := check_irqchip(chip, state, "KVM_SET_IRQCHIP"))
+        if isinstance(state, IoapicState):
             convert.ioapic_to_kvm(state, raw.chip.ioapic)
         else:
-            if not isinstance(state, PicState):
-                raise InvalidArgument("a PIC takes a PicState", operation="KVM_SET_IRQCHIP")
             convert.pic_to_kvm(state, raw.chip.pic)
-        ioctl(self._live(), ioctls.KVM_SET_IRQCHIP, raw, f"chip {IrqchipId(chip).name}")
+        ioctl(self._live(), ioctls.KVM_SET_IRQCHIP, raw, f"chip {which.name}")
 
     def create_pit(self) -> None:
         """``KVM_CREATE_PIT2``."""

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hvcore.errors import InvalidArgument, NotFound
+from hvcore.errors import NotFound
 from hvcore.types import GsiRoute, IoapicState, IrqchipId, IrqchipRoute, PicState, PitState
 from simulator.clock import Clock
 from simulator.irqchip.ioapic import Ioapic
@@ -293,15 +293,11 @@ class Irqchip:
             return self.pic.get_state(slave=chip is IrqchipId.PIC_SLAVE)
 
     def set_state(self, chip: IrqchipId, state: PicState | IoapicState) -> None:
-        """``KVM_SET_IRQCHIP`` for one controller."""
+        """``KVM_SET_IRQCHIP`` for one controller (``state`` already checked to fit ``chip``)."""
         with self.lock:
-            if chip is IrqchipId.IOAPIC:
-                if not isinstance(state, IoapicState):
-                    raise InvalidArgument("the IOAPIC takes an IoapicState", operation="set_irqchip")
+            if isinstance(state, IoapicState):  # the caller checked it fits the chip (hvcore.checks)
                 self.ioapic.set_state(state)
             else:
-                if not isinstance(state, PicState):
-                    raise InvalidArgument("a PIC takes a PicState", operation="set_irqchip")
                 self.pic.set_state(chip is IrqchipId.PIC_SLAVE, state)
             self.changed.notify_all()
 

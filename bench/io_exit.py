@@ -44,12 +44,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import hvcore
-from backends.kvm import ioctls, kvm_run, uapi
-from backends.kvm import kick as kvm_kick
-from backends.kvm._sys import ioctl
 from bench.watchdog import BenchError
 from bench.watchdog import watchdog as shared_watchdog
 from hvcore import VCPU, VM, Hypervisor, IoExit
+from hvcore_kvm import ioctls, kvm_run, uapi
+from hvcore_kvm import kick as kvm_kick
+from hvcore_kvm._sys import ioctl
 from tests.boot import Mode, boot, slot_memory
 from tests.guests import layout
 from tests.guests.long_mode import OUT_LOOP
@@ -95,7 +95,7 @@ C_SOURCE: Final = Path(__file__).with_name("io_exit_loop.c")
 
 # struct kvm_run (<linux/kvm.h>) as a minimal Python VMM hard-codes it: exit_reason at 8, the io
 # member of the union at 32 (direction u8, size u8, port u16, count u32, data_offset u64).
-# tests/test_bench.py checks these against backends.kvm.uapi.KvmRun.
+# tests/test_bench.py checks these against hvcore_kvm.uapi.KvmRun.
 KVM_RUN: Final = 0xAE80  # _IO(KVMIO, 0x80)
 KVM_EXIT_IO: Final = 2
 EXIT_REASON_OFFSET: Final = 8

@@ -10,7 +10,7 @@ Each row runs the same guest code two ways in one process, interleaved:
   ``layout.RAM_SIZE`` with the code at ``layout.CODE``, the fresh engine's flat 64-bit state (no
   paging: a Unicorn VMM need not build page tables to run 64-bit code), one hook or MMIO region,
   and a stop/resume loop ``emu_start(rip, 0, 0, SLICE)`` in count mode (``SLICE`` is
-  ``simulator.vcpu.SLICE``, the simulator's own slice; count mode is what gives precise stops),
+  ``hvcore_sim.vcpu.SLICE``, the simulator's own slice; count mode is what gives precise stops),
   reading RIP back after each run (``emu_start`` needs it: it sets RIP to ``begin``).
 
 The rows:
@@ -81,10 +81,10 @@ import hvcore
 from bench.watchdog import BenchError, watchdog
 from hvcore import VCPU, HltExit, Hypervisor, IoDirection, IoExit, MmioExit
 from hvcore.types import GuestDebugFlags
-from simulator.engine import Engine
-from simulator.exits import Stop, StopKind, Tracker
-from simulator.vcpu import SLICE, SimVCPU
-from simulator.vm import SimVM
+from hvcore_sim.engine import Engine
+from hvcore_sim.exits import Stop, StopKind, Tracker
+from hvcore_sim.vcpu import SLICE, SimVCPU
+from hvcore_sim.vm import SimVM
 from tests.boot import boot
 from tests.guests import layout
 from tests.guests.long_mode import OUT_LOOP

@@ -23,6 +23,7 @@ from hvcore.errors import (
     ResourceExhausted,
     SlotOverlap,
     StateError,
+    UnrecognisedBehaviour,
     Unsupported,
     VcpuBusy,
 )
@@ -134,6 +135,7 @@ __all__ = [
     "SlotOverlap",
     "Sregs",
     "StateError",
+    "UnrecognisedBehaviour",
     "SystemEventExit",
     "SystemEventType",
     "Translation",

@@ -5,6 +5,7 @@
     hvcore run IMAGE [options]             boot firmware, a kernel or a flat binary on a PC machine
     hvcore demo [--backend kvm|sim|auto]   run the bundled guest and report what happened
     hvcore info                            every backend: usable or why not, and what it offers
+    hvcore info --host                     also probe each backend: where this host's KVM differs from upstream
     hvcore --version
 
 Errors are one line on stderr (``hvcore: error: ...``); the exit status is 0 on
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from typing import NoReturn, TextIO
 
 import hvcore
-from hvcore import registry
+from hvcore import host, registry
 from hvcore.demo import RESULT_PORT, DemoResult, run_demo
 from hvcore.errors import HvError
 from hvcore.vmm.run import run_image
@@ -169,11 +170,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
             continue
         print(f"{name:<{width}}usable", file=out)
         print("\n".join(details), file=out)
+        if args.host:
+            status = max(status, _print_host_profile(name, indent, out))
     auto = next((n for n in registry.AUTO_ORDER if reasons.get(n, "not registered") is None), None)
     order = ", ".join(registry.AUTO_ORDER)
     choice = f"{auto} (first usable of {order})" if auto else f"none usable (tries {order})"
     print(f"{'auto':<{width}}{choice}", file=out)
     return status
+
+
+def _print_host_profile(name: str, indent: str, out: TextIO) -> int:
+    with hvcore.open_hypervisor(name) as hv:
+        profile = host.host_profile(hv)
+    for line in profile.describe()[1:]:  # the backend is named already
+        print(f"{indent}{line}", file=out)
+    if any(seen.variant == host.UNRECOGNISED for seen in profile.observations.values()):
+        print(f"{indent}UNRECOGNISED behaviour: hvcore does not know this host yet; please report this", file=out)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _size(text: str) -> int:
@@ -228,6 +242,10 @@ def _build_parser() -> _Parser:
     run.set_defaults(handler=_cmd_run)
 
     info = commands.add_parser("info", help="list the backends: usable or why not, and what each supports")
+    info.add_argument(
+        "--host", action="store_true",
+        help="run the host probes: kernel, CPU, KVM module and every deviation from upstream KVM found",
+    )  # fmt: skip
     info.set_defaults(handler=_cmd_info)
     return parser
 

@@ -19,6 +19,7 @@ errors and never a backend's own (``OSError``, ``unicorn.UcError``)::
      +-- NotFound                  ENOENT / ENXIO: no such slot, dirty log not enabled
      +-- ResourceExhausted         ENOMEM, ENOSPC, EMFILE, too many vCPUs or slots
      +-- HypervisorFault           anything else the hypervisor reported (keeps the errno)
+ +-- UnrecognisedBehaviour     a host probe saw neither upstream KVM's behaviour nor a registered variant
 
 Backends translate their native failures with :func:`error_for_errno` at one
 place each, chaining the original with ``raise ... from``.
@@ -45,6 +46,7 @@ __all__ = [
     "ResourceExhausted",
     "SlotOverlap",
     "StateError",
+    "UnrecognisedBehaviour",
     "Unsupported",
     "VcpuBusy",
     "error_for_errno",
@@ -172,6 +174,16 @@ class ResourceExhausted(HvError):
 
 class HypervisorFault(HvError):
     """The hypervisor failed in a way no more specific error describes."""
+
+    __module__ = "hvcore"
+
+
+class UnrecognisedBehaviour(HvError):
+    """A host probe (:mod:`hvcore.host`) saw behaviour that is neither upstream KVM's nor a registered variant.
+
+    The host's KVM differs from upstream in a way hvcore does not know yet: report it with the
+    output of ``hvcore info --host``.
+    """
 
     __module__ = "hvcore"
 

@@ -39,7 +39,7 @@ ENTRY_POINT_GROUP = "hvcore.backends"
 AUTO_ORDER = ("kvm", "sim")
 """What ``"auto"`` tries, in order."""
 
-_BUILTIN: Mapping[str, str] = MappingProxyType({"kvm": "backends.kvm:BACKEND", "sim": "simulator:BACKEND"})
+_BUILTIN: Mapping[str, str] = MappingProxyType({"kvm": "hvcore_kvm:BACKEND", "sim": "hvcore_sim:BACKEND"})
 
 
 @runtime_checkable

@@ -2,9 +2,13 @@
 
 ``hv`` is parametrised over every registered backend, so each test body runs
 on KVM and on the simulator. A backend that cannot be opened here is skipped
-with its own reason (``/dev/kvm`` missing, simulator not built); with
-``HVCORE_REQUIRE=kvm`` (set by ``nox -s hardware``) that backend failing to
-open is an error instead of a skip.
+with its own reason (``/dev/kvm`` missing); a backend named in ``HVCORE_REQUIRE``
+(``sim`` for ``nox -s tests``, ``kvm`` for ``nox -s hardware``) that cannot be
+opened stops the whole session with that reason instead.
+
+The session header shows each usable backend's host profile (:mod:`hvcore.host`: kernel,
+CPU, KVM module and the deviations from upstream KVM its probes found); the summary lists
+which registered variants the tests relied on (``tests.quirks.host_variant``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import pytest
 
 import hvcore
 from hvcore import VM, Hypervisor
+from hvcore.host import UPSTREAM, host_profile
+from tests.quirks import VARIANTS_SEEN
 
 WATCHDOG_SECONDS = float(os.environ.get("HVCORE_WATCHDOG", "20"))
 """How long one test's guests may run before the watchdog kicks every vCPU."""
@@ -97,6 +103,43 @@ def vm(hv: Hypervisor) -> Iterator[VM]:
         yield machine
     if dog.fired:
         pytest.fail(f"watchdog: the guest ran longer than {WATCHDOG_SECONDS} s and was kicked")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, saying why, when a required backend cannot be opened (never a silent skip of a suite)."""
+    reasons = hvcore.available_backends()
+    for name in sorted(_required()):
+        reason = reasons.get(name, "not registered")
+        if reason is not None:
+            pytest.exit(f"backend {name!r} is required (HVCORE_REQUIRE) but unusable: {reason}", returncode=1)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Each backend's status and, where usable, its host profile (probed once for the session)."""
+    lines = []
+    for name, reason in hvcore.available_backends().items():
+        if reason is not None:
+            lines.append(f"hvcore {name}: unusable here ({reason}); its tests skip")
+            continue
+        try:
+            with hvcore.open_hypervisor(name) as hv:
+                profile = host_profile(hv)
+        except hvcore.HvError as exc:
+            lines.append(f"hvcore {name}: failed to open ({exc.message})")
+            continue
+        lines.append(f"hvcore {name}: host profile")
+        lines.extend(f"  {line}" for line in profile.describe())
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Which registered host variants (not upstream) the tests accepted, and how often."""
+    used = sorted((key, count) for key, count in VARIANTS_SEEN.items() if key[2] != UPSTREAM)
+    if not used:
+        return
+    terminalreporter.section("hvcore host variants accepted")
+    for (backend, deviation, variant), count in used:
+        terminalreporter.write_line(f"{backend}: {deviation} = {variant} ({count} checks)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

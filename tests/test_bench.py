@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from backends.kvm import ioctls, kvm_run, uapi
 from bench import io_exit
 from hvcore import Hypervisor
+from hvcore_kvm import ioctls, kvm_run, uapi
 from tests.boot import boot
 from tests.guests import long_mode
 

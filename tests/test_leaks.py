@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import pytest
 
 import hvcore
-from backends.kvm.system import KvmBackend
 from hvcore import VM, GuestMemory, HltExit, Hypervisor
+from hvcore_kvm.system import KvmBackend
 from tests.boot import boot
 from tests.guests import layout
 

@@ -4,9 +4,10 @@ Most tests drive ``real_mode.MSR_PROBE``, a guest loop that reads, writes or RDT
 asks for over port IO and reports a #GP instead of the value (:class:`Probe`). The #GP and
 SHUTDOWN tests run 64-bit guests through the IDT of ``tests.test_exceptions``.
 
-This host's KVM (``kvm_pvm``) accepts any IA32_PAT and ignores writes to IA32_TSC; the tests
-assert that through the quirks registry (``pat_checked``, ``tsc_writable``); the simulator
-follows upstream.
+Where hosts' KVMs are known to differ (IA32_PAT checks, IA32_TSC writes, non-canonical addresses,
+IA32_SYSENTER_ESP/EIP), the tests ask for the probed variant (``host_variant``, probes in
+``hvcore.host.probes.msrs``) and assert it; the simulator follows upstream KVM, whose
+IA32_SYSENTER_ESP/EIP rule depends on the vCPU's CPUID vendor.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from collections.abc import Sequence
 import pytest
 
 import hvcore
-from hvcore import VCPU, VM, CpuidEntry, HltExit, Hypervisor, IoDirection, IoExit, ShutdownExit
+from hvcore import VCPU, VM, CpuidEntry, HltExit, Hypervisor, IoDirection, IoExit, ShutdownExit, cpuid_rules
+from hvcore.host import UPSTREAM
 from tests.boot import boot, run_exits
+from tests.conftest import open_or_skip
+from tests.flags import undefined_after
 from tests.guests import layout, long_mode, real_mode
-from tests.quirks import pat_checked, tsc_writable
+from tests.quirks import host_variant, is_simulator
 from tests.test_exceptions import KERNEL_CS, KERNEL_SS, RF, delivered, frame, long_mode_guest, missing
 
 IA32_TSC, IA32_APIC_BASE, IA32_TSC_ADJUST, IA32_TSC_DEADLINE = 0x10, 0x1B, 0x3B, 0x6E0
@@ -106,17 +110,21 @@ def _has(hv: Hypervisor, function: int, register: str, bit: int) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("code", "rip", "rflags", "rdx"),
+    ("code", "rip", "rflags", "undefined", "rdx"),
     [
-        (long_mode.RDMSR_UNKNOWN, CODE + 0xA, 0x2, 0x600),  # rdx as at reset: the rdmsr did not load it
-        (long_mode.WRMSR_UNKNOWN, CODE + 0x9, 0x46, 0),  # ZF and PF from the xor
+        (long_mode.RDMSR_UNKNOWN, CODE + 0xA, 0x2, 0, 0x600),  # rdx as at reset: the rdmsr did not load it
+        (long_mode.WRMSR_UNKNOWN, CODE + 0x9, 0x46, undefined_after("xor edx, edx"), 0),  # ZF and PF from the xor
     ],
     ids=["rdmsr", "wrmsr"],
 )
-def test_an_unknown_msr_raises_gp(hv: Hypervisor, vm: VM, code: bytes, rip: int, rflags: int, rdx: int) -> None:
+def test_an_unknown_msr_raises_gp(
+    hv: Hypervisor, vm: VM, code: bytes, rip: int, rflags: int, undefined: int, rdx: int
+) -> None:
     vcpu = long_mode_guest(hv, vm, code, user=False)
     assert run_exits(vcpu) == delivered(13)
-    assert frame(vm, STACK_TOP, 6) == [0, rip, KERNEL_CS, RF | rflags, STACK_TOP, KERNEL_SS]
+    pushed = frame(vm, STACK_TOP, 6)
+    pushed[3] &= ~undefined
+    assert pushed == [0, rip, KERNEL_CS, RF | rflags, STACK_TOP, KERNEL_SS]
     assert vcpu.get_regs().rdx == rdx
 
 
@@ -151,9 +159,38 @@ def test_msrs_kvm_emulates_beyond_its_saved_ones(hv: Hypervisor, vm: VM) -> None
 
 # --- known MSRs ------------------------------------------------------------------------------------
 
+AMD_COMPATIBLE = ("AuthenticAMD", "HygonGenuine")
+"""Vendors upstream KVM gives AMD's IA32_SYSENTER_ESP/EIP rule (low 32 bits); any other vendor: 64 bits."""
+
+
+def host_vendor(hv: Hypervisor) -> str | None:
+    """The vendor of the backend's supported CPUID (the one the probes use)."""
+    return cpuid_rules.vendor(hv.supported_cpuid())
+
+
+def sysenter_rule(hv: Hypervisor, vcpu: VCPU) -> str:
+    """What IA32_SYSENTER_ESP/EIP writes do on ``vcpu``: the probed variant, or upstream's rule for its vendor.
+
+    ``canonical`` (64 bits, made canonical), ``low_32_bits``, ``unchanged`` or ``guest_write_gp``. On
+    KVM the probe covers the host's own vendor only, so the vCPU must have it.
+    """
+    vendor = cpuid_rules.vendor(vcpu.get_cpuid())
+    if not is_simulator(hv):
+        assert vendor == host_vendor(hv), "the sysenter_esp_eip probe covers the host's own vendor only"
+    variant = host_variant(hv, "sysenter_esp_eip")
+    if variant != UPSTREAM:
+        return variant
+    return "low_32_bits" if vendor in AMD_COMPATIBLE else "canonical"
+
+
+def sysenter_kept(rule: str, value: int) -> int:
+    """What a write of ``value``, a canonical address, leaves in IA32_SYSENTER_ESP/EIP under ``rule``."""
+    return value & 0xFFFFFFFF if rule == "low_32_bits" else value
+
+
 ROUND_TRIPS = [
     (SYSENTER_CS, 0xFFFFFFFF12345678),  # all 64 bits kept (KVM on AMD; VMX keeps 32)
-    (SYSENTER_ESP, 0xFFFF800000008000),
+    (SYSENTER_ESP, 0xFFFF800000008000),  # ESP and EIP: the low 32 bits only on an AMD-compatible vCPU (SVM)
     (SYSENTER_EIP, 0x00007FFFFFFFF000),
     (STAR, 0xDEADBEEFCAFEBABE),
     (LSTAR, 0xFFFF800000001234),
@@ -170,25 +207,112 @@ ROUND_TRIPS = [
 @pytest.mark.parametrize(("index", "value"), ROUND_TRIPS, ids=[f"{i:#x}" for i, _ in ROUND_TRIPS])
 def test_guest_wrmsr_rdmsr_round_trip_seen_by_get_msrs(hv: Hypervisor, vm: VM, index: int, value: int) -> None:
     probe = Probe(hv, vm)
+    kept = sysenter_kept(sysenter_rule(hv, probe.vcpu), value) if index in (SYSENTER_ESP, SYSENTER_EIP) else value
     assert probe.write(index, value) == OK
-    assert probe.read(index) == value
-    assert probe.vcpu.get_msrs([index]) == {index: value}
+    assert probe.read(index) == kept
+    assert probe.vcpu.get_msrs([index]) == {index: kept}
     probe.vcpu.set_msrs({index: 0})
     assert probe.read(index) == 0
 
 
+SYSENTER_WRITES = (0x0000800000000010, 0x1234800000000010)
+"""Non-canonical values written to IA32_SYSENTER_ESP/EIP (the first is canonical for 57-bit addresses)."""
+SYSENTER_STORED: dict[tuple[str, int], tuple[int, int]] = {
+    ("canonical", 48): (0xFFFF800000000010, 0xFFFF800000000010),
+    ("canonical", 57): (0x0000800000000010, 0x0034800000000010),
+    ("low_32_bits", 48): (0x10, 0x10),
+    ("low_32_bits", 57): (0x10, 0x10),
+    ("unchanged", 48): SYSENTER_WRITES,
+    ("unchanged", 57): SYSENTER_WRITES,
+}
+"""(rule, the host's address width) -> what each of SYSENTER_WRITES leaves, by the VMM's set_msrs."""
+
+
+def sysenter_stored(rule: str, bits: int, *, guest: bool) -> tuple[int | str, int | str]:
+    """What the guest's WRMSR (``guest``) or ``set_msrs`` of each of SYSENTER_WRITES leaves: a value or GP."""
+    if rule != "guest_write_gp":
+        return SYSENTER_STORED[rule, bits]
+    if not guest:
+        return SYSENTER_STORED["canonical", bits]
+    return (GP, GP) if bits == 48 else (SYSENTER_WRITES[0], GP)  # VMX: the CPU checks the guest's write
+
+
+def check_sysenter_writes(hv: Hypervisor, probe: Probe) -> None:
+    """Guest WRMSRs, then ``set_msrs``, of SYSENTER_WRITES to IA32_SYSENTER_ESP and EIP leave what the rule says."""
+    rule = sysenter_rule(hv, probe.vcpu)
+    bits = cpuid_rules.address_bits(hv.supported_cpuid())
+    by_guest = sysenter_stored(rule, bits, guest=True)
+    for index, value, stored in zip((SYSENTER_ESP, SYSENTER_EIP), SYSENTER_WRITES, by_guest, strict=True):
+        assert probe.write(index, value) == (GP if stored == GP else OK)
+        assert probe.read(index) == (0 if stored == GP else stored)  # a refused write leaves the reset value
+        assert probe.vcpu.get_msrs([index]) == {index: 0 if stored == GP else stored}
+    by_host = sysenter_stored(rule, bits, guest=False)
+    for index, value, stored in zip((SYSENTER_EIP, SYSENTER_ESP), SYSENTER_WRITES, by_host, strict=True):
+        probe.vcpu.set_msrs({index: value})
+        assert probe.read(index) == stored
+        assert probe.vcpu.get_msrs([index]) == {index: stored}
+
+
 def test_sysenter_esp_and_eip_are_made_canonical(hv: Hypervisor, vm: VM) -> None:
+    probe = Probe(hv, vm)  # the backend's own CPUID: on KVM the host's vendor, on the simulator GenuineIntel
+    check_sysenter_writes(hv, probe)
+
+
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls"])
+def test_the_simulator_follows_the_vcpus_vendor_for_sysenter(vendor: str) -> None:
+    """Upstream's rule for every vendor, on the simulator (on KVM the host's own vendor is probed, asserted above)."""
+    with open_or_skip("sim") as hv, hv.create_vm() as vm:
+        supported = hv.supported_cpuid()
+        top = next(e.eax for e in supported if e.function == 0)
+        cpuid = [cpuid_rules.vendor_leaf(vendor, top) if e.function == 0 else e for e in supported]
+        probe = Probe(hv, vm, cpuid=cpuid)
+        assert cpuid_rules.vendor(probe.vcpu.get_cpuid()) == vendor
+        assert sysenter_rule(hv, probe.vcpu) == ("low_32_bits" if vendor in AMD_COMPATIBLE else "canonical")
+        check_sysenter_writes(hv, probe)
+
+
+NONCANONICAL: dict[tuple[int, int], int] = {
+    (LSTAR, 48): 0x0000800000000000,
+    (LSTAR, 57): 0x0100000000000000,
+    (CSTAR, 48): 0xFFFF7FFFFFFFF000,
+    (CSTAR, 57): 0xFEFFFFFFFFFFF000,
+    (FS_BASE, 48): 0x0001000000000000,
+    (FS_BASE, 57): 0x0200000000000000,
+    (GS_BASE, 48): 0x00FF000000000000,
+    (GS_BASE, 57): 0x7F00000000000000,
+    (KERNEL_GS_BASE, 48): 0x8000000000000000,
+    (KERNEL_GS_BASE, 57): 0x8000000000000000,
+}
+"""(MSR, the host's address width) -> a value that is not a canonical address for that width."""
+
+
+@pytest.mark.parametrize("index", [LSTAR, CSTAR, FS_BASE, GS_BASE, KERNEL_GS_BASE], ids=lambda i: f"{i:#x}")
+def test_noncanonical_addresses_are_refused(hv: Hypervisor, vm: VM, index: int) -> None:
+    variant = host_variant(hv, "noncanonical_msr_accepted")
+    value = NONCANONICAL[index, cpuid_rules.address_bits(hv.supported_cpuid())]
     probe = Probe(hv, vm)
-    assert probe.write(SYSENTER_ESP, 0x0000800000000010) == OK
-    assert probe.read(SYSENTER_ESP) == 0xFFFF800000000010
-    probe.vcpu.set_msrs({SYSENTER_EIP: 0x1234800000000010})
-    assert probe.read(SYSENTER_EIP) == 0xFFFF800000000010
+    before = probe.read(index)
+    if variant in ("guest_accepted", "accepted"):  # stored as written
+        assert probe.write(index, value) == OK
+        assert probe.read(index) == value
+        assert probe.vcpu.get_msrs([index]) == {index: value}
+    else:
+        assert variant in (UPSTREAM, "host_accepted")
+        assert probe.write(index, value) == GP
+        assert probe.read(index) == before
+    before = probe.read(index)
+    if variant in ("host_accepted", "accepted"):
+        probe.vcpu.set_msrs({index: value | 0x10})
+        assert probe.read(index) == value | 0x10
+        assert probe.vcpu.get_msrs([index]) == {index: value | 0x10}
+    else:
+        with pytest.raises(hvcore.InvalidArgument, match=f"MSR {index:#x} refused") as caught:
+            probe.vcpu.set_msrs({index: value | 0x10})
+        assert caught.value.errno == errno.EINVAL
+        assert probe.vcpu.get_msrs([index]) == {index: before}
 
 
 REFUSED = [
-    ("lstar-noncanonical", LSTAR, 0x0000800000000000, True),
-    ("kernel-gs-noncanonical", KERNEL_GS_BASE, 0x8000000000000000, True),
-    ("fs-noncanonical", FS_BASE, 0x0001000000000000, True),
     ("efer-reserved", EFER, 1 << 63, True),
     ("efer-svme", EFER, 1 << 12, True),  # no SVM in any vCPU here (nested SVM is off)
     ("apic-base-reserved", IA32_APIC_BASE, 0xFEE00901, True),
@@ -229,15 +353,21 @@ def test_pat_memory_types(hv: Hypervisor, vm: VM) -> None:
     probe = Probe(hv, vm)
     reset = probe.read(PAT)
     assert reset == 0x0007040600070406
-    bad = 0x0707070707070702  # entry 0 is 2, not a memory type
-    if pat_checked(hv):
+    bad, bad_too = 0x0707070707070702, 0x0007040600070403  # entry 0 is 2, then 3: not memory types
+    variant = host_variant(hv, "pat_unchecked")
+    if variant == UPSTREAM:
         assert probe.write(PAT, bad) == GP
         assert probe.read(PAT) == reset
         with pytest.raises(hvcore.InvalidArgument, match="MSR 0x277 refused"):
-            probe.vcpu.set_msrs({PAT: bad})
-    else:  # host quirk pat_unchecked: stored as it is
+            probe.vcpu.set_msrs({PAT: bad_too})
+        assert probe.vcpu.get_msrs([PAT]) == {PAT: reset}
+    else:  # stored as they are, from the guest and from the VMM
+        assert variant == "accepted"
         assert probe.write(PAT, bad) == OK
         assert probe.read(PAT) == bad
+        probe.vcpu.set_msrs({PAT: bad_too})
+        assert probe.read(PAT) == bad_too
+        assert probe.vcpu.get_msrs([PAT]) == {PAT: bad_too}
 
 
 def test_tsc_aux_needs_rdtscp_or_rdpid(hv: Hypervisor, vm: VM) -> None:
@@ -299,11 +429,14 @@ def test_rdtsc_follows_set_msrs(hv: Hypervisor, vm: VM) -> None:
     target = before + (1 << 48)
     probe.vcpu.set_msrs({IA32_TSC: target})
     after = probe.rdtsc()
-    if tsc_writable(hv):
+    variant = host_variant(hv, "tsc_writes_ignored")
+    if variant == UPSTREAM:
         assert target <= after < target + 10 * SECOND
         assert target <= probe.vcpu.get_msrs([IA32_TSC])[IA32_TSC] < target + 10 * SECOND
-    else:  # host quirk tsc_writes_ignored
+    else:  # the TSC goes on from where it was
+        assert variant == "ignored"
         assert before < after < before + 10 * SECOND
+        assert after <= probe.vcpu.get_msrs([IA32_TSC])[IA32_TSC] < before + 10 * SECOND
 
 
 def test_guest_wrmsr_of_the_tsc_moves_tsc_adjust(hv: Hypervisor, vm: VM) -> None:
@@ -316,7 +449,9 @@ def test_guest_wrmsr_of_the_tsc_moves_tsc_adjust(hv: Hypervisor, vm: VM) -> None
     adjust = probe.read(IA32_TSC_ADJUST)
     assert isinstance(adjust, int)
     assert (1 << 48) - 10 * SECOND < adjust <= 1 << 48  # what the write added to the TSC, as the SDM says
-    if tsc_writable(hv):
+    variant = host_variant(hv, "tsc_writes_ignored")
+    if variant == UPSTREAM:
         assert target <= after < target + 10 * SECOND
-    else:  # host quirk tsc_writes_ignored: the bookkeeping is done, the TSC does not move
+    else:  # the bookkeeping is done, the TSC does not move
+        assert variant == "ignored"
         assert before < after < before + 10 * SECOND

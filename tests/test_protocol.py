@@ -8,8 +8,8 @@ from dataclasses import FrozenInstanceError
 import pytest
 
 import hvcore
-from backends.kvm import KvmHypervisor, KvmVCPU, KvmVM
 from hvcore import VCPU, VM, Exit, Hypervisor, IoDirection, IoExit, MmioExit
+from hvcore_kvm import KvmHypervisor, KvmVCPU, KvmVM
 
 
 def _static_conformance(hv: KvmHypervisor, vm: KvmVM, vcpu: KvmVCPU) -> tuple[Hypervisor, VM, VCPU]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import hvcore
+from hvcore.host.known import DEVIATIONS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -20,3 +21,12 @@ def test_minimal_vmm_example_prints_5(capsys: pytest.CaptureFixture[str], backen
     source = block.group(1).replace('open_hypervisor("auto")', f"open_hypervisor({backend_name!r})")
     exec(compile(source, "README.md", "exec"), {})
     assert capsys.readouterr().out == "5\n"
+
+
+def test_every_host_deviation_and_variant_is_in_the_readme() -> None:
+    text = README.read_text()
+    for deviation in DEVIATIONS:
+        row = next((line for line in text.splitlines() if line.startswith(f"| `{deviation.name}` |")), None)
+        assert row is not None, f"README: no row for host deviation {deviation.name}"
+        for variant in deviation.variants:
+            assert f"`{variant}`" in row, f"README: {deviation.name} lacks its variant {variant}"

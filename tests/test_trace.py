@@ -104,7 +104,7 @@ def test_a_wrong_simulator_is_caught_by_the_replayer(monkeypatch: pytest.MonkeyP
     reference = "kvm" if hvcore.available_backends().get("kvm") is None else "sim"
     with hvcore.open_hypervisor(reference) as hv, hv.create_vm() as vm:
         text, _ = _record(hv, vm, "rep_insb")
-    sim_exits = pytest.importorskip("simulator.exits")
+    sim_exits = pytest.importorskip("hvcore_sim.exits")
     monkeypatch.setattr(sim_exits, "_PIO_BATCH", 512)  # a deliberately wrong rep-ins batch size
     with hvcore.open_hypervisor("sim") as sim:
         divergence = _replay_on(sim, "rep_insb", text)

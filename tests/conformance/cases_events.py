@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from hvcore import DescriptorTable, Exit, HltExit, IoExit
 from tests.conformance.harness import Case, Host, Outcome, Step, hlt, out, script, shutdown, window
+from tests.flags import undefined_after
 from tests.guests import layout, real_mode
 from tests.guests.boot import DIVIDE_ERROR, EVENT_PORT, INT21, STUBS, vector_stub
 
@@ -134,6 +135,9 @@ REAL_INT21_BEYOND_LIMIT = Case(
     covers=frozenset({"exception-delivery"}),
 )
 
+AFTER_XOR_CX = undefined_after("xor cx, cx")
+"""DIVIDE_ERROR's flags: the `div cx` faults (#DE) and writes none."""
+
 REAL_TRIPLE_FAULT = Case(
     "real_divide_error_triple_fault",
     "real mode #DE with IDTR.limit 0: #DE, #GP and #DF are all beyond it: SHUTDOWN, and again",
@@ -156,6 +160,7 @@ REAL_TRIPLE_FAULT = Case(
             {"rip": 5, "rsp": STACK_TOP - 6, "rflags": 0x46, "cs.selector": REAL_STUB_SEGMENT, "cs.base": STUBS},
         )
     },
+    undefined_flags={"rflags": AFTER_XOR_CX, ("frame", 4): AFTER_XOR_CX},
     covers=frozenset({"exception-delivery", "triple-fault"}),
 )
 
@@ -231,6 +236,7 @@ REAL_IRQ_WINDOW = Case(
         memory={"frame": words(0x1019, 0, 0x246, size=2)},
         notes=WINDOW_NOTES,
     ),
+    undefined_flags={"rflags": undefined_after("xor ax, ax"), ("frame", 4): undefined_after("xor ax, ax")},
     covers=frozenset({"interrupt-window", "interrupt-injection"}),
 )
 

@@ -18,6 +18,7 @@ from tests.conformance.harness import (
     shutdown,
     window,
 )
+from tests.flags import undefined_after
 from tests.guests import boot, layout, real_mode
 
 CODE, DATA, STACK_TOP = layout.CODE, layout.DATA, layout.STACK_TOP
@@ -82,6 +83,7 @@ REAL_TO_LONG_CASE = Case(
                "cr0": 0xE0000011, "cr3": layout.PML4, "cr4": 0x20, "efer": 0x500, "gdt.base": 0x1056,
                "gdt.limit": 0x1F, "rcx": 0xC0000080, "rdx": 0},
     ),
+    undefined_flags={"rflags": undefined_after("or eax, 0x80000000")},
     covers=frozenset({"mode-switch", "paging"}),
 )
 
@@ -123,6 +125,7 @@ PROTECTED_TO_REAL_CASE = Case(
         state={"cr0": 0x60000010, "cs.selector": 0, "cs.base": 0, "ds.selector": 0, "ds.base": 0,
                "ss.selector": 0, "ss.base": 0, "gdt.base": 0x1031, "gdt.limit": 0x17, "rip": 0x1031},
     ),
+    undefined_flags={"rflags": undefined_after("xor ax, ax")},
     covers=frozenset({"mode-switch"}),
 )
 
@@ -199,6 +202,7 @@ PROTECTED_LEGACY_PAGING = Case(
             memory={"pd": words(0x83, 0x83, size=4), "data": bytes(4)},
         )
     },
+    undefined_flags={"rflags": undefined_after("or eax, 0x80000000")},  # before the mov to CR0 too
     covers=frozenset({"mode-switch", "paging"}),
 )
 

@@ -17,6 +17,10 @@ registered quirks (``tests.quirks.REGISTRY``) the case names and that are active
 backend, on the fields the expectation states; and the backends' whole outcomes against each
 other, each adjusted by the other's active quirks (quirk effects set fields to the backend's
 value, so they are idempotent and commute). Any other difference fails with a readable diff.
+
+Status flags the guest leaves undefined where RFLAGS is compared (``Case.undefined_flags``, from
+the model in ``tests.flags``) are cleared on both sides of every comparison first
+(:func:`mask_undefined`): they differ between CPUs and emulators, so they never compare.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from hvcore import (
     x86,
 )
 from tests.conftest import WATCHDOG_SECONDS, Watchdog
+from tests.flags import describe as describe_flags
 from tests.guests import layout
 from tests.quirks import REGISTRY, Quirk
 
@@ -113,6 +118,10 @@ class Outcome:
 
 
 Effect = Callable[[Outcome], Outcome]
+
+FlagsAt = str | tuple[str, int]
+"""Where RFLAGS is compared: a state key (``"rflags"``, ``"1:rflags"``), or a memory range's name and
+the byte offset in it of a FLAGS / EFLAGS / RFLAGS image the guest or CPU pushed (``("frame", 4)``)."""
 
 
 def flatten(regs: Regs, sregs: Sregs, prefix: str = "") -> dict[str, int]:
@@ -314,7 +323,9 @@ class Case:
     ``memory`` names guest-physical ranges snapshotted at the end; ``expect.memory`` has the same
     keys. ``expect.dirty`` names the slots whose dirty log is read at the end. ``quirks`` are the
     registry entries the case may meet; ``variants`` give, for a quirk whose difference depends on
-    the guest, the exact effect on this case. ``covers`` tags the features it exercises.
+    the guest, the exact effect on this case. ``undefined_flags`` say, for each place RFLAGS is
+    compared, the status flags the guest leaves undefined there (``tests.flags.undefined_after``
+    of the instructions that last wrote them): never compared. ``covers`` tags the features it exercises.
     """
 
     name: str
@@ -335,6 +346,7 @@ class Case:
     """Create the PIT too (after the irqchip)."""
     quirks: tuple[str, ...] = ()
     variants: Mapping[str, Effect] = field(default_factory=dict)
+    undefined_flags: Mapping[FlagsAt, int] = field(default_factory=dict)
     covers: frozenset[str] = frozenset()
     limit: int = 100
 
@@ -548,6 +560,37 @@ def expected_for(case: Case, quirk_names: Sequence[str]) -> Outcome:
     return adjust(case, case.expect, quirk_names)
 
 
+FLAGS_IMAGE = 2
+"""Bytes of a pushed flags image that hold the status flags (bits 0-11), whatever its size."""
+
+
+def mask_undefined(case: Case, outcome: Outcome) -> Outcome:
+    """``outcome`` with the flags ``case.undefined_flags`` names cleared, where it holds them."""
+    if not case.undefined_flags:
+        return outcome
+    state, memory = dict(outcome.state), dict(outcome.memory)
+    for where, flags in case.undefined_flags.items():
+        if isinstance(where, str):
+            if where in state:
+                state[where] &= ~flags
+            continue
+        name, offset = where
+        image = memory.get(name)
+        if image is not None and offset + FLAGS_IMAGE <= len(image):
+            value = int.from_bytes(image[offset : offset + FLAGS_IMAGE], "little") & ~flags
+            memory[name] = image[:offset] + value.to_bytes(FLAGS_IMAGE, "little") + image[offset + FLAGS_IMAGE :]
+    return replace(outcome, state=state, memory=memory)
+
+
+def masked(case: Case) -> str:
+    """What :func:`mask_undefined` clears, for a failure report (empty if nothing)."""
+    places = [
+        f"{where if isinstance(where, str) else f'{where[0]}+{where[1]:#x}'} {describe_flags(flags)}"
+        for where, flags in case.undefined_flags.items()
+    ]
+    return f"(undefined, not compared: {'; '.join(places)})" if places else ""
+
+
 def _show(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return hex(value)
@@ -618,16 +661,18 @@ class Run:
 
 def check_expected(case: Case, run: Run) -> list[str]:
     """Differences between ``run`` and the case's expectation for that backend (stated fields only)."""
-    expected = expected_for(case, run.quirks)
-    lines = diff(expected, run.outcome, only_expected_state=True)
+    expected = mask_undefined(case, expected_for(case, run.quirks))
+    lines = diff(expected, mask_undefined(case, run.outcome), only_expected_state=True)
+    lines += [masked(case)] if lines and case.undefined_flags else []
     return [f"[{run.backend}{' with ' + ', '.join(run.quirks) if run.quirks else ''}] {line}" for line in lines]
 
 
 def check_alike(case: Case, first: Run, second: Run) -> list[str]:
     """Differences between two backends' whole outcomes, each seen through the other's quirks."""
-    left = adjust(case, first.outcome, second.quirks)
-    right = adjust(case, second.outcome, first.quirks)
+    left = mask_undefined(case, adjust(case, first.outcome, second.quirks))
+    right = mask_undefined(case, adjust(case, second.outcome, first.quirks))
     lines = diff(left, right, only_expected_state=False, labels=(first.backend, second.backend))
+    lines += [masked(case)] if lines and case.undefined_flags else []
     return [f"[{first.backend} vs {second.backend}] {line}" for line in lines]
 
 

@@ -25,10 +25,10 @@ def test_a_wrong_simulator_fails_the_corpus(
         pytest.skip(f"simulator unusable: {hvcore.available_backends()['sim']}")
     with hvcore.open_hypervisor("sim") as sim:
         assert check_expected(BY_NAME[case], run_on(sim, BY_NAME[case])) == []  # right as it is
-        sim_exits = pytest.importorskip("simulator.exits")
+        sim_exits = pytest.importorskip("hvcore_sim.exits")
         monkeypatch.setattr(sim_exits, attribute, value)
         try:
             problems = check_expected(BY_NAME[case], run_on(sim, BY_NAME[case]))
         except hvcore.HvError as exc:  # a wrong simulator may also fail loudly: caught as well
             problems = [str(exc)]
-    assert problems, f"the corpus did not notice simulator.exits.{attribute} = {value}"
+    assert problems, f"the corpus did not notice hvcore_sim.exits.{attribute} = {value}"

@@ -12,7 +12,6 @@ A case that fails because of a simulator bug stays in the corpus, marked in ``SI
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,9 +20,11 @@ import pytest
 
 import hvcore
 from hvcore import ExitReason, Hypervisor, IoDirection, IoExit, MmioExit
+from hvcore.host import host_profile
 from tests.conformance.cases import CORPUS, REQUIRED_EXITS, REQUIRED_FEATURES, REQUIRED_MODES
 from tests.conformance.cases_events import WINDOW_AFTER_SHADOW
 from tests.conformance.harness import (
+    FLAGS_IMAGE,
     Case,
     Outcome,
     Run,
@@ -37,7 +38,8 @@ from tests.conformance.harness import (
     run_on,
 )
 from tests.conftest import open_or_skip
-from tests.quirks import REGISTRY, irq_window_batched, is_pvm_host, is_simulator
+from tests.flags import STATUS
+from tests.quirks import HOST_QUIRKS, REGISTRY, irq_window_batched, is_simulator
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,13 @@ def test_case_is_well_formed(case: Case) -> None:
     for name in case.quirks:  # effects set fields: applying one twice changes nothing
         once = adjust(case, case.expect, (name,))
         assert adjust(case, once, (name,)) == once, f"{name}'s effect is not idempotent on {case.name}"
+    for where, flags in case.undefined_flags.items():  # masks: status flags, where RFLAGS is compared
+        assert flags and not flags & ~STATUS, f"{where}: {flags:#x} are not status flags"
+        if isinstance(where, str):
+            assert re.fullmatch(r"(\d+:)?rflags", where), f"{where!r} is not a vCPU's rflags"
+        else:
+            name, offset = where
+            assert name in case.memory and 0 <= offset <= case.memory[name][1] - FLAGS_IMAGE, f"no flags at {where}"
 
 
 # --- the registry ------------------------------------------------------------------------------------------
@@ -150,14 +159,15 @@ def test_every_quirk_is_used_by_a_case_or_a_test() -> None:
 
 
 def test_quirks_apply_where_they_say(hv: Hypervisor) -> None:
+    """Simulator entries on the simulator; host entries exactly where the host's probes found a variant."""
     active = {q.name for q in REGISTRY if q.applies(hv)}
     simulator = {q.name for q in REGISTRY if q.applies is is_simulator}
-    host = {q.name for q in REGISTRY if q.applies is is_pvm_host}
+    host = {q.name for q in HOST_QUIRKS}
     assert simulator | host == {q.name for q in REGISTRY}
     if hv.name == "sim":
         assert active == simulator
     else:
-        assert active == (host if os.path.isdir("/sys/module/kvm_pvm") else set())
+        assert active == {seen.deviation for seen in host_profile(hv).deviations()}
 
 
 # --- the harness catches what the registry does not name -----------------------------------------------------

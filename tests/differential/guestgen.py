@@ -8,13 +8,14 @@ and scratch RAM, absolute or RIP-relative, and forward-only ``jcc`` / ``jmp rel8
 every GPR but rsp, the status flags, DF and the scratch RAM. The encoder below makes the bytes; the
 Intel-syntax text is what GNU ``as`` takes (test_fuzz checks the two agree where binutils exists).
 
-Flags the SDM leaves undefined (AF after logic ops, shifts, imul; OF after multi-bit shifts and
-rotates; SF/ZF/PF after imul; CF after 8/16-bit shl/shr/sar by the width or more) differ between CPUs
-and emulators: the generator tracks which flags are defined on every path into each instruction,
-flag readers (jcc, setcc, cmovcc, adc, sbb, rcl, rcr) read only those, and the comparison masks
-``Program.undefined_flags`` at the end. Left out: SSE, x87, popcnt, int n, int3, cpuid, rdtsc,
-rdrand, xsave (INTERNAL_ERROR or not deterministic here); div / idiv (#DE, no IDT: triple fault);
-string ops; pushf / popf / lahf (undefined flags; TF); rsp but for push / pop; page-crossing MMIO.
+Flags the architecture leaves undefined (AF after logic ops and shifts; OF after multi-bit shifts and
+rotates; SF/ZF/AF/PF after imul; CF after shl/shr by the width or more: the model in ``tests.flags``)
+differ between CPUs and emulators: the generator tracks, with that model, which flags are defined on
+every path into each instruction, flag readers (jcc, setcc, cmovcc, adc, sbb, rcl, rcr) read only
+those, and the comparison masks ``Program.undefined_flags`` at the end. Left out: SSE, x87, popcnt,
+int n, int3, cpuid, rdtsc, rdrand, xsave (INTERNAL_ERROR or not deterministic here); div / idiv (#DE,
+no IDT: triple fault); string ops; pushf / popf / lahf (undefined flags; TF); rsp but for push / pop;
+page-crossing MMIO.
 """
 
 from __future__ import annotations
@@ -27,11 +28,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from tests.flags import CF, OF, PF, SF, STATUS, ZF, defined_after
 from tests.guests import layout
 
-CF, PF, AF, ZF, SF, OF = 0x1, 0x4, 0x10, 0x40, 0x80, 0x800
-STATUS = CF | PF | AF | ZF | SF | OF
-"""The six status flags; the generator tracks which of them are defined."""
 DF = 0x400
 SCRATCH, SCRATCH_SIZE = layout.DATA, 0x100
 """Scratch RAM the guests load from and store to (compared after the run)."""
@@ -179,8 +178,9 @@ def _sext(value: int, n: int, size: int) -> int:
     return (value - (value >> (8 * n - 1) << 8 * n)) & ((1 << 8 * size) - 1)
 
 
-def _sets(written: int, undefined: int = 0) -> Effect:
-    return lambda d: (d | written) & ~undefined
+def _effect(mnemonic: str, width: int = 0, count: int | None = 1) -> Effect:
+    """What ``mnemonic`` does to the defined flags, by the model (``count`` None: any count, as in CL)."""
+    return lambda d: defined_after(d, mnemonic, width, count)
 
 
 def values(n: int) -> st.SearchStrategy[int]:
@@ -205,20 +205,18 @@ def _rm(draw: st.DrawFn, size: int, d: int) -> Operand:
     return _mem(draw, size, d) if draw(st.booleans()) else draw(_REG)
 
 
-_LOGIC, _ARITH, _keep = _sets(STATUS & ~AF, AF), _sets(STATUS), _sets(0)  # logic ops leave AF undefined
-
-
-def _rm_r(draw: st.DrawFn, d: int, name: str, opcode: int, effect: Effect, *, both: bool = True) -> tuple[Op, Effect]:
+def _rm_r(draw: st.DrawFn, d: int, name: str, opcode: int, *, both: bool = True) -> tuple[Op, Effect]:
     """``name r/m, r`` (``opcode``, +1 past byte size) or, with ``both``, ``name r, r/m`` (``opcode`` + 2)."""
     size, r = draw(_SIZE), draw(_REG)
     rm = _rm(draw, size, d)
     back = both and draw(st.booleans())
     a, b = (_name(r, size), _name(rm, size)) if back else (_name(rm, size), _name(r, size))
-    return encode(bytes([opcode + 2 * back + (size != 1)]), size, r, rm, f"{name} {a}, {b}", reg8=size == 1), effect
+    op = encode(bytes([opcode + 2 * back + (size != 1)]), size, r, rm, f"{name} {a}, {b}", reg8=size == 1)
+    return op, _effect(name, 8 * size)
 
 
-def _rm_imm(draw: st.DrawFn, d: int, name: str, opcodes: tuple[int, int, int | None], digit: int,
-            effect: Effect) -> tuple[Op, Effect]:  # fmt: skip
+def _rm_imm(draw: st.DrawFn, d: int, name: str, opcodes: tuple[int, int, int | None],
+            digit: int) -> tuple[Op, Effect]:  # fmt: skip
     """``name r/m, imm``: ``opcodes`` for byte size, imm16/32, and imm8 sign-extended (None: no such form)."""
     size = draw(_SIZE)
     rm = _rm(draw, size, d)
@@ -226,55 +224,44 @@ def _rm_imm(draw: st.DrawFn, d: int, name: str, opcodes: tuple[int, int, int | N
     opcode, n = (opcodes[0] if size == 1 else opcodes[2], 1) if short else (opcodes[1], min(size, 4))
     v = draw(values(n))
     text = f"{name} {_name(rm, size)}, {_sext(v, n, size):#x}"
-    return encode(bytes([opcode or 0]), size, digit, rm, text, imm=_imm(v, n)), effect
+    return encode(bytes([opcode or 0]), size, digit, rm, text, imm=_imm(v, n)), _effect(name, 8 * size)
 
 
 def _mov(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
     form, r = draw(st.sampled_from(("r/m, r", "r/m, imm", "imm64", "imm32"))), draw(_REG)
     if form == "r/m, r":
-        return _rm_r(draw, d, "mov", 0x88, _keep)
+        return _rm_r(draw, d, "mov", 0x88)
     if form == "r/m, imm":
-        return _rm_imm(draw, d, "mov", (0xC6, 0xC7, None), 0, _keep)
+        return _rm_imm(draw, d, "mov", (0xC6, 0xC7, None), 0)
     n = 8 if form == "imm64" else 4
     v, rex = draw(values(n)), (8 if n == 8 else 0) | r >> 3
     head = bytes([0x40 | rex])[: bool(rex)] + bytes([0xB8 | r & 7])
-    return Op(head, f"{'movabs' if n == 8 else 'mov'} {_NAMES[n][r]}, {v:#x}", imm=_imm(v, n)), _keep
+    name = "movabs" if n == 8 else "mov"
+    return Op(head, f"{name} {_NAMES[n][r]}, {v:#x}", imm=_imm(v, n)), _effect(name)
 
 
 def _alu(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
     op = draw(st.sampled_from([i for i in range(8) if i not in (2, 3) or d & CF]))  # adc/sbb read CF
-    effect = _LOGIC if _ALU[op] in ("or", "and", "xor") else _ARITH
     if draw(st.booleans()):
-        return _rm_imm(draw, d, _ALU[op], (0x80, 0x81, 0x83), op, effect)
-    return _rm_r(draw, d, _ALU[op], 8 * op, effect)
+        return _rm_imm(draw, d, _ALU[op], (0x80, 0x81, 0x83), op)
+    return _rm_r(draw, d, _ALU[op], 8 * op)
 
 
 def _test_xchg(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
     form = draw(st.sampled_from(("test r/m, r", "test r/m, imm", "xchg")))
     if form == "xchg":
-        return _rm_r(draw, d, "xchg", 0x86, _keep, both=False)
+        return _rm_r(draw, d, "xchg", 0x86, both=False)
     if form == "test r/m, r":
-        return _rm_r(draw, d, "test", 0x84, _LOGIC, both=False)
-    return _rm_imm(draw, d, "test", (0xF6, 0xF7, None), 0, _LOGIC)
+        return _rm_r(draw, d, "test", 0x84, both=False)
+    return _rm_imm(draw, d, "test", (0xF6, 0xF7, None), 0)
 
 
 def _unary(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
     size, digit = draw(_SIZE), draw(st.sampled_from((0, 1, 2, 3)))
-    name, opcode, effect = (("inc", 0xFE, _sets(STATUS & ~CF)), ("dec", 0xFE, _sets(STATUS & ~CF)),
-                            ("not", 0xF6, _keep), ("neg", 0xF6, _ARITH))[digit]  # fmt: skip
+    name, opcode = (("inc", 0xFE), ("dec", 0xFE), ("not", 0xF6), ("neg", 0xF6))[digit]
     rm = _rm(draw, size, d)
-    return encode(bytes([opcode + (size != 1)]), size, digit, rm, f"{name} {_name(rm, size)}"), effect
-
-
-def shift_defined(d: int, digit: int, size: int, count: int) -> int:
-    """Defined status flags after shift/rotate ``digit`` (ModRM /digit) of ``size`` bytes by ``count`` (SDM)."""
-    masked = count & (0x3F if size == 8 else 0x1F)
-    if masked == 0:
-        return d  # no flag changes
-    if digit < 4:  # rol ror rcl rcr: CF; OF only for 1-bit rotates
-        return (d | CF | OF) & ~(0 if masked == 1 else OF)
-    undefined = AF | (0 if masked == 1 else OF) | (CF if masked >= 8 * size else 0)
-    return (d | STATUS) & ~undefined
+    op = encode(bytes([opcode + (size != 1)]), size, digit, rm, f"{name} {_name(rm, size)}")
+    return op, _effect(name, 8 * size)
 
 
 def _shift(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
@@ -283,11 +270,9 @@ def _shift(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
     rm, wide = _rm(draw, size, d), size != 1
     text = f"{_SHIFTS[digit]} {_name(rm, size)}"
     if form == "cl":  # any count: flags defined whatever it is
-        counts = range((0x3F if size == 8 else 0x1F) + 1)
-        effect: Effect = lambda d: _meet([shift_defined(d, digit, size, c) for c in counts])  # noqa: E731
-        return encode(bytes([0xD2 + wide]), size, digit, rm, f"{text}, cl"), effect
+        return encode(bytes([0xD2 + wide]), size, digit, rm, f"{text}, cl"), _effect(_SHIFTS[digit], 8 * size, None)
     count = 1 if form == "1" else draw(st.integers(0, 255))
-    effect = lambda d: shift_defined(d, digit, size, count)  # noqa: E731
+    effect = _effect(_SHIFTS[digit], 8 * size, count)
     if form == "1":
         return encode(bytes([0xD0 + wide]), size, digit, rm, f"{text}, 1"), effect
     return encode(bytes([0xC0 + wide]), size, digit, rm, f"{text}, {count:#x}", imm=bytes([count])), effect
@@ -295,7 +280,7 @@ def _shift(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
 
 def _imul(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
     size, r, n = draw(_WIDE), draw(_REG), draw(st.sampled_from((0, 1, 4)))  # n: immediate bytes
-    rm, effect, n = _rm(draw, size, d), _sets(CF | OF, SF | ZF | AF | PF), min(n, size)
+    rm, effect, n = _rm(draw, size, d), _effect("imul", 8 * size), min(n, size)
     v, text = draw(values(n)) if n else 0, f"imul {_name(r, size)}, {_name(rm, size)}"
     opcode, text = (b"\x6b" if n == 1 else b"\x69", f"{text}, {_sext(v, n, size):#x}") if n else (b"\x0f\xaf", text)
     return encode(opcode, size, r, rm, text, imm=_imm(v, n)), effect
@@ -307,7 +292,7 @@ def _movx(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
     size = draw(st.sampled_from({1: (8, 4, 2), 2: (8, 4), 4: (8,)}[src]))
     rm = _rm(draw, src, d)
     opcode = b"\x63" if src == 4 else bytes([0x0F, (0xB6 if which == "movzx" else 0xBE) + src - 1])
-    return encode(opcode, size, r, rm, f"{which} {_name(r, size)}, {_name(rm, src)}", rm8=src == 1), _keep
+    return encode(opcode, size, r, rm, f"{which} {_name(r, size)}, {_name(rm, src)}", rm8=src == 1), _effect(which)
 
 
 def _lea(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
@@ -317,19 +302,20 @@ def _lea(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
     sib = bytes([0x84 | (r & 7) << 3, (scale.bit_length() - 1) << 6 | (index & 7) << 3 | base & 7])
     head = (b"\x66" if size == 2 else b"") + bytes([0x40 | rex])[: bool(rex)] + b"\x8d" + sib
     address = GPRS[base] + ("" if index == 4 else f"+{GPRS[index]}*{scale}") + f"{disp:+#x}"
-    return Op(head, f"lea {_name(r, size)}, [{address}]", imm=_imm(disp, 4)), _keep
+    return Op(head, f"lea {_name(r, size)}, [{address}]", imm=_imm(disp, 4)), _effect("lea")
 
 
 def _stack(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
     form, r = draw(st.sampled_from(("push", "pop", "push imm", "push m", "pop m"))), draw(_REG)
+    effect = _effect(form.split()[0])
     if form in ("push", "pop"):
-        return Op(b"\x41"[: r >> 3] + bytes([(0x50 if form == "push" else 0x58) | r & 7]), f"{form} {GPRS[r]}"), _keep
+        return Op(b"\x41"[: r >> 3] + bytes([(0x50 if form == "push" else 0x58) | r & 7]), f"{form} {GPRS[r]}"), effect
     if form == "push imm":
         n = draw(st.sampled_from((1, 4)))
         v = draw(values(n))
-        return Op(b"\x6a" if n == 1 else b"\x68", f"push {_sext(v, n, 8):#x}", imm=_imm(v, n)), _keep
+        return Op(b"\x6a" if n == 1 else b"\x68", f"push {_sext(v, n, 8):#x}", imm=_imm(v, n)), effect
     opcode, digit = (b"\xff", 6) if form == "push m" else (b"\x8f", 0)
-    return encode(opcode, 4, digit, _mem(draw, 8, d), f"{form[:-2]} qword ptr {{m}}"), _keep  # 64-bit, no REX.W
+    return encode(opcode, 4, digit, _mem(draw, 8, d), f"{form[:-2]} qword ptr {{m}}"), effect  # 64-bit, no REX.W
 
 
 def _cc(draw: st.DrawFn, d: int) -> int | None:
@@ -344,10 +330,11 @@ def _setcc_cmov(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
         return _mov(draw, d)
     if not cmov:
         rm = _rm(draw, 1, d)
-        return encode(bytes([0x0F, 0x90 + cc]), 1, 0, rm, f"set{_CC[cc]} {_name(rm, 1)}"), _keep
+        return encode(bytes([0x0F, 0x90 + cc]), 1, 0, rm, f"set{_CC[cc]} {_name(rm, 1)}"), _effect(f"set{_CC[cc]}")
     size, r = draw(_WIDE), draw(_REG)
     rm = _rm(draw, size, d)
-    return encode(bytes([0x0F, 0x40 + cc]), size, r, rm, f"cmov{_CC[cc]} {_name(r, size)}, {_name(rm, size)}"), _keep
+    text = f"cmov{_CC[cc]} {_name(r, size)}, {_name(rm, size)}"
+    return encode(bytes([0x0F, 0x40 + cc]), size, r, rm, text), _effect(f"cmov{_CC[cc]}")
 
 
 def _io(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
@@ -355,7 +342,8 @@ def _io(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
     opcode = bytes([(0xEC if by_dx else 0xE4) + 2 * out + (size != 1)])
     port = "dx" if by_dx else f"{draw(st.integers(0, 255)):#x}"
     acc, imm = _NAMES[size][0], b"" if by_dx else bytes([int(port, 16)])
-    return Op(b"\x66"[: size == 2] + opcode, f"out {port}, {acc}" if out else f"in {acc}, {port}", imm=imm), _keep
+    text = f"out {port}, {acc}" if out else f"in {acc}, {port}"
+    return Op(b"\x66"[: size == 2] + opcode, text, imm=imm), _effect("out" if out else "in")
 
 
 def _misc(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
@@ -363,11 +351,12 @@ def _misc(draw: st.DrawFn, d: int) -> tuple[Op, Effect]:
     if form == "bswap":
         size, r = draw(st.sampled_from((8, 4))), draw(_REG)
         rex = (8 if size == 8 else 0) | r >> 3
-        return Op(bytes([0x40 | rex])[: bool(rex)] + bytes([0x0F, 0xC8 | r & 7]), f"bswap {_name(r, size)}"), _keep
+        code = bytes([0x40 | rex])[: bool(rex)] + bytes([0x0F, 0xC8 | r & 7])
+        return Op(code, f"bswap {_name(r, size)}"), _effect("bswap")
     size = draw(_WIDE)
-    names = {"cbw": ("cbw", "cwde", "cdqe"), "cwd": ("cwd", "cdq", "cqo")}[form]
+    name = {"cbw": ("cbw", "cwde", "cdqe"), "cwd": ("cwd", "cdq", "cqo")}[form][size.bit_length() - 2]
     head = {2: b"\x66", 4: b"", 8: b"\x48"}[size] + (b"\x98" if form == "cbw" else b"\x99")
-    return Op(head, names[size.bit_length() - 2]), _keep
+    return Op(head, name), _effect(name)
 
 
 _KINDS: dict[str, Callable[[st.DrawFn, int], tuple[Op, Effect]]] = {

@@ -1,7 +1,7 @@
-"""Check backends/kvm layouts, ioctl numbers and hvcore enums against <linux/kvm.h>.
+"""Check backends/hvcore_kvm layouts, ioctl numbers and hvcore enums against <linux/kvm.h>.
 
-The Python side is the only list: the test walks ``backends.kvm.uapi``,
-``backends.kvm.ioctls`` and the enums named in ``ENUMS_AGAINST_HEADER``,
+The Python side is the only list: the test walks ``hvcore_kvm.uapi``,
+``hvcore_kvm.ioctls`` and the enums named in ``ENUMS_AGAINST_HEADER``,
 generates a C program that prints the header's value for each name
 (``sizeof``, ``offsetof``, member sizes, macro values) as ``name value``
 lines, compiles it with gcc, runs it and compares.  Every mismatch is
@@ -26,7 +26,7 @@ from typing import Any, TypeAlias
 
 import pytest
 
-from backends.kvm import ioctls, uapi
+from hvcore_kvm import ioctls, uapi
 
 KVM_HEADER = Path("/usr/include/linux/kvm.h")
 INSTALL_HINT = "apt-get install gcc linux-libc-dev"
@@ -157,7 +157,7 @@ def module_constants(module: ModuleType, prefix: str = "") -> dict[str, int]:
 
 
 def ioctl_constants() -> dict[str, int]:
-    """The ``KVM_*`` ints of backends.kvm.ioctls, plus KVMIO."""
+    """The ``KVM_*`` ints of hvcore_kvm.ioctls, plus KVMIO."""
     return {"KVMIO": ioctls.KVMIO, **module_constants(ioctls, "KVM_")}
 
 

@@ -6,8 +6,8 @@ import pytest
 
 import hvcore
 from hvcore import IoExit
-from simulator.clock import HostClock, VirtualClock, clock_from_environment
-from simulator.system import SimHypervisor
+from hvcore_sim.clock import HostClock, VirtualClock, clock_from_environment
+from hvcore_sim.system import SimHypervisor
 from tests.boot import boot, map_apic_window
 from tests.conftest import Watchdog
 from tests.guests import irqchip as guests

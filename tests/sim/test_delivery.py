@@ -18,7 +18,7 @@ import pytest
 
 from hvcore import DescriptorTable, InvalidArgument, Regs, Segment, Sregs
 from hvcore.x86 import CR0_ET, CR0_PE, descriptor, flat_segment, real_mode_sregs
-from simulator.delivery import (
+from hvcore_sim.delivery import (
     HAS_ERROR_CODE,
     DeliveryError,
     Event,

@@ -17,7 +17,7 @@ import pytest
 
 from hvcore import DescriptorTable, NotFound, Regs, Segment, Sregs
 from hvcore.x86 import descriptor, flat_segment, long_mode_sregs
-from simulator.delivery import (
+from hvcore_sim.delivery import (
     Event,
     EventKind,
     GeneralProtection,
@@ -26,7 +26,7 @@ from simulator.delivery import (
     deliver_event,
     deliver_with_escalation,
 )
-from simulator.mmu import PF_WRITE
+from hvcore_sim.mmu import PF_WRITE
 from tests.sim import Ram, gate64, open_ram
 
 GDT, IDT, TSS, PML4 = 0x1000, 0x2000, 0x3000, 0x100000

@@ -8,11 +8,11 @@ import pytest
 
 import hvcore
 from hvcore import GuestMemory, MemorySlot, Segment, SlotFlags, x86
-from simulator import engine as engine_module
-from simulator import layout as layout_module
-from simulator import system
-from simulator.engine import HF_ADDSEG, HF_CS32, HF_CS64, HF_LMA, HF_PE, HF_SS32, Engine, compute_hflags
-from simulator.memory import PHYSICAL_LIMIT, DirtyLog, _gaps
+from hvcore_sim import engine as engine_module
+from hvcore_sim import layout as layout_module
+from hvcore_sim import system
+from hvcore_sim.engine import HF_ADDSEG, HF_CS32, HF_CS64, HF_LMA, HF_PE, HF_SS32, Engine, compute_hflags
+from hvcore_sim.memory import PHYSICAL_LIMIT, DirtyLog, _gaps
 
 pytestmark = pytest.mark.skipif(
     system._unicorn_problem() is not None, reason=f"simulator unusable: {system._unicorn_problem()}"
@@ -47,10 +47,22 @@ def test_a_failed_calibration_refuses_to_run_naming_the_unicorn_version(monkeypa
         system.SimHypervisor()
 
 
-def test_an_unsupported_unicorn_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_uncalibrated_unicorn_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     unicorn = pytest.importorskip("unicorn")
-    monkeypatch.setattr(unicorn, "__version__", "2.2.0")
-    assert system.BACKEND.unavailable_reason() == ("unicorn 2.2.0 is not supported; the simulator needs >=2.1.4,<2.2")
+    monkeypatch.delenv("HVCORE_UNICORN_UNPINNED", raising=False)
+    monkeypatch.setattr(unicorn, "__version__", "2.1.5")
+    assert system.BACKEND.unavailable_reason() == (
+        "unicorn 2.1.5 is not one the simulator was calibrated against (2.1.4); pip install 'unicorn==2.1.4'"
+    )
+
+
+def test_an_uncalibrated_unicorn_may_be_tried_but_still_calibrates(monkeypatch: pytest.MonkeyPatch) -> None:
+    unicorn = pytest.importorskip("unicorn")
+    monkeypatch.setenv("HVCORE_UNICORN_UNPINNED", "1")
+    monkeypatch.setattr(unicorn, "__version__", "2.1.5")
+    assert system.BACKEND.unavailable_reason() is None  # the real 2.1.4 structures calibrate
+    monkeypatch.setattr(system, "calibrate", lambda: (_ for _ in ()).throw(layout_module.LayoutError("moved")))
+    assert system.BACKEND.unavailable_reason() == "unicorn 2.1.5's internals are not laid out as expected: moved"
 
 
 def test_hflags_follow_the_mode(engine: Engine) -> None:

@@ -8,8 +8,8 @@ import pytest
 
 from hvcore import InvalidArgument
 from hvcore.types import IoapicState
-from simulator.irqchip.ioapic import Ioapic
-from simulator.irqchip.message import DeliveryMode, InterruptMessage
+from hvcore_sim.irqchip.ioapic import Ioapic
+from hvcore_sim.irqchip.message import DeliveryMode, InterruptMessage
 
 IOREGSEL, IOWIN = 0x00, 0x10
 MASKED, LEVEL, REMOTE_IRR, DELIVERY_STATUS, POLARITY_LOW, LOGICAL = 1 << 16, 1 << 15, 1 << 14, 1 << 12, 1 << 13, 1 << 11

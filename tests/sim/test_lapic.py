@@ -6,9 +6,9 @@ import pytest
 
 from hvcore import InvalidArgument, StateError
 from hvcore.types import Lapic
-from simulator.clock import VirtualClock
-from simulator.irqchip.lapic import LocalApic
-from simulator.irqchip.message import DeliveryMode, InterruptMessage, Shorthand
+from hvcore_sim.clock import VirtualClock
+from hvcore_sim.irqchip.lapic import LocalApic
+from hvcore_sim.irqchip.message import DeliveryMode, InterruptMessage, Shorthand
 
 ID, VER, TPR, APR, PPR, EOI, LDR, DFR, SVR = 0x20, 0x30, 0x80, 0x90, 0xA0, 0xB0, 0xD0, 0xE0, 0xF0
 ISR, TMR, IRR, ESR, ICR, ICR2 = 0x100, 0x180, 0x200, 0x280, 0x300, 0x310

@@ -11,7 +11,7 @@ import pytest
 
 import hvcore
 from hvcore import GuestMemory, InterruptedExit, IoExit
-from simulator import system
+from hvcore_sim import system
 from tests.boot import boot, run_exits
 from tests.guests import layout, real_mode
 

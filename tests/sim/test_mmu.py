@@ -9,8 +9,8 @@ import pytest
 
 from hvcore import NotFound, Sregs
 from hvcore.x86 import CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME
-from simulator.faults import GeneralProtection, NonCanonical, PageFault
-from simulator.mmu import (
+from hvcore_sim.faults import GeneralProtection, NonCanonical, PageFault
+from hvcore_sim.mmu import (
     CR4_LA57,
     CR4_PSE,
     CR4_SMAP,

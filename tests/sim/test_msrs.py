@@ -7,14 +7,14 @@ from dataclasses import replace
 import pytest
 
 from hvcore import Exit, HltExit, IoDirection, IoExit, x86
-from simulator import layout as layout_module
-from simulator import system
-from simulator.clock import VirtualClock
-from simulator.engine import Engine
-from simulator.layout import HF_GUEST
-from simulator.msrs import IA32_TSC_DEADLINE, TSC_AUX, DefaultMsrHandler, MsrEmulator
-from simulator.state import VcpuState
-from simulator.system import SimHypervisor
+from hvcore_sim import layout as layout_module
+from hvcore_sim import system
+from hvcore_sim.clock import VirtualClock
+from hvcore_sim.engine import Engine
+from hvcore_sim.layout import HF_GUEST
+from hvcore_sim.msrs import IA32_TSC_DEADLINE, TSC_AUX, DefaultMsrHandler, MsrEmulator
+from hvcore_sim.state import VcpuState
+from hvcore_sim.system import SimHypervisor
 from tests.boot import boot, run_exits
 from tests.guests import layout, long_mode
 from tests.test_exceptions import delivered, long_mode_guest

@@ -1,4 +1,4 @@
-"""The memory-operand decoder the simulator uses to locate MMIO reads Unicorn splits (simulator.operand)."""
+"""The memory-operand decoder the simulator uses to locate MMIO reads Unicorn splits (hvcore_sim.operand)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from hvcore.types import Sregs
-from simulator import operand
-from simulator.operand import AL, DS, ES, FS, GS, NO_REGISTER, RIP, SS, CpuState, MemoryOperand, decode
+from hvcore_sim import operand
+from hvcore_sim.operand import AL, DS, ES, FS, GS, NO_REGISTER, RIP, SS, CpuState, MemoryOperand, decode
 
 FLAT64 = CpuState(bases=(0, 0, 0, 0, 0x7000_0000, 0x5000), code_bits=64, long_mode=True, cpl=0, paging=Sregs())
 REGS = {n: 0x1000 * (n + 1) for n in range(16)}  # rax 0x1000, rcx 0x2000, ... r15 0x10000

@@ -8,7 +8,7 @@ import pytest
 
 from hvcore import InvalidArgument
 from hvcore.types import PicState
-from simulator.irqchip.pic import PicPair
+from hvcore_sim.irqchip.pic import PicPair
 
 MASTER_CMD, MASTER_DATA, SLAVE_CMD, SLAVE_DATA = 0x20, 0x21, 0xA0, 0xA1
 ELCR_MASTER, ELCR_SLAVE = 0x4D0, 0x4D1

@@ -8,8 +8,8 @@ import pytest
 
 from hvcore import InvalidArgument
 from hvcore.types import PIT_FLAGS_HPET_LEGACY, PIT_FLAGS_SPEAKER_DATA_ON, PitChannelState, PitState
-from simulator.clock import VirtualClock
-from simulator.irqchip.pit import FREQUENCY_HZ, Pit
+from hvcore_sim.clock import VirtualClock
+from hvcore_sim.irqchip.pit import FREQUENCY_HZ, Pit
 
 CH0, CH1, CH2, CONTROL, SPEAKER = 0x40, 0x41, 0x42, 0x43, 0x61
 DIVISOR_100HZ = 11932

@@ -1,4 +1,4 @@
-"""Simulator internals behind split MMIO reads, helper RMWs and the lazy flags (simulator.internals, exits)."""
+"""Simulator internals behind split MMIO reads, helper RMWs and the lazy flags (hvcore_sim.internals, exits)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 
 import hvcore
 from hvcore import HltExit, MmioExit
-from simulator import internals, system
-from simulator import layout as layout_module
-from simulator.engine import Engine
+from hvcore_sim import internals, system
+from hvcore_sim import layout as layout_module
+from hvcore_sim.engine import Engine
 from tests.boot import boot
 from tests.guests import layout
 

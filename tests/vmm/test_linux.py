@@ -14,7 +14,7 @@ import pytest
 
 from hvcore.vmm import Machine, MachineResult, add_pc_devices
 from hvcore.vmm.run import ConsoleTee
-from simulator.system import SimHypervisor
+from hvcore_sim.system import SimHypervisor
 
 DONE = "Unable to mount root fs"
 

@@ -1,0 +1,88 @@
+"""Upstream KVM's rules that depend on CPUID: the vCPU's vendor, and the host's linear-address width.
+
+KVM treats a vCPU as AMD-compatible when its CPUID leaf 0 names ``AuthenticAMD`` or
+``HygonGenuine``, and as Intel-compatible otherwise (``GenuineIntel``, ``CentaurHauls``,
+``"  Shanghai  "``, any other vendor, no leaf 0): ``guest_cpuid_is_intel_compatible()`` in the
+kernel's ``arch/x86/kvm/cpuid.h``. MSRs holding addresses are checked against the host's widest
+linear address, 57 bits where KVM's supported CPUID has LA57 and 48 otherwise
+(``max_host_virt_addr_bits()``). The simulator, the host probes and the tests share these rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from hvcore.types import CpuidEntry
+
+__all__ = [
+    "AMD",
+    "AMD_COMPATIBLE",
+    "INTEL",
+    "address_bits",
+    "amd_compatible",
+    "canonical",
+    "is_canonical",
+    "sysenter_esp_eip",
+    "vendor",
+    "vendor_leaf",
+]
+
+AMD_COMPATIBLE: Final = frozenset({"AuthenticAMD", "HygonGenuine"})
+"""Vendors KVM gives AMD's rules; every other vendor (and no CPUID) gets Intel's."""
+INTEL: Final = "GenuineIntel"
+AMD: Final = "AuthenticAMD"
+_MASK64: Final = (1 << 64) - 1
+
+
+def vendor(entries: Iterable[CpuidEntry]) -> str | None:
+    """The vendor string of CPUID leaf 0 (EBX, EDX, ECX), or None without that leaf."""
+    for entry in entries:
+        if entry.function == 0:
+            return b"".join(r.to_bytes(4, "little") for r in (entry.ebx, entry.edx, entry.ecx)).decode("latin-1")
+    return None
+
+
+def vendor_leaf(name: str, max_leaf: int) -> CpuidEntry:
+    """CPUID leaf 0 naming vendor ``name`` (12 characters), with ``max_leaf`` in EAX."""
+    raw = name.encode("latin-1")
+    if len(raw) != 12:
+        raise ValueError(f"a CPUID vendor is 12 characters, not {name!r}")
+    ebx, edx, ecx = (int.from_bytes(raw[i : i + 4], "little") for i in (0, 4, 8))
+    return CpuidEntry(0, eax=max_leaf, ebx=ebx, ecx=ecx, edx=edx)
+
+
+def amd_compatible(name: str | None) -> bool:
+    """Whether KVM gives a vCPU of vendor ``name`` AMD's rules (None, no CPUID: Intel's)."""
+    return name in AMD_COMPATIBLE
+
+
+def address_bits(supported: Iterable[CpuidEntry]) -> int:
+    """The width KVM checks MSR addresses against: 57 if ``supported`` (the host's CPUID) has LA57, else 48."""
+    for entry in supported:
+        if entry.function == 7 and entry.index == 0:
+            return 57 if entry.ecx >> 16 & 1 else 48
+    return 48
+
+
+def canonical(value: int, bits: int) -> int:
+    """``value`` made canonical for ``bits``-bit linear addresses (bits 63 to ``bits`` copies of the top one)."""
+    low = value & ((1 << bits) - 1)
+    return low | (_MASK64 ^ ((1 << bits) - 1)) if low >> (bits - 1) else low
+
+
+def is_canonical(value: int, bits: int) -> bool:
+    """Whether ``value`` is a canonical ``bits``-bit linear address."""
+    return canonical(value, bits) == value
+
+
+def sysenter_esp_eip(value: int, name: str | None, bits: int = 48) -> int:
+    """What upstream KVM stores for a write of ``value`` to IA32_SYSENTER_ESP/EIP on a vCPU of vendor ``name``.
+
+    ``__kvm_set_msr`` makes the value canonical (guest WRMSR and KVM_SET_MSRS alike); SVM then
+    keeps the upper half only for an Intel-compatible vendor (``svm_set_msr``: ``sysenter_esp_hi``),
+    so an AMD-compatible vCPU reads back the low 32 bits. hvcore models this rule on every host;
+    VMX keeps all 64 bits, and Intel CPUs raise #GP on a guest's non-canonical write.
+    """
+    value = canonical(value, bits)
+    return value & 0xFFFFFFFF if amd_compatible(name) else value

@@ -1,0 +1,1 @@
+"""The probe guests, one module per area; each exports ``DEVIATIONS``."""

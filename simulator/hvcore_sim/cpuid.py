@@ -1,0 +1,50 @@
+"""The simulator's supported CPUID: what Unicorn's CPU model answers, read once by executing CPUID.
+
+Plus what the simulator itself adds to that CPU: the LAPIC's TSC-deadline timer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+from hvcore.types import CpuidEntry
+
+__all__ = ["supported"]
+
+_SUBLEAVES = {4: 4, 7: 1, 0xB: 2, 0xD: 2}  # leaves whose subleaf (ECX) matters, and how many to list
+_SIGNIFICANT_INDEX = 1
+_TSC_DEADLINE = 1 << 24  # CPUID.1:ECX, as KVM reports it
+
+
+@functools.cache
+def supported() -> tuple[CpuidEntry, ...]:
+    """Every basic and extended leaf up to the maxima Unicorn reports."""
+    import unicorn
+    from unicorn import x86_const as x
+
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    page = ctypes.create_string_buffer(0x1000)
+    uc.mem_map_ptr(0, 0x1000, unicorn.UC_PROT_ALL, ctypes.addressof(page))
+    ctypes.memmove(page, b"\x0f\xa2", 2)  # cpuid
+    uc.ctl_exits_enabled(True)
+    _RESULT_REGS = (x.UC_X86_REG_RAX, x.UC_X86_REG_RBX, x.UC_X86_REG_RCX, x.UC_X86_REG_RDX)  # noqa: N806
+
+    def run(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        uc.reg_write(x.UC_X86_REG_RAX, leaf)
+        uc.reg_write(x.UC_X86_REG_RCX, subleaf)
+        uc.emu_start(0, 0, 0, 1)
+        eax, ebx, ecx, edx = (uc.reg_read(r) & 0xFFFFFFFF for r in _RESULT_REGS)
+        return eax, ebx, ecx, edx
+
+    entries = []
+    for base in (0, 0x80000000):
+        top = run(base, 0)[0]
+        for leaf in range(base, min(top, base + 0x40) + 1):
+            for subleaf in range(_SUBLEAVES.get(leaf, 1)):
+                eax, ebx, ecx, edx = run(leaf, subleaf)
+                if leaf == 1:  # the in-kernel LAPIC's TSC-deadline timer (simulator/hvcore_sim/irqchip/lapic.py)
+                    ecx |= _TSC_DEADLINE
+                flags = _SIGNIFICANT_INDEX if leaf in _SUBLEAVES else 0
+                entries.append(CpuidEntry(leaf, subleaf, flags, eax, ebx, ecx, edx))
+    return tuple(entries)

@@ -1,0 +1,91 @@
+"""The little x86 decoding the exit rules need: the operands of IN / INS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from hvcore_sim.engine import CpuView, Engine
+
+__all__ = ["IN_SAVED", "IoInstruction", "io_instruction"]
+
+_PREFIXES: Final = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+
+ReadLinear = Callable[[int, int], bytes]
+
+
+def _registers() -> tuple[int, int, int, int]:
+    from unicorn import x86_const as x
+
+    return x.UC_X86_REG_RIP, x.UC_X86_REG_RAX, x.UC_X86_REG_RCX, x.UC_X86_REG_RDI
+
+
+IN_SAVED: Final = _registers()
+"""Registers an aborted IN must put back: RIP, RAX, RCX, RDI."""
+
+
+def _prefixes(code: bytes) -> tuple[set[int], int]:
+    seen: set[int] = set()
+    at = 0
+    while at < len(code) and code[at] in _PREFIXES:
+        seen.add(code[at])
+        at += 1
+    if at < len(code) and 0x40 <= code[at] <= 0x4F:  # REX (only meaningful in 64-bit mode; harmless otherwise)
+        at += 1
+    return seen, at
+
+
+@dataclass(frozen=True)
+class IoInstruction:
+    """An IN/INS at RIP: whether it is a string op, its REP, DF and operands (masked to the address size)."""
+
+    string: bool
+    rep: bool
+    backwards: bool
+    rcx: int
+    rdi: int
+    destination: int  # linear ES:RDI
+    read_linear: ReadLinear
+
+    def current_value(self, size: int) -> int:
+        """What the destination holds now (an INS that stores it changes nothing)."""
+        try:
+            return int.from_bytes(self.read_linear(self.destination, size), "little")
+        except Exception:
+            return 0
+
+
+def io_instruction(engine: Engine, rip: int, view: CpuView, read_linear: ReadLinear) -> IoInstruction:
+    """Decode the IN/INS at ``rip`` (``view``: CS, ES and paging at the time)."""
+    address_bits = view.code_bits
+    code = read_linear(view.cs_base + rip, 16)
+    prefixes, at = _prefixes(code)
+    opcode = code[at] if at < len(code) else 0
+    string = opcode in (0x6C, 0x6D)
+    bits = address_bits
+    if 0x67 in prefixes:
+        bits = {16: 32, 32: 16, 64: 32}[address_bits]
+    mask = (1 << bits) - 1
+    rcx = engine.reg(IN_SAVED[2]) & mask
+    rdi = engine.reg(IN_SAVED[3]) & mask
+    es_base = view.es_base if string else 0
+    backwards = bool(engine.reg(engine.RFLAGS) & (1 << 10))
+    rep = string and (0xF3 in prefixes or 0xF2 in prefixes)
+    return IoInstruction(string, rep, backwards, rcx, rdi, es_base + rdi, read_linear)
+
+
+def io_permitted(view: CpuView, read_linear: ReadLinear, port: int, size: int) -> bool:
+    """The TSS I/O-permission bitmap allows ``size`` ports from ``port`` (CPL > IOPL or virtual-8086 mode)."""
+    tr_base, tr_limit, tr_type = view.tr_base, view.tr_limit, view.tr_type
+    if tr_type not in (9, 0xB) or tr_limit < 0x67:
+        return False
+    try:
+        bitmap = int.from_bytes(read_linear(tr_base + 0x66, 2), "little")
+        if bitmap + (port + size - 1) // 8 + 1 > tr_limit:
+            return False
+        bits = int.from_bytes(read_linear(tr_base + bitmap + port // 8, 2), "little")
+    except Exception:
+        return False
+    return not bits >> (port % 8) & ((1 << size) - 1)

@@ -1,0 +1,453 @@
+"""One Unicorn engine per vCPU: KVM-shaped register state in and out, and counted runs.
+
+The engine is always ``UC_MODE_64`` (the only mode that can follow a guest from
+real to long mode). Segment caches, control registers, EFER and ``hflags`` are
+written straight into the context blob at the offsets :mod:`hvcore_sim.layout`
+found, and ``hflags`` is recomputed from them the way QEMU derives it, so the
+translator decodes 16-, 32- or 64-bit code as the state says.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from hvcore.types import DescriptorTable, Regs, Segment, Sregs
+from hvcore_sim.layout import HF_GUEST, SVM_EXIT_MSR, SVM_EXIT_RDTSC, SVM_INTERCEPT_BASE, VMCB_MSRPM, ContextLayout
+from hvcore_sim.memory import PHYSICAL_LIMIT
+
+__all__ = ["SVM_AREA", "CpuView", "Engine", "segment_flags"]
+
+_SEGMENT: Final = struct.Struct("<IxxxxQII")  # selector, base, limit, flags
+_QEMU_ORDER: Final = ("es", "cs", "ss", "ds", "fs", "gs")
+_U64: Final = struct.Struct("<Q")
+_U32: Final = struct.Struct("<I")
+_I32: Final = struct.Struct("<i")
+_EXCEPTION: Final = struct.Struct("<iiQ")  # error_code, exception_is_int, exception_next_eip
+
+# QEMU's hflags bits
+HF_CPL_MASK: Final = 3
+HF_INHIBIT_IRQ: Final = 1 << 3
+HF_CS32: Final = 1 << 4
+HF_SS32: Final = 1 << 5
+HF_ADDSEG: Final = 1 << 6
+HF_PE: Final = 1 << 7
+HF_MP_SHIFT: Final = 9
+HF_LMA: Final = 1 << 14
+HF_CS64: Final = 1 << 15
+HF_SMM: Final = 1 << 19
+HF_SVME: Final = 1 << 20
+HF_OSFXSR: Final = 1 << 22
+_HF_KEPT: Final = HF_INHIBIT_IRQ | HF_SMM | HF_GUEST
+EFER_LMA: Final = 1 << 10
+EFER_SVME: Final = 1 << 12
+
+SVM_AREA: Final = PHYSICAL_LIMIT
+"""Guest-physical address of each engine's VMCB page and MSR permission bitmap: above anything a guest reaches."""
+_MSRPM: Final = 0x1000  # the bitmap's offset in the area; every bit set: every RDMSR / WRMSR is intercepted
+_MSRPM_SIZE: Final = 0x2000
+_INTERCEPTS: Final = 1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE)
+_CR8_ONLY: Final = struct.Struct("<HH")
+
+
+def _in_msr_bitmap(index: int) -> bool:
+    """The MSR ranges the SVM permission bitmap covers (QEMU intercepts any other index unconditionally)."""
+    return index < 0x2000 or 0xC0000000 <= index < 0xC0002000 or 0xC0010000 <= index < 0xC0012000
+
+
+def segment_flags(seg: Segment) -> int:
+    """QEMU's SegmentCache.flags for a KVM-style segment."""
+    return (
+        seg.type << 8
+        | seg.s << 12
+        | seg.dpl << 13
+        | seg.present << 15
+        | seg.avl << 20
+        | seg.l << 21
+        | seg.db << 22
+        | seg.g << 23
+    )
+
+
+def _segment(selector: int, base: int, limit: int, flags: int) -> Segment:
+    present = flags >> 15 & 1
+    return Segment(
+        base=base,
+        limit=limit,
+        selector=selector,
+        type=flags >> 8 & 0xF,
+        present=present,
+        dpl=flags >> 13 & 3,
+        db=flags >> 22 & 1,
+        s=flags >> 12 & 1,
+        l=flags >> 21 & 1,
+        g=flags >> 23 & 1,
+        avl=flags >> 20 & 1,
+        unusable=0 if present else 1,
+    )
+
+
+def compute_hflags(sregs: Sregs, old: int) -> int:
+    """The hflags QEMU would hold for ``sregs`` (keeping the interrupt shadow and SMM bits of ``old``)."""
+    hflags = old & _HF_KEPT
+    protected = sregs.cr0 & 1
+    long_mode = sregs.efer & EFER_LMA
+    if protected:
+        hflags |= HF_PE | (sregs.ss.dpl & HF_CPL_MASK)
+    hflags |= ((sregs.cr0 >> 1) & 7) << HF_MP_SHIFT
+    if long_mode:
+        hflags |= HF_LMA
+    if long_mode and sregs.cs.l:
+        hflags |= HF_CS64 | HF_CS32 | HF_SS32
+    else:
+        if sregs.cs.db:
+            hflags |= HF_CS32
+        if sregs.ss.db:
+            hflags |= HF_SS32
+        if not protected or not sregs.cs.db or (sregs.ds.base | sregs.es.base | sregs.ss.base):
+            hflags |= HF_ADDSEG
+    if sregs.cr4 & (1 << 9):
+        hflags |= HF_OSFXSR
+    if sregs.efer & EFER_SVME:
+        hflags |= HF_SVME
+    return hflags
+
+
+@dataclass(frozen=True, slots=True)
+class CpuView:
+    """What decoding an IN/INS or a software interrupt needs: CS, ES, TR, and paging (as ``Sregs``)."""
+
+    cs_base: int
+    code_bits: int
+    es_base: int
+    tr_base: int
+    tr_limit: int
+    tr_type: int
+    paging: Sregs
+
+
+class Engine:
+    """A Unicorn x86-64 engine with KVM-shaped state accessors."""
+
+    def __init__(self, layout: ContextLayout) -> None:
+        import unicorn
+        from unicorn import x86_const as x
+
+        self._uc_mod = unicorn
+        self.uc: Any = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        self.uc.ctl_exits_enabled(True)  # never pass `until`: it clobbers CR2 with paging on
+        self.layout = layout
+        self._ctx: Any = self.uc.context_save()
+        self._gprs = (
+            x.UC_X86_REG_RAX,
+            x.UC_X86_REG_RBX,
+            x.UC_X86_REG_RCX,
+            x.UC_X86_REG_RDX,
+            x.UC_X86_REG_RSI,
+            x.UC_X86_REG_RDI,
+            x.UC_X86_REG_RSP,
+            x.UC_X86_REG_RBP,
+            x.UC_X86_REG_R8,
+            x.UC_X86_REG_R9,
+            x.UC_X86_REG_R10,
+            x.UC_X86_REG_R11,
+            x.UC_X86_REG_R12,
+            x.UC_X86_REG_R13,
+            x.UC_X86_REG_R14,
+            x.UC_X86_REG_R15,
+            x.UC_X86_REG_RIP,
+            x.UC_X86_REG_RFLAGS,
+        )
+        self.RIP: Final = x.UC_X86_REG_RIP
+        self.GPRS_BY_NUMBER: Final = tuple(
+            getattr(x, f"UC_X86_REG_{name}")
+            for name in ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", *(f"R{i}" for i in range(8, 16)))
+        )
+        """The general registers in x86 encoding order (ModRM / REX numbers 0-15)."""
+        self.RAX: Final = x.UC_X86_REG_RAX
+        self.RCX: Final = x.UC_X86_REG_RCX
+        self.RDX: Final = x.UC_X86_REG_RDX
+        self.RFLAGS: Final = x.UC_X86_REG_RFLAGS
+        self.CR0: Final = x.UC_X86_REG_CR0
+        self.RSP: Final = x.UC_X86_REG_RSP
+        self.CS: Final = x.UC_X86_REG_CS
+        base = ctypes.cast(self.uc._uch, ctypes.c_void_p).value
+        assert base is not None
+        self.counter_cell = ctypes.c_uint64.from_address(base + layout.counter)
+        """Unicorn's instruction counter in place (``.value``): read on every MMIO access."""
+        self._count = ctypes.c_uint64.from_address(base + layout.count)
+        # Straight ctypes calls for the per-exit register traffic: the binding's generic path costs ~2 us a read.
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        self._handle = self.uc._uch
+        self._read_one = uclib.uc_reg_read
+        self._write_one = uclib.uc_reg_write
+        self._read_many = uclib.uc_reg_read_batch
+        self._emu_start = uclib.uc_emu_start
+        self._vmem_read = uclib.uc_vmem_read
+        self._prot_exec = unicorn.UC_PROT_EXEC
+        self._code = ctypes.create_string_buffer(16)
+        self._uc_error = unicorn.UcError
+        self._scratch = ctypes.c_uint64()
+        self._scratch_ref = ctypes.byref(self._scratch)
+        n = len(self._gprs)
+        self._gpr_ids = (ctypes.c_int * n)(*self._gprs)
+        self._gpr_values = (ctypes.c_uint64 * n)()
+        at = ctypes.addressof(self._gpr_values)
+        self._gpr_pointers = (ctypes.c_void_p * n)(*(at + 8 * i for i in range(n)))
+        self._msr_reg = x.UC_X86_REG_MSR
+        self._intercept_msrs(unicorn)
+
+    def _intercept_msrs(self, unicorn: Any) -> None:
+        """Make guest RDMSR / WRMSR / RDTSC and MOV to/from CR8 reach the interrupt hook (see :mod:`hvcore_sim.msrs`).
+
+        Unicorn cannot hook them, but QEMU's helpers check SVM intercepts first while hflags has
+        HF_GUEST: with the RDTSC and MSR intercept bits set and a permission bitmap of all ones,
+        each becomes ``EXCP_VMEXIT`` + exit code in the hook, RIP still at the instruction. The
+        VMCB page (QEMU reads only its bitmap address) and the bitmap live at ``SVM_AREA``.
+        """
+        self._svm_area = mmap.mmap(-1, _MSRPM + _MSRPM_SIZE)
+        area = ctypes.addressof(ctypes.c_char.from_buffer(self._svm_area))
+        _U64.pack_into(self._svm_area, VMCB_MSRPM, SVM_AREA + _MSRPM)
+        self._msrpm = area + _MSRPM
+        ctypes.memset(self._msrpm, 0xFF, _MSRPM_SIZE)
+        self.uc.mem_map_ptr(SVM_AREA, _MSRPM + _MSRPM_SIZE, unicorn.UC_PROT_READ, area)
+        blob = self._blob()
+        _U64.pack_into(blob, self.layout.vm_vmcb, SVM_AREA)
+        _U64.pack_into(blob, self.layout.intercept, _INTERCEPTS)
+        _CR8_ONLY.pack_into(blob, self.layout.intercept_cr, 1 << 8, 1 << 8)  # MOV from / to CR8
+        _U32.pack_into(blob, self.layout.hflags, _U32.unpack_from(blob, self.layout.hflags)[0] | HF_GUEST)
+        self._store(blob)
+
+    # -- the context blob ----------------------------------------------------
+
+    def _blob(self) -> bytearray:
+        self.uc.context_update(self._ctx)
+        return bytearray(ctypes.string_at(self._ctx.context, self.layout.size))
+
+    def _store(self, blob: bytearray) -> None:
+        ctypes.memmove(self._ctx.context, bytes(blob), self.layout.size)
+        self.uc.context_restore(self._ctx)
+
+    # -- registers -----------------------------------------------------------
+
+    def get_regs(self) -> Regs:
+        """RAX..R15, RIP, RFLAGS."""
+        if self._read_many(self._handle, self._gpr_ids, self._gpr_pointers, len(self._gprs)):
+            read = self.uc.reg_read
+            return Regs(*(read(r) for r in self._gprs))
+        return Regs(*self._gpr_values)
+
+    def set_regs(self, regs: Regs) -> None:
+        """Write RAX..R15, RIP, RFLAGS."""
+        write = self.uc.reg_write
+        for reg, value in zip(self._gprs, (getattr(regs, n) for n in Regs.__dataclass_fields__), strict=True):
+            write(reg, value)
+
+    def reg(self, reg: int) -> int:
+        """One 64-bit register by Unicorn id."""
+        if self._read_one(self._handle, reg, self._scratch_ref):
+            return int(self.uc.reg_read(reg))
+        return self._scratch.value
+
+    def set_reg(self, reg: int, value: int) -> None:
+        """Write one 64-bit register by Unicorn id."""
+        if self._write_one(self._handle, reg, ctypes.byref(ctypes.c_uint64(value))):
+            self.uc.reg_write(reg, value)
+
+    def get_sregs(self, *, apic_base: int, interrupt_bitmap: tuple[int, int, int, int], cr8: int) -> Sregs:
+        """Segments (with hidden caches), descriptor tables, CR0-4, EFER.
+
+        The APIC base, CR8 and the pending-interrupt bitmap are the vCPU's, passed in.
+        """
+        blob = self._blob()
+        lay = self.layout
+        segs = {name: _segment(*_SEGMENT.unpack_from(blob, lay.segment(i))) for i, name in enumerate(_QEMU_ORDER)}
+        gdt = _SEGMENT.unpack_from(blob, lay.gdt)
+        idt = _SEGMENT.unpack_from(blob, lay.idt)
+        cr = [_U64.unpack_from(blob, lay.cr + 8 * i)[0] for i in range(5)]
+        return Sregs(
+            cs=segs["cs"],
+            ds=segs["ds"],
+            es=segs["es"],
+            fs=segs["fs"],
+            gs=segs["gs"],
+            ss=segs["ss"],
+            tr=_segment(*_SEGMENT.unpack_from(blob, lay.tr)),
+            ldt=_segment(*_SEGMENT.unpack_from(blob, lay.ldt)),
+            gdt=DescriptorTable(gdt[1], gdt[2]),
+            idt=DescriptorTable(idt[1], idt[2]),
+            cr0=cr[0],
+            cr2=cr[2],
+            cr3=cr[3],
+            cr4=cr[4],
+            cr8=cr8,
+            efer=_U64.unpack_from(blob, lay.efer)[0],
+            apic_base=apic_base,
+            interrupt_bitmap=interrupt_bitmap,
+        )
+
+    def set_sregs(self, sregs: Sregs) -> None:
+        """Load segments, tables, control registers and EFER; recompute hflags; drop stale translations."""
+        blob = self._blob()
+        lay = self.layout
+        for i, name in enumerate(_QEMU_ORDER):
+            seg: Segment = getattr(sregs, name)
+            _SEGMENT.pack_into(blob, lay.segment(i), seg.selector, seg.base, seg.limit, segment_flags(seg))
+        _SEGMENT.pack_into(blob, lay.tr, sregs.tr.selector, sregs.tr.base, sregs.tr.limit, segment_flags(sregs.tr))
+        ldt = sregs.ldt
+        _SEGMENT.pack_into(blob, lay.ldt, ldt.selector, ldt.base, ldt.limit, segment_flags(ldt))
+        _SEGMENT.pack_into(blob, lay.gdt, 0, sregs.gdt.base, sregs.gdt.limit, 0)
+        _SEGMENT.pack_into(blob, lay.idt, 0, sregs.idt.base, sregs.idt.limit, 0)
+        for i, value in ((0, sregs.cr0), (2, sregs.cr2), (3, sregs.cr3), (4, sregs.cr4)):
+            _U64.pack_into(blob, lay.cr + 8 * i, value)
+        _U64.pack_into(blob, lay.efer, sregs.efer)
+        hflags = _U32.unpack_from(blob, lay.hflags)[0]
+        _U32.pack_into(blob, lay.hflags, compute_hflags(sregs, hflags))
+        self._store(blob)
+        self.flush()
+
+    def flush(self) -> None:
+        """Forget translated code and TLB entries (after a mode change or a host write to guest code)."""
+        self.uc.ctl_flush_tb()
+        self.uc.ctl(self._uc_mod.UC_CTL_TLB_FLUSH, self._uc_mod.UC_CTL_IO_WRITE)
+
+    def view(self) -> CpuView:
+        """The segment and paging state the exit rules read, from one read of the context blob."""
+        blob, lay = self._blob(), self.layout
+        _, cs_base, _, cs_flags = _SEGMENT.unpack_from(blob, lay.segment(1))
+        hflags = _U32.unpack_from(blob, lay.hflags)[0]
+        _, tr_base, tr_limit, tr_flags = _SEGMENT.unpack_from(blob, lay.tr)
+        return CpuView(
+            cs_base=cs_base,
+            code_bits=64 if hflags & HF_CS64 else 32 if cs_flags >> 22 & 1 else 16,
+            es_base=_SEGMENT.unpack_from(blob, lay.segment(0))[1],
+            tr_base=tr_base,
+            tr_limit=tr_limit,
+            tr_type=tr_flags >> 8 & 0xF,
+            paging=Sregs(
+                cr0=_U64.unpack_from(blob, lay.cr)[0],
+                cr3=_U64.unpack_from(blob, lay.cr + 24)[0],
+                cr4=_U64.unpack_from(blob, lay.cr + 32)[0],
+                efer=_U64.unpack_from(blob, lay.efer)[0],
+            ),
+        )
+
+    def code_address(self, rip: int) -> int:
+        """The linear address of CS:RIP (CS's base is ignored in 64-bit code)."""
+        blob, lay = self._blob(), self.layout
+        if _U32.unpack_from(blob, lay.hflags)[0] & HF_CS64:
+            return rip
+        cs_base: int = _SEGMENT.unpack_from(blob, lay.segment(1))[1]
+        return (cs_base + rip) & 0xFFFFFFFF
+
+    def read_code(self, linear: int, length: int) -> bytes | None:
+        """``length`` (<= 16) bytes at ``linear`` through Unicorn's MMU, as instruction fetch; None if unmapped.
+
+        Only for code the CPU has just fetched: a failed walk sets CR2, as Unicorn's MMU faults do.
+        """
+        if self._vmem_read(self._handle, ctypes.c_uint64(linear), self._prot_exec, self._code, ctypes.c_size_t(length)):
+            return None
+        return self._code.raw[:length]
+
+    def adopt(self, old: Engine) -> None:
+        """Take over ``old``'s CPU state (a new engine for a new memory layout)."""
+        self._store(old._blob())
+        self.flush()
+
+    # -- MSRs as Unicorn keeps them ------------------------------------------------
+
+    def read_msr(self, index: int) -> int:
+        """Unicorn's own value of MSR ``index`` (its RDMSR helper, run with the intercept bitmap cleared)."""
+        self._open_msr_bitmap(index)
+        try:
+            return int(self.uc.reg_read(self._msr_reg, index))
+        finally:
+            ctypes.memset(self._msrpm, 0xFF, _MSRPM_SIZE)
+
+    def write_msr(self, index: int, value: int) -> None:
+        """Set MSR ``index`` in Unicorn's state (its WRMSR helper, run with the intercept bitmap cleared)."""
+        self._open_msr_bitmap(index)
+        try:
+            self.uc.reg_write(self._msr_reg, (index, value))
+        finally:
+            ctypes.memset(self._msrpm, 0xFF, _MSRPM_SIZE)
+
+    def _open_msr_bitmap(self, index: int) -> None:
+        if not _in_msr_bitmap(index):  # QEMU would take the intercept and longjmp out of the API call
+            raise ValueError(f"MSR {index:#x} is outside the SVM permission bitmap; Unicorn cannot be asked for it")
+        ctypes.memset(self._msrpm, 0, _MSRPM_SIZE)
+
+    # -- interrupt shadow, pending exception bookkeeping ------------------------
+
+    @property
+    def interrupt_shadow(self) -> bool:
+        """The one-instruction STI / MOV SS shadow (QEMU's HF_INHIBIT_IRQ)."""
+        return bool(_U32.unpack_from(self._blob(), self.layout.hflags)[0] & HF_INHIBIT_IRQ)
+
+    @interrupt_shadow.setter
+    def interrupt_shadow(self, value: bool) -> None:
+        blob = self._blob()
+        hflags = _U32.unpack_from(blob, self.layout.hflags)[0]
+        hflags = hflags | HF_INHIBIT_IRQ if value else hflags & ~HF_INHIBIT_IRQ
+        _U32.pack_into(blob, self.layout.hflags, hflags)
+        self._store(blob)
+
+    def take_exception(self) -> tuple[int, int | None]:
+        """The error code of the exception just raised and, for INT n / INT3 / INTO, the address after it.
+
+        Also clears QEMU's sticky ``old_exception`` (else the next fault would become #DF) and the
+        software-interrupt mark.
+        """
+        blob = self._blob()
+        code, is_int, next_eip = _EXCEPTION.unpack_from(blob, self.layout.error_code)
+        _I32.pack_into(blob, self.layout.old_exception, -1)
+        _I32.pack_into(blob, self.layout.error_code + 4, 0)
+        self._store(blob)
+        return code & 0xFFFFFFFF, next_eip if is_int else None
+
+    # -- running ---------------------------------------------------------------
+
+    def start(self, rip: int, count: int) -> None:
+        """Run from ``rip`` for at most ``count`` instructions (stops and hooks may end it earlier).
+
+        This is the binding's ``emu_start`` without its Python wrapper: the same C call, the same
+        error and the same re-raise of an exception a hook raised.
+        """
+        uc = self.uc
+        uc._hook_exception = None
+        status = self._emu_start(self._handle, rip, 0, 0, count)
+        if status:
+            raise self._uc_error(status)
+        if uc._hook_exception is not None:
+            raise uc._hook_exception
+
+    def stop_after_this_instruction(self) -> None:
+        """From a hook: let the current instruction complete, then stop (lowers the run's instruction budget)."""
+        self._count.value = self.counter_cell.value
+
+    def stop(self) -> None:
+        """Ask the running engine to stop at the next instruction boundary."""
+        self.uc.emu_stop()
+
+    def reset(self) -> None:
+        """KVM's x86 reset state (real mode at 0xf000:0xfff0)."""
+        data = Segment(base=0, limit=0xFFFF, selector=0, type=3, present=1, s=1)
+        sregs = Sregs(
+            cs=replace(data, selector=0xF000, base=0xFFFF0000, type=0xB),
+            ds=data,
+            es=data,
+            fs=data,
+            gs=data,
+            ss=data,
+            tr=Segment(base=0, limit=0xFFFF, selector=0, type=0xB, present=1, s=0),
+            ldt=Segment(base=0, limit=0xFFFF, selector=0, type=2, present=1, s=0),
+            gdt=DescriptorTable(0, 0xFFFF),
+            idt=DescriptorTable(0, 0xFFFF),
+            cr0=0x60000010,
+        )
+        self.set_sregs(sregs)
+        self.set_regs(Regs(rdx=0x600, rip=0xFFF0, rflags=0x2))

@@ -1,0 +1,701 @@
+"""Hook callbacks -> KVM exits, with KVM's instruction-level rules.
+
+- **OUT**: the hook sees the value; the instruction completes (RIP past it), one exit per
+  element for ``rep outs``.
+- **IN**: the hook answers with what the destination already holds, the run stops, and the
+  registers are put back: RIP stays at the IN and the destination is unchanged until the VMM
+  answers, as on KVM. ``rep ins`` is batched by KVM's rule: ``min(rcx, 1024 // size,
+  elements left in the page of rdi)``. The next ``run()`` replays the batch with the answer.
+- **MMIO**: every access to a gap, or a write to a read-only slot, is recorded and aborts the
+  instruction (Unicorn leaves RIP at it, with no register effects). Reads wait for the VMM's
+  answer; the next ``run()`` replays the instruction for exactly one step, answering known
+  reads and swallowing known writes, and the first new access becomes the next exit
+  (a read-modify-write gives a read exit, then a write exit). An 8-byte access arrives as
+  two 4-byte callbacks and is merged into one exit. After a write exit the instruction is
+  completed at once, so RIP is past it, as on KVM; a write that spans pages, or more than
+  8 bytes, gives one exit per page and 8 bytes, as on KVM.
+- **Split MMIO reads**: Unicorn performs an unaligned or page-crossing read as the aligned
+  words around it. KVM reports the guest's own address and length (one exit per page), so
+  such a read is located by decoding the instruction (:mod:`hvcore_sim.operand`), and on
+  replay each of Unicorn's words gets its share of the VMM's answer.
+- **cmpxchg8b / cmpxchg16b** run as one Unicorn helper that a stop cannot abort. When one
+  goes on storing after its MMIO read stopped the run, its register and flag effects are
+  undone and the read is reported; the replay then gives the write exits.
+- **Flags**: an instruction aborted halfway leaves Unicorn's lazy flags mislabelled
+  (:mod:`hvcore_sim.internals`); they are put right after every such abort.
+- **Dirty logging**: the first write to a write-protected page of a logging slot is let
+  through and the page recorded; the slice ends after that instruction, and the page is made
+  writable (refusing the write would lose it where one helper runs a whole instruction).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from hvcore.checks import completion_bytes
+from hvcore.errors import HvError, HypervisorFault, StateError
+from hvcore.exits import Exit, IoDirection, IoExit, MmioExit
+from hvcore.memory import PAGE_SIZE
+from hvcore_sim import decode, mmu, operand
+from hvcore_sim.events import HAS_ERROR_CODE
+from hvcore_sim.faults import NonCanonical, PageFault
+from hvcore_sim.internals import CC_MASK, Cells
+from hvcore_sim.layout import EXCP_VMEXIT, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8
+
+if TYPE_CHECKING:
+    import ctypes
+
+    from hvcore_sim.engine import Engine
+    from hvcore_sim.vcpu import SimVCPU
+
+__all__ = ["Stop", "StopKind", "Tracker"]
+
+_PIO_BATCH = 1024  # bytes: the size of KVM's pio data page
+RFLAGS_RF = 1 << 16
+_MMIO_EXIT_MAX = 8  # bytes: KVM's kvm_run.mmio.data
+
+
+def _gpr_ids() -> tuple[int, ...]:
+    from unicorn import x86_const as x
+
+    names = ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", *(f"R{i}" for i in range(8, 16)))
+    return tuple(getattr(x, f"UC_X86_REG_{name}") for name in names)
+
+
+_GPRS = _gpr_ids()  # Unicorn's ids of the GPRs in x86 encoding order
+
+
+class StopKind(Enum):
+    """Why a counted run ended."""
+
+    SLICE = "slice"
+    EXIT = "exit"
+    HLT = "hlt"
+    EXCEPTION = "exception"
+    FETCH_FAULT = "fetch"
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """What ended a run; ``exit`` for EXIT, the event for EXCEPTION."""
+
+    kind: StopKind
+    exit: Exit | None = None
+    vector: int = 0
+    event_kind: str = "exception"
+    error_code: int | None = None
+    instruction_length: int = 0
+
+
+@dataclass(slots=True)
+class _Access:
+    write: bool
+    address: int
+    size: int
+    value: int | None = None
+    rom: bool = False  # a write to a read-only slot (lands only on replay, then the ROM bytes go back)
+    span: tuple[int, int] | None = None  # a read Unicorn split: the aligned words it reads for this one
+
+
+def _share(access: _Access, address: int, size: int) -> int:
+    """What Unicorn's word ``address``/``size`` of a split read holds of the answer (0 outside the access)."""
+    data = (access.value or 0).to_bytes(access.size, "little")
+    at = address - access.address
+    return int.from_bytes(bytes(data[i] if 0 <= i < access.size else 0 for i in range(at, at + size)), "little")
+
+
+def _exits(pieces: list[_Access]) -> list[tuple[int, list[_Access]]]:
+    """Contiguous pieces of one kind merged into KVM's exits: at most 8 bytes each, never across a page."""
+    groups: list[tuple[int, list[_Access]]] = []
+    length = 0
+    for piece in pieces:
+        if groups:
+            start, parts = groups[-1]
+            head = parts[0]
+            if (
+                piece.write == head.write
+                and piece.address == start + length
+                and length + piece.size <= _MMIO_EXIT_MAX
+                and piece.address // PAGE_SIZE == start // PAGE_SIZE
+            ):
+                parts.append(piece)
+                length += piece.size
+                continue
+        groups.append((piece.address, [piece]))
+        length = piece.size
+    return groups
+
+
+@dataclass(slots=True)
+class _PendingIn:
+    exit: IoExit
+    data: list[int] = field(default_factory=list)
+
+
+def _clear_resume_flag(engine: Engine) -> None:
+    rflags = engine.reg(engine.RFLAGS)
+    if rflags & RFLAGS_RF:
+        engine.set_reg(engine.RFLAGS, rflags & ~RFLAGS_RF)
+
+
+_MMIO = Stop(StopKind.EXIT)  # an MMIO access is being recorded; the exit is built after the run
+_WRITABLE = Stop(StopKind.SLICE)  # a page of a logging slot was written: end the slice, make it writable
+_LOOK_AGAIN = Stop(StopKind.SLICE)  # the guest changed interrupt state: end the slice so run() looks again
+
+
+class Tracker:
+    """The instruction in progress on one vCPU, and the hooks that see it."""
+
+    def __init__(self, vcpu: SimVCPU) -> None:
+        import unicorn
+
+        self._unicorn = unicorn
+        self.vcpu = vcpu
+        self.local_ports: frozenset[int] = vcpu._vm.irqchip_ports
+        """Ports the simulator's own devices answer (the PIC, the PIT); the VM updates it."""
+        self.pending: Exit | None = None  # an IN or MMIO read waiting for complete()
+        self._engine: Engine | None = None
+        self._stop: Stop | None = None
+        self._known: list[_Access] = []  # accesses of the current instruction already reported
+        self._cursor = 0
+        self._new: list[_Access] = []
+        self._in: _PendingIn | None = None
+        self._in_answers: list[int] = []
+        self._queued: list[Exit] = []  # exits of an instruction already completed, given by the next runs
+        self._saved: dict[int, int] = {}
+        self._restore: list[tuple[int, bytes]] = []
+        self._unprotect: list[int] = []
+        self._io_fault_rip: int | None = None
+        self._out_stops: dict[tuple[int, int, int], Stop] = {}
+        self.completed_instruction = False  # finish_instruction() just completed an IN (a step, when stepping)
+        self._read_stops: dict[tuple[int, int], Stop] = {}
+        self._write_stops: dict[tuple[int, int, bytes], Stop] = {}
+        self._answer_parts: list[_Access] = []  # the pieces of the pending MMIO read
+        self.watch_resume_flag = False  # RF can only be set once an event was delivered (IRET restores it)
+        self._unprotected: dict[int, set[int]] = {}
+        self.dirty_generation = -1
+        self._cells: Cells | None = None
+        self._split: ctypes.c_int | None = None  # Unicorn's size of the access it is splitting, in place
+        self._swallow = False  # a split read is recorded: the rest of Unicorn's words for it are not new
+        self._undo: tuple[int, int, int, int, int] | None = None  # before a cmpxchg8b/16b: see _undo_point
+        self._rom_rip = 0  # where the instruction that wrote to a read-only slot is
+
+    # -- hooks -------------------------------------------------------------------
+
+    def install(self, engine: Engine) -> None:
+        """Add this tracker's hooks to a new engine."""
+        import unicorn
+        from unicorn import x86_const as x
+
+        uc = engine.uc
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, x.UC_X86_INS_OUT)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, x.UC_X86_INS_IN)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x.UC_X86_INS_CPUID)
+        uc.hook_add(unicorn.UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(unicorn.UC_HOOK_MEM_WRITE_PROT, self._on_write_protected)
+        self._unprotected = {}
+        self.dirty_generation = -1
+        self._cells = Cells(engine)
+        self._split = self._cells.split_size
+
+    def reevaluate(self) -> None:
+        """From a device callback: end the slice after this instruction, so ``run()`` looks for interrupts."""
+        if self._stop is None:
+            self._stop = _LOOK_AGAIN
+            assert self._engine is not None
+            self._engine.stop_after_this_instruction()
+
+    def _halt(self, stop: Stop) -> None:
+        if self._stop is None:
+            self._stop = stop
+        assert self._engine is not None
+        self._engine.stop()
+
+    def _io_forbidden(self, port: int, size: int) -> bool:
+        """Raise #GP(0) instead of the access when CPL > IOPL and the TSS bitmap forbids the ports."""
+        engine = self._engine
+        assert engine is not None
+        if not engine.reg(engine.CS) & 3 or not engine.reg(engine.CR0) & 1:
+            return False  # CPL0 (CS.RPL) or real mode: every port is allowed
+        rflags = engine.reg(engine.RFLAGS)
+        if not rflags >> 17 & 1 and engine.reg(engine.CS) & 3 <= (rflags >> 12) & 3:
+            return False
+        view = engine.view()
+        if decode.io_permitted(view, self.vcpu._vm.linear_reader(view), port, size):
+            return False
+        self._io_fault_rip = engine.reg(engine.RIP)
+        self._halt(Stop(StopKind.EXCEPTION, vector=13, error_code=0))
+        return True
+
+    def _on_out(self, uc: Any, port: int, size: int, value: int, _: object) -> None:
+        if self._io_forbidden(port, size):
+            return
+        if port in self.local_ports:  # the in-kernel PIC / PIT: never the VMM's
+            chip = self.vcpu._vm.irqchip
+            assert chip is not None
+            chip.port_write(port, value)
+            self._halt(_LOOK_AGAIN)
+            return
+        stop = self._out_stops.get((port, size, value))
+        if stop is None:  # equal exits are shared values, as in the KVM backend
+            if len(self._out_stops) > 1024:
+                self._out_stops.clear()
+            exit_ = IoExit(port, size, 1, IoDirection.OUT, value.to_bytes(size, "little"))
+            stop = self._out_stops[port, size, value] = Stop(StopKind.EXIT, exit_)
+        self._halt(stop)
+
+    def _on_in(self, uc: Any, port: int, size: int, _: object) -> int:
+        if self._in_answers:
+            return self._in_answers.pop(0)
+        if port in self.local_ports:
+            chip = self.vcpu._vm.irqchip
+            assert chip is not None
+            return chip.port_read(port)
+        engine = self._engine
+        assert engine is not None
+        if self._io_forbidden(port, size):
+            self._saved = {reg: engine.reg(reg) for reg in decode.IN_SAVED}
+            return 0
+        rip = engine.reg(engine.RIP)
+        view = engine.view()
+        insn = decode.io_instruction(engine, rip, view, self.vcpu._vm.linear_reader(view))
+        count, current = 1, engine.reg(engine.RAX) & ((1 << (8 * size)) - 1)
+        if insn.string:
+            if insn.rep:
+                # KVM's rule (pio_in_emulated): bytes, not elements, left in RDI's page -- RDI's own
+                # offset in the page, not the linear address; going down, the offset itself
+                offset = insn.rdi & 0xFFF
+                in_page = offset if insn.backwards else PAGE_SIZE - offset
+                count = max(1, min(insn.rcx, _PIO_BATCH // size, in_page))
+            current = insn.current_value(size)
+        self._saved = {reg: engine.reg(reg) for reg in decode.IN_SAVED}
+        self._halt(Stop(StopKind.EXIT, IoExit(port, size, count, IoDirection.IN)))
+        return current
+
+    def _on_cpuid(self, uc: Any, _: object) -> int:
+        engine = self._engine
+        assert engine is not None
+        self.vcpu._state.serve_cpuid(engine)
+        if self._cells is not None:  # Unicorn synced the state for this hook the way an abort does
+            self._cells.settle()
+        return 1  # skip Unicorn's own CPUID model
+
+    def _on_interrupt(self, uc: Any, vector: int, _: object) -> None:
+        engine = self._engine
+        assert engine is not None
+        if vector >= EXCP_VMEXIT:
+            self._on_intercept(engine, vector - EXCP_VMEXIT)
+            return
+        error_code, next_rip = engine.take_exception()
+        if next_rip is None:  # a fault or trap: RIP is where it happened
+            self._settle_after_fault(engine, vector)
+            code = error_code if vector in HAS_ERROR_CODE else None
+            self._halt(Stop(StopKind.EXCEPTION, vector=vector, error_code=code))
+            return
+        # INT n / INT3 / INTO: deliver with the next instruction as the return address
+        view = engine.view()
+        try:
+            last = self.vcpu._vm.linear_reader(view)(view.cs_base + next_rip - 1, 1)[0]
+        except Exception:
+            last = 0
+        kind, length = ("software_exception", 1) if last in (0xCC, 0xCE) and vector in (3, 4) else ("software", 2)
+        engine.set_reg(engine.RIP, next_rip)
+        self._halt(Stop(StopKind.EXCEPTION, vector=vector, event_kind=kind, instruction_length=length))
+
+    def _on_intercept(self, engine: Engine, exit_code: int) -> None:
+        """A guest RDMSR / WRMSR / RDTSC (:mod:`hvcore_sim.msrs`) or MOV to/from CR8 caught as an SVM intercept.
+
+        QEMU restored the state to the instruction's start before the hook, which leaves the lazy
+        flags mislabelled as after any mid-instruction stop: they are settled first. Emulated, RIP
+        moves past it and the run goes on; else #GP / #UD.
+        """
+        if self._cells is not None:
+            self._cells.settle()  # the restore to the instruction's start mislabels the lazy flags (see settle)
+        if exit_code in (SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8):
+            stop = self.vcpu.cr8_intercepted(engine, write=exit_code == SVM_EXIT_WRITE_CR8)
+        else:
+            stop = self.vcpu.msrs.intercepted(engine, exit_code)
+        if stop is not None:
+            self._halt(stop)
+
+    def _settle_after_fault(self, engine: Engine, vector: int) -> None:
+        """A fault raised inside an instruction leaves the lazy flags mislabelled; one raised fetching it does not."""
+        cells = self._cells
+        if cells is None:
+            return
+        split = cells.split_size
+        if split is not None and split.value:
+            split.value = 0  # the fault cut a split access short; Unicorn does not reset it then
+        if vector in (13, 14):
+            rip = engine.reg(engine.RIP)
+            signed = rip - (1 << 64) if rip >> 63 else rip
+            if vector == 13 and not -(1 << 47) <= signed < 1 << 47:
+                return  # a non-canonical RIP: the fetch faulted
+            if vector == 14:
+                from unicorn import x86_const as x
+
+                linear = operand.cpu_state(engine).bases[operand.CS] + rip
+                if 0 <= engine.reg(x.UC_X86_REG_CR2) - linear < 16:
+                    return  # the fetch faulted, before any of the instruction ran
+        cells.settle()
+
+    def on_mmio_read(self, uc: Any, offset: int, size: int, base: int) -> int:
+        """Unicorn's MMIO read callback for the gap at ``base``: answered if replayed, else the instruction aborts."""
+        address = base + offset
+        known = self._known
+        if known:
+            assert self._engine is not None
+            if self._engine.counter_cell.value > 1:
+                self._known, self._cursor = [], 0  # the replayed instruction has finished
+            else:
+                access = known[self._cursor] if self._cursor < len(known) else None
+                if access is not None and not access.write:
+                    span = access.span
+                    if span is None:
+                        if access.address == address and access.size == size:
+                            self._cursor += 1
+                            return access.value or 0
+                    elif span[0] <= address and address + size <= span[1]:
+                        if address + size == span[1]:
+                            self._cursor += 1
+                        return _share(access, address, size)
+        if self._swallow:
+            return 0  # another of Unicorn's words for the split read already recorded
+        split = self._split
+        if split is not None and split.value:
+            access = self._split_read(address, split.value)
+            if access is not None:
+                self._swallow = True
+                self._new.append(access)
+                self._halt(_MMIO)
+                return 0
+        self._new.append(_Access(False, address, size))
+        self._halt(_MMIO)
+        return 0
+
+    def _split_read(self, address: int, size: int) -> _Access | None:
+        """The guest's read (its part in one page) that Unicorn reads as aligned words, one of them at ``address``."""
+        engine = self._engine
+        assert engine is not None
+        memory = self.vcpu._vm.physical
+        try:
+            cpu = operand.cpu_state(engine)
+            rip = engine.reg(engine.RIP)  # synced to the instruction's start in a counted run
+            insn = operand.decode(self._code(cpu, rip), cpu.code_bits)
+            for memory_operand in insn.operands:
+                linear = operand.effective_linear(memory_operand, self._gpr, rip + insn.length, cpu)
+                for physical, length in operand.physical_pieces(linear, size, cpu, memory):
+                    low, high = physical & -size, (physical + length + size - 1) & -size
+                    if low <= address < high:
+                        return _Access(False, physical, length, span=(low, high))
+        except (HvError, PageFault, NonCanonical):
+            pass
+        return None
+
+    def _code(self, cpu: operand.CpuState, rip: int) -> bytes:
+        """Up to 15 bytes of the instruction at ``rip`` (fewer where the next page is not readable)."""
+        memory = self.vcpu._vm.physical
+        linear = cpu.bases[operand.CS] + rip
+        first = min(15, PAGE_SIZE - linear % PAGE_SIZE)
+        user = cpu.cpl == 3
+        code = mmu.read_linear(cpu.paging, memory, linear, first, user=user)
+        if first < 15:
+            with contextlib.suppress(HvError, PageFault, NonCanonical):
+                code += mmu.read_linear(cpu.paging, memory, linear + first, 15 - first, user=user)
+        return code
+
+    def _gpr(self, number: int) -> int:
+        engine = self._engine
+        assert engine is not None
+        return engine.reg(_GPRS[number])
+
+    def on_mmio_write(self, uc: Any, offset: int, size: int, value: int, base: int) -> None:
+        """Unicorn's MMIO write callback for the gap starting at ``base``."""
+        self.mmio_write(base + offset, size, value)
+
+    def mmio_write(self, address: int, size: int, value: int) -> None:
+        """An MMIO write callback: swallowed if replayed; else the instruction completes, then the run stops."""
+        if self._next_known(True, address, size) is not None:
+            return
+        new = self._new
+        if new and not new[0].write and self._stop is _MMIO:
+            # Its read stopped the run, yet the instruction stores: one helper runs all of it
+            # (cmpxchg8b / cmpxchg16b). Undo it after the run; the replay gives this write.
+            if self._undo is None:
+                self._undo = self._undo_point()
+            return
+        new.append(_Access(True, address, size, value & ((1 << (8 * size)) - 1)))
+        if self._stop is None:
+            self._stop = _MMIO
+            assert self._engine is not None
+            self._engine.stop_after_this_instruction()  # RIP goes past the store, as on KVM
+
+    def _undo_point(self) -> tuple[int, int, int, int, int]:
+        """RIP, RAX, RDX, RFLAGS as a cmpxchg8b/16b found them (read inside it, before it writes them), its count."""
+        engine, cells = self._engine, self._cells
+        assert engine is not None and cells is not None
+        rflags = engine.reg(engine.RFLAGS) & ~CC_MASK | cells.entry_flags()
+        rip, rax, rdx = engine.reg(engine.RIP), engine.reg(engine.RAX), engine.reg(_GPRS[2])
+        return rip, rax, rdx, rflags, engine.counter_cell.value
+
+    def _next_known(self, write: bool, address: int, size: int) -> _Access | None:
+        if not self._known:
+            return None
+        if self._engine is not None and self._engine.counter_cell.value > 1:
+            self._known, self._cursor = [], 0  # the replayed instruction has finished
+        if self._cursor < len(self._known):
+            known = self._known[self._cursor]
+            if (known.write, known.address, known.size) == (write, address, size):
+                self._cursor += 1
+                return known
+        return None
+
+    def _on_write_protected(self, uc: Any, access: int, address: int, size: int, value: int, _: object) -> bool:
+        slot = self.vcpu._vm.slot_at(address)
+        if slot is None:
+            return False
+        engine, cells = self._engine, self._cells
+        assert engine is not None
+        if cells is not None:  # Unicorn synced the state for this hook the way an abort does
+            cells.settle()
+        if slot.readonly:
+            if self._next_known(True, address, size) is not None:
+                offset = slot.offset + address - slot.guest_address
+                self._restore.append((address, slot.memory.read(offset, size)))
+                return True  # let it land, then put the ROM bytes back
+            if self._stop is None:
+                self._rom_rip = engine.reg(engine.RIP)
+            self._new.append(_Access(True, address, size, value & ((1 << (8 * size)) - 1), rom=True))
+            self._halt(_MMIO)
+            return False
+        page = (address - slot.guest_address) // PAGE_SIZE
+        self.vcpu._vm.dirty.record(slot.slot, page)
+        self._unprotect.append(slot.guest_address + page * PAGE_SIZE)
+        self._unprotected.setdefault(slot.slot, set()).add(page)
+        # The store lands: refused, it would be lost where one helper runs the whole instruction
+        # (cmpxchg8b goes on without it). The page is made writable once the instruction is done
+        # (mem_protect cannot be called from a hook); an IN being completed finishes its batch first.
+        if self._stop is None and not self._in_answers:
+            self._stop = _WRITABLE
+            engine.stop_after_this_instruction()
+        return True
+
+    # -- running -------------------------------------------------------------------
+
+    def run(self, engine: Engine, count: int) -> Stop:
+        """One counted run from the current RIP; what stopped it."""
+        unicorn = self._unicorn
+        self._engine = engine
+        self._stop = None
+        if self._new:
+            self._new = []
+        self._cursor = 0
+        try:
+            engine.start(engine.reg(engine.RIP), count)
+        except unicorn.UcError as err:
+            if err.errno in (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT):
+                return Stop(StopKind.FETCH_FAULT)
+            if err.errno == unicorn.UC_ERR_INSN_INVALID:
+                return Stop(StopKind.EXCEPTION, vector=6)
+            if self._stop is None:
+                raise HypervisorFault(f"the simulator's engine failed: {err}", operation="run") from err
+        finally:
+            if self._restore:
+                self._put_back_rom()
+            if self._unprotect:  # pages of logging slots written (and logged) during the run
+                for page in self._unprotect:
+                    engine.uc.mem_protect(page, PAGE_SIZE, unicorn.UC_PROT_ALL)
+                self._unprotect = []
+        return self._after(engine, count)
+
+    def _put_back_rom(self) -> None:
+        for address, data in self._restore:
+            slot = self.vcpu._vm.slot_at(address)
+            if slot is not None:
+                slot.memory.write(slot.offset + address - slot.guest_address, data)
+        self._restore = []
+
+    def _after(self, engine: Engine, count: int) -> Stop:
+        stop = self._stop
+        if self._known and stop is not _MMIO and engine.counter_cell.value > 1:
+            self._known, self._cursor = [], 0  # the replayed instruction finished before this stop
+        if self.watch_resume_flag and (
+            stop is None or stop.kind is StopKind.SLICE or (isinstance(stop.exit, IoExit) and not stop.exit.is_in)
+        ):
+            _clear_resume_flag(engine)  # an instruction completed: RF goes, as on hardware (Unicorn keeps it)
+        if stop is None:
+            return Stop(StopKind.HLT) if engine.counter_cell.value <= count else Stop(StopKind.SLICE)
+        if self._io_fault_rip is not None:  # IN/OUT refused by the I/O permission check: nothing happened
+            for reg, value in self._saved.items():
+                engine.set_reg(reg, value)
+            engine.set_reg(engine.RIP, self._io_fault_rip)
+            self._io_fault_rip = None
+            self._saved = {}
+            return stop
+        if stop is _MMIO:
+            return self._mmio_exit(engine)
+        if isinstance(stop.exit, IoExit) and stop.exit.is_in:
+            for reg, value in self._saved.items():
+                engine.set_reg(reg, value)
+            self._in = _PendingIn(stop.exit)
+            self.pending = stop.exit
+        return stop
+
+    def _mmio_exit(self, engine: Engine) -> Stop:
+        new = self._new
+        first = new[0]
+        parts = [first]
+        length = first.size
+        # Unicorn splits an 8-byte access in two and an unaligned write in bytes; KVM reports one
+        # access of up to 8 bytes within a page, so contiguous pieces of the same kind are merged.
+        for piece in new[1:]:
+            if (
+                piece.write != first.write
+                or piece.address != first.address + length
+                or length + piece.size > _MMIO_EXIT_MAX
+                or piece.address // PAGE_SIZE != first.address // PAGE_SIZE
+            ):
+                break
+            parts.append(piece)
+            length += piece.size
+        self._answer_parts = parts
+        self._swallow = False
+        undo = self._undo
+        if undo is None:
+            counter = engine.counter_cell.value
+        else:
+            self._undo = None
+            counter = undo[4]  # the count when the access was made
+        # accesses of this instruction answered so far stay known; another instruction's are forgotten
+        answered = self._known[: self._cursor] if counter <= 1 else []
+        if not first.write:
+            if undo is not None:  # a cmpxchg8b/16b completed: put back what it changed
+                for reg, value in zip((engine.RIP, engine.RAX, _GPRS[2], engine.RFLAGS), undo[:4], strict=True):
+                    engine.set_reg(reg, value)
+            elif self._cells is not None:
+                self._cells.settle()  # the read aborted the instruction halfway
+            self._known = answered + parts
+            stop = self._read_stops.get((first.address, length))
+            if stop is None:  # equal exits are shared values
+                if len(self._read_stops) > 1024:
+                    self._read_stops.clear()
+                stop = self._read_stops[first.address, length] = Stop(
+                    StopKind.EXIT, MmioExit(first.address, length, False)
+                )
+            self.pending = stop.exit
+            return stop
+        data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in parts)
+        stop = self._write_stops.get((first.address, length, data))
+        if stop is None:
+            if len(self._write_stops) > 1024:
+                self._write_stops.clear()
+            stop = self._write_stops[first.address, length, data] = Stop(
+                StopKind.EXIT, MmioExit(first.address, length, True, data)
+            )
+        if first.rom and engine.reg(engine.RIP) != self._rom_rip:
+            self._known = []  # a helper (cmpxchg8b) went on without the store: the instruction is complete
+        elif first.rom:  # the instruction was aborted: finish it now, so RIP is past the write as on KVM
+            if self._cells is not None:
+                self._cells.settle()
+            self._known = answered + parts
+            following = self._step(engine)
+            if following is not None:
+                self._queued.insert(0, following)
+        else:
+            self._known = []  # stopped after the instruction: it is complete
+            if len(parts) < len(new):  # the rest of a write across pages, or of more than 8 bytes
+                for address, more in _exits(new[len(parts) :]):
+                    if not more[0].write:
+                        break
+                    data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in more)
+                    self._queued.append(MmioExit(address, len(data), True, data))
+        return stop
+
+    def _step(self, engine: Engine) -> Exit | None:
+        """Replay the current instruction for one step; the next new access's exit, if any."""
+        stop = self.run(engine, 1)
+        if stop.kind is StopKind.EXIT:
+            return stop.exit
+        self._known = []
+        if stop.kind is not StopKind.SLICE and stop.kind is not StopKind.HLT:
+            raise StateError(f"replaying an MMIO instruction stopped with {stop.kind}", operation="run")
+        return None
+
+    @property
+    def has_unfinished(self) -> bool:
+        """A queued exit, an answered IN, or known MMIO accesses wait for the next run."""
+        return bool(self._queued) or self._in is not None or bool(self._known)
+
+    def finish_instruction(self, engine: Engine, *, now: bool) -> Exit | None:
+        """At the start of ``run()``: return a queued exit, or complete the answered IN / MMIO read.
+
+        An answered MMIO read is replayed by the next slice itself (its callback answers from the
+        known accesses); ``now`` (a kick or ``immediate_exit``) replays it at once instead, as KVM
+        completes a pending read even when it does not enter the guest.
+        """
+        if self._queued:
+            queued = self._queued.pop(0)
+            if isinstance(queued, MmioExit) and not queued.is_write:
+                self.pending = queued
+            return queued
+        if self._in is not None:
+            pending_in, self._in = self._in, None
+            self._in_answers = pending_in.data
+            self._engine = engine
+            self.run(engine, pending_in.exit.count)
+            self._in_answers = []
+            self.completed_instruction = True
+            return None
+        if self._known and now:
+            return self._step(engine)
+        return None
+
+    def complete(self, data: bytes | int) -> None:
+        """Take the VMM's answer to the pending IN or MMIO read."""
+        pending = self.pending
+        if (  # the common case: a small read in one piece, answered with an int
+            type(data) is int
+            and type(pending) is MmioExit
+            and len(self._answer_parts) == 1
+            and 0 <= data < 1 << (8 * pending.length)
+        ):
+            self._answer_parts[0].value = data
+            self.pending = None
+            return
+        data = completion_bytes(self.vcpu.id, pending, data)
+        length = len(data)
+        if isinstance(pending, IoExit):
+            assert self._in is not None
+            size = pending.size
+            self._in.data = [int.from_bytes(data[i : i + size], "little") for i in range(0, length, size)]
+        else:
+            at = 0
+            for access in self._answer_parts:
+                access.value = int.from_bytes(data[at : at + access.size], "little")
+                at += access.size
+        self.pending = None
+
+    def mapped_writable(self, pages: dict[int, set[int]]) -> None:
+        """The logged pages a new engine mapped writable (so a later log read protects them again)."""
+        self._unprotected = pages
+
+    def sync_dirty(self, engine: Engine) -> None:
+        """Write-protect again the pages a read of the dirty log cleared."""
+        import unicorn
+
+        dirty = self.vcpu._vm.dirty
+        if dirty.generation == self.dirty_generation:
+            return
+        for slot, pages in self._unprotected.items():
+            still = dirty.writable_pages(slot)
+            entry = self.vcpu._vm.slot_by_id(slot)
+            for page in pages - still:
+                if entry is not None:
+                    engine.uc.mem_protect(
+                        entry.guest_address + page * PAGE_SIZE, PAGE_SIZE, unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
+                    )
+            pages.intersection_update(still)
+        self.dirty_generation = dirty.generation

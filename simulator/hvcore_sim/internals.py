@@ -1,0 +1,224 @@
+"""Two pieces of Unicorn state the MMIO exit rules use in place: the lazy flags and the split-access size.
+
+**Lazy flags.** QEMU keeps the arithmetic flags lazily: ``CC_OP`` names the last flag-setting
+operation and ``CC_SRC`` / ``CC_DST`` its operands, and EFLAGS is computed from them on demand.
+When an instruction is aborted halfway (an MMIO read that stops the run, a refused write to a
+read-only or dirty-logged page, a fault raised inside it), QEMU puts ``CC_OP`` back to the value
+recorded when the instruction was translated (``restore_state_to_opc``). In a counted run, though,
+Unicorn's per-instruction hook has already converted the flags at the start of that instruction
+(``gen_compute_eflags``: ``CC_SRC`` = EFLAGS, ``CC_OP`` = ``CC_OP_EFLAGS``) after the translator
+recorded the old ``CC_OP``. The restore then pairs the previous instruction's operation (e.g.
+``CC_OP_SHLQ``) with ``CC_SRC`` already holding EFLAGS, and the flags read back wrong; leaving the
+run then stores those wrong flags in ``env->eflags``, where the next run takes them from. The same
+happens inside the IN / OUT / CPUID hooks, which sync the state the same way before calling back.
+QEMU's translator never changes ``CC_SRC`` before the last access that can abort an instruction
+(else faults would lose flags in plain QEMU too), so at such an abort ``CC_SRC`` holds the flags
+the instruction started with, in EFLAGS form: :meth:`Cells.settle` sets ``CC_OP`` to
+``CC_OP_EFLAGS`` and copies those flags into ``env->eflags``, and the state is right again.
+
+``CC_OP`` lives in ``CPUX86State``, which the context blob copies. Copying the blob in and out
+costs microseconds, more than an MMIO exit can spare, so the cells are read and written where the
+CPU keeps them: ``uc_struct.cpu`` points to QEMU's ``X86CPU``, and ``env`` is at a fixed offset in
+it. Both offsets are found once by calibration (reading candidates through ``/proc/self/mem``,
+which reports an unmapped address as an error instead of crashing) and checked for each engine;
+where that is not possible the blob is used instead.
+
+**Split-access size.** Unicorn performs an unaligned or page-crossing access as the two aligned
+accesses around it and sets ``uc_struct.size_recur_mem`` to the access size meanwhile (it follows
+``emu_count``). An MMIO read callback that sees it non-zero knows Unicorn's address and size are
+not the guest's, and decodes the instruction instead (:mod:`hvcore_sim.operand`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import struct
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from hvcore_sim.engine import Engine
+    from hvcore_sim.layout import ContextLayout
+
+__all__ = ["CC_MASK", "Cells"]
+
+CC_MASK: Final = 0x8D5
+"""The arithmetic flags QEMU keeps lazily: OF SF ZF AF PF CF."""
+_CC_OP_EFLAGS: Final = 1
+# QEMU 5.0 CPUX86State, relative to regs[0]: cc_src and cc_op (checked by calibration)
+_CC_SRC, _CC_OP = 152, 168
+_EIP, _EFLAGS = 128, 136
+_MARKERS: Final = (0x1122334455667788, 0x99AABBCCDDEEFF01, 0x0123456789ABCDEF, 0x7766554433221100)
+_RIP_MARKER: Final = 0x0000123456789ABC
+_SCAN_STRUCT = 2048  # bytes of uc_struct searched for the CPU pointer
+_SCAN_OBJECT = 1 << 18  # bytes of each candidate object searched for the register file
+
+
+def _engine() -> Any:
+    import unicorn
+
+    return unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+
+
+def _handle(uc: Any) -> int:
+    address = ctypes.cast(uc._uch, ctypes.c_void_p).value
+    assert address is not None
+    return address
+
+
+@functools.cache
+def _cc_fields(env: int) -> bool:
+    """Whether ``cc_src`` / ``cc_op`` sit where QEMU 5.0 puts them (``env`` is regs[0] in the blob)."""
+    from unicorn import x86_const as x
+
+    uc = _engine()
+    for flags in (0x8D7, 0x2):
+        uc.reg_write(x.UC_X86_REG_RFLAGS, flags)
+        blob = bytes(uc.context_save())
+        cc_src = struct.unpack_from("<Q", blob, env + _CC_SRC)[0]
+        cc_op = struct.unpack_from("<I", blob, env + _CC_OP)[0]
+        if (cc_src, cc_op) != (flags & CC_MASK, _CC_OP_EFLAGS):
+            return False
+    return True
+
+
+def _peek(fd: int, address: int, length: int) -> bytes:
+    try:
+        return os.pread(fd, length, address)
+    except (OSError, OverflowError):
+        return b""
+
+
+def _candidates(fd: int, markers: tuple[int, ...]) -> tuple[Any, set[tuple[int, int]]]:
+    """``(offset in uc_struct, offset of env in the object it points to)`` pairs that fit one engine."""
+    from unicorn import x86_const as x
+
+    uc = _engine()
+    for reg, value in zip(
+        (x.UC_X86_REG_RAX, x.UC_X86_REG_RCX, x.UC_X86_REG_RDX, x.UC_X86_REG_RBX), markers, strict=True
+    ):
+        uc.reg_write(reg, value)
+    uc.reg_write(x.UC_X86_REG_RIP, _RIP_MARKER)
+    pattern = struct.pack("<4Q", *markers)
+    rip = struct.pack("<Q", _RIP_MARKER)
+    fields = ctypes.string_at(_handle(uc), _SCAN_STRUCT)
+    found: set[tuple[int, int]] = set()
+    for offset in range(0, _SCAN_STRUCT, 8):
+        pointer = struct.unpack_from("<Q", fields, offset)[0]
+        if pointer % 8 or not 1 << 16 <= pointer < 1 << 47:
+            continue
+        data = _peek(fd, pointer, _SCAN_OBJECT)
+        at = data.find(pattern)
+        while at >= 0:
+            # the CPU object holds env and, before it, CPUState.env_ptr pointing at it
+            if at % 8 == 0 and data[at + _EIP : at + _EIP + 8] == rip:
+                env_ptr = struct.pack("<Q", pointer + at)
+                if any(data[i : i + 8] == env_ptr for i in range(0, at, 8)):
+                    found.add((offset, at))
+            at = data.find(pattern, at + 1)
+    return uc, found
+
+
+@functools.cache
+def _cpu_offsets() -> tuple[int, int] | None:
+    """Where ``uc_struct`` points to the CPU, and where ``env`` is in it; None if they cannot be found safely."""
+    try:
+        fd = os.open("/proc/self/mem", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        first, found = _candidates(fd, _MARKERS)
+        second, again = _candidates(fd, tuple(m ^ 0x5A5A5A5A5A5A5A5A for m in _MARKERS))
+        common = sorted(found & again, key=lambda pair: pair[1])
+        if not common:
+            return None
+        offset, env = common[0]  # the nearest object start: the X86CPU itself
+        from unicorn import x86_const as x
+
+        for uc in (first, second):  # the cells are live: a register write shows through them
+            pointer = struct.unpack("<Q", ctypes.string_at(_handle(uc) + offset, 8))[0]
+            uc.reg_write(x.UC_X86_REG_RAX, 0x5EED)
+            if _peek(fd, pointer + env, 8) != struct.pack("<Q", 0x5EED):
+                return None
+        return offset, env
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _split_size_offset(count: int) -> int | None:
+    """Offset of ``size_recur_mem`` in ``uc_struct`` (after ``emu_count`` at ``count``), if it checks out."""
+    import unicorn
+
+    uc = _engine()
+    page = ctypes.create_string_buffer(0x2000)
+    uc.mem_map_ptr(0, 0x2000, unicorn.UC_PROT_ALL, ctypes.addressof(page))
+    cell = ctypes.c_int.from_address(_handle(uc) + count + 8)
+    seen: list[tuple[int, int]] = []
+
+    def read(_uc: Any, offset: int, size: int, _data: object) -> int:
+        seen.append((offset, cell.value))
+        return 0
+
+    uc.mmio_map(0x10000, 0x1000, read, None, lambda *_: None, None)
+    uc.ctl_exits_enabled(True)
+    # mov eax, [0x10000]; mov eax, [0x10001]; hlt
+    code = b"\x8b\x04\x25\x00\x00\x01\x00\x8b\x04\x25\x01\x00\x01\x00\xf4"
+    ctypes.memmove(ctypes.addressof(page) + 0x1000, code, len(code))
+    uc.emu_start(0x1000, 0, 0, 10)
+    return count + 8 if seen == [(0, 0), (0, 4), (4, 4)] and cell.value == 0 else None
+
+
+class Cells:
+    """One engine's lazy-flag cells and split-access size, read and written in place."""
+
+    def __init__(self, engine: Engine) -> None:
+        layout: ContextLayout = engine.layout
+        self._engine = engine
+        self._blob_ok = _cc_fields(layout.env)
+        self._cc_op: ctypes.c_uint32 | None = None
+        self._cc_src: ctypes.c_uint64 | None = None
+        self._eflags: ctypes.c_uint64 | None = None
+        base = _handle(engine.uc)
+        offsets = _cpu_offsets() if self._blob_ok else None
+        rax, rip = engine.reg(engine.RAX), engine.reg(engine.RIP)  # (Unicorn creates its CPU on first use)
+        cpu = ctypes.c_uint64.from_address(base + offsets[0]).value if offsets is not None else 0
+        if offsets is not None and cpu:
+            env = cpu + offsets[1]
+            if ctypes.c_uint64.from_address(env).value == rax and ctypes.c_uint64.from_address(env + _EIP).value == rip:
+                self._cc_op = ctypes.c_uint32.from_address(env + _CC_OP)
+                self._cc_src = ctypes.c_uint64.from_address(env + _CC_SRC)
+                self._eflags = ctypes.c_uint64.from_address(env + _EFLAGS)
+        split = _split_size_offset(layout.count)
+        self.split_size: ctypes.c_int | None = None if split is None else ctypes.c_int.from_address(base + split)
+        """Unicorn's ``size_recur_mem``: non-zero while it performs an access as two aligned ones."""
+
+    def settle(self) -> None:
+        """After an instruction aborted halfway: ``CC_SRC`` holds its starting flags; label them so.
+
+        Also right inside a run (an INTR or CPUID hook), where ``env->eflags`` keeps no flags of its own.
+        """
+        cc_op, cc_src, eflags = self._cc_op, self._cc_src, self._eflags
+        if cc_op is not None and cc_src is not None and eflags is not None:
+            if cc_op.value != _CC_OP_EFLAGS:  # else the flags were labelled right, and stored right
+                cc_op.value = _CC_OP_EFLAGS
+                eflags.value = eflags.value & ~CC_MASK | cc_src.value & CC_MASK
+        elif self._blob_ok:
+            engine = self._engine
+            blob = engine._blob()
+            env, at = engine.layout.env, engine.layout.eflags
+            flags = struct.unpack_from("<Q", blob, env + _CC_SRC)[0] & CC_MASK
+            struct.pack_into("<I", blob, env + _CC_OP, _CC_OP_EFLAGS)
+            struct.pack_into("<Q", blob, at, struct.unpack_from("<Q", blob, at)[0] & ~CC_MASK | flags)
+            engine._store(blob)
+
+    def entry_flags(self) -> int:
+        """From inside an instruction: the arithmetic flags it started with (``CC_SRC``, EFLAGS form)."""
+        cell = self._cc_src
+        if cell is not None:
+            return cell.value & CC_MASK
+        engine = self._engine
+        if self._blob_ok:
+            return int(struct.unpack_from("<Q", engine._blob(), engine.layout.env + _CC_SRC)[0]) & CC_MASK
+        return engine.reg(engine.RFLAGS) & CC_MASK

@@ -1,0 +1,153 @@
+"""vCPU state that is not general-purpose or segment registers: FPU/XSAVE, CPUID, XCR0, debug registers.
+
+MSRs are :mod:`hvcore_sim.msrs`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from hvcore.checks import check_cpuid
+from hvcore.errors import InvalidArgument
+from hvcore.types import CpuidEntry, DebugRegs, Fpu, Sregs, Xsave
+
+if TYPE_CHECKING:
+    from hvcore_sim.engine import Engine
+
+__all__ = ["VcpuState", "check_sregs"]
+
+_FXSAVE: Final = struct.Struct("<HHBxHQQII")  # fcw, fsw, ftw (abridged), fop, fip, fdp, mxcsr, mxcsr_mask
+_XSTATE_BV: Final = 512
+_XCR0_X87: Final = 1
+
+
+def check_sregs(sregs: Sregs) -> None:
+    """Refuse control-register and EFER values that do not fit 64 bits."""
+    for name in ("cr0", "cr2", "cr3", "cr4", "efer", "apic_base"):
+        value = getattr(sregs, name)
+        if not 0 <= value < 1 << 64:
+            raise InvalidArgument(f"Sregs.{name} = {value:#x} is not an unsigned 64-bit number", operation="set_sregs")
+
+
+def _regs() -> tuple[int, int, int, int, int, tuple[int, ...], tuple[int, ...]]:
+    from unicorn import x86_const as x
+
+    return (
+        x.UC_X86_REG_FPCW,
+        x.UC_X86_REG_FPSW,
+        x.UC_X86_REG_FPTAG,
+        x.UC_X86_REG_FOP,
+        x.UC_X86_REG_MXCSR,
+        tuple(getattr(x, f"UC_X86_REG_FP{i}") for i in range(8)),
+        tuple(getattr(x, f"UC_X86_REG_XMM{i}") for i in range(16)),
+    )
+
+
+_FPCW, _FPSW, _FPTAG, _FOP, _MXCSR, _FP, _XMM = _regs()
+
+
+def _abridged_tag(full: int) -> int:
+    """FXSAVE's 8-bit tag (1 = valid) from the 16-bit x87 tag word (11 = empty)."""
+    return sum(1 << i for i in range(8) if (full >> (2 * i)) & 3 != 3)
+
+
+def _full_tag(abridged: int) -> int:
+    return sum(3 << (2 * i) for i in range(8) if not abridged >> i & 1)
+
+
+@dataclass
+class VcpuState:
+    """FPU/SSE access through Unicorn's registers, and the state the simulator keeps itself."""
+
+    cpuid: list[CpuidEntry] = field(default_factory=list)
+    xcr0: int = _XCR0_X87
+    debugregs: DebugRegs = field(default_factory=DebugRegs)
+    nmi_masked: int = 0
+    apic_base: int = 0xFEE00900
+
+    def get_fpu(self, engine: Engine) -> Fpu:
+        """x87 and SSE registers."""
+        read = engine.uc.reg_read
+        fpr = []
+        for reg in _FP:
+            mantissa, exponent = read(reg)
+            fpr.append(mantissa.to_bytes(8, "little") + exponent.to_bytes(2, "little") + bytes(6))
+        return Fpu(
+            fpr=tuple(fpr),
+            fcw=read(_FPCW),
+            fsw=read(_FPSW),
+            ftwx=_abridged_tag(read(_FPTAG)),
+            last_opcode=read(_FOP),
+            xmm=tuple(read(reg).to_bytes(16, "little") for reg in _XMM),
+            mxcsr=read(_MXCSR),
+        )
+
+    def set_fpu(self, engine: Engine, fpu: Fpu) -> None:
+        """Load x87 and SSE registers."""
+        write = engine.uc.reg_write
+        for reg, raw in zip(_FP, fpu.fpr, strict=False):
+            write(reg, (int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:10], "little")))
+        for reg, raw in zip(_XMM, fpu.xmm, strict=False):
+            write(reg, int.from_bytes(raw, "little"))
+        write(_FPCW, fpu.fcw)
+        write(_FPSW, fpu.fsw)
+        write(_FPTAG, _full_tag(fpu.ftwx))
+        write(_MXCSR, fpu.mxcsr)
+
+    def get_xsave(self, engine: Engine) -> Xsave:
+        """The legacy FXSAVE region and the XSAVE header (x87 and SSE components)."""
+        fpu = self.get_fpu(engine)
+        region = bytearray(4096)
+        _FXSAVE.pack_into(region, 0, fpu.fcw, fpu.fsw, fpu.ftwx, fpu.last_opcode, 0, 0, fpu.mxcsr, 0xFFFF)
+        for i, raw in enumerate(fpu.fpr):
+            region[32 + 16 * i : 48 + 16 * i] = raw
+        for i, raw in enumerate(fpu.xmm):
+            region[160 + 16 * i : 176 + 16 * i] = raw
+        struct.pack_into("<Q", region, _XSTATE_BV, 0x3)
+        return Xsave(bytes(region))
+
+    def set_xsave(self, engine: Engine, xsave: Xsave) -> None:
+        """Load the x87 and SSE components an XSAVE area carries (per XSTATE_BV)."""
+        region = xsave.region
+        fcw, fsw, ftw, fop, _, _, mxcsr, _ = _FXSAVE.unpack_from(region, 0)
+        xstate_bv = struct.unpack_from("<Q", region, _XSTATE_BV)[0]
+        fpu = self.get_fpu(engine)
+        if xstate_bv & 1:
+            fpr = tuple(region[32 + 16 * i : 48 + 16 * i] for i in range(8))
+            fpu = Fpu(fpr, fcw, fsw, ftw, fop, 0, 0, fpu.xmm, fpu.mxcsr)
+        if xstate_bv & 2:
+            xmm = tuple(region[160 + 16 * i : 176 + 16 * i] for i in range(16))
+            fpu = Fpu(fpu.fpr, fpu.fcw, fpu.fsw, fpu.ftwx, fpu.last_opcode, 0, 0, xmm, mxcsr)
+        self.set_fpu(engine, fpu)
+
+    def set_xcrs(self, xcrs: Mapping[int, int]) -> None:
+        """XCR0 only; x87 (bit 0) must stay enabled, and SSE must be on for AVX."""
+        for index, value in xcrs.items():
+            if index != 0:
+                raise InvalidArgument(f"XCR{index} does not exist; only XCR0", operation="set_xcrs")
+            if not value & _XCR0_X87 or (value & 4 and not value & 2) or value >> 3:
+                raise InvalidArgument(f"XCR0 = {value:#x} is not a valid x87/SSE/AVX combination", operation="set_xcrs")
+            self.xcr0 = value
+
+    def set_cpuid(self, entries: list[CpuidEntry]) -> None:
+        """Keep what CPUID returns."""
+        self.cpuid = check_cpuid(entries)
+
+    def serve_cpuid(self, engine: Engine) -> None:
+        """Answer a guest CPUID from the entries the VMM set (zeros for a leaf it did not set, as KVM)."""
+        from unicorn import x86_const as x
+
+        read, write = engine.uc.reg_read, engine.uc.reg_write
+        leaf, subleaf = read(x.UC_X86_REG_EAX) & 0xFFFFFFFF, read(x.UC_X86_REG_ECX) & 0xFFFFFFFF
+        found = next(
+            (e for e in self.cpuid if e.function == leaf and (not e.flags & 1 or e.index == subleaf)),
+            None,
+        )
+        values = (found.eax, found.ebx, found.ecx, found.edx) if found else (0, 0, 0, 0)
+        for reg, value in zip(
+            (x.UC_X86_REG_RAX, x.UC_X86_REG_RBX, x.UC_X86_REG_RCX, x.UC_X86_REG_RDX), values, strict=True
+        ):
+            write(reg, value)

@@ -1,0 +1,797 @@
+"""``SimVCPU``: one vCPU on its own Unicorn engine, giving KVM's exits.
+
+``run()`` runs the guest in counted slices under the VM's execution lock (so two
+engines never execute at once and guest ``lock`` operations stay atomic), and
+turns what stopped a slice into KVM's exit. The instruction-level rules live in
+:mod:`hvcore_sim.exits`; this module owns the run loop, the kick and the state API.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from hvcore.checks import check_vector, check_width
+from hvcore.errors import (
+    ClosedError,
+    ExitNotCompleted,
+    HypervisorFault,
+    InvalidArgument,
+    NotFound,
+    Unsupported,
+    VcpuBusy,
+)
+from hvcore.exits import (
+    DebugExit,
+    Exit,
+    HltExit,
+    InternalErrorExit,
+    InterruptedExit,
+    IoExit,
+    IrqWindowOpenExit,
+    MmioExit,
+    ShutdownExit,
+)
+from hvcore.lifetime import Closeable
+from hvcore.memory import GuestMemory
+from hvcore.types import (
+    CpuidEntry,
+    DebugRegs,
+    Fpu,
+    GuestDebug,
+    GuestDebugFlags,
+    Lapic,
+    MpState,
+    Regs,
+    Sregs,
+    Translation,
+    VcpuEvents,
+    Xsave,
+)
+from hvcore_sim import state
+from hvcore_sim.engine import Engine
+from hvcore_sim.exits import Stop, StopKind, Tracker
+from hvcore_sim.msrs import (
+    GP_FAULT,
+    LEGACY_PREFIXES,
+    DefaultMsrHandler,
+    LapicMsrHandler,
+    MsrEmulator,
+    fetch_instruction,
+)
+
+if TYPE_CHECKING:
+    from hvcore_sim.irqchip.chip import Irqchip
+    from hvcore_sim.irqchip.lapic import LocalApic
+    from hvcore_sim.vm import SimVM
+
+__all__ = ["SimVCPU"]
+
+_get_ident = threading.get_ident
+SLICE = 65521
+"""Instructions per slice: the longest a kick, another vCPU or a window check waits.
+
+A prime, not 2**16: vCPUs take turns at slice ends, and a spin loop whose length divides the
+slice would always be cut at the same instruction. SeaBIOS's SMP bring-up is such a loop: the
+BSP frees its lock for two of its eight instructions, and with 2**16 the application processor
+never got it. With a prime, successive cuts walk through every position of any shorter loop."""
+RFLAGS_IF = 1 << 9
+_INTERRUPTED = InterruptedExit()
+_HLT = HltExit()
+_SHUTDOWN = ShutdownExit()
+_WINDOW = IrqWindowOpenExit()
+_BLOCKED_STEPS = 16  # single steps while an interrupt waits for IF, before bursts (32, 64, ... up to a slice)
+_CR0_ET, _CR0_CD_NW = 0x10, 0x60000000
+_APIC_TPR = 0x80
+_RESET_RDX = 0x600  # KVM's CPU signature when the VMM set no CPUID
+_IDLE_POLL = 0.05  # seconds: a sleeping vCPU looks again at least this often
+
+
+def _completed(exit_: Exit) -> bool:
+    """An exit after which the instruction is complete (OUT, MMIO write): under single-step, a step."""
+    return (isinstance(exit_, IoExit) and not exit_.is_in) or (isinstance(exit_, MmioExit) and exit_.is_write)
+
+
+_NO_LAPIC = "there is no in-kernel LAPIC: call vm.create_irqchip() before creating vCPUs"
+_SETTABLE_MP_STATES = (
+    MpState.RUNNABLE,
+    MpState.UNINITIALIZED,
+    MpState.INIT_RECEIVED,
+    MpState.HALTED,
+    MpState.SIPI_RECEIVED,
+)
+
+
+class SimVCPU(Closeable):
+    """A simulated vCPU; see :class:`hvcore.VCPU` for the contract."""
+
+    def __init__(self, vm: SimVM, vcpu_id: int) -> None:
+        self._vm = vm
+        self._id = vcpu_id
+        self._closed = False
+        self._thread: int | None = None
+        self._kick_lock = threading.Lock()
+        self._kicked = False
+        self._immediate_exit = False
+        self._request_window = False
+        self._cr8 = 0
+        self._queued_interrupt: int | None = None
+        self._nmi_pending = False
+        self._nmi_return: tuple[int, int] | None = None  # where an NMI struck: NMIs stay blocked until IRET there
+        self._debug = GuestDebug()
+        self._stepping = False
+        self._step_owed = False
+        self._state = state.VcpuState(apic_base=0xFEE00800 | (0x100 if vcpu_id == 0 else 0))  # BSP bit: vCPU 0
+        self.msrs = MsrEmulator(self._state, vm.clock)
+        """Guest RDMSR / WRMSR / RDTSC and get_msrs / set_msrs (``msrs.handler``: the LAPIC's MSRs)."""
+        self._engine: Engine | None = None
+        self._layout_generation = -1
+        self._versions: dict[int, int] = {}
+        self._host_writes = -1
+        chip = vm.irqchip
+        self._lapic = chip.add_lapic(vcpu_id) if chip is not None else None
+        # with an irqchip, as on KVM, vCPUs other than 0 wait for INIT and SIPI
+        self._mp_state = MpState.RUNNABLE if chip is None or vcpu_id == 0 else MpState.UNINITIALIZED
+        self._blocked_steps = 0
+        self.tracker = Tracker(self)
+        if chip is not None and self._lapic is not None:
+            default = self.msrs.handler
+            assert isinstance(default, DefaultMsrHandler)
+            self.msrs.handler = LapicMsrHandler(default, self._lapic, self.msrs, chip.lock, self._timers_changed)
+        self._engine = self._new_engine(None)
+        self._engine.reset()
+
+    # -- engine lifetime -------------------------------------------------------
+
+    def _new_engine(self, old: Engine | None) -> Engine:
+        engine = Engine(self._vm.context_layout)
+        if old is not None:
+            engine.adopt(old)
+        self.tracker.install(engine)
+        self._vm.map_into(engine, self.tracker)
+        self.tracker.mapped_writable({slot: set(pages) for slot, pages in self._vm.dirty.pages.items()})
+        self._layout_generation = self._vm.layout_generation
+        return engine
+
+    def engine(self) -> Engine:
+        """The engine, rebuilt first when the VM's slot layout changed (call under the VM lock)."""
+        engine, vm = self._engine, self._vm
+        assert engine is not None
+        if self._layout_generation != vm.layout_generation:
+            engine = self._engine = self._new_engine(engine)
+        if vm.dirty.generation != self.tracker.dirty_generation:
+            self.tracker.sync_dirty(engine)
+        if GuestMemory.writes != self._host_writes:  # any host write since the last look
+            self._host_writes = GuestMemory.writes
+            self._drop_stale_code(engine)
+        return engine
+
+    def _drop_stale_code(self, engine: Engine) -> None:
+        """Forget translations of guest memory the host wrote since the last run."""
+        for slot in self._vm.memory_slots_unchecked():
+            memory = slot.memory
+            seen = self._versions.get(id(memory))
+            if seen == memory.version:
+                continue
+            self._versions[id(memory)] = memory.version
+            if seen is None:
+                continue
+            offset, length = memory.last_write
+            if seen + 1 == memory.version and slot.offset <= offset < slot.offset + slot.size:
+                start = slot.guest_address + offset - slot.offset
+                engine.uc.ctl_remove_cache(start, start + max(length, 1))
+            else:
+                engine.uc.ctl_flush_tb()
+
+    @property
+    def id(self) -> int:
+        """The vCPU id."""
+        return self._id
+
+    def _live(self) -> Engine:
+        if self._closed:
+            raise ClosedError(f"vCPU {self._id} is closed", operation="vcpu")
+        assert self._engine is not None
+        return self._engine
+
+    # -- running -----------------------------------------------------------------
+
+    def run(self) -> Exit:
+        """Run the guest until it needs the VMM (see :class:`hvcore.VCPU`)."""
+        if self.tracker.pending is not None:
+            raise ExitNotCompleted(
+                f"vCPU {self._id} still waits for the answer to {self.tracker.pending!r}; call complete(data) first",
+                operation="run",
+            )
+        if self._thread is not None:
+            raise VcpuBusy(f"vCPU {self._id} is already running in another thread", operation="run")
+        self._thread = _get_ident()
+        try:
+            if self._closed:
+                raise ClosedError(f"vCPU {self._id} is closed", operation="run")
+            return self._run()
+        finally:
+            if self._kicked:  # as on KVM, a kick is consumed by the run it hit, whatever that run returned
+                with self._kick_lock:
+                    self._kicked = False
+            self._thread = None
+
+    def _consume_kick(self) -> bool:
+        with self._kick_lock:
+            kicked = self._kicked or self._immediate_exit
+            self._kicked = self._immediate_exit = False
+            return kicked
+
+    def _run(self) -> Exit:
+        lock, stepping, tracker = self._vm.exec_lock, self._stepping, self.tracker
+        acquire, release = lock.raw.acquire, lock.raw.release  # the C lock itself: this is the hot path
+        first = True
+        chip, clock = self._vm.irqchip, self._vm.clock
+        virtual = clock.virtual
+        while True:
+            if chip is not None and self._mp_state is not MpState.RUNNABLE and not first and self._sleep(chip):
+                return _INTERRUPTED
+            if not acquire(False):
+                lock.acquire()  # busy: wait as a counted waiter
+            try:
+                engine = self.engine()
+                if first:  # finish what the last exit left, then honour a kick, before any new guest code
+                    first = False
+                    kicked = self._kicked or self._immediate_exit
+                    if tracker.has_unfinished:
+                        tracker.completed_instruction = False
+                        queued = tracker.finish_instruction(engine, now=kicked)
+                        if queued is not None:
+                            return queued
+                        if stepping and tracker.completed_instruction:  # finishing the IN was the step
+                            return self._step_exit(engine)
+                    if stepping and self._step_owed:  # the OUT / MMIO write that exited was a step too
+                        self._step_owed = False
+                        return self._step_exit(engine)
+                    if kicked:
+                        self._consume_kick()
+                        return _INTERRUPTED
+                count = 1 if stepping else SLICE
+                if chip is not None:
+                    count = self._irqchip_events(chip, engine, count)
+                    if count == 0:
+                        continue  # not runnable: sleep (outside the execution lock)
+                if self._nmi_pending or self._queued_interrupt is not None or self._nmi_return is not None:
+                    exit_ = self._inject(engine)
+                    if exit_ is not None:
+                        return exit_
+                if chip is None and self._request_window:
+                    if self._ready(engine):
+                        return _WINDOW
+                    count = 1  # step until the guest can take an interrupt: the exit comes right then
+                if virtual:
+                    deadline = chip.deadline() if chip is not None else None
+                    if deadline is not None:
+                        count = min(count, clock.instructions_until(deadline))
+                stop = tracker.run(engine, count)
+                if virtual:
+                    clock.executed(min(engine.counter_cell.value, count))
+                exit_ = stop.exit if stop.kind is StopKind.EXIT else self._handle(engine, stop)
+            finally:
+                release()
+            if lock.waiting:
+                lock.yield_if_wanted()
+            if exit_ is not None and not (stepping and exit_ is _HLT):
+                if stepping and _completed(exit_):
+                    self._step_owed = True  # upstream KVM reports the step on the next run
+                return exit_
+            if stepping:  # KVM reports a stepped HLT as a step, and the vCPU does not halt
+                return self._step_exit(engine)
+            if self._kicked and self._consume_kick():
+                return _INTERRUPTED
+
+    # -- with an irqchip -------------------------------------------------------------
+
+    def _irqchip_events(self, chip: Irqchip, engine: Engine, count: int) -> int:
+        """Fire due timers, take INIT / SIPI / NMI, and take an interrupt the guest can accept now.
+
+        Returns how many instructions to run: 0 when the vCPU is not runnable (it must sleep), a
+        single step while an interrupt waits for IF or the STI shadow (so it lands right then).
+        """
+        lapic = self._lapic
+        assert lapic is not None
+        with chip.lock:
+            deadline = chip.deadline()
+            if deadline is not None and deadline <= chip.clock.now():
+                chip.advance()
+            if lapic.init_pending:
+                lapic.init_pending = False
+                self._init(engine)
+            if lapic.sipi_vector is not None:
+                vector, lapic.sipi_vector = lapic.sipi_vector, None
+                if self._mp_state is MpState.INIT_RECEIVED:
+                    self._start_at(engine, vector)
+            if lapic.nmi_pending:
+                lapic.nmi_pending = False
+                self._nmi_pending = True
+                if self._mp_state is MpState.HALTED:
+                    self._mp_state = MpState.RUNNABLE
+            if self._mp_state is not MpState.RUNNABLE:
+                return 0
+            if self._queued_interrupt is None and chip.has_interrupt(self._id):
+                if self._ready(engine):
+                    self._queued_interrupt = chip.acknowledge(self._id)
+                    self._blocked_steps = 0
+                    return count
+                # Step until IF / the shadow lets it in, so it lands right after the STI as on hardware;
+                # a guest that keeps interrupts off for long (an OS booting) runs on in bursts that
+                # double up to a whole slice, so a pending timer tick does not slow it down for good.
+                self._blocked_steps += 1
+                if self._blocked_steps <= _BLOCKED_STEPS:
+                    return 1
+                burst = _BLOCKED_STEPS << min(self._blocked_steps - _BLOCKED_STEPS, 12)
+                return min(count, burst)
+            self._blocked_steps = 0
+        return count
+
+    # -- CR8: the task priority ----------------------------------------------------
+
+    def _task_priority(self) -> int:
+        """CR8: the LAPIC's TPR bits 7:4 with an irqchip (as KVM's ``kvm_get_cr8``), else the vCPU's own."""
+        chip, lapic = self._vm.irqchip, self._lapic
+        if chip is None or lapic is None:
+            return self._cr8
+        with chip.lock:
+            return (lapic.read(_APIC_TPR, 4) >> 4) & 0xF
+
+    def _set_task_priority(self, value: int) -> None:
+        chip, lapic = self._vm.irqchip, self._lapic
+        if chip is None or lapic is None:
+            self._cr8 = value
+            return
+        with chip.changed:
+            lapic.write(_APIC_TPR, 4, value << 4)
+            chip.changed.notify_all()
+
+    def cr8_intercepted(self, engine: Engine, *, write: bool) -> Stop | None:
+        """A guest ``mov cr8, reg`` / ``mov reg, cr8`` (an SVM intercept, RIP at it): done, RIP past it; or #GP."""
+        rip = engine.reg(engine.RIP)
+        code = fetch_instruction(engine, rip)
+        at, rex = 0, 0
+        while at < len(code) and code[at] in LEGACY_PREFIXES:  # (LOCK MOV CR0 is AMD's CR8 outside 64-bit mode)
+            at += 1
+        if at < len(code) and 0x40 <= code[at] <= 0x4F:
+            rex, at = code[at], at + 1
+        if code[at : at + 2] not in (b"\x0f\x20", b"\x0f\x22") or at + 2 >= len(code):
+            raise HypervisorFault(f"CR8 intercept at {rip:#x}: not MOV to/from CR8: {code.hex()}", operation="run")
+        modrm = code[at + 2]
+        register = engine.GPRS_BY_NUMBER[(modrm & 7) | (rex & 1) << 3]
+        if write:
+            value = engine.reg(register)
+            if value & ~0xF:
+                return GP_FAULT
+            self._set_task_priority(value)
+            self.tracker.reevaluate()  # a lower priority may let a pending interrupt in
+        else:
+            engine.set_reg(register, self._task_priority())
+        engine.set_reg(engine.RIP, rip + at + 3)
+        return None
+
+    def _timers_changed(self) -> None:
+        if self._thread == _get_ident():  # from the guest's own WRMSR: end the slice after it
+            self.tracker.reevaluate()
+        self._wake()
+
+    def _init(self, engine: Engine) -> None:
+        """INIT: KVM's ``kvm_vcpu_reset(init_event)``; an application processor then waits for SIPI.
+
+        As KVM, INIT keeps CR0.CD/NW and loads RDX with the CPU signature (CPUID.1:EAX) the VMM set.
+        """
+        cache_bits = engine.reg(engine.CR0) & _CR0_CD_NW
+        engine.reset()
+        sregs = engine.get_sregs(apic_base=self._state.apic_base, interrupt_bitmap=(0, 0, 0, 0), cr8=0)
+        engine.set_sregs(replace(sregs, cr0=_CR0_ET | cache_bits))
+        signature = next((e.eax for e in self._state.cpuid if e.function == 1), _RESET_RDX)
+        engine.set_reg(engine.RDX, signature)
+        self._queued_interrupt = None
+        self._nmi_pending = False
+        self._mp_state = MpState.RUNNABLE if self._id == 0 else MpState.INIT_RECEIVED
+
+    def _start_at(self, engine: Engine, vector: int) -> None:
+        """SIPI: real mode at ``vector << 12`` (CS = vector << 8, IP = 0)."""
+        sregs = engine.get_sregs(apic_base=self._state.apic_base, interrupt_bitmap=(0, 0, 0, 0), cr8=self._cr8)
+        engine.set_sregs(replace(sregs, cs=replace(sregs.cs, selector=vector << 8, base=vector << 12)))
+        engine.set_reg(engine.RIP, 0)
+        self._mp_state = MpState.RUNNABLE
+
+    def _wakeable(self, chip: Irqchip) -> bool:
+        """Whether what is pending ends this vCPU's sleep (call with ``chip.lock`` held)."""
+        lapic = self._lapic
+        assert lapic is not None and self._engine is not None
+        if lapic.init_pending or lapic.nmi_pending:
+            return True
+        state = self._mp_state
+        if state is MpState.INIT_RECEIVED:
+            return lapic.sipi_vector is not None
+        if state is MpState.HALTED:
+            engine = self._engine
+            return bool(engine.reg(engine.RFLAGS) & RFLAGS_IF) and chip.has_interrupt(self._id)
+        return state is MpState.RUNNABLE
+
+    def _sleep(self, chip: Irqchip) -> bool:
+        """Wait, outside the execution lock, until this vCPU can run again; True if a kick ended the wait."""
+        clock, vm = chip.clock, self._vm
+        with chip.changed:
+            vm.sleeping.add(self._id)
+            try:
+                while True:
+                    if self._kicked or self._immediate_exit:
+                        self._consume_kick()
+                        return True
+                    if self._wakeable(chip):
+                        if self._mp_state is MpState.HALTED:
+                            self._mp_state = MpState.RUNNABLE
+                        return False
+                    deadline = chip.deadline()
+                    now = clock.now()
+                    if deadline is not None and deadline <= now:
+                        chip.advance()
+                        continue
+                    if clock.virtual and deadline is not None and vm.all_asleep():
+                        clock.idle_until(deadline)  # nobody runs: virtual time skips to the next timer
+                        continue
+                    timeout = _IDLE_POLL if deadline is None or clock.virtual else (deadline - now) / 1e9
+                    chip.changed.wait(min(timeout, _IDLE_POLL))
+            finally:
+                vm.sleeping.discard(self._id)
+
+    def _step_exit(self, engine: Engine) -> DebugExit:
+        return DebugExit(exception=1, pc=engine.reg(engine.RIP), dr6=0xFFFF4FF0, dr7=self._state.debugregs.dr7)
+
+    def _handle(self, engine: Engine, stop: Stop) -> Exit | None:
+        kind = stop.kind
+        if kind is StopKind.SLICE:
+            return None
+        if kind is StopKind.EXIT:
+            return stop.exit
+        if kind is StopKind.HLT:
+            if self._lapic is not None:  # with an irqchip, HLT sleeps in run() until an interrupt
+                self._mp_state = MpState.HALTED
+                return None
+            return _HLT
+        if kind is StopKind.EXCEPTION:
+            if not self._vm.deliver(
+                self, engine, stop.vector, stop.event_kind, stop.error_code, stop.instruction_length
+            ):
+                return _SHUTDOWN
+            return None
+        if kind is StopKind.FETCH_FAULT:
+            return InternalErrorExit(suberror=1, data=(0,))
+        raise AssertionError(f"unhandled stop {stop!r}")
+
+    def _ready(self, engine: Engine) -> bool:
+        return (
+            bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
+            and not engine.interrupt_shadow
+            and (self._queued_interrupt is None)
+        )
+
+    def _inject(self, engine: Engine) -> Exit | None:
+        """Deliver a queued interrupt or NMI, as KVM does on entry (even with IF=0)."""
+        if self._nmi_return is not None and (engine.reg(engine.RIP), engine.reg(engine.RSP)) == self._nmi_return:
+            self._nmi_return = None  # back where the NMI struck, stack unwound: the handler's IRET ran
+            self._state.nmi_masked = 0
+        for vector, kind in ((2, "nmi"), (self._queued_interrupt, "external")):
+            if vector is None or (kind == "nmi" and (not self._nmi_pending or self._state.nmi_masked)):
+                continue
+            if kind == "nmi":
+                self._nmi_pending = False
+                self._nmi_return = (engine.reg(engine.RIP), engine.reg(engine.RSP))
+                self._state.nmi_masked = 1
+            else:
+                self._queued_interrupt = None
+            if not self._vm.deliver(self, engine, vector, kind, None):
+                return _SHUTDOWN
+        return None
+
+    def complete(self, data: bytes | int) -> None:
+        """Answer the pending IN or MMIO read."""
+        if self._closed:
+            raise ClosedError(f"vCPU {self._id} is closed", operation="complete")
+        self.tracker.complete(data)
+
+    def kick(self) -> None:
+        """Make the current or next ``run()`` return ``InterruptedExit`` (checked between slices)."""
+        with self._kick_lock:
+            if not self._closed:
+                self._kicked = True
+        self._wake()
+
+    def _wake(self) -> None:
+        chip = self._vm.irqchip
+        if chip is not None:  # a vCPU asleep in HLT or waiting for SIPI looks at its kick flag
+            with chip.changed:
+                chip.changed.notify_all()
+
+    @property
+    def immediate_exit(self) -> bool:
+        """KVM's ``immediate_exit``: the next ``run()`` returns ``InterruptedExit`` at once."""
+        self._live()
+        return self._immediate_exit or self._kicked
+
+    @immediate_exit.setter
+    def immediate_exit(self, value: bool) -> None:
+        self._live()
+        with self._kick_lock:
+            self._immediate_exit = bool(value)
+            if not value:
+                self._kicked = False
+
+    @property
+    def request_interrupt_window(self) -> bool:
+        """When set, ``run()`` returns ``IrqWindowOpenExit`` once the guest can take an interrupt."""
+        self._live()
+        return self._request_window
+
+    @request_interrupt_window.setter
+    def request_interrupt_window(self, value: bool) -> None:
+        self._live()
+        self._request_window = bool(value)
+
+    @property
+    def ready_for_interrupt_injection(self) -> bool:
+        """IF=1, no STI/MOV SS shadow, no interrupt queued."""
+        with self._vm.exec_lock:
+            return self._ready(self._live())
+
+    @property
+    def if_flag(self) -> bool:
+        """The guest's RFLAGS.IF."""
+        engine = self._live()
+        return bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
+
+    @property
+    def cr8(self) -> int:
+        """CR8 (task priority)."""
+        self._live()
+        return self._task_priority()
+
+    @cr8.setter
+    def cr8(self, value: int) -> None:
+        self._live()
+        if not 0 <= value < 16:
+            raise InvalidArgument(f"CR8 is a 4-bit task priority; {value} is out of range", operation="cr8")
+        self._set_task_priority(value)
+
+    @property
+    def apic_base(self) -> int:
+        """IA32_APIC_BASE."""
+        self._live()
+        return self._state.apic_base
+
+    # -- state ---------------------------------------------------------------------
+
+    def get_regs(self) -> Regs:
+        """General-purpose registers, RIP, RFLAGS."""
+        with self._vm.exec_lock:
+            return self._live().get_regs()
+
+    def set_regs(self, regs: Regs) -> None:
+        """Set general-purpose registers, RIP, RFLAGS."""
+        check_width("Regs", regs, 64, "set_regs")
+        with self._vm.exec_lock:
+            self._live().set_regs(regs)
+
+    def get_sregs(self) -> Sregs:
+        """Segments, descriptor tables, control registers, EFER, APIC base."""
+        bitmap = [0, 0, 0, 0]
+        if self._queued_interrupt is not None:
+            bitmap[self._queued_interrupt // 64] = 1 << (self._queued_interrupt % 64)
+        with self._vm.exec_lock:
+            return self._live().get_sregs(
+                apic_base=self._state.apic_base,
+                interrupt_bitmap=(bitmap[0], bitmap[1], bitmap[2], bitmap[3]),
+                cr8=self._task_priority(),
+            )
+
+    def set_sregs(self, sregs: Sregs) -> None:
+        """Load segments, descriptor tables, control registers, EFER."""
+        state.check_sregs(sregs)
+        with self._vm.exec_lock:
+            self._live().set_sregs(sregs)
+        self._state.apic_base = sregs.apic_base or self._state.apic_base
+        self._set_task_priority(sregs.cr8 & 0xF)
+        pending = [i * 64 + b for i, w in enumerate(sregs.interrupt_bitmap) for b in range(64) if w >> b & 1]
+        self._queued_interrupt = pending[0] if pending else None
+
+    def get_fpu(self) -> Fpu:
+        """x87/SSE state."""
+        with self._vm.exec_lock:
+            return self._state.get_fpu(self._live())
+
+    def set_fpu(self, fpu: Fpu) -> None:
+        """Set x87/SSE state."""
+        with self._vm.exec_lock:
+            self._state.set_fpu(self._live(), fpu)
+
+    def get_xsave(self) -> Xsave:
+        """The XSAVE area (legacy region and header)."""
+        with self._vm.exec_lock:
+            return self._state.get_xsave(self._live())
+
+    def set_xsave(self, xsave: Xsave) -> None:
+        """Set the XSAVE area."""
+        if len(xsave.region) != 4096:
+            raise InvalidArgument(f"the XSAVE area is 4096 bytes, got {len(xsave.region)}", operation="set_xsave")
+        with self._vm.exec_lock:
+            self._state.set_xsave(self._live(), xsave)
+
+    def get_xcrs(self) -> dict[int, int]:
+        """XCR0."""
+        self._live()
+        return {0: self._state.xcr0}
+
+    def set_xcrs(self, xcrs: Mapping[int, int]) -> None:
+        """Set XCR0 (bit 0, x87, must stay set)."""
+        self._live()
+        self._state.set_xcrs(xcrs)
+
+    def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
+        """Read MSRs (``hvcore_sim.msrs.MSRS``), as KVM_GET_MSRS."""
+        with self._vm.exec_lock:
+            return self.msrs.get_msrs(self._live(), indices)
+
+    def set_msrs(self, msrs: Mapping[int, int]) -> None:
+        """Write MSRs with KVM's checks, as KVM_SET_MSRS."""
+        with self._vm.exec_lock:
+            self.msrs.set_msrs(self._live(), msrs)
+
+    def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
+        """What CPUID returns to the guest."""
+        self._live()
+        self._state.set_cpuid(list(entries))
+
+    def get_cpuid(self) -> tuple[CpuidEntry, ...]:
+        """What CPUID returns to the guest."""
+        self._live()
+        return tuple(self._state.cpuid)
+
+    def _chip_lapic(self, operation: str) -> tuple[Irqchip, LocalApic]:
+        self._live()
+        chip = self._vm.irqchip
+        if chip is None or self._lapic is None:
+            raise InvalidArgument(_NO_LAPIC, operation=operation)  # KVM: EINVAL
+        return chip, self._lapic
+
+    def get_lapic(self) -> Lapic:
+        """The LAPIC register page (``KVM_GET_LAPIC``); EINVAL without an irqchip, as KVM."""
+        chip, lapic = self._chip_lapic("get_lapic")
+        with chip.lock:
+            return lapic.get_state()
+
+    def set_lapic(self, lapic: Lapic) -> None:
+        """Load the LAPIC register page (``KVM_SET_LAPIC``); EINVAL without an irqchip, as KVM."""
+        if len(lapic.regs) != 1024:
+            raise InvalidArgument(f"the LAPIC page is 1024 bytes, got {len(lapic.regs)}", operation="set_lapic")
+        chip, local = self._chip_lapic("set_lapic")
+        with chip.changed:
+            local.set_state(lapic)
+            chip.changed.notify_all()
+
+    def get_debugregs(self) -> DebugRegs:
+        """DR0-3, DR6, DR7."""
+        self._live()
+        return self._state.debugregs
+
+    def set_debugregs(self, debugregs: DebugRegs) -> None:
+        """Set DR0-3, DR6, DR7."""
+        self._live()
+        self._state.debugregs = debugregs
+
+    def get_vcpu_events(self) -> VcpuEvents:
+        """Queued interrupt, pending NMI, interrupt shadow."""
+        with self._vm.exec_lock:
+            shadow = int(self._live().interrupt_shadow)
+        queued = self._queued_interrupt
+        return VcpuEvents(
+            interrupt_injected=int(queued is not None),
+            interrupt_nr=queued or 0,
+            interrupt_shadow=shadow,
+            nmi_pending=int(self._nmi_pending),
+            nmi_masked=self._state.nmi_masked,
+            flags=0xD,
+        )
+
+    def set_vcpu_events(self, events: VcpuEvents) -> None:
+        """Set the queued interrupt, pending NMI and interrupt shadow."""
+        with self._vm.exec_lock:
+            self._live().interrupt_shadow = bool(events.interrupt_shadow)
+        self._queued_interrupt = events.interrupt_nr if events.interrupt_injected else None
+        self._nmi_pending = bool(events.nmi_pending)
+        self._state.nmi_masked = events.nmi_masked
+
+    def get_mp_state(self) -> MpState:
+        """RUNNABLE, HALTED, UNINITIALIZED or INIT_RECEIVED (always RUNNABLE without an irqchip)."""
+        self._live()
+        return self._mp_state
+
+    def set_mp_state(self, state_: MpState) -> None:
+        """Set the MP state; without an irqchip only RUNNABLE is valid, as on KVM."""
+        self._live()
+        try:
+            value = MpState(state_)
+        except ValueError:
+            raise InvalidArgument(f"{state_!r} is not an MpState", operation="set_mp_state") from None
+        if self._lapic is None and value is not MpState.RUNNABLE:
+            raise InvalidArgument(
+                f"{value.name} needs an in-kernel LAPIC; without an irqchip only RUNNABLE is valid",
+                operation="set_mp_state",
+            )
+        if value not in _SETTABLE_MP_STATES:
+            raise InvalidArgument(
+                f"{value.name} is not an x86 MP state; use one of {', '.join(m.name for m in _SETTABLE_MP_STATES)}",
+                operation="set_mp_state",
+            )
+        self._mp_state = MpState.INIT_RECEIVED if value is MpState.SIPI_RECEIVED else value
+        self._wake()
+
+    def interrupt(self, vector: int) -> None:
+        """Queue external interrupt ``vector``; delivered on the next ``run()`` even with IF=0.
+
+        With an irqchip, interrupts come from its lines: ENXIO, as KVM.
+        """
+        self._live()
+        check_vector(vector, "interrupt")
+        if self._lapic is not None:
+            raise NotFound(
+                "with an in-kernel irqchip, inject through vm.irq_line() or vm.signal_msi(), not interrupt()",
+                errno=_errno.ENXIO,
+                operation="interrupt",
+            )
+        self._queued_interrupt = vector
+
+    def nmi(self) -> None:
+        """Queue an NMI."""
+        self._live()
+        self._nmi_pending = True
+
+    def set_guest_debug(self, debug: GuestDebug) -> None:
+        """Enable or disable single-stepping."""
+        self._live()
+        if len(debug.debugreg) != 8:
+            raise InvalidArgument("guest debug takes exactly 8 debug-register values", operation="set_guest_debug")
+        unsupported = debug.flags & ~(GuestDebugFlags.ENABLE | GuestDebugFlags.SINGLESTEP)
+        if unsupported:
+            raise Unsupported(
+                f"the simulator supports ENABLE and SINGLESTEP only, not {GuestDebugFlags(unsupported)!r}",
+                operation="set_guest_debug",
+            )
+        self._debug = debug
+        self._stepping = bool(debug.flags & GuestDebugFlags.SINGLESTEP and debug.flags & GuestDebugFlags.ENABLE)
+
+    def translate(self, linear_address: int) -> Translation:
+        """Walk the guest's page tables."""
+        if not 0 <= linear_address < 1 << 64:
+            raise InvalidArgument(f"linear address {linear_address:#x} is not 64-bit", operation="translate")
+        sregs = self.get_sregs()
+        return self._vm.translate(sregs, linear_address)
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the vCPU; a run in another thread is kicked and stops at its next slice boundary."""
+        with self._kick_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._kicked = True
+        self._wake()
+        self._vm.wait_idle(self)
+        self._engine = None
+        self._vm._forget_vcpu(self._id)
+
+    @property
+    def running(self) -> bool:
+        """True while a thread is inside ``run()``."""
+        return self._thread is not None
+
+    def __repr__(self) -> str:
+        return f"SimVCPU(id={self._id}{', closed' if self._closed else ''})"

@@ -1,0 +1,338 @@
+"""``SimVM``: memory slots, vCPUs, the execution lock, the clock."""
+
+from __future__ import annotations
+
+import errno as _errno
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from hvcore.caps import Capability
+from hvcore.checks import MAX_GSI, check_gsi_routes, check_irqchip, check_msi, check_pit_state
+from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, StateError
+from hvcore.lifetime import Closeable
+from hvcore.memory import MemorySlot, SlotChange, SlotOwner, SlotTable
+from hvcore.types import (
+    ClockData,
+    GsiRoute,
+    IoapicState,
+    IrqchipId,
+    PicState,
+    PitState,
+    Sregs,
+    Translation,
+)
+from hvcore_sim import delivery, mmu
+from hvcore_sim.clock import Clock, HostClock
+from hvcore_sim.engine import CpuView, Engine
+from hvcore_sim.execlock import ExecLock
+from hvcore_sim.irqchip.chip import Irqchip
+from hvcore_sim.memory import DirtyLog as DirtyPages
+from hvcore_sim.memory import map_layout
+from hvcore_sim.vcpu import SimVCPU
+
+if TYPE_CHECKING:
+    from hvcore_sim.exits import Tracker
+    from hvcore_sim.system import SimHypervisor
+
+__all__ = ["SimVM"]
+
+MAX_SLOTS = 32764
+MAX_VCPU_ID = 1024
+_NOT_FAULTS = frozenset({1, 3, 4, 8, 18})  # traps and aborts: KVM does not set RF for them
+RFLAGS_RF = 1 << 16
+
+
+class _SlotMemory:
+    """Guest-physical reads and writes through the VM's slots (for page walks and event delivery)."""
+
+    def __init__(self, vm: SimVM) -> None:
+        self._vm = vm
+
+    def read(self, address: int, length: int) -> bytes:
+        slot = self._vm.slot_at(address)
+        if slot is None or address + length > slot.end:
+            raise NotFound(f"no memory slot backs guest-physical {address:#x}+{length}")
+        return slot.memory.read(slot.offset + address - slot.guest_address, length)
+
+    def write(self, address: int, data: bytes) -> None:
+        slot = self._vm.slot_at(address)
+        if slot is None or address + len(data) > slot.end:
+            raise NotFound(f"no memory slot backs guest-physical {address:#x}+{len(data)}")
+        slot.memory.write(slot.offset + address - slot.guest_address, data)
+
+
+class SimVM(SlotOwner, Closeable):
+    """A simulated VM; see :class:`hvcore.VM` for the contract."""
+
+    def __init__(self, hypervisor: SimHypervisor, clock: Clock | None = None) -> None:
+        self._hypervisor = hypervisor
+        self.clock: Clock = clock if clock is not None else HostClock()
+        self.irqchip: Irqchip | None = None
+        self.irqchip_ports: frozenset[int] = frozenset()
+        self.sleeping: set[int] = set()
+        self.context_layout = hypervisor.context_layout
+        self._slots = SlotTable(MAX_SLOTS)
+        self.layout_generation = 0
+        self.dirty = DirtyPages()
+        self.exec_lock = ExecLock()
+        self._vcpus: dict[int, SimVCPU] = {}
+        self._used_vcpu_ids: set[int] = set()
+        self._closed = False
+        self.physical = _SlotMemory(self)
+
+    def _live(self) -> None:
+        if self._closed:
+            raise ClosedError("the VM is closed; create a new one", operation="vm")
+
+    def check_extension(self, capability: Capability | int) -> int:
+        """The simulator's answer to ``KVM_CHECK_EXTENSION``."""
+        self._live()
+        return self._hypervisor.check_extension(capability)
+
+    # -- memory --------------------------------------------------------------------
+
+    def _commit(self, change: SlotChange) -> None:
+        with self.exec_lock:
+            if change.old is not None and (change.new is None or change.old.flags != change.new.flags):
+                self.dirty.forget(change.slot)
+            self._slots.apply(change)
+            self.layout_generation += 1
+
+    def memory_slots_unchecked(self) -> tuple[MemorySlot, ...]:
+        """The slots, without the closed check (the run loop's view)."""
+        return self._slots.slots()
+
+    def slot_at(self, address: int) -> MemorySlot | None:
+        """The slot mapping guest-physical ``address``."""
+        return self._slots.find(address)
+
+    def slot_by_id(self, slot: int) -> MemorySlot | None:
+        """The slot with id ``slot``, if it exists."""
+        return next((s for s in self._slots.slots() if s.slot == slot), None)
+
+    def _dirty_bitmap(self, slot: MemorySlot) -> bytes:
+        """The pages the write-protect hooks recorded; reading clears them (and re-protects them)."""
+        with self.exec_lock:
+            return self.dirty.take(slot.slot, slot.size // 4096)
+
+    def map_into(self, engine: Engine, tracker: Tracker) -> None:
+        """Map the current layout into a new engine."""
+        chip = self.irqchip
+        devices = chip.regions(tracker.vcpu.id, tracker.on_mmio_read, tracker.on_mmio_write) if chip is not None else ()
+        map_layout(engine.uc, self._slots.slots(), tracker.on_mmio_read, tracker.on_mmio_write, self.dirty, devices)
+
+    def linear_reader(self, view: CpuView) -> Callable[[int, int], bytes]:
+        """A ``read(linear, length)`` through the paging state of ``view``."""
+        return lambda linear, length: mmu.read_linear(view.paging, self.physical, linear, length)
+
+    def translate(self, sregs: Sregs, linear: int) -> Translation:
+        """``KVM_TRANSLATE`` through the guest's page tables."""
+        try:
+            physical = mmu.translate(sregs, linear, self.physical, write=False, user=False)
+        except (mmu.PageFault, mmu.NonCanonical, HvError):
+            return Translation(linear, 0, False, False, False)
+        writeable = True
+        try:
+            mmu.translate(sregs, linear, self.physical, write=True, user=False)
+        except mmu.PageFault:
+            writeable = False
+        user = True
+        try:
+            mmu.translate(sregs, linear, self.physical, write=False, user=True)
+        except mmu.PageFault:
+            user = False
+        return Translation(linear, physical, True, writeable, user)
+
+    def deliver(
+        self,
+        vcpu: SimVCPU,
+        engine: Engine,
+        vector: int,
+        kind: str,
+        error_code: int | None,
+        instruction_length: int = 0,
+    ) -> bool:
+        """Deliver an exception or interrupt through the guest's IVT/IDT; False on a triple fault.
+
+        RIP must already be the return address: the faulting instruction for a fault, the next
+        one for ``int n`` (whose length lets a fault during delivery point back at it).
+        """
+        regs = engine.get_regs()
+        sregs = vcpu.get_sregs()
+        vcpu.tracker.watch_resume_flag = True
+        if kind == "exception" and vector not in _NOT_FAULTS:
+            # KVM sets RF in the guest's RFLAGS before it injects a fault, so it is in any #DF frame too
+            regs = replace(regs, rflags=regs.rflags | RFLAGS_RF)
+            engine.set_reg(engine.RFLAGS, regs.rflags)
+        event = delivery.Event(
+            vector=vector,
+            kind=delivery.EventKind(kind),
+            error_code=error_code,
+            instruction_length=instruction_length,
+        )
+        try:
+            regs, sregs = delivery.deliver_with_escalation(regs, sregs, self.physical, event)
+        except delivery.TripleFault:
+            return False
+        engine.set_sregs(sregs)
+        engine.set_regs(regs)
+        engine.interrupt_shadow = False
+        return True
+
+    # -- vCPUs -------------------------------------------------------------------------
+
+    def create_vcpu(self, vcpu_id: int) -> SimVCPU:
+        """A vCPU in KVM's reset state."""
+        self._live()
+        if not 0 <= vcpu_id < MAX_VCPU_ID:
+            raise InvalidArgument(
+                f"vCPU id {vcpu_id} is out of range; use 0 to {MAX_VCPU_ID - 1}", operation="create_vcpu"
+            )
+        if vcpu_id in self._used_vcpu_ids:  # as on KVM, a closed vCPU's id stays taken
+            raise AlreadyExists(f"vCPU {vcpu_id} already exists in this VM", operation="create_vcpu")
+        with self.exec_lock:
+            vcpu = SimVCPU(self, vcpu_id)
+        self._vcpus[vcpu_id] = vcpu
+        self._used_vcpu_ids.add(vcpu_id)
+        return vcpu
+
+    def vcpus(self) -> tuple[SimVCPU, ...]:
+        """The open vCPUs, by id."""
+        self._live()
+        return tuple(self._vcpus[i] for i in sorted(self._vcpus))
+
+    def _forget_vcpu(self, vcpu_id: int) -> None:
+        self._vcpus.pop(vcpu_id, None)
+        if self.irqchip is not None:
+            self.irqchip.remove_lapic(vcpu_id)
+
+    def wait_idle(self, vcpu: SimVCPU, timeout: float = 5.0) -> None:
+        """Wait until ``vcpu`` is out of ``run()`` (it has been kicked)."""
+        deadline = time.monotonic() + timeout
+        while vcpu.running and vcpu._thread != threading.get_ident():
+            if time.monotonic() > deadline:
+                raise StateError(f"vCPU {vcpu.id} did not leave run() after a kick")
+            time.sleep(0.001)
+
+    # -- interrupt controllers, clock ----------------------------------------------------------
+
+    def create_irqchip(self) -> None:
+        """PIC pair, IOAPIC and a LAPIC per vCPU (``KVM_CREATE_IRQCHIP``); before any vCPU, once."""
+        self._live()
+        if self.irqchip is not None:
+            raise AlreadyExists("the VM already has an irqchip", operation="create_irqchip")
+        if self._used_vcpu_ids:
+            raise InvalidArgument(
+                "create the irqchip before any vCPU: KVM refuses KVM_CREATE_IRQCHIP once a vCPU exists",
+                operation="create_irqchip",
+            )
+        with self.exec_lock:
+            self.irqchip = Irqchip(self.clock, self._poke)
+            self.irqchip_ports = self.irqchip.ports
+            self.layout_generation += 1
+
+    def _poke(self, vcpu_id: int) -> None:
+        vcpu = self._vcpus.get(vcpu_id)
+        if vcpu is not None:
+            vcpu.tracker.reevaluate()
+
+    def _chip(self, operation: str, errno: int = _errno.ENXIO) -> Irqchip:
+        self._live()
+        if self.irqchip is None:
+            raise NotFound(
+                f"{operation}: there is no irqchip; call create_irqchip() first", errno=errno, operation=operation
+            )
+        return self.irqchip
+
+    def irq_line(self, irq: int, level: bool) -> int:
+        """Drive GSI ``irq`` through the routing table; the delivery status (``KVM_IRQ_LINE_STATUS``)."""
+        chip = self._chip("irq_line")
+        if not 0 <= irq < MAX_GSI:
+            raise InvalidArgument(f"IRQ {irq} is out of range; GSIs are below {MAX_GSI}", operation="irq_line")
+        return chip.irq_line(irq, bool(level))
+
+    def get_irqchip(self, chip: IrqchipId) -> PicState | IoapicState:
+        """State of the master PIC, the slave PIC or the IOAPIC (``KVM_GET_IRQCHIP``)."""
+        return self._chip("get_irqchip").get_state(check_irqchip(chip, None, "get_irqchip"))
+
+    def set_irqchip(self, chip: IrqchipId, state: PicState | IoapicState) -> None:
+        """Load the state of one controller (``KVM_SET_IRQCHIP``)."""
+        self._chip("set_irqchip").set_state(check_irqchip(chip, state, "set_irqchip"), state)
+
+    def create_pit(self) -> None:
+        """The 8254 PIT on IRQ 0 (``KVM_CREATE_PIT2``); needs the irqchip (ENOENT), once (EEXIST)."""
+        chip = self._chip("create_pit", _errno.ENOENT)
+        if chip.pit is not None:
+            raise AlreadyExists("the VM already has a PIT", operation="create_pit")
+        chip.create_pit()
+        self.irqchip_ports = chip.ports
+        for vcpu in self._vcpus.values():
+            vcpu.tracker.local_ports = chip.ports
+
+    def get_pit(self) -> PitState:
+        """State of the PIT (``KVM_GET_PIT2``)."""
+        return self._chip("get_pit").get_pit()
+
+    def set_pit(self, state: PitState) -> None:
+        """Load the PIT's state (``KVM_SET_PIT2``)."""
+        check_pit_state(state, "set_pit")
+        self._chip("set_pit").set_pit(state)
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """Deliver a message-signalled interrupt to the LAPICs (``KVM_SIGNAL_MSI``)."""
+        check_msi(address, data, "signal_msi")
+        self._live()
+        if self.irqchip is None:  # KVM: EINVAL, not ENXIO, for this one
+            raise InvalidArgument(
+                "signal_msi: there is no irqchip; call create_irqchip() first", operation="signal_msi"
+            )
+        return self.irqchip.signal_msi(address, data)
+
+    def set_gsi_routing(self, routes: Sequence[GsiRoute]) -> None:
+        """Replace the GSI routing table (``KVM_SET_GSI_ROUTING``)."""
+        checked = check_gsi_routes(routes, "set_gsi_routing")
+        self._chip("set_gsi_routing").set_gsi_routing(checked)
+
+    def all_asleep(self) -> bool:
+        """Every vCPU that is in ``run()`` sleeps (so a virtual clock may skip ahead)."""
+        return all(vcpu.id in self.sleeping for vcpu in self._vcpus.values() if vcpu.running)
+
+    def get_clock(self) -> ClockData:
+        """The VM clock in nanoseconds (host time, or virtual time counted in instructions)."""
+        self._live()
+        return ClockData(self.clock.now())
+
+    def set_clock(self, nanoseconds: int) -> None:
+        """Set the VM clock; it goes on from there."""
+        self._live()
+        if not 0 <= nanoseconds < 1 << 64:
+            raise InvalidArgument(f"clock value {nanoseconds} is not an unsigned 64-bit count", operation="set_clock")
+        self.clock.set(nanoseconds)
+
+    def set_tss_address(self, address: int) -> None:
+        """Accepted and ignored: the simulator needs no real-mode TSS (KVM's VMX does)."""
+        self._live()
+        if not 0 <= address < 1 << 32:
+            raise InvalidArgument(f"TSS address {address:#x} must be below 4 GiB", operation="set_tss_address")
+
+    def set_identity_map_address(self, address: int) -> None:
+        """Accepted and ignored: the simulator needs no identity-map page."""
+        self._live()
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the vCPUs and release the slots."""
+        if self._closed:
+            return
+        for vcpu in list(self._vcpus.values()):
+            vcpu.close()
+        self._closed = True
+        with self.exec_lock:
+            self._slots.release_all()
+
+    def __repr__(self) -> str:
+        return f"SimVM(vcpus={len(self._vcpus)}{', closed' if self._closed else ''})"

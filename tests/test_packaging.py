@@ -67,3 +67,18 @@ def test_local_modules_with_generic_names_change_nothing(tmp_path: Path) -> None
     assert reasons["sim"] is None
     assert reasons["opened"] == "sim"
     assert reasons["kvm"] is None or "imported" not in reasons["kvm"]
+
+
+def test_a_required_simulator_that_cannot_start_stops_the_run_with_its_reason(tmp_path: Path) -> None:
+    """What ``nox -s tests`` (HVCORE_REQUIRE=sim) does on a machine whose Unicorn is not the calibrated one."""
+    fake = tmp_path / "unicorn"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("__version__ = '9.9.9'\n")
+    (fake / "x86_const.py").write_text("def __getattr__(name):\n    return 0\n")
+    env = {k: v for k, v in os.environ.items() if k != "HVCORE_UNICORN_UNPINNED"}
+    env.update(HVCORE_REQUIRE="sim", PYTHONPATH=os.pathsep.join(map(str, (tmp_path, *SOURCE_ROOTS))))
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/test_protocol.py"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 1, done.stdout[-2000:]
+    assert "backend 'sim' is required (HVCORE_REQUIRE) but unusable: unicorn 9.9.9" in done.stdout + done.stderr
+    assert " passed" not in done.stdout

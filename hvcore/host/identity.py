@@ -13,10 +13,6 @@ from pathlib import Path
 
 __all__ = ["HostIdentity", "host_identity"]
 
-KVM_MODULES = ("kvm_intel", "kvm_amd", "kvm_pvm", "kvm_hv", "kvm_arm", "kvm")
-"""Modules that can provide ``/dev/kvm``, most specific first (kvm itself is the common core)."""
-
-
 @dataclass(frozen=True)
 class HostIdentity:
     """The names a host goes by (reported, and used as the probe-cache key; never to decide behaviour)."""
@@ -46,11 +42,13 @@ def _cpuinfo(path: Path) -> dict[str, str]:
 
 
 def _kvm_module(sys_module: Path) -> str:
-    loaded = [name for name in KVM_MODULES if (sys_module / name).is_dir()]
-    specific = [name for name in loaded if name != "kvm"]
-    if specific:
-        return specific[0]
-    return "kvm (built in)" if loaded else ("none" if not os.path.exists("/dev/kvm") else "built in")
+    """The loaded vendor module(s) of KVM (``kvm_*``: kvm_intel, kvm_amd, nested variants), else the core."""
+    vendors = sorted(entry.name for entry in sys_module.glob("kvm_*") if entry.is_dir())
+    if vendors:
+        return ", ".join(vendors)
+    if (sys_module / "kvm").is_dir():
+        return "kvm"
+    return "built in" if os.path.exists("/dev/kvm") else "none"
 
 
 def host_identity(cpuinfo: Path = Path("/proc/cpuinfo"), sys_module: Path = Path("/sys/module")) -> HostIdentity:

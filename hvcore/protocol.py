@@ -71,7 +71,11 @@ class VCPU(Protocol):
     def run(self) -> Exit:
         """Run the guest until it needs the VMM, and say why (see :mod:`hvcore.exits`).
 
-        Raises :class:`hvcore.ExitNotCompleted` while an IN or MMIO read waits for ``complete()``.
+        An IN, an MMIO read and a plain OUT are finished by the next ``run()``, before any guest
+        code (also with ``immediate_exit``): until then RIP is at the instruction (past it for an
+        OUT on hosts with the ``out_completed_at_exit`` deviation, and for ``out 0x7e``). Save a
+        vCPU's state only after such a run. Raises :class:`hvcore.ExitNotCompleted` while an IN or
+        MMIO read waits for ``complete()``.
         """
         ...
 
@@ -111,12 +115,13 @@ class VCPU(Protocol):
 
     @property
     def ready_for_interrupt_injection(self) -> bool:
-        """After ``run()``: an interrupt injected now would be taken at once (IF=1, no shadow, none queued)."""
+        """As the last ``run()`` returned (a snapshot; False before the first): an interrupt injected then
+        would be taken at once (IF=1, no STI/MOV SS shadow, none queued). Always True with an irqchip."""
         ...
 
     @property
     def if_flag(self) -> bool:
-        """After ``run()``: the guest's RFLAGS.IF."""
+        """The guest's RFLAGS.IF as the last ``run()`` returned (a snapshot; False before the first)."""
         ...
 
     @property

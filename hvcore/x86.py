@@ -28,6 +28,7 @@ __all__ = [
     "EFER_LME",
     "RFLAGS_IF",
     "RFLAGS_IOPL3",
+    "RFLAGS_RF",
     "SELECTORS",
     "descriptor",
     "flat_segment",
@@ -48,6 +49,7 @@ EFER_LME: Final = 1 << 8
 EFER_LMA: Final = 1 << 10
 RFLAGS_IF: Final = 1 << 9
 RFLAGS_IOPL3: Final = 3 << 12
+RFLAGS_RF: Final = 1 << 16
 
 SELECTORS: Final = {"code64": 0x08, "data": 0x10, "code32": 0x18, "user_data": 0x23, "user_code64": 0x2B}
 """Selectors of the GDT these helpers write (user ones carry RPL 3)."""

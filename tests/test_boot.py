@@ -26,6 +26,7 @@ from hvcore import (
     SlotFlags,
     Sregs,
 )
+from tests.boot import completed_regs
 from tests.conftest import WATCHDOG_SECONDS, Watchdog
 from tests.guests.boot import (
     BOOT,
@@ -116,8 +117,8 @@ def boot_from_rom(hv: Hypervisor, vm: VM) -> Boot:
     pf_frame: list[int] = []
     for _ in range(20):
         exit_ = vcpu.run()
-        regs = vcpu.get_regs()
-        steps.append(Step(exit_, regs.rip, regs.rsp, regs.rflags))
+        done = completed_regs(hv, vm, vcpu, exit_)
+        steps.append(Step(exit_, done.rip, done.rsp, done.rflags))
         match exit_:
             case IoExit(port=port) if port == CR2_PORT:
                 pf_frame = words(ram, PF_FRAME, 6)

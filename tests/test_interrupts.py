@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hvcore import VM, HltExit, Hypervisor, IoDirection, IoExit, IrqWindowOpenExit
 from tests.boot import boot, read_guest
 from tests.guests import layout, real_mode
@@ -71,3 +73,22 @@ def test_guest_rdmsr_of_an_unknown_msr(hv: Hypervisor, vm: VM) -> None:
     vcpu = boot(hv, vm, RDMSR_UNKNOWN)
     assert vcpu.run() == IoExit(0x21, 1, 1, IoDirection.OUT, b"\x0d")  # #GP through the IVT, on every backend
     assert vcpu.run() == HltExit()
+
+
+def test_ready_and_if_flag_are_a_snapshot_taken_at_the_exit(hv: Hypervisor, vm: VM) -> None:
+    """kvm_run's ready_for_interrupt_injection and if_flag are written as run() returns (post_kvm_run_save)."""
+    vcpu = boot(hv, vm, real_mode.OUT_7E, rflags=0x202)
+    assert (vcpu.ready_for_interrupt_injection, vcpu.if_flag) == (False, False)  # kvm_run starts zeroed
+    assert vcpu.run() == IoExit(0x7E, 1, 1, IoDirection.OUT, b"\x07")
+    assert (vcpu.ready_for_interrupt_injection, vcpu.if_flag) == (True, True)
+    vcpu.set_regs(replace(vcpu.get_regs(), rflags=0x2))
+    vcpu.interrupt(0x20)
+    assert (vcpu.ready_for_interrupt_injection, vcpu.if_flag) == (True, True)  # not recomputed
+
+
+def test_ready_for_injection_is_always_set_with_an_irqchip(hv: Hypervisor, vm: VM) -> None:
+    """With the in-kernel PIC userspace injects nothing, and KVM reports ready = 1 whatever IF is."""
+    vm.create_irqchip()
+    vcpu = boot(hv, vm, real_mode.OUT_7E)  # IF = 0
+    assert vcpu.run() == IoExit(0x7E, 1, 1, IoDirection.OUT, b"\x07")
+    assert (vcpu.ready_for_interrupt_injection, vcpu.if_flag) == (True, False)

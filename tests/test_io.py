@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from hvcore import VM, HltExit, Hypervisor, IoDirection, IoExit
-from tests.boot import boot, read_guest, run_exits, write_guest
+from hvcore.host import UPSTREAM
+from tests.boot import boot, completed_rip, read_guest, run_exits, write_guest
 from tests.guests import layout, long_mode, protected_mode, real_mode
+from tests.quirks import host_variant
 
 IN_ANSWERS = {1: 0x5A, 2: 0x1234, 4: 0xCAFEBABE}
 
@@ -70,7 +74,7 @@ def test_in_exit_leaves_rip_at_the_instruction_until_completed(hv: Hypervisor, v
     vcpu.complete(0x5A)
     after = vcpu.run()
     assert after == IoExit(0x11, 4, 1, IoDirection.OUT, (0xAABBCC5A).to_bytes(4, "little"))
-    assert vcpu.get_regs().rip == in_al_at + 1 + 3
+    assert completed_rip(hv, vm, vcpu, after) == in_al_at + 1 + 3
 
 
 def test_rep_insb_is_batched_like_kvm(hv: Hypervisor, vm: VM) -> None:
@@ -106,3 +110,37 @@ def test_rep_outsw_exits_once_per_element(hv: Hypervisor, vm: VM) -> None:
     regs = vcpu.get_regs()
     assert regs.rcx & 0xFFFF == 0
     assert regs.rsi & 0xFFFF == 6
+
+
+def test_out_exit_leaves_rip_at_the_out_until_the_next_run(hv: Hypervisor, vm: VM) -> None:
+    """Upstream (kvm_fast_pio_out): RIP at the OUT, its STI shadow in force; the next run completes it."""
+    vcpu = boot(hv, vm, real_mode.OUT_IN_STI_SHADOW)
+    out_at = layout.CODE + 3
+    assert vcpu.run() == IoExit(0x80, 1, 1, IoDirection.OUT, b"\x07")
+    upstream = host_variant(hv, "out_completed_at_exit") == UPSTREAM
+    shadow = vcpu.get_vcpu_events().interrupt_shadow
+    assert (vcpu.get_regs().rip, bool(shadow), vcpu.ready_for_interrupt_injection) == (
+        (out_at, True, False) if upstream else (out_at + 2, False, True)
+    )
+    assert vcpu.if_flag
+    assert vcpu.run() == HltExit()
+    assert vcpu.get_regs().rip == out_at + 3
+    assert not vcpu.get_vcpu_events().interrupt_shadow
+
+
+def test_an_out_is_not_completed_when_the_vmm_moved_rip(hv: Hypervisor, vm: VM) -> None:
+    """complete_fast_pio_out skips the OUT only if RIP is still at it: a restart runs the code again."""
+    vcpu = boot(hv, vm, real_mode.OUT_IN_STI_SHADOW)
+    assert vcpu.run() == IoExit(0x80, 1, 1, IoDirection.OUT, b"\x07")
+    vcpu.set_regs(replace(vcpu.get_regs(), rip=layout.CODE, rflags=0x2))
+    assert vcpu.run() == IoExit(0x80, 1, 1, IoDirection.OUT, b"\x07")  # not the HLT two bytes on
+    assert completed_rip(hv, vm, vcpu, IoExit(0x80, 1, 1, IoDirection.OUT, b"\x07")) == layout.CODE + 5
+
+
+def test_out_to_port_0x7e_is_complete_at_its_exit(hv: Hypervisor, vm: VM) -> None:
+    """KVM_X86_QUIRK_OUT_7E_INC_RIP (on by default): old userspace relies on RIP past ``out 0x7e``."""
+    vcpu = boot(hv, vm, real_mode.OUT_7E)
+    assert vcpu.run() == IoExit(0x7E, 1, 1, IoDirection.OUT, b"\x07")
+    assert vcpu.get_regs().rip == layout.CODE + 4
+    assert vcpu.run() == HltExit()
+    assert vcpu.get_regs().rip == layout.CODE + 5

@@ -99,3 +99,12 @@ def test_dirty_logging_survives_a_layout_change(hv: Hypervisor, vm: VM) -> None:
     assert {16, 18} <= set(vm.get_dirty_log(0).pages())
     again()  # the log was read: the same writes must be caught again
     assert {16, 18} <= set(vm.get_dirty_log(0).pages())
+
+
+def test_stores_after_a_dirty_log_read_land(hv: Hypervisor, vm: VM) -> None:
+    """Reading the log write-protects the page again; the guest's next store must still land (and be logged)."""
+    vcpu = boot(hv, vm, real_mode.COUNT_AT_DATA, ram_flags=SlotFlags.LOG_DIRTY_PAGES)
+    for count in range(1, 5):
+        assert vcpu.run() == IoExit(0x80, 1, 1, IoDirection.OUT, bytes([count]))
+        assert read_guest(vm, layout.DATA, 1) == bytes([count])
+        assert 16 in vm.get_dirty_log(0).pages()

@@ -21,10 +21,11 @@ from hvcore import (
     PicState,
     Regs,
     ShutdownExit,
+    Translation,
     Xsave,
     x86,
 )
-from tests.boot import boot, run_exits
+from tests.boot import boot, read_guest, run_exits, write_guest
 from tests.guests import layout, long_mode
 from tests.quirks import has_irqchip
 
@@ -76,11 +77,17 @@ def test_long_mode_sregs_round_trip(hv: Hypervisor, vm: VM) -> None:
     assert sregs.efer & (x86.EFER_LME | x86.EFER_LMA) == x86.EFER_LME | x86.EFER_LMA
     assert sregs.cs.l == 1
     assert sregs.cr3 == layout.PML4
-    translation = vcpu.translate(0x3FFF_F123)
-    assert translation.valid
-    assert translation.physical_address == 0x3FFF_F123
-    assert translation.writeable
-    assert not vcpu.translate(0x4000_0000).valid
+    assert vcpu.translate(0x3FFF_F123) == Translation(0x3FFF_F123, 0x3FFF_F123, True, True, False)
+    assert vcpu.translate(0x4000_0000) == Translation(0x4000_0000, (1 << 64) - 1, False, True, False)
+
+
+def test_translate_reports_like_kvm_and_sets_no_dirty_bit(hv: Hypervisor, vm: VM) -> None:
+    """KVM_TRANSLATE walks as a read: accessed bits only; writeable is always 1 and usermode 0 (upstream's ioctl)."""
+    vcpu = boot(hv, vm, long_mode.SPIN, "long")
+    last_pde = layout.PD + 511 * 8  # maps 0x3FE00000, a 2 MiB page the guest never touched
+    write_guest(vm, last_pde, (0x3FE0_0000 | 0x87).to_bytes(8, "little"))  # present, writable, user, 2 MiB
+    assert vcpu.translate(0x3FFF_F123) == Translation(0x3FFF_F123, 0x3FFF_F123, True, True, False)
+    assert int.from_bytes(read_guest(vm, last_pde, 8), "little") & 0x60 == 0x20  # accessed, not dirty
 
 
 def test_fpu_and_xsave_round_trip(hv: Hypervisor, vm: VM) -> None:

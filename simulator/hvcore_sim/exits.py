@@ -1,7 +1,11 @@
 """Hook callbacks -> KVM exits, with KVM's instruction-level rules.
 
-- **OUT**: the hook sees the value; the instruction completes (RIP past it), one exit per
-  element for ``rep outs``.
+- **OUT**: the hook sees the value; one exit per element for ``rep outs``. A plain OUT is
+  completed the way upstream KVM's fast path does it (``kvm_fast_pio_out``): at the exit RIP is
+  still at the OUT, with the STI / MOV SS shadow it ran under, and the next ``run()`` moves RIP
+  past it (``complete_fast_pio_out``) if the VMM left RIP there. Port 0x7E keeps the old order
+  (RIP past it at the exit: KVM_X86_QUIRK_OUT_7E_INC_RIP, on by default); string OUTs go
+  through KVM's emulator, which completes them before the exit.
 - **IN**: the hook answers with what the destination already holds, the run stops, and the
   registers are put back: RIP stays at the IN and the destination is unchanged until the VMM
   answers, as on KVM. ``rep ins`` is batched by KVM's rule: ``min(rcx, 1024 // size,
@@ -31,6 +35,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -46,14 +51,14 @@ from hvcore_sim.internals import CC_MASK, Cells
 from hvcore_sim.layout import EXCP_VMEXIT, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8
 
 if TYPE_CHECKING:
-    import ctypes
-
     from hvcore_sim.engine import Engine
     from hvcore_sim.vcpu import SimVCPU
 
 __all__ = ["Stop", "StopKind", "Tracker"]
 
 _PIO_BATCH = 1024  # bytes: the size of KVM's pio data page
+_U64 = (1 << 64) - 1
+_OUT_7E = 0x7E  # the port whose OUT KVM completes before the exit (KVM_X86_QUIRK_OUT_7E_INC_RIP)
 RFLAGS_RF = 1 << 16
 _MMIO_EXIT_MAX = 8  # bytes: KVM's kvm_run.mmio.data
 
@@ -182,6 +187,8 @@ class Tracker:
         self._swallow = False  # a split read is recorded: the rest of Unicorn's words for it are not new
         self._undo: tuple[int, int, int, int, int] | None = None  # before a cmpxchg8b/16b: see _undo_point
         self._rom_rip = 0  # where the instruction that wrote to a read-only slot is
+        self._out_seen: tuple[int, int, bool] | None = None  # a plain OUT's (rip, rsi, shadow) in its hook
+        self._out_unfinished: tuple[int, int, bool] | None = None  # (rip at the OUT, rip past it, shadow)
 
     # -- hooks -------------------------------------------------------------------
 
@@ -200,6 +207,11 @@ class Tracker:
         self.dirty_generation = -1
         self._cells = Cells(engine)
         self._split = self._cells.split_size
+
+    @property
+    def cells(self) -> Cells | None:
+        """The current engine's in-place state cells (None before the first engine)."""
+        return self._cells
 
     def reevaluate(self) -> None:
         """From a device callback: end the slice after this instruction, so ``run()`` looks for interrupts."""
@@ -239,6 +251,10 @@ class Tracker:
             chip.port_write(port, value)
             self._halt(_LOOK_AGAIN)
             return
+        if port != _OUT_7E:
+            engine, cells = self._engine, self._cells
+            assert engine is not None and cells is not None
+            self._out_seen = (engine.reg(engine.RIP), engine.reg(_GPRS[6]), cells.interrupt_shadow())
         stop = self._out_stops.get((port, size, value))
         if stop is None:  # equal exits are shared values, as in the KVM backend
             if len(self._out_stops) > 1024:
@@ -472,6 +488,11 @@ class Tracker:
             self._halt(_MMIO)
             return False
         page = (address - slot.guest_address) // PAGE_SIZE
+        # Unicorn drops the store itself once mem_protect has marked the page read-only (QEMU's
+        # TLB_DISCARD_WRITE for a read-only region), so it is stored here; where it does land
+        # (a page never protected by mem_protect), it lands with the same bytes.
+        host = slot.memory.address + slot.offset + address - slot.guest_address
+        ctypes.memmove(host, (value & _U64).to_bytes(8, "little"), size)
         self.vcpu._vm.dirty.record(slot.slot, page)
         self._unprotect.append(slot.guest_address + page * PAGE_SIZE)
         self._unprotected.setdefault(slot.slot, set()).add(page)
@@ -522,6 +543,15 @@ class Tracker:
         stop = self._stop
         if self._known and stop is not _MMIO and engine.counter_cell.value > 1:
             self._known, self._cursor = [], 0  # the replayed instruction finished before this stop
+        out_seen, self._out_seen = self._out_seen, None
+        if out_seen is not None and stop is not None and isinstance(stop.exit, IoExit) and not stop.exit.is_in:
+            rip, rsi, shadow = out_seen
+            if engine.reg(_GPRS[6]) == rsi:  # a plain OUT (OUTS moves RSI): finished by the next run
+                self._out_unfinished = (rip, engine.reg(engine.RIP), shadow)
+                engine.set_reg(engine.RIP, rip)
+                if shadow:
+                    engine.interrupt_shadow = True
+                return stop
         if self.watch_resume_flag and (
             stop is None or stop.kind is StopKind.SLICE or (isinstance(stop.exit, IoExit) and not stop.exit.is_in)
         ):
@@ -627,7 +657,7 @@ class Tracker:
     @property
     def has_unfinished(self) -> bool:
         """A queued exit, an answered IN, or known MMIO accesses wait for the next run."""
-        return bool(self._queued) or self._in is not None or bool(self._known)
+        return bool(self._queued) or self._in is not None or bool(self._known) or self._out_unfinished is not None
 
     def finish_instruction(self, engine: Engine, *, now: bool) -> Exit | None:
         """At the start of ``run()``: return a queued exit, or complete the answered IN / MMIO read.
@@ -636,6 +666,8 @@ class Tracker:
         known accesses); ``now`` (a kick or ``immediate_exit``) replays it at once instead, as KVM
         completes a pending read even when it does not enter the guest.
         """
+        if self._out_unfinished is not None:
+            self._finish_out(engine)
         if self._queued:
             queued = self._queued.pop(0)
             if isinstance(queued, MmioExit) and not queued.is_write:
@@ -652,6 +684,19 @@ class Tracker:
         if self._known and now:
             return self._step(engine)
         return None
+
+    def _finish_out(self, engine: Engine) -> None:
+        """Move RIP past the OUT that exited, unless the VMM moved it (KVM's ``complete_fast_pio_out``)."""
+        assert self._out_unfinished is not None
+        rip, past, shadow = self._out_unfinished
+        self._out_unfinished = None
+        if engine.reg(engine.RIP) != rip:
+            return
+        engine.set_reg(engine.RIP, past)
+        if shadow:
+            engine.interrupt_shadow = False  # the shadowed instruction is done (skip_emulated_instruction)
+        if self.watch_resume_flag:
+            _clear_resume_flag(engine)
 
     def complete(self, data: bytes | int) -> None:
         """Take the VMM's answer to the pending IN or MMIO read."""

@@ -1,4 +1,4 @@
-"""Two pieces of Unicorn state the MMIO exit rules use in place: the lazy flags and the split-access size.
+"""Unicorn state the exit rules use in place: the lazy flags, the interrupt shadow and the split-access size.
 
 **Lazy flags.** QEMU keeps the arithmetic flags lazily: ``CC_OP`` names the last flag-setting
 operation and ``CC_SRC`` / ``CC_DST`` its operands, and EFLAGS is computed from them on demand.
@@ -36,6 +36,8 @@ import functools
 import os
 import struct
 from typing import TYPE_CHECKING, Any, Final
+
+from hvcore_sim.engine import HF_INHIBIT_IRQ
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
@@ -180,6 +182,7 @@ class Cells:
         self._cc_op: ctypes.c_uint32 | None = None
         self._cc_src: ctypes.c_uint64 | None = None
         self._eflags: ctypes.c_uint64 | None = None
+        self._hflags: ctypes.c_uint32 | None = None
         base = _handle(engine.uc)
         offsets = _cpu_offsets() if self._blob_ok else None
         rax, rip = engine.reg(engine.RAX), engine.reg(engine.RIP)  # (Unicorn creates its CPU on first use)
@@ -190,6 +193,7 @@ class Cells:
                 self._cc_op = ctypes.c_uint32.from_address(env + _CC_OP)
                 self._cc_src = ctypes.c_uint64.from_address(env + _CC_SRC)
                 self._eflags = ctypes.c_uint64.from_address(env + _EFLAGS)
+                self._hflags = ctypes.c_uint32.from_address(env + layout.hflags - layout.env)
         split = _split_size_offset(layout.count)
         self.split_size: ctypes.c_int | None = None if split is None else ctypes.c_int.from_address(base + split)
         """Unicorn's ``size_recur_mem``: non-zero while it performs an access as two aligned ones."""
@@ -212,6 +216,13 @@ class Cells:
             struct.pack_into("<I", blob, env + _CC_OP, _CC_OP_EFLAGS)
             struct.pack_into("<Q", blob, at, struct.unpack_from("<Q", blob, at)[0] & ~CC_MASK | flags)
             engine._store(blob)
+
+    def interrupt_shadow(self) -> bool:
+        """The STI / MOV SS shadow (``HF_INHIBIT_IRQ``), read in place; also right inside a hook."""
+        cell = self._hflags
+        if cell is not None:
+            return bool(cell.value & HF_INHIBIT_IRQ)
+        return self._engine.interrupt_shadow
 
     def entry_flags(self) -> int:
         """From inside an instruction: the arithmetic flags it started with (``CC_SRC``, EFLAGS form)."""

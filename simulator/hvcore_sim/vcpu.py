@@ -123,6 +123,8 @@ class SimVCPU(Closeable):
         self._nmi_return: tuple[int, int] | None = None  # where an NMI struck: NMIs stay blocked until IRET there
         self._debug = GuestDebug()
         self._stepping = False
+        self._ready_snapshot = False  # kvm_run.ready_for_interrupt_injection / if_flag: zero until the first exit
+        self._if_snapshot = False
         self._step_owed = False
         self._state = state.VcpuState(apic_base=0xFEE00800 | (0x100 if vcpu_id == 0 else 0))  # BSP bit: vCPU 0
         self.msrs = MsrEmulator(self._state, vm.clock)
@@ -212,7 +214,9 @@ class SimVCPU(Closeable):
         try:
             if self._closed:
                 raise ClosedError(f"vCPU {self._id} is closed", operation="run")
-            return self._run()
+            exit_ = self._run()
+            self._save_after_run()
+            return exit_
         finally:
             if self._kicked:  # as on KVM, a kick is consumed by the run it hit, whatever that run returned
                 with self._kick_lock:
@@ -467,12 +471,22 @@ class SimVCPU(Closeable):
             return InternalErrorExit(suberror=1, data=(0,))
         raise AssertionError(f"unhandled stop {stop!r}")
 
+    def _save_after_run(self) -> None:
+        """Snapshot what KVM's ``post_kvm_run_save`` puts in ``kvm_run`` as the run returns.
+
+        With an in-kernel irqchip KVM reports ready_for_interrupt_injection = 1 (userspace injects
+        nothing then); without one, IF=1, no STI / MOV SS shadow and no interrupt queued.
+        """
+        engine = self._engine
+        assert engine is not None
+        self._if_snapshot = bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
+        self._ready_snapshot = self._vm.irqchip is not None or self._ready(engine)
+
     def _ready(self, engine: Engine) -> bool:
-        return (
-            bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
-            and not engine.interrupt_shadow
-            and (self._queued_interrupt is None)
-        )
+        if not engine.reg(engine.RFLAGS) & RFLAGS_IF or self._queued_interrupt is not None:
+            return False
+        cells = self.tracker.cells
+        return not (cells.interrupt_shadow() if cells is not None else engine.interrupt_shadow)
 
     def _inject(self, engine: Engine) -> Exit | None:
         """Deliver a queued interrupt or NMI, as KVM does on entry (even with IF=0)."""
@@ -538,15 +552,15 @@ class SimVCPU(Closeable):
 
     @property
     def ready_for_interrupt_injection(self) -> bool:
-        """IF=1, no STI/MOV SS shadow, no interrupt queued."""
-        with self._vm.exec_lock:
-            return self._ready(self._live())
+        """As the last ``run()`` returned: 1 with an irqchip, else IF=1, no STI/MOV SS shadow, none queued."""
+        self._live()
+        return self._ready_snapshot
 
     @property
     def if_flag(self) -> bool:
-        """The guest's RFLAGS.IF."""
-        engine = self._live()
-        return bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
+        """The guest's RFLAGS.IF as the last ``run()`` returned."""
+        self._live()
+        return self._if_snapshot
 
     @property
     def cr8(self) -> int:

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from hvcore.caps import Capability
 from hvcore.checks import MAX_GSI, check_gsi_routes, check_irqchip, check_msi, check_pit_state
@@ -62,6 +62,10 @@ class _SlotMemory:
         if slot is None or address + len(data) > slot.end:
             raise NotFound(f"no memory slot backs guest-physical {address:#x}+{len(data)}")
         slot.memory.write(slot.offset + address - slot.guest_address, data)
+
+
+INVALID_GPA: Final = (1 << 64) - 1
+"""KVM's physical address for a linear address that does not map."""
 
 
 class SimVM(SlotOwner, Closeable):
@@ -129,22 +133,16 @@ class SimVM(SlotOwner, Closeable):
         return lambda linear, length: mmu.read_linear(view.paging, self.physical, linear, length)
 
     def translate(self, sregs: Sregs, linear: int) -> Translation:
-        """``KVM_TRANSLATE`` through the guest's page tables."""
+        """``KVM_TRANSLATE``: a read walk of the guest's page tables (setting accessed bits, as KVM's walker does).
+
+        As upstream (kvm_arch_vcpu_ioctl_translate), ``writeable`` is always 1 and ``usermode`` 0:
+        KVM reports only whether the address maps, and where (``INVALID_GPA`` when it does not).
+        """
         try:
             physical = mmu.translate(sregs, linear, self.physical, write=False, user=False)
         except (mmu.PageFault, mmu.NonCanonical, HvError):
-            return Translation(linear, 0, False, False, False)
-        writeable = True
-        try:
-            mmu.translate(sregs, linear, self.physical, write=True, user=False)
-        except mmu.PageFault:
-            writeable = False
-        user = True
-        try:
-            mmu.translate(sregs, linear, self.physical, write=False, user=True)
-        except mmu.PageFault:
-            user = False
-        return Translation(linear, physical, True, writeable, user)
+            return Translation(linear, INVALID_GPA, False, True, False)
+        return Translation(linear, physical, True, True, False)
 
     def deliver(
         self,

@@ -55,6 +55,7 @@ from hvcore import (
     UnknownExit,
     x86,
 )
+from tests.boot import completed_regs, completed_rip
 from tests.conftest import WATCHDOG_SECONDS, Watchdog
 from tests.flags import describe as describe_flags
 from tests.guests import layout
@@ -71,7 +72,11 @@ PAGE = 0x1000
 
 @dataclass(frozen=True)
 class Step:
-    """One exit: what ``run()`` returned, RIP right after it, the vCPU, and the host's answer (IN / MMIO read)."""
+    """One exit: what ``run()`` returned, RIP, the vCPU, and the host's answer (IN / MMIO read).
+
+    RIP as ``tests.boot.completed_rip`` gives it: past an OUT whichever way the backend completes
+    one (tests/test_io.py checks where RIP is at the exit itself).
+    """
 
     exit: Exit
     rip: int
@@ -445,7 +450,7 @@ def _loop(case: Case, host: Host) -> None:
             raise AssertionError(f"{case.name}: no end within {case.limit} exits; last:\n  {tail}")
         vcpu = host.vcpu
         exit_ = vcpu.run()
-        host.steps.append(Step(exit_, vcpu.get_regs().rip, vcpu.id))
+        host.steps.append(Step(exit_, completed_rip(host.hv, host.vm, vcpu, exit_), vcpu.id))
         host._answer = None
         case.script(host, exit_)
         if host._answer is not None:
@@ -496,8 +501,10 @@ def run_case(hv: Hypervisor, case: Case, wrap: Callable[[VM, VCPU], VCPU] | None
             host.join()
         assert not dog.fired, f"{case.name}: the watchdog fired on {hv.name} (the guest ran over {WATCHDOG_SECONDS} s)"
         state: dict[str, int] = {}
+        last = {step.vcpu: step for step in host.steps}
         for vcpu in vcpus:
-            state |= flatten(vcpu.get_regs(), vcpu.get_sregs(), f"{vcpu.id}:" if vcpu.id else "")
+            regs = vcpu.get_regs() if vcpu.id not in last else completed_regs(hv, vm, vcpu, last[vcpu.id].exit)
+            state |= flatten(regs, vcpu.get_sregs(), f"{vcpu.id}:" if vcpu.id else "")
         snapshots = {name: host.read(address, length) for name, (address, length) in case.memory.items()}
         dirty = {slot: host.dirty_pages(slot) for slot in case.expect.dirty}
         return Outcome(tuple(host.steps), state, snapshots, dirty, tuple(host.notes))

@@ -326,3 +326,33 @@ MSR_PROBE = (
     b"\xe6\x47"                      # 104F out 0x47, al
     b"\xeb\xc0"                      # 1051 jmp next
 )
+
+# Host: real mode, rip=CODE, IF=0. `sti`, then an OUT in its one-instruction shadow.
+# Exits: OUT 0x80 data 7, then HLT (rip CODE+6). Upstream KVM leaves RIP at the OUT (CODE+3)
+# at its exit, shadow in force (ready_for_interrupt_injection 0), and moves RIP past it (CODE+5)
+# at the next run; hosts with `out_completed_at_exit: rip_past_out` are at CODE+5 already.
+OUT_IN_STI_SHADOW = (
+    b"\xb0\x07"  # 1000 mov al, 7
+    b"\xfb"      # 1002 sti
+    b"\xe6\x80"  # 1003 out 0x80, al
+    b"\xf4"      # 1005 hlt
+)  # fmt: skip
+
+# Host: real mode, rip=CODE. An OUT to port 0x7E, which KVM completes before the exit
+# (KVM_X86_QUIRK_OUT_7E_INC_RIP). Exits: OUT 0x7E data 7 (rip CODE+4), HLT (rip CODE+5).
+OUT_7E = (
+    b"\xb0\x07"  # 1000 mov al, 7
+    b"\xe6\x7e"  # 1002 out 0x7e, al
+    b"\xf4"      # 1004 hlt
+)  # fmt: skip
+
+# Host: real mode, rip=CODE; RAM logged dirty. Counts at DATA, reporting each count.
+# Exits: OUT 0x80 with 1, 2, 3, ... for ever; each store lands in DATA's page (page 16).
+COUNT_AT_DATA = (
+    b"\xb8\x00\x10"          # 1000 mov ax, 0x1000
+    b"\x8e\xc0"              # 1003 mov es, ax
+    b"\x26\xfe\x06\x00\x00"  # 1005 top: inc byte ptr es:[0]
+    b"\x26\xa0\x00\x00"      # 100a mov al, es:[0]
+    b"\xe6\x80"              # 100e out 0x80, al
+    b"\xeb\xf3"              # 1010 jmp top
+)  # fmt: skip

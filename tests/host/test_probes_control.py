@@ -15,6 +15,7 @@ NAMES = [d.name for d in control.DEVIATIONS]
 VARIANTS = {
     "single_step_dr7": "dr7_zero",
     "single_step_after_out": "out_step_missed",
+    "out_completed_at_exit": "rip_past_out",
     "internal_error_exit_info": "pvm_exit_info",
     "irq_window_batch": "batch_end",
     "legacy_paging_shutdown": "shutdown",

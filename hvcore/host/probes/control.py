@@ -84,6 +84,35 @@ def _single_step_after_out(hv: Hypervisor) -> str:
     raise Unrecognised(f"the run after a stepped OUT's exit gave {after!r} (rip {regs.rip:#x}, rax {regs.rax:#x})")
 
 
+# --- OUT completion -----------------------------------------------------------------------------------
+
+# 64-bit CPL0: `sti` (IF was 0), then an OUT in its shadow. Upstream (kvm_fast_pio_out): the exit
+# leaves RIP at the OUT (0x1003) with the shadow in force (ready_for_interrupt_injection 0), and the
+# next run moves RIP past it (0x1005) before the guest runs on. `rip_past_out` hosts: RIP is at 0x1005
+# at the exit already, and the shadow is over.
+_OUT_IN_SHADOW = (
+    b"\xb0\x07"  # 1000 mov al, 7
+    b"\xfb"      # 1002 sti
+    b"\xe6\x80"  # 1003 out 0x80, al   <- in the STI shadow
+    b"\xf4"      # 1005 hlt
+)  # fmt: skip
+
+
+def _out_completed_at_exit(hv: Hypervisor) -> str:
+    with ProbeGuest(hv, _OUT_IN_SHADOW, "long") as guest:
+        exit_ = guest.run()
+        rip, ready = guest.vcpu.get_regs().rip, guest.vcpu.ready_for_interrupt_injection
+        after = guest.run()
+        rip_after = guest.vcpu.get_regs().rip
+    if exit_ != _out(0x80, 7) or not isinstance(after, HltExit) or rip_after != CODE + 6:
+        raise Unrecognised(f"`sti; out 0x80, al; hlt` gave {exit_!r}, then {after!r} at rip {rip_after:#x}")
+    if (rip, ready) == (CODE + 3, False):
+        return UPSTREAM
+    if (rip, ready) == (CODE + 5, True):
+        return "rip_past_out"
+    raise Unrecognised(f"at the exit of an OUT in the STI shadow: rip {rip:#x}, ready_for_interrupt_injection {ready}")
+
+
 # --- emulation failure --------------------------------------------------------------------------------
 
 _UNBACKED = 0xD0000
@@ -295,6 +324,16 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "returns to userspace for an OUT without checking single-step (x86_emulate_instruction: \"FIXME: return "
         "into emulator if single-stepping\"); upstream's intercepted OUT steps when it completes",
         probe=_single_step_after_out,
+    ),
+    Deviation(
+        "out_completed_at_exit",
+        upstream="an OUT exit leaves RIP at the OUT, with the STI / MOV SS shadow it runs under still in force "
+        "(ready_for_interrupt_injection = 0 in the shadow); the next run moves RIP past it (kvm_fast_pio_out and "
+        "complete_fast_pio_out; port 0x7E excepted, KVM_X86_QUIRK_OUT_7E_INC_RIP)",
+        variants={"rip_past_out": "RIP is past the OUT at the exit and the shadow is over (the OUT is complete)"},
+        reason="seen on nested kvm_pvm (AMD EPYC): CPL0 code runs in the kernel's instruction emulator, which "
+        "completes the OUT (writeback) before it returns to userspace",
+        probe=_out_completed_at_exit,
     ),
     Deviation(
         "internal_error_exit_info",

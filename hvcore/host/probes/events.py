@@ -130,14 +130,15 @@ def _int3_cpl3_ignores_gate_dpl(hv: Hypervisor) -> str:
 def _iopl_ignored_cpl3(hv: Hypervisor) -> str:
     code = (
         b"\xe6\x80"  # out 0x80, al   <- at CPL3 with IOPL 3 (al = 0)
-        b"\xf4"  # hlt
+        b"\xe6\x81"  # out 0x81, al
     )
     with ProbeGuest(hv, code, "user", rflags=3 << 12 | 0x2) as guest:
         first = guest.run()
         if first == IoExit(0x80, 1, 1, IoDirection.OUT, b"\x00"):
+            after = guest.run()  # completes the first OUT (see out_completed_at_exit), then the second exits
             regs = guest.vcpu.get_regs()
-            if (regs.rip, regs.rflags) != (CODE + 2, 0x3002):
-                raise Unrecognised(f"the `out` exited, then rip={regs.rip:#x} rflags={regs.rflags:#x}")
+            if after != IoExit(0x81, 1, 1, IoDirection.OUT, b"\x00") or regs.rflags != 0x3002:
+                raise Unrecognised(f"the `out` exited, then {after!r} with rip={regs.rip:#x} rflags={regs.rflags:#x}")
             return UPSTREAM
         reported = isinstance(first, IoExit) and first.port == EVENT_PORT and not first.is_in
         exits = [first, *(_run(guest) if reported else [])]  # a stub's OUT, then its HLT

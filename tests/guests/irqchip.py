@@ -458,3 +458,137 @@ SIPI_TRAMPOLINE = (
     b"\xe6\x13"  # 0007 out 0x13,al
     b"\xf4"      # 0009 hlt
 )
+
+# Two self-IPIs (vectors 0x32 and 0x33, fixed, edge) sent with IF=0, then 3,000 loop rounds with
+# IF=0, then `sti; nop; cli`: the interrupt window is the one instruction boundary before the cli
+# (0x10CB), where both must land, 0x33 first (higher priority) and 0x32 right after its handler's
+# EOI and iretq. Each ISR logs its vector (byte log at 0x5020) and its frame's RIP (0x5030, 0x5038).
+# Host: long mode with the APIC window mapped, irqchip.
+# Exits: OUT 0x10 size 4 data 2 (ISRs run by the cli); then (after `sti; hlt` until both ran)
+# OUT 0x11 size 4 data 0x3233 (the log); OUT 0x12 size 4 data 0x10CB twice (the frames' RIPs).
+WINDOW_CLI = 0x10CB
+"""Where ``WINDOW_TWO_IPIS``'s interrupts strike: the cli after ``sti; nop``."""
+WINDOW_TWO_IPIS = (
+    b"\xfa"                                          # 1000 cli
+    b"\x48\x8d\x05\xfd\x00\x00\x00"                  # 1001 lea rax,[rip+0xfd] # 0x1105
+    b"\x66\x89\x04\x25\x30\x33\x00\x00"              # 1008 mov WORD PTR ds:0x3330,ax
+    b"\x66\xc7\x04\x25\x32\x33\x00\x00\x08\x00"      # 1010 mov WORD PTR ds:0x3332,0x8
+    b"\x66\xc7\x04\x25\x34\x33\x00\x00\x00\x8e"      # 101A mov WORD PTR ds:0x3334,0x8e00
+    b"\x48\xc1\xe8\x10"                              # 1024 shr rax,0x10
+    b"\x66\x89\x04\x25\x36\x33\x00\x00"              # 1028 mov WORD PTR ds:0x3336,ax
+    b"\x48\xc1\xe8\x10"                              # 1030 shr rax,0x10
+    b"\x89\x04\x25\x38\x33\x00\x00"                  # 1034 mov DWORD PTR ds:0x3338,eax
+    b"\x48\x8d\x05\xbe\x00\x00\x00"                  # 103B lea rax,[rip+0xbe] # 0x1100
+    b"\x66\x89\x04\x25\x20\x33\x00\x00"              # 1042 mov WORD PTR ds:0x3320,ax
+    b"\x66\xc7\x04\x25\x22\x33\x00\x00\x08\x00"      # 104A mov WORD PTR ds:0x3322,0x8
+    b"\x66\xc7\x04\x25\x24\x33\x00\x00\x00\x8e"      # 1054 mov WORD PTR ds:0x3324,0x8e00
+    b"\x48\xc1\xe8\x10"                              # 105E shr rax,0x10
+    b"\x66\x89\x04\x25\x26\x33\x00\x00"              # 1062 mov WORD PTR ds:0x3326,ax
+    b"\x48\xc1\xe8\x10"                              # 106A shr rax,0x10
+    b"\x89\x04\x25\x28\x33\x00\x00"                  # 106E mov DWORD PTR ds:0x3328,eax
+    b"\x66\xc7\x04\x25\x00\x50\x00\x00\xff\x0f"      # 1075 mov WORD PTR ds:0x5000,0xfff
+    b"\xc7\x04\x25\x02\x50\x00\x00\x00\x30\x00\x00"  # 107F mov DWORD PTR ds:0x5002,0x3000
+    b"\xc7\x04\x25\x06\x50\x00\x00\x00\x00\x00\x00"  # 108A mov DWORD PTR ds:0x5006,0x0
+    b"\x0f\x01\x1c\x25\x00\x50\x00\x00"              # 1095 lidt ds:0x5000
+    b"\xbb\x00\x00\xe0\xfe"                          # 109D mov ebx,0xfee00000
+    b"\xc7\x83\xf0\x00\x00\x00\xff\x01\x00\x00"      # 10A2 mov DWORD PTR [rbx+0xf0],0x1ff
+    b"\xc7\x83\x00\x03\x00\x00\x32\x40\x04\x00"      # 10AC mov DWORD PTR [rbx+0x300],0x44032
+    b"\xc7\x83\x00\x03\x00\x00\x33\x40\x04\x00"      # 10B6 mov DWORD PTR [rbx+0x300],0x44033
+    b"\xb9\xb8\x0b\x00\x00"                          # 10C0 mov ecx,0xbb8
+    b"\xff\xc9"                                      # 10C5 dec ecx
+    b"\x75\xfc"                                      # 10C7 jne 0x10c5
+    b"\xfb"                                          # 10C9 sti
+    b"\x90"                                          # 10CA nop
+    b"\xfa"                                          # 10CB cli
+    b"\x8b\x04\x25\x10\x50\x00\x00"                  # 10CC mov eax,DWORD PTR ds:0x5010
+    b"\xe7\x10"                                      # 10D3 out 0x10,eax
+    b"\x83\x3c\x25\x10\x50\x00\x00\x02"              # 10D5 cmp DWORD PTR ds:0x5010,0x2
+    b"\x73\x05"                                      # 10DD jae 0x10e4
+    b"\xfb"                                          # 10DF sti
+    b"\xf4"                                          # 10E0 hlt
+    b"\xfa"                                          # 10E1 cli
+    b"\xeb\xf1"                                      # 10E2 jmp 0x10d5
+    b"\x8b\x04\x25\x20\x50\x00\x00"                  # 10E4 mov eax,DWORD PTR ds:0x5020
+    b"\xe7\x11"                                      # 10EB out 0x11,eax
+    b"\x8b\x04\x25\x30\x50\x00\x00"                  # 10ED mov eax,DWORD PTR ds:0x5030
+    b"\xe7\x12"                                      # 10F4 out 0x12,eax
+    b"\x8b\x04\x25\x38\x50\x00\x00"                  # 10F6 mov eax,DWORD PTR ds:0x5038
+    b"\xe7\x12"                                      # 10FD out 0x12,eax
+    b"\xf4"                                          # 10FF hlt
+    b"\x50"                                          # 1100 push rax
+    b"\xb0\x32"                                      # 1101 mov al,0x32
+    b"\xeb\x03"                                      # 1103 jmp 0x1108
+    b"\x50"                                          # 1105 push rax
+    b"\xb0\x33"                                      # 1106 mov al,0x33
+    b"\x51"                                          # 1108 push rcx
+    b"\x8b\x0c\x25\x10\x50\x00\x00"                  # 1109 mov ecx,DWORD PTR ds:0x5010
+    b"\x88\x81\x20\x50\x00\x00"                      # 1110 mov BYTE PTR [rcx+0x5020],al
+    b"\x48\x8b\x44\x24\x10"                          # 1116 mov rax,QWORD PTR [rsp+0x10]
+    b"\x48\x89\x04\xcd\x30\x50\x00\x00"              # 111B mov QWORD PTR [rcx*8+0x5030],rax
+    b"\xff\x04\x25\x10\x50\x00\x00"                  # 1123 inc DWORD PTR ds:0x5010
+    b"\xc7\x83\xb0\x00\x00\x00\x00\x00\x00\x00"      # 112A mov DWORD PTR [rbx+0xb0],0x0
+    b"\x59"                                          # 1134 pop rcx
+    b"\x58"                                          # 1135 pop rax
+    b"\x48\xcf"                                      # 1136 iretq
+)
+
+# An NMI to self (ICR: NMI, physical destination 0) whose handler sends a second one, spins
+# 1,000 rounds (the second must wait: NMIs stay blocked until IRET) and records the NMI count
+# (0x5014), then returns with iretq: the second NMI strikes right there, at the instruction the
+# first one interrupted (0x1086). The main code waits up to 100,000 rounds for both. The handler
+# logs each frame's RIP at 0x5030 + 8 * n.
+# Host: long mode with the APIC window mapped, irqchip.
+# Exits: OUT 0x10 size 4 data 2 (NMIs); OUT 0x11 size 4 data 1 (NMIs by the end of the first
+# handler); OUT 0x12 size 4 data 0x1086 twice (the frames' RIPs).
+NMI_STRUCK = 0x1086
+"""Where both of ``NMI_NESTED``'s NMIs strike: right after the ICR write (the second after the first's iretq)."""
+NMI_NESTED = (
+    b"\xfa"                                          # 1000 cli
+    b"\x48\x8d\x05\xb6\x00\x00\x00"                  # 1001 lea rax,[rip+0xb6] # 0x10be
+    b"\x66\x89\x04\x25\x20\x30\x00\x00"              # 1008 mov WORD PTR ds:0x3020,ax
+    b"\x66\xc7\x04\x25\x22\x30\x00\x00\x08\x00"      # 1010 mov WORD PTR ds:0x3022,0x8
+    b"\x66\xc7\x04\x25\x24\x30\x00\x00\x00\x8e"      # 101A mov WORD PTR ds:0x3024,0x8e00
+    b"\x48\xc1\xe8\x10"                              # 1024 shr rax,0x10
+    b"\x66\x89\x04\x25\x26\x30\x00\x00"              # 1028 mov WORD PTR ds:0x3026,ax
+    b"\x48\xc1\xe8\x10"                              # 1030 shr rax,0x10
+    b"\x89\x04\x25\x28\x30\x00\x00"                  # 1034 mov DWORD PTR ds:0x3028,eax
+    b"\x66\xc7\x04\x25\x00\x50\x00\x00\xff\x0f"      # 103B mov WORD PTR ds:0x5000,0xfff
+    b"\xc7\x04\x25\x02\x50\x00\x00\x00\x30\x00\x00"  # 1045 mov DWORD PTR ds:0x5002,0x3000
+    b"\xc7\x04\x25\x06\x50\x00\x00\x00\x00\x00\x00"  # 1050 mov DWORD PTR ds:0x5006,0x0
+    b"\x0f\x01\x1c\x25\x00\x50\x00\x00"              # 105B lidt ds:0x5000
+    b"\xbb\x00\x00\xe0\xfe"                          # 1063 mov ebx,0xfee00000
+    b"\xc7\x83\xf0\x00\x00\x00\xff\x01\x00\x00"      # 1068 mov DWORD PTR [rbx+0xf0],0x1ff
+    b"\xc7\x83\x10\x03\x00\x00\x00\x00\x00\x00"      # 1072 mov DWORD PTR [rbx+0x310],0x0
+    b"\xc7\x83\x00\x03\x00\x00\x00\x44\x00\x00"      # 107C mov DWORD PTR [rbx+0x300],0x4400
+    b"\xb9\xa0\x86\x01\x00"                          # 1086 mov ecx,0x186a0
+    b"\x83\x3c\x25\x10\x50\x00\x00\x02"              # 108B cmp DWORD PTR ds:0x5010,0x2
+    b"\x73\x04"                                      # 1093 jae 0x1099
+    b"\xff\xc9"                                      # 1095 dec ecx
+    b"\x75\xf2"                                      # 1097 jne 0x108b
+    b"\x8b\x04\x25\x10\x50\x00\x00"                  # 1099 mov eax,DWORD PTR ds:0x5010
+    b"\xe7\x10"                                      # 10A0 out 0x10,eax
+    b"\x8b\x04\x25\x14\x50\x00\x00"                  # 10A2 mov eax,DWORD PTR ds:0x5014
+    b"\xe7\x11"                                      # 10A9 out 0x11,eax
+    b"\x8b\x04\x25\x30\x50\x00\x00"                  # 10AB mov eax,DWORD PTR ds:0x5030
+    b"\xe7\x12"                                      # 10B2 out 0x12,eax
+    b"\x8b\x04\x25\x38\x50\x00\x00"                  # 10B4 mov eax,DWORD PTR ds:0x5038
+    b"\xe7\x12"                                      # 10BB out 0x12,eax
+    b"\xf4"                                          # 10BD hlt
+    b"\x50"                                          # 10BE push rax
+    b"\x51"                                          # 10BF push rcx
+    b"\x8b\x0c\x25\x10\x50\x00\x00"                  # 10C0 mov ecx,DWORD PTR ds:0x5010
+    b"\x48\x8b\x44\x24\x10"                          # 10C7 mov rax,QWORD PTR [rsp+0x10]
+    b"\x48\x89\x04\xcd\x30\x50\x00\x00"              # 10CC mov QWORD PTR [rcx*8+0x5030],rax
+    b"\xff\x04\x25\x10\x50\x00\x00"                  # 10D4 inc DWORD PTR ds:0x5010
+    b"\x85\xc9"                                      # 10DB test ecx,ecx
+    b"\x75\x21"                                      # 10DD jne 0x1100
+    b"\xc7\x83\x00\x03\x00\x00\x00\x44\x00\x00"      # 10DF mov DWORD PTR [rbx+0x300],0x4400
+    b"\xb9\xe8\x03\x00\x00"                          # 10E9 mov ecx,0x3e8
+    b"\xff\xc9"                                      # 10EE dec ecx
+    b"\x75\xfc"                                      # 10F0 jne 0x10ee
+    b"\x8b\x04\x25\x10\x50\x00\x00"                  # 10F2 mov eax,DWORD PTR ds:0x5010
+    b"\x89\x04\x25\x14\x50\x00\x00"                  # 10F9 mov DWORD PTR ds:0x5014,eax
+    b"\x59"                                          # 1100 pop rcx
+    b"\x58"                                          # 1101 pop rax
+    b"\x48\xcf"                                      # 1102 iretq
+)

@@ -313,6 +313,22 @@ def test_nmis_stay_blocked_until_iret(hv: Hypervisor, vm: VM) -> None:
         assert rips == [out(0x12, guests.NMI_STRUCK, 4)] * 2
 
 
+def test_x2apic_mode_through_msrs(hv: Hypervisor, vm: VM) -> None:
+    """A guest whose CPUID has x2APIC switches it on and uses ID, LDR, SVR, SELF_IPI, ICR and EOI MSRs."""
+    vcpu = start(hv, vm, guests.X2APIC_MSRS)
+    assert run_until_out(vcpu) == out(0x10, 0, 4)  # x2APIC ID: the vCPU id
+    assert run_until_out(vcpu) == out(0x11, 1, 4)  # LDR: cluster 0, member bit 0
+    assert run_until_out(vcpu) == out(0x12, 0xFFFFFFFF, 4)  # the MMIO window is a hole in x2APIC mode
+    assert run_until_out(vcpu) == out(0x13, 1)
+    assert vm.irq_line(9, True) == 1  # logical destination 0x01 matches the x2APIC LDR
+    vm.irq_line(9, False)
+    assert run_until_out(vcpu) == out(0x14, 2, 4)  # WRMSR to the ID and RDMSR of DFR: #GP
+    assert run_until_out(vcpu) == out(0x15, 0x636162, 4)  # 0x62 (ICR) before 0x61 (SELF_IPI), then the IOAPIC's
+    assert vcpu.get_sregs().apic_base == 0xFEE00D00
+    lapic = vcpu.get_lapic()
+    assert (lapic.register(0x20), lapic.register(0xD0)) == (0, 1)  # KVM_GET_LAPIC: ID << 24, the derived LDR
+
+
 # mov rax, 5; mov cr8, rax; xor eax, eax; mov rax, cr8; out 0x10, al; hlt
 CR8_ROUND_TRIP = bytes.fromhex("48c7c005000000" "440f22c0" "31c0" "440f20c0" "e610" "f4")
 

@@ -56,6 +56,7 @@ from hvcore_sim.engine import Engine
 from hvcore_sim.exits import Stop, StopKind, Tracker
 from hvcore_sim.msrs import (
     GP_FAULT,
+    IA32_APIC_BASE,
     LEGACY_PREFIXES,
     DefaultMsrHandler,
     LapicMsrHandler,
@@ -599,11 +600,17 @@ class SimVCPU(Closeable):
             )
 
     def set_sregs(self, sregs: Sregs) -> None:
-        """Load segments, descriptor tables, control registers, EFER."""
+        """Load segments, descriptor tables, control registers, EFER; a new APIC base as the host's WRMSR."""
         state.check_sregs(sregs)
+        apic_base = sregs.apic_base
         with self._vm.exec_lock:
-            self._live().set_sregs(sregs)
-        self._state.apic_base = sregs.apic_base or self._state.apic_base
+            engine = self._live()
+            changed = apic_base and apic_base != self._state.apic_base
+            if changed and not self.msrs.handler.write(IA32_APIC_BASE, apic_base, host=True):  # kvm_apic_set_base
+                raise InvalidArgument(
+                    f"apic_base {apic_base:#x} sets reserved bits or x2APIC without the APIC", operation="set_sregs"
+                )
+            engine.set_sregs(sregs)
         self._set_task_priority(sregs.cr8 & 0xF)
         pending = [i * 64 + b for i, w in enumerate(sregs.interrupt_bitmap) for b in range(64) if w >> b & 1]
         self._queued_interrupt = pending[0] if pending else None

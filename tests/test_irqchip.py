@@ -19,7 +19,7 @@ from tests.boot import add_ram, boot, map_apic_window, read_guest, write_guest
 from tests.conftest import WATCHDOG_SECONDS, Watchdog, open_or_skip
 from tests.guests import irqchip as guests
 from tests.guests import layout
-from tests.quirks import level_extra_deliveries
+from tests.quirks import irq_window_batched, level_extra_deliveries
 
 
 def out(port: int, value: int, size: int = 1) -> IoExit:
@@ -289,6 +289,46 @@ def test_lapic_tsc_deadline_timer(hv: Hypervisor, vm: VM) -> None:
     assert run_until_out(vcpu) == out(0x12, 1, 4)  # armed: IA32_TSC_DEADLINE reads back non-zero
     assert run_until_out(vcpu) == out(0x11, 0, 4)  # fired: the MSR reads 0 again
     assert run_until_out(vcpu) == out(0x10, 1, 4)
+
+
+def test_interrupts_held_by_if_land_in_a_one_instruction_window(hv: Hypervisor, vm: VM) -> None:
+    """Self-IPIs wait through a long IF=0 stretch; `sti; nop; cli` takes both at the cli, 0x33 first."""
+    vcpu = start(hv, vm, guests.WINDOW_TWO_IPIS)
+    by_the_cli = run_until_out(vcpu)
+    assert run_until_out(vcpu) == out(0x11, 0x3233, 4)  # by priority, whenever they landed
+    rips = [run_until_out(vcpu), run_until_out(vcpu)]
+    if irq_window_batched(hv):  # this host looks for the window only between batches of instructions
+        assert isinstance(by_the_cli, IoExit) and by_the_cli.port == 0x10
+        return
+    assert by_the_cli == out(0x10, 2, 4)
+    assert rips == [out(0x12, guests.WINDOW_CLI, 4)] * 2
+
+
+def test_nmis_stay_blocked_until_iret(hv: Hypervisor, vm: VM) -> None:
+    """An NMI sent from an NMI handler waits for that handler's IRET and strikes right after it."""
+    vcpu = start(hv, vm, guests.NMI_NESTED)
+    assert run_until_out(vcpu) == out(0x10, 2, 4)
+    assert run_until_out(vcpu) == out(0x11, 1, 4)  # the second NMI did not interrupt the first handler
+    rips = [run_until_out(vcpu), run_until_out(vcpu)]
+    assert vcpu.get_vcpu_events().nmi_masked == 0  # the last handler's IRET ended the blocking
+    if not irq_window_batched(hv):  # (this host injects only between batches of emulated instructions)
+        assert rips == [out(0x12, guests.NMI_STRUCK, 4)] * 2
+
+
+def test_x2apic_mode_through_msrs(hv: Hypervisor, vm: VM) -> None:
+    """A guest whose CPUID has x2APIC switches it on and uses ID, LDR, SVR, SELF_IPI, ICR and EOI MSRs."""
+    vcpu = start(hv, vm, guests.X2APIC_MSRS)
+    assert run_until_out(vcpu) == out(0x10, 0, 4)  # x2APIC ID: the vCPU id
+    assert run_until_out(vcpu) == out(0x11, 1, 4)  # LDR: cluster 0, member bit 0
+    assert run_until_out(vcpu) == out(0x12, 0xFFFFFFFF, 4)  # the MMIO window is a hole in x2APIC mode
+    assert run_until_out(vcpu) == out(0x13, 1)
+    assert vm.irq_line(9, True) == 1  # logical destination 0x01 matches the x2APIC LDR
+    vm.irq_line(9, False)
+    assert run_until_out(vcpu) == out(0x14, 2, 4)  # WRMSR to the ID and RDMSR of DFR: #GP
+    assert run_until_out(vcpu) == out(0x15, 0x636162, 4)  # 0x62 (ICR) before 0x61 (SELF_IPI), then the IOAPIC's
+    assert vcpu.get_sregs().apic_base == 0xFEE00D00
+    lapic = vcpu.get_lapic()
+    assert (lapic.register(0x20), lapic.register(0xD0)) == (0, 1)  # KVM_GET_LAPIC: ID << 24, the derived LDR
 
 
 # mov rax, 5; mov cr8, rax; xor eax, eax; mov rax, cr8; out 0x10, al; hlt

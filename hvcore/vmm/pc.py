@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from hvcore.vmm.devices import I8042, Cmos, DebugConsole, DebugExit, FwCfg, Uart16550
+from hvcore.vmm.devices import I8042, Cmos, DebugConsole, DebugExit, FwCfg, PcTestdev, Uart16550
 from hvcore.vmm.machine import Machine
 
 __all__ = ["PcDevices", "add_pc_devices"]
@@ -21,6 +21,7 @@ class PcDevices:
     i8042: I8042
     cmos: Cmos
     fw_cfg: FwCfg
+    testdev: PcTestdev
 
 
 def add_pc_devices(
@@ -35,7 +36,8 @@ def add_pc_devices(
     COM1 at 0x3f8 (GSI 4 when there is an irqchip), the debug console at 0x402 (SeaBIOS logs
     there), isa-debug-exit at 0xf4, the i8042 at 0x60/0x64 (0xfe to 0x64 resets: the machine
     stops), CMOS/RTC at 0x70 with the memory-size registers, fw_cfg at 0x510 (DMA at 0x514) with
-    RAM size, CPU count and SeaBIOS's no-boot-menu setting.
+    RAM size, CPU count and SeaBIOS's no-boot-menu setting, and QEMU's pc-testdev (0xE0-0xEB,
+    interrupt lines at 0x2000: what kvm-unit-tests expect beside isa-debug-exit).
     """
     host = machine.device_host
     uart = Uart16550(output=serial, input=serial_input, irq=machine.irq(Uart16550.COM1_GSI))
@@ -55,4 +57,7 @@ def add_pc_devices(
     fw_cfg.seabios_defaults()
     for base, length, port in fw_cfg.ports():
         machine.add_io_device(base, length, port)
-    return PcDevices(uart, console, debug_exit, i8042, cmos, fw_cfg)
+    testdev = PcTestdev(host)
+    for base, length, port in testdev.ports():
+        machine.add_io_device(base, length, port)
+    return PcDevices(uart, console, debug_exit, i8042, cmos, fw_cfg, testdev)

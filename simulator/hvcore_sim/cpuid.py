@@ -1,6 +1,7 @@
 """The simulator's supported CPUID: what Unicorn's CPU model answers, read once by executing CPUID.
 
-Plus what the simulator itself adds to that CPU: the LAPIC's TSC-deadline timer.
+Plus what the simulator itself adds to that CPU, as KVM reports it whatever the host: the LAPIC's
+TSC-deadline timer and x2APIC mode.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ __all__ = ["supported"]
 _SUBLEAVES = {4: 4, 7: 1, 0xB: 2, 0xD: 2}  # leaves whose subleaf (ECX) matters, and how many to list
 _SIGNIFICANT_INDEX = 1
 _TSC_DEADLINE = 1 << 24  # CPUID.1:ECX, as KVM reports it
+_X2APIC = 1 << 21  # CPUID.1:ECX: KVM emulates x2APIC on every host
 
 
 @functools.cache
@@ -43,8 +45,8 @@ def supported() -> tuple[CpuidEntry, ...]:
         for leaf in range(base, min(top, base + 0x40) + 1):
             for subleaf in range(_SUBLEAVES.get(leaf, 1)):
                 eax, ebx, ecx, edx = run(leaf, subleaf)
-                if leaf == 1:  # the in-kernel LAPIC's TSC-deadline timer (simulator/hvcore_sim/irqchip/lapic.py)
-                    ecx |= _TSC_DEADLINE
+                if leaf == 1:  # the in-kernel LAPIC's TSC-deadline timer and x2APIC (hvcore_sim/irqchip/lapic.py)
+                    ecx |= _TSC_DEADLINE | _X2APIC
                 flags = _SIGNIFICANT_INDEX if leaf in _SUBLEAVES else 0
                 entries.append(CpuidEntry(leaf, subleaf, flags, eax, ebx, ecx, edx))
     return tuple(entries)

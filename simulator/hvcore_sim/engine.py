@@ -16,8 +16,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from hvcore.types import DescriptorTable, Regs, Segment, Sregs
-from hvcore_sim.layout import HF_GUEST, SVM_EXIT_MSR, SVM_EXIT_RDTSC, SVM_INTERCEPT_BASE, VMCB_MSRPM, ContextLayout
+from hvcore_sim.internals import cpu_offsets
+from hvcore_sim.layout import HF_GUEST, HF_INHIBIT_IRQ, SVM_EXIT_MSR, SVM_EXIT_RDTSC, SVM_INTERCEPT_BASE, VMCB_MSRPM, ContextLayout
 from hvcore_sim.memory import PHYSICAL_LIMIT
+from hvcore_sim.windows import HF2_NMI_MASK, INTERCEPTS, REQUEST_INTERRUPT, REQUEST_NMI, request_offset
 
 __all__ = ["SVM_AREA", "CpuView", "Engine", "segment_flags"]
 
@@ -30,7 +32,6 @@ _EXCEPTION: Final = struct.Struct("<iiQ")  # error_code, exception_is_int, excep
 
 # QEMU's hflags bits
 HF_CPL_MASK: Final = 3
-HF_INHIBIT_IRQ: Final = 1 << 3
 HF_CS32: Final = 1 << 4
 HF_SS32: Final = 1 << 5
 HF_ADDSEG: Final = 1 << 6
@@ -49,7 +50,8 @@ SVM_AREA: Final = PHYSICAL_LIMIT
 """Guest-physical address of each engine's VMCB page and MSR permission bitmap: above anything a guest reaches."""
 _MSRPM: Final = 0x1000  # the bitmap's offset in the area; every bit set: every RDMSR / WRMSR is intercepted
 _MSRPM_SIZE: Final = 0x2000
-_INTERCEPTS: Final = 1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE)
+_INTERCEPTS: Final = 1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE) | INTERCEPTS
+_WINDOWS: Final = REQUEST_INTERRUPT | REQUEST_NMI
 _CR8_ONLY: Final = struct.Struct("<HH")
 
 
@@ -200,6 +202,17 @@ class Engine:
         self._gpr_pointers = (ctypes.c_void_p * n)(*(at + 8 * i for i in range(n)))
         self._msr_reg = x.UC_X86_REG_MSR
         self._intercept_msrs(unicorn)
+        self._requests = self._request_cell(base)
+
+    def _request_cell(self, base: int) -> ctypes.c_uint32 | None:
+        """QEMU's ``interrupt_request`` of this engine's CPU in place (:mod:`hvcore_sim.windows`), if it was found."""
+        offset, pointers = request_offset(), cpu_offsets()
+        if offset is None or pointers is None:
+            return None
+        cpu = ctypes.c_uint64.from_address(base + pointers[0]).value
+        if not cpu or ctypes.c_uint64.from_address(cpu + pointers[1]).value != self.reg(self.RAX):
+            return None
+        return ctypes.c_uint32.from_address(cpu + offset)
 
     def _intercept_msrs(self, unicorn: Any) -> None:
         """Make guest RDMSR / WRMSR / RDTSC and MOV to/from CR8 reach the interrupt hook (see :mod:`hvcore_sim.msrs`).
@@ -396,6 +409,36 @@ class Engine:
         _U32.pack_into(blob, self.layout.hflags, hflags)
         self._store(blob)
 
+    @property
+    def nmi_blocked(self) -> bool:
+        """NMIs are blocked until the next IRET (QEMU's HF2_NMI_MASK, which its IRET clears)."""
+        return bool(_U32.unpack_from(self._blob(), self.layout.hflags2)[0] & HF2_NMI_MASK)
+
+    @nmi_blocked.setter
+    def nmi_blocked(self, value: bool) -> None:
+        blob = self._blob()
+        hflags2 = _U32.unpack_from(blob, self.layout.hflags2)[0]
+        _U32.pack_into(blob, self.layout.hflags2, hflags2 | HF2_NMI_MASK if value else hflags2 & ~HF2_NMI_MASK)
+        self._store(blob)
+
+    def open_window(self, request: int) -> bool:
+        """Stop the next runs where the guest can take a blocked event (``windows.REQUEST_*``); False if unsupported.
+
+        The stop is an SVM_EXIT_INTR / SVM_EXIT_NMI intercept in the interrupt hook, which must
+        call :meth:`close_windows`.
+        """
+        cell = self._requests
+        if cell is None:
+            return False
+        cell.value |= request
+        return True
+
+    def close_windows(self) -> None:
+        """Withdraw every window :meth:`open_window` asked for."""
+        cell = self._requests
+        if cell is not None and cell.value & _WINDOWS:
+            cell.value &= ~_WINDOWS
+
     def take_exception(self) -> tuple[int, int | None]:
         """The error code of the exception just raised and, for INT n / INT3 / INTO, the address after it.
 
@@ -451,3 +494,5 @@ class Engine:
         )
         self.set_sregs(sregs)
         self.set_regs(Regs(rdx=0x600, rip=0xFFF0, rflags=0x2))
+        self.nmi_blocked = False
+        self.close_windows()

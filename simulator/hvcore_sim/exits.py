@@ -48,7 +48,7 @@ from hvcore_sim import decode, mmu, operand
 from hvcore_sim.events import HAS_ERROR_CODE
 from hvcore_sim.faults import NonCanonical, PageFault
 from hvcore_sim.internals import CC_MASK, Cells
-from hvcore_sim.layout import EXCP_VMEXIT, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8
+from hvcore_sim.layout import EXCP_VMEXIT, SVM_EXIT_INTR, SVM_EXIT_NMI, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
@@ -326,8 +326,14 @@ class Tracker:
 
         QEMU restored the state to the instruction's start before the hook, which leaves the lazy
         flags mislabelled as after any mid-instruction stop: they are settled first. Emulated, RIP
-        moves past it and the run goes on; else #GP / #UD.
+        moves past it and the run goes on; else #GP / #UD. An interrupt or NMI window that opened
+        (:mod:`hvcore_sim.windows`) comes between instructions instead: the slice ends there, so
+        ``run()`` delivers the event at that point.
         """
+        if exit_code in (SVM_EXIT_INTR, SVM_EXIT_NMI):  # between blocks: the lazy flags are in order
+            engine.close_windows()
+            self._halt(_LOOK_AGAIN)
+            return
         if self._cells is not None:
             self._cells.settle()  # the restore to the instruction's start mislabels the lazy flags (see settle)
         if exit_code in (SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8):

@@ -37,13 +37,13 @@ import os
 import struct
 from typing import TYPE_CHECKING, Any, Final
 
-from hvcore_sim.engine import HF_INHIBIT_IRQ
+from hvcore_sim.layout import HF_INHIBIT_IRQ
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
     from hvcore_sim.layout import ContextLayout
 
-__all__ = ["CC_MASK", "Cells"]
+__all__ = ["CC_MASK", "Cells", "cpu_offsets", "handle"]
 
 CC_MASK: Final = 0x8D5
 """The arithmetic flags QEMU keeps lazily: OF SF ZF AF PF CF."""
@@ -63,7 +63,8 @@ def _engine() -> Any:
     return unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
 
 
-def _handle(uc: Any) -> int:
+def handle(uc: Any) -> int:
+    """The address of an engine's ``uc_struct``."""
     address = ctypes.cast(uc._uch, ctypes.c_void_p).value
     assert address is not None
     return address
@@ -104,7 +105,7 @@ def _candidates(fd: int, markers: tuple[int, ...]) -> tuple[Any, set[tuple[int, 
     uc.reg_write(x.UC_X86_REG_RIP, _RIP_MARKER)
     pattern = struct.pack("<4Q", *markers)
     rip = struct.pack("<Q", _RIP_MARKER)
-    fields = ctypes.string_at(_handle(uc), _SCAN_STRUCT)
+    fields = ctypes.string_at(handle(uc), _SCAN_STRUCT)
     found: set[tuple[int, int]] = set()
     for offset in range(0, _SCAN_STRUCT, 8):
         pointer = struct.unpack_from("<Q", fields, offset)[0]
@@ -123,7 +124,7 @@ def _candidates(fd: int, markers: tuple[int, ...]) -> tuple[Any, set[tuple[int, 
 
 
 @functools.cache
-def _cpu_offsets() -> tuple[int, int] | None:
+def cpu_offsets() -> tuple[int, int] | None:
     """Where ``uc_struct`` points to the CPU, and where ``env`` is in it; None if they cannot be found safely."""
     try:
         fd = os.open("/proc/self/mem", os.O_RDONLY)
@@ -139,7 +140,7 @@ def _cpu_offsets() -> tuple[int, int] | None:
         from unicorn import x86_const as x
 
         for uc in (first, second):  # the cells are live: a register write shows through them
-            pointer = struct.unpack("<Q", ctypes.string_at(_handle(uc) + offset, 8))[0]
+            pointer = struct.unpack("<Q", ctypes.string_at(handle(uc) + offset, 8))[0]
             uc.reg_write(x.UC_X86_REG_RAX, 0x5EED)
             if _peek(fd, pointer + env, 8) != struct.pack("<Q", 0x5EED):
                 return None
@@ -156,7 +157,7 @@ def _split_size_offset(count: int) -> int | None:
     uc = _engine()
     page = ctypes.create_string_buffer(0x2000)
     uc.mem_map_ptr(0, 0x2000, unicorn.UC_PROT_ALL, ctypes.addressof(page))
-    cell = ctypes.c_int.from_address(_handle(uc) + count + 8)
+    cell = ctypes.c_int.from_address(handle(uc) + count + 8)
     seen: list[tuple[int, int]] = []
 
     def read(_uc: Any, offset: int, size: int, _data: object) -> int:
@@ -183,8 +184,8 @@ class Cells:
         self._cc_src: ctypes.c_uint64 | None = None
         self._eflags: ctypes.c_uint64 | None = None
         self._hflags: ctypes.c_uint32 | None = None
-        base = _handle(engine.uc)
-        offsets = _cpu_offsets() if self._blob_ok else None
+        base = handle(engine.uc)
+        offsets = cpu_offsets() if self._blob_ok else None
         rax, rip = engine.reg(engine.RAX), engine.reg(engine.RIP)  # (Unicorn creates its CPU on first use)
         cpu = ctypes.c_uint64.from_address(base + offsets[0]).value if offsets is not None else 0
         if offsets is not None and cpu:

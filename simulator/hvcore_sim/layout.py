@@ -21,7 +21,10 @@ from typing import Any
 __all__ = [
     "EXCP_VMEXIT",
     "HF_GUEST",
+    "HF_INHIBIT_IRQ",
+    "SVM_EXIT_INTR",
     "SVM_EXIT_MSR",
+    "SVM_EXIT_NMI",
     "SVM_EXIT_RDTSC",
     "SVM_EXIT_READ_CR8",
     "SVM_EXIT_WRITE_CR8",
@@ -41,6 +44,7 @@ _MARKERS = {"rax": 0x1122334455667788, "rip": 0x0000123456789ABC, "cr3": 0x76543
 _VMCB_INTERCEPT, VMCB_MSRPM, _VMCB_SAVE = 0x0C, 0x48, 0x400
 SVM_EXIT_RDTSC, SVM_EXIT_MSR = 0x6E, 0x7C
 SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8 = 0x08, 0x18
+SVM_EXIT_INTR, SVM_EXIT_NMI = 0x60, 0x61
 _VMCB_INTERCEPT_CR = 0x00  # u16 intercept_cr_read, then u16 intercept_cr_write
 _CR_READ_MARK, _CR_WRITE_MARK = 0x5A00, 0xA400  # bits of CR9..CR15 only: nothing the run touches
 SVM_INTERCEPT_BASE = 0x60
@@ -48,6 +52,7 @@ SVM_INTERCEPT_BASE = 0x60
 EXCP_VMEXIT = 0x100
 """Unicorn's interrupt hook sees an intercept as ``EXCP_VMEXIT + exit code``."""
 HF_GUEST = 1 << 21
+HF_INHIBIT_IRQ = 1 << 3  # the STI / MOV SS interrupt shadow
 """QEMU's ``HF_GUEST_MASK``: SVM intercepts are checked (set by VMRUN)."""
 
 

@@ -12,8 +12,9 @@ rules with KVM's ``host_initiated`` relaxations.
 - The TSC is the VM clock (:mod:`hvcore_sim.clock`) at ``TSC_HZ`` plus a per-vCPU offset; writing
   IA32_TSC sets the offset, as upstream KVM does. Under a virtual clock a guest read also counts
   the instructions the current slice has run, so the TSC moves on between two ``rdtsc``.
-- IA32_APIC_BASE and IA32_TSC_DEADLINE belong to the local APIC: they go to the vCPU's
-  :class:`MsrHandler` (:class:`DefaultMsrHandler` behaves as KVM without an in-kernel LAPIC).
+- IA32_APIC_BASE, IA32_TSC_DEADLINE and the x2APIC MSRs (0x800-0x8ff) belong to the local APIC:
+  they go to the vCPU's :class:`MsrHandler` (:class:`DefaultMsrHandler` behaves as KVM without an
+  in-kernel LAPIC: no x2APIC MSR).
 - MSRs KVM emulates for every guest without saving them (MTRRs, IA32_MISC_ENABLE, MCG and the 32
   machine-check banks, PLATFORM_INFO)
   are plain storage with KVM's reset values and MTRR type checks.
@@ -123,6 +124,8 @@ _EFER_SCE, _EFER_LME, _EFER_LMA, _EFER_NX = 1, 1 << 8, 1 << 10, 1 << 11
 _EFER_KNOWN: Final = _EFER_SCE | _EFER_LME | _EFER_LMA | _EFER_NX
 _APIC_BASE_RESERVED: Final = 0x2FF
 _APIC_X2APIC, _APIC_ENABLE = 1 << 10, 1 << 11
+_X2APIC_MSRS: Final = range(0x800, 0x900)
+_LAPIC_MSRS: Final = frozenset({IA32_APIC_BASE, IA32_TSC_DEADLINE, *_X2APIC_MSRS})
 _CR0_PG: Final = 1 << 31
 LEGACY_PREFIXES: Final = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 _ADDRESS_BITS: Final = 48  # KVM's max_host_virt_addr_bits(): Unicorn's CPU (its supported CPUID) has no LA57
@@ -221,7 +224,7 @@ class _Cpuid:
 
 
 class MsrHandler(Protocol):
-    """Where the MSRs of the local APIC go (IA32_APIC_BASE, IA32_TSC_DEADLINE)."""
+    """Where the MSRs of the local APIC go (IA32_APIC_BASE, IA32_TSC_DEADLINE, the x2APIC MSRs)."""
 
     def read(self, index: int) -> int | None:
         """The MSR's value; None if this handler does not have ``index`` (the read is refused)."""
@@ -243,7 +246,8 @@ class DefaultMsrHandler:
 
     def __init__(self, state: VcpuState) -> None:
         self._state = state
-        self._cpuid = _Cpuid(state)
+        self.cpuid = _Cpuid(state)
+        """The vCPU's CPUID, as the checks read it."""
         self.tsc_deadline = 0
         """The last value written to IA32_TSC_DEADLINE."""
 
@@ -262,8 +266,8 @@ class DefaultMsrHandler:
             return True
         if index != IA32_APIC_BASE:
             return False
-        reserved = _APIC_BASE_RESERVED | (_MASK64 ^ ((1 << self._cpuid.maxphyaddr) - 1))
-        if not self._cpuid.x2apic:
+        reserved = _APIC_BASE_RESERVED | (_MASK64 ^ ((1 << self.cpuid.maxphyaddr) - 1))
+        if not self.cpuid.x2apic:
             reserved |= _APIC_X2APIC
         if value & reserved or (value & (_APIC_ENABLE | _APIC_X2APIC)) == _APIC_X2APIC:
             return False
@@ -278,11 +282,12 @@ class DefaultMsrHandler:
 
 
 class LapicMsrHandler:
-    """IA32_APIC_BASE and IA32_TSC_DEADLINE of a vCPU with an in-kernel LAPIC (:mod:`hvcore_sim.irqchip.lapic`).
+    """The local-APIC MSRs of a vCPU with an in-kernel LAPIC (:mod:`hvcore_sim.irqchip.lapic`).
 
     The APIC base is checked as without a LAPIC, then given to the LAPIC too. A TSC deadline is in
     the guest's TSC, which runs ``emulator.tsc_offset`` ahead of the LAPIC's clock-derived TSC.
-    ``changed`` tells the run loop to look at timers again (a new deadline may be due soon).
+    The x2APIC MSRs are the LAPIC's registers in x2APIC mode. ``changed`` tells the run loop to
+    look again (a new deadline may be due soon, an EOI or IPI may make an interrupt pending).
     """
 
     def __init__(
@@ -297,11 +302,14 @@ class LapicMsrHandler:
         self._lock, self._changed = lock, changed
 
     def read(self, index: int) -> int | None:
-        """The LAPIC's armed deadline (in guest TSC), or the APIC base."""
+        """The LAPIC's armed deadline (in guest TSC), an x2APIC register, or the APIC base."""
         if index == IA32_TSC_DEADLINE:
             with self._lock:
                 deadline = self._lapic.read_tsc_deadline()
             return (deadline + self._emulator.tsc_offset) & _MASK64 if deadline else 0
+        if index in _X2APIC_MSRS:
+            with self._lock:
+                return self._lapic.msr_read(index)
         return self._default.read(index)
 
     def write(self, index: int, value: int, *, host: bool) -> bool:
@@ -311,10 +319,18 @@ class LapicMsrHandler:
                 self._lapic.write_tsc_deadline((value - self._emulator.tsc_offset) & _MASK64 if value else 0)
             self._changed()
             return True
+        if index in _X2APIC_MSRS:
+            with self._lock:
+                accepted = self._lapic.msr_write(index, value)
+            if accepted:  # (a refused one is a #GP, which the look-again stop must not hide)
+                self._changed()
+            return accepted
         if not self._default.write(index, value, host=host):
             return False
         try:
             with self._lock:
+                cpuid = self._default.cpuid
+                self._lapic.x2apic_allowed, self._lapic.maxphyaddr = cpuid.x2apic, cpuid.maxphyaddr
                 self._lapic.set_apic_base(value)
         except InvalidArgument:
             return False
@@ -357,7 +373,7 @@ class MsrEmulator:
         """MSR ``index`` as KVM's ``kvm_get_msr`` gives it; None where KVM refuses (#GP for the guest)."""
         if index == IA32_TSC:
             return self.tsc(engine if running else None)
-        if index in (IA32_APIC_BASE, IA32_TSC_DEADLINE):
+        if index in _LAPIC_MSRS:
             return self.handler.read(index)
         if index == IA32_TSC_ADJUST:
             return self.tsc_adjust & _MASK64
@@ -382,7 +398,7 @@ class MsrEmulator:
                 self.tsc_adjust = (self.tsc_adjust + offset - self.tsc_offset) & _MASK64
             self.tsc_offset = offset
             return True
-        if index in (IA32_APIC_BASE, IA32_TSC_DEADLINE):
+        if index in _LAPIC_MSRS:
             return self.handler.write(index, value, host=host)
         if index == IA32_TSC_ADJUST:
             if self._cpuid.tsc_adjust:  # without the CPUID bit KVM drops the write, with no #GP

@@ -65,7 +65,6 @@ class VcpuState:
     cpuid: list[CpuidEntry] = field(default_factory=list)
     xcr0: int = _XCR0_X87
     debugregs: DebugRegs = field(default_factory=DebugRegs)
-    nmi_masked: int = 0
     apic_base: int = 0xFEE00900
 
     def get_fpu(self, engine: Engine) -> Fpu:

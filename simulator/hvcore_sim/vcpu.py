@@ -56,12 +56,14 @@ from hvcore_sim.engine import Engine
 from hvcore_sim.exits import Stop, StopKind, Tracker
 from hvcore_sim.msrs import (
     GP_FAULT,
+    IA32_APIC_BASE,
     LEGACY_PREFIXES,
     DefaultMsrHandler,
     LapicMsrHandler,
     MsrEmulator,
     fetch_instruction,
 )
+from hvcore_sim.windows import REQUEST_INTERRUPT, REQUEST_NMI
 
 if TYPE_CHECKING:
     from hvcore_sim.irqchip.chip import Irqchip
@@ -83,7 +85,6 @@ _INTERRUPTED = InterruptedExit()
 _HLT = HltExit()
 _SHUTDOWN = ShutdownExit()
 _WINDOW = IrqWindowOpenExit()
-_BLOCKED_STEPS = 16  # single steps while an interrupt waits for IF, before bursts (32, 64, ... up to a slice)
 _CR0_ET, _CR0_CD_NW = 0x10, 0x60000000
 _APIC_TPR = 0x80
 _RESET_RDX = 0x600  # KVM's CPU signature when the VMM set no CPUID
@@ -120,7 +121,6 @@ class SimVCPU(Closeable):
         self._cr8 = 0
         self._queued_interrupt: int | None = None
         self._nmi_pending = False
-        self._nmi_return: tuple[int, int] | None = None  # where an NMI struck: NMIs stay blocked until IRET there
         self._debug = GuestDebug()
         self._stepping = False
         self._ready_snapshot = False  # kvm_run.ready_for_interrupt_injection / if_flag: zero until the first exit
@@ -137,7 +137,6 @@ class SimVCPU(Closeable):
         self._lapic = chip.add_lapic(vcpu_id) if chip is not None else None
         # with an irqchip, as on KVM, vCPUs other than 0 wait for INIT and SIPI
         self._mp_state = MpState.RUNNABLE if chip is None or vcpu_id == 0 else MpState.UNINITIALIZED
-        self._blocked_steps = 0
         self.tracker = Tracker(self)
         if chip is not None and self._lapic is not None:
             default = self.msrs.handler
@@ -263,19 +262,23 @@ class SimVCPU(Closeable):
                     count = self._irqchip_events(chip, engine, count)
                     if count == 0:
                         continue  # not runnable: sleep (outside the execution lock)
-                if self._nmi_pending or self._queued_interrupt is not None or self._nmi_return is not None:
+                if self._nmi_pending or self._queued_interrupt is not None:
                     exit_ = self._inject(engine)
                     if exit_ is not None:
                         return exit_
+                    if self._nmi_pending and not self._nmi_window(engine):
+                        count = 1  # step until NMIs are unblocked: the NMI lands right then
                 if chip is None and self._request_window:
                     if self._ready(engine):
                         return _WINDOW
-                    count = 1  # step until the guest can take an interrupt: the exit comes right then
+                    if not engine.open_window(REQUEST_INTERRUPT):
+                        count = 1  # step until the guest can take an interrupt: the exit comes right then
                 if virtual:
                     deadline = chip.deadline() if chip is not None else None
                     if deadline is not None:
                         count = min(count, clock.instructions_until(deadline))
                 stop = tracker.run(engine, count)
+                engine.close_windows()
                 if virtual:
                     clock.executed(min(engine.counter_cell.value, count))
                 exit_ = stop.exit if stop.kind is StopKind.EXIT else self._handle(engine, stop)
@@ -297,8 +300,9 @@ class SimVCPU(Closeable):
     def _irqchip_events(self, chip: Irqchip, engine: Engine, count: int) -> int:
         """Fire due timers, take INIT / SIPI / NMI, and take an interrupt the guest can accept now.
 
-        Returns how many instructions to run: 0 when the vCPU is not runnable (it must sleep), a
-        single step while an interrupt waits for IF or the STI shadow (so it lands right then).
+        Returns how many instructions to run: 0 when the vCPU is not runnable (it must sleep). An
+        interrupt that waits for IF or the STI shadow opens an interrupt window (single steps where
+        :mod:`hvcore_sim.windows` is not available), so it lands right then.
         """
         lapic = self._lapic
         assert lapic is not None
@@ -320,20 +324,14 @@ class SimVCPU(Closeable):
                     self._mp_state = MpState.RUNNABLE
             if self._mp_state is not MpState.RUNNABLE:
                 return 0
+            if self._nmi_pending and self._nmi_allowed(engine):
+                return count  # the NMI goes first, as KVM injects it before it takes an interrupt
             if self._queued_interrupt is None and chip.has_interrupt(self._id):
                 if self._ready(engine):
                     self._queued_interrupt = chip.acknowledge(self._id)
-                    self._blocked_steps = 0
                     return count
-                # Step until IF / the shadow lets it in, so it lands right after the STI as on hardware;
-                # a guest that keeps interrupts off for long (an OS booting) runs on in bursts that
-                # double up to a whole slice, so a pending timer tick does not slow it down for good.
-                self._blocked_steps += 1
-                if self._blocked_steps <= _BLOCKED_STEPS:
-                    return 1
-                burst = _BLOCKED_STEPS << min(self._blocked_steps - _BLOCKED_STEPS, 12)
-                return min(count, burst)
-            self._blocked_steps = 0
+                # QEMU stops the run right where IF and the shadow let it in, as KVM's interrupt window
+                return count if engine.open_window(REQUEST_INTERRUPT) else 1
         return count
 
     # -- CR8: the task priority ----------------------------------------------------
@@ -488,22 +486,31 @@ class SimVCPU(Closeable):
         cells = self.tracker.cells
         return not (cells.interrupt_shadow() if cells is not None else engine.interrupt_shadow)
 
+    def _nmi_allowed(self, engine: Engine) -> bool:
+        """An NMI can be delivered now: NMIs are not blocked (since the last NMI's IRET) and no STI / MOV SS shadow."""
+        return not engine.nmi_blocked and not engine.interrupt_shadow
+
+    def _nmi_window(self, engine: Engine) -> bool:
+        """For a pending NMI that NMI blocking holds back: let QEMU stop at the IRET that ends it (False: step)."""
+        return engine.nmi_blocked and engine.open_window(REQUEST_NMI)
+
     def _inject(self, engine: Engine) -> Exit | None:
-        """Deliver a queued interrupt or NMI, as KVM does on entry (even with IF=0)."""
-        if self._nmi_return is not None and (engine.reg(engine.RIP), engine.reg(engine.RSP)) == self._nmi_return:
-            self._nmi_return = None  # back where the NMI struck, stack unwound: the handler's IRET ran
-            self._state.nmi_masked = 0
-        for vector, kind in ((2, "nmi"), (self._queued_interrupt, "external")):
-            if vector is None or (kind == "nmi" and (not self._nmi_pending or self._state.nmi_masked)):
-                continue
-            if kind == "nmi":
-                self._nmi_pending = False
-                self._nmi_return = (engine.reg(engine.RIP), engine.reg(engine.RSP))
-                self._state.nmi_masked = 1
-            else:
-                self._queued_interrupt = None
-            if not self._vm.deliver(self, engine, vector, kind, None):
+        """Deliver the queued interrupt (even with IF=0), then a pending NMI if NMIs are not blocked, as KVM.
+
+        The interrupt is one KVM already injects (``KVM_INTERRUPT``, or taken from the irqchip), so
+        it goes first; an NMI then lands on top of it, where KVM's NMI window would. Delivering an
+        NMI blocks NMIs until the next IRET.
+        """
+        vector = self._queued_interrupt
+        if vector is not None:
+            self._queued_interrupt = None
+            if not self._vm.deliver(self, engine, vector, "external", None):
                 return _SHUTDOWN
+        if self._nmi_pending and self._nmi_allowed(engine):
+            self._nmi_pending = False
+            if not self._vm.deliver(self, engine, 2, "nmi", None):
+                return _SHUTDOWN
+            engine.nmi_blocked = True
         return None
 
     def complete(self, data: bytes | int) -> None:
@@ -607,11 +614,17 @@ class SimVCPU(Closeable):
             )
 
     def set_sregs(self, sregs: Sregs) -> None:
-        """Load segments, descriptor tables, control registers, EFER."""
+        """Load segments, descriptor tables, control registers, EFER; a new APIC base as the host's WRMSR."""
         state.check_sregs(sregs)
+        apic_base = sregs.apic_base
         with self._vm.exec_lock:
-            self._live().set_sregs(sregs)
-        self._state.apic_base = sregs.apic_base or self._state.apic_base
+            engine = self._live()
+            changed = apic_base and apic_base != self._state.apic_base
+            if changed and not self.msrs.handler.write(IA32_APIC_BASE, apic_base, host=True):  # kvm_apic_set_base
+                raise InvalidArgument(
+                    f"apic_base {apic_base:#x} sets reserved bits or x2APIC without the APIC", operation="set_sregs"
+                )
+            engine.set_sregs(sregs)
         self._set_task_priority(sregs.cr8 & 0xF)
         pending = [i * 64 + b for i, w in enumerate(sregs.interrupt_bitmap) for b in range(64) if w >> b & 1]
         self._queued_interrupt = pending[0] if pending else None
@@ -701,26 +714,28 @@ class SimVCPU(Closeable):
         self._state.debugregs = debugregs
 
     def get_vcpu_events(self) -> VcpuEvents:
-        """Queued interrupt, pending NMI, interrupt shadow."""
+        """Queued interrupt, pending NMI, NMI blocking, interrupt shadow."""
         with self._vm.exec_lock:
-            shadow = int(self._live().interrupt_shadow)
+            engine = self._live()
+            shadow, nmi_masked = int(engine.interrupt_shadow), int(engine.nmi_blocked)
         queued = self._queued_interrupt
         return VcpuEvents(
             interrupt_injected=int(queued is not None),
             interrupt_nr=queued or 0,
             interrupt_shadow=shadow,
             nmi_pending=int(self._nmi_pending),
-            nmi_masked=self._state.nmi_masked,
+            nmi_masked=nmi_masked,
             flags=0xD,
         )
 
     def set_vcpu_events(self, events: VcpuEvents) -> None:
-        """Set the queued interrupt, pending NMI and interrupt shadow."""
+        """Set the queued interrupt, pending NMI, NMI blocking and interrupt shadow."""
         with self._vm.exec_lock:
-            self._live().interrupt_shadow = bool(events.interrupt_shadow)
+            engine = self._live()
+            engine.interrupt_shadow = bool(events.interrupt_shadow)
+            engine.nmi_blocked = bool(events.nmi_masked)
         self._queued_interrupt = events.interrupt_nr if events.interrupt_injected else None
         self._nmi_pending = bool(events.nmi_pending)
-        self._state.nmi_masked = events.nmi_masked
 
     def get_mp_state(self) -> MpState:
         """RUNNABLE, HALTED, UNINITIALIZED or INIT_RECEIVED (always RUNNABLE without an irqchip)."""

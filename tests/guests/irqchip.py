@@ -458,3 +458,268 @@ SIPI_TRAMPOLINE = (
     b"\xe6\x13"  # 0007 out 0x13,al
     b"\xf4"      # 0009 hlt
 )
+
+# Two self-IPIs (vectors 0x32 and 0x33, fixed, edge) sent with IF=0, then 3,000 loop rounds with
+# IF=0, then `sti; nop; cli`: the interrupt window is the one instruction boundary before the cli
+# (0x10CB), where both must land, 0x33 first (higher priority) and 0x32 right after its handler's
+# EOI and iretq. Each ISR logs its vector (byte log at 0x5020) and its frame's RIP (0x5030, 0x5038).
+# Host: long mode with the APIC window mapped, irqchip.
+# Exits: OUT 0x10 size 4 data 2 (ISRs run by the cli); then (after `sti; hlt` until both ran)
+# OUT 0x11 size 4 data 0x3233 (the log); OUT 0x12 size 4 data 0x10CB twice (the frames' RIPs).
+WINDOW_CLI = 0x10CB
+"""Where ``WINDOW_TWO_IPIS``'s interrupts strike: the cli after ``sti; nop``."""
+WINDOW_TWO_IPIS = (
+    b"\xfa"                                          # 1000 cli
+    b"\x48\x8d\x05\xfd\x00\x00\x00"                  # 1001 lea rax,[rip+0xfd] # 0x1105
+    b"\x66\x89\x04\x25\x30\x33\x00\x00"              # 1008 mov WORD PTR ds:0x3330,ax
+    b"\x66\xc7\x04\x25\x32\x33\x00\x00\x08\x00"      # 1010 mov WORD PTR ds:0x3332,0x8
+    b"\x66\xc7\x04\x25\x34\x33\x00\x00\x00\x8e"      # 101A mov WORD PTR ds:0x3334,0x8e00
+    b"\x48\xc1\xe8\x10"                              # 1024 shr rax,0x10
+    b"\x66\x89\x04\x25\x36\x33\x00\x00"              # 1028 mov WORD PTR ds:0x3336,ax
+    b"\x48\xc1\xe8\x10"                              # 1030 shr rax,0x10
+    b"\x89\x04\x25\x38\x33\x00\x00"                  # 1034 mov DWORD PTR ds:0x3338,eax
+    b"\x48\x8d\x05\xbe\x00\x00\x00"                  # 103B lea rax,[rip+0xbe] # 0x1100
+    b"\x66\x89\x04\x25\x20\x33\x00\x00"              # 1042 mov WORD PTR ds:0x3320,ax
+    b"\x66\xc7\x04\x25\x22\x33\x00\x00\x08\x00"      # 104A mov WORD PTR ds:0x3322,0x8
+    b"\x66\xc7\x04\x25\x24\x33\x00\x00\x00\x8e"      # 1054 mov WORD PTR ds:0x3324,0x8e00
+    b"\x48\xc1\xe8\x10"                              # 105E shr rax,0x10
+    b"\x66\x89\x04\x25\x26\x33\x00\x00"              # 1062 mov WORD PTR ds:0x3326,ax
+    b"\x48\xc1\xe8\x10"                              # 106A shr rax,0x10
+    b"\x89\x04\x25\x28\x33\x00\x00"                  # 106E mov DWORD PTR ds:0x3328,eax
+    b"\x66\xc7\x04\x25\x00\x50\x00\x00\xff\x0f"      # 1075 mov WORD PTR ds:0x5000,0xfff
+    b"\xc7\x04\x25\x02\x50\x00\x00\x00\x30\x00\x00"  # 107F mov DWORD PTR ds:0x5002,0x3000
+    b"\xc7\x04\x25\x06\x50\x00\x00\x00\x00\x00\x00"  # 108A mov DWORD PTR ds:0x5006,0x0
+    b"\x0f\x01\x1c\x25\x00\x50\x00\x00"              # 1095 lidt ds:0x5000
+    b"\xbb\x00\x00\xe0\xfe"                          # 109D mov ebx,0xfee00000
+    b"\xc7\x83\xf0\x00\x00\x00\xff\x01\x00\x00"      # 10A2 mov DWORD PTR [rbx+0xf0],0x1ff
+    b"\xc7\x83\x00\x03\x00\x00\x32\x40\x04\x00"      # 10AC mov DWORD PTR [rbx+0x300],0x44032
+    b"\xc7\x83\x00\x03\x00\x00\x33\x40\x04\x00"      # 10B6 mov DWORD PTR [rbx+0x300],0x44033
+    b"\xb9\xb8\x0b\x00\x00"                          # 10C0 mov ecx,0xbb8
+    b"\xff\xc9"                                      # 10C5 dec ecx
+    b"\x75\xfc"                                      # 10C7 jne 0x10c5
+    b"\xfb"                                          # 10C9 sti
+    b"\x90"                                          # 10CA nop
+    b"\xfa"                                          # 10CB cli
+    b"\x8b\x04\x25\x10\x50\x00\x00"                  # 10CC mov eax,DWORD PTR ds:0x5010
+    b"\xe7\x10"                                      # 10D3 out 0x10,eax
+    b"\x83\x3c\x25\x10\x50\x00\x00\x02"              # 10D5 cmp DWORD PTR ds:0x5010,0x2
+    b"\x73\x05"                                      # 10DD jae 0x10e4
+    b"\xfb"                                          # 10DF sti
+    b"\xf4"                                          # 10E0 hlt
+    b"\xfa"                                          # 10E1 cli
+    b"\xeb\xf1"                                      # 10E2 jmp 0x10d5
+    b"\x8b\x04\x25\x20\x50\x00\x00"                  # 10E4 mov eax,DWORD PTR ds:0x5020
+    b"\xe7\x11"                                      # 10EB out 0x11,eax
+    b"\x8b\x04\x25\x30\x50\x00\x00"                  # 10ED mov eax,DWORD PTR ds:0x5030
+    b"\xe7\x12"                                      # 10F4 out 0x12,eax
+    b"\x8b\x04\x25\x38\x50\x00\x00"                  # 10F6 mov eax,DWORD PTR ds:0x5038
+    b"\xe7\x12"                                      # 10FD out 0x12,eax
+    b"\xf4"                                          # 10FF hlt
+    b"\x50"                                          # 1100 push rax
+    b"\xb0\x32"                                      # 1101 mov al,0x32
+    b"\xeb\x03"                                      # 1103 jmp 0x1108
+    b"\x50"                                          # 1105 push rax
+    b"\xb0\x33"                                      # 1106 mov al,0x33
+    b"\x51"                                          # 1108 push rcx
+    b"\x8b\x0c\x25\x10\x50\x00\x00"                  # 1109 mov ecx,DWORD PTR ds:0x5010
+    b"\x88\x81\x20\x50\x00\x00"                      # 1110 mov BYTE PTR [rcx+0x5020],al
+    b"\x48\x8b\x44\x24\x10"                          # 1116 mov rax,QWORD PTR [rsp+0x10]
+    b"\x48\x89\x04\xcd\x30\x50\x00\x00"              # 111B mov QWORD PTR [rcx*8+0x5030],rax
+    b"\xff\x04\x25\x10\x50\x00\x00"                  # 1123 inc DWORD PTR ds:0x5010
+    b"\xc7\x83\xb0\x00\x00\x00\x00\x00\x00\x00"      # 112A mov DWORD PTR [rbx+0xb0],0x0
+    b"\x59"                                          # 1134 pop rcx
+    b"\x58"                                          # 1135 pop rax
+    b"\x48\xcf"                                      # 1136 iretq
+)
+
+# An NMI to self (ICR: NMI, physical destination 0) whose handler sends a second one, spins
+# 1,000 rounds (the second must wait: NMIs stay blocked until IRET) and records the NMI count
+# (0x5014), then returns with iretq: the second NMI strikes right there, at the instruction the
+# first one interrupted (0x1086). The main code waits up to 100,000 rounds for both. The handler
+# logs each frame's RIP at 0x5030 + 8 * n.
+# Host: long mode with the APIC window mapped, irqchip.
+# Exits: OUT 0x10 size 4 data 2 (NMIs); OUT 0x11 size 4 data 1 (NMIs by the end of the first
+# handler); OUT 0x12 size 4 data 0x1086 twice (the frames' RIPs).
+NMI_STRUCK = 0x1086
+"""Where both of ``NMI_NESTED``'s NMIs strike: right after the ICR write (the second after the first's iretq)."""
+NMI_NESTED = (
+    b"\xfa"                                          # 1000 cli
+    b"\x48\x8d\x05\xb6\x00\x00\x00"                  # 1001 lea rax,[rip+0xb6] # 0x10be
+    b"\x66\x89\x04\x25\x20\x30\x00\x00"              # 1008 mov WORD PTR ds:0x3020,ax
+    b"\x66\xc7\x04\x25\x22\x30\x00\x00\x08\x00"      # 1010 mov WORD PTR ds:0x3022,0x8
+    b"\x66\xc7\x04\x25\x24\x30\x00\x00\x00\x8e"      # 101A mov WORD PTR ds:0x3024,0x8e00
+    b"\x48\xc1\xe8\x10"                              # 1024 shr rax,0x10
+    b"\x66\x89\x04\x25\x26\x30\x00\x00"              # 1028 mov WORD PTR ds:0x3026,ax
+    b"\x48\xc1\xe8\x10"                              # 1030 shr rax,0x10
+    b"\x89\x04\x25\x28\x30\x00\x00"                  # 1034 mov DWORD PTR ds:0x3028,eax
+    b"\x66\xc7\x04\x25\x00\x50\x00\x00\xff\x0f"      # 103B mov WORD PTR ds:0x5000,0xfff
+    b"\xc7\x04\x25\x02\x50\x00\x00\x00\x30\x00\x00"  # 1045 mov DWORD PTR ds:0x5002,0x3000
+    b"\xc7\x04\x25\x06\x50\x00\x00\x00\x00\x00\x00"  # 1050 mov DWORD PTR ds:0x5006,0x0
+    b"\x0f\x01\x1c\x25\x00\x50\x00\x00"              # 105B lidt ds:0x5000
+    b"\xbb\x00\x00\xe0\xfe"                          # 1063 mov ebx,0xfee00000
+    b"\xc7\x83\xf0\x00\x00\x00\xff\x01\x00\x00"      # 1068 mov DWORD PTR [rbx+0xf0],0x1ff
+    b"\xc7\x83\x10\x03\x00\x00\x00\x00\x00\x00"      # 1072 mov DWORD PTR [rbx+0x310],0x0
+    b"\xc7\x83\x00\x03\x00\x00\x00\x44\x00\x00"      # 107C mov DWORD PTR [rbx+0x300],0x4400
+    b"\xb9\xa0\x86\x01\x00"                          # 1086 mov ecx,0x186a0
+    b"\x83\x3c\x25\x10\x50\x00\x00\x02"              # 108B cmp DWORD PTR ds:0x5010,0x2
+    b"\x73\x04"                                      # 1093 jae 0x1099
+    b"\xff\xc9"                                      # 1095 dec ecx
+    b"\x75\xf2"                                      # 1097 jne 0x108b
+    b"\x8b\x04\x25\x10\x50\x00\x00"                  # 1099 mov eax,DWORD PTR ds:0x5010
+    b"\xe7\x10"                                      # 10A0 out 0x10,eax
+    b"\x8b\x04\x25\x14\x50\x00\x00"                  # 10A2 mov eax,DWORD PTR ds:0x5014
+    b"\xe7\x11"                                      # 10A9 out 0x11,eax
+    b"\x8b\x04\x25\x30\x50\x00\x00"                  # 10AB mov eax,DWORD PTR ds:0x5030
+    b"\xe7\x12"                                      # 10B2 out 0x12,eax
+    b"\x8b\x04\x25\x38\x50\x00\x00"                  # 10B4 mov eax,DWORD PTR ds:0x5038
+    b"\xe7\x12"                                      # 10BB out 0x12,eax
+    b"\xf4"                                          # 10BD hlt
+    b"\x50"                                          # 10BE push rax
+    b"\x51"                                          # 10BF push rcx
+    b"\x8b\x0c\x25\x10\x50\x00\x00"                  # 10C0 mov ecx,DWORD PTR ds:0x5010
+    b"\x48\x8b\x44\x24\x10"                          # 10C7 mov rax,QWORD PTR [rsp+0x10]
+    b"\x48\x89\x04\xcd\x30\x50\x00\x00"              # 10CC mov QWORD PTR [rcx*8+0x5030],rax
+    b"\xff\x04\x25\x10\x50\x00\x00"                  # 10D4 inc DWORD PTR ds:0x5010
+    b"\x85\xc9"                                      # 10DB test ecx,ecx
+    b"\x75\x21"                                      # 10DD jne 0x1100
+    b"\xc7\x83\x00\x03\x00\x00\x00\x44\x00\x00"      # 10DF mov DWORD PTR [rbx+0x300],0x4400
+    b"\xb9\xe8\x03\x00\x00"                          # 10E9 mov ecx,0x3e8
+    b"\xff\xc9"                                      # 10EE dec ecx
+    b"\x75\xfc"                                      # 10F0 jne 0x10ee
+    b"\x8b\x04\x25\x10\x50\x00\x00"                  # 10F2 mov eax,DWORD PTR ds:0x5010
+    b"\x89\x04\x25\x14\x50\x00\x00"                  # 10F9 mov DWORD PTR ds:0x5014,eax
+    b"\x59"                                          # 1100 pop rcx
+    b"\x58"                                          # 1101 pop rax
+    b"\x48\xcf"                                      # 1102 iretq
+)
+
+# x2APIC through its MSRs. With CPUID x2APIC (supported_cpuid()), the guest sets IA32_APIC_BASE
+# bits 10-11 by WRMSR, enables the APIC (SVR MSR 0x80f = 0x1ff) and reports its x2APIC ID (0x802)
+# and LDR (0x80d: cluster 0, bit 0), then an MMIO read of the old window (all ones in x2APIC
+# mode). Writing the read-only ID MSR and reading DFR (0x80e, absent in x2APIC mode) are #GP: the
+# handler (vector 13) counts them at 0x5018 and skips the 2-byte instruction. With IF=0 it sends
+# itself 0x61 through SELF_IPI (0x83f) and 0x62 through the 64-bit ICR (0x830, physical
+# destination 0), takes both (`sti; hlt` until two ISRs ran), then routes IOAPIC pin 9 to 0x63 in
+# logical mode, destination 0x01 (x2APIC cluster 0, member bit 0), and asks the host to pulse
+# GSI 9. Each ISR logs its vector (byte log at 0x5020) and EOIs through MSR 0x80b.
+# Host: long mode, APIC window, irqchip, supported CPUID; at OUT 0x13 it pulses GSI 9.
+# Exits: OUT 0x10 size 4 data 0; OUT 0x11 size 4 data 1; OUT 0x12 size 4 data 0xffffffff;
+# OUT 0x13 size 1 data 1; OUT 0x14 size 4 data 2 (#GPs); OUT 0x15 size 4 data 0x636162 (the log).
+X2APIC_MSRS = (
+    b"\xfa"                                          # 1000 cli
+    b"\x48\x8d\x05\xc4\x01\x00\x00"                  # 1001 lea rax,[rip+0x1c4] # 0x11cc
+    b"\x66\x89\x04\x25\x10\x36\x00\x00"              # 1008 mov WORD PTR ds:0x3610,ax
+    b"\x66\xc7\x04\x25\x12\x36\x00\x00\x08\x00"      # 1010 mov WORD PTR ds:0x3612,0x8
+    b"\x66\xc7\x04\x25\x14\x36\x00\x00\x00\x8e"      # 101A mov WORD PTR ds:0x3614,0x8e00
+    b"\x48\xc1\xe8\x10"                              # 1024 shr rax,0x10
+    b"\x66\x89\x04\x25\x16\x36\x00\x00"              # 1028 mov WORD PTR ds:0x3616,ax
+    b"\x48\xc1\xe8\x10"                              # 1030 shr rax,0x10
+    b"\x89\x04\x25\x18\x36\x00\x00"                  # 1034 mov DWORD PTR ds:0x3618,eax
+    b"\x48\x8d\x05\x8f\x01\x00\x00"                  # 103B lea rax,[rip+0x18f] # 0x11d1
+    b"\x66\x89\x04\x25\x20\x36\x00\x00"              # 1042 mov WORD PTR ds:0x3620,ax
+    b"\x66\xc7\x04\x25\x22\x36\x00\x00\x08\x00"      # 104A mov WORD PTR ds:0x3622,0x8
+    b"\x66\xc7\x04\x25\x24\x36\x00\x00\x00\x8e"      # 1054 mov WORD PTR ds:0x3624,0x8e00
+    b"\x48\xc1\xe8\x10"                              # 105E shr rax,0x10
+    b"\x66\x89\x04\x25\x26\x36\x00\x00"              # 1062 mov WORD PTR ds:0x3626,ax
+    b"\x48\xc1\xe8\x10"                              # 106A shr rax,0x10
+    b"\x89\x04\x25\x28\x36\x00\x00"                  # 106E mov DWORD PTR ds:0x3628,eax
+    b"\x48\x8d\x05\x5a\x01\x00\x00"                  # 1075 lea rax,[rip+0x15a] # 0x11d6
+    b"\x66\x89\x04\x25\x30\x36\x00\x00"              # 107C mov WORD PTR ds:0x3630,ax
+    b"\x66\xc7\x04\x25\x32\x36\x00\x00\x08\x00"      # 1084 mov WORD PTR ds:0x3632,0x8
+    b"\x66\xc7\x04\x25\x34\x36\x00\x00\x00\x8e"      # 108E mov WORD PTR ds:0x3634,0x8e00
+    b"\x48\xc1\xe8\x10"                              # 1098 shr rax,0x10
+    b"\x66\x89\x04\x25\x36\x36\x00\x00"              # 109C mov WORD PTR ds:0x3636,ax
+    b"\x48\xc1\xe8\x10"                              # 10A4 shr rax,0x10
+    b"\x89\x04\x25\x38\x36\x00\x00"                  # 10A8 mov DWORD PTR ds:0x3638,eax
+    b"\x48\x8d\x05\x49\x01\x00\x00"                  # 10AF lea rax,[rip+0x149] # 0x11ff
+    b"\x66\x89\x04\x25\xd0\x30\x00\x00"              # 10B6 mov WORD PTR ds:0x30d0,ax
+    b"\x66\xc7\x04\x25\xd2\x30\x00\x00\x08\x00"      # 10BE mov WORD PTR ds:0x30d2,0x8
+    b"\x66\xc7\x04\x25\xd4\x30\x00\x00\x00\x8e"      # 10C8 mov WORD PTR ds:0x30d4,0x8e00
+    b"\x48\xc1\xe8\x10"                              # 10D2 shr rax,0x10
+    b"\x66\x89\x04\x25\xd6\x30\x00\x00"              # 10D6 mov WORD PTR ds:0x30d6,ax
+    b"\x48\xc1\xe8\x10"                              # 10DE shr rax,0x10
+    b"\x89\x04\x25\xd8\x30\x00\x00"                  # 10E2 mov DWORD PTR ds:0x30d8,eax
+    b"\x66\xc7\x04\x25\x00\x50\x00\x00\xff\x0f"      # 10E9 mov WORD PTR ds:0x5000,0xfff
+    b"\xc7\x04\x25\x02\x50\x00\x00\x00\x30\x00\x00"  # 10F3 mov DWORD PTR ds:0x5002,0x3000
+    b"\xc7\x04\x25\x06\x50\x00\x00\x00\x00\x00\x00"  # 10FE mov DWORD PTR ds:0x5006,0x0
+    b"\x0f\x01\x1c\x25\x00\x50\x00\x00"              # 1109 lidt ds:0x5000
+    b"\xb0\xff"                                      # 1111 mov al,0xff
+    b"\xe6\x21"                                      # 1113 out 0x21,al
+    b"\xe6\xa1"                                      # 1115 out 0xa1,al
+    b"\xb9\x1b\x00\x00\x00"                          # 1117 mov ecx,0x1b
+    b"\x0f\x32"                                      # 111C rdmsr
+    b"\x0d\x00\x0c\x00\x00"                          # 111E or eax,0xc00
+    b"\x0f\x30"                                      # 1123 wrmsr
+    b"\x31\xd2"                                      # 1125 xor edx,edx
+    b"\xb9\x0f\x08\x00\x00"                          # 1127 mov ecx,0x80f
+    b"\xb8\xff\x01\x00\x00"                          # 112C mov eax,0x1ff
+    b"\x0f\x30"                                      # 1131 wrmsr
+    b"\xb9\x02\x08\x00\x00"                          # 1133 mov ecx,0x802
+    b"\x0f\x32"                                      # 1138 rdmsr
+    b"\xe7\x10"                                      # 113A out 0x10,eax
+    b"\xb9\x0d\x08\x00\x00"                          # 113C mov ecx,0x80d
+    b"\x0f\x32"                                      # 1141 rdmsr
+    b"\xe7\x11"                                      # 1143 out 0x11,eax
+    b"\xa1\x30\x00\xe0\xfe\x00\x00\x00\x00"          # 1145 movabs eax,ds:0xfee00030
+    b"\xe7\x12"                                      # 114E out 0x12,eax
+    b"\xb9\x02\x08\x00\x00"                          # 1150 mov ecx,0x802
+    b"\x0f\x30"                                      # 1155 wrmsr
+    b"\xb9\x0e\x08\x00\x00"                          # 1157 mov ecx,0x80e
+    b"\x0f\x32"                                      # 115C rdmsr
+    b"\x31\xd2"                                      # 115E xor edx,edx
+    b"\xb9\x3f\x08\x00\x00"                          # 1160 mov ecx,0x83f
+    b"\xb8\x61\x00\x00\x00"                          # 1165 mov eax,0x61
+    b"\x0f\x30"                                      # 116A wrmsr
+    b"\xb9\x30\x08\x00\x00"                          # 116C mov ecx,0x830
+    b"\xb8\x62\x00\x00\x00"                          # 1171 mov eax,0x62
+    b"\x0f\x30"                                      # 1176 wrmsr
+    b"\x83\x3c\x25\x10\x50\x00\x00\x02"              # 1178 cmp DWORD PTR ds:0x5010,0x2
+    b"\x73\x05"                                      # 1180 jae 0x1187
+    b"\xfb"                                          # 1182 sti
+    b"\xf4"                                          # 1183 hlt
+    b"\xfa"                                          # 1184 cli
+    b"\xeb\xf1"                                      # 1185 jmp 0x1178
+    b"\xbe\x00\x00\xc0\xfe"                          # 1187 mov esi,0xfec00000
+    b"\xc7\x06\x22\x00\x00\x00"                      # 118C mov DWORD PTR [rsi],0x22
+    b"\xc7\x46\x10\x63\x08\x00\x00"                  # 1192 mov DWORD PTR [rsi+0x10],0x863
+    b"\xc7\x06\x23\x00\x00\x00"                      # 1199 mov DWORD PTR [rsi],0x23
+    b"\xc7\x46\x10\x00\x00\x00\x01"                  # 119F mov DWORD PTR [rsi+0x10],0x1000000
+    b"\xb0\x01"                                      # 11A6 mov al,0x1
+    b"\xe6\x13"                                      # 11A8 out 0x13,al
+    b"\x83\x3c\x25\x10\x50\x00\x00\x03"              # 11AA cmp DWORD PTR ds:0x5010,0x3
+    b"\x73\x05"                                      # 11B2 jae 0x11b9
+    b"\xfb"                                          # 11B4 sti
+    b"\xf4"                                          # 11B5 hlt
+    b"\xfa"                                          # 11B6 cli
+    b"\xeb\xf1"                                      # 11B7 jmp 0x11aa
+    b"\x8b\x04\x25\x18\x50\x00\x00"                  # 11B9 mov eax,DWORD PTR ds:0x5018
+    b"\xe7\x14"                                      # 11C0 out 0x14,eax
+    b"\x8b\x04\x25\x20\x50\x00\x00"                  # 11C2 mov eax,DWORD PTR ds:0x5020
+    b"\xe7\x15"                                      # 11C9 out 0x15,eax
+    b"\xf4"                                          # 11CB hlt
+    b"\x50"                                          # 11CC push rax
+    b"\xb0\x61"                                      # 11CD mov al,0x61
+    b"\xeb\x08"                                      # 11CF jmp 0x11d9
+    b"\x50"                                          # 11D1 push rax
+    b"\xb0\x62"                                      # 11D2 mov al,0x62
+    b"\xeb\x03"                                      # 11D4 jmp 0x11d9
+    b"\x50"                                          # 11D6 push rax
+    b"\xb0\x63"                                      # 11D7 mov al,0x63
+    b"\x51"                                          # 11D9 push rcx
+    b"\x52"                                          # 11DA push rdx
+    b"\x8b\x0c\x25\x10\x50\x00\x00"                  # 11DB mov ecx,DWORD PTR ds:0x5010
+    b"\x88\x81\x20\x50\x00\x00"                      # 11E2 mov BYTE PTR [rcx+0x5020],al
+    b"\xff\x04\x25\x10\x50\x00\x00"                  # 11E8 inc DWORD PTR ds:0x5010
+    b"\xb9\x0b\x08\x00\x00"                          # 11EF mov ecx,0x80b
+    b"\x31\xc0"                                      # 11F4 xor eax,eax
+    b"\x31\xd2"                                      # 11F6 xor edx,edx
+    b"\x0f\x30"                                      # 11F8 wrmsr
+    b"\x5a"                                          # 11FA pop rdx
+    b"\x59"                                          # 11FB pop rcx
+    b"\x58"                                          # 11FC pop rax
+    b"\x48\xcf"                                      # 11FD iretq
+    b"\x48\x83\x44\x24\x08\x02"                      # 11FF add QWORD PTR [rsp+0x8],0x2
+    b"\xff\x04\x25\x18\x50\x00\x00"                  # 1205 inc DWORD PTR ds:0x5018
+    b"\x48\x83\xc4\x08"                              # 120C add rsp,0x8
+    b"\x48\xcf"                                      # 1210 iretq
+)

@@ -622,3 +622,75 @@ def test_init_reset_keeps_id_and_base_power_on_restores_them() -> None:
     ap.apic.reset(bsp=False)
     assert ap.read(ID) == 0x02000000
     assert ap.apic.apic_base == 0xFEE00800
+
+
+# -- x2APIC -------------------------------------------------------------------------------------
+
+
+def x2apic(apic_id: int) -> Harness:
+    """A software-enabled APIC switched to x2APIC mode (its vCPU's CPUID allows it)."""
+    harness = Harness(apic_id=apic_id)
+    harness.apic.x2apic_allowed = True
+    harness.apic.set_apic_base(0xFEE00C00)
+    assert harness.apic.msr_write(0x80F, 0x1FF)
+    return harness
+
+
+def test_x2apic_needs_cpuid_and_the_xapic_enable_bit(h: Harness) -> None:
+    with pytest.raises(InvalidArgument, match="reserved"):
+        h.apic.set_apic_base(0xFEE00D00)
+    h.apic.x2apic_allowed = True
+    with pytest.raises(InvalidArgument, match="without the APIC"):
+        h.apic.set_apic_base(0xFEE00500)
+    h.apic.set_apic_base(0xFEE00D00)
+    assert h.apic.x2apic_mode
+
+
+def test_x2apic_id_and_ldr_come_from_the_vcpu_id() -> None:
+    ap = x2apic(0x23)
+    assert ap.apic.msr_read(0x802) == 0x23
+    assert ap.apic.msr_read(0x80D) == 0x00020008  # cluster 2, member bit 3
+    assert not ap.apic.msr_write(0x802, 0x5) and not ap.apic.msr_write(0x80D, 0)  # read-only: #GP
+    assert ap.apic.get_state().register(ID) == 0x23000000  # KVM_GET_LAPIC without X2APIC_API
+    ap.apic.set_apic_base(0xFEE00800)  # back to xAPIC (the host may): the xAPIC ID again
+    assert ap.read(ID) == 0x23000000 and ap.apic.msr_read(0x802) is None
+
+
+def test_x2apic_msr_access_rules() -> None:
+    x = x2apic(1)
+    assert x.read(VER) == 0xFFFFFFFF  # the MMIO window is a hole in x2APIC mode
+    x.write(TPR, 0x30)
+    assert x.apic.msr_read(0x808) == 0
+    assert x.apic.msr_write(0x808, 0x30) and x.apic.msr_read(0x808) == 0x30
+    for absent in (0x809, 0x80E, 0x831, 0x80B, 0x83F, 0x840, 0x8FF):  # ARBPRI DFR ICR2, write-only EOI SELF_IPI, beyond
+        assert x.apic.msr_read(absent) is None
+    assert x.apic.msr_read(0x803) == 0x50014
+    assert not x.apic.msr_write(0x803, 0) and not x.apic.msr_write(0x80A, 0)  # read-only: #GP
+    assert not x.apic.msr_write(0x808, 1 << 32)  # bits 63:32 reserved
+    assert x.apic.msr_write(0x828, 0) and not x.apic.msr_write(0x828, 1)  # ESR: only 0
+    assert not x.apic.msr_write(0x83F, 0x130)  # SELF_IPI: bits above the vector reserved
+    assert not x.apic.msr_write(0x830, 1 << 13 | 0x40)  # a reserved ICR bit
+
+
+def test_x2apic_ipis_carry_32_bit_destinations() -> None:
+    x = x2apic(1)
+    assert x.apic.msr_write(0x830, 0x0000_0102_0000_4841)  # fixed 0x41, logical, to cluster 1 member 1
+    assert x.apic.msr_read(0x830) == 0x0000_0102_0000_4841
+    assert x.apic.get_state().register(ICR2) == 0x102  # ICR bits 63:32, as KVM_GET_LAPIC splits it
+    assert x.apic.msr_write(0x83F, 0x42)
+    assert x.sent == [
+        InterruptMessage(0x41, DeliveryMode.FIXED, 0x102, True, False, True, Shorthand.NONE, 1),
+        InterruptMessage(0x42, DeliveryMode.FIXED, 0, False, False, False, Shorthand.SELF, 1),
+    ]
+
+
+def test_x2apic_destinations() -> None:
+    x = x2apic(0x12)
+    assert x.apic.matches(0x12, logical=False) and not x.apic.matches(0x13, logical=False)
+    assert x.apic.matches(0xFFFFFFFF, logical=False)
+    assert x.apic.matches(0xFF, logical=False)  # an IOAPIC / MSI broadcast: KVM's x2APIC broadcast quirk
+    assert not x.apic.matches(0xFF, logical=False, ipi=True)  # an IPI's 0xff is ID 0xff
+    assert x.apic.matches(0x10004, logical=True)  # cluster 1, member bit 2
+    assert not x.apic.matches(0x4, logical=True) and not x.apic.matches(0x10008, logical=True)
+    assert x.apic.msr_write(0x80F, 0xFF)
+    assert not x.apic.matches(0x10004, logical=True)  # software-disabled: out of the logical map

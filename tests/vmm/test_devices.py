@@ -15,7 +15,7 @@ import pytest
 from hvcore.errors import AlreadyExists, InvalidArgument, NotFound
 from hvcore.vmm.bus import Bus
 from hvcore.vmm.device import Device, DeviceHost, IrqLine, StopRequest
-from hvcore.vmm.devices import I8042, Cmos, DebugConsole, DebugExit, FwCfg, FwCfgKey, Uart16550
+from hvcore.vmm.devices import I8042, Cmos, DebugConsole, DebugExit, FwCfg, FwCfgKey, PcTestdev, Uart16550
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -102,15 +102,21 @@ def test_standard_pc_layout_registers_without_conflicts() -> None:
     bus.register(Cmos.PORT, Cmos.LENGTH, Cmos(64 * MIB))
     for base, length, device in FwCfg(dma_memory=GuestRam(0x1000)).ports():
         bus.register(base, length, device)
+    for base, length, device in PcTestdev(machine.host).ports():
+        bus.register(base, length, device)
     assert [(r.base, r.length) for r in bus.ranges()] == [
         (0x60, 1),
         (0x64, 1),
         (0x70, 2),
+        (0xE0, 4),
+        (0xE4, 4),
+        (0xE8, 4),
         (0xF4, 1),
         (0x3F8, 8),
         (0x402, 1),
         (0x510, 2),
         (0x514, 8),
+        (0x2000, 24),
     ]
     assert bus.read(0x61, 1) == 0xFF  # port B stays free for another device
     assert bus.read(0x402, 1) == 0xE9
@@ -955,3 +961,34 @@ def test_fw_cfg_dma_ignores_partial_and_odd_writes() -> None:
     assert ram.read(0x1000, 4) == b"\0\0\0\x0a"
     dma_kick(bus, 0x1000)
     assert ram.data[0x1800:0x1804] == b"QEMU"
+
+
+# -- pc-testdev ---------------------------------------------------------------------------------
+
+
+def test_pc_testdev_lines_scratch_and_flush() -> None:
+    machine = FakeMachine()
+    bus = io_bus()
+    testdev = PcTestdev(machine.host)
+    for base, length, device in testdev.ports():
+        bus.register(base, length, device)
+    bus.write(0x200E, 1, 1)
+    bus.write(0x200E, 1, 0)
+    bus.write(0x2017, 1, 0x80)  # any non-zero value raises the line
+    assert machine.line(14).events == [True, False] and machine.line(23).events == [True]
+    assert bus.read(0x2000, 1) == 0
+    bus.write(0xE0, 4, 0x12345678)
+    assert bus.read(0xE0, 4) == 0x12345678 and testdev.scratch == 0x12345678
+    bus.write(0xE1, 1, 0xAB)  # a narrower write replaces only its bytes
+    assert bus.read(0xE0, 4) == 0x1234AB78 and bus.read(0xE1, 1) == 0xAB
+    bus.write(0xEA, 2, 0xCDEF)  # the same register at 0xE8
+    assert bus.read(0xE8, 4) == 0xCDEFAB78 and testdev.scratch == 0xCDEFAB78
+    bus.write(0xE4, 4, 0x1000)  # flush page: accepted, nothing to do
+    assert bus.read(0xE4, 4) == 0
+
+
+def test_pc_testdev_without_an_irqchip_ignores_line_writes() -> None:
+    machine = FakeMachine(irqchip=False)
+    port = {base: device for base, _, device in PcTestdev(machine.host).ports()}[PcTestdev.IRQ_BASE]
+    port.write(5, 1, 1)
+    assert machine.lines == {}

@@ -44,6 +44,48 @@ COUNT_FOREVER = (
 )
 
 
+# Real mode at 0x1000 (ds = ss = 0): the 8259 master at vector 0x20 with only IRQ 5 unmasked, then
+# a pulse on line 5 through pc-testdev (port 0x2005: 1, then 0); `sti; hlt` until the ISR (vector
+# 0x25: flag 0x25 at 0x600, EOI) ran, then the flag to isa-debug-exit: status (0x25 << 1) | 1.
+TESTDEV_IRQ = (
+    b"\xfa"                      # 1000 cli
+    b"\x31\xc0"                  # 1001 xor ax,ax
+    b"\x8e\xd8"                  # 1003 mov ds,ax
+    b"\x8e\xd0"                  # 1005 mov ss,ax
+    b"\xbc\x00\x80"              # 1007 mov sp,0x8000
+    b"\xc7\x06\x94\x00\x45\x10"  # 100A mov WORD PTR ds:0x94,0x1045
+    b"\xc7\x06\x96\x00\x00\x00"  # 1010 mov WORD PTR ds:0x96,0x0
+    b"\xb0\x11"                  # 1016 mov al,0x11
+    b"\xe6\x20"                  # 1018 out 0x20,al
+    b"\xb0\x20"                  # 101A mov al,0x20
+    b"\xe6\x21"                  # 101C out 0x21,al
+    b"\xb0\x04"                  # 101E mov al,0x4
+    b"\xe6\x21"                  # 1020 out 0x21,al
+    b"\xb0\x01"                  # 1022 mov al,0x1
+    b"\xe6\x21"                  # 1024 out 0x21,al
+    b"\xb0\xdf"                  # 1026 mov al,0xdf
+    b"\xe6\x21"                  # 1028 out 0x21,al
+    b"\xba\x05\x20"              # 102A mov dx,0x2005
+    b"\xb0\x01"                  # 102D mov al,0x1
+    b"\xee"                      # 102F out dx,al
+    b"\xb0\x00"                  # 1030 mov al,0x0
+    b"\xee"                      # 1032 out dx,al
+    b"\x80\x3e\x00\x06\x00"      # 1033 cmp BYTE PTR ds:0x600,0x0
+    b"\x75\x05"                  # 1038 jne 0x103f
+    b"\xfb"                      # 103A sti
+    b"\xf4"                      # 103B hlt
+    b"\xfa"                      # 103C cli
+    b"\xeb\xf4"                  # 103D jmp 0x1033
+    b"\xa0\x00\x06"              # 103F mov al,ds:0x600
+    b"\xe6\xf4"                  # 1042 out 0xf4,al
+    b"\xf4"                      # 1044 hlt
+    b"\xc6\x06\x00\x06\x25"      # 1045 mov BYTE PTR ds:0x600,0x25
+    b"\xb0\x20"                  # 104A mov al,0x20
+    b"\xe6\x20"                  # 104C out 0x20,al
+    b"\xcf"                      # 104E iret
+)
+
+
 @pytest.fixture
 def machine(hv: Hypervisor) -> Iterator[Machine]:
     """A 16 MiB PC machine with an irqchip on each backend."""
@@ -68,6 +110,13 @@ def test_devices_on_the_buses_and_debug_exit(machine: Machine) -> None:
     stats = machine.statistics()
     assert stats["unclaimed_io_reads"] == 1 and stats["unclaimed_io_writes"] == 1
     assert stats["IoExit"] == len(b"hello, machine\n") + 4  # 15 chars, IN 0x99, OUT 0x402, OUT 0x98, OUT 0xf4
+
+
+def test_pc_testdev_drives_an_interrupt_line(machine: Machine) -> None:
+    """kvm-unit-tests raise and lower GSIs through QEMU's pc-testdev ports 0x2000 + n."""
+    add_pc_devices(machine, serial=io.BytesIO())
+    _start_real(machine, TESTDEV_IRQ)
+    assert machine.run(timeout=20) == MachineResult("debug-exit", (0x25 << 1) | 1)
 
 
 def test_hlt_without_irqchip_ends_the_run(hv: Hypervisor) -> None:

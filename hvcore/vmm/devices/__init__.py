@@ -8,6 +8,7 @@
 | :class:`I8042` | 0x60, 1 and 0x64, 1 (``ports()``) | keyboard controller: reset, A20, self test |
 | :class:`Cmos` | 0x70, 2 | CMOS RAM, RTC, memory sizes for the BIOS |
 | :class:`FwCfg` | 0x510, 2 (+ 0x514, 8 with DMA; ``ports()``) | QEMU fw_cfg |
+| :class:`PcTestdev` | 0xE0, 4; 0xE4, 4; 0xE8, 4; 0x2000, 24 (``ports()``) | QEMU pc-testdev: kvm-unit-tests' GSIs |
 """
 
 from hvcore.vmm.devices.cmos import Cmos
@@ -15,6 +16,7 @@ from hvcore.vmm.devices.debug_exit import DebugExit
 from hvcore.vmm.devices.debugcon import DebugConsole
 from hvcore.vmm.devices.fw_cfg import DmaMemory, FwCfg, FwCfgDma, FwCfgKey
 from hvcore.vmm.devices.i8042 import I8042, I8042Port
+from hvcore.vmm.devices.testdev import PcTestdev, PcTestdevPort
 from hvcore.vmm.devices.uart import Uart16550
 
 __all__ = [
@@ -27,5 +29,7 @@ __all__ = [
     "FwCfgDma",
     "FwCfgKey",
     "I8042Port",
+    "PcTestdev",
+    "PcTestdevPort",
     "Uart16550",
 ]

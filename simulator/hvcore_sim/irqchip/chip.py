@@ -213,7 +213,8 @@ class Irqchip:
             return lapics
         if shorthand is Shorthand.ALL_EXCLUDING_SELF:
             return [lapic for lapic in lapics if lapic.apic_id != source]
-        return [lapic for lapic in lapics if lapic.matches(message.destination, message.logical)]
+        ipi = source is not None
+        return [lapic for lapic in lapics if lapic.matches(message.destination, message.logical, ipi=ipi)]
 
     def _pit_irq(self, irq: int, level: bool) -> object:
         return self.irq_line(irq, level, PIT_SOURCE)

@@ -1,7 +1,8 @@
-"""A vCPU's local APIC in xAPIC mode, as KVM's in-kernel model (``arch/x86/kvm/lapic.c``) behaves.
+"""A vCPU's local APIC, xAPIC and x2APIC, as KVM's in-kernel model (``arch/x86/kvm/lapic.c``) behaves.
 
 The registers live in a 1 KiB page laid out as ``KVM_GET_LAPIC`` returns it (4-byte registers on
-16-byte strides); the guest reaches them through the 4 KiB MMIO window at ``apic_base & 0xfffff000``.
+16-byte strides); in xAPIC mode the guest reaches them through the 4 KiB MMIO window at
+``apic_base & 0xfffff000``, in x2APIC mode through MSRs 0x800-0x8ff (:meth:`LocalApic.msr_read`).
 
 KVM's rules reproduced here:
 
@@ -19,6 +20,16 @@ KVM's rules reproduced here:
   lowest-priority interrupts are refused while software- or hardware-disabled. NMI, INIT and
   SIPI are always accepted. ESR stays 0 (KVM records no APIC errors).
 - ICR: a write sends the IPI at once (``send``) and the delivery-status bit reads 0.
+- x2APIC (IA32_APIC_BASE bits 10 and 11, allowed when the vCPU's CPUID has x2APIC): the MMIO
+  window reads all ones and ignores writes; MSR ``0x800 + offset / 16`` reads and writes register
+  ``offset``, and anything KVM refuses (a register that does not exist or is not readable, a
+  write-only or read-only one, bits 63:32 set, a reserved ICR bit, a non-zero ESR write) is #GP.
+  The ID is the vCPU id (read-only), the LDR is derived from it (cluster ``id >> 4`` in bits 31:16,
+  ``1 << (id & 15)`` below), there is no DFR, ICR2 or ARBPRI, the ICR is one 64-bit register with a
+  32-bit destination (kept in the page's ICR and ICR2 slots, as ``KVM_GET_LAPIC`` shows it), and
+  SELF_IPI (0x83f) sends a fixed self-IPI. Physical destination 0xffffffff is the broadcast; an
+  IOAPIC or MSI broadcast (0xff) reaches x2APIC-mode APICs too (KVM's broadcast quirk), and a
+  logical destination matches cluster bits 31:16 and member bits 15:0 of the LDR.
 - Timer: APIC bus cycle 1 ns, so a count lasts ``count * divide`` ns; a periodic period is at
   least 200 us (KVM's ``min_timer_period_us``). The current count is ``(ns left mod period) /
   divide`` (0 at the very instant the count is written, as KVM's formula gives). A masked LVT
@@ -29,9 +40,9 @@ KVM's rules reproduced here:
 - ``set_state`` restarts the timer from the page's current count (an expired one-shot timer,
   saved with current count 0, fires once more, as on KVM).
 
-Left out: x2APIC (the X2APIC_ENABLE bit of IA32_APIC_BASE is refused as on a guest without
-x2APIC), SMIs (no SMM: not accepted), the CMCI LVT, KVM's lapic_timer_advance tuning, PV EOI,
-Hyper-V SynIC and APICv.
+Left out: SMIs (no SMM: not accepted), the CMCI LVT, KVM's lapic_timer_advance tuning, PV EOI,
+Hyper-V SynIC, APICv and ``KVM_CAP_X2APIC_API`` (``KVM_GET_LAPIC`` shows an x2APIC ID shifted into
+bits 31:24, as KVM without it).
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ from hvcore.types import Lapic
 from hvcore_sim.clock import Clock
 from hvcore_sim.irqchip.message import DeliveryMode, InterruptMessage, Shorthand
 
-__all__ = ["DEFAULT_BASE", "MIN_PERIODIC_NS", "MMIO_SIZE", "VERSION", "LocalApic"]
+__all__ = ["DEFAULT_BASE", "MIN_PERIODIC_NS", "MMIO_SIZE", "VERSION", "X2APIC_MSRS", "LocalApic"]
 _EMPTY_VECTOR_REGISTERS: Final = bytes(0x80)  # ISR, TMR or IRR with no bit set (8 registers, 16-byte stride)
 
 DEFAULT_BASE: Final = 0xFEE00000
@@ -55,6 +66,8 @@ VERSION: Final = 0x50014
 """The version register: version 0x14, max LVT entry 5, no directed EOI (in-kernel IOAPIC)."""
 MIN_PERIODIC_NS: Final = 200_000
 """KVM's ``min_timer_period_us`` (200 us): the shortest period a periodic timer runs with."""
+X2APIC_MSRS: Final = range(0x800, 0x900)
+"""The x2APIC MSRs: ``0x800 + offset // 16`` is the register at ``offset``."""
 
 # Register offsets.
 APIC_ID: Final = 0x20
@@ -81,6 +94,7 @@ APIC_LVTERR: Final = 0x370
 APIC_TMICT: Final = 0x380
 APIC_TMCCT: Final = 0x390
 APIC_TDCR: Final = 0x3E0
+APIC_SELF_IPI: Final = 0x3F0
 
 # Register bits.
 SPIV_APIC_ENABLED: Final = 1 << 8
@@ -115,9 +129,13 @@ _READABLE: Final = frozenset(
     | {base + 0x10 * i for base in (APIC_ISR, APIC_TMR, APIC_IRR) for i in range(8)}
     | {APIC_ICR, APIC_ICR2, *_LVTS, APIC_TMICT, APIC_TMCCT, APIC_TDCR}
 )
+_X2APIC_UNREADABLE: Final = frozenset({APIC_ARBPRI, APIC_DFR, APIC_ICR2})
+_X2APIC_ICR_RESERVED: Final = (0xFFF << 20) | (3 << 16) | (1 << 13)
 _DFR_FLAT: Final = 0xFFFFFFFF
 _DFR_CLUSTER: Final = 0x0FFFFFFF
 _BROADCAST: Final = 0xFF
+_X2APIC_BROADCAST: Final = 0xFFFFFFFF
+_X2APIC_ON: Final = APIC_BASE_ENABLE | APIC_BASE_X2APIC
 _PAGE_SIZE: Final = 1024
 _NS_PER_S: Final = 1_000_000_000
 
@@ -125,8 +143,8 @@ _NS_PER_S: Final = 1_000_000_000
 class LocalApic:
     """One vCPU's local APIC; ``send`` puts an IPI on the APIC bus, ``eoi_broadcast`` tells the IOAPIC.
 
-    ``apic_id`` is the vCPU id: the xAPIC ID register starts as its low 8 bits and IPIs carry it
-    as ``source``. The constructor leaves the APIC in its power-on state, as the bootstrap
+    ``apic_id`` is the vCPU id: the xAPIC ID register starts as its low 8 bits, it is the x2APIC
+    ID, and IPIs carry it as ``source``. The constructor leaves the APIC in its power-on state, as the bootstrap
     processor when ``apic_id`` is 0 (KVM's default BSP). With ``tsc_deadline=False`` the LVT
     timer mode is one bit wide, as for a guest whose CPUID lacks TSC-deadline.
     """
@@ -151,6 +169,8 @@ class LocalApic:
         """Guest TSC frequency."""
         self.maxphyaddr = 36
         """Physical-address width; IA32_APIC_BASE bits at and above it are reserved (36 without CPUID)."""
+        self.x2apic_allowed = False
+        """The vCPU's CPUID has x2APIC: IA32_APIC_BASE may set X2APIC_ENABLE."""
         self.nmi_pending = False
         """An NMI arrived (IPI, IOAPIC or LINT); the vCPU loop injects it and clears the flag."""
         self.init_pending = False
@@ -208,10 +228,15 @@ class LocalApic:
         """SVR bit 8: the guest enabled the APIC."""
         return bool(self._get(APIC_SPIV) & SPIV_APIC_ENABLED)
 
+    @property
+    def x2apic_mode(self) -> bool:
+        """IA32_APIC_BASE bits 10 and 11: the APIC is in x2APIC mode (MSRs, not MMIO)."""
+        return self._apic_base & _X2APIC_ON == _X2APIC_ON
+
     def read(self, offset: int, size: int) -> int:
         """A guest read of ``size`` bytes at ``offset`` in the 4 KiB page (``apic_mmio_read``)."""
         _check_access(offset, size)
-        if not self.hardware_enabled:
+        if not self.hardware_enabled or self.x2apic_mode:
             return (1 << (8 * size)) - 1
         alignment = offset & 0xF
         register = offset & ~0xF
@@ -230,13 +255,45 @@ class LocalApic:
         return self._get(register)
 
     def write(self, offset: int, size: int, value: int) -> None:
-        """A guest write; only aligned 4-byte writes to a hardware-enabled APIC count (``apic_mmio_write``)."""
+        """A guest write; only aligned 4-byte writes to a hardware-enabled xAPIC count (``apic_mmio_write``)."""
         _check_access(offset, size)
-        if not self.hardware_enabled or size != 4 or offset & 0xF:
+        if not self.hardware_enabled or self.x2apic_mode or size != 4 or offset & 0xF:
             return
         self._write_register(offset, value & 0xFFFFFFFF)
 
-    def _write_register(self, register: int, value: int) -> None:
+    def msr_read(self, index: int) -> int | None:
+        """RDMSR of x2APIC MSR ``index`` (``kvm_x2apic_msr_read``); None where KVM refuses (#GP)."""
+        register = (index - X2APIC_MSRS.start) << 4
+        if index not in X2APIC_MSRS or not self.x2apic_mode:
+            return None
+        if register == APIC_ICR:
+            return self._get(APIC_ICR) | self._get(APIC_ICR2) << 32
+        if register not in _READABLE or register in _X2APIC_UNREADABLE:
+            return None
+        return self._read_register(register)
+
+    def msr_write(self, index: int, value: int) -> bool:
+        """WRMSR of x2APIC MSR ``index`` (``kvm_x2apic_msr_write``); False where KVM refuses (#GP)."""
+        register = (index - X2APIC_MSRS.start) << 4
+        if index not in X2APIC_MSRS or not self.x2apic_mode or not 0 <= value < 1 << 64:
+            return False
+        if register == APIC_ICR:  # one 64-bit register, the destination in bits 63:32
+            if value & _X2APIC_ICR_RESERVED:
+                return False
+            value &= ~ICR_BUSY
+            self._send_ipi(value & 0xFFFFFFFF, value >> 32)
+            self._set(APIC_ICR, value)
+            self._set(APIC_ICR2, value >> 32)
+            return True
+        if value >> 32:
+            return False
+        return self._write_register(register, value)
+
+    def _write_register(self, register: int, value: int) -> bool:
+        """KVM's ``kvm_lapic_reg_write``: False where it refuses the write (#GP for an x2APIC MSR)."""
+        x2apic = self.x2apic_mode
+        if register in (APIC_ID, APIC_LDR, APIC_DFR, APIC_ICR2) and x2apic:
+            return False  # read-only (ID, LDR) or absent (DFR, ICR2) in x2APIC mode
         if register == APIC_ID:
             self._set(APIC_ID, (value >> 24) << 24)
         elif register == APIC_TASKPRI:
@@ -271,18 +328,25 @@ class LocalApic:
             self._set(APIC_LVTT, value & (_LVT_MASK | self._timer_mode_mask))
             self._update_lvtt()
         elif register == APIC_TMICT:
-            if self._timer_mode == TIMER_TSCDEADLINE:
-                return
-            self._expires = None
-            self._set(APIC_TMICT, value)
-            self._start_timer(APIC_TMICT)
+            if self._timer_mode != TIMER_TSCDEADLINE:
+                self._expires = None
+                self._set(APIC_TMICT, value)
+                self._start_timer(APIC_TMICT)
         elif register == APIC_TDCR:
             old_divide = self._divide
             self._set(APIC_TDCR, value & 0xB)
             self._update_divide()
             if self._divide != old_divide and self._period:
                 self._rescale_timer(old_divide)
-        # ESR, the read-only registers and the reserved ones ignore writes.
+        elif register == APIC_ESR:  # ESR stays 0; x2APIC refuses a non-zero write
+            return not (x2apic and value)
+        elif register == APIC_SELF_IPI:  # x2APIC only: bits 7:0 the vector, the rest reserved
+            if not x2apic or value & ~_VECTOR:
+                return False
+            self._send_ipi(int(Shorthand.SELF) << 18 | value, 0)
+        else:
+            return False  # read-only or reserved
+        return True
 
     # -- priorities, acceptance, EOI ------------------------------------------------------------
 
@@ -332,25 +396,34 @@ class LocalApic:
         self._set_vector(APIC_IRR, vector, True)
         return True
 
-    def matches(self, destination: int, logical: bool) -> bool:
-        """Whether this APIC is a target of ``destination`` (0xff: broadcast) in physical or logical mode.
+    def matches(self, destination: int, logical: bool, *, ipi: bool = False) -> bool:
+        """Whether this APIC is a target of ``destination`` in physical or logical mode (``kvm_apic_match_dest``).
 
-        A hardware-disabled APIC matches nothing. Logical destinations follow DFR (flat: LDR bits
-        31:24 AND the mask; cluster: same cluster nibble and a common member bit) and, as KVM's
-        APIC map, skip software-disabled APICs.
+        A hardware-disabled APIC matches nothing. The broadcast is 0xff in xAPIC mode and
+        0xffffffff in x2APIC mode, where a 0xff that is not an IPI (``ipi``: from the IOAPIC or an
+        MSI) counts as broadcast too (KVM's x2APIC broadcast quirk). Logical destinations follow
+        DFR (flat: LDR bits 31:24 AND the mask; cluster: same cluster nibble and a common member
+        bit) or, in x2APIC mode, the same cluster (bits 31:16) and a common member bit (15:0); as
+        KVM's APIC map, they skip software-disabled APICs.
         """
         if destination < 0:
             raise InvalidArgument(f"APIC destination {destination} must not be negative")
         if not self.hardware_enabled:
             return False
-        if destination == _BROADCAST:
+        x2apic = self.x2apic_mode
+        if x2apic and destination == _BROADCAST and not ipi:
+            destination = _X2APIC_BROADCAST
+        if destination == (_X2APIC_BROADCAST if x2apic else _BROADCAST):
             return True
         if not logical:
-            if destination > 0xFF:  # KVM's hotplug hack: an id xAPIC cannot encode means the vCPU id
+            if x2apic or destination > 0xFF:  # KVM's hotplug hack: an id xAPIC cannot encode is the vCPU id
                 return destination == self.apic_id
             return destination == self._get(APIC_ID) >> 24
         if not self.software_enabled:
             return False
+        if x2apic:
+            ldr = self._get(APIC_LDR)
+            return ldr >> 16 == destination >> 16 and bool(ldr & destination & 0xFFFF)
         ldr = self._get(APIC_LDR) >> 24
         dfr = self._get(APIC_DFR)
         if dfr == _DFR_FLAT:
@@ -398,7 +471,7 @@ class LocalApic:
             InterruptMessage(
                 vector=low & _VECTOR,
                 delivery_mode=DeliveryMode(mode),
-                destination=high >> 24,
+                destination=high if self.x2apic_mode else high >> 24,
                 logical=bool(low >> 11 & 1),
                 level_triggered=bool(low & _LEVEL),
                 assert_level=bool(low >> 14 & 1),
@@ -563,38 +636,61 @@ class LocalApic:
         return self._apic_base & APIC_BASE_ADDRESS_MASK
 
     def set_apic_base(self, value: int) -> None:
-        """Write IA32_APIC_BASE; reserved bits (and X2APIC_ENABLE: no x2APIC) raise ``InvalidArgument``.
+        """Write IA32_APIC_BASE; reserved bits or x2APIC without xAPIC raise ``InvalidArgument``.
 
-        The caller turns the error into #GP for a guest WRMSR. Clearing bit 11 turns the APIC off
-        (it matches no destination, takes no interrupt, its MMIO reads all ones) without clearing
-        its registers, as KVM; setting it again reloads the xAPIC ID from the vCPU id.
+        X2APIC_ENABLE is reserved unless :attr:`x2apic_allowed`. The caller turns the error into
+        #GP for a guest WRMSR (and refuses the guest's x2APIC -> xAPIC and disabled -> x2APIC
+        moves, which the host may make). Clearing bit 11 turns the APIC off (it matches no
+        destination, takes no interrupt, its MMIO reads all ones) without clearing its registers,
+        as KVM; setting it again reloads the xAPIC ID from the vCPU id. Entering x2APIC mode sets
+        the x2APIC ID and the LDR derived from it; leaving it for xAPIC reloads the xAPIC ID.
         """
         if value == self._apic_base:
             return
-        reserved = ((1 << 64) - (1 << self.maxphyaddr)) | 0x2FF | APIC_BASE_X2APIC
+        reserved = ((1 << 64) - (1 << self.maxphyaddr)) | 0x2FF | (0 if self.x2apic_allowed else APIC_BASE_X2APIC)
         if value < 0 or value & reserved:
             raise InvalidArgument(f"IA32_APIC_BASE value {value:#x} sets reserved bits")
+        if value & _X2APIC_ON == APIC_BASE_X2APIC:
+            raise InvalidArgument(f"IA32_APIC_BASE value {value:#x} enables x2APIC without the APIC (bit 11)")
         self._set_base(value)
 
     def _set_base(self, value: int) -> None:
+        """KVM's ``__kvm_apic_set_base``: the ID (and the x2APIC LDR) follow mode changes."""
         old = self._apic_base
         self._apic_base = value
         if (old ^ value) & APIC_BASE_ENABLE and value & APIC_BASE_ENABLE:
             self._set(APIC_ID, (self.apic_id & 0xFF) << 24)
+        if (old ^ value) & APIC_BASE_X2APIC:
+            if value & APIC_BASE_X2APIC:
+                self._set(APIC_ID, self.apic_id)
+                self._set(APIC_LDR, _x2apic_ldr(self.apic_id))
+            elif value & APIC_BASE_ENABLE:
+                self._set(APIC_ID, (self.apic_id & 0xFF) << 24)
 
     # -- state ----------------------------------------------------------------------------------
 
     def get_state(self) -> Lapic:
-        """``KVM_GET_LAPIC``: the register page with the current count filled in."""
+        """``KVM_GET_LAPIC``: the register page with the current count filled in.
+
+        In x2APIC mode the ID shows shifted into bits 31:24, as KVM without ``KVM_CAP_X2APIC_API``.
+        """
         page = bytearray(self._regs)
         page[APIC_TMCCT : APIC_TMCCT + 4] = self._read_register(APIC_TMCCT).to_bytes(4, "little")
+        if self.x2apic_mode:
+            page[APIC_ID : APIC_ID + 4] = ((self.apic_id << 24) & 0xFFFFFFFF).to_bytes(4, "little")
         return Lapic(bytes(page))
 
     def set_state(self, state: Lapic) -> None:
-        """``KVM_SET_LAPIC``: load the page (the version register is recomputed) and restart the timer from it."""
+        """``KVM_SET_LAPIC``: load the page (the version register is recomputed) and restart the timer from it.
+
+        In x2APIC mode the ID and the LDR come from the vCPU id, whatever the page holds (as KVM).
+        """
         if len(state.regs) != _PAGE_SIZE:
             raise InvalidArgument(f"LAPIC state is {_PAGE_SIZE} bytes, got {len(state.regs)}")
         self._regs[:] = state.regs
+        if self.x2apic_mode:
+            self._set(APIC_ID, self.apic_id)
+            self._set(APIC_LDR, _x2apic_ldr(self.apic_id))
         self._set(APIC_LVR, VERSION)
         self._update_ppr()
         self._expires = None
@@ -606,11 +702,11 @@ class LocalApic:
     def reset(self, bsp: bool, *, init: bool = False) -> None:
         """Power-on reset, or with ``init`` the INIT reset (``kvm_lapic_reset``).
 
-        Power-on also sets IA32_APIC_BASE to 0xfee00800 (| 0x100 for the BSP) and the xAPIC ID to
-        the vCPU id, and clears the pending INIT and SIPI; INIT keeps both. Either way: every LVT
-        masked (LINT0 in ExtINT mode, unmasked, on the BSP), DFR flat, SVR 0xff (software-disabled),
-        TPR, LDR, ESR, ICR, divide, initial count, IRR, ISR and TMR 0, the timer stopped and any
-        pending NMI dropped.
+        Power-on also sets IA32_APIC_BASE to 0xfee00800 (| 0x100 for the BSP: out of x2APIC mode)
+        and the xAPIC ID to the vCPU id, and clears the pending INIT and SIPI; INIT keeps both, and
+        the x2APIC mode with its ID and LDR. Either way: every LVT masked (LINT0 in ExtINT mode,
+        unmasked, on the BSP), DFR flat, SVR 0xff (software-disabled), TPR, LDR (xAPIC), ESR, ICR,
+        divide, initial count, IRR, ISR and TMR 0, the timer stopped and any pending NMI dropped.
         """
         if not init:
             self._set_base(DEFAULT_BASE | APIC_BASE_ENABLE | (APIC_BASE_BSP if bsp else 0))
@@ -626,8 +722,10 @@ class LocalApic:
             self._set(APIC_LVT0, _MODE_EXTINT)  # KVM's LINT0_REENABLED quirk
         self._set(APIC_DFR, _DFR_FLAT)
         self._set(APIC_SPIV, 0xFF)
-        for register in (APIC_TASKPRI, APIC_LDR, APIC_ESR, APIC_ICR, APIC_ICR2, APIC_TDCR, APIC_TMICT):
+        for register in (APIC_TASKPRI, APIC_ESR, APIC_ICR, APIC_ICR2, APIC_TDCR, APIC_TMICT):
             self._set(register, 0)
+        if not self.x2apic_mode:
+            self._set(APIC_LDR, 0)
         for index in range(8):
             for base in (APIC_IRR, APIC_ISR, APIC_TMR):
                 self._set(base + 0x10 * index, 0)
@@ -635,6 +733,11 @@ class LocalApic:
         self._period = 0
         self._update_ppr()
         self.nmi_pending = False
+
+
+def _x2apic_ldr(apic_id: int) -> int:
+    """The x2APIC LDR of an APIC id (``kvm_apic_calc_x2apic_ldr``): cluster ``id >> 4`` at bit 16, bit ``id & 15``."""
+    return ((apic_id >> 4) << 16 | 1 << (apic_id & 0xF)) & 0xFFFFFFFF
 
 
 def _check_access(offset: int, size: int) -> None:

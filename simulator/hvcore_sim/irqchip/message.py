@@ -33,9 +33,10 @@ class Shorthand(IntEnum):
 class InterruptMessage:
     """What an interrupt source asks the APIC bus to deliver.
 
-    ``destination`` is an 8-bit xAPIC destination (0xff: broadcast) read as a physical APIC id,
-    or as a logical mask when ``logical``; ``source`` is the sending APIC's id for IPIs
-    (``None`` for the IOAPIC and MSIs), used by the shorthands.
+    ``destination`` is an 8-bit xAPIC destination (0xff: broadcast), or a 32-bit one from an
+    x2APIC-mode IPI (0xffffffff: broadcast), read as a physical APIC id, or as a logical mask when
+    ``logical``; ``source`` is the sending APIC's id for IPIs (``None`` for the IOAPIC and MSIs),
+    used by the shorthands.
     """
 
     vector: int

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from hvcore.vmm.timers import DeviceTimers
 
 __all__ = ["Device", "DeviceHost", "IrqLine", "StopRequest"]
 
@@ -53,9 +55,12 @@ class StopRequest:
 
 @dataclass(frozen=True)
 class DeviceHost:
-    """What a device may ask of its machine: an interrupt line, a stop."""
+    """What a device may ask of its machine: an interrupt line, a stop, the time and timers."""
 
     irq: Callable[[int], IrqLine | None]
     """The line for GSI ``n``, or ``None`` when the machine has no irqchip."""
     request_stop: Callable[[StopRequest], None]
     """Stop the machine (every vCPU), e.g. for isa-debug-exit or an i8042 reset."""
+    timers: DeviceTimers = field(default_factory=DeviceTimers)
+    """The machine's clock (``timers.now()``, nanoseconds) and callbacks at its deadlines; a
+    :class:`~hvcore.vmm.machine.Machine` gives its VM clock. The default counts host monotonic time."""

@@ -12,7 +12,9 @@ Memory: RAM from guest-physical 0 up to the 32-bit hole (3 GiB), the rest from 4
 (firmware) read-only where loaders put them. With an irqchip (the default) every vCPU gets a
 thread: vCPU 0 starts as the image says, the others wait for INIT/SIPI as on real hardware.
 Exits go to the IO and MMIO buses; unclaimed reads answer all-ones, unclaimed writes are
-counted. ``pause()``/``resume()`` hold every vCPU between exits; ``stop()`` (or a device's stop
+counted. Devices count the VM clock (``clock()``) and arm callbacks at its deadlines on
+``timers`` (one thread, started by the first timer; a callback's error ends the run).
+``pause()``/``resume()`` hold every vCPU between exits; ``stop()`` (or a device's stop
 request, a triple fault, an error) ends the run, and ``close()`` joins every thread and closes
 the VM.
 """
@@ -42,11 +44,12 @@ from hvcore.exits import (
 from hvcore.memory import PAGE_SIZE, GuestMemory
 from hvcore.protocol import VCPU, VM, Hypervisor
 from hvcore.trace import TracingVCPU
-from hvcore.types import SlotFlags
+from hvcore.types import PIT_FLAGS_HPET_LEGACY, SlotFlags
 from hvcore.vmm.bus import Bus
 from hvcore.vmm.device import Device, DeviceHost, IrqLine, StopRequest
 from hvcore.vmm.loaders import BootPlan
 from hvcore.vmm.loaders.detect import load as load_image
+from hvcore.vmm.timers import DeviceTimers
 
 __all__ = ["HOLE_START", "HIGH_RAM_START", "Machine", "MachineResult"]
 
@@ -121,6 +124,8 @@ class Machine:
         self._threads: list[threading.Thread] = []
         self._result: MachineResult | None = None
         self._closed = False
+        self.timers = DeviceTimers(self.clock, on_error=self._device_failed, name="hvcore-device-timers")
+        """Device timers on the VM clock (their thread starts with the first timer armed)."""
         self.vm = hypervisor.create_vm()
         try:
             self.irqchip = irqchip
@@ -138,7 +143,7 @@ class Machine:
         except BaseException:
             self._release()
             raise
-        self.device_host = DeviceHost(irq=self.irq, request_stop=self.request_stop)
+        self.device_host = DeviceHost(irq=self.irq, request_stop=self.request_stop, timers=self.timers)
 
     # -- memory (the loaders' LoadTarget) ------------------------------------------------------
 
@@ -203,6 +208,26 @@ class Machine:
     def irq(self, gsi: int) -> IrqLine | None:
         """The irqchip line for GSI ``gsi`` (``None`` without an irqchip)."""
         return _Line(self.vm, gsi) if self.irqchip else None
+
+    def clock(self) -> int:
+        """The VM clock in nanoseconds (``KVM_GET_CLOCK``): the time device models count."""
+        return self.vm.get_clock().clock
+
+    def set_pit_hpet_legacy(self, active: bool) -> None:
+        """Take IRQ 0 from the in-kernel PIT while the HPET's legacy replacement route drives it.
+
+        Sets or clears ``PIT_FLAGS_HPET_LEGACY`` (``KVM_SET_PIT2``), as QEMU does when the guest
+        flips the HPET's LEG_RT_CNF; nothing without an irqchip (there is no PIT then).
+        """
+        if not self.irqchip:
+            return
+        state = self.vm.get_pit()
+        flags = state.flags | PIT_FLAGS_HPET_LEGACY if active else state.flags & ~PIT_FLAGS_HPET_LEGACY
+        if flags != state.flags:
+            self.vm.set_pit(replace(state, flags=flags))
+
+    def _device_failed(self, error: BaseException) -> None:
+        self.stop(MachineResult("error", error=error))
 
     # -- loading -----------------------------------------------------------------------------------
 
@@ -359,6 +384,7 @@ class Machine:
             self.stop()
             self._join()
         self._closed = True
+        self.timers.close()
         for bus in (self.io_bus, self.mmio_bus):
             for entry in bus.ranges():
                 close = getattr(entry.device, "close", None)

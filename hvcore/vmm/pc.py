@@ -1,11 +1,11 @@
-"""The standard PC devices on a :class:`Machine`: COM1, debug console, debug exit, i8042, CMOS, fw_cfg."""
+"""The standard PC devices on a :class:`Machine`: COM1, debug console, debug exit, i8042, CMOS, fw_cfg, HPET."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from hvcore.vmm.devices import I8042, Cmos, DebugConsole, DebugExit, FwCfg, PcTestdev, Uart16550
+from hvcore.vmm.devices import I8042, Cmos, DebugConsole, DebugExit, FwCfg, Hpet, PcTestdev, Uart16550
 from hvcore.vmm.machine import Machine
 
 __all__ = ["PcDevices", "add_pc_devices"]
@@ -22,6 +22,8 @@ class PcDevices:
     cmos: Cmos
     fw_cfg: FwCfg
     testdev: PcTestdev
+    hpet: Hpet | None = None
+    """``None`` when ``add_pc_devices`` was told ``hpet=False``."""
 
 
 def add_pc_devices(
@@ -30,14 +32,17 @@ def add_pc_devices(
     serial: BinaryIO | None = None,
     serial_input: BinaryIO | None = None,
     debugcon: BinaryIO | None = None,
+    hpet: bool = True,
 ) -> PcDevices:
     """Plug the PC's devices into ``machine``; serial and debug-console output go to the given streams.
 
     COM1 at 0x3f8 (GSI 4 when there is an irqchip), the debug console at 0x402 (SeaBIOS logs
     there), isa-debug-exit at 0xf4, the i8042 at 0x60/0x64 (0xfe to 0x64 resets: the machine
     stops), CMOS/RTC at 0x70 with the memory-size registers, fw_cfg at 0x510 (DMA at 0x514) with
-    RAM size, CPU count and SeaBIOS's no-boot-menu setting, and QEMU's pc-testdev (0xE0-0xEB,
-    interrupt lines at 0x2000: what kvm-unit-tests expect beside isa-debug-exit).
+    RAM size, CPU count and SeaBIOS's no-boot-menu setting, QEMU's pc-testdev (0xE0-0xEB,
+    interrupt lines at 0x2000: what kvm-unit-tests expect beside isa-debug-exit), and (unless
+    ``hpet`` is false, as QEMU's ``-machine hpet=off``) the HPET at 0xFED00000, its legacy route
+    taking IRQ 0 from the PIT.
     """
     host = machine.device_host
     uart = Uart16550(output=serial, input=serial_input, irq=machine.irq(Uart16550.COM1_GSI))
@@ -60,4 +65,8 @@ def add_pc_devices(
     testdev = PcTestdev(host)
     for base, length, port in testdev.ports():
         machine.add_io_device(base, length, port)
-    return PcDevices(uart, console, debug_exit, i8042, cmos, fw_cfg, testdev)
+    timer: Hpet | None = None
+    if hpet:
+        timer = Hpet(host, pit_legacy=machine.set_pit_hpet_legacy)
+        machine.add_mmio_device(Hpet.BASE, Hpet.LENGTH, timer)
+    return PcDevices(uart, console, debug_exit, i8042, cmos, fw_cfg, testdev, timer)

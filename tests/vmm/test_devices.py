@@ -15,7 +15,7 @@ import pytest
 from hvcore.errors import AlreadyExists, InvalidArgument, NotFound
 from hvcore.vmm.bus import Bus
 from hvcore.vmm.device import Device, DeviceHost, IrqLine, StopRequest
-from hvcore.vmm.devices import I8042, Cmos, DebugConsole, DebugExit, FwCfg, FwCfgKey, PcTestdev, Uart16550
+from hvcore.vmm.devices import I8042, Cmos, DebugConsole, DebugExit, FwCfg, FwCfgKey, Hpet, PcTestdev, Uart16550
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -85,6 +85,7 @@ def test_every_device_satisfies_the_protocol() -> None:
         Cmos(64 * MIB),
         fw,
         fw.dma_port,
+        Hpet(machine.host),
     ]
     for device in devices:
         assert isinstance(device, Device)

@@ -1,6 +1,6 @@
-"""Device models for the portable VMM layer, each a :class:`hvcore.vmm.device.Device` on the IO bus.
+"""Device models for the portable VMM layer, each a :class:`hvcore.vmm.device.Device` on the IO or MMIO bus.
 
-| class | ports (base, length) | what |
+| class | ports or MMIO (base, length) | what |
 |---|---|---|
 | :class:`Uart16550` | 0x3F8, 8 (COM1, GSI 4) | 16550A serial port |
 | :class:`DebugConsole` | 0x402, 1 | debug console (reads 0xE9) |
@@ -9,12 +9,14 @@
 | :class:`Cmos` | 0x70, 2 | CMOS RAM, RTC, memory sizes for the BIOS |
 | :class:`FwCfg` | 0x510, 2 (+ 0x514, 8 with DMA; ``ports()``) | QEMU fw_cfg |
 | :class:`PcTestdev` | 0xE0, 4; 0xE4, 4; 0xE8, 4; 0x2000, 24 (``ports()``) | QEMU pc-testdev: kvm-unit-tests' GSIs |
+| :class:`Hpet` | MMIO 0xFED00000, 0x400 | HPET: 100 MHz counter, 3 timers (IOAPIC pins, legacy IRQ 0/8) |
 """
 
 from hvcore.vmm.devices.cmos import Cmos
 from hvcore.vmm.devices.debug_exit import DebugExit
 from hvcore.vmm.devices.debugcon import DebugConsole
 from hvcore.vmm.devices.fw_cfg import DmaMemory, FwCfg, FwCfgDma, FwCfgKey
+from hvcore.vmm.devices.hpet import Hpet
 from hvcore.vmm.devices.i8042 import I8042, I8042Port
 from hvcore.vmm.devices.testdev import PcTestdev, PcTestdevPort
 from hvcore.vmm.devices.uart import Uart16550
@@ -28,6 +30,7 @@ __all__ = [
     "FwCfg",
     "FwCfgDma",
     "FwCfgKey",
+    "Hpet",
     "I8042Port",
     "PcTestdev",
     "PcTestdevPort",

@@ -290,8 +290,12 @@ class Engine:
             interrupt_bitmap=interrupt_bitmap,
         )
 
-    def set_sregs(self, sregs: Sregs) -> None:
-        """Load segments, tables, control registers and EFER; recompute hflags; drop stale translations."""
+    def set_sregs(self, sregs: Sregs, *, flush: bool = True) -> None:
+        """Load segments, tables, control registers and EFER; recompute hflags; drop stale translations.
+
+        ``flush=False`` keeps translations and TLB, for a hook that changes only segments (translated
+        code is looked up by CS base and hflags, so it cannot be reused in the wrong mode).
+        """
         blob = self._blob()
         lay = self.layout
         for i, name in enumerate(_QEMU_ORDER):
@@ -308,7 +312,8 @@ class Engine:
         hflags = _U32.unpack_from(blob, lay.hflags)[0]
         _U32.pack_into(blob, lay.hflags, compute_hflags(sregs, hflags))
         self._store(blob)
-        self.flush()
+        if flush:
+            self.flush()
 
     def flush(self) -> None:
         """Forget translated code and TLB entries (after a mode change or a host write to guest code)."""

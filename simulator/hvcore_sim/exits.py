@@ -194,6 +194,7 @@ class Tracker:
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, x.UC_X86_INS_OUT)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, x.UC_X86_INS_IN)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x.UC_X86_INS_CPUID)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, x.UC_X86_INS_SYSCALL)
         uc.hook_add(unicorn.UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(unicorn.UC_HOOK_MEM_WRITE_PROT, self._on_write_protected)
         self._unprotected = {}
@@ -282,6 +283,15 @@ class Tracker:
         if self._cells is not None:  # Unicorn synced the state for this hook the way an abort does
             self._cells.settle()
         return 1  # skip Unicorn's own CPUID model
+
+    def _on_syscall(self, uc: Any, _: object) -> None:
+        engine = self._engine
+        assert engine is not None
+        if self._cells is not None:  # Unicorn synced the state for this hook the way an abort does
+            self._cells.settle()
+        stop = self.vcpu.syscall(engine)
+        if stop is not None:
+            self._halt(stop)
 
     def _on_interrupt(self, uc: Any, vector: int, _: object) -> None:
         engine = self._engine

@@ -51,17 +51,11 @@ from hvcore.types import (
     VcpuEvents,
     Xsave,
 )
-from hvcore_sim import state
+from hvcore_sim import state, syscall
+from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
 from hvcore_sim.engine import Engine
 from hvcore_sim.exits import Stop, StopKind, Tracker
-from hvcore_sim.msrs import (
-    GP_FAULT,
-    LEGACY_PREFIXES,
-    DefaultMsrHandler,
-    LapicMsrHandler,
-    MsrEmulator,
-    fetch_instruction,
-)
+from hvcore_sim.msrs import GP_FAULT, DefaultMsrHandler, LapicMsrHandler, MsrEmulator
 
 if TYPE_CHECKING:
     from hvcore_sim.irqchip.chip import Irqchip
@@ -374,6 +368,11 @@ class SimVCPU(Closeable):
             engine.set_reg(register, self._task_priority())
         engine.set_reg(engine.RIP, rip + at + 3)
         return None
+
+    def syscall(self, engine: Engine) -> Stop | None:
+        """A guest SYSCALL (Unicorn's hook, RIP at it) performed in place (:mod:`hvcore_sim.syscall`); or its #UD."""
+        vector = syscall.emulate(engine)
+        return None if vector is None else Stop(StopKind.EXCEPTION, vector=vector)
 
     def _timers_changed(self) -> None:
         if self._thread == _get_ident():  # from the guest's own WRMSR: end the slice after it

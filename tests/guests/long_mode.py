@@ -186,3 +186,21 @@ RDTSC_TWICE = (
     b"\xe7\x20"              # out 0x20, eax
     b"\xf4"                  # hlt
 )
+
+SYSCALL_TARGET = 0x1010
+"""Where ``SYSCALL_TO_HLT``'s kernel entry (LSTAR) is: its CPL0 `hlt`."""
+
+# SYSCALL from CPL3 into the kernel entry at SYSCALL_TARGET, which halts.
+# Host: 64-bit long mode at CPL3 (tests.test_exceptions' IDT and TSS), rip=CODE, EFER.SCE,
+# STAR[47:32] = 0x08 (CS 0x08, SS 0x10), LSTAR = SYSCALL_TARGET, FMASK as the test says.
+# Exits: HLT with rip = SYSCALL_TARGET + 1, rcx = CODE + 2, r11 = the RFLAGS of the syscall,
+# RFLAGS without FMASK's bits, CPL0 (CS 0x08 64-bit code, SS 0x10). If FMASK leaves TF set,
+# the single-step trap comes after the syscall: #DB with RIP = SYSCALL_TARGET. With EFER.SCE
+# clear: #UD on the syscall (RIP = CODE). Never the OUT (a syscall that did nothing).
+SYSCALL_TO_HLT = (
+    b"\x0f\x05"          # syscall
+    b"\xe6\x10"          # out 0x10, al
+    b"\xf4"              # hlt (at CPL3: #GP)
+    + b"\x90" * 11       # (to SYSCALL_TARGET)
+    + b"\xf4"            # SYSCALL_TARGET: hlt
+)

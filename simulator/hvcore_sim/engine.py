@@ -16,7 +16,15 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from hvcore.types import DescriptorTable, Regs, Segment, Sregs
-from hvcore_sim.layout import HF_GUEST, SVM_EXIT_MSR, SVM_EXIT_RDTSC, SVM_INTERCEPT_BASE, VMCB_MSRPM, ContextLayout
+from hvcore_sim.layout import (
+    HF_GUEST,
+    SVM_EXIT_IRET,
+    SVM_EXIT_MSR,
+    SVM_EXIT_RDTSC,
+    SVM_INTERCEPT_BASE,
+    VMCB_MSRPM,
+    ContextLayout,
+)
 from hvcore_sim.memory import PHYSICAL_LIMIT
 
 __all__ = ["SVM_AREA", "CpuView", "Engine", "segment_flags"]
@@ -49,7 +57,11 @@ SVM_AREA: Final = PHYSICAL_LIMIT
 """Guest-physical address of each engine's VMCB page and MSR permission bitmap: above anything a guest reaches."""
 _MSRPM: Final = 0x1000  # the bitmap's offset in the area; every bit set: every RDMSR / WRMSR is intercepted
 _MSRPM_SIZE: Final = 0x2000
-_INTERCEPTS: Final = 1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE)
+IRET_INTERCEPT: Final = 1 << (SVM_EXIT_IRET - SVM_INTERCEPT_BASE)
+"""The IRET bit of ``env->intercept`` (:mod:`hvcore_sim.resume` lets one IRET through at a time)."""
+_INTERCEPTS: Final = (
+    1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE) | IRET_INTERCEPT
+)
 _CR8_ONLY: Final = struct.Struct("<HH")
 
 
@@ -202,12 +214,13 @@ class Engine:
         self._intercept_msrs(unicorn)
 
     def _intercept_msrs(self, unicorn: Any) -> None:
-        """Make guest RDMSR / WRMSR / RDTSC and MOV to/from CR8 reach the interrupt hook (see :mod:`hvcore_sim.msrs`).
+        """Make guest RDMSR / WRMSR / RDTSC, IRET and MOV to/from CR8 reach the interrupt hook first.
 
         Unicorn cannot hook them, but QEMU's helpers check SVM intercepts first while hflags has
-        HF_GUEST: with the RDTSC and MSR intercept bits set and a permission bitmap of all ones,
-        each becomes ``EXCP_VMEXIT`` + exit code in the hook, RIP still at the instruction. The
-        VMCB page (QEMU reads only its bitmap address) and the bitmap live at ``SVM_AREA``.
+        HF_GUEST: with the RDTSC, IRET and MSR intercept bits set and a permission bitmap of all
+        ones, each becomes ``EXCP_VMEXIT`` + exit code in the hook, RIP still at the instruction
+        (:mod:`hvcore_sim.msrs`, :mod:`hvcore_sim.resume`). The VMCB page (QEMU reads only its
+        bitmap address) and the bitmap live at ``SVM_AREA``.
         """
         self._svm_area = mmap.mmap(-1, _MSRPM + _MSRPM_SIZE)
         area = ctypes.addressof(ctypes.c_char.from_buffer(self._svm_area))
@@ -433,6 +446,15 @@ class Engine:
     def stop_after_this_instruction(self) -> None:
         """From a hook: let the current instruction complete, then stop (lowers the run's instruction budget)."""
         self._count.value = self.counter_cell.value
+
+    def retry_then_stop(self) -> None:
+        """From an intercept hook, which aborted the instruction: run it once more, then stop after it.
+
+        The aborted attempt was counted; the retry is counted again, as the one instruction it is.
+        """
+        counter = self.counter_cell
+        counter.value -= 1
+        self._count.value = counter.value + 1
 
     def stop(self) -> None:
         """Ask the running engine to stop at the next instruction boundary."""

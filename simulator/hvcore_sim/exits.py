@@ -39,11 +39,11 @@ from hvcore.checks import completion_bytes
 from hvcore.errors import HvError, HypervisorFault, StateError
 from hvcore.exits import Exit, IoDirection, IoExit, MmioExit
 from hvcore.memory import PAGE_SIZE
-from hvcore_sim import decode, mmu, operand
+from hvcore_sim import decode, mmu, operand, resume
 from hvcore_sim.events import HAS_ERROR_CODE
 from hvcore_sim.faults import NonCanonical, PageFault
 from hvcore_sim.internals import CC_MASK, Cells
-from hvcore_sim.layout import EXCP_VMEXIT, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8
+from hvcore_sim.layout import EXCP_VMEXIT, SVM_EXIT_IRET, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8
 
 if TYPE_CHECKING:
     import ctypes
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["Stop", "StopKind", "Tracker"]
 
 _PIO_BATCH = 1024  # bytes: the size of KVM's pio data page
-RFLAGS_RF = 1 << 16
 _MMIO_EXIT_MAX = 8  # bytes: KVM's kvm_run.mmio.data
 
 
@@ -135,15 +134,10 @@ class _PendingIn:
     data: list[int] = field(default_factory=list)
 
 
-def _clear_resume_flag(engine: Engine) -> None:
-    rflags = engine.reg(engine.RFLAGS)
-    if rflags & RFLAGS_RF:
-        engine.set_reg(engine.RFLAGS, rflags & ~RFLAGS_RF)
-
-
 _MMIO = Stop(StopKind.EXIT)  # an MMIO access is being recorded; the exit is built after the run
 _WRITABLE = Stop(StopKind.SLICE)  # a page of a logging slot was written: end the slice, make it writable
 _LOOK_AGAIN = Stop(StopKind.SLICE)  # the guest changed interrupt state: end the slice so run() looks again
+_AFTER_IRET = Stop(StopKind.SLICE)  # an intercepted IRET ran: the run ends right after it (hvcore_sim.resume)
 
 
 class Tracker:
@@ -174,7 +168,10 @@ class Tracker:
         self._read_stops: dict[tuple[int, int], Stop] = {}
         self._write_stops: dict[tuple[int, int, bytes], Stop] = {}
         self._answer_parts: list[_Access] = []  # the pieces of the pending MMIO read
-        self.watch_resume_flag = False  # RF can only be set once an event was delivered (IRET restores it)
+        self.watch_resume_flag = False
+        """RFLAGS.RF may be set: after an event delivery, an IRET, or the VMM's set_regs (:mod:`hvcore_sim.resume`)."""
+        self._iret = False  # an intercepted IRET was let through: the run stops right after it
+        self._resume_step: int | None = None  # RIP of the instruction the next run makes alone, with RF set
         self._unprotected: dict[int, set[int]] = {}
         self.dirty_generation = -1
         self._cells: Cells | None = None
@@ -324,12 +321,31 @@ class Tracker:
         """
         if self._cells is not None:
             self._cells.settle()  # the restore to the instruction's start mislabels the lazy flags (see settle)
+        if exit_code == SVM_EXIT_IRET:
+            self._let_iret_run(engine)
+            return
         if exit_code in (SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8):
             stop = self.vcpu.cr8_intercepted(engine, write=exit_code == SVM_EXIT_WRITE_CR8)
         else:
             stop = self.vcpu.msrs.intercepted(engine, exit_code)
         if stop is not None:
             self._halt(stop)
+
+    def _let_iret_run(self, engine: Engine) -> None:
+        """An IRET, caught before it ran: let this one run, and end the run right after it, with the RF it loads."""
+        assert self._cells is not None
+        self._cells.intercept_iret(False)  # set again once the run stops
+        engine.retry_then_stop()
+        self._iret = True
+        self.watch_resume_flag = True
+
+    def resume_flag_budget(self, engine: Engine, count: int) -> int:
+        """How many instructions the next run may take: one alone while RFLAGS.RF is set (it is for that one)."""
+        if engine.reg(engine.RFLAGS) & resume.RFLAGS_RF:
+            self._resume_step = engine.reg(engine.RIP)
+            return 1
+        self.watch_resume_flag = False
+        return count
 
     def _settle_after_fault(self, engine: Engine, vector: int) -> None:
         """A fault raised inside an instruction leaves the lazy flags mislabelled; one raised fetching it does not."""
@@ -500,6 +516,8 @@ class Tracker:
         unicorn = self._unicorn
         self._engine = engine
         self._stop = None
+        self._iret = False
+        resume_step, self._resume_step = self._resume_step, None
         if self._new:
             self._new = []
         self._cursor = 0
@@ -513,13 +531,34 @@ class Tracker:
             if self._stop is None:
                 raise HypervisorFault(f"the simulator's engine failed: {err}", operation="run") from err
         finally:
+            if self._iret and self._cells is not None:
+                self._cells.intercept_iret(True)
             if self._restore:
                 self._put_back_rom()
             if self._unprotect:  # pages of logging slots written (and logged) during the run
                 for page in self._unprotect:
                     engine.uc.mem_protect(page, PAGE_SIZE, unicorn.UC_PROT_ALL)
                 self._unprotect = []
-        return self._after(engine, count)
+        return self._after(engine, count, resume_step)
+
+    def _completed(self, stop: Stop | None) -> bool:
+        """Whether the run's last instruction completed (an OUT or MMIO write exit, a single-step trap, ...)."""
+        if stop is None or stop.kind is StopKind.SLICE:
+            return True
+        if stop is _MMIO:
+            return self._new[0].write and not self._new[0].rom
+        if stop.kind is StopKind.EXCEPTION:
+            return stop.vector == 1 and stop.event_kind == "exception"  # the trap after an instruction
+        return isinstance(stop.exit, IoExit) and not stop.exit.is_in
+
+    def _resume_flag_done(self, engine: Engine, pushed_by: int | None) -> None:
+        """An instruction completed: RF goes, as on hardware (Unicorn keeps it); out of the image of a PUSHF too."""
+        rflags = engine.reg(engine.RFLAGS)
+        if rflags & resume.RFLAGS_RF:
+            engine.set_reg(engine.RFLAGS, rflags & ~resume.RFLAGS_RF)
+            if pushed_by is not None:
+                resume.clear_pushed_rf(engine, self.vcpu._vm.physical, pushed_by)
+        self.watch_resume_flag = False
 
     def _put_back_rom(self) -> None:
         for address, data in self._restore:
@@ -528,14 +567,14 @@ class Tracker:
                 slot.memory.write(slot.offset + address - slot.guest_address, data)
         self._restore = []
 
-    def _after(self, engine: Engine, count: int) -> Stop:
+    def _after(self, engine: Engine, count: int, resume_step: int | None) -> Stop:
         stop = self._stop
         if self._known and stop is not _MMIO and engine.counter_cell.value > 1:
             self._known, self._cursor = [], 0  # the replayed instruction finished before this stop
-        if self.watch_resume_flag and (
-            stop is None or stop.kind is StopKind.SLICE or (isinstance(stop.exit, IoExit) and not stop.exit.is_in)
-        ):
-            _clear_resume_flag(engine)  # an instruction completed: RF goes, as on hardware (Unicorn keeps it)
+        if self._iret and stop is None:
+            return _AFTER_IRET  # RF stays as the IRET loaded it
+        if self.watch_resume_flag and self._completed(stop):
+            self._resume_flag_done(engine, resume_step if stop is None or stop.kind is StopKind.SLICE else None)
         if stop is None:
             return Stop(StopKind.HLT) if engine.counter_cell.value <= count else Stop(StopKind.SLICE)
         if self._io_fault_rip is not None:  # IN/OUT refused by the I/O permission check: nothing happened

@@ -1,4 +1,4 @@
-"""Two pieces of Unicorn state the MMIO exit rules use in place: the lazy flags and the split-access size.
+"""Pieces of Unicorn state the exit rules use in place: the lazy flags, the split-access size, the IRET intercept.
 
 **Lazy flags.** QEMU keeps the arithmetic flags lazily: ``CC_OP`` names the last flag-setting
 operation and ``CC_SRC`` / ``CC_DST`` its operands, and EFLAGS is computed from them on demand.
@@ -27,6 +27,11 @@ where that is not possible the blob is used instead.
 accesses around it and sets ``uc_struct.size_recur_mem`` to the access size meanwhile (it follows
 ``emu_count``). An MMIO read callback that sees it non-zero knows Unicorn's address and size are
 not the guest's, and decodes the instruction instead (:mod:`hvcore_sim.operand`).
+
+**The IRET intercept.** Every guest IRET reaches the interrupt hook first; to let one run, the
+hook clears the IRET bit of ``env->intercept`` and the tracker sets it again once the run
+stopped after it (:mod:`hvcore_sim.resume`). The bit is written through the same ``env``
+pointer, or through the blob where that pointer could not be found.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ import functools
 import os
 import struct
 from typing import TYPE_CHECKING, Any, Final
+
+from hvcore_sim.engine import IRET_INTERCEPT
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
@@ -180,6 +187,7 @@ class Cells:
         self._cc_op: ctypes.c_uint32 | None = None
         self._cc_src: ctypes.c_uint64 | None = None
         self._eflags: ctypes.c_uint64 | None = None
+        self._intercept: ctypes.c_uint64 | None = None
         base = _handle(engine.uc)
         offsets = _cpu_offsets() if self._blob_ok else None
         rax, rip = engine.reg(engine.RAX), engine.reg(engine.RIP)  # (Unicorn creates its CPU on first use)
@@ -190,6 +198,7 @@ class Cells:
                 self._cc_op = ctypes.c_uint32.from_address(env + _CC_OP)
                 self._cc_src = ctypes.c_uint64.from_address(env + _CC_SRC)
                 self._eflags = ctypes.c_uint64.from_address(env + _EFLAGS)
+                self._intercept = ctypes.c_uint64.from_address(env + layout.intercept - layout.env)
         split = _split_size_offset(layout.count)
         self.split_size: ctypes.c_int | None = None if split is None else ctypes.c_int.from_address(base + split)
         """Unicorn's ``size_recur_mem``: non-zero while it performs an access as two aligned ones."""
@@ -212,6 +221,18 @@ class Cells:
             struct.pack_into("<I", blob, env + _CC_OP, _CC_OP_EFLAGS)
             struct.pack_into("<Q", blob, at, struct.unpack_from("<Q", blob, at)[0] & ~CC_MASK | flags)
             engine._store(blob)
+
+    def intercept_iret(self, on: bool) -> None:
+        """Set or clear the IRET bit of ``env->intercept``: whether the next guest IRET reaches the hook first."""
+        cell = self._intercept
+        if cell is not None:
+            cell.value = cell.value | IRET_INTERCEPT if on else cell.value & ~IRET_INTERCEPT
+            return
+        engine, at = self._engine, self._engine.layout.intercept
+        blob = engine._blob()
+        bits = struct.unpack_from("<Q", blob, at)[0]
+        struct.pack_into("<Q", blob, at, bits | IRET_INTERCEPT if on else bits & ~IRET_INTERCEPT)
+        engine._store(blob)
 
     def entry_flags(self) -> int:
         """From inside an instruction: the arithmetic flags it started with (``CC_SRC``, EFLAGS form)."""

@@ -265,6 +265,8 @@ class SimVCPU(Closeable):
                     deadline = chip.deadline() if chip is not None else None
                     if deadline is not None:
                         count = min(count, clock.instructions_until(deadline))
+                if tracker.watch_resume_flag:
+                    count = tracker.resume_flag_budget(engine, count)
                 stop = tracker.run(engine, count)
                 if virtual:
                     clock.executed(min(engine.counter_cell.value, count))
@@ -578,6 +580,7 @@ class SimVCPU(Closeable):
         check_width("Regs", regs, 64, "set_regs")
         with self._vm.exec_lock:
             self._live().set_regs(regs)
+            self.tracker.watch_resume_flag = True  # RF may be set: it is for the next instruction
 
     def get_sregs(self) -> Sregs:
         """Segments, descriptor tables, control registers, EFER, APIC base."""

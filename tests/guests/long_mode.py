@@ -204,3 +204,49 @@ SYSCALL_TO_HLT = (
     + b"\x90" * 11       # (to SYSCALL_TARGET)
     + b"\xf4"            # SYSCALL_TARGET: hlt
 )
+
+# An `iretq` to the next instruction with RF set in the RFLAGS image, then the flags are pushed and
+# sent out: the `pushfq` runs with RF set, yet PUSHF never stores RF, and RF is clear after it.
+# Host: 64-bit long mode at CPL0, rip=CODE, rsp=STACK_TOP, rflags=0x2.
+# Exits: OUT port 0x10 size 4 data 0x00000002 (rflags = 0x2 there); HLT.
+# Measured on this host's KVM: exactly that.
+IRETQ_RF_PUSHF = (
+    b"\x48\x89\xe0"                  # 1000 mov rax, rsp
+    b"\x6a\x10"                      # 1003 push 0x10                 (SS)
+    b"\x50"                          # 1005 push rax                  (RSP)
+    b"\x9c"                          # 1006 pushfq
+    b"\x48\x81\x0c\x24\x00\x00\x01\x00"  # 1007 or qword ptr [rsp], 0x10000   (RF)
+    b"\x6a\x08"                      # 100F push 0x08                 (CS)
+    b"\x48\x8d\x05\x03\x00\x00\x00"  # 1011 lea rax, [rip + 3]        (after)
+    b"\x50"                          # 1018 push rax                  (RIP)
+    b"\x48\xcf"                      # 1019 iretq
+    b"\x9c"                          # 101B after: pushfq             (runs with RF set)
+    b"\x58"                          # 101C pop rax
+    b"\xe7\x10"                      # 101D out 0x10, eax
+    b"\xf4"                          # 101F hlt
+)
+
+BREAKPOINT_AT = 0x1020
+"""Where ``BREAKPOINT_RESUME``'s instruction breakpoint (DR0) is: its `out 0x10, al`."""
+
+# An instruction breakpoint on the `out 0x10, al` at BREAKPOINT_AT; the #DB handler (vector 1,
+# BREAKPOINT_HANDLER) reports itself, sets RF in its frame's RFLAGS and returns to the `out`,
+# which now runs: RF keeps the breakpoint from firing again.
+# Host: 64-bit long mode at CPL0, rip=CODE, an IDT (tests.test_exceptions) whose vector 1 runs
+# BREAKPOINT_HANDLER.
+# Exits: OUT port 0x11 (the handler), OUT port 0x10, HLT with rflags = 0x2.
+# Measured on this host's KVM: exactly that.
+BREAKPOINT_RESUME = (
+    b"\x48\xc7\xc0\x20\x10\x00\x00"  # 1000 mov rax, BREAKPOINT_AT
+    b"\x0f\x23\xc0"                  # 1007 mov dr0, rax
+    b"\xb8\x01\x00\x00\x00"          # 100A mov eax, 1           (DR7.L0, execute, 1 byte)
+    b"\x0f\x23\xf8"                  # 100F mov dr7, rax
+    + b"\x90" * 14                   # 1012 (to BREAKPOINT_AT)
+    + b"\xe6\x10"                    # 1020 out 0x10, al
+    b"\xf4"                          # 1022 hlt
+)
+BREAKPOINT_HANDLER = (
+    b"\xe6\x11"                              # out 0x11, al
+    b"\x48\x81\x4c\x24\x10\x00\x00\x01\x00"  # or qword ptr [rsp + 16], 0x10000   (RF in the frame's RFLAGS)
+    b"\x48\xcf"                              # iretq
+)

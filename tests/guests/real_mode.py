@@ -326,3 +326,45 @@ MSR_PROBE = (
     b"\xe6\x47"                      # 104F out 0x47, al
     b"\xeb\xc0"                      # 1051 jmp next
 )
+
+# An `iretd` whose EFLAGS image has RF set returns to a `jmp`, then the flags are pushed and sent
+# out: RF was for the `jmp` only, and PUSHF never stores RF. The guest builds its own iret frame
+# (EFLAGS | RF, CS, EIP of the `jmp`) with a 32-bit `call` to the `iretd` (kvm-unit-tests'
+# realmode "rflags.rf").
+# Host: real mode, rip=CODE, rsp=STACK_TOP, rflags=0x2.
+# Exits: OUT port 0x10 size 4 data 0x00000002 (rflags = 0x2 there: RF is clear); HLT.
+# Measured on this host's KVM: exactly that.
+IRET_RF_THEN_PUSHF = (
+    b"\x66\x9c"                      # 1000 pushfd
+    b"\x66\x58"                      # 1002 pop eax
+    b"\x66\x0d\x00\x00\x01\x00"      # 1004 or eax, 0x10000      (RF)
+    b"\x66\x50"                      # 100A push eax
+    b"\x66\x0e"                      # 100C push cs              (32-bit)
+    b"\x66\xe8\x02\x00\x00\x00"      # 100E call dword back      (pushes EIP 0x1014)
+    b"\xeb\x02"                      # 1014 jmp after            (runs with RF set)
+    b"\x66\xcf"                      # 1016 back: iretd
+    b"\x66\x9c"                      # 1018 after: pushfd
+    b"\x66\x58"                      # 101A pop eax
+    b"\x66\xe7\x10"                  # 101C out 0x10, eax
+    b"\xf4"                          # 101F hlt
+)
+
+# As IRET_RF_THEN_PUSHF, but the `iretd` returns straight to the `pushfd`, which runs with RF set
+# and must still store the image without it.
+# Host: real mode, rip=CODE, rsp=STACK_TOP, rflags=0x2 (or rip=CODE+0x14 with rflags=0x10002:
+# the `pushfd` is then the first instruction, with the RF the host set).
+# Exits: OUT port 0x10 size 4 data 0x00000002 (rflags = 0x2 there); HLT.
+# Measured on this host's KVM: exactly that, from both starts.
+IRET_RF_PUSHF = (
+    b"\x66\x9c"                      # 1000 pushfd
+    b"\x66\x58"                      # 1002 pop eax
+    b"\x66\x0d\x00\x00\x01\x00"      # 1004 or eax, 0x10000      (RF)
+    b"\x66\x50"                      # 100A push eax
+    b"\x66\x0e"                      # 100C push cs              (32-bit)
+    b"\x66\xe8\x08\x00\x00\x00"      # 100E call dword back      (pushes EIP 0x1014)
+    b"\x66\x9c"                      # 1014 pushfd               (runs with RF set)
+    b"\x66\x58"                      # 1016 pop eax
+    b"\x66\xe7\x10"                  # 1018 out 0x10, eax
+    b"\xf4"                          # 101B hlt
+    b"\x66\xcf"                      # 101C back: iretd
+)

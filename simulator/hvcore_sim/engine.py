@@ -62,7 +62,10 @@ IRET_INTERCEPT: Final = 1 << (SVM_EXIT_IRET - SVM_INTERCEPT_BASE)
 _INTERCEPTS: Final = (
     1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE) | IRET_INTERCEPT
 )
-_CR8_ONLY: Final = struct.Struct("<HH")
+_CR_INTERCEPTS: Final = struct.Struct("<HH")  # intercept_cr_read, intercept_cr_write
+CR0_READ_INTERCEPT: Final = 1 << 0
+"""The CR0 bit of ``intercept_cr_read`` (reads of CR0: :mod:`hvcore_sim.smsw`)."""
+_CR8: Final = 1 << 8
 
 
 def _in_msr_bitmap(index: int) -> bool:
@@ -214,13 +217,13 @@ class Engine:
         self._intercept_msrs(unicorn)
 
     def _intercept_msrs(self, unicorn: Any) -> None:
-        """Make guest RDMSR / WRMSR / RDTSC, IRET and MOV to/from CR8 reach the interrupt hook first.
+        """Make guest RDMSR / WRMSR / RDTSC, IRET, reads of CR0 and MOV to/from CR8 reach the interrupt hook first.
 
         Unicorn cannot hook them, but QEMU's helpers check SVM intercepts first while hflags has
         HF_GUEST: with the RDTSC, IRET and MSR intercept bits set and a permission bitmap of all
         ones, each becomes ``EXCP_VMEXIT`` + exit code in the hook, RIP still at the instruction
-        (:mod:`hvcore_sim.msrs`, :mod:`hvcore_sim.resume`). The VMCB page (QEMU reads only its
-        bitmap address) and the bitmap live at ``SVM_AREA``.
+        (:mod:`hvcore_sim.msrs`, :mod:`hvcore_sim.resume`, :mod:`hvcore_sim.smsw`). The VMCB page
+        (QEMU reads only its bitmap address) and the bitmap live at ``SVM_AREA``.
         """
         self._svm_area = mmap.mmap(-1, _MSRPM + _MSRPM_SIZE)
         area = ctypes.addressof(ctypes.c_char.from_buffer(self._svm_area))
@@ -231,7 +234,7 @@ class Engine:
         blob = self._blob()
         _U64.pack_into(blob, self.layout.vm_vmcb, SVM_AREA)
         _U64.pack_into(blob, self.layout.intercept, _INTERCEPTS)
-        _CR8_ONLY.pack_into(blob, self.layout.intercept_cr, 1 << 8, 1 << 8)  # MOV from / to CR8
+        _CR_INTERCEPTS.pack_into(blob, self.layout.intercept_cr, CR0_READ_INTERCEPT | _CR8, _CR8)  # reads, writes
         _U32.pack_into(blob, self.layout.hflags, _U32.unpack_from(blob, self.layout.hflags)[0] | HF_GUEST)
         self._store(blob)
 
@@ -448,7 +451,7 @@ class Engine:
         self._count.value = self.counter_cell.value
 
     def retry_then_stop(self) -> None:
-        """From an intercept hook, which aborted the instruction: run it once more, then stop after it.
+        """From an intercept hook, which aborted the instruction: run it once more, then stop right after it.
 
         The aborted attempt was counted; the retry is counted again, as the one instruction it is.
         """

@@ -39,11 +39,11 @@ from hvcore.checks import completion_bytes
 from hvcore.errors import HvError, HypervisorFault, StateError
 from hvcore.exits import Exit, IoDirection, IoExit, MmioExit
 from hvcore.memory import PAGE_SIZE
-from hvcore_sim import decode, mmu, operand, resume
+from hvcore_sim import decode, mmu, operand, resume, smsw
 from hvcore_sim.events import HAS_ERROR_CODE
 from hvcore_sim.faults import NonCanonical, PageFault
 from hvcore_sim.internals import CC_MASK, Cells
-from hvcore_sim.layout import EXCP_VMEXIT, SVM_EXIT_IRET, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8
+from hvcore_sim.layout import EXCP_VMEXIT, SVM_EXIT_IRET, SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8
 
 if TYPE_CHECKING:
     import ctypes
@@ -137,7 +137,7 @@ class _PendingIn:
 _MMIO = Stop(StopKind.EXIT)  # an MMIO access is being recorded; the exit is built after the run
 _WRITABLE = Stop(StopKind.SLICE)  # a page of a logging slot was written: end the slice, make it writable
 _LOOK_AGAIN = Stop(StopKind.SLICE)  # the guest changed interrupt state: end the slice so run() looks again
-_AFTER_IRET = Stop(StopKind.SLICE)  # an intercepted IRET ran: the run ends right after it (hvcore_sim.resume)
+_LET_THROUGH = Stop(StopKind.SLICE)  # an intercepted IRET or SMSW ran on its own: the run ends right after it
 
 
 class Tracker:
@@ -170,7 +170,7 @@ class Tracker:
         self._answer_parts: list[_Access] = []  # the pieces of the pending MMIO read
         self.watch_resume_flag = False
         """RFLAGS.RF may be set: after an event delivery, an IRET, or the VMM's set_regs (:mod:`hvcore_sim.resume`)."""
-        self._iret = False  # an intercepted IRET was let through: the run stops right after it
+        self._let_through: int | None = None  # the exit code of an intercept let through: the run stops after it
         self._resume_step: int | None = None  # RIP of the instruction the next run makes alone, with RF set
         self._unprotected: dict[int, set[int]] = {}
         self.dirty_generation = -1
@@ -322,7 +322,11 @@ class Tracker:
         if self._cells is not None:
             self._cells.settle()  # the restore to the instruction's start mislabels the lazy flags (see settle)
         if exit_code == SVM_EXIT_IRET:
-            self._let_iret_run(engine)
+            self._let_run_once(engine, exit_code)
+            self.watch_resume_flag = True  # RF as the IRET loads it
+            return
+        if exit_code == SVM_EXIT_READ_CR0:
+            self._cr0_read(engine)
             return
         if exit_code in (SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8):
             stop = self.vcpu.cr8_intercepted(engine, write=exit_code == SVM_EXIT_WRITE_CR8)
@@ -331,13 +335,26 @@ class Tracker:
         if stop is not None:
             self._halt(stop)
 
-    def _let_iret_run(self, engine: Engine) -> None:
-        """An IRET, caught before it ran: let this one run, and end the run right after it, with the RF it loads."""
-        assert self._cells is not None
-        self._cells.intercept_iret(False)  # set again once the run stops
+    def _cr0_read(self, engine: Engine) -> None:
+        """A MOV from CR0 or an SMSW, caught before it ran (:mod:`hvcore_sim.smsw`)."""
+        outcome = smsw.emulate(engine)
+        if outcome is smsw.Outcome.STORE:
+            self._let_run_once(engine, SVM_EXIT_READ_CR0)
+        elif outcome is smsw.Outcome.GP:
+            self._halt(Stop(StopKind.EXCEPTION, vector=13, error_code=0))
+
+    def _let_run_once(self, engine: Engine, exit_code: int) -> None:
+        """An intercepted instruction Unicorn does right: let this one run, and end the run right after it."""
+        self._set_intercept(exit_code, False)  # set again once the run stops
         engine.retry_then_stop()
-        self._iret = True
-        self.watch_resume_flag = True
+        self._let_through = exit_code
+
+    def _set_intercept(self, exit_code: int, on: bool) -> None:
+        assert self._cells is not None
+        if exit_code == SVM_EXIT_IRET:
+            self._cells.intercept_iret(on)
+        else:
+            self._cells.intercept_cr0_read(on)
 
     def resume_flag_budget(self, engine: Engine, count: int) -> int:
         """How many instructions the next run may take: one alone while RFLAGS.RF is set (it is for that one)."""
@@ -516,7 +533,7 @@ class Tracker:
         unicorn = self._unicorn
         self._engine = engine
         self._stop = None
-        self._iret = False
+        self._let_through = None
         resume_step, self._resume_step = self._resume_step, None
         if self._new:
             self._new = []
@@ -531,8 +548,8 @@ class Tracker:
             if self._stop is None:
                 raise HypervisorFault(f"the simulator's engine failed: {err}", operation="run") from err
         finally:
-            if self._iret and self._cells is not None:
-                self._cells.intercept_iret(True)
+            if self._let_through is not None:
+                self._set_intercept(self._let_through, True)
             if self._restore:
                 self._put_back_rom()
             if self._unprotect:  # pages of logging slots written (and logged) during the run
@@ -571,10 +588,12 @@ class Tracker:
         stop = self._stop
         if self._known and stop is not _MMIO and engine.counter_cell.value > 1:
             self._known, self._cursor = [], 0  # the replayed instruction finished before this stop
-        if self._iret and stop is None:
-            return _AFTER_IRET  # RF stays as the IRET loaded it
+        if self._let_through == SVM_EXIT_IRET and stop is None:
+            return _LET_THROUGH  # RF stays as the IRET loaded it
         if self.watch_resume_flag and self._completed(stop):
             self._resume_flag_done(engine, resume_step if stop is None or stop.kind is StopKind.SLICE else None)
+        if stop is None and self._let_through is not None:
+            return _LET_THROUGH  # the run was cut right after it: not a HLT
         if stop is None:
             return Stop(StopKind.HLT) if engine.counter_cell.value <= count else Stop(StopKind.SLICE)
         if self._io_fault_rip is not None:  # IN/OUT refused by the I/O permission check: nothing happened

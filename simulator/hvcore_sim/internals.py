@@ -1,4 +1,4 @@
-"""Pieces of Unicorn state the exit rules use in place: the lazy flags, the split-access size, the IRET intercept.
+"""Pieces of Unicorn state the exit rules use in place: the lazy flags, the split-access size, intercept bits.
 
 **Lazy flags.** QEMU keeps the arithmetic flags lazily: ``CC_OP`` names the last flag-setting
 operation and ``CC_SRC`` / ``CC_DST`` its operands, and EFLAGS is computed from them on demand.
@@ -28,10 +28,11 @@ accesses around it and sets ``uc_struct.size_recur_mem`` to the access size mean
 ``emu_count``). An MMIO read callback that sees it non-zero knows Unicorn's address and size are
 not the guest's, and decodes the instruction instead (:mod:`hvcore_sim.operand`).
 
-**The IRET intercept.** Every guest IRET reaches the interrupt hook first; to let one run, the
-hook clears the IRET bit of ``env->intercept`` and the tracker sets it again once the run
-stopped after it (:mod:`hvcore_sim.resume`). The bit is written through the same ``env``
-pointer, or through the blob where that pointer could not be found.
+**Intercepts let through once.** Every guest IRET, and every SMSW, reaches the interrupt hook
+first; to let one run, the hook clears its bit (IRET in ``env->intercept``, CR0 in
+``env->intercept_cr_read``) and the tracker sets it again once the run stopped after it
+(:mod:`hvcore_sim.resume`, :mod:`hvcore_sim.smsw`). The bits are written through the same
+``env`` pointer, or through the blob where that pointer could not be found.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import os
 import struct
 from typing import TYPE_CHECKING, Any, Final
 
-from hvcore_sim.engine import IRET_INTERCEPT
+from hvcore_sim.engine import CR0_READ_INTERCEPT, IRET_INTERCEPT
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
@@ -188,6 +189,7 @@ class Cells:
         self._cc_src: ctypes.c_uint64 | None = None
         self._eflags: ctypes.c_uint64 | None = None
         self._intercept: ctypes.c_uint64 | None = None
+        self._intercept_cr_read: ctypes.c_uint16 | None = None
         base = _handle(engine.uc)
         offsets = _cpu_offsets() if self._blob_ok else None
         rax, rip = engine.reg(engine.RAX), engine.reg(engine.RIP)  # (Unicorn creates its CPU on first use)
@@ -199,6 +201,7 @@ class Cells:
                 self._cc_src = ctypes.c_uint64.from_address(env + _CC_SRC)
                 self._eflags = ctypes.c_uint64.from_address(env + _EFLAGS)
                 self._intercept = ctypes.c_uint64.from_address(env + layout.intercept - layout.env)
+                self._intercept_cr_read = ctypes.c_uint16.from_address(env + layout.intercept_cr - layout.env)
         split = _split_size_offset(layout.count)
         self.split_size: ctypes.c_int | None = None if split is None else ctypes.c_int.from_address(base + split)
         """Unicorn's ``size_recur_mem``: non-zero while it performs an access as two aligned ones."""
@@ -224,14 +227,20 @@ class Cells:
 
     def intercept_iret(self, on: bool) -> None:
         """Set or clear the IRET bit of ``env->intercept``: whether the next guest IRET reaches the hook first."""
-        cell = self._intercept
+        self._set_bit(self._intercept, self._engine.layout.intercept, "<Q", IRET_INTERCEPT, on)
+
+    def intercept_cr0_read(self, on: bool) -> None:
+        """Set or clear the CR0 bit of ``env->intercept_cr_read``: whether the next CR0 read reaches the hook first."""
+        self._set_bit(self._intercept_cr_read, self._engine.layout.intercept_cr, "<H", CR0_READ_INTERCEPT, on)
+
+    def _set_bit(self, cell: ctypes.c_uint64 | ctypes.c_uint16 | None, at: int, fmt: str, bit: int, on: bool) -> None:
         if cell is not None:
-            cell.value = cell.value | IRET_INTERCEPT if on else cell.value & ~IRET_INTERCEPT
+            cell.value = cell.value | bit if on else cell.value & ~bit
             return
-        engine, at = self._engine, self._engine.layout.intercept
+        engine = self._engine
         blob = engine._blob()
-        bits = struct.unpack_from("<Q", blob, at)[0]
-        struct.pack_into("<Q", blob, at, bits | IRET_INTERCEPT if on else bits & ~IRET_INTERCEPT)
+        bits = struct.unpack_from(fmt, blob, at)[0]
+        struct.pack_into(fmt, blob, at, bits | bit if on else bits & ~bit)
         engine._store(blob)
 
     def entry_flags(self) -> int:

@@ -250,3 +250,29 @@ BREAKPOINT_HANDLER = (
     b"\x48\x81\x4c\x24\x10\x00\x00\x01\x00"  # or qword ptr [rsp + 16], 0x10000   (RF in the frame's RFLAGS)
     b"\x48\xcf"                              # iretq
 )
+
+# SMSW into a 64-, 32- and 16-bit register and MOV from CR0, each result sent out as two halves.
+# Host: 64-bit long mode at CPL0, rip=CODE.
+# Exits (OUT port 0x10 size 4 each, low half then high half of rax):
+# CR0 (smsw rax); CR0 (smsw eax: zero-extended, so the high half is 0);
+# 0x11223344 << 32 | 0x5566 << 16 | CR0 & 0xFFFF (smsw ax keeps the rest); CR0 (mov rax, cr0); HLT.
+# Measured on this host's KVM: exactly that.
+SMSW_64 = (
+    b"\x48\xb8\x88\x77\x66\x55\x44\x33\x22\x11"  # 1000 mov rax, 0x1122334455667788
+    b"\x48\x0f\x01\xe0"                          # 100A smsw rax
+    b"\xe8\x3a\x00\x00\x00"                      # 100E call report
+    b"\x48\xb8\x88\x77\x66\x55\x44\x33\x22\x11"  # 1013 mov rax, 0x1122334455667788
+    b"\x0f\x01\xe0"                              # 101D smsw eax
+    b"\xe8\x28\x00\x00\x00"                      # 1020 call report
+    b"\x48\xb8\x88\x77\x66\x55\x44\x33\x22\x11"  # 1025 mov rax, 0x1122334455667788
+    b"\x66\x0f\x01\xe0"                          # 102F smsw ax
+    b"\xe8\x15\x00\x00\x00"                      # 1033 call report
+    b"\x0f\x20\xc0"                              # 1038 mov rax, cr0
+    b"\xe8\x0d\x00\x00\x00"                      # 103B call report
+    b"\xf4"                                      # 1040 hlt
+    + b"\x90" * 0xC                              # 1041 (to report)
+    + b"\xe7\x10"                                # 104D report: out 0x10, eax
+    b"\x48\xc1\xe8\x20"                          # 104F shr rax, 32
+    b"\xe7\x10"                                  # 1053 out 0x10, eax
+    b"\xc3"                                      # 1055 ret
+)

@@ -368,3 +368,29 @@ IRET_RF_PUSHF = (
     b"\xf4"                          # 101B hlt
     b"\x66\xcf"                      # 101C back: iretd
 )
+
+SMSW_STORE = 0x2000
+"""Where ``SMSW``'s memory form stores (16 bits; the host fills the bytes around it)."""
+
+# SMSW into a 32-bit and a 16-bit register, MOV from CR0, and SMSW to memory, each result sent out.
+# Host: real mode, rip=CODE; CR0 as set (0x60000010 from reset); bytes of 0xAA at SMSW_STORE.
+# Exits: OUT port 0x10 size 4 data CR0 (smsw eax: all of CR0);
+# OUT port 0x10 size 4 data 0x1234 << 16 | CR0 & 0xFFFF (smsw ax keeps eax's upper half);
+# OUT port 0x10 size 4 data CR0 (mov ebx, cr0); OUT port 0x10 size 2 data CR0 & 0xFFFF (smsw to
+# memory: 2 bytes, SMSW_STORE + 2 keeps 0xAA); HLT.
+# Measured on this host's KVM: exactly that.
+SMSW = (
+    b"\x66\xb8\x78\x56\x34\x12"      # 1000 mov eax, 0x12345678
+    b"\x66\x0f\x01\xe0"              # 1006 smsw eax
+    b"\x66\xe7\x10"                  # 100A out 0x10, eax
+    b"\x66\xb8\x78\x56\x34\x12"      # 100D mov eax, 0x12345678
+    b"\x0f\x01\xe0"                  # 1013 smsw ax
+    b"\x66\xe7\x10"                  # 1016 out 0x10, eax
+    b"\x0f\x20\xc3"                  # 1019 mov ebx, cr0
+    b"\x66\x89\xd8"                  # 101C mov eax, ebx
+    b"\x66\xe7\x10"                  # 101F out 0x10, eax
+    b"\x0f\x01\x26\x00\x20"          # 1022 smsw word ptr [SMSW_STORE]
+    b"\xa1\x00\x20"                  # 1027 mov ax, [SMSW_STORE]
+    b"\xe7\x10"                      # 102A out 0x10, ax
+    b"\xf4"                          # 102C hlt
+)

@@ -1,4 +1,4 @@
-"""The little x86 decoding the exit rules need: the operands of IN / INS."""
+"""The little x86 decoding the exit rules need: the operands of IN / INS, an instruction's bytes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from hvcore_sim.engine import CpuView, Engine
 
-__all__ = ["IN_SAVED", "IoInstruction", "io_instruction"]
+__all__ = ["IN_SAVED", "LEGACY_PREFIXES", "IoInstruction", "fetch_instruction", "io_instruction"]
 
-_PREFIXES: Final = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+LEGACY_PREFIXES: Final = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+"""The legacy prefix bytes (segment overrides, operand and address size, LOCK, REP)."""
 
 ReadLinear = Callable[[int, int], bytes]
 
@@ -29,7 +30,7 @@ IN_SAVED: Final = _registers()
 def _prefixes(code: bytes) -> tuple[set[int], int]:
     seen: set[int] = set()
     at = 0
-    while at < len(code) and code[at] in _PREFIXES:
+    while at < len(code) and code[at] in LEGACY_PREFIXES:
         seen.add(code[at])
         at += 1
     if at < len(code) and 0x40 <= code[at] <= 0x4F:  # REX (only meaningful in 64-bit mode; harmless otherwise)
@@ -89,3 +90,17 @@ def io_permitted(view: CpuView, read_linear: ReadLinear, port: int, size: int) -
     except Exception:
         return False
     return not bits >> (port % 8) & ((1 << size) - 1)
+
+
+def fetch_instruction(engine: Engine, rip: int) -> bytes:
+    """The bytes of the instruction at ``rip`` that the CPU has just fetched (an intercept or hook stands at it).
+
+    To the end of RIP's page, and on into the next only if all it has there are prefixes and
+    opcode escapes. Every byte read is one the CPU has just fetched, so the walk cannot fail (and so touch CR2).
+    """
+    linear = engine.code_address(rip)
+    first = min(15, 0x1000 - (linear & 0xFFF))
+    code = engine.read_code(linear, first) or b""
+    if len(code) == first < 15 and all(b in LEGACY_PREFIXES or 0x40 <= b <= 0x4F or b in (0x0F, 0x01) for b in code):
+        code += engine.read_code(linear + first, 15 - first) or b""
+    return code

@@ -17,7 +17,17 @@ from typing import Any, Final
 
 from hvcore.types import DescriptorTable, Regs, Segment, Sregs
 from hvcore_sim.internals import cpu_offsets
-from hvcore_sim.layout import HF_GUEST, HF_INHIBIT_IRQ, SVM_EXIT_MSR, SVM_EXIT_RDTSC, SVM_INTERCEPT_BASE, VMCB_MSRPM, ContextLayout
+from hvcore_sim.layout import (
+    CR0_READ_INTERCEPT,
+    HF_GUEST,
+    HF_INHIBIT_IRQ,
+    IRET_INTERCEPT,
+    SVM_EXIT_MSR,
+    SVM_EXIT_RDTSC,
+    SVM_INTERCEPT_BASE,
+    VMCB_MSRPM,
+    ContextLayout,
+)
 from hvcore_sim.memory import PHYSICAL_LIMIT
 from hvcore_sim.windows import HF2_NMI_MASK, INTERCEPTS, REQUEST_INTERRUPT, REQUEST_NMI, request_offset
 
@@ -50,9 +60,12 @@ SVM_AREA: Final = PHYSICAL_LIMIT
 """Guest-physical address of each engine's VMCB page and MSR permission bitmap: above anything a guest reaches."""
 _MSRPM: Final = 0x1000  # the bitmap's offset in the area; every bit set: every RDMSR / WRMSR is intercepted
 _MSRPM_SIZE: Final = 0x2000
-_INTERCEPTS: Final = 1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE) | INTERCEPTS
+_INTERCEPTS: Final = (
+    1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE) | IRET_INTERCEPT | INTERCEPTS
+)
 _WINDOWS: Final = REQUEST_INTERRUPT | REQUEST_NMI
-_CR8_ONLY: Final = struct.Struct("<HH")
+_CR_INTERCEPTS: Final = struct.Struct("<HH")  # intercept_cr_read, intercept_cr_write
+_CR8: Final = 1 << 8
 
 
 def _in_msr_bitmap(index: int) -> bool:
@@ -215,12 +228,13 @@ class Engine:
         return ctypes.c_uint32.from_address(cpu + offset)
 
     def _intercept_msrs(self, unicorn: Any) -> None:
-        """Make guest RDMSR / WRMSR / RDTSC and MOV to/from CR8 reach the interrupt hook (see :mod:`hvcore_sim.msrs`).
+        """Make guest RDMSR / WRMSR / RDTSC, IRET, reads of CR0 and MOV to/from CR8 reach the interrupt hook first.
 
         Unicorn cannot hook them, but QEMU's helpers check SVM intercepts first while hflags has
-        HF_GUEST: with the RDTSC and MSR intercept bits set and a permission bitmap of all ones,
-        each becomes ``EXCP_VMEXIT`` + exit code in the hook, RIP still at the instruction. The
-        VMCB page (QEMU reads only its bitmap address) and the bitmap live at ``SVM_AREA``.
+        HF_GUEST: with the RDTSC, IRET and MSR intercept bits set and a permission bitmap of all
+        ones, each becomes ``EXCP_VMEXIT`` + exit code in the hook, RIP still at the instruction
+        (:mod:`hvcore_sim.msrs`, :mod:`hvcore_sim.resume`, :mod:`hvcore_sim.smsw`). The VMCB page
+        (QEMU reads only its bitmap address) and the bitmap live at ``SVM_AREA``.
         """
         self._svm_area = mmap.mmap(-1, _MSRPM + _MSRPM_SIZE)
         area = ctypes.addressof(ctypes.c_char.from_buffer(self._svm_area))
@@ -231,7 +245,7 @@ class Engine:
         blob = self._blob()
         _U64.pack_into(blob, self.layout.vm_vmcb, SVM_AREA)
         _U64.pack_into(blob, self.layout.intercept, _INTERCEPTS)
-        _CR8_ONLY.pack_into(blob, self.layout.intercept_cr, 1 << 8, 1 << 8)  # MOV from / to CR8
+        _CR_INTERCEPTS.pack_into(blob, self.layout.intercept_cr, CR0_READ_INTERCEPT | _CR8, _CR8)  # reads, writes
         _U32.pack_into(blob, self.layout.hflags, _U32.unpack_from(blob, self.layout.hflags)[0] | HF_GUEST)
         self._store(blob)
 
@@ -303,8 +317,12 @@ class Engine:
             interrupt_bitmap=interrupt_bitmap,
         )
 
-    def set_sregs(self, sregs: Sregs) -> None:
-        """Load segments, tables, control registers and EFER; recompute hflags; drop stale translations."""
+    def set_sregs(self, sregs: Sregs, *, flush: bool = True) -> None:
+        """Load segments, tables, control registers and EFER; recompute hflags; drop stale translations.
+
+        ``flush=False`` keeps translations and TLB, for a hook that changes only segments (translated
+        code is looked up by CS base and hflags, so it cannot be reused in the wrong mode).
+        """
         blob = self._blob()
         lay = self.layout
         for i, name in enumerate(_QEMU_ORDER):
@@ -321,7 +339,8 @@ class Engine:
         hflags = _U32.unpack_from(blob, lay.hflags)[0]
         _U32.pack_into(blob, lay.hflags, compute_hflags(sregs, hflags))
         self._store(blob)
-        self.flush()
+        if flush:
+            self.flush()
 
     def flush(self) -> None:
         """Forget translated code and TLB entries (after a mode change or a host write to guest code)."""
@@ -471,6 +490,15 @@ class Engine:
     def stop_after_this_instruction(self) -> None:
         """From a hook: let the current instruction complete, then stop (lowers the run's instruction budget)."""
         self._count.value = self.counter_cell.value
+
+    def retry_then_stop(self) -> None:
+        """From an intercept hook, which aborted the instruction: run it once more, then stop right after it.
+
+        The aborted attempt was counted; the retry is counted again, as the one instruction it is.
+        """
+        counter = self.counter_cell
+        counter.value -= 1
+        self._count.value = counter.value + 1
 
     def stop(self) -> None:
         """Ask the running engine to stop at the next instruction boundary."""

@@ -44,11 +44,19 @@ from hvcore.checks import completion_bytes
 from hvcore.errors import HvError, HypervisorFault, StateError
 from hvcore.exits import Exit, IoDirection, IoExit, MmioExit
 from hvcore.memory import PAGE_SIZE
-from hvcore_sim import decode, mmu, operand
+from hvcore_sim import decode, mmu, operand, resume, smsw
 from hvcore_sim.events import HAS_ERROR_CODE
 from hvcore_sim.faults import NonCanonical, PageFault
 from hvcore_sim.internals import CC_MASK, Cells
-from hvcore_sim.layout import EXCP_VMEXIT, SVM_EXIT_INTR, SVM_EXIT_NMI, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8
+from hvcore_sim.layout import (
+    EXCP_VMEXIT,
+    SVM_EXIT_INTR,
+    SVM_EXIT_IRET,
+    SVM_EXIT_NMI,
+    SVM_EXIT_READ_CR0,
+    SVM_EXIT_READ_CR8,
+    SVM_EXIT_WRITE_CR8,
+)
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
@@ -59,7 +67,6 @@ __all__ = ["Stop", "StopKind", "Tracker"]
 _PIO_BATCH = 1024  # bytes: the size of KVM's pio data page
 _U64 = (1 << 64) - 1
 _OUT_7E = 0x7E  # the port whose OUT KVM completes before the exit (KVM_X86_QUIRK_OUT_7E_INC_RIP)
-RFLAGS_RF = 1 << 16
 _MMIO_EXIT_MAX = 8  # bytes: KVM's kvm_run.mmio.data
 
 
@@ -140,15 +147,10 @@ class _PendingIn:
     data: list[int] = field(default_factory=list)
 
 
-def _clear_resume_flag(engine: Engine) -> None:
-    rflags = engine.reg(engine.RFLAGS)
-    if rflags & RFLAGS_RF:
-        engine.set_reg(engine.RFLAGS, rflags & ~RFLAGS_RF)
-
-
 _MMIO = Stop(StopKind.EXIT)  # an MMIO access is being recorded; the exit is built after the run
 _WRITABLE = Stop(StopKind.SLICE)  # a page of a logging slot was written: end the slice, make it writable
 _LOOK_AGAIN = Stop(StopKind.SLICE)  # the guest changed interrupt state: end the slice so run() looks again
+_LET_THROUGH = Stop(StopKind.SLICE)  # an intercepted IRET or SMSW ran on its own: the run ends right after it
 
 
 class Tracker:
@@ -179,7 +181,10 @@ class Tracker:
         self._read_stops: dict[tuple[int, int], Stop] = {}
         self._write_stops: dict[tuple[int, int, bytes], Stop] = {}
         self._answer_parts: list[_Access] = []  # the pieces of the pending MMIO read
-        self.watch_resume_flag = False  # RF can only be set once an event was delivered (IRET restores it)
+        self.watch_resume_flag = False
+        """RFLAGS.RF may be set: after an event delivery, an IRET, or the VMM's set_regs (:mod:`hvcore_sim.resume`)."""
+        self._let_through: int | None = None  # the exit code of an intercept let through: the run stops after it
+        self._resume_step: int | None = None  # RIP of the instruction the next run makes alone, with RF set
         self._unprotected: dict[int, set[int]] = {}
         self.dirty_generation = -1
         self._cells: Cells | None = None
@@ -201,6 +206,7 @@ class Tracker:
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, x.UC_X86_INS_OUT)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, x.UC_X86_INS_IN)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x.UC_X86_INS_CPUID)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, x.UC_X86_INS_SYSCALL)
         uc.hook_add(unicorn.UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(unicorn.UC_HOOK_MEM_WRITE_PROT, self._on_write_protected)
         self._unprotected = {}
@@ -299,6 +305,15 @@ class Tracker:
             self._cells.settle()
         return 1  # skip Unicorn's own CPUID model
 
+    def _on_syscall(self, uc: Any, _: object) -> None:
+        engine = self._engine
+        assert engine is not None
+        if self._cells is not None:  # Unicorn synced the state for this hook the way an abort does
+            self._cells.settle()
+        stop = self.vcpu.syscall(engine)
+        if stop is not None:
+            self._halt(stop)
+
     def _on_interrupt(self, uc: Any, vector: int, _: object) -> None:
         engine = self._engine
         assert engine is not None
@@ -336,12 +351,48 @@ class Tracker:
             return
         if self._cells is not None:
             self._cells.settle()  # the restore to the instruction's start mislabels the lazy flags (see settle)
+        if exit_code == SVM_EXIT_IRET:
+            self._let_run_once(engine, exit_code)
+            self.watch_resume_flag = True  # RF as the IRET loads it
+            return
+        if exit_code == SVM_EXIT_READ_CR0:
+            self._cr0_read(engine)
+            return
         if exit_code in (SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8):
             stop = self.vcpu.cr8_intercepted(engine, write=exit_code == SVM_EXIT_WRITE_CR8)
         else:
             stop = self.vcpu.msrs.intercepted(engine, exit_code)
         if stop is not None:
             self._halt(stop)
+
+    def _cr0_read(self, engine: Engine) -> None:
+        """A MOV from CR0 or an SMSW, caught before it ran (:mod:`hvcore_sim.smsw`)."""
+        outcome = smsw.emulate(engine)
+        if outcome is smsw.Outcome.STORE:
+            self._let_run_once(engine, SVM_EXIT_READ_CR0)
+        elif outcome is smsw.Outcome.GP:
+            self._halt(Stop(StopKind.EXCEPTION, vector=13, error_code=0))
+
+    def _let_run_once(self, engine: Engine, exit_code: int) -> None:
+        """An intercepted instruction Unicorn does right: let this one run, and end the run right after it."""
+        self._set_intercept(exit_code, False)  # set again once the run stops
+        engine.retry_then_stop()
+        self._let_through = exit_code
+
+    def _set_intercept(self, exit_code: int, on: bool) -> None:
+        assert self._cells is not None
+        if exit_code == SVM_EXIT_IRET:
+            self._cells.intercept_iret(on)
+        else:
+            self._cells.intercept_cr0_read(on)
+
+    def resume_flag_budget(self, engine: Engine, count: int) -> int:
+        """How many instructions the next run may take: one alone while RFLAGS.RF is set (it is for that one)."""
+        if engine.reg(engine.RFLAGS) & resume.RFLAGS_RF:
+            self._resume_step = engine.reg(engine.RIP)
+            return 1
+        self.watch_resume_flag = False
+        return count
 
     def _settle_after_fault(self, engine: Engine, vector: int) -> None:
         """A fault raised inside an instruction leaves the lazy flags mislabelled; one raised fetching it does not."""
@@ -517,6 +568,8 @@ class Tracker:
         unicorn = self._unicorn
         self._engine = engine
         self._stop = None
+        self._let_through = None
+        resume_step, self._resume_step = self._resume_step, None
         if self._new:
             self._new = []
         self._cursor = 0
@@ -530,13 +583,34 @@ class Tracker:
             if self._stop is None:
                 raise HypervisorFault(f"the simulator's engine failed: {err}", operation="run") from err
         finally:
+            if self._let_through is not None:
+                self._set_intercept(self._let_through, True)
             if self._restore:
                 self._put_back_rom()
             if self._unprotect:  # pages of logging slots written (and logged) during the run
                 for page in self._unprotect:
                     engine.uc.mem_protect(page, PAGE_SIZE, unicorn.UC_PROT_ALL)
                 self._unprotect = []
-        return self._after(engine, count)
+        return self._after(engine, count, resume_step)
+
+    def _completed(self, stop: Stop | None) -> bool:
+        """Whether the run's last instruction completed (an OUT or MMIO write exit, a single-step trap, ...)."""
+        if stop is None or stop.kind is StopKind.SLICE:
+            return True
+        if stop is _MMIO:
+            return self._new[0].write and not self._new[0].rom
+        if stop.kind is StopKind.EXCEPTION:
+            return stop.vector == 1 and stop.event_kind == "exception"  # the trap after an instruction
+        return isinstance(stop.exit, IoExit) and not stop.exit.is_in
+
+    def _resume_flag_done(self, engine: Engine, pushed_by: int | None) -> None:
+        """An instruction completed: RF goes, as on hardware (Unicorn keeps it); out of the image of a PUSHF too."""
+        rflags = engine.reg(engine.RFLAGS)
+        if rflags & resume.RFLAGS_RF:
+            engine.set_reg(engine.RFLAGS, rflags & ~resume.RFLAGS_RF)
+            if pushed_by is not None:
+                resume.clear_pushed_rf(engine, self.vcpu._vm.physical, pushed_by)
+        self.watch_resume_flag = False
 
     def _put_back_rom(self) -> None:
         for address, data in self._restore:
@@ -545,7 +619,7 @@ class Tracker:
                 slot.memory.write(slot.offset + address - slot.guest_address, data)
         self._restore = []
 
-    def _after(self, engine: Engine, count: int) -> Stop:
+    def _after(self, engine: Engine, count: int, resume_step: int | None) -> Stop:
         stop = self._stop
         if self._known and stop is not _MMIO and engine.counter_cell.value > 1:
             self._known, self._cursor = [], 0  # the replayed instruction finished before this stop
@@ -558,10 +632,12 @@ class Tracker:
                 if shadow:
                     engine.interrupt_shadow = True
                 return stop
-        if self.watch_resume_flag and (
-            stop is None or stop.kind is StopKind.SLICE or (isinstance(stop.exit, IoExit) and not stop.exit.is_in)
-        ):
-            _clear_resume_flag(engine)  # an instruction completed: RF goes, as on hardware (Unicorn keeps it)
+        if self._let_through == SVM_EXIT_IRET and stop is None:
+            return _LET_THROUGH  # RF stays as the IRET loaded it
+        if self.watch_resume_flag and self._completed(stop):
+            self._resume_flag_done(engine, resume_step if stop is None or stop.kind is StopKind.SLICE else None)
+        if stop is None and self._let_through is not None:
+            return _LET_THROUGH  # the run was cut right after it: not a HLT
         if stop is None:
             return Stop(StopKind.HLT) if engine.counter_cell.value <= count else Stop(StopKind.SLICE)
         if self._io_fault_rip is not None:  # IN/OUT refused by the I/O permission check: nothing happened
@@ -702,7 +778,7 @@ class Tracker:
         if shadow:
             engine.interrupt_shadow = False  # the shadowed instruction is done (skip_emulated_instruction)
         if self.watch_resume_flag:
-            _clear_resume_flag(engine)
+            self._resume_flag_done(engine, None)
 
     def complete(self, data: bytes | int) -> None:
         """Take the VMM's answer to the pending IN or MMIO read."""

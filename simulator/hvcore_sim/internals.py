@@ -1,4 +1,4 @@
-"""Unicorn state the exit rules use in place: the lazy flags, the interrupt shadow and the split-access size.
+"""Unicorn state the exit rules use in place: lazy flags, interrupt shadow, split-access size, intercept bits.
 
 **Lazy flags.** QEMU keeps the arithmetic flags lazily: ``CC_OP`` names the last flag-setting
 operation and ``CC_SRC`` / ``CC_DST`` its operands, and EFLAGS is computed from them on demand.
@@ -27,6 +27,12 @@ where that is not possible the blob is used instead.
 accesses around it and sets ``uc_struct.size_recur_mem`` to the access size meanwhile (it follows
 ``emu_count``). An MMIO read callback that sees it non-zero knows Unicorn's address and size are
 not the guest's, and decodes the instruction instead (:mod:`hvcore_sim.operand`).
+
+**Intercepts let through once.** Every guest IRET, and every SMSW, reaches the interrupt hook
+first; to let one run, the hook clears its bit (IRET in ``env->intercept``, CR0 in
+``env->intercept_cr_read``) and the tracker sets it again once the run stopped after it
+(:mod:`hvcore_sim.resume`, :mod:`hvcore_sim.smsw`). The bits are written through the same
+``env`` pointer, or through the blob where that pointer could not be found.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import os
 import struct
 from typing import TYPE_CHECKING, Any, Final
 
-from hvcore_sim.layout import HF_INHIBIT_IRQ
+from hvcore_sim.layout import CR0_READ_INTERCEPT, HF_INHIBIT_IRQ, IRET_INTERCEPT
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
@@ -184,6 +190,8 @@ class Cells:
         self._cc_src: ctypes.c_uint64 | None = None
         self._eflags: ctypes.c_uint64 | None = None
         self._hflags: ctypes.c_uint32 | None = None
+        self._intercept: ctypes.c_uint64 | None = None
+        self._intercept_cr_read: ctypes.c_uint16 | None = None
         base = handle(engine.uc)
         offsets = cpu_offsets() if self._blob_ok else None
         rax, rip = engine.reg(engine.RAX), engine.reg(engine.RIP)  # (Unicorn creates its CPU on first use)
@@ -195,6 +203,8 @@ class Cells:
                 self._cc_src = ctypes.c_uint64.from_address(env + _CC_SRC)
                 self._eflags = ctypes.c_uint64.from_address(env + _EFLAGS)
                 self._hflags = ctypes.c_uint32.from_address(env + layout.hflags - layout.env)
+                self._intercept = ctypes.c_uint64.from_address(env + layout.intercept - layout.env)
+                self._intercept_cr_read = ctypes.c_uint16.from_address(env + layout.intercept_cr - layout.env)
         split = _split_size_offset(layout.count)
         self.split_size: ctypes.c_int | None = None if split is None else ctypes.c_int.from_address(base + split)
         """Unicorn's ``size_recur_mem``: non-zero while it performs an access as two aligned ones."""
@@ -224,6 +234,24 @@ class Cells:
         if cell is not None:
             return bool(cell.value & HF_INHIBIT_IRQ)
         return self._engine.interrupt_shadow
+
+    def intercept_iret(self, on: bool) -> None:
+        """Set or clear the IRET bit of ``env->intercept``: whether the next guest IRET reaches the hook first."""
+        self._set_bit(self._intercept, self._engine.layout.intercept, "<Q", IRET_INTERCEPT, on)
+
+    def intercept_cr0_read(self, on: bool) -> None:
+        """Set or clear the CR0 bit of ``env->intercept_cr_read``: whether the next CR0 read reaches the hook first."""
+        self._set_bit(self._intercept_cr_read, self._engine.layout.intercept_cr, "<H", CR0_READ_INTERCEPT, on)
+
+    def _set_bit(self, cell: ctypes.c_uint64 | ctypes.c_uint16 | None, at: int, fmt: str, bit: int, on: bool) -> None:
+        if cell is not None:
+            cell.value = cell.value | bit if on else cell.value & ~bit
+            return
+        engine = self._engine
+        blob = engine._blob()
+        bits = struct.unpack_from(fmt, blob, at)[0]
+        struct.pack_into(fmt, blob, at, bits | bit if on else bits & ~bit)
+        engine._store(blob)
 
     def entry_flags(self) -> int:
         """From inside an instruction: the arithmetic flags it started with (``CC_SRC``, EFLAGS form)."""

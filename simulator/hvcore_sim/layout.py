@@ -19,13 +19,17 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "CR0_READ_INTERCEPT",
     "EXCP_VMEXIT",
     "HF_GUEST",
     "HF_INHIBIT_IRQ",
+    "IRET_INTERCEPT",
     "SVM_EXIT_INTR",
+    "SVM_EXIT_IRET",
     "SVM_EXIT_MSR",
     "SVM_EXIT_NMI",
     "SVM_EXIT_RDTSC",
+    "SVM_EXIT_READ_CR0",
     "SVM_EXIT_READ_CR8",
     "SVM_EXIT_WRITE_CR8",
     "SVM_INTERCEPT_BASE",
@@ -42,12 +46,16 @@ _LDT, _TR, _GDT, _IDT, _CR = 328, 352, 376, 400, 424
 _MARKERS = {"rax": 0x1122334455667788, "rip": 0x0000123456789ABC, "cr3": 0x7654321000, "efer": 0xD01}
 # QEMU 5.0 svm.h: offsets in the VMCB, exit codes, and cpu.h's HF_GUEST_MASK and EXCP_VMEXIT
 _VMCB_INTERCEPT, VMCB_MSRPM, _VMCB_SAVE = 0x0C, 0x48, 0x400
-SVM_EXIT_RDTSC, SVM_EXIT_MSR = 0x6E, 0x7C
-SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8 = 0x08, 0x18
+SVM_EXIT_RDTSC, SVM_EXIT_IRET, SVM_EXIT_MSR = 0x6E, 0x74, 0x7C
+SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8 = 0x00, 0x08, 0x18
 SVM_EXIT_INTR, SVM_EXIT_NMI = 0x60, 0x61
 _VMCB_INTERCEPT_CR = 0x00  # u16 intercept_cr_read, then u16 intercept_cr_write
 _CR_READ_MARK, _CR_WRITE_MARK = 0x5A00, 0xA400  # bits of CR9..CR15 only: nothing the run touches
 SVM_INTERCEPT_BASE = 0x60
+IRET_INTERCEPT = 1 << (SVM_EXIT_IRET - SVM_INTERCEPT_BASE)
+"""The IRET bit of ``env->intercept`` (:mod:`hvcore_sim.resume` lets one IRET through at a time)."""
+CR0_READ_INTERCEPT = 1 << 0
+"""The CR0 bit of ``intercept_cr_read`` (reads of CR0: :mod:`hvcore_sim.smsw`)."""
 """Intercept bit ``n`` of ``env->intercept`` stands for exit code ``SVM_INTERCEPT_BASE + n``."""
 EXCP_VMEXIT = 0x100
 """Unicorn's interrupt hook sees an intercept as ``EXCP_VMEXIT + exit code``."""
@@ -215,12 +223,13 @@ _CALIBRATION_MARK = 0x3C5AA50000000000  # intercept bits of exit codes no instru
 
 
 def _intercept_fields(env: int, efer: int, error_code: int) -> tuple[int, int, int]:
-    """Find ``vm_vmcb`` and ``intercept`` from a VMRUN, and check the intercepts :mod:`hvcore_sim.msrs` relies on.
+    """Find ``vm_vmcb`` and ``intercept`` from a VMRUN, and check the intercepts the simulator relies on.
 
-    The VMCB intercepts RDTSC and (through an all-ones permission bitmap) every MSR; the guest it
-    starts runs ``rdtsc; rdmsr; wrmsr; hlt``. Each of the three must reach the interrupt hook as
-    ``EXCP_VMEXIT`` + its exit code, with RIP still at the instruction and exit_info_1 (0 read,
-    1 write) as the error code, and the run must go on once the hook moves RIP past it.
+    The VMCB intercepts RDTSC, IRET and (through an all-ones permission bitmap) every MSR; the
+    guest it starts runs ``rdtsc; rdmsr; wrmsr; iret; hlt``. Each of the four must reach the
+    interrupt hook as ``EXCP_VMEXIT`` + its exit code, with RIP still at the instruction and
+    exit_info_1 (0 read, 1 write) as the error code, and the run must go on once the hook moves
+    RIP past it (:mod:`hvcore_sim.msrs`, :mod:`hvcore_sim.resume`).
     """
     import unicorn
     from unicorn import x86_const as x
@@ -232,9 +241,10 @@ def _intercept_fields(env: int, efer: int, error_code: int) -> tuple[int, int, i
     vmcb = ctypes.create_string_buffer(0x1000)
     uc.mem_map_ptr(_CALIBRATION_VMCB, 0x1000, unicorn.UC_PROT_ALL, ctypes.addressof(vmcb))
     ctypes.memmove(ctypes.addressof(low) + 0x1000, b"\x0f\x01\xd8", 3)  # vmrun
-    ctypes.memmove(ctypes.addressof(low) + 0x2000, b"\x0f\x31\x0f\x32\x0f\x30\xf4", 7)  # rdtsc; rdmsr; wrmsr; hlt
+    code = b"\x0f\x31\x0f\x32\x0f\x30\xcf\xf4"  # rdtsc; rdmsr; wrmsr; iret; hlt
+    ctypes.memmove(ctypes.addressof(low) + 0x2000, code, len(code))
     ctypes.memset(ctypes.addressof(low) + 0x8000, 0xFF, 0x2000)
-    bits = 1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE)
+    bits = sum(1 << (code - SVM_INTERCEPT_BASE) for code in (SVM_EXIT_RDTSC, SVM_EXIT_IRET, SVM_EXIT_MSR))
     struct.pack_into("<Q", vmcb, _VMCB_INTERCEPT, _CALIBRATION_MARK | bits)
     struct.pack_into("<HH", vmcb, _VMCB_INTERCEPT_CR, _CR_READ_MARK, _CR_WRITE_MARK)
     struct.pack_into("<Q", vmcb, VMCB_MSRPM, 0x8000)
@@ -264,7 +274,7 @@ def _intercept_fields(env: int, efer: int, error_code: int) -> tuple[int, int, i
         snapshot.append(now)
         rip = engine.reg_read(x.UC_X86_REG_RIP)
         seen.append((number, rip, struct.unpack_from("<i", now, error_code)[0]))
-        engine.reg_write(x.UC_X86_REG_RIP, rip + 2)
+        engine.reg_write(x.UC_X86_REG_RIP, rip + (1 if number == EXCP_VMEXIT + SVM_EXIT_IRET else 2))
 
     uc.hook_add(unicorn.UC_HOOK_INTR, on_interrupt)
     uc.emu_start(0x1000, 0, 0, 10)
@@ -272,9 +282,10 @@ def _intercept_fields(env: int, efer: int, error_code: int) -> tuple[int, int, i
         (EXCP_VMEXIT + SVM_EXIT_RDTSC, 0x2000, 0),
         (EXCP_VMEXIT + SVM_EXIT_MSR, 0x2002, 0),
         (EXCP_VMEXIT + SVM_EXIT_MSR, 0x2004, 1),
+        (EXCP_VMEXIT + SVM_EXIT_IRET, 0x2006, 0),
     ]
-    if seen != expected or uc.reg_read(x.UC_X86_REG_RIP) != 0x2007:
-        raise LayoutError(f"intercepted rdtsc/rdmsr/wrmsr after VMRUN gave {seen}, not {expected}")
+    if seen != expected or uc.reg_read(x.UC_X86_REG_RIP) != 0x2008:
+        raise LayoutError(f"intercepted rdtsc/rdmsr/wrmsr/iret after VMRUN gave {seen}, not {expected}")
     guest = snapshot[0]
     if not struct.unpack_from("<I", guest, env + _HFLAGS)[0] & HF_GUEST:
         raise LayoutError(f"VMRUN did not set HF_GUEST ({HF_GUEST:#x}) in hflags")

@@ -37,6 +37,7 @@ from hvcore import cpuid_rules
 from hvcore.checks import check_msr, msr_refused, msr_unreadable
 from hvcore.errors import HypervisorFault, InvalidArgument
 from hvcore_sim.clock import Clock, VirtualClock
+from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
 from hvcore_sim.exits import Stop, StopKind
 from hvcore_sim.layout import SVM_EXIT_MSR, SVM_EXIT_RDTSC
 
@@ -49,12 +50,10 @@ __all__ = [
     "MSRS",
     "TSC_HZ",
     "GP_FAULT",
-    "LEGACY_PREFIXES",
     "DefaultMsrHandler",
     "LapicMsrHandler",
     "MsrEmulator",
     "MsrHandler",
-    "fetch_instruction",
 ]
 
 IA32_TSC: Final = 0x10
@@ -127,7 +126,6 @@ _APIC_X2APIC, _APIC_ENABLE = 1 << 10, 1 << 11
 _X2APIC_MSRS: Final = range(0x800, 0x900)
 _LAPIC_MSRS: Final = frozenset({IA32_APIC_BASE, IA32_TSC_DEADLINE, *_X2APIC_MSRS})
 _CR0_PG: Final = 1 << 31
-LEGACY_PREFIXES: Final = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 _ADDRESS_BITS: Final = 48  # KVM's max_host_virt_addr_bits(): Unicorn's CPU (its supported CPUID) has no LA57
 
 
@@ -514,16 +512,3 @@ def _decode(code: bytes) -> tuple[int, int]:
     if body == b"\x0f\x01\xf9":
         return at + 3, 0xF9
     raise HypervisorFault(f"an intercepted instruction is not RDMSR/WRMSR/RDTSC/RDTSCP: {code.hex()}", operation="run")
-
-
-def fetch_instruction(engine: Engine, rip: int) -> bytes:
-    """The intercepted instruction's bytes: to the end of RIP's page, and on into the next only if it goes on there.
-
-    Every byte read is one the CPU has just fetched, so the walk cannot fail (and so touch CR2).
-    """
-    linear = engine.code_address(rip)
-    first = min(15, 0x1000 - (linear & 0xFFF))
-    code = engine.read_code(linear, first) or b""
-    if len(code) == first < 15 and all(b in LEGACY_PREFIXES or 0x40 <= b <= 0x4F or b in (0x0F, 0x01) for b in code):
-        code += engine.read_code(linear + first, 15 - first) or b""
-    return code

@@ -51,18 +51,11 @@ from hvcore.types import (
     VcpuEvents,
     Xsave,
 )
-from hvcore_sim import state
+from hvcore_sim import state, syscall
+from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
 from hvcore_sim.engine import Engine
 from hvcore_sim.exits import Stop, StopKind, Tracker
-from hvcore_sim.msrs import (
-    GP_FAULT,
-    IA32_APIC_BASE,
-    LEGACY_PREFIXES,
-    DefaultMsrHandler,
-    LapicMsrHandler,
-    MsrEmulator,
-    fetch_instruction,
-)
+from hvcore_sim.msrs import GP_FAULT, IA32_APIC_BASE, DefaultMsrHandler, LapicMsrHandler, MsrEmulator
 from hvcore_sim.windows import REQUEST_INTERRUPT, REQUEST_NMI
 
 if TYPE_CHECKING:
@@ -277,6 +270,8 @@ class SimVCPU(Closeable):
                     deadline = chip.deadline() if chip is not None else None
                     if deadline is not None:
                         count = min(count, clock.instructions_until(deadline))
+                if tracker.watch_resume_flag:
+                    count = tracker.resume_flag_budget(engine, count)
                 stop = tracker.run(engine, count)
                 engine.close_windows()
                 if virtual:
@@ -376,6 +371,11 @@ class SimVCPU(Closeable):
             engine.set_reg(register, self._task_priority())
         engine.set_reg(engine.RIP, rip + at + 3)
         return None
+
+    def syscall(self, engine: Engine) -> Stop | None:
+        """A guest SYSCALL (Unicorn's hook, RIP at it) performed in place (:mod:`hvcore_sim.syscall`); or its #UD."""
+        vector = syscall.emulate(engine)
+        return None if vector is None else Stop(StopKind.EXCEPTION, vector=vector)
 
     def _timers_changed(self) -> None:
         if self._thread == _get_ident():  # from the guest's own WRMSR: end the slice after it
@@ -600,6 +600,7 @@ class SimVCPU(Closeable):
         check_width("Regs", regs, 64, "set_regs")
         with self._vm.exec_lock:
             self._live().set_regs(regs)
+            self.tracker.watch_resume_flag = True  # RF may be set: it is for the next instruction
 
     def get_sregs(self) -> Sregs:
         """Segments, descriptor tables, control registers, EFER, APIC base."""

@@ -186,3 +186,93 @@ RDTSC_TWICE = (
     b"\xe7\x20"              # out 0x20, eax
     b"\xf4"                  # hlt
 )
+
+SYSCALL_TARGET = 0x1010
+"""Where ``SYSCALL_TO_HLT``'s kernel entry (LSTAR) is: its CPL0 `hlt`."""
+
+# SYSCALL from CPL3 into the kernel entry at SYSCALL_TARGET, which halts.
+# Host: 64-bit long mode at CPL3 (tests.test_exceptions' IDT and TSS), rip=CODE, EFER.SCE,
+# STAR[47:32] = 0x08 (CS 0x08, SS 0x10), LSTAR = SYSCALL_TARGET, FMASK as the test says.
+# Exits: HLT with rip = SYSCALL_TARGET + 1, rcx = CODE + 2, r11 = the RFLAGS of the syscall,
+# RFLAGS without FMASK's bits, CPL0 (CS 0x08 64-bit code, SS 0x10). If FMASK leaves TF set,
+# the single-step trap comes after the syscall: #DB with RIP = SYSCALL_TARGET. With EFER.SCE
+# clear: #UD on the syscall (RIP = CODE). Never the OUT (a syscall that did nothing).
+SYSCALL_TO_HLT = (
+    b"\x0f\x05"          # syscall
+    b"\xe6\x10"          # out 0x10, al
+    b"\xf4"              # hlt (at CPL3: #GP)
+    + b"\x90" * 11       # (to SYSCALL_TARGET)
+    + b"\xf4"            # SYSCALL_TARGET: hlt
+)
+
+# An `iretq` to the next instruction with RF set in the RFLAGS image, then the flags are pushed and
+# sent out: the `pushfq` runs with RF set, yet PUSHF never stores RF, and RF is clear after it.
+# Host: 64-bit long mode at CPL0, rip=CODE, rsp=STACK_TOP, rflags=0x2.
+# Exits: OUT port 0x10 size 4 data 0x00000002 (rflags = 0x2 there); HLT.
+# Measured on this host's KVM: exactly that.
+IRETQ_RF_PUSHF = (
+    b"\x48\x89\xe0"                  # 1000 mov rax, rsp
+    b"\x6a\x10"                      # 1003 push 0x10                 (SS)
+    b"\x50"                          # 1005 push rax                  (RSP)
+    b"\x9c"                          # 1006 pushfq
+    b"\x48\x81\x0c\x24\x00\x00\x01\x00"  # 1007 or qword ptr [rsp], 0x10000   (RF)
+    b"\x6a\x08"                      # 100F push 0x08                 (CS)
+    b"\x48\x8d\x05\x03\x00\x00\x00"  # 1011 lea rax, [rip + 3]        (after)
+    b"\x50"                          # 1018 push rax                  (RIP)
+    b"\x48\xcf"                      # 1019 iretq
+    b"\x9c"                          # 101B after: pushfq             (runs with RF set)
+    b"\x58"                          # 101C pop rax
+    b"\xe7\x10"                      # 101D out 0x10, eax
+    b"\xf4"                          # 101F hlt
+)
+
+BREAKPOINT_AT = 0x1020
+"""Where ``BREAKPOINT_RESUME``'s instruction breakpoint (DR0) is: its `out 0x10, al`."""
+
+# An instruction breakpoint on the `out 0x10, al` at BREAKPOINT_AT; the #DB handler (vector 1,
+# BREAKPOINT_HANDLER) reports itself, sets RF in its frame's RFLAGS and returns to the `out`,
+# which now runs: RF keeps the breakpoint from firing again.
+# Host: 64-bit long mode at CPL0, rip=CODE, an IDT (tests.test_exceptions) whose vector 1 runs
+# BREAKPOINT_HANDLER.
+# Exits: OUT port 0x11 (the handler), OUT port 0x10, HLT with rflags = 0x2.
+# Measured on this host's KVM: exactly that.
+BREAKPOINT_RESUME = (
+    b"\x48\xc7\xc0\x20\x10\x00\x00"  # 1000 mov rax, BREAKPOINT_AT
+    b"\x0f\x23\xc0"                  # 1007 mov dr0, rax
+    b"\xb8\x01\x00\x00\x00"          # 100A mov eax, 1           (DR7.L0, execute, 1 byte)
+    b"\x0f\x23\xf8"                  # 100F mov dr7, rax
+    + b"\x90" * 14                   # 1012 (to BREAKPOINT_AT)
+    + b"\xe6\x10"                    # 1020 out 0x10, al
+    b"\xf4"                          # 1022 hlt
+)
+BREAKPOINT_HANDLER = (
+    b"\xe6\x11"                              # out 0x11, al
+    b"\x48\x81\x4c\x24\x10\x00\x00\x01\x00"  # or qword ptr [rsp + 16], 0x10000   (RF in the frame's RFLAGS)
+    b"\x48\xcf"                              # iretq
+)
+
+# SMSW into a 64-, 32- and 16-bit register and MOV from CR0, each result sent out as two halves.
+# Host: 64-bit long mode at CPL0, rip=CODE.
+# Exits (OUT port 0x10 size 4 each, low half then high half of rax):
+# CR0 (smsw rax); CR0 (smsw eax: zero-extended, so the high half is 0);
+# 0x11223344 << 32 | 0x5566 << 16 | CR0 & 0xFFFF (smsw ax keeps the rest); CR0 (mov rax, cr0); HLT.
+# Measured on this host's KVM: exactly that.
+SMSW_64 = (
+    b"\x48\xb8\x88\x77\x66\x55\x44\x33\x22\x11"  # 1000 mov rax, 0x1122334455667788
+    b"\x48\x0f\x01\xe0"                          # 100A smsw rax
+    b"\xe8\x3a\x00\x00\x00"                      # 100E call report
+    b"\x48\xb8\x88\x77\x66\x55\x44\x33\x22\x11"  # 1013 mov rax, 0x1122334455667788
+    b"\x0f\x01\xe0"                              # 101D smsw eax
+    b"\xe8\x28\x00\x00\x00"                      # 1020 call report
+    b"\x48\xb8\x88\x77\x66\x55\x44\x33\x22\x11"  # 1025 mov rax, 0x1122334455667788
+    b"\x66\x0f\x01\xe0"                          # 102F smsw ax
+    b"\xe8\x15\x00\x00\x00"                      # 1033 call report
+    b"\x0f\x20\xc0"                              # 1038 mov rax, cr0
+    b"\xe8\x0d\x00\x00\x00"                      # 103B call report
+    b"\xf4"                                      # 1040 hlt
+    + b"\x90" * 0xC                              # 1041 (to report)
+    + b"\xe7\x10"                                # 104D report: out 0x10, eax
+    b"\x48\xc1\xe8\x20"                          # 104F shr rax, 32
+    b"\xe7\x10"                                  # 1053 out 0x10, eax
+    b"\xc3"                                      # 1055 ret
+)

@@ -356,3 +356,71 @@ COUNT_AT_DATA = (
     b"\xe6\x80"              # 100e out 0x80, al
     b"\xeb\xf3"              # 1010 jmp top
 )  # fmt: skip
+
+# An `iretd` whose EFLAGS image has RF set returns to a `jmp`, then the flags are pushed and sent
+# out: RF was for the `jmp` only, and PUSHF never stores RF. The guest builds its own iret frame
+# (EFLAGS | RF, CS, EIP of the `jmp`) with a 32-bit `call` to the `iretd` (kvm-unit-tests'
+# realmode "rflags.rf").
+# Host: real mode, rip=CODE, rsp=STACK_TOP, rflags=0x2.
+# Exits: OUT port 0x10 size 4 data 0x00000002 (rflags = 0x2 there: RF is clear); HLT.
+# Measured on this host's KVM: exactly that.
+IRET_RF_THEN_PUSHF = (
+    b"\x66\x9c"                      # 1000 pushfd
+    b"\x66\x58"                      # 1002 pop eax
+    b"\x66\x0d\x00\x00\x01\x00"      # 1004 or eax, 0x10000      (RF)
+    b"\x66\x50"                      # 100A push eax
+    b"\x66\x0e"                      # 100C push cs              (32-bit)
+    b"\x66\xe8\x02\x00\x00\x00"      # 100E call dword back      (pushes EIP 0x1014)
+    b"\xeb\x02"                      # 1014 jmp after            (runs with RF set)
+    b"\x66\xcf"                      # 1016 back: iretd
+    b"\x66\x9c"                      # 1018 after: pushfd
+    b"\x66\x58"                      # 101A pop eax
+    b"\x66\xe7\x10"                  # 101C out 0x10, eax
+    b"\xf4"                          # 101F hlt
+)
+
+# As IRET_RF_THEN_PUSHF, but the `iretd` returns straight to the `pushfd`, which runs with RF set
+# and must still store the image without it.
+# Host: real mode, rip=CODE, rsp=STACK_TOP, rflags=0x2 (or rip=CODE+0x14 with rflags=0x10002:
+# the `pushfd` is then the first instruction, with the RF the host set).
+# Exits: OUT port 0x10 size 4 data 0x00000002 (rflags = 0x2 there); HLT.
+# Measured on this host's KVM: exactly that, from both starts.
+IRET_RF_PUSHF = (
+    b"\x66\x9c"                      # 1000 pushfd
+    b"\x66\x58"                      # 1002 pop eax
+    b"\x66\x0d\x00\x00\x01\x00"      # 1004 or eax, 0x10000      (RF)
+    b"\x66\x50"                      # 100A push eax
+    b"\x66\x0e"                      # 100C push cs              (32-bit)
+    b"\x66\xe8\x08\x00\x00\x00"      # 100E call dword back      (pushes EIP 0x1014)
+    b"\x66\x9c"                      # 1014 pushfd               (runs with RF set)
+    b"\x66\x58"                      # 1016 pop eax
+    b"\x66\xe7\x10"                  # 1018 out 0x10, eax
+    b"\xf4"                          # 101B hlt
+    b"\x66\xcf"                      # 101C back: iretd
+)
+
+SMSW_STORE = 0x2000
+"""Where ``SMSW``'s memory form stores (16 bits; the host fills the bytes around it)."""
+
+# SMSW into a 32-bit and a 16-bit register, MOV from CR0, and SMSW to memory, each result sent out.
+# Host: real mode, rip=CODE; CR0 as set (0x60000010 from reset); bytes of 0xAA at SMSW_STORE.
+# Exits: OUT port 0x10 size 4 data CR0 (smsw eax: all of CR0);
+# OUT port 0x10 size 4 data 0x1234 << 16 | CR0 & 0xFFFF (smsw ax keeps eax's upper half);
+# OUT port 0x10 size 4 data CR0 (mov ebx, cr0); OUT port 0x10 size 2 data CR0 & 0xFFFF (smsw to
+# memory: 2 bytes, SMSW_STORE + 2 keeps 0xAA); HLT.
+# Measured on this host's KVM: exactly that.
+SMSW = (
+    b"\x66\xb8\x78\x56\x34\x12"      # 1000 mov eax, 0x12345678
+    b"\x66\x0f\x01\xe0"              # 1006 smsw eax
+    b"\x66\xe7\x10"                  # 100A out 0x10, eax
+    b"\x66\xb8\x78\x56\x34\x12"      # 100D mov eax, 0x12345678
+    b"\x0f\x01\xe0"                  # 1013 smsw ax
+    b"\x66\xe7\x10"                  # 1016 out 0x10, eax
+    b"\x0f\x20\xc3"                  # 1019 mov ebx, cr0
+    b"\x66\x89\xd8"                  # 101C mov eax, ebx
+    b"\x66\xe7\x10"                  # 101F out 0x10, eax
+    b"\x0f\x01\x26\x00\x20"          # 1022 smsw word ptr [SMSW_STORE]
+    b"\xa1\x00\x20"                  # 1027 mov ax, [SMSW_STORE]
+    b"\xe7\x10"                      # 102A out 0x10, ax
+    b"\xf4"                          # 102C hlt
+)

@@ -24,6 +24,7 @@ def test_the_deviations_are_the_registry_entries_they_replace() -> None:
         "ivt_limit_ignored",
         "benign_fault_double_faults",
         "gate_code_segment_unchecked",
+        "syscall_from_cpl3",
     ]
 
 
@@ -49,8 +50,8 @@ class NoGates(ProbeGuest):
 
 
 @pytest.mark.parametrize(
-    "name", [n for n in NAMES if n not in {"iopl_ignored_cpl3", "ivt_limit_ignored"}]
-)  # upstream's IO exit needs no gate; real mode has no gates
+    "name", [n for n in NAMES if n not in {"iopl_ignored_cpl3", "ivt_limit_ignored", "syscall_from_cpl3"}]
+)  # upstream's IO exit and SYSCALL need no gate; real mode has no gates
 def test_a_probe_takes_no_failure_for_a_variant(hv: Hypervisor, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setattr(events, "ProbeGuest", NoGates)
     observation = probe_host(hv, [d for d in events.DEVIATIONS if d.name == name]).observations[name]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from hvcore.exits import Exit, IoDirection, IoExit
+from hvcore.exits import Exit, HltExit, IoDirection, IoExit
 from hvcore.host.deviation import UPSTREAM, Deviation, Unrecognised
 from hvcore.host.guest import (
     CODE,
@@ -32,6 +32,9 @@ from hvcore.types import DescriptorTable, Segment
 __all__ = ["DEVIATIONS"]
 
 RF = 1 << 16
+_IF = 1 << 9
+_EFER_SCE = 1
+_STAR, _LSTAR, _FMASK = 0xC0000081, 0xC0000082, 0xC0000084
 FRAME_WORDS = 6
 """Words shown in a message: an error code's slot, RIP, CS, RFLAGS, RSP, SS."""
 NULL_SS = Segment(limit=0, type=0, present=0, s=0, unusable=1)
@@ -196,6 +199,32 @@ def _gate_code_segment_unchecked(hv: Hypervisor) -> str:
     return variant
 
 
+def _syscall_from_cpl3(hv: Hypervisor) -> str:
+    target = CODE + 0x10
+    code = (
+        b"\x0f\x05"  # syscall   <- at CPL3, EFER.SCE set, STAR[47:32] = KERNEL_CS, LSTAR = target
+        b"\xf4"  # hlt (at CPL3: #GP)
+    ).ljust(0x10, b"\x90") + b"\xf4"  # target: hlt
+    with ProbeGuest(hv, code, "user", rflags=_IF | 0x2) as guest:  # (kvm_pvm runs CPL3 code with IF set anyway)
+        vcpu = guest.vcpu
+        sregs = vcpu.get_sregs()
+        vcpu.set_sregs(replace(sregs, efer=sregs.efer | _EFER_SCE))
+        vcpu.set_msrs({_STAR: KERNEL_CS << 32, _LSTAR: target, _FMASK: 0})
+        exits = _run(guest)
+        regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+        if exits == [HltExit()]:
+            entered = (regs.rip, regs.rcx, regs.r11, sregs.cs.selector, sregs.ss.selector)
+            if entered != (target + 1, CODE + 2, _IF | 0x2, KERNEL_CS, KERNEL_SS):
+                raise Unrecognised(f"`syscall` at CPL3 halted with rip, rcx, r11, cs, ss = {entered}")
+            return UPSTREAM
+        pushed = (0, target, USER_CS, RF | _IF | 0x2, STACK_TOP, USER_SS)
+        outcomes = {"stays_at_cpl3": _Delivery(13, RSP0, pushed)}
+        variant = _classify(guest, exits, outcomes, "`syscall` at CPL3 to a `hlt`")
+        if (regs.rcx, regs.r11) != (CODE + 2, _IF | 0x2):
+            raise Unrecognised(f"`syscall` at CPL3 stayed there with rcx={regs.rcx:#x} r11={regs.r11:#x}")
+        return variant
+
+
 DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "null_ss_usable",
@@ -245,6 +274,17 @@ DEVIATIONS: tuple[Deviation, ...] = (
         variants={"gate_taken": "the gate is taken; the handler runs in compatibility mode"},
         reason="measured on kvm_pvm: the target code segment of a 64-bit gate is not checked",
         probe=_gate_code_segment_unchecked,
+    ),
+    Deviation(
+        "syscall_from_cpl3",
+        upstream="`syscall` at CPL3 enters CPL0 at LSTAR (CS = STAR[47:32], SS = CS + 8); #UD with EFER.SCE clear; "
+        "a single-step trap follows it when TF survives FMASK",
+        variants={
+            "stays_at_cpl3": "RIP = LSTAR, RCX, R11 and FMASK as upstream, but CS, SS and CPL stay the user's; "
+            "EFER.SCE is not checked and no single-step trap follows"
+        },
+        reason="measured on kvm_pvm, whose guests enter their kernel through its own paravirtual entry instead",
+        probe=_syscall_from_cpl3,
     ),
 )
 """The event-delivery deviations, in the order of ``tests/quirks.py``'s registry."""

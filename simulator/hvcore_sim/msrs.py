@@ -12,6 +12,8 @@ rules with KVM's ``host_initiated`` relaxations.
 - The TSC is the VM clock (:mod:`hvcore_sim.clock`) at ``TSC_HZ`` plus a per-vCPU offset; writing
   IA32_TSC sets the offset, as upstream KVM does. Under a virtual clock a guest read also counts
   the instructions the current slice has run, so the TSC moves on between two ``rdtsc``.
+- KVM's paravirtual clock MSRs (MSR_KVM_WALL_CLOCK(_NEW), MSR_KVM_SYSTEM_TIME(_NEW)) go to the vCPU's
+  :class:`hvcore_sim.kvmclock.PvClock`; a VMM write of IA32_TSC makes every vCPU refresh its clock.
 - IA32_APIC_BASE, IA32_TSC_DEADLINE and the x2APIC MSRs (0x800-0x8ff) belong to the local APIC:
   they go to the vCPU's :class:`MsrHandler` (:class:`DefaultMsrHandler` behaves as KVM without an
   in-kernel LAPIC: no x2APIC MSR).
@@ -36,9 +38,11 @@ from typing import TYPE_CHECKING, Final, Protocol
 from hvcore import cpuid_rules
 from hvcore.checks import check_msr, msr_refused, msr_unreadable
 from hvcore.errors import HypervisorFault, InvalidArgument
+from hvcore_sim import kvmclock
 from hvcore_sim.clock import Clock, VirtualClock
 from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
 from hvcore_sim.exits import Stop, StopKind
+from hvcore_sim.kvmclock import NO_MEMORY, KvmClock, PvClock
 from hvcore_sim.layout import SVM_EXIT_MSR, SVM_EXIT_RDTSC
 
 if TYPE_CHECKING:
@@ -92,6 +96,7 @@ MSRS: Final = (
     GS_BASE,
     KERNEL_GS_BASE,
     TSC_AUX,
+    *kvmclock.MSRS,
 )
 """Every MSR the simulator has (its KVM_GET_MSR_INDEX_LIST); any other index is unknown, as on KVM."""
 
@@ -339,7 +344,9 @@ class LapicMsrHandler:
 class MsrEmulator:
     """One vCPU's MSRs and TSC, for intercepted guest instructions and for ``get_msrs`` / ``set_msrs``."""
 
-    def __init__(self, state: VcpuState, clock: Clock, handler: MsrHandler | None = None) -> None:
+    def __init__(
+        self, state: VcpuState, clock: Clock, handler: MsrHandler | None = None, pvclock: PvClock | None = None
+    ) -> None:
         self._cpuid = _Cpuid(state)
         self._clock = clock
         self.handler: MsrHandler = handler if handler is not None else DefaultMsrHandler(state)
@@ -350,20 +357,34 @@ class MsrEmulator:
         """IA32_TSC_ADJUST: what guest writes to IA32_TSC added to the TSC."""
         self._emulated: dict[int, int] = {}  # KVM-emulated MSRs written so far (the rest have their reset values)
         self._sysenter_cs_upper = 0  # Unicorn keeps 16 bits of IA32_SYSENTER_CS (the selector); KVM on AMD keeps 64
+        self.pvclock = pvclock if pvclock is not None else KvmClock(NO_MEMORY, TSC_HZ).add_vcpu(0, self._offset)
+        """This vCPU's kvmclock (the VM's, or one of its own with no guest memory)."""
 
     # -- the TSC -----------------------------------------------------------------------
 
-    def _ticks(self, engine: Engine | None) -> int:
-        """The VM clock in TSC ticks; from inside a run (``engine``), with the slice's instructions so far."""
+    def _offset(self) -> int:
+        return self.tsc_offset
+
+    def _clock_ns(self, engine: Engine | None) -> int:
+        """The VM clock; from inside a run (``engine``), with the slice's instructions so far."""
         clock = self._clock
         ns = clock.now()
         if engine is not None and isinstance(clock, VirtualClock):
             ns += max(engine.counter_cell.value - 1, 0) * clock.ns_per_instruction
-        return ns * TSC_HZ // 1_000_000_000
+        return ns
+
+    def _ticks(self, engine: Engine | None) -> int:
+        """The VM clock in TSC ticks (``engine``: as :meth:`_clock_ns`)."""
+        return self._clock_ns(engine) * TSC_HZ // 1_000_000_000
 
     def tsc(self, engine: Engine | None = None) -> int:
         """This vCPU's TSC (``engine``: read by the guest during a run)."""
         return (self._ticks(engine) + self.tsc_offset) & _MASK64
+
+    def refresh_pvclock(self, engine: Engine | None = None) -> None:
+        """Fill this vCPU's kvmclock structure, if enabled, from the TSC and the VM clock of this instant."""
+        ns = self._clock_ns(engine)
+        self.pvclock.refresh((ns * TSC_HZ // 1_000_000_000 + self.tsc_offset) & _MASK64, ns)
 
     # -- one MSR ---------------------------------------------------------------------------
 
@@ -375,6 +396,8 @@ class MsrEmulator:
             return self.handler.read(index)
         if index == IA32_TSC_ADJUST:
             return self.tsc_adjust & _MASK64
+        if index in kvmclock.MSRS:
+            return self.pvclock.read(index)
         if index == TSC_AUX and not host and not self._cpuid.tsc_aux:
             return None
         if index in _EMULATED:
@@ -395,6 +418,8 @@ class MsrEmulator:
             if not host:  # a guest write moves IA32_TSC_ADJUST by as much (SDM, and KVM)
                 self.tsc_adjust = (self.tsc_adjust + offset - self.tsc_offset) & _MASK64
             self.tsc_offset = offset
+            if host:  # KVM's TSC synchronisation updates the master clock, and with it every vCPU's kvmclock
+                self.pvclock.vm.request_update()
             return True
         if index in _LAPIC_MSRS:
             return self.handler.write(index, value, host=host)
@@ -403,6 +428,11 @@ class MsrEmulator:
                 if not host:
                     self.tsc_offset = (self.tsc_offset + value - self.tsc_adjust) & _MASK64
                 self.tsc_adjust = value
+            return True
+        if index in kvmclock.MSRS:
+            self.pvclock.write(index, value, self._clock_ns(engine if running else None), host=host)
+            if running and self.pvclock.pending:  # the guest's next instruction sees the refreshed clock
+                self.refresh_pvclock(engine)
             return True
         if index in _EMULATED:
             if index in _READ_ONLY:

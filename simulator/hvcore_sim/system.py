@@ -41,6 +41,8 @@ _CAPABILITIES: Final = {
     Capability.USER_NMI: 1,
     Capability.EXT_CPUID: 1,
     Capability.ADJUST_CLOCK: 1,
+    Capability.CLOCKSOURCE: 1,  # kvmclock (hvcore_sim.kvmclock)
+    Capability.NOP_IO_DELAY: 1,
     Capability.SET_TSS_ADDR: 1,
     Capability.SET_IDENTITY_MAP_ADDR: 1,
     Capability.SYNC_MMU: 1,

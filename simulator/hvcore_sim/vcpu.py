@@ -120,7 +120,8 @@ class SimVCPU(Closeable):
         self._if_snapshot = False
         self._step_owed = False
         self._state = state.VcpuState(apic_base=0xFEE00800 | (0x100 if vcpu_id == 0 else 0))  # BSP bit: vCPU 0
-        self.msrs = MsrEmulator(self._state, vm.clock)
+        pvclock = vm.kvmclock.add_vcpu(vcpu_id, lambda: self.msrs.tsc_offset)
+        self.msrs = MsrEmulator(self._state, vm.clock, pvclock=pvclock)
         """Guest RDMSR / WRMSR / RDTSC and get_msrs / set_msrs (``msrs.handler``: the LAPIC's MSRs)."""
         self._engine: Engine | None = None
         self._layout_generation = -1
@@ -272,6 +273,8 @@ class SimVCPU(Closeable):
                         count = min(count, clock.instructions_until(deadline))
                 if tracker.watch_resume_flag:
                     count = tracker.resume_flag_budget(engine, count)
+                if self.msrs.pvclock.pending:  # as KVM's clock-update request, before the guest runs on
+                    self.msrs.refresh_pvclock()
                 stop = tracker.run(engine, count)
                 engine.close_windows()
                 if virtual:

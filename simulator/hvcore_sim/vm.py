@@ -1,4 +1,4 @@
-"""``SimVM``: memory slots, vCPUs, the execution lock, the clock."""
+"""``SimVM``: memory slots, vCPUs, the execution lock, the clock and kvmclock."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hvcore.caps import Capability
 from hvcore.checks import MAX_GSI, check_gsi_routes, check_irqchip, check_msi, check_pit_state
 from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, StateError
 from hvcore.lifetime import Closeable
-from hvcore.memory import MemorySlot, SlotChange, SlotOwner, SlotTable
+from hvcore.memory import PAGE_SIZE, MemorySlot, SlotChange, SlotOwner, SlotTable
 from hvcore.types import (
     ClockData,
     GsiRoute,
@@ -21,6 +21,7 @@ from hvcore.types import (
     IrqchipId,
     PicState,
     PitState,
+    SlotFlags,
     Sregs,
     Translation,
 )
@@ -29,8 +30,10 @@ from hvcore_sim.clock import Clock, HostClock
 from hvcore_sim.engine import CpuView, Engine
 from hvcore_sim.execlock import ExecLock
 from hvcore_sim.irqchip.chip import Irqchip
+from hvcore_sim.kvmclock import KvmClock
 from hvcore_sim.memory import DirtyLog as DirtyPages
 from hvcore_sim.memory import map_layout
+from hvcore_sim.msrs import TSC_HZ
 from hvcore_sim.vcpu import SimVCPU
 
 if TYPE_CHECKING:
@@ -63,6 +66,25 @@ class _SlotMemory:
             raise NotFound(f"no memory slot backs guest-physical {address:#x}+{len(data)}")
         slot.memory.write(slot.offset + address - slot.guest_address, data)
 
+    def load(self, address: int, length: int) -> bytes | None:
+        """As :meth:`read`, None where no slot backs it all (KVM's ``kvm_read_guest`` failing)."""
+        slot = self._vm.slot_at(address)
+        if slot is None or address + length > slot.end:
+            return None
+        return slot.memory.read(slot.offset + address - slot.guest_address, length)
+
+    def store(self, address: int, data: bytes) -> bool:
+        """Write as KVM's ``kvm_write_guest``: only into a writable slot (else False), logging the pages dirty."""
+        slot = self._vm.slot_at(address)
+        if slot is None or slot.readonly or address + len(data) > slot.end:
+            return False
+        offset = address - slot.guest_address
+        slot.memory.write(slot.offset + offset, data)
+        if slot.flags & SlotFlags.LOG_DIRTY_PAGES:
+            for page in range(offset // PAGE_SIZE, (offset + len(data) - 1) // PAGE_SIZE + 1):
+                self._vm.dirty.record(slot.slot, page)
+        return True
+
 
 INVALID_GPA: Final = (1 << 64) - 1
 """KVM's physical address for a linear address that does not map."""
@@ -86,6 +108,8 @@ class SimVM(SlotOwner, Closeable):
         self._used_vcpu_ids: set[int] = set()
         self._closed = False
         self.physical = _SlotMemory(self)
+        self.kvmclock = KvmClock(self.physical, TSC_HZ)
+        """The paravirtual clock's VM-wide state (:mod:`hvcore_sim.kvmclock`)."""
 
     def _live(self) -> None:
         if self._closed:
@@ -204,6 +228,7 @@ class SimVM(SlotOwner, Closeable):
 
     def _forget_vcpu(self, vcpu_id: int) -> None:
         self._vcpus.pop(vcpu_id, None)
+        self.kvmclock.remove_vcpu(vcpu_id)
         if self.irqchip is not None:
             self.irqchip.remove_lapic(vcpu_id)
 
@@ -304,11 +329,12 @@ class SimVM(SlotOwner, Closeable):
         return ClockData(self.clock.now())
 
     def set_clock(self, nanoseconds: int) -> None:
-        """Set the VM clock; it goes on from there."""
+        """Set the VM clock; it goes on from there, and every vCPU refreshes its kvmclock (as KVM)."""
         self._live()
         if not 0 <= nanoseconds < 1 << 64:
             raise InvalidArgument(f"clock value {nanoseconds} is not an unsigned 64-bit count", operation="set_clock")
         self.clock.set(nanoseconds)
+        self.kvmclock.request_update()
 
     def set_tss_address(self, address: int) -> None:
         """Accepted and ignored: the simulator needs no real-mode TSS (KVM's VMX does)."""

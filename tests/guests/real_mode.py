@@ -424,3 +424,20 @@ SMSW = (
     b"\xe7\x10"                      # 102A out 0x10, ax
     b"\xf4"                          # 102C hlt
 )
+
+# CPUID of the leaf in eax (subleaf 0), each result register sent out: the guest's view of its CPUID.
+# Host: real mode, rip=CODE, rax = the leaf.
+# Exits: OUT port 0x50 size 4 with eax, ebx, ecx, edx in turn; then HLT.
+# Measured on this host's KVM: leaf 0x40000000 gives 0x40000001 and "KVMKVMKVM\0\0\0" from supported_cpuid().
+CPUID_OUT = (
+    b"\x66\x31\xc9"  # xor ecx, ecx
+    b"\x0f\xa2"      # cpuid
+    b"\x66\xe7\x50"  # out 0x50, eax
+    b"\x66\x89\xd8"  # mov eax, ebx
+    b"\x66\xe7\x50"  # out 0x50, eax
+    b"\x66\x89\xc8"  # mov eax, ecx
+    b"\x66\xe7\x50"  # out 0x50, eax
+    b"\x66\x89\xd0"  # mov eax, edx
+    b"\x66\xe7\x50"  # out 0x50, eax
+    b"\xf4"          # hlt
+)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -63,28 +64,30 @@ def test_seabios_through_the_command(hv: Hypervisor, capsys: pytest.CaptureFixtu
     assert "IoExit" in out  # --stats
 
 
+_PS2_TIMEOUT = "WARNING - Timeout at ps2_recvbyte"
+
+
 def _comparable(log: str) -> list[str]:
-    # The TSC frequency SeaBIOS measures is the host's on KVM and 1 GHz (calibrated against the PIT
-    # on host time, so give or take a few MHz) on the simulator.
-    return [line for line in log.splitlines() if not line.startswith("CPU Mhz=")]
+    # The TSC frequency SeaBIOS reports is the host's on KVM and 1 GHz on the simulator (kvmclock's,
+    # or without the KVM leaves calibrated against the PIT on host time, so give or take a few MHz).
+    # Its PS/2 probe runs as a thread beside the others: where its timeout lands among their lines
+    # depends on how fast the backend runs (on a loaded host), so it is counted, not placed.
+    lines = [re.sub(r"\d+ MHz", "N MHz", line) for line in log.splitlines() if not line.startswith("CPU Mhz=")]
+    return [line for line in lines if not line.startswith(_PS2_TIMEOUT)] + [
+        line for line in lines if line.startswith(_PS2_TIMEOUT)
+    ]
 
 
 def test_seabios_console_is_the_same_on_both_backends() -> None:
     with open_or_skip("kvm") as kvm, open_or_skip("sim") as sim:
         simulated = boot_log(sim)
-        assert _comparable(boot_log(kvm, hide_kvm=True)) == _comparable(simulated)
-        on_kvm = boot_log(kvm)
-    # Shown its KVM signature, SeaBIOS says so and uses kvmclock; that moves its heap (MPTABLE) and
-    # it reserves KVM's TSS pages in the e820 map. Nothing else differs.
-    extra = [line for line in on_kvm.splitlines() if line not in simulated.splitlines()]
-    missing = [line for line in simulated.splitlines() if line not in on_kvm.splitlines()]
-    assert "Running on KVM" in extra and any(line.startswith("kvmclock:") for line in extra)
-    for line in extra + missing:
-        assert (
-            "KVM" in line
-            or line.startswith(("kvmclock:", "CPU Mhz=", "Copying MPTABLE"))
-            or line.endswith("- 0000000100000000 = 2 RESERVED")
-        ), f"unexplained difference: {line!r}"
+        assert _comparable(boot_log(kvm)) == _comparable(simulated)
+        # Shown the KVM signature, SeaBIOS says so and takes its time from kvmclock, on both
+        assert "Running on KVM" in simulated
+        assert "kvmclock: at" in simulated and "kvmclock: stable tsc, 1000 MHz" in simulated
+        hidden = boot_log(sim, hide_kvm=True)
+        assert _comparable(boot_log(kvm, hide_kvm=True)) == _comparable(hidden)
+        assert "Running on KVM" not in hidden and "kvmclock" not in hidden
 
 
 def test_seabios_brings_up_every_vcpu(hv: Hypervisor) -> None:

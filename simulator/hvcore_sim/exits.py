@@ -44,6 +44,7 @@ from hvcore.checks import completion_bytes
 from hvcore.errors import HvError, HypervisorFault, StateError
 from hvcore.exits import Exit, IoDirection, IoExit, MmioExit
 from hvcore.memory import PAGE_SIZE
+from hvcore.types import SlotFlags
 from hvcore_sim import decode, mmu, operand, resume, smsw
 from hvcore_sim.events import HAS_ERROR_CODE
 from hvcore_sim.faults import NonCanonical, PageFault
@@ -57,6 +58,7 @@ from hvcore_sim.layout import (
     SVM_EXIT_READ_CR8,
     SVM_EXIT_WRITE_CR8,
 )
+from hvcore_sim.memory import host_page_populated
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
@@ -174,7 +176,7 @@ class Tracker:
         self._queued: list[Exit] = []  # exits of an instruction already completed, given by the next runs
         self._saved: dict[int, int] = {}
         self._restore: list[tuple[int, bytes]] = []
-        self._unprotect: list[int] = []
+        self._unprotect: list[tuple[int, bool]] = []  # (page, writable) to map once the run is over
         self._io_fault_rip: int | None = None
         self._out_stops: dict[tuple[int, int, int], Stop] = {}
         self.completed_instruction = False  # finish_instruction() just completed an IN (a step, when stepping)
@@ -209,6 +211,7 @@ class Tracker:
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, x.UC_X86_INS_SYSCALL)
         uc.hook_add(unicorn.UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(unicorn.UC_HOOK_MEM_WRITE_PROT, self._on_write_protected)
+        uc.hook_add(unicorn.UC_HOOK_MEM_READ_PROT | unicorn.UC_HOOK_MEM_FETCH_PROT, self._on_first_access)
         self._unprotected = {}
         self.dirty_generation = -1
         self._cells = Cells(engine)
@@ -550,12 +553,32 @@ class Tracker:
         # (a page never protected by mem_protect), it lands with the same bytes.
         host = slot.memory.address + slot.offset + address - slot.guest_address
         ctypes.memmove(host, (value & _U64).to_bytes(8, "little"), size)
-        self.vcpu._vm.dirty.record(slot.slot, page)
-        self._unprotect.append(slot.guest_address + page * PAGE_SIZE)
+        self.vcpu._vm.dirty.map_first(slot.slot, page, populated=True)
+        self._unprotect.append((slot.guest_address + page * PAGE_SIZE, True))
         self._unprotected.setdefault(slot.slot, set()).add(page)
         # The store lands: refused, it would be lost where one helper runs the whole instruction
         # (cmpxchg8b goes on without it). The page is made writable once the instruction is done
         # (mem_protect cannot be called from a hook); an IN being completed finishes its batch first.
+        if self._stop is None and not self._in_answers:
+            self._stop = _WRITABLE
+            engine.stop_after_this_instruction()
+        return True
+
+    def _on_first_access(self, uc: Any, access: int, address: int, size: int, value: int, _: object) -> bool:
+        """A read or fetch from a page of a logging slot KVM has not mapped yet (:class:`DirtyLog`)."""
+        slot = self.vcpu._vm.slot_at(address)
+        if slot is None or slot.readonly or not slot.flags & SlotFlags.LOG_DIRTY_PAGES:
+            return False
+        engine, cells = self._engine, self._cells
+        assert engine is not None
+        if cells is not None:
+            cells.settle()
+        page = (address - slot.guest_address) // PAGE_SIZE
+        host = slot.memory.address + slot.offset + page * PAGE_SIZE
+        logged = self.vcpu._vm.dirty.map_first(slot.slot, page, populated=host_page_populated(host))
+        self._unprotect.append((slot.guest_address + page * PAGE_SIZE, logged))  # writable if logged, as KVM maps it
+        if logged:
+            self._unprotected.setdefault(slot.slot, set()).add(page)
         if self._stop is None and not self._in_answers:
             self._stop = _WRITABLE
             engine.stop_after_this_instruction()
@@ -587,9 +610,10 @@ class Tracker:
                 self._set_intercept(self._let_through, True)
             if self._restore:
                 self._put_back_rom()
-            if self._unprotect:  # pages of logging slots written (and logged) during the run
-                for page in self._unprotect:
-                    engine.uc.mem_protect(page, PAGE_SIZE, unicorn.UC_PROT_ALL)
+            if self._unprotect:  # pages of logging slots first touched during the run
+                for page, writable in self._unprotect:
+                    perms = unicorn.UC_PROT_ALL if writable else unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
+                    engine.uc.mem_protect(page, PAGE_SIZE, perms)
                 self._unprotect = []
         return self._after(engine, count, resume_step)
 

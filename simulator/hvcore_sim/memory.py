@@ -12,6 +12,8 @@ its CPU state over.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -19,7 +21,7 @@ from typing import Any, Final
 from hvcore.memory import PAGE_SIZE, MemorySlot
 from hvcore.types import SlotFlags
 
-__all__ = ["PHYSICAL_LIMIT", "DeviceRegion", "DirtyLog", "MmioRead", "MmioWrite", "map_layout"]
+__all__ = ["PHYSICAL_LIMIT", "DeviceRegion", "DirtyLog", "MmioRead", "MmioWrite", "host_page_populated", "map_layout"]
 
 PHYSICAL_LIMIT: Final = 1 << 52
 """Top of the guest-physical space the simulator maps (x86's architectural MAXPHYADDR)."""
@@ -62,11 +64,17 @@ def map_layout(
 
     slots = list(slots)
     taken = [(s.guest_address, s.end) for s in slots]
+    read_only = unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
     for s in slots:
-        protect = s.readonly or bool(s.flags & SlotFlags.LOG_DIRTY_PAGES)
-        perms = unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC if protect else unicorn.UC_PROT_ALL
-        uc.mem_map_ptr(s.guest_address, s.size, perms, s.host_address)
-        if not s.readonly:
+        logging = bool(s.flags & SlotFlags.LOG_DIRTY_PAGES) and not s.readonly
+        present = dirty.present.get(s.slot) if logging else None
+        if present is not None:  # pages KVM has not mapped yet: the first access of any kind is caught
+            uc.mem_map_ptr(s.guest_address, s.size, unicorn.UC_PROT_NONE, s.host_address)
+            for page in present:
+                uc.mem_protect(s.guest_address + page * PAGE_SIZE, PAGE_SIZE, read_only)
+        else:
+            uc.mem_map_ptr(s.guest_address, s.size, read_only if s.readonly or logging else unicorn.UC_PROT_ALL, s.host_address)
+        if logging:
             for page in dirty.writable_pages(s.slot):  # already dirty: no need to catch them again
                 uc.mem_protect(s.guest_address + page * PAGE_SIZE, PAGE_SIZE, unicorn.UC_PROT_ALL)
     for device in devices:
@@ -77,17 +85,57 @@ def map_layout(
         uc.mmio_map(base, size, read, base, write, base)
 
 
+@functools.cache
+def _mincore() -> Any:
+    libc = ctypes.CDLL(None, use_errno=True)
+    mincore = libc.mincore
+    mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+    mincore.restype = ctypes.c_int
+    return mincore
+
+
+def host_page_populated(address: int) -> bool:
+    """Whether the host page at ``address`` is populated (``mincore``): what KVM can map writable.
+
+    An anonymous page nobody has touched is not; KVM would map the zero page read-only for a
+    guest read. Where ``mincore`` fails the page counts as populated.
+    """
+    vector = ctypes.create_string_buffer(1)
+    if _mincore()(address & ~(PAGE_SIZE - 1), PAGE_SIZE, vector) != 0:
+        return True
+    return bool(vector.raw[0] & 1)
+
+
 @dataclass
 class DirtyLog:
-    """Dirty pages per logging slot, shared by every vCPU of a VM.
+    """Dirty pages per logging slot, shared by every vCPU of a VM, and the pages KVM has mapped.
 
     A page is recorded when a vCPU's first write to it stops in the write-protect
     hook; that engine then makes the page writable. Reading the log clears it and
     write-protects the pages again in every engine (``reprotect``).
+
+    Upstream KVM also logs a page when the guest's first access of any kind maps it (a read or
+    an instruction fetch included): it maps a page writable whenever the host's page is
+    writable (``hva_to_pfn``: "map read fault as writable if possible"), and ``make_spte`` logs
+    every writable mapping of a logging slot. Pages the host never populated map read-only (the
+    shared zero page) and are not logged. ``present`` follows KVM's mappings: for a slot created
+    (or moved) with logging on, the pages the guest has touched since; None where every page
+    counts as mapped (logging turned on for a slot already in use, whose earlier mappings KVM
+    keeps write-protected). Reading the log write-protects, it does not unmap.
     """
 
     pages: dict[int, set[int]] = field(default_factory=dict)
     generation: int = 0
+    present: dict[int, set[int] | None] = field(default_factory=dict)
+
+    def map_first(self, slot: int, page: int, populated: bool) -> bool:
+        """The guest's first access to ``page`` of ``slot``: mapped now, and logged if the host page is populated."""
+        mapped = self.present.get(slot)
+        if mapped is not None:
+            mapped.add(page)
+        if populated:
+            self.record(slot, page)
+        return populated
 
     def writable_pages(self, slot: int) -> set[int]:
         """Pages of ``slot`` already recorded (engines may leave them writable)."""
@@ -106,5 +154,10 @@ class DirtyLog:
 
     def forget(self, slot: int) -> None:
         """Drop ``slot``'s record (the slot went away or stopped logging)."""
+        self.present.pop(slot, None)
         if self.pages.pop(slot, None) is not None:
             self.generation += 1
+
+    def unmapped(self, slot: int) -> None:
+        """``slot`` is new or moved with logging on: KVM has no mapping of any of its pages yet."""
+        self.present[slot] = set()

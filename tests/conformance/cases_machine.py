@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from hvcore import Exit, HltExit, IoExit, SlotFlags, x86
@@ -9,6 +10,7 @@ from tests.conformance.cases_events import words
 from tests.conformance.harness import (
     Case,
     Host,
+    Note,
     Outcome,
     SlotSpec,
     hlt,
@@ -266,13 +268,24 @@ SPLIT_RAM = (
 )
 """RAM split in three slots: the code's, DATA's (logging dirty pages, nothing but data in it) and the rest."""
 
+def _writes_only(pages: dict[int, tuple[int, ...]], notes: tuple[Note, ...] = ()) -> Callable[[Outcome], Outcome]:
+    """The ``first_access_logged: writes_only`` outcome: the read-only pages' first accesses are not logged."""
+
+    def effect(outcome: Outcome) -> Outcome:
+        return replace(outcome, dirty=pages, notes=notes or outcome.notes)
+
+    return effect
+
+
 REAL_DIRTY_PAGES = Case(
     "real_dirty_pages",
-    "writes to two pages of a logging slot are logged; a read of a third is not",
+    "writes to two pages of a logging slot are logged, and so is the first read of a third the host wrote",
     "real",
     real_mode.DIRTY_PAGES,
     slots=SPLIT_RAM,
-    expect=Outcome(steps=(hlt(0x1016),), state={"rax": 0x105C}, dirty={1: (DATA, DATA + 0x2000)}),
+    expect=Outcome(steps=(hlt(0x1016),), state={"rax": 0x105C}, dirty={1: (DATA, DATA + 0x2000, DATA + 0x3000)}),
+    quirks=("first_access_logged",),
+    variants={"first_access_logged": _writes_only({1: (DATA, DATA + 0x2000)})},
     covers=frozenset({"dirty-log"}),
 )
 
@@ -300,7 +313,7 @@ def _note_dirty(host: Host) -> None:
 
 LONG_DIRTY_CLEARS = Case(
     "long_dirty_log_clears",
-    "reading the dirty log clears it; a string store logs both pages it spans; reads are not logged",
+    "reading the dirty log clears it; a string store logs both pages it spans; a first read of a host-written page is logged",
     "long",
     DIRTY_CLEARS,
     slots=SPLIT_RAM,
@@ -311,8 +324,17 @@ LONG_DIRTY_CLEARS = Case(
         state={"rax": 0x5C, "rcx": 0, "rdi": DATA + 0x6008},
         memory={"data": b"\xff" * 16},
         dirty={1: ()},
-        notes=((0, "dirty", (DATA, DATA + 0x1000)), (1, "dirty", (DATA + 0x1000, DATA + 0x5000, DATA + 0x6000))),
+        notes=(
+            (0, "dirty", (DATA, DATA + 0x1000)),
+            (1, "dirty", (DATA + 0x1000, DATA + 0x5000, DATA + 0x6000, DATA + 0x7000)),
+        ),
     ),
+    quirks=("first_access_logged",),
+    variants={
+        "first_access_logged": _writes_only(
+            {1: ()}, ((0, "dirty", (DATA, DATA + 0x1000)), (1, "dirty", (DATA + 0x1000, DATA + 0x5000, DATA + 0x6000)))
+        )
+    },
     covers=frozenset({"dirty-log", "string-io"}),
 )
 

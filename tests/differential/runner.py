@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from hvcore import VCPU, VM, Exit, Hypervisor, IoDirection, IoExit, MmioExit, Regs
-from tests.boot import boot, read_guest, write_guest
+from tests.boot import boot, completed_regs, completed_rip, read_guest, write_guest
 from tests.differential.guestgen import SCRATCH, SCRATCH_SIZE, Program
 from tests.guests import layout
 
@@ -133,7 +133,7 @@ def run(
         steps: list[Step] = []
         while len(steps) < MAX_EXITS:
             exit_ = vcpu.run()
-            steps.append(Step(exit_, vcpu.get_regs().rip))
+            steps.append(Step(exit_, completed_rip(hv, vm, vcpu, exit_)))  # past an OUT on every backend
             match exit_:
                 case IoExit(direction=IoDirection.IN, port=port, size=size):
                     vcpu.complete(answer(len(steps) - 1, port, size))
@@ -144,4 +144,5 @@ def run(
                 case _:
                     break
         stack = read_guest(vm, layout.STACK_TOP - STACK_WINDOW, 2 * STACK_WINDOW)
-        return Outcome(tuple(steps), vcpu.get_regs(), read_guest(vm, SCRATCH, SCRATCH_SIZE), stack)
+        regs = completed_regs(hv, vm, vcpu, steps[-1].exit) if steps else vcpu.get_regs()
+        return Outcome(tuple(steps), regs, read_guest(vm, SCRATCH, SCRATCH_SIZE), stack)

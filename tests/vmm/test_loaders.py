@@ -803,3 +803,13 @@ def test_find_free_and_boot_areas() -> None:
     assert find_free([(0x1000, 0x9F000)], 0x1000) is None
     areas = choose_boot_areas(FakeTarget(), [(0x9000, 0x100)], page_tables=True)
     assert (areas.gdt, areas.page_tables) == (0x500, 0x1000)
+
+
+def test_a_multiboot_command_line_starts_with_the_image_name() -> None:
+    """As GRUB and QEMU pass it: kvm-unit-tests take their arguments after that first word."""
+    target = FakeTarget()
+    plan = load(aout_kernel(), target, cmdline="10000000 42", name="x86/kvmclock_test.flat")
+    assert read_info(target, plan.regs["ebx"]).cmdline == b"x86/kvmclock_test.flat 10000000 42"
+    bare = FakeTarget()
+    plan = load(aout_kernel(), bare, name="k.elf")
+    assert read_info(bare, plan.regs["ebx"]).cmdline == b"k.elf"

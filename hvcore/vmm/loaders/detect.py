@@ -46,8 +46,12 @@ def load(
     format: str = "auto",
     cmdline: str = "",
     initrd: bytes | None = None,
+    name: str = "",
 ) -> BootPlan:
     """Load ``image`` with the loader for ``format`` (``"auto"``: :func:`detect`) and return its plan.
+
+    ``name`` (the image's file name) starts a multiboot kernel's command line, as GRUB and QEMU
+    pass it (kvm-unit-tests read their arguments after it).
 
     ``cmdline`` goes to a bzImage or multiboot kernel; ``initrd`` to a bzImage as its initrd or
     to a multiboot kernel as its one module (command line ``"initrd"``). Raw images load with
@@ -62,7 +66,7 @@ def load(
         return load_bzimage(image, target, cmdline=cmdline, initrd=initrd)
     if kind == "multiboot":
         modules = [] if initrd is None else [(initrd, "initrd")]
-        return load_multiboot(image, target, cmdline=cmdline, modules=modules)
+        return load_multiboot(image, target, cmdline=f"{name} {cmdline}".strip(), modules=modules)
     if cmdline or initrd is not None:
         given = " and ".join(n for n, v in (("a command line", cmdline), ("an initrd", initrd is not None)) if v)
         raise InvalidArgument(

@@ -73,7 +73,8 @@ def map_layout(
             for page in present:
                 uc.mem_protect(s.guest_address + page * PAGE_SIZE, PAGE_SIZE, read_only)
         else:
-            uc.mem_map_ptr(s.guest_address, s.size, read_only if s.readonly or logging else unicorn.UC_PROT_ALL, s.host_address)
+            perms = read_only if s.readonly or logging else unicorn.UC_PROT_ALL
+            uc.mem_map_ptr(s.guest_address, s.size, perms, s.host_address)
         if logging:
             for page in dirty.writable_pages(s.slot):  # already dirty: no need to catch them again
                 uc.mem_protect(s.guest_address + page * PAGE_SIZE, PAGE_SIZE, unicorn.UC_PROT_ALL)

@@ -126,10 +126,10 @@ class SimVM(SlotOwner, Closeable):
         with self.exec_lock:
             if change.old is not None and (change.new is None or change.old.flags != change.new.flags):
                 self.dirty.forget(change.slot)
-            new = change.new
-            if new is not None and new.flags & SlotFlags.LOG_DIRTY_PAGES:
-                if change.old is None or change.old.guest_address != new.guest_address:
-                    self.dirty.unmapped(change.slot)  # a new or moved slot: KVM maps nothing of it yet
+            new, old = change.new, change.old
+            logging = new is not None and bool(new.flags & SlotFlags.LOG_DIRTY_PAGES)
+            if logging and (old is None or new is None or old.guest_address != new.guest_address):
+                self.dirty.unmapped(change.slot)  # a new or moved slot: KVM maps nothing of it yet
             self._slots.apply(change)
             self.layout_generation += 1
 

@@ -313,7 +313,8 @@ def _note_dirty(host: Host) -> None:
 
 LONG_DIRTY_CLEARS = Case(
     "long_dirty_log_clears",
-    "reading the dirty log clears it; a string store logs both pages it spans; a first read of a host-written page is logged",
+    "reading the dirty log clears it; a string store logs both pages it spans; a first read of a host-written page "
+    "is logged",
     "long",
     DIRTY_CLEARS,
     slots=SPLIT_RAM,

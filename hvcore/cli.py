@@ -9,7 +9,9 @@
     hvcore --version
 
 Errors are one line on stderr (``hvcore: error: ...``); the exit status is 0 on
-success, 1 when the hypervisor fails and 2 for a usage error.
+success, 1 when the hypervisor fails and 2 for a usage error. ``hvcore run`` exits with the
+guest's isa-debug-exit status where it wrote one (always odd), 0 for a normal end, and 4 when the
+run failed (triple fault, error, bad image): never a status a guest's verdict could have.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import hvcore
 from hvcore import host, registry
 from hvcore.demo import RESULT_PORT, DemoResult, run_demo
 from hvcore.errors import HvError
-from hvcore.vmm.run import run_image
+from hvcore.vmm.run import RUN_FAILED, run_image
 
 __all__ = ["main"]
 
@@ -269,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, so a closed pipe is caught below rather than at interpreter exit
     except HvError as exc:
         _fail(exc.message or type(exc).__name__)
-        return EXIT_FAILURE
+        return RUN_FAILED if args.handler is _cmd_run else EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -16,9 +16,13 @@ from hvcore.errors import InvalidArgument
 from hvcore.vmm.machine import Machine, MachineResult
 from hvcore.vmm.pc import add_pc_devices
 
-__all__ = ["ConsoleTee", "run_image"]
+__all__ = ["RUN_FAILED", "ConsoleTee", "run_image"]
 
-EXIT_OK, EXIT_FAILURE = 0, 1
+EXIT_OK = 0
+RUN_FAILED = 4
+"""``hvcore run``'s status when the run itself failed (a triple fault, an error, ``--until`` text that never came,
+a bad image). Even, like every status of hvcore's own: a guest's isa-debug-exit status is always odd (``v << 1 | 1``),
+so a failure can never read as a guest's verdict (1 is kvm-unit-tests' pass)."""
 _WIDTH = 10
 
 
@@ -65,13 +69,13 @@ def _status(result: MachineResult, args: argparse.Namespace) -> tuple[int, str]:
         return status, f"the guest wrote to isa-debug-exit: exit status {status}"
     if reason == "timeout":
         if args.until:
-            return EXIT_FAILURE, f"timed out after {args.timeout:g} s without the guest printing {args.until!r}"
+            return RUN_FAILED, f"timed out after {args.timeout:g} s without the guest printing {args.until!r}"
         return EXIT_OK, f"stopped after {args.timeout:g} s (--timeout)"
     if reason in ("halted", "reset", "stopped"):
         return EXIT_OK, {"halted": "the guest halted", "reset": "the guest reset the machine"}.get(reason, reason)
     if reason == "shutdown":
-        return EXIT_FAILURE, "the guest triple-faulted (SHUTDOWN)"
-    return EXIT_FAILURE, f"{reason}: {result.error}"
+        return RUN_FAILED, "the guest triple-faulted (SHUTDOWN)"
+    return RUN_FAILED, f"{reason}: {result.error}"
 
 
 def run_image(args: argparse.Namespace, out: TextIO) -> int:

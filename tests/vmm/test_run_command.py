@@ -8,6 +8,7 @@ import pytest
 
 from hvcore import Hypervisor, IoExit, trace
 from hvcore.cli import main
+from hvcore.vmm.run import RUN_FAILED
 from tests.vmm.test_machine import HELLO_EXIT
 
 
@@ -50,10 +51,18 @@ def test_run_errors_are_one_line(
     image.write_bytes(bytes(range(256)) * 8)
     status = main(["run", str(image), "--backend", "sim", *argv])
     err = capsys.readouterr().err
-    assert status == 1
+    assert status == RUN_FAILED  # even: never a guest's isa-debug-exit verdict
     assert err.startswith("hvcore: error: ") and message in err and err.count("\n") == 1
 
 
 def test_run_a_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "/nonexistent/image"]) == 1
+    assert main(["run", "/nonexistent/image"]) == RUN_FAILED
     assert "cannot read /nonexistent/image" in capsys.readouterr().err
+
+
+def test_a_failed_run_never_reads_as_a_guest_verdict(tmp_path: Path, hv: Hypervisor) -> None:
+    """Text that never came is a failure: status 4 (even), never 1 (a kvm-unit-test's pass)."""
+    image = tmp_path / "spin.bin"
+    image.write_bytes(b"\xeb\xfe")  # jmp $
+    argv = ["run", str(image), "--backend", hv.name, "--format", "raw", "-m", "16M", "-q", "--until", "x", "--timeout", "1"]
+    assert main(argv) == RUN_FAILED

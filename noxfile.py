@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests lint typecheck`` (what CI runs), ``hardware``, ``bench``."""
+"""Developer sessions: ``nox -s tests lint typecheck`` (what CI runs), ``hardware``, ``bench``, ``kvm-unit-tests``."""
 
 from __future__ import annotations
 
@@ -68,6 +68,19 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the packages, tests and benchmarks."""
     session.install("-e", ".[test]", "mypy>=1.10", "nox>=2024.3")
     session.run("mypy", "--strict", *SOURCES)
+
+
+@nox.session(python=PYTHON, name="kvm-unit-tests")
+def kvm_unit_tests(session: nox.Session) -> None:
+    """kvm-unit-tests' x86 suite on each usable backend, as a table against tests/kvm_unit_tests/expected.py.
+
+    ``HVCORE_KVM_UNIT_TESTS`` names a built tree (``git clone`` kvm-unit-tests, ``./configure && make``);
+    without it the session says so and runs nothing. Arguments pass through (``-- --backend sim
+    --only eventinj,ioapic``, ``--markdown``).
+    """
+    session.install("-e", ".[test]")
+    session.log(_kvm_status())
+    session.run("python", "-m", "tests.kvm_unit_tests", *session.posargs)
 
 
 @nox.session(python=PYTHON)

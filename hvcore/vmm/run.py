@@ -91,7 +91,7 @@ def run_image(args: argparse.Namespace, out: TextIO) -> int:
         ):
             tee = ConsoleTee(out, args.until, lambda: machine.stop(MachineResult("until")))
             add_pc_devices(machine, serial=tee, debugcon=tee)  # type: ignore[arg-type]  # write/flush suffice
-            plan = machine.load(image, format=args.format, cmdline=args.cmdline, initrd=initrd)
+            plan = machine.load(image, format=args.format, cmdline=args.cmdline, initrd=initrd, name=args.image)
             if not quiet:
                 _row(out, "backend", hv.name)
                 _row(out, "image", f"{path.name}: {plan.description}")

@@ -59,8 +59,8 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "it; the other vendor's instruction is patched into the host's and then runs",
         variants={
             "hangs": "at CPL0 the hypercall never runs: KVM_RUN spins until a signal (a kick gives an interrupted exit "
-            "with RIP at the hypercall and RAX unchanged), or with RFLAGS.TF ends in a single-step #DB at it; a VMMCALL "
-            "is left patched into VMCALL; at CPL3 hypercalls work as upstream"
+            "with RIP at the hypercall and RAX unchanged), or with RFLAGS.TF ends in a single-step #DB at it; a "
+            "VMMCALL is left patched into VMCALL; at CPL3 hypercalls work as upstream"
         },
         reason="seen on nested kvm_pvm (AMD EPYC): CPL0 code runs in the kernel's instruction emulator, whose "
         "hypercall emulation (em_hypercall) patches the instruction into VMCALL and lets it run again, which "

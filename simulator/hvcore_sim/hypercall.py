@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from hvcore import cpuid_rules
+from hvcore.errors import HvError
 from hvcore.exits import MmioExit
 from hvcore.memory import PAGE_SIZE
 from hvcore.types import CpuidEntry, SlotFlags
@@ -212,6 +213,8 @@ def _patch(vm: SimVM, cpu: operand.CpuState, linear: int, native: bytes, *, ac: 
             return Fault(_PF, fault.error_code, cr2=fault.linear)
         except NonCanonical:
             return Fault(_GP, 0)
+        except HvError:  # a paging structure outside every slot: KVM's walker fails the walk (a #PF)
+            return Fault(_PF, mmu.PF_WRITE | (mmu.PF_USER if cpu.cpl == 3 else 0), cr2=address)
         slot = vm.slot_at(physical)
         if slot is None or slot.readonly or physical + size > slot.end:
             return MmioExit(physical, size, True, piece)

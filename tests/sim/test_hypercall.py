@@ -30,6 +30,7 @@ from hvcore import (
     IoExit,
     MmioExit,
     MpState,
+    ShutdownExit,
     SlotFlags,
     cpuid_rules,
 )
@@ -173,6 +174,24 @@ def test_a_patch_into_a_read_only_page_is_a_page_fault(hv: Hypervisor, vm: VM) -
     assert frame(vm, STACK_TOP, 6) == [0x3, ALIAS + CODE, KERNEL_CS, RF | 0x2, STACK_TOP, KERNEL_SS]  # write, present
     assert vcpu.get_sregs().cr2 == ALIAS + CODE
     assert read_guest(vm, CODE, 3) == VMMCALL
+
+
+def test_a_patch_through_page_tables_outside_memory_is_a_page_fault(hv: Hypervisor, vm: VM) -> None:
+    """32-bit paging, CS based at -4 MiB: the VMCALL at EIP 0x801000 runs at linear 0x401000, but KVM writes the
+    patch at linear EIP, whose page table lies where no memory is: the walk fails, a #PF (with an empty IDT,
+    a triple fault), not a simulator error.
+    """
+    vcpu = boot(hv, vm, hypercall.then_hlt(VMCALL), "protected")
+    vcpu.set_cpuid(amd(hv))
+    big_page_at_0, table_in_mmio = 0x83, layout.MMIO | 0x3  # PDE 0 and 1: 4 MiB at physical 0; PDE 2: no memory
+    entries = (big_page_at_0, big_page_at_0, table_in_mmio)
+    write_guest(vm, layout.DATA, b"".join(e.to_bytes(4, "little") for e in entries))
+    sregs = vcpu.get_sregs()
+    cs = replace(sregs.cs, base=0xFFC00000)
+    vcpu.set_sregs(replace(sregs, cs=cs, cr3=layout.DATA, cr4=sregs.cr4 | 0x10, cr0=sregs.cr0 | 1 << 31))
+    vcpu.set_regs(replace(vcpu.get_regs(), rip=0x800000 + CODE))
+    assert vcpu.run() == ShutdownExit()
+    assert read_guest(vm, CODE, 3) == VMCALL
 
 
 def test_a_patch_is_logged_dirty(hv: Hypervisor, vm: VM) -> None:

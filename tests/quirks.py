@@ -84,9 +84,7 @@ def _no_step_after_out(outcome: Outcome) -> Outcome:
 
 
 def _null_ss_usable(outcome: Outcome) -> Outcome:
-    state = {
-        key: 0 if key.endswith("ss.unusable") and value == 1 else value for key, value in outcome.state.items()
-    }
+    state = {key: 0 if key.endswith("ss.unusable") and value == 1 else value for key, value in outcome.state.items()}
     return replace(outcome, state=state)
 
 

@@ -784,7 +784,7 @@ class SimVCPU(Closeable):
         return self._mp_state
 
     def set_mp_state(self, state_: MpState) -> None:
-        """Set the MP state; without an irqchip only RUNNABLE is valid, as on KVM."""
+        """Set the MP state; without an irqchip only RUNNABLE is valid, as on KVM. RUNNABLE drops a pending kick."""
         self._live()
         try:
             value = MpState(state_)
@@ -801,6 +801,10 @@ class SimVCPU(Closeable):
                 operation="set_mp_state",
             )
         self._mp_state = MpState.INIT_RECEIVED if value is MpState.SIPI_RECEIVED else value
+        chip, lapic = self._vm.irqchip, self._lapic
+        if value is MpState.RUNNABLE and chip is not None and lapic is not None:
+            with chip.lock:
+                lapic.pv_unhalted = False  # as KVM's kvm_set_mp_state: a pending paravirtual kick is dropped
         self._wake()
 
     def interrupt(self, vector: int) -> None:

@@ -50,6 +50,7 @@ from tests.test_exceptions import (
     long_mode_guest,
     real_mode_guest,
 )
+from tests.test_hypercall import SECOND, second_vcpu
 
 pytestmark = pytest.mark.skipif(
     system._unicorn_problem() is not None, reason=f"simulator unusable: {system._unicorn_problem()}"
@@ -219,12 +220,8 @@ def test_the_vmm_single_steps_over_a_patch_then_the_hypercall(hv: Hypervisor, vm
 def test_kick_cpu_wakes_a_vcpu_halted_in_another_thread(hv: Hypervisor, vm: VM) -> None:
     vm.create_irqchip()
     kicker = boot(hv, vm, hypercall.then_out(VMCALL), "long", rax=KVM_HC_KICK_CPU, rcx=1)
-    write_guest(vm, CODE + 0x100, hypercall.HALT_THEN_REPORT)
-    sleeper = vm.create_vcpu(1)
-    sleeper.set_cpuid(hv.supported_cpuid())
-    sleeper.set_sregs(replace(kicker.get_sregs(), apic_base=sleeper.get_sregs().apic_base))
-    sleeper.set_regs(replace(sleeper.get_regs(), rip=CODE + 0x100, rsp=STACK_TOP - 0x800, rflags=0x2))
-    sleeper.set_mp_state(MpState.RUNNABLE)
+    write_guest(vm, SECOND, hypercall.HALT_THEN_REPORT)
+    sleeper = second_vcpu(hv, vm, kicker, SECOND)
     exits: list[object] = []
     thread = threading.Thread(target=lambda: exits.append(sleeper.run()))
     thread.start()
@@ -238,3 +235,20 @@ def test_kick_cpu_wakes_a_vcpu_halted_in_another_thread(hv: Hypervisor, vm: VM) 
             sleeper.kick()
             thread.join()
     assert exits == [IoExit(hypercall.KICKED_PORT, 1, 1, IoDirection.OUT, b"\x01")]
+
+
+def test_making_a_vcpu_runnable_drops_a_kick_it_has_not_used(hv: Hypervisor, vm: VM) -> None:
+    """KVM's ``kvm_set_mp_state(RUNNABLE)`` clears ``pv_unhalted``: the vCPU's next HLT sleeps again."""
+    vm.create_irqchip()
+    kicker = boot(hv, vm, hypercall.then_out(VMCALL), "long", rax=KVM_HC_KICK_CPU, rcx=1)
+    write_guest(vm, SECOND, hypercall.HALT_THEN_REPORT)
+    sleeper = second_vcpu(hv, vm, kicker, SECOND)
+    assert kicker.run() == IoExit(hypercall.PORT, 1, 1, IoDirection.OUT, b"\x00")  # kicks the vCPU before it halts
+    sleeper.set_mp_state(MpState.RUNNABLE)
+    kick = threading.Timer(0.3, sleeper.kick)
+    kick.start()
+    try:
+        assert sleeper.run() == InterruptedExit()  # its HLT sleeps: the kick went with the state change
+    finally:
+        kick.cancel()
+    assert sleeper.get_mp_state() is MpState.HALTED

@@ -3,7 +3,9 @@
 KVM treats a vCPU as AMD-compatible when its CPUID leaf 0 names ``AuthenticAMD`` or
 ``HygonGenuine``, and as Intel-compatible otherwise (``GenuineIntel``, ``CentaurHauls``,
 ``"  Shanghai  "``, any other vendor, no leaf 0): ``guest_cpuid_is_intel_compatible()`` in the
-kernel's ``arch/x86/kvm/cpuid.h``. MSRs holding addresses are checked against the host's widest
+kernel's ``arch/x86/kvm/cpuid.h``. The hypercall instruction a host runs natively is its own
+vendor's: VMCALL on VMX, VMMCALL on SVM (``Documentation/virt/kvm/x86/hypercalls.rst``); the
+simulator plays the host of the vCPU's vendor. MSRs holding addresses are checked against the host's widest
 linear address, 57 bits where KVM's supported CPUID has LA57 and 48 otherwise
 (``max_host_virt_addr_bits()``). The simulator, the host probes and the tests share these rules.
 """
@@ -19,10 +21,13 @@ __all__ = [
     "AMD",
     "AMD_COMPATIBLE",
     "INTEL",
+    "VMCALL",
+    "VMMCALL",
     "address_bits",
     "amd_compatible",
     "canonical",
     "is_canonical",
+    "native_hypercall",
     "sysenter_esp_eip",
     "vendor",
     "vendor_leaf",
@@ -33,6 +38,10 @@ AMD_COMPATIBLE: Final = frozenset({"AuthenticAMD", "HygonGenuine"})
 INTEL: Final = "GenuineIntel"
 AMD: Final = "AuthenticAMD"
 _MASK64: Final = (1 << 64) - 1
+VMCALL: Final = b"\x0f\x01\xc1"
+"""Intel's VMCALL: the KVM hypercall a VMX host runs natively."""
+VMMCALL: Final = b"\x0f\x01\xd9"
+"""AMD's VMMCALL: the KVM hypercall an SVM host runs natively."""
 
 
 def vendor(entries: Iterable[CpuidEntry]) -> str | None:
@@ -55,6 +64,14 @@ def vendor_leaf(name: str, max_leaf: int) -> CpuidEntry:
 def amd_compatible(name: str | None) -> bool:
     """Whether KVM gives a vCPU of vendor ``name`` AMD's rules (None, no CPUID: Intel's)."""
     return name in AMD_COMPATIBLE
+
+
+def native_hypercall(name: str | None) -> bytes:
+    """The hypercall instruction a host of vendor ``name`` runs natively: VMMCALL for AMD-compatible, else VMCALL.
+
+    KVM emulates the other vendor's instruction from the #UD it raises, and patches it into this one.
+    """
+    return VMMCALL if amd_compatible(name) else VMCALL
 
 
 def address_bits(supported: Iterable[CpuidEntry]) -> int:

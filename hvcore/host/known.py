@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from hvcore.host.deviation import Deviation
-from hvcore.host.probes import control, events, memory, msrs
+from hvcore.host.probes import control, events, hypercall, memory, msrs
 
 __all__ = ["DEVIATIONS", "deviation"]
 
@@ -14,6 +14,7 @@ DEVIATIONS: Final[tuple[Deviation, ...]] = (
     *events.DEVIATIONS,
     *msrs.DEVIATIONS,
     *memory.DEVIATIONS,
+    *hypercall.DEVIATIONS,
 )
 """Each known way a host's KVM differs from upstream KVM, with its probe. Names are unique."""
 

@@ -234,7 +234,10 @@ class Machine:
     def load(
         self, image: bytes, *, format: str = "auto", cmdline: str = "", initrd: bytes | None = None, name: str = ""
     ) -> BootPlan:
-        """Load ``image`` (format detected unless given) and set vCPU 0 up to start it."""
+        """Load ``image`` (format detected unless given) and set vCPU 0 up to start it.
+
+        ``name``, the image's file name, starts a multiboot kernel's command line (as GRUB and QEMU do).
+        """
         plan = load_image(image, self, format=format, cmdline=cmdline, initrd=initrd, name=name)
         self.boot(plan)
         return plan

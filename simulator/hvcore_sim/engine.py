@@ -189,6 +189,7 @@ class Engine:
         self.CR0: Final = x.UC_X86_REG_CR0
         self.RSP: Final = x.UC_X86_REG_RSP
         self.CS: Final = x.UC_X86_REG_CS
+        self.DR6: Final = x.UC_X86_REG_DR6
         base = ctypes.cast(self.uc._uch, ctypes.c_void_p).value
         assert base is not None
         self.counter_cell = ctypes.c_uint64.from_address(base + layout.counter)

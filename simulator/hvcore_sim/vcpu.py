@@ -51,7 +51,7 @@ from hvcore.types import (
     VcpuEvents,
     Xsave,
 )
-from hvcore_sim import state, syscall
+from hvcore_sim import hypercall, state, syscall
 from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
 from hvcore_sim.engine import Engine
 from hvcore_sim.exits import Stop, StopKind, Tracker
@@ -82,6 +82,8 @@ _CR0_ET, _CR0_CD_NW = 0x10, 0x60000000
 _APIC_TPR = 0x80
 _RESET_RDX = 0x600  # KVM's CPU signature when the VMM set no CPUID
 _IDLE_POLL = 0.05  # seconds: a sleeping vCPU looks again at least this often
+_UD = 6
+_DR6_TRAPS, _DR6_ACTIVE_LOW, _DR6_BS, _DR6_BIT12 = 0xF, 0xFFFF0FF0, 1 << 14, 1 << 12  # kvm_deliver_exception_payload
 
 
 def _completed(exit_: Exit) -> bool:
@@ -319,7 +321,7 @@ class SimVCPU(Closeable):
                 lapic.nmi_pending = False
                 self._nmi_pending = True
                 if self._mp_state is MpState.HALTED:
-                    self._mp_state = MpState.RUNNABLE
+                    self._unhalt()
             if self._mp_state is not MpState.RUNNABLE:
                 return 0
             if self._nmi_pending and self._nmi_allowed(engine):
@@ -418,8 +420,16 @@ class SimVCPU(Closeable):
             return lapic.sipi_vector is not None
         if state is MpState.HALTED:
             engine = self._engine
+            if lapic.pv_unhalted:  # a paravirtual kick (KVM_HC_KICK_CPU) ends HLT whatever IF says
+                return True
             return bool(engine.reg(engine.RFLAGS) & RFLAGS_IF) and chip.has_interrupt(self._id)
         return state is MpState.RUNNABLE
+
+    def _unhalt(self) -> None:
+        """Leave HLT: runnable again, and a paravirtual kick is used up (KVM's ``vcpu_block``; ``chip.lock`` held)."""
+        self._mp_state = MpState.RUNNABLE
+        if self._lapic is not None:
+            self._lapic.pv_unhalted = False
 
     def _sleep(self, chip: Irqchip) -> bool:
         """Wait, outside the execution lock, until this vCPU can run again; True if a kick ended the wait."""
@@ -433,7 +443,7 @@ class SimVCPU(Closeable):
                         return True
                     if self._wakeable(chip):
                         if self._mp_state is MpState.HALTED:
-                            self._mp_state = MpState.RUNNABLE
+                            self._unhalt()
                         return False
                     deadline = chip.deadline()
                     now = clock.now()
@@ -463,6 +473,10 @@ class SimVCPU(Closeable):
                 return None
             return _HLT
         if kind is StopKind.EXCEPTION:
+            if stop.vector == _UD and stop.event_kind == "exception":
+                outcome = hypercall.emulate(engine, self._vm, self._state.cpuid)
+                if outcome is not None:
+                    return self._after_hypercall(engine, outcome)
             if not self._vm.deliver(
                 self, engine, stop.vector, stop.event_kind, stop.error_code, stop.instruction_length
             ):
@@ -471,6 +485,24 @@ class SimVCPU(Closeable):
         if kind is StopKind.FETCH_FAULT:
             return InternalErrorExit(suberror=1, data=(0,))
         raise AssertionError(f"unhandled stop {stop!r}")
+
+    def _after_hypercall(self, engine: Engine, outcome: hypercall.Fault | hypercall.Done | MmioExit) -> Exit | None:
+        """What a VMCALL / VMMCALL came to (:mod:`hvcore_sim.hypercall`): an exception, an MMIO exit, or done.
+
+        Done with RFLAGS.TF set is followed by the single-step #DB that KVM queues
+        (``kvm_vcpu_do_singlestep``); when the VMM single-steps, the run loop reports the step instead.
+        """
+        if isinstance(outcome, MmioExit):
+            return outcome
+        if isinstance(outcome, hypercall.Fault):
+            delivered = self._vm.deliver(self, engine, outcome.vector, "exception", outcome.error_code, cr2=outcome.cr2)
+            return None if delivered else _SHUTDOWN
+        if outcome.single_step and not self._stepping:
+            dr6 = engine.reg(engine.DR6)
+            engine.set_reg(engine.DR6, ((dr6 & ~_DR6_TRAPS) | _DR6_ACTIVE_LOW | _DR6_BS) & ~_DR6_BIT12)
+            if not self._vm.deliver(self, engine, 1, "exception", None):
+                return _SHUTDOWN
+        return None
 
     def _save_after_run(self) -> None:
         """Snapshot what KVM's ``post_kvm_run_save`` puts in ``kvm_run`` as the run returns.
@@ -742,12 +774,20 @@ class SimVCPU(Closeable):
         self._nmi_pending = bool(events.nmi_pending)
 
     def get_mp_state(self) -> MpState:
-        """RUNNABLE, HALTED, UNINITIALIZED or INIT_RECEIVED (always RUNNABLE without an irqchip)."""
+        """RUNNABLE, HALTED, UNINITIALIZED or INIT_RECEIVED (always RUNNABLE without an irqchip).
+
+        As KVM, a halted vCPU that a paravirtual kick will wake reads as RUNNABLE.
+        """
         self._live()
+        chip, lapic = self._vm.irqchip, self._lapic
+        if self._mp_state is MpState.HALTED and chip is not None and lapic is not None:
+            with chip.lock:
+                if lapic.pv_unhalted:
+                    return MpState.RUNNABLE
         return self._mp_state
 
     def set_mp_state(self, state_: MpState) -> None:
-        """Set the MP state; without an irqchip only RUNNABLE is valid, as on KVM."""
+        """Set the MP state; without an irqchip only RUNNABLE is valid, as on KVM. RUNNABLE drops a pending kick."""
         self._live()
         try:
             value = MpState(state_)
@@ -764,6 +804,10 @@ class SimVCPU(Closeable):
                 operation="set_mp_state",
             )
         self._mp_state = MpState.INIT_RECEIVED if value is MpState.SIPI_RECEIVED else value
+        chip, lapic = self._vm.irqchip, self._lapic
+        if value is MpState.RUNNABLE and chip is not None and lapic is not None:
+            with chip.lock:
+                lapic.pv_unhalted = False  # as KVM's kvm_set_mp_state: a pending paravirtual kick is dropped
         self._wake()
 
     def interrupt(self, vector: int) -> None:

@@ -180,11 +180,13 @@ class SimVM(SlotOwner, Closeable):
         kind: str,
         error_code: int | None,
         instruction_length: int = 0,
+        cr2: int | None = None,
     ) -> bool:
         """Deliver an exception or interrupt through the guest's IVT/IDT; False on a triple fault.
 
         RIP must already be the return address: the faulting instruction for a fault, the next
-        one for ``int n`` (whose length lets a fault during delivery point back at it).
+        one for ``int n`` (whose length lets a fault during delivery point back at it). A #PF
+        raised by the simulator itself gives ``cr2``, its faulting address.
         """
         regs = engine.get_regs()
         sregs = vcpu.get_sregs()
@@ -198,6 +200,7 @@ class SimVM(SlotOwner, Closeable):
             kind=delivery.EventKind(kind),
             error_code=error_code,
             instruction_length=instruction_length,
+            cr2=cr2,
         )
         try:
             regs, sregs = delivery.deliver_with_escalation(regs, sregs, self.physical, event)

@@ -258,6 +258,14 @@ def test_nmi_init_sipi_and_others(h: Harness) -> None:
     assert not accept(InterruptMessage(vector=0, delivery_mode=DeliveryMode.EXTINT))
 
 
+def test_remote_read_is_kvms_paravirtual_kick(h: Harness) -> None:
+    """KVM's APIC_DM_REMRD (``__apic_accept_irq``): accepted even software-disabled, it marks the vCPU to unhalt."""
+    assert not h.apic.pv_unhalted
+    assert h.apic.accept(InterruptMessage(vector=0, delivery_mode=DeliveryMode.REMOTE_READ))
+    assert h.apic.pv_unhalted
+    assert not h.bit(IRR, 0)
+
+
 def test_accepts_pic_interrupt(h: Harness) -> None:
     assert h.apic.accepts_pic_interrupt()
     h.enable()
@@ -363,6 +371,22 @@ def test_icr_init_sipi_nmi_and_shorthands() -> None:
         InterruptMessage(0, DeliveryMode.NMI, 0x0F, False, False, False, Shorthand.ALL_EXCLUDING_SELF, 5),
         InterruptMessage(0x30, DeliveryMode.FIXED, 0x0F, False, False, True, Shorthand.SELF, 5),
     ]
+
+
+def test_icr_remote_read_is_sent_as_the_paravirtual_kick(on: Harness) -> None:
+    on.write(ICR2, 0x01000000)
+    on.write(ICR, 0x0300)  # delivery mode 3 to APIC 1: KVM delivers it (kvm_apic_send_ipi), and it kicks
+    assert on.sent == [InterruptMessage(0, DeliveryMode.REMOTE_READ, 1, assert_level=False, source=0)]
+
+
+def test_physical_id_is_the_xapic_id_register_or_the_x2apic_id() -> None:
+    h = Harness(apic_id=3)
+    assert h.apic.physical_id == 3
+    h.write(ID, 0x07000000)  # the guest renumbers its xAPIC
+    assert h.apic.physical_id == 7
+    h.apic.x2apic_allowed = True
+    h.apic.set_apic_base(0xFEE00C00)  # x2APIC mode: the id is the vCPU's again
+    assert h.apic.physical_id == 3
 
 
 # -- timer --------------------------------------------------------------------------------------

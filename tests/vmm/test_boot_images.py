@@ -83,10 +83,15 @@ def test_bzimage_64bit_boot_protocol(hv: Hypervisor) -> None:
     assert result == MachineResult("debug-exit", (0xFF << 1) | 1)  # type_of_loader 0xff: "undefined" loader
 
 
-def test_multiboot_protocol(hv: Hypervisor) -> None:
+def multiboot_image() -> bytes:
+    """An a.out-kludge multiboot kernel at 0x100000 running ``MULTIBOOT_ENTRY``."""
     flags = 0x10003  # page-aligned modules, memory info, a.out kludge
     header = struct.pack("<8I", MB_MAGIC, flags, (-(MB_MAGIC + flags)) & 0xFFFFFFFF, 0x100000, 0x100000, 0, 0, 0x100020)
-    result, console = boot(hv, header + MULTIBOOT_ENTRY, cmdline="root=/dev/hvc0")
+    return header + MULTIBOOT_ENTRY
+
+
+def test_multiboot_protocol(hv: Hypervisor) -> None:
+    result, console = boot(hv, multiboot_image(), cmdline="root=/dev/hvc0")
     assert console == b"root=/dev/hvc0"
     assert result.reason == "debug-exit" and result.status is not None
     info_flags = result.status >> 1

@@ -455,6 +455,14 @@ def test_multiboot_elf_kernel() -> None:
     assert info.mods == []
 
 
+@pytest.mark.parametrize(("cmdline", "expected"), [("vmexit cpuid", b"x86/k.flat vmexit cpuid"), ("", b"x86/k.flat")])
+def test_multiboot_command_line_starts_with_the_kernels_name(cmdline: str, expected: bytes) -> None:
+    """As GRUB and QEMU pass it: kvm-unit-tests read their arguments after this first word (argv[0])."""
+    target = FakeTarget()
+    plan = load_multiboot(aout_kernel(), target, cmdline=cmdline, name="x86/k.flat")
+    assert read_info(target, plan.regs["ebx"]).cmdline == expected
+
+
 def test_multiboot_video_flag_is_accepted_without_video_info() -> None:
     image = aout_kernel(flags=0x10007)
     target = FakeTarget()

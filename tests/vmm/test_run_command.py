@@ -9,7 +9,11 @@ import pytest
 from hvcore import Hypervisor, IoExit, trace
 from hvcore.cli import main
 from hvcore.vmm.run import RUN_FAILED
+from tests.vmm.test_boot_images import multiboot_image
 from tests.vmm.test_machine import HELLO_EXIT
+
+MULTIBOOT_INFO_FLAGS = 0x4D
+"""The low byte of the info block's flags: memory, command line, modules, memory map."""
 
 
 def test_run_a_raw_image_with_a_trace(hv: Hypervisor, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -25,6 +29,16 @@ def test_run_a_raw_image_with_a_trace(hv: Hypervisor, tmp_path: Path, capsys: py
         entries = trace.read_trace(source).entries
     outs = [e.exit for e in entries if isinstance(e.exit, IoExit) and e.exit.port == 0x3F8]
     assert b"".join(e.data for e in outs) == b"hello, machine\n"
+
+
+def test_run_passes_a_multiboot_kernel_its_file_name_first(
+    hv: Hypervisor, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "kernel.flat"
+    image.write_bytes(multiboot_image())  # prints its command line on the debug console
+    status = main(["run", str(image), "--backend", hv.name, "-q", "--cmdline", "cpuid"])
+    assert capsys.readouterr().out == f"{image} cpuid"  # as QEMU's -kernel and GRUB pass it: argv[0] first
+    assert status == (MULTIBOOT_INFO_FLAGS << 1 | 1) & 0xFF  # the guest exits with the info flags' low byte
 
 
 def test_run_until_text_and_quiet(hv: Hypervisor, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -50,11 +50,9 @@ def load(
 ) -> BootPlan:
     """Load ``image`` with the loader for ``format`` (``"auto"``: :func:`detect`) and return its plan.
 
-    ``name`` (the image's file name) starts a multiboot kernel's command line, as GRUB and QEMU
-    pass it (kvm-unit-tests read their arguments after it).
-
     ``cmdline`` goes to a bzImage or multiboot kernel; ``initrd`` to a bzImage as its initrd or
-    to a multiboot kernel as its one module (command line ``"initrd"``). Raw images load with
+    to a multiboot kernel as its one module (command line ``"initrd"``). ``name``, the image's
+    file, starts a multiboot kernel's command line (as GRUB and QEMU do). Raw images load with
     :func:`~hvcore.vmm.loaders.raw.load_raw`'s defaults (``0x1000``, real mode). Giving a
     command line or initrd to a format that takes none, or an unknown format, raises
     ``InvalidArgument``; a bad image raises ``ImageError``.
@@ -66,7 +64,7 @@ def load(
         return load_bzimage(image, target, cmdline=cmdline, initrd=initrd)
     if kind == "multiboot":
         modules = [] if initrd is None else [(initrd, "initrd")]
-        return load_multiboot(image, target, cmdline=f"{name} {cmdline}".strip(), modules=modules)
+        return load_multiboot(image, target, cmdline=cmdline, modules=modules, name=name)
     if cmdline or initrd is not None:
         given = " and ".join(n for n, v in (("a command line", cmdline), ("an initrd", initrd is not None)) if v)
         raise InvalidArgument(

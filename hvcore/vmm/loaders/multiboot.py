@@ -13,7 +13,9 @@ lines and the boot loader name ``"hvcore"``) in conventional memory at ``0x10000
 first free page below ``0x9FC00`` if the kernel sits there); the GDT at ``0x500`` (or a
 free page). Information flags set: ``mem_lower``/``mem_upper`` (bit 0), ``cmdline`` (2),
 ``mods`` (3), ``mmap`` (6: :func:`~hvcore.vmm.loaders.e820.pc_memory_map`) and
-``boot_loader_name`` (9).
+``boot_loader_name`` (9). Given the kernel's file ``name``, the command line starts with it
+(``name cmdline``), as GRUB and QEMU pass it: kernels such as kvm-unit-tests' take that first
+word as their program name (``argv[0]``).
 
 Checked: a header is present, its checksum is right and the file holds all of its fields;
 no required flag (bits 0-15) beyond page-aligned modules (0), memory information (1) and
@@ -202,8 +204,11 @@ def load_multiboot(
     *,
     cmdline: str = "",
     modules: Sequence[tuple[bytes, str]] = (),
+    name: str = "",
 ) -> BootPlan:
     """Load a multiboot v1 kernel with its ``modules`` (``(bytes, command line)`` pairs) and ``cmdline``.
+
+    A ``name`` (the kernel's file) goes first on the command line the kernel gets.
 
     Returns a ``"protected"`` plan with ``eax = 0x2BADB002`` and ``ebx`` = the information
     structure's address. ``ImageError`` for anything the module docstring lists as checked.
@@ -255,7 +260,8 @@ def load_multiboot(
 
     occupied = [*kernel.ranges, *((a, len(d)) for a, d in placed)]
     areas = choose_boot_areas(target, occupied, page_tables=False)
-    strings = [_LOADER_NAME, _encode(cmdline, "command line")]
+    line = " ".join(part for part in (name, cmdline) if part)
+    strings = [_LOADER_NAME, _encode(line, "command line")]
     strings += [_encode(line, f"module {i} command line") for i, (_, line) in enumerate(modules)]
     memory_map = pc_memory_map(target.ram_size, target.high_ram_size)
     size = _INFO_SIZE + 24 * len(memory_map) + 16 * len(placed) + sum(len(s) for s in strings)

@@ -203,6 +203,33 @@ class Irqchip:
         self.changed.notify_all()
         return accepted
 
+    def pv_kick(self, apic_id: int) -> None:
+        """KVM_HC_KICK_CPU (``kvm_pv_kick_cpu_op``): a remote-read message to physical APIC id ``apic_id``.
+
+        It sets the target's ``pv_unhalted``, which ends its HLT; an id that matches no APIC kicks nobody.
+        """
+        with self.lock:
+            self.deliver(InterruptMessage(0, DeliveryMode.REMOTE_READ, destination=apic_id & 0xFFFFFFFF))
+
+    def pv_send_ipi(self, bitmaps: tuple[int, int], first: int, message: InterruptMessage, *, cluster: int) -> int:
+        """KVM_HC_SEND_IPI's delivery (``kvm_pv_send_ipi``): how many APICs took ``message``.
+
+        Bit ``i`` of ``bitmaps[0]`` names physical APIC id ``first + i``, of ``bitmaps[1]`` id
+        ``first + cluster + i`` (ids wrap at 32 bits). Ids are found as in KVM's APIC map:
+        hardware-enabled APICs by :attr:`LocalApic.physical_id`; an id nobody has is skipped.
+        """
+        with self.lock:
+            by_id = {lapic.physical_id: lapic for lapic in self.lapics.values() if lapic.hardware_enabled}
+            count = 0
+            for index, bitmap in enumerate(bitmaps):
+                base = (first + index * cluster) & 0xFFFFFFFF
+                for bit in range(min(bitmap.bit_length(), 64)):
+                    target = by_id.get(base + bit) if bitmap >> bit & 1 else None
+                    if target is not None and target.accept(message):
+                        count += 1
+            self.changed.notify_all()
+            return count
+
     def _targets(self, message: InterruptMessage) -> list[LocalApic]:
         source = message.source
         shorthand = message.shorthand

@@ -20,6 +20,9 @@ KVM's rules reproduced here:
   lowest-priority interrupts are refused while software- or hardware-disabled. NMI, INIT and
   SIPI are always accepted. ESR stays 0 (KVM records no APIC errors).
 - ICR: a write sends the IPI at once (``send``) and the delivery-status bit reads 0.
+- Remote read (delivery mode 3, ``APIC_DM_REMRD``) is KVM's paravirtual kick: from an ICR write or
+  the KICK_CPU hypercall, it sets ``pv_unhalted``, which ends the target vCPU's HLT (even with
+  IF=0, once) as ``kvm_pv_kick_cpu_op`` and ``__apic_accept_irq`` do.
 - x2APIC (IA32_APIC_BASE bits 10 and 11, allowed when the vCPU's CPUID has x2APIC): the MMIO
   window reads all ones and ignores writes; MSR ``0x800 + offset / 16`` reads and writes register
   ``offset``, and anything KVM refuses (a register that does not exist or is not readable, a
@@ -177,6 +180,8 @@ class LocalApic:
         """An INIT arrived; the vCPU loop resets the vCPU (``reset(bsp, init=True)``) and clears it."""
         self.sipi_vector: int | None = None
         """The vector of a STARTUP IPI not yet taken (an INIT discards it); the vCPU loop clears it."""
+        self.pv_unhalted = False
+        """A paravirtual kick arrived (remote read): the vCPU's next or current HLT ends; the vCPU loop clears it."""
         self._clock = clock
         self._send = send
         self._eoi_broadcast = eoi_broadcast
@@ -232,6 +237,11 @@ class LocalApic:
     def x2apic_mode(self) -> bool:
         """IA32_APIC_BASE bits 10 and 11: the APIC is in x2APIC mode (MSRs, not MMIO)."""
         return self._apic_base & _X2APIC_ON == _X2APIC_ON
+
+    @property
+    def physical_id(self) -> int:
+        """The id physical destinations name (KVM's APIC map): the x2APIC id, or the xAPIC ID register's bits 31:24."""
+        return self.apic_id if self.x2apic_mode else self._get(APIC_ID) >> 24
 
     def read(self, offset: int, size: int) -> int:
         """A guest read of ``size`` bytes at ``offset`` in the 4 KiB page (``apic_mmio_read``)."""
@@ -383,6 +393,9 @@ class LocalApic:
         if mode == DeliveryMode.STARTUP:
             self.sipi_vector = message.vector & _VECTOR
             return True
+        if mode == DeliveryMode.REMOTE_READ:
+            self.pv_unhalted = True
+            return True
         # SMI: no SMM in the simulator. ExtINT: the PIC path (accepts_pic_interrupt) handles it.
         return False
 
@@ -418,7 +431,7 @@ class LocalApic:
         if not logical:
             if x2apic or destination > 0xFF:  # KVM's hotplug hack: an id xAPIC cannot encode is the vCPU id
                 return destination == self.apic_id
-            return destination == self._get(APIC_ID) >> 24
+            return destination == self.physical_id
         if not self.software_enabled:
             return False
         if x2apic:
@@ -465,8 +478,6 @@ class LocalApic:
 
     def _send_ipi(self, low: int, high: int) -> None:
         mode = (low >> 8) & 7
-        if mode == 3:
-            return  # "remote read": KVM's paravirtual kick, nothing a guest APIC can take
         self._send(
             InterruptMessage(
                 vector=low & _VECTOR,

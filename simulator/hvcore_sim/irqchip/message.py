@@ -14,6 +14,8 @@ class DeliveryMode(IntEnum):
     FIXED = 0
     LOWEST_PRIORITY = 1
     SMI = 2
+    REMOTE_READ = 3
+    """Obsolete on hardware; KVM's paravirtual kick (``APIC_DM_REMRD``): it wakes a halted vCPU."""
     NMI = 4
     INIT = 5
     STARTUP = 6

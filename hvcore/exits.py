@@ -167,7 +167,8 @@ class ShutdownExit:
 class DebugExit:
     """A guest-debug event: single-step or breakpoint (``exception`` 1 = #DB, 3 = #BP).
 
-    ``pc`` is the guest RIP where the guest stopped; ``dr6`` / ``dr7`` as reported.
+    ``pc`` is the linear address (CS base + RIP) where the guest stopped; ``dr6`` / ``dr7`` as
+    reported (KVM fills them in for #DB only: for #BP they hold whatever ``kvm_run`` held).
     """
 
     reason: ClassVar[ExitReason] = ExitReason.DEBUG

@@ -124,6 +124,10 @@ Each of these deviations has one registered variant, so the effect is that varia
 
 HOST_HELPERS: dict[str, str] = {
     "single_step_dr7": "single_step_dr7",
+    "breakpoint_dr7": "breakpoint_dr7",
+    "breakpoint_resume_flag": "host_variant",
+    "watchpoints_ignored": "host_variant",
+    "software_breakpoints_delivered": "host_variant",
     "irq_window_batch": "irq_window_batched",
     "level_redelivered_early": "level_extra_deliveries",
     "pat_unchecked": "host_variant",
@@ -182,12 +186,12 @@ REGISTRY: tuple[Quirk, ...] = (
         "bits 40 and up of a table entry are reserved: using it raises #PF with the RSVD bit",
     ),
     Quirk(
-        "single_step_only",
+        "guest_debug_partial",
         is_simulator,
-        "hardware and software breakpoints are not built yet",
-        "KVM_SET_GUEST_DEBUG takes single-step, hardware and software breakpoints",
-        "SINGLESTEP only; other flags raise Unsupported",
-        helper="full_guest_debug",
+        "interrupt blocking while debugging and general-detect breakpoints are not built",
+        "KVM_SET_GUEST_DEBUG takes BLOCKIRQ (KVM_CAP_SET_GUEST_DEBUG2 lists it) and DR7.GD in debugreg[7]",
+        "both raise Unsupported; KVM_CAP_SET_GUEST_DEBUG2 does not list BLOCKIRQ",
+        helper="guest_debug_refused",
     ),
 )
 """Every known divergence. A difference no entry names is a bug in a backend (or in the corpus)."""
@@ -209,6 +213,11 @@ def single_step_dr7(hv: Hypervisor) -> int:
     return {UPSTREAM: 0x400, "dr7_zero": 0}[host_variant(hv, "single_step_dr7")]
 
 
+def breakpoint_dr7(hv: Hypervisor, given: int) -> int:
+    """DR7 in a hardware breakpoint's DEBUG exit: upstream ``given`` (debugreg[7]); ``dr7_zero`` hosts 0."""
+    return {UPSTREAM: given, "dr7_zero": 0}[host_variant(hv, "breakpoint_dr7")]
+
+
 def irq_window_batched(hv: Hypervisor) -> bool:
     """Whether the interrupt window opens only between batches of emulated instructions (``irq_window_batch``)."""
     return quirk_applies("irq_window_batch", hv)
@@ -226,9 +235,9 @@ def level_extra_deliveries(hv: Hypervisor) -> int:
     return 1 if quirk_applies("level_redelivered_early", hv) else 0
 
 
-def full_guest_debug(hv: Hypervisor) -> bool:
-    """Whether hardware and software breakpoints are accepted (not on the simulator: ``single_step_only``)."""
-    return not quirk_applies("single_step_only", hv)
+def guest_debug_refused(hv: Hypervisor) -> bool:
+    """Whether BLOCKIRQ and DR7.GD raise ``Unsupported`` (the simulator: ``guest_debug_partial``)."""
+    return quirk_applies("guest_debug_partial", hv)
 
 
 # --- host deviations, probed (hvcore.host) ----------------------------------------------------------------

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Final
 
 from hvcore.host.deviation import Deviation
-from hvcore.host.probes import control, events, hypercall, memory, msrs
+from hvcore.host.probes import control, debug, events, hypercall, memory, msrs
 
 __all__ = ["DEVIATIONS", "deviation"]
 
 DEVIATIONS: Final[tuple[Deviation, ...]] = (
     *control.DEVIATIONS,
+    *debug.DEVIATIONS,
     *events.DEVIATIONS,
     *msrs.DEVIATIONS,
     *memory.DEVIATIONS,

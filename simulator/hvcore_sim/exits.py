@@ -42,12 +42,13 @@ from typing import TYPE_CHECKING, Any
 
 from hvcore.checks import completion_bytes
 from hvcore.errors import HvError, HypervisorFault, StateError
-from hvcore.exits import Exit, IoDirection, IoExit, MmioExit
+from hvcore.exits import DebugExit, Exit, IoDirection, IoExit, MmioExit
 from hvcore.memory import PAGE_SIZE
 from hvcore.types import SlotFlags
 from hvcore_sim import decode, mmu, operand, resume, smsw
 from hvcore_sim.events import HAS_ERROR_CODE
 from hvcore_sim.faults import NonCanonical, PageFault
+from hvcore_sim.guestdebug import Breakpoints
 from hvcore_sim.internals import CC_MASK, Cells
 from hvcore_sim.layout import (
     EXCP_VMEXIT,
@@ -196,6 +197,9 @@ class Tracker:
         self._rom_rip = 0  # where the instruction that wrote to a read-only slot is
         self._out_seen: tuple[int, int, bool] | None = None  # a plain OUT's (rip, rsi, shadow) in its hook
         self._out_unfinished: tuple[int, int, bool] | None = None  # (rip at the OUT, rip past it, shadow)
+        self._replay = False  # finishing an IN or MMIO instruction that already exited (not a new one)
+        self.breakpoints = Breakpoints(self._replaying, self._break, self._end_after_instruction)
+        """The vCPU's guest-debug settings and hardware-breakpoint hooks (:mod:`hvcore_sim.guestdebug`)."""
 
     # -- hooks -------------------------------------------------------------------
 
@@ -216,6 +220,7 @@ class Tracker:
         self.dirty_generation = -1
         self._cells = Cells(engine)
         self._split = self._cells.split_size
+        self.breakpoints.install(engine)
 
     @property
     def cells(self) -> Cells | None:
@@ -228,6 +233,21 @@ class Tracker:
             self._stop = _LOOK_AGAIN
             assert self._engine is not None
             self._engine.stop_after_this_instruction()
+
+    def _replaying(self) -> bool:
+        """The instruction running now completes an earlier exit: its breakpoints were checked when it first ran."""
+        if self._replay:
+            return True
+        engine = self._engine
+        return bool(self._known) and engine is not None and engine.counter_cell.value <= 1
+
+    def _break(self, exit_: DebugExit) -> None:
+        """From a code hook: end the run before this instruction starts (nothing to undo) with ``exit_``."""
+        self._halt(Stop(StopKind.EXIT, exit_))
+
+    def _end_after_instruction(self) -> None:
+        assert self._engine is not None
+        self._engine.stop_after_this_instruction()
 
     def _halt(self, stop: Stop) -> None:
         if self._stop is None:
@@ -336,6 +356,11 @@ class Tracker:
         except Exception:
             last = 0
         kind, length = ("software_exception", 1) if last in (0xCC, 0xCE) and vector in (3, 4) else ("software", 2)
+        if vector == 3 and kind == "software_exception" and self.breakpoints.settings.software_breakpoints:
+            rip = next_rip - length  # KVM intercepts the #BP: a DEBUG exit at the int3, nothing delivered
+            engine.set_reg(engine.RIP, rip)
+            self._halt(Stop(StopKind.EXIT, self.breakpoints.breakpoint_exit(engine.code_address(rip))))
+            return
         engine.set_reg(engine.RIP, next_rip)
         self._halt(Stop(StopKind.EXCEPTION, vector=vector, event_kind=kind, instruction_length=length))
 
@@ -596,6 +621,9 @@ class Tracker:
         if self._new:
             self._new = []
         self._cursor = 0
+        if self.breakpoints.watching:
+            vm = self.vcpu._vm
+            self.breakpoints.arm(engine, vm.physical, lambda physical: vm.slot_at(physical) is not None)
         try:
             engine.start(engine.reg(engine.RIP), count)
         except unicorn.UcError as err:
@@ -645,6 +673,9 @@ class Tracker:
 
     def _after(self, engine: Engine, count: int, resume_step: int | None) -> Stop:
         stop = self._stop
+        hits = self.breakpoints.hits
+        if hits:
+            self.breakpoints.hits = 0
         if self._known and stop is not _MMIO and engine.counter_cell.value > 1:
             self._known, self._cursor = [], 0  # the replayed instruction finished before this stop
         out_seen, self._out_seen = self._out_seen, None
@@ -656,6 +687,10 @@ class Tracker:
                 if shadow:
                     engine.interrupt_shadow = True
                 return stop
+        if hits and (stop is None or stop.kind is StopKind.SLICE):  # watchpoints: a trap after the instruction
+            if self.watch_resume_flag and self._let_through != SVM_EXIT_IRET:  # (an IRET's RF stays as it loaded it)
+                self._resume_flag_done(engine, resume_step)
+            return Stop(StopKind.EXIT, self.breakpoints.watch_exit(engine, hits, stepping=self.vcpu.stepping))
         if self._let_through == SVM_EXIT_IRET and stop is None:
             return _LET_THROUGH  # RF stays as the IRET loaded it
         if self.watch_resume_flag and self._completed(stop):
@@ -752,7 +787,11 @@ class Tracker:
 
     def _step(self, engine: Engine) -> Exit | None:
         """Replay the current instruction for one step; the next new access's exit, if any."""
-        stop = self.run(engine, 1)
+        self._replay = True
+        try:
+            stop = self.run(engine, 1)
+        finally:
+            self._replay = False
         if stop.kind is StopKind.EXIT:
             return stop.exit
         self._known = []
@@ -783,7 +822,11 @@ class Tracker:
             pending_in, self._in = self._in, None
             self._in_answers = pending_in.data
             self._engine = engine
-            self.run(engine, pending_in.exit.count)
+            self._replay = True
+            try:
+                self.run(engine, pending_in.exit.count)
+            finally:
+                self._replay = False
             self._in_answers = []
             self.completed_instruction = True
             return None

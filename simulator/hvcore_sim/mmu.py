@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from hvcore.errors import HvError
 from hvcore.types import Sregs
 from hvcore.x86 import CR0_PG, CR0_WP, CR4_PAE, EFER_LMA
 from hvcore_sim.faults import NonCanonical, PageFault
@@ -45,6 +46,7 @@ __all__ = [
     "PageFault",
     "PhysicalMemory",
     "is_canonical",
+    "lookup",
     "read_linear",
     "translate",
     "translate_range",
@@ -163,6 +165,30 @@ def translate(
         raise PageFault(code | PF_PRESENT, linear)
     _set_accessed_dirty(memory, walk, write)
     return walk.physical
+
+
+class _Untouched:
+    """Reads through to the guest's memory; drops the accessed/dirty-bit writes of a walk."""
+
+    def __init__(self, memory: PhysicalMemory) -> None:
+        self._memory = memory
+
+    def read(self, address: int, length: int, /) -> bytes:
+        return self._memory.read(address, length)
+
+    def write(self, address: int, data: bytes, /) -> None:
+        pass
+
+
+def lookup(sregs: Sregs, linear: int, memory: PhysicalMemory) -> int | None:
+    """Where ``linear`` maps now, or None: a walk that checks no access rights and sets no accessed bits.
+
+    For the simulator's own bookkeeping (where a watched linear address lives), which the guest must not see.
+    """
+    try:
+        return translate(sregs, linear, _Untouched(memory), write=False, user=False, ac=True)
+    except (PageFault, NonCanonical, HvError):  # HvError: a table outside every slot
+        return None
 
 
 def _allowed(sregs: Sregs, walk: _Walk, *, write: bool, user: bool, fetch: bool, ac: bool) -> bool:

@@ -11,7 +11,7 @@ from hvcore.caps import Capability
 from hvcore.errors import BackendUnavailable, ClosedError
 from hvcore.lifetime import Closeable
 from hvcore.types import CpuidEntry
-from hvcore_sim import cpuid
+from hvcore_sim import cpuid, guestdebug
 from hvcore_sim.clock import Clock, clock_from_environment
 from hvcore_sim.layout import ContextLayout, LayoutError, calibrate
 from hvcore_sim.msrs import MSRS
@@ -32,6 +32,7 @@ _CAPABILITIES: Final = {
     Capability.USER_MEMORY: 1,
     Capability.READONLY_MEM: 1,
     Capability.SET_GUEST_DEBUG: 1,
+    Capability.SET_GUEST_DEBUG2: int(guestdebug.SUPPORTED),  # the flags set_guest_debug takes
     Capability.IMMEDIATE_EXIT: 1,
     Capability.DEBUGREGS: 1,
     Capability.XSAVE: 1,

@@ -21,7 +21,7 @@ from hvcore.errors import (
     HypervisorFault,
     InvalidArgument,
     NotFound,
-    Unsupported,
+    StateError,
     VcpuBusy,
 )
 from hvcore.exits import (
@@ -42,7 +42,6 @@ from hvcore.types import (
     DebugRegs,
     Fpu,
     GuestDebug,
-    GuestDebugFlags,
     Lapic,
     MpState,
     Regs,
@@ -51,7 +50,7 @@ from hvcore.types import (
     VcpuEvents,
     Xsave,
 )
-from hvcore_sim import hypercall, state, syscall
+from hvcore_sim import guestdebug, hypercall, state, syscall
 from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
 from hvcore_sim.engine import Engine
 from hvcore_sim.exits import Stop, StopKind, Tracker
@@ -116,8 +115,9 @@ class SimVCPU(Closeable):
         self._cr8 = 0
         self._queued_interrupt: int | None = None
         self._nmi_pending = False
-        self._debug = GuestDebug()
         self._stepping = False
+        self._debug_exception: int | None = None  # INJECT_DB / INJECT_BP: the vector the next run delivers
+        self._event_length = 0  # VMX's event_exit_inst_len: the instruction length of the last #BP/#DB exit
         self._ready_snapshot = False  # kvm_run.ready_for_interrupt_injection / if_flag: zero until the first exit
         self._if_snapshot = False
         self._step_owed = False
@@ -211,6 +211,8 @@ class SimVCPU(Closeable):
                 raise ClosedError(f"vCPU {self._id} is closed", operation="run")
             exit_ = self._run()
             self._save_after_run()
+            if type(exit_) is DebugExit:
+                self._event_length = 1 if exit_.exception == 3 else 0  # an int3 is one byte
             return exit_
         finally:
             if self._kicked:  # as on KVM, a kick is consumed by the run it hit, whatever that run returned
@@ -253,6 +255,8 @@ class SimVCPU(Closeable):
                     if kicked:
                         self._consume_kick()
                         return _INTERRUPTED
+                    if self._debug_exception is not None and not self._deliver_debug_exception(engine):
+                        return _SHUTDOWN
                 count = 1 if stepping else SLICE
                 if chip is not None:
                     count = self._irqchip_events(chip, engine, count)
@@ -459,7 +463,9 @@ class SimVCPU(Closeable):
                 vm.sleeping.discard(self._id)
 
     def _step_exit(self, engine: Engine) -> DebugExit:
-        return DebugExit(exception=1, pc=engine.reg(engine.RIP), dr6=0xFFFF4FF0, dr7=self._state.debugregs.dr7)
+        dr7 = self.tracker.breakpoints.settings.dr7  # under USE_HW_BP KVM runs the guest with debugreg[7]
+        pc = engine.code_address(engine.reg(engine.RIP))
+        return DebugExit(exception=1, pc=pc, dr6=0xFFFF4FF0, dr7=self._state.debugregs.dr7 if dr7 is None else dr7)
 
     def _handle(self, engine: Engine, stop: Stop) -> Exit | None:
         kind = stop.kind
@@ -514,6 +520,19 @@ class SimVCPU(Closeable):
         assert engine is not None
         self._if_snapshot = bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
         self._ready_snapshot = self._vm.irqchip is not None or self._ready(engine)
+
+    def _deliver_debug_exception(self, engine: Engine) -> bool:
+        """Deliver what INJECT_DB / INJECT_BP queued (False on a triple fault).
+
+        #DB as a trap (return address RIP, RF not set); #BP as KVM's VMX code injects a software
+        exception, with the instruction length of the last #BP / #DB exit (:mod:`hvcore_sim.guestdebug`).
+        """
+        vector, self._debug_exception = self._debug_exception, None
+        if vector == 1:
+            return self._vm.deliver(self, engine, 1, "exception", None)
+        length = self._event_length
+        engine.set_reg(engine.RIP, engine.reg(engine.RIP) + length)
+        return self._vm.deliver(self, engine, 3, "software_exception", None, length)
 
     def _ready(self, engine: Engine) -> bool:
         if not engine.reg(engine.RFLAGS) & RFLAGS_IF or self._queued_interrupt is not None:
@@ -831,18 +850,31 @@ class SimVCPU(Closeable):
         self._nmi_pending = True
 
     def set_guest_debug(self, debug: GuestDebug) -> None:
-        """Enable or disable single-stepping."""
+        """Single-step, hardware and software breakpoints, injected #DB / #BP (:mod:`hvcore_sim.guestdebug`).
+
+        BLOCKIRQ and DR7.GD raise ``Unsupported``; an injection while one is queued: EBUSY, as KVM.
+        """
         self._live()
         if len(debug.debugreg) != 8:
             raise InvalidArgument("guest debug takes exactly 8 debug-register values", operation="set_guest_debug")
-        unsupported = debug.flags & ~(GuestDebugFlags.ENABLE | GuestDebugFlags.SINGLESTEP)
-        if unsupported:
-            raise Unsupported(
-                f"the simulator supports ENABLE and SINGLESTEP only, not {GuestDebugFlags(unsupported)!r}",
-                operation="set_guest_debug",
-            )
-        self._debug = debug
-        self._stepping = bool(debug.flags & GuestDebugFlags.SINGLESTEP and debug.flags & GuestDebugFlags.ENABLE)
+        settings = guestdebug.parse(debug)
+        with self._vm.exec_lock:
+            engine = self._live()
+            if settings.inject is not None:
+                if self._debug_exception is not None:
+                    raise StateError(
+                        f"vCPU {self._id} already has exception {self._debug_exception} queued for its next run",
+                        errno=_errno.EBUSY,
+                        operation="set_guest_debug",
+                    )
+                self._debug_exception = settings.inject
+            self.tracker.breakpoints.configure(engine, settings)
+            self._stepping = settings.singlestep
+
+    @property
+    def stepping(self) -> bool:
+        """Single-stepping (``KVM_GUESTDBG_SINGLESTEP`` with ENABLE) is on."""
+        return self._stepping
 
     def translate(self, linear_address: int) -> Translation:
         """Walk the guest's page tables."""

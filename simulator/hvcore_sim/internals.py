@@ -64,9 +64,9 @@ _SCAN_OBJECT = 1 << 18  # bytes of each candidate object searched for the regist
 
 
 def _engine() -> Any:
-    import unicorn
+    from hvcore_sim.cpumodel import new_uc
 
-    return unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    return new_uc()
 
 
 def handle(uc: Any) -> int:

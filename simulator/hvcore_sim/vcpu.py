@@ -144,6 +144,7 @@ class SimVCPU(Closeable):
         engine = Engine(self._vm.context_layout)
         if old is not None:
             engine.adopt(old)
+        self._state.limit_xcr0(engine)
         self.tracker.install(engine)
         self._vm.map_into(engine, self.tracker)
         self.tracker.mapped_writable({slot: set(pages) for slot, pages in self._vm.dirty.pages.items()})
@@ -654,13 +655,13 @@ class SimVCPU(Closeable):
 
     def get_xcrs(self) -> dict[int, int]:
         """XCR0."""
-        self._live()
-        return {0: self._state.xcr0}
+        with self._vm.exec_lock:
+            return {0: self._live().xcr0()}
 
     def set_xcrs(self, xcrs: Mapping[int, int]) -> None:
-        """Set XCR0 (bit 0, x87, must stay set)."""
-        self._live()
-        self._state.set_xcrs(xcrs)
+        """Set XCR0, with KVM's checks against the vCPU's CPUID."""
+        with self._vm.exec_lock:
+            self._state.set_xcrs(self._live(), xcrs)
 
     def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
         """Read MSRs (``hvcore_sim.msrs.MSRS``), as KVM_GET_MSRS."""
@@ -674,13 +675,13 @@ class SimVCPU(Closeable):
 
     def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
         """What CPUID returns to the guest."""
-        self._live()
-        self._state.set_cpuid(list(entries))
+        with self._vm.exec_lock:
+            self._state.set_cpuid(self._live(), list(entries))
 
     def get_cpuid(self) -> tuple[CpuidEntry, ...]:
-        """What CPUID returns to the guest."""
-        self._live()
-        return tuple(self._state.cpuid)
+        """What CPUID returns to the guest (the bits KVM keeps in step with CR4, XCR0 and the APIC base, current)."""
+        with self._vm.exec_lock:
+            return self._state.current_cpuid(self._live())
 
     def _chip_lapic(self, operation: str) -> tuple[Irqchip, LocalApic]:
         self._live()

@@ -20,6 +20,7 @@ from hvcore_sim.cpumodel import limit_xcr0, new_uc
 from hvcore_sim.internals import cpu_offsets
 from hvcore_sim.layout import (
     CR0_READ_INTERCEPT,
+    CR4_WRITE_INTERCEPT,
     HF_GUEST,
     HF_INHIBIT_IRQ,
     IRET_INTERCEPT,
@@ -235,7 +236,7 @@ class Engine:
         return ctypes.c_uint32.from_address(cpu + offset)
 
     def _intercept_msrs(self, unicorn: Any) -> None:
-        """Make guest RDMSR / WRMSR / RDTSC, IRET, reads of CR0 and MOV to/from CR8 reach the interrupt hook first.
+        """Make guest RDMSR / WRMSR / RDTSC, IRET, CR0 reads, MOV to CR4 and to/from CR8 reach the interrupt hook first.
 
         Unicorn cannot hook them, but QEMU's helpers check SVM intercepts first while hflags has
         HF_GUEST: with the RDTSC, IRET and MSR intercept bits set and a permission bitmap of all
@@ -252,7 +253,8 @@ class Engine:
         blob = self._blob()
         _U64.pack_into(blob, self.layout.vm_vmcb, SVM_AREA)
         _U64.pack_into(blob, self.layout.intercept, _INTERCEPTS)
-        _CR_INTERCEPTS.pack_into(blob, self.layout.intercept_cr, CR0_READ_INTERCEPT | _CR8, _CR8)  # reads, writes
+        reads, writes = CR0_READ_INTERCEPT | _CR8, CR4_WRITE_INTERCEPT | _CR8
+        _CR_INTERCEPTS.pack_into(blob, self.layout.intercept_cr, reads, writes)
         _U32.pack_into(blob, self.layout.hflags, _U32.unpack_from(blob, self.layout.hflags)[0] | HF_GUEST)
         self._store(blob)
 

@@ -55,6 +55,7 @@ from hvcore_sim.layout import (
     SVM_EXIT_NMI,
     SVM_EXIT_READ_CR0,
     SVM_EXIT_READ_CR8,
+    SVM_EXIT_WRITE_CR4,
     SVM_EXIT_WRITE_CR8,
 )
 
@@ -358,6 +359,12 @@ class Tracker:
         if exit_code == SVM_EXIT_READ_CR0:
             self._cr0_read(engine)
             return
+        if exit_code == SVM_EXIT_WRITE_CR4:  # KVM's checks first; a value it takes, Unicorn's MOV writes
+            if self.vcpu.cr4_write_allowed(engine):
+                self._let_run_once(engine, exit_code)
+            else:
+                self._halt(Stop(StopKind.EXCEPTION, vector=13, error_code=0))
+            return
         if exit_code in (SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8):
             stop = self.vcpu.cr8_intercepted(engine, write=exit_code == SVM_EXIT_WRITE_CR8)
         else:
@@ -383,6 +390,8 @@ class Tracker:
         assert self._cells is not None
         if exit_code == SVM_EXIT_IRET:
             self._cells.intercept_iret(on)
+        elif exit_code == SVM_EXIT_WRITE_CR4:
+            self._cells.intercept_cr4_write(on)
         else:
             self._cells.intercept_cr0_read(on)
 

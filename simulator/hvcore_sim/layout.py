@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "CR0_READ_INTERCEPT",
+    "CR4_WRITE_INTERCEPT",
     "EXCP_VMEXIT",
     "HF_GUEST",
     "HF_INHIBIT_IRQ",
@@ -31,6 +32,7 @@ __all__ = [
     "SVM_EXIT_RDTSC",
     "SVM_EXIT_READ_CR0",
     "SVM_EXIT_READ_CR8",
+    "SVM_EXIT_WRITE_CR4",
     "SVM_EXIT_WRITE_CR8",
     "SVM_INTERCEPT_BASE",
     "VMCB_MSRPM",
@@ -47,7 +49,7 @@ _MARKERS = {"rax": 0x1122334455667788, "rip": 0x0000123456789ABC, "cr3": 0x76543
 # QEMU 5.0 svm.h: offsets in the VMCB, exit codes, and cpu.h's HF_GUEST_MASK and EXCP_VMEXIT
 _VMCB_INTERCEPT, VMCB_MSRPM, _VMCB_SAVE = 0x0C, 0x48, 0x400
 SVM_EXIT_RDTSC, SVM_EXIT_IRET, SVM_EXIT_MSR = 0x6E, 0x74, 0x7C
-SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8 = 0x00, 0x08, 0x18
+SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR4, SVM_EXIT_WRITE_CR8 = 0x00, 0x08, 0x14, 0x18
 SVM_EXIT_INTR, SVM_EXIT_NMI = 0x60, 0x61
 _VMCB_INTERCEPT_CR = 0x00  # u16 intercept_cr_read, then u16 intercept_cr_write
 _CR_READ_MARK, _CR_WRITE_MARK = 0x5A00, 0xA400  # bits of CR9..CR15 only: nothing the run touches
@@ -56,6 +58,8 @@ IRET_INTERCEPT = 1 << (SVM_EXIT_IRET - SVM_INTERCEPT_BASE)
 """The IRET bit of ``env->intercept`` (:mod:`hvcore_sim.resume` lets one IRET through at a time)."""
 CR0_READ_INTERCEPT = 1 << 0
 """The CR0 bit of ``intercept_cr_read`` (reads of CR0: :mod:`hvcore_sim.smsw`)."""
+CR4_WRITE_INTERCEPT = 1 << 4
+"""The CR4 bit of ``intercept_cr_write`` (MOV to CR4 with KVM's checks: :mod:`hvcore_sim.cpufeatures`)."""
 """Intercept bit ``n`` of ``env->intercept`` stands for exit code ``SVM_INTERCEPT_BASE + n``."""
 EXCP_VMEXIT = 0x100
 """Unicorn's interrupt hook sees an intercept as ``EXCP_VMEXIT + exit code``."""

@@ -84,9 +84,7 @@ def _no_step_after_out(outcome: Outcome) -> Outcome:
 
 
 def _null_ss_usable(outcome: Outcome) -> Outcome:
-    state = {
-        key: 0 if key.endswith("ss.unusable") and value == 1 else value for key, value in outcome.state.items()
-    }
+    state = {key: 0 if key.endswith("ss.unusable") and value == 1 else value for key, value in outcome.state.items()}
     return replace(outcome, state=state)
 
 
@@ -182,6 +180,15 @@ REGISTRY: tuple[Quirk, ...] = (
         "bits 40 and up of a table entry are reserved: using it raises #PF with the RSVD bit",
     ),
     Quirk(
+        "vex128_runs_as_sse",
+        is_simulator,
+        "QEMU 5.0 decodes a VEX prefix and then runs the SSE instruction of the same opcode (it has no AVX)",
+        "without AVX enabled (CPUID, CR4.OSXSAVE, XCR0.AVX) every VEX-encoded vector instruction raises #UD",
+        "a 128-bit VEX form of an SSE instruction (vxorps xmm0, xmm0, xmm0) runs as that SSE instruction, "
+        "VEX.vvvv ignored; 256-bit forms and opcodes SSE lacks raise #UD",
+        helper="vex128_runs_as_sse",
+    ),
+    Quirk(
         "single_step_only",
         is_simulator,
         "hardware and software breakpoints are not built yet",
@@ -224,6 +231,11 @@ def has_irqchip(hv: Hypervisor, vm: VM) -> bool:
 def level_extra_deliveries(hv: Hypervisor) -> int:
     """Deliveries of a held level-triggered line beyond upstream's (``level_redelivered_early``)."""
     return 1 if quirk_applies("level_redelivered_early", hv) else 0
+
+
+def vex128_runs_as_sse(hv: Hypervisor) -> bool:
+    """Whether a 128-bit VEX form of an SSE instruction runs without AVX enabled (not upstream: the simulator)."""
+    return quirk_applies("vex128_runs_as_sse", hv)
 
 
 def full_guest_debug(hv: Hypervisor) -> bool:

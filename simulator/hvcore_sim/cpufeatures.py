@@ -3,7 +3,8 @@
 - **Supported CPUID** (:func:`as_kvm_reports`): KVM's ``KVM_GET_SUPPORTED_CPUID`` lists OSXSAVE and
   OSPKE clear (they follow the guest's CR4), and in leaf 0xD only the XSAVE components it can give
   a guest, with their sizes; the simulator's are the ones its engine executes
-  (:data:`hvcore_sim.cpumodel.EXECUTABLE_XCR0`).
+  (:data:`hvcore_sim.cpumodel.EXECUTABLE_XCR0`). It adds what the engine executes whatever its
+  model says: SSE4A and PREFETCHW, which QEMU 5.0 decodes without looking at CPUID.
 - **Runtime CPUID** (:func:`runtime`): as ``kvm_update_cpuid_runtime``, CPUID.1:ECX.OSXSAVE is
   CR4.OSXSAVE, CPUID.1:EDX.APIC is IA32_APIC_BASE's enable bit, CPUID.7.0:ECX.OSPKE is CR4.PKE and
   CPUID.0xD.0:EBX the size of the XSAVE area for the current XCR0. KVM rewrites its entries when
@@ -48,6 +49,7 @@ _OSPKE: Final = 1 << 4  # CPUID.7.0:ECX
 _APIC_ENABLE: Final = 1 << 11
 _LEGACY_AREA: Final = 512 + 64  # the FXSAVE region and the XSAVE header
 _XCR0_SSE, _XCR0_AVX = 1 << 1, 1 << 2
+_UNGATED_80000001_ECX: Final = 1 << 6 | 1 << 8  # SSE4A, PREFETCHW (3DNowPrefetch)
 
 # CR4 bits KVM ever lets a guest set (CR4_RESERVED_BITS' complement), and those that need a CPUID feature
 _CR4_KNOWN: Final = 0x7FF | 1 << 11 | _CR4_LA57 | 1 << 13 | 1 << 16 | _CR4_PCIDE | CR4_OSXSAVE | 7 << 20 | 1 << 28
@@ -100,6 +102,8 @@ def as_kvm_reports(entries: Sequence[CpuidEntry]) -> tuple[CpuidEntry, ...]:
             return dataclasses.replace(e, eax=allowed & 0xFFFFFFFF, ebx=size, ecx=size, edx=allowed >> 32)
         if e.function == 0xD and e.index == 1:
             return dataclasses.replace(e, ebx=0, ecx=0, edx=0)  # no XSAVES / XSAVEC: no supervisor state
+        if e.function == 0x80000001:
+            return dataclasses.replace(e, ecx=e.ecx | _UNGATED_80000001_ECX)
         return e
 
     return tuple(reported(e) for e in entries if e.function != 0xD or e.index < 2 or allowed >> e.index & 1)

@@ -8,6 +8,8 @@
   CPUID.0xD.0:EBX the XSAVE size for XCR0 (``kvm_update_cpuid_runtime``); the supported CPUID
   lists OSXSAVE and OSPKE clear.
 - A guest's MOV to CR4 sets each listed feature's bit; XSETBV enables only listed components.
+- UMIP: SGDT, SIDT, SLDT, STR and SMSW raise #GP at CPL3 (the simulator emulates it, as KVM does
+  where the processor lacks it).
 - SMEP, SMAP and protection keys as the guest's page walk enforces them; PKRU in the XSAVE area;
   5-level paging.
 
@@ -291,6 +293,24 @@ def test_xsetbv_enables_only_what_the_vcpu_cpuid_lists(hv: Hypervisor, vm: VM) -
         vcpu.set_regs(replace(vcpu.get_regs(), rip=layout.CODE, rax=XCR0_X87 | XCR0_SSE | component))
         expected = None if xcr0_listed(supported) & component and component != 1 << 3 else GP
         assert outcome(vcpu) == expected, hex(component)
+
+
+UMIP_INSTRUCTIONS = {
+    "sgdt": b"\x0f\x01" + _abs(0),  # sgdt [DATA]
+    "sidt": b"\x0f\x01" + _abs(1),  # sidt [DATA]
+    "sldt": b"\x0f\x00\xc0",  # sldt eax
+    "str": b"\x0f\x00\xc8",  # str eax
+    "smsw": b"\x0f\x01\xe0",  # smsw eax
+}
+
+
+@pytest.mark.parametrize("umip", [False, True], ids=["umip0", "umip1"])
+@pytest.mark.parametrize("name", UMIP_INSTRUCTIONS)
+def test_umip_keeps_descriptor_tables_from_cpl3(hv: Hypervisor, vm: VM, name: str, umip: bool) -> None:
+    if not listed(hv.supported_cpuid(), 7, 0, "ecx", 2):
+        pytest.skip(f"{hv.name}'s supported CPUID has no UMIP")
+    vcpu = guest(hv, vm, UMIP_INSTRUCTIONS[name], cr4=CR4_UMIP if umip else 0, user=True)
+    assert outcome(vcpu) == (GP if umip else None)
 
 
 # --- SMEP, SMAP and protection keys in the guest's page walk ---------------------------------------------

@@ -4,7 +4,8 @@
   OSPKE clear (they follow the guest's CR4), and in leaf 0xD only the XSAVE components it can give
   a guest, with their sizes; the simulator's are the ones its engine executes
   (:data:`hvcore_sim.cpumodel.EXECUTABLE_XCR0`). It adds what the engine executes whatever its
-  model says: SSE4A and PREFETCHW, which QEMU 5.0 decodes without looking at CPUID.
+  model says: SSE4A and PREFETCHW, which QEMU 5.0 decodes without looking at CPUID; and UMIP,
+  which the simulator emulates as KVM does on hosts without it (:mod:`hvcore_sim.umip`).
 - **Runtime CPUID** (:func:`runtime`): as ``kvm_update_cpuid_runtime``, CPUID.1:ECX.OSXSAVE is
   CR4.OSXSAVE, CPUID.1:EDX.APIC is IA32_APIC_BASE's enable bit, CPUID.7.0:ECX.OSPKE is CR4.PKE and
   CPUID.0xD.0:EBX the size of the XSAVE area for the current XCR0. KVM rewrites its entries when
@@ -50,6 +51,7 @@ _APIC_ENABLE: Final = 1 << 11
 _LEGACY_AREA: Final = 512 + 64  # the FXSAVE region and the XSAVE header
 _XCR0_SSE, _XCR0_AVX = 1 << 1, 1 << 2
 _UNGATED_80000001_ECX: Final = 1 << 6 | 1 << 8  # SSE4A, PREFETCHW (3DNowPrefetch)
+_UMIP: Final = 1 << 2  # CPUID.7.0:ECX: emulated as KVM does without it (hvcore_sim.umip)
 
 # CR4 bits KVM ever lets a guest set (CR4_RESERVED_BITS' complement), and those that need a CPUID feature
 _CR4_KNOWN: Final = 0x7FF | 1 << 11 | _CR4_LA57 | 1 << 13 | 1 << 16 | _CR4_PCIDE | CR4_OSXSAVE | 7 << 20 | 1 << 28
@@ -97,7 +99,7 @@ def as_kvm_reports(entries: Sequence[CpuidEntry]) -> tuple[CpuidEntry, ...]:
         if e.function == 1:
             return dataclasses.replace(e, ecx=e.ecx & ~_OSXSAVE)
         if e.function == 7 and e.index == 0:
-            return dataclasses.replace(e, ecx=e.ecx & ~_OSPKE)
+            return dataclasses.replace(e, ecx=e.ecx & ~_OSPKE | _UMIP)
         if e.function == 0xD and e.index == 0:
             return dataclasses.replace(e, eax=allowed & 0xFFFFFFFF, ebx=size, ecx=size, edx=allowed >> 32)
         if e.function == 0xD and e.index == 1:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from hvcore.types import DescriptorTable, Regs, Segment, Sregs
+from hvcore_sim import umip
 from hvcore_sim.cpumodel import limit_xcr0, new_uc
 from hvcore_sim.internals import cpu_offsets
 from hvcore_sim.layout import (
@@ -65,7 +66,11 @@ SVM_AREA: Final = PHYSICAL_LIMIT
 _MSRPM: Final = 0x1000  # the bitmap's offset in the area; every bit set: every RDMSR / WRMSR is intercepted
 _MSRPM_SIZE: Final = 0x2000
 _INTERCEPTS: Final = (
-    1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE) | IRET_INTERCEPT | INTERCEPTS
+    1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE)
+    | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE)
+    | IRET_INTERCEPT
+    | INTERCEPTS
+    | umip.INTERCEPT_BITS
 )
 _WINDOWS: Final = REQUEST_INTERRUPT | REQUEST_NMI
 _CR_INTERCEPTS: Final = struct.Struct("<HH")  # intercept_cr_read, intercept_cr_write
@@ -236,7 +241,8 @@ class Engine:
         return ctypes.c_uint32.from_address(cpu + offset)
 
     def _intercept_msrs(self, unicorn: Any) -> None:
-        """Make guest RDMSR / WRMSR / RDTSC, IRET, CR0 reads, MOV to CR4 and to/from CR8 reach the interrupt hook first.
+        """Make guest RDMSR / WRMSR / RDTSC, IRET, CR0 reads, MOV to CR4 and to/from CR8, SGDT / SIDT / SLDT / STR
+        (:mod:`hvcore_sim.umip`) reach the interrupt hook first.
 
         Unicorn cannot hook them, but QEMU's helpers check SVM intercepts first while hflags has
         HF_GUEST: with the RDTSC, IRET and MSR intercept bits set and a permission bitmap of all

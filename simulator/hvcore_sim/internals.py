@@ -28,8 +28,9 @@ accesses around it and sets ``uc_struct.size_recur_mem`` to the access size mean
 ``emu_count``). An MMIO read callback that sees it non-zero knows Unicorn's address and size are
 not the guest's, and decodes the instruction instead (:mod:`hvcore_sim.operand`).
 
-**Intercepts let through once.** Every guest IRET, SMSW and MOV to CR4 reaches the interrupt hook
-first; to let one run, the hook clears its bit (IRET in ``env->intercept``, CR0 in
+**Intercepts let through once.** Every guest IRET, SMSW, MOV to CR4, SGDT, SIDT, SLDT and STR reaches
+the interrupt hook first; to let one run, the hook clears its bit (IRET and the descriptor-table
+reads in ``env->intercept``, CR0 in
 ``env->intercept_cr_read``, CR4 in ``env->intercept_cr_write``) and the tracker sets it again once
 the run stopped after it (:mod:`hvcore_sim.resume`, :mod:`hvcore_sim.smsw`,
 :mod:`hvcore_sim.cpufeatures`). The bits are written through the same
@@ -240,7 +241,11 @@ class Cells:
 
     def intercept_iret(self, on: bool) -> None:
         """Set or clear the IRET bit of ``env->intercept``: whether the next guest IRET reaches the hook first."""
-        self._set_bit(self._intercept, self._engine.layout.intercept, "<Q", IRET_INTERCEPT, on)
+        self.intercept(IRET_INTERCEPT, on)
+
+    def intercept(self, bit: int, on: bool) -> None:
+        """Set or clear ``bit`` of ``env->intercept``."""
+        self._set_bit(self._intercept, self._engine.layout.intercept, "<Q", bit, on)
 
     def intercept_cr0_read(self, on: bool) -> None:
         """Set or clear the CR0 bit of ``env->intercept_cr_read``: whether the next CR0 read reaches the hook first."""

@@ -16,8 +16,8 @@
 Guests run in 64-bit mode with ``tests.test_exceptions``' IDT: a fault shows as the exits
 ``[OUT vector, HLT]``. At CPL0 the first 2 MiB are supervisor-only and mapped again, for user
 access, at ``USER_ALIAS``. A feature a backend does not list is skipped there, with the reason.
-KVM's refusals that depend on the vCPU's CPUID (CR4 bits, XCR0 components) are
-``tests/sim/test_cpu_rules.py``: this project's host (nested kvm_pvm) does not make them.
+KVM refuses CR4 bits and XCR0 components the vCPU's CPUID lacks; hosts that do not are the
+registered deviations ``cr4_cpuid_unchecked`` and ``xcr0_cpuid_unchecked``.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from hvcore import VCPU, VM, CpuidEntry, HltExit, Hypervisor, IoExit
+from hvcore import VCPU, VM, CpuidEntry, HltExit, Hypervisor, InvalidArgument, IoExit, x86
+from hvcore.host import UPSTREAM
+from hvcore.host.probes import features as features_probe
 from tests.boot import read_guest, run_exits, write_guest
 from tests.guests import layout
-from tests.quirks import is_simulator
+from tests.quirks import host_variant, is_simulator
 from tests.test_exceptions import delivered, long_mode_guest
 
 UD, GP, PF = 6, 13, 14
@@ -280,6 +282,37 @@ def test_mov_to_cr4_sets_a_listed_feature(
     assert vcpu.get_sregs().cr4 == cr4 | cr4_bit
 
 
+def cr4_cpuid_checked(hv: Hypervisor, name: str) -> bool:
+    """Whether ``hv`` refuses CR4 bit ``name`` when the vCPU's CPUID lacks its feature (upstream; not on
+    hosts with the ``cr4_cpuid_unchecked`` variant, for the bits its probe covers)."""
+    covered = name.upper() in {n for n, *_ in features_probe.CR4_FEATURES}
+    return not covered or host_variant(hv, "cr4_cpuid_unchecked") == UPSTREAM
+
+
+@pytest.mark.parametrize(("name", "cr4_bit", "leaf", "register", "bit"), CR4_FEATURES, ids=[f[0] for f in CR4_FEATURES])
+def test_mov_to_cr4_needs_the_feature_in_the_vcpu_cpuid(
+    hv: Hypervisor, vm: VM, name: str, cr4_bit: int, leaf: int, register: str, bit: int
+) -> None:
+    vcpu = guest(hv, vm, b"\x0f\x22\xe0", cpuid=without(hv.supported_cpuid(), leaf, register, bit))  # mov cr4, rax
+    cr4 = vcpu.get_sregs().cr4
+    checked = cr4_cpuid_checked(hv, name)
+    if checked:
+        with pytest.raises(InvalidArgument):  # KVM_SET_SREGS: EINVAL
+            vcpu.set_sregs(replace(vcpu.get_sregs(), cr4=cr4 | cr4_bit))
+    vcpu.set_regs(replace(vcpu.get_regs(), rax=cr4 | cr4_bit))
+    assert outcome(vcpu) == (GP if checked else None)
+    assert vcpu.get_sregs().cr4 == (cr4 if checked else cr4 | cr4_bit)
+
+
+def test_mov_to_cr4_keeps_pae_and_la57_in_long_mode(hv: Hypervisor, vm: VM) -> None:
+    vcpu = guest(hv, vm, b"\x0f\x22\xe0")  # mov cr4, rax
+    cr4 = vcpu.get_sregs().cr4
+    for value in (cr4 & ~x86.CR4_PAE, cr4 ^ CR4_LA57):
+        vcpu.set_regs(replace(vcpu.get_regs(), rip=layout.CODE, rsp=layout.STACK_TOP, rax=value))
+        assert outcome(vcpu) == GP, hex(value)
+        assert vcpu.get_sregs().cr4 == cr4
+
+
 # xsetbv (ECX = 0, EDX:EAX from the registers)
 XSETBV = b"\x0f\x01\xd1"
 
@@ -293,6 +326,40 @@ def test_xsetbv_enables_only_what_the_vcpu_cpuid_lists(hv: Hypervisor, vm: VM) -
         vcpu.set_regs(replace(vcpu.get_regs(), rip=layout.CODE, rax=XCR0_X87 | XCR0_SSE | component))
         expected = None if xcr0_listed(supported) & component and component != 1 << 3 else GP
         assert outcome(vcpu) == expected, hex(component)
+
+
+def test_xsetbv_follows_a_narrower_leaf_0xd(hv: Hypervisor, vm: VM) -> None:
+    narrow = [
+        dataclasses.replace(e, eax=XCR0_X87, edx=0) if e.function == 0xD and e.index == 0 else e
+        for e in hv.supported_cpuid()
+    ]
+    vcpu = guest(hv, vm, XSETBV, cr4=CR4_OSXSAVE, cpuid=narrow, rax=XCR0_X87 | XCR0_SSE, rcx=0, rdx=0)
+    if host_variant(hv, "xcr0_cpuid_unchecked") == "accepted":
+        assert outcome(vcpu) is None
+        assert vcpu.get_xcrs() == {0: XCR0_X87 | XCR0_SSE}
+        return
+    assert outcome(vcpu) == GP  # leaf 0xD lists x87 only: SSE state cannot be enabled
+    assert vcpu.get_xcrs() == {0: XCR0_X87}
+    vcpu.set_regs(replace(vcpu.get_regs(), rip=layout.CODE, rsp=layout.STACK_TOP, rax=XCR0_X87))
+    assert outcome(vcpu) is None
+
+
+def test_set_xcrs_follows_the_vcpu_cpuid(hv: Hypervisor, vm: VM) -> None:
+    supported = hv.supported_cpuid()
+    vcpu = guest(hv, vm, b"", cpuid=[e for e in supported if e.function != 0xD])  # no leaf 0xD: x87 only
+    vcpu.set_xcrs({0: XCR0_X87})
+    for value in (XCR0_SSE, XCR0_X87 | XCR0_AVX, XCR0_X87 | 1 << 40):
+        with pytest.raises(InvalidArgument):
+            vcpu.set_xcrs({0: value})
+    vcpu.set_xcrs({1: 0x3, 0: XCR0_X87})  # KVM_SET_XCRS applies XCR0 and ignores the rest
+    assert vcpu.get_xcrs() == {0: XCR0_X87}
+    if host_variant(hv, "xcr0_cpuid_unchecked") == "accepted":
+        vcpu.set_xcrs({0: XCR0_X87 | XCR0_SSE})
+        assert vcpu.get_xcrs() == {0: XCR0_X87 | XCR0_SSE}
+    else:
+        with pytest.raises(InvalidArgument):
+            vcpu.set_xcrs({0: XCR0_X87 | XCR0_SSE})
+        assert vcpu.get_xcrs() == {0: XCR0_X87}
 
 
 UMIP_INSTRUCTIONS = {

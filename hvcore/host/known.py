@@ -5,11 +5,16 @@ from __future__ import annotations
 from typing import Final
 
 from hvcore.host.deviation import Deviation
-from hvcore.host.probes import control, events, msrs
+from hvcore.host.probes import control, events, features, msrs
 
 __all__ = ["DEVIATIONS", "deviation"]
 
-DEVIATIONS: Final[tuple[Deviation, ...]] = (*control.DEVIATIONS, *events.DEVIATIONS, *msrs.DEVIATIONS)
+DEVIATIONS: Final[tuple[Deviation, ...]] = (
+    *control.DEVIATIONS,
+    *events.DEVIATIONS,
+    *msrs.DEVIATIONS,
+    *features.DEVIATIONS,
+)
 """Each known way a host's KVM differs from upstream KVM, with its probe. Names are unique."""
 
 if len({d.name for d in DEVIATIONS}) != len(DEVIATIONS):

@@ -10,8 +10,8 @@
   CR4.OSXSAVE, CPUID.1:EDX.APIC is IA32_APIC_BASE's enable bit, CPUID.7.0:ECX.OSPKE is CR4.PKE and
   CPUID.0xD.0:EBX the size of the XSAVE area for the current XCR0. KVM rewrites its entries when
   those change; computing them from the current state whenever CPUID is read gives the same values.
-- **XCR0** (:func:`xcr0_error`): ``__kvm_set_xcr``: XCR0 only, x87 always, AVX needs SSE, and no
-  component outside the vCPU's CPUID leaf 0xD (``guest_supported_xcr0``).
+- **XCR0** (:func:`xcr0_error`): ``__kvm_set_xcr``: x87 always, AVX needs SSE, and no component
+  outside the vCPU's CPUID leaf 0xD (``guest_supported_xcr0``).
 - **CR4** (:func:`cr4_error`): ``kvm_set_cr4``: a bit is reserved unless both the simulator and the
   vCPU's CPUID have its feature (``__cr4_reserved_bits``); in long mode PAE stays set and LA57 does
   not change; PCIDE is set only in long mode with CR3[11:0] = 0.
@@ -121,10 +121,8 @@ def guest_supported_xcr0(cpuid: Iterable[CpuidEntry]) -> int:
     return _xcr0_listed(cpuid) & EXECUTABLE_XCR0
 
 
-def xcr0_error(index: int, value: int, cpuid: Iterable[CpuidEntry]) -> str | None:
-    """Why KVM refuses ``value`` for XCR ``index`` on a vCPU with ``cpuid`` (``__kvm_set_xcr``); None if it takes it."""
-    if index != 0:
-        return f"XCR{index} does not exist; only XCR0"
+def xcr0_error(value: int, cpuid: Iterable[CpuidEntry]) -> str | None:
+    """Why KVM refuses ``value`` for XCR0 on a vCPU with ``cpuid`` (``__kvm_set_xcr``); None if it takes it."""
     if not value & 1:
         return f"XCR0 = {value:#x} clears x87 (bit 0), which must stay set"
     if value & _XCR0_AVX and not value & _XCR0_SSE:

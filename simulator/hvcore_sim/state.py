@@ -137,12 +137,12 @@ class VcpuState:
         self.set_fpu(engine, fpu)
 
     def set_xcrs(self, engine: Engine, xcrs: Mapping[int, int]) -> None:
-        """XCR0 only, with KVM's checks against the vCPU's CPUID (``__kvm_set_xcr``)."""
-        for index, value in xcrs.items():
-            error = cpufeatures.xcr0_error(index, value, self.cpuid)
+        """XCR0, with KVM's checks against the vCPU's CPUID (``__kvm_set_xcr``); as KVM, other XCRs are ignored."""
+        if 0 in xcrs:
+            error = cpufeatures.xcr0_error(xcrs[0], self.cpuid)
             if error is not None:
                 raise InvalidArgument(error, operation="set_xcrs")
-            engine.set_xcr0(value)
+            engine.set_xcr0(xcrs[0])
 
     def set_cpuid(self, engine: Engine, entries: list[CpuidEntry]) -> None:
         """Keep what CPUID returns; the guest's XSETBV may enable only the XSAVE components it lists."""

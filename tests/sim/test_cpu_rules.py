@@ -43,6 +43,10 @@ def test_the_simulator_lists_what_its_engine_executes(sim: Hypervisor) -> None:
         expected = feature.name not in {"avx", "fma", "f16c", "avx2", "avx512f"}
         assert listed(supported, feature.leaf, feature.subleaf, feature.register, feature.bit) is expected, feature
     assert xcr0_listed(supported) == XCR0_X87 | XCR0_SSE | XCR0_PKRU
+    assert listed(supported, 7, 0, "ebx", 7)  # SMEP
+    assert listed(supported, 7, 0, "ecx", 2)  # UMIP, emulated as KVM does
+    assert listed(supported, 7, 0, "ecx", 16)  # LA57
+    assert listed(supported, 0x80000001, 0, "edx", 26)  # 1 GiB pages
     assert cpumodel.can_limit_xcr0()  # XSETBV is held to the vCPU's CPUID (it needs /proc/self/mem)
 
 

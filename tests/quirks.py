@@ -138,6 +138,8 @@ HOST_HELPERS: dict[str, str] = {
     "syscall_from_cpl3": "host_variant",
     "first_access_logged": "host_variant",
     "hypercall_hangs": "host_variant",
+    "cr4_cpuid_unchecked": "host_variant",
+    "xcr0_cpuid_unchecked": "host_variant",
 }
 """The function of this module other tests call for each host deviation they assert directly."""
 
@@ -184,6 +186,15 @@ REGISTRY: tuple[Quirk, ...] = (
         "Unicorn's MMU models a 40-bit physical address width (its CPUID 0x80000008 says so too)",
         "MAXPHYADDR is the host's (48 here): a table entry may point above 2^40",
         "bits 40 and up of a table entry are reserved: using it raises #PF with the RSVD bit",
+    ),
+    Quirk(
+        "vex128_runs_as_sse",
+        is_simulator,
+        "QEMU 5.0 decodes a VEX prefix and then runs the SSE instruction of the same opcode (it has no AVX)",
+        "without AVX enabled (CPUID, CR4.OSXSAVE, XCR0.AVX) every VEX-encoded vector instruction raises #UD",
+        "a 128-bit VEX form of an SSE instruction (vxorps xmm0, xmm0, xmm0) runs as that SSE instruction, "
+        "VEX.vvvv ignored; 256-bit forms and opcodes SSE lacks raise #UD",
+        helper="vex128_runs_as_sse",
     ),
     Quirk(
         "guest_debug_partial",
@@ -238,6 +249,12 @@ def level_extra_deliveries(hv: Hypervisor) -> int:
 def guest_debug_refused(hv: Hypervisor) -> bool:
     """Whether BLOCKIRQ and DR7.GD raise ``Unsupported`` (the simulator: ``guest_debug_partial``)."""
     return quirk_applies("guest_debug_partial", hv)
+
+
+def vex128_runs_as_sse(hv: Hypervisor) -> bool:
+    """Whether a 128-bit VEX form of an SSE instruction runs without AVX enabled (not upstream: the simulator)."""
+    return quirk_applies("vex128_runs_as_sse", hv)
+
 
 
 # --- host deviations, probed (hvcore.host) ----------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from hvcore.host.deviation import Deviation
-from hvcore.host.probes import control, debug, events, hypercall, memory, msrs
+from hvcore.host.probes import control, debug, events, features, hypercall, memory, msrs
 
 __all__ = ["DEVIATIONS", "deviation"]
 
@@ -16,6 +16,7 @@ DEVIATIONS: Final[tuple[Deviation, ...]] = (
     *msrs.DEVIATIONS,
     *memory.DEVIATIONS,
     *hypercall.DEVIATIONS,
+    *features.DEVIATIONS,
 )
 """Each known way a host's KVM differs from upstream KVM, with its probe. Names are unique."""
 

@@ -1,9 +1,11 @@
-"""The simulator's supported CPUID: what Unicorn's CPU model answers, read once by executing CPUID.
+"""The simulator's supported CPUID: what the engine's CPU model answers, read once by executing CPUID.
 
 Plus what the simulator itself adds to that CPU, as KVM reports it whatever the host: the LAPIC's
 TSC-deadline timer, x2APIC mode, and KVM's paravirtual leaves (``Documentation/virt/kvm/x86/cpuid.rst``):
 0x40000000 with the "KVMKVMKVM" signature, and 0x40000001 with the features the simulator implements
-(kvmclock, :mod:`hvcore_sim.kvmclock`).
+(kvmclock, :mod:`hvcore_sim.kvmclock`). The model and what of it the engine executes are
+:mod:`hvcore_sim.cpumodel`; what KVM reports of such a CPU (dynamic bits clear, the XSAVE state
+it executes) is :func:`hvcore_sim.cpufeatures.as_kvm_reports`.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import ctypes
 import functools
 
 from hvcore.types import CpuidEntry
+from hvcore_sim.cpufeatures import as_kvm_reports
+from hvcore_sim.cpumodel import new_uc
 
 __all__ = ["PV_FEATURES", "pv_leaves", "supported"]
 
-_SUBLEAVES = {4: 4, 7: 1, 0xB: 2, 0xD: 2}  # leaves whose subleaf (ECX) matters, and how many to list
+_SUBLEAVES = {4: 4, 7: 1, 0xB: 2, 0xD: 10}  # leaves whose subleaf (ECX) matters, and how many to list
 _SIGNIFICANT_INDEX = 1
 _TSC_DEADLINE = 1 << 24  # CPUID.1:ECX, as KVM reports it
 _X2APIC = 1 << 21  # CPUID.1:ECX: KVM emulates x2APIC on every host
@@ -50,7 +54,7 @@ def supported() -> tuple[CpuidEntry, ...]:
     import unicorn
     from unicorn import x86_const as x
 
-    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    uc = new_uc()
     page = ctypes.create_string_buffer(0x1000)
     uc.mem_map_ptr(0, 0x1000, unicorn.UC_PROT_ALL, ctypes.addressof(page))
     ctypes.memmove(page, b"\x0f\xa2", 2)  # cpuid
@@ -76,4 +80,4 @@ def supported() -> tuple[CpuidEntry, ...]:
                 entries.append(CpuidEntry(leaf, subleaf, flags, eax, ebx, ecx, edx))
         if base == 0:
             entries.extend(pv_leaves())  # where KVM_GET_SUPPORTED_CPUID lists them
-    return tuple(entries)
+    return as_kvm_reports(entries)

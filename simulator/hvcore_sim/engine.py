@@ -16,9 +16,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from hvcore.types import DescriptorTable, Regs, Segment, Sregs
+from hvcore_sim import umip
+from hvcore_sim.cpumodel import limit_xcr0, new_uc
 from hvcore_sim.internals import cpu_offsets
 from hvcore_sim.layout import (
     CR0_READ_INTERCEPT,
+    CR4_WRITE_INTERCEPT,
     HF_GUEST,
     HF_INHIBIT_IRQ,
     IRET_INTERCEPT,
@@ -52,6 +55,8 @@ HF_CS64: Final = 1 << 15
 HF_SMM: Final = 1 << 19
 HF_SVME: Final = 1 << 20
 HF_OSFXSR: Final = 1 << 22
+HF_SMAP: Final = 1 << 23
+_CR4_SMAP: Final = 1 << 21
 _HF_KEPT: Final = HF_INHIBIT_IRQ | HF_SMM | HF_GUEST
 EFER_LMA: Final = 1 << 10
 EFER_SVME: Final = 1 << 12
@@ -61,7 +66,11 @@ SVM_AREA: Final = PHYSICAL_LIMIT
 _MSRPM: Final = 0x1000  # the bitmap's offset in the area; every bit set: every RDMSR / WRMSR is intercepted
 _MSRPM_SIZE: Final = 0x2000
 _INTERCEPTS: Final = (
-    1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE) | IRET_INTERCEPT | INTERCEPTS
+    1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE)
+    | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE)
+    | IRET_INTERCEPT
+    | INTERCEPTS
+    | umip.INTERCEPT_BITS
 )
 _WINDOWS: Final = REQUEST_INTERRUPT | REQUEST_NMI
 _CR_INTERCEPTS: Final = struct.Struct("<HH")  # intercept_cr_read, intercept_cr_write
@@ -126,6 +135,8 @@ def compute_hflags(sregs: Sregs, old: int) -> int:
             hflags |= HF_ADDSEG
     if sregs.cr4 & (1 << 9):
         hflags |= HF_OSFXSR
+    if sregs.cr4 & _CR4_SMAP:
+        hflags |= HF_SMAP
     if sregs.efer & EFER_SVME:
         hflags |= HF_SVME
     return hflags
@@ -152,7 +163,7 @@ class Engine:
         from unicorn import x86_const as x
 
         self._uc_mod = unicorn
-        self.uc: Any = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        self.uc: Any = new_uc()
         self.uc.ctl_exits_enabled(True)  # never pass `until`: it clobbers CR2 with paging on
         self.layout = layout
         self._ctx: Any = self.uc.context_save()
@@ -217,6 +228,8 @@ class Engine:
         self._msr_reg = x.UC_X86_REG_MSR
         self._intercept_msrs(unicorn)
         self._requests = self._request_cell(base)
+        self.set_xcr0(1)  # KVM's vCPU starts with x87 only and PKRU 0; Unicorn with every component
+        self.set_pkru(0)
 
     def _request_cell(self, base: int) -> ctypes.c_uint32 | None:
         """QEMU's ``interrupt_request`` of this engine's CPU in place (:mod:`hvcore_sim.windows`), if it was found."""
@@ -229,7 +242,8 @@ class Engine:
         return ctypes.c_uint32.from_address(cpu + offset)
 
     def _intercept_msrs(self, unicorn: Any) -> None:
-        """Make guest RDMSR / WRMSR / RDTSC, IRET, reads of CR0 and MOV to/from CR8 reach the interrupt hook first.
+        """Make guest RDMSR / WRMSR / RDTSC, IRET, CR0 reads, MOV to CR4 and to/from CR8, SGDT / SIDT / SLDT / STR
+        (:mod:`hvcore_sim.umip`) reach the interrupt hook first.
 
         Unicorn cannot hook them, but QEMU's helpers check SVM intercepts first while hflags has
         HF_GUEST: with the RDTSC, IRET and MSR intercept bits set and a permission bitmap of all
@@ -246,7 +260,8 @@ class Engine:
         blob = self._blob()
         _U64.pack_into(blob, self.layout.vm_vmcb, SVM_AREA)
         _U64.pack_into(blob, self.layout.intercept, _INTERCEPTS)
-        _CR_INTERCEPTS.pack_into(blob, self.layout.intercept_cr, CR0_READ_INTERCEPT | _CR8, _CR8)  # reads, writes
+        reads, writes = CR0_READ_INTERCEPT | _CR8, CR4_WRITE_INTERCEPT | _CR8
+        _CR_INTERCEPTS.pack_into(blob, self.layout.intercept_cr, reads, writes)
         _U32.pack_into(blob, self.layout.hflags, _U32.unpack_from(blob, self.layout.hflags)[0] | HF_GUEST)
         self._store(blob)
 
@@ -413,6 +428,33 @@ class Engine:
         if not _in_msr_bitmap(index):  # QEMU would take the intercept and longjmp out of the API call
             raise ValueError(f"MSR {index:#x} is outside the SVM permission bitmap; Unicorn cannot be asked for it")
         ctypes.memset(self._msrpm, 0, _MSRPM_SIZE)
+
+    # -- XSAVE state the blob holds ----------------------------------------------
+
+    def xcr0(self) -> int:
+        """XCR0 as the guest's XSETBV left it."""
+        return int(_U64.unpack_from(self._blob(), self.layout.xcr0)[0])
+
+    def set_xcr0(self, value: int) -> None:
+        """Set XCR0 (the caller checked it)."""
+        blob = self._blob()
+        _U64.pack_into(blob, self.layout.xcr0, value)
+        self._store(blob)
+
+    def pkru(self) -> int:
+        """The protection-key rights register."""
+        return int(_U32.unpack_from(self._blob(), self.layout.pkru)[0])
+
+    def set_pkru(self, value: int) -> None:
+        """Set PKRU; TLB entries are dropped, as QEMU's WRPKRU does (they carry the old rights)."""
+        blob = self._blob()
+        _U32.pack_into(blob, self.layout.pkru, value)
+        self._store(blob)
+        self.uc.ctl(self._uc_mod.UC_CTL_TLB_FLUSH, self._uc_mod.UC_CTL_IO_WRITE)
+
+    def limit_xcr0(self, allowed: int) -> bool:
+        """Let the guest's XSETBV enable only ``allowed`` (:func:`hvcore_sim.cpumodel.limit_xcr0`)."""
+        return limit_xcr0(self.uc, allowed)
 
     # -- interrupt shadow, pending exception bookkeeping ------------------------
 

@@ -45,7 +45,7 @@ from hvcore.errors import HvError, HypervisorFault, StateError
 from hvcore.exits import DebugExit, Exit, IoDirection, IoExit, MmioExit
 from hvcore.memory import PAGE_SIZE
 from hvcore.types import SlotFlags
-from hvcore_sim import decode, mmu, operand, resume, smsw
+from hvcore_sim import decode, mmu, operand, resume, smsw, umip
 from hvcore_sim.events import HAS_ERROR_CODE
 from hvcore_sim.faults import NonCanonical, PageFault
 from hvcore_sim.guestdebug import Breakpoints
@@ -57,7 +57,9 @@ from hvcore_sim.layout import (
     SVM_EXIT_NMI,
     SVM_EXIT_READ_CR0,
     SVM_EXIT_READ_CR8,
+    SVM_EXIT_WRITE_CR4,
     SVM_EXIT_WRITE_CR8,
+    SVM_INTERCEPT_BASE,
 )
 from hvcore_sim.memory import host_page_populated
 
@@ -386,6 +388,18 @@ class Tracker:
         if exit_code == SVM_EXIT_READ_CR0:
             self._cr0_read(engine)
             return
+        if exit_code in umip.EXIT_CODES:  # SGDT / SIDT / SLDT / STR: #GP under UMIP at CPL > 0, else Unicorn's
+            if umip.faults(engine):
+                self._halt(Stop(StopKind.EXCEPTION, vector=13, error_code=0))
+            else:
+                self._let_run_once(engine, exit_code)
+            return
+        if exit_code == SVM_EXIT_WRITE_CR4:  # KVM's checks first; a value it takes, Unicorn's MOV writes
+            if self.vcpu.cr4_write_allowed(engine):
+                self._let_run_once(engine, exit_code)
+            else:
+                self._halt(Stop(StopKind.EXCEPTION, vector=13, error_code=0))
+            return
         if exit_code in (SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8):
             stop = self.vcpu.cr8_intercepted(engine, write=exit_code == SVM_EXIT_WRITE_CR8)
         else:
@@ -411,6 +425,10 @@ class Tracker:
         assert self._cells is not None
         if exit_code == SVM_EXIT_IRET:
             self._cells.intercept_iret(on)
+        elif exit_code == SVM_EXIT_WRITE_CR4:
+            self._cells.intercept_cr4_write(on)
+        elif exit_code in umip.EXIT_CODES:
+            self._cells.intercept(1 << (exit_code - SVM_INTERCEPT_BASE), on)
         else:
             self._cells.intercept_cr0_read(on)
 

@@ -28,10 +28,12 @@ accesses around it and sets ``uc_struct.size_recur_mem`` to the access size mean
 ``emu_count``). An MMIO read callback that sees it non-zero knows Unicorn's address and size are
 not the guest's, and decodes the instruction instead (:mod:`hvcore_sim.operand`).
 
-**Intercepts let through once.** Every guest IRET, and every SMSW, reaches the interrupt hook
-first; to let one run, the hook clears its bit (IRET in ``env->intercept``, CR0 in
-``env->intercept_cr_read``) and the tracker sets it again once the run stopped after it
-(:mod:`hvcore_sim.resume`, :mod:`hvcore_sim.smsw`). The bits are written through the same
+**Intercepts let through once.** Every guest IRET, SMSW, MOV to CR4, SGDT, SIDT, SLDT and STR reaches
+the interrupt hook first; to let one run, the hook clears its bit (IRET and the descriptor-table
+reads in ``env->intercept``, CR0 in
+``env->intercept_cr_read``, CR4 in ``env->intercept_cr_write``) and the tracker sets it again once
+the run stopped after it (:mod:`hvcore_sim.resume`, :mod:`hvcore_sim.smsw`,
+:mod:`hvcore_sim.cpufeatures`). The bits are written through the same
 ``env`` pointer, or through the blob where that pointer could not be found.
 """
 
@@ -43,7 +45,7 @@ import os
 import struct
 from typing import TYPE_CHECKING, Any, Final
 
-from hvcore_sim.layout import CR0_READ_INTERCEPT, HF_INHIBIT_IRQ, IRET_INTERCEPT
+from hvcore_sim.layout import CR0_READ_INTERCEPT, CR4_WRITE_INTERCEPT, HF_INHIBIT_IRQ, IRET_INTERCEPT
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
@@ -64,9 +66,9 @@ _SCAN_OBJECT = 1 << 18  # bytes of each candidate object searched for the regist
 
 
 def _engine() -> Any:
-    import unicorn
+    from hvcore_sim.cpumodel import new_uc
 
-    return unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    return new_uc()
 
 
 def handle(uc: Any) -> int:
@@ -192,6 +194,7 @@ class Cells:
         self._hflags: ctypes.c_uint32 | None = None
         self._intercept: ctypes.c_uint64 | None = None
         self._intercept_cr_read: ctypes.c_uint16 | None = None
+        self._intercept_cr_write: ctypes.c_uint16 | None = None
         base = handle(engine.uc)
         offsets = cpu_offsets() if self._blob_ok else None
         rax, rip = engine.reg(engine.RAX), engine.reg(engine.RIP)  # (Unicorn creates its CPU on first use)
@@ -205,6 +208,7 @@ class Cells:
                 self._hflags = ctypes.c_uint32.from_address(env + layout.hflags - layout.env)
                 self._intercept = ctypes.c_uint64.from_address(env + layout.intercept - layout.env)
                 self._intercept_cr_read = ctypes.c_uint16.from_address(env + layout.intercept_cr - layout.env)
+                self._intercept_cr_write = ctypes.c_uint16.from_address(env + layout.intercept_cr + 2 - layout.env)
         split = _split_size_offset(layout.count)
         self.split_size: ctypes.c_int | None = None if split is None else ctypes.c_int.from_address(base + split)
         """Unicorn's ``size_recur_mem``: non-zero while it performs an access as two aligned ones."""
@@ -237,11 +241,20 @@ class Cells:
 
     def intercept_iret(self, on: bool) -> None:
         """Set or clear the IRET bit of ``env->intercept``: whether the next guest IRET reaches the hook first."""
-        self._set_bit(self._intercept, self._engine.layout.intercept, "<Q", IRET_INTERCEPT, on)
+        self.intercept(IRET_INTERCEPT, on)
+
+    def intercept(self, bit: int, on: bool) -> None:
+        """Set or clear ``bit`` of ``env->intercept``."""
+        self._set_bit(self._intercept, self._engine.layout.intercept, "<Q", bit, on)
 
     def intercept_cr0_read(self, on: bool) -> None:
         """Set or clear the CR0 bit of ``env->intercept_cr_read``: whether the next CR0 read reaches the hook first."""
         self._set_bit(self._intercept_cr_read, self._engine.layout.intercept_cr, "<H", CR0_READ_INTERCEPT, on)
+
+    def intercept_cr4_write(self, on: bool) -> None:
+        """Set or clear the CR4 bit of ``env->intercept_cr_write``: whether the next MOV to CR4 reaches the hook."""
+        at = self._engine.layout.intercept_cr + 2
+        self._set_bit(self._intercept_cr_write, at, "<H", CR4_WRITE_INTERCEPT, on)
 
     def _set_bit(self, cell: ctypes.c_uint64 | ctypes.c_uint16 | None, at: int, fmt: str, bit: int, on: bool) -> None:
         if cell is not None:

@@ -3,7 +3,7 @@
 Unicorn's ``context_save()`` blob is QEMU 5.0's ``CPUX86State`` behind a small
 header, and ``uc_struct`` holds the instruction counter of ``count`` runs. The
 public API does not reach the hidden segment caches, ``hflags``, EFER with LMA,
-the pending error code, the SVM intercept state or the instruction counter, so the
+the pending error code, the SVM intercept state, XCR0, PKRU or the instruction counter, so the
 simulator reads and writes them in place. Rather than trusting hard-coded offsets, :func:`calibrate`
 writes known values through the public API (or makes the CPU produce them) and
 finds them; if anything is not where QEMU 5.0's layout puts it relative to the
@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "CR0_READ_INTERCEPT",
+    "CR4_WRITE_INTERCEPT",
     "EXCP_VMEXIT",
     "HF_GUEST",
     "HF_INHIBIT_IRQ",
@@ -31,6 +32,7 @@ __all__ = [
     "SVM_EXIT_RDTSC",
     "SVM_EXIT_READ_CR0",
     "SVM_EXIT_READ_CR8",
+    "SVM_EXIT_WRITE_CR4",
     "SVM_EXIT_WRITE_CR8",
     "SVM_INTERCEPT_BASE",
     "VMCB_MSRPM",
@@ -47,7 +49,7 @@ _MARKERS = {"rax": 0x1122334455667788, "rip": 0x0000123456789ABC, "cr3": 0x76543
 # QEMU 5.0 svm.h: offsets in the VMCB, exit codes, and cpu.h's HF_GUEST_MASK and EXCP_VMEXIT
 _VMCB_INTERCEPT, VMCB_MSRPM, _VMCB_SAVE = 0x0C, 0x48, 0x400
 SVM_EXIT_RDTSC, SVM_EXIT_IRET, SVM_EXIT_MSR = 0x6E, 0x74, 0x7C
-SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR8 = 0x00, 0x08, 0x18
+SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8, SVM_EXIT_WRITE_CR4, SVM_EXIT_WRITE_CR8 = 0x00, 0x08, 0x14, 0x18
 SVM_EXIT_INTR, SVM_EXIT_NMI = 0x60, 0x61
 _VMCB_INTERCEPT_CR = 0x00  # u16 intercept_cr_read, then u16 intercept_cr_write
 _CR_READ_MARK, _CR_WRITE_MARK = 0x5A00, 0xA400  # bits of CR9..CR15 only: nothing the run touches
@@ -56,6 +58,8 @@ IRET_INTERCEPT = 1 << (SVM_EXIT_IRET - SVM_INTERCEPT_BASE)
 """The IRET bit of ``env->intercept`` (:mod:`hvcore_sim.resume` lets one IRET through at a time)."""
 CR0_READ_INTERCEPT = 1 << 0
 """The CR0 bit of ``intercept_cr_read`` (reads of CR0: :mod:`hvcore_sim.smsw`)."""
+CR4_WRITE_INTERCEPT = 1 << 4
+"""The CR4 bit of ``intercept_cr_write`` (MOV to CR4 with KVM's checks: :mod:`hvcore_sim.cpufeatures`)."""
 """Intercept bit ``n`` of ``env->intercept`` stands for exit code ``SVM_INTERCEPT_BASE + n``."""
 EXCP_VMEXIT = 0x100
 """Unicorn's interrupt hook sees an intercept as ``EXCP_VMEXIT + exit code``."""
@@ -93,6 +97,8 @@ class ContextLayout:
     """``intercept_cr_read`` (u16); ``intercept_cr_write`` follows it."""
     counter: int
     count: int
+    xcr0: int
+    pkru: int
 
     def segment(self, index: int) -> int:
         """Offset of ``segs[index]`` (QEMU order: ES, CS, SS, DS, FS, GS)."""
@@ -112,9 +118,9 @@ def _one(blob: bytes, value: int, fmt: str, what: str) -> int:
 
 
 def _engine() -> Any:
-    import unicorn
+    from hvcore_sim.cpumodel import new_uc
 
-    return unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    return new_uc()
 
 
 def _context_fields() -> tuple[int, int, int, int]:
@@ -149,6 +155,7 @@ def calibrate() -> ContextLayout:
     error_code, old_exception = _exception_fields(env)
     vm_vmcb, intercept, intercept_cr = _intercept_fields(env, efer, error_code)
     counter, count = _counter_fields()
+    xcr0, pkru = _xsave_fields(env)
     return ContextLayout(
         size=size,
         env=env,
@@ -170,6 +177,8 @@ def calibrate() -> ContextLayout:
         intercept_cr=intercept_cr,
         counter=counter,
         count=count,
+        xcr0=xcr0,
+        pkru=pkru,
     )
 
 
@@ -217,6 +226,9 @@ def _exception_fields(env: int) -> tuple[int, int]:
         raise LayoutError(f"int 0x30 left is_int={is_int}, next_eip={next_eip:#x} beside the error code")
     return codes[0], sticky[0]
 
+
+_CR4_OSXSAVE, _CR4_PKE = 1 << 18, 1 << 22
+_PKRU_MARK = 0x5AC3A53C  # access/write-disable bits of a pattern no other field holds
 
 _CALIBRATION_VMCB = 0x7E5D3000  # a guest-physical address no other field of the calibration run holds
 _CALIBRATION_MARK = 0x3C5AA50000000000  # intercept bits of exit codes no instruction of the run can raise
@@ -324,3 +336,30 @@ def _counter_fields() -> tuple[int, int]:
     if len(pairs) != 1:
         raise LayoutError(f"instruction counter not found in uc_struct (candidates {sorted(counters)})")
     return pairs[0]
+
+
+def _xsave_fields(env: int) -> tuple[int, int]:
+    """Find ``xcr0`` and ``pkru`` from a guest XSETBV and WRPKRU (QEMU 5.0 keeps ``pkru`` after ``xcr0``)."""
+    import unicorn
+    from unicorn import x86_const as x
+
+    uc = _engine()
+    page = ctypes.create_string_buffer(0x1000)
+    uc.mem_map_ptr(0, 0x1000, unicorn.UC_PROT_ALL, ctypes.addressof(page))
+    code = b"\x0f\x01\xd1\x0f\x01\xef"  # xsetbv; wrpkru (ECX = EDX = 0)
+    ctypes.memmove(page, code, len(code))
+    uc.ctl_exits_enabled(True)
+    uc.reg_write(x.UC_X86_REG_CR4, uc.reg_read(x.UC_X86_REG_CR4) | _CR4_OSXSAVE | _CR4_PKE)
+    before = bytes(uc.context_save())
+    uc.reg_write(x.UC_X86_REG_RAX, 0x3)
+    uc.emu_start(0, 0, 0, 1)
+    uc.reg_write(x.UC_X86_REG_RAX, _PKRU_MARK)
+    uc.emu_start(3, 0, 0, 1)
+    after = bytes(uc.context_save())
+    if uc.reg_read(x.UC_X86_REG_RIP) != len(code):
+        raise LayoutError("XSETBV / WRPKRU did not run on the calibration engine")
+    xcr0 = [o for o in _offsets(after, 0x3, "<Q") if o > env and struct.unpack_from("<Q", before, o)[0] != 0x3]
+    pkru = [o for o in _offsets(after, _PKRU_MARK, "<I") if o > env]
+    if len(xcr0) != 1 or len(pkru) != 1 or not xcr0[0] < pkru[0] < xcr0[0] + 0x400:
+        raise LayoutError(f"xcr0 / pkru not found (candidates {xcr0}, {pkru})")
+    return xcr0[0], pkru[0]

@@ -24,9 +24,10 @@ rules with KVM's ``host_initiated`` relaxations.
 
 Where KVM's answer depends on the host, this follows the AMD host the project measures on:
 IA32_SYSENTER_CS keeps 64 bits (VMX keeps 32, Unicorn 16), and EFER accepts SCE, LME, LMA and NX only.
-Addresses are checked for 48 bits (Unicorn's CPU has no LA57). IA32_SYSENTER_ESP/EIP follow SVM's
-rule on the vCPU's CPUID vendor (:func:`hvcore.cpuid_rules.sysenter_esp_eip`): made canonical, and
-an AMD-compatible vCPU keeps and reads only the low 32 bits.
+Addresses are checked for 57 bits (the engine's CPU has LA57: :mod:`hvcore_sim.cpumodel`).
+IA32_SYSENTER_ESP/EIP follow SVM's rule on the vCPU's CPUID vendor
+(:func:`hvcore.cpuid_rules.sysenter_esp_eip`): made canonical, and an AMD-compatible vCPU keeps and
+reads only the low 32 bits.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ _APIC_X2APIC, _APIC_ENABLE = 1 << 10, 1 << 11
 _X2APIC_MSRS: Final = range(0x800, 0x900)
 _LAPIC_MSRS: Final = frozenset({IA32_APIC_BASE, IA32_TSC_DEADLINE, *_X2APIC_MSRS})
 _CR0_PG: Final = 1 << 31
-_ADDRESS_BITS: Final = 48  # KVM's max_host_virt_addr_bits(): Unicorn's CPU (its supported CPUID) has no LA57
+_ADDRESS_BITS: Final = 57  # KVM's max_host_virt_addr_bits(): the engine's CPU (its supported CPUID) has LA57
 
 
 def _emulated_valid(index: int, value: int, host: bool) -> bool:

@@ -1,18 +1,22 @@
 """vCPU state that is not general-purpose or segment registers: FPU/XSAVE, CPUID, XCR0, debug registers.
 
-MSRs are :mod:`hvcore_sim.msrs`.
+MSRs are :mod:`hvcore_sim.msrs`. XCR0 and PKRU live in the engine (the guest's XSETBV and WRPKRU
+change them there); the rules for them and for the CPUID bits that follow them are
+:mod:`hvcore_sim.cpufeatures`.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from hvcore.checks import check_cpuid
 from hvcore.errors import InvalidArgument
 from hvcore.types import CpuidEntry, DebugRegs, Fpu, Sregs, Xsave
+from hvcore_sim import cpufeatures
+from hvcore_sim.cpumodel import XCR0_PKRU
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
@@ -21,7 +25,7 @@ __all__ = ["VcpuState", "check_sregs"]
 
 _FXSAVE: Final = struct.Struct("<HHBxHQQII")  # fcw, fsw, ftw (abridged), fop, fip, fdp, mxcsr, mxcsr_mask
 _XSTATE_BV: Final = 512
-_XCR0_X87: Final = 1
+_PKRU_OFFSET: Final = 0xA80  # the PKRU component in the standard-format area (CPUID.0xD.9:EBX)
 
 
 def check_sregs(sregs: Sregs) -> None:
@@ -63,7 +67,6 @@ class VcpuState:
     """FPU/SSE access through Unicorn's registers, and the state the simulator keeps itself."""
 
     cpuid: list[CpuidEntry] = field(default_factory=list)
-    xcr0: int = _XCR0_X87
     debugregs: DebugRegs = field(default_factory=DebugRegs)
     apic_base: int = 0xFEE00900
 
@@ -97,7 +100,7 @@ class VcpuState:
         write(_MXCSR, fpu.mxcsr)
 
     def get_xsave(self, engine: Engine) -> Xsave:
-        """The legacy FXSAVE region and the XSAVE header (x87 and SSE components)."""
+        """The legacy FXSAVE region, the XSAVE header, and PKRU where the vCPU's CPUID lists it (as KVM)."""
         fpu = self.get_fpu(engine)
         region = bytearray(4096)
         _FXSAVE.pack_into(region, 0, fpu.fcw, fpu.fsw, fpu.ftwx, fpu.last_opcode, 0, 0, fpu.mxcsr, 0xFFFF)
@@ -105,14 +108,25 @@ class VcpuState:
             region[32 + 16 * i : 48 + 16 * i] = raw
         for i, raw in enumerate(fpu.xmm):
             region[160 + 16 * i : 176 + 16 * i] = raw
-        struct.pack_into("<Q", region, _XSTATE_BV, 0x3)
+        xstate_bv = 0x3
+        if cpufeatures.guest_supported_xcr0(self.cpuid) & XCR0_PKRU:
+            xstate_bv |= XCR0_PKRU
+            struct.pack_into("<I", region, _PKRU_OFFSET, engine.pkru())
+        struct.pack_into("<Q", region, _XSTATE_BV, xstate_bv)
         return Xsave(bytes(region))
 
     def set_xsave(self, engine: Engine, xsave: Xsave) -> None:
-        """Load the x87 and SSE components an XSAVE area carries (per XSTATE_BV)."""
+        """Load the components an XSAVE area carries (per XSTATE_BV); PKRU is 0 where it carries none, as KVM."""
         region = xsave.region
         fcw, fsw, ftw, fop, _, _, mxcsr, _ = _FXSAVE.unpack_from(region, 0)
         xstate_bv = struct.unpack_from("<Q", region, _XSTATE_BV)[0]
+        extra = xstate_bv & ~(cpufeatures.guest_supported_xcr0(self.cpuid) | 0x3)
+        if extra:
+            raise InvalidArgument(
+                f"XSTATE_BV {xstate_bv:#x} holds components {extra:#x} the vCPU's CPUID does not list",
+                operation="set_xsave",
+            )
+        engine.set_pkru(struct.unpack_from("<I", region, _PKRU_OFFSET)[0] if xstate_bv & XCR0_PKRU else 0)
         fpu = self.get_fpu(engine)
         if xstate_bv & 1:
             fpr = tuple(region[32 + 16 * i : 48 + 16 * i] for i in range(8))
@@ -122,18 +136,30 @@ class VcpuState:
             fpu = Fpu(fpu.fpr, fpu.fcw, fpu.fsw, fpu.ftwx, fpu.last_opcode, 0, 0, xmm, mxcsr)
         self.set_fpu(engine, fpu)
 
-    def set_xcrs(self, xcrs: Mapping[int, int]) -> None:
-        """XCR0 only; x87 (bit 0) must stay enabled, and SSE must be on for AVX."""
-        for index, value in xcrs.items():
-            if index != 0:
-                raise InvalidArgument(f"XCR{index} does not exist; only XCR0", operation="set_xcrs")
-            if not value & _XCR0_X87 or (value & 4 and not value & 2) or value >> 3:
-                raise InvalidArgument(f"XCR0 = {value:#x} is not a valid x87/SSE/AVX combination", operation="set_xcrs")
-            self.xcr0 = value
+    def set_xcrs(self, engine: Engine, xcrs: Mapping[int, int]) -> None:
+        """XCR0, with KVM's checks against the vCPU's CPUID (``__kvm_set_xcr``); as KVM, other XCRs are ignored."""
+        if 0 in xcrs:
+            error = cpufeatures.xcr0_error(xcrs[0], self.cpuid)
+            if error is not None:
+                raise InvalidArgument(error, operation="set_xcrs")
+            engine.set_xcr0(xcrs[0])
 
-    def set_cpuid(self, entries: list[CpuidEntry]) -> None:
-        """Keep what CPUID returns."""
+    def set_cpuid(self, engine: Engine, entries: list[CpuidEntry]) -> None:
+        """Keep what CPUID returns; the guest's XSETBV may enable only the XSAVE components it lists."""
         self.cpuid = check_cpuid(entries)
+        self.limit_xcr0(engine)
+
+    def limit_xcr0(self, engine: Engine) -> None:
+        """Hold ``engine``'s XSETBV to the components the vCPU's CPUID lists (also for each new engine)."""
+        engine.limit_xcr0(cpufeatures.guest_supported_xcr0(self.cpuid))
+
+    def current_cpuid(self, engine: Engine) -> tuple[CpuidEntry, ...]:
+        """The entries as the guest sees them now: OSXSAVE, OSPKE, APIC and the XSAVE size follow the state."""
+        return self._runtime(self.cpuid, engine)
+
+    def _runtime(self, entries: Sequence[CpuidEntry], engine: Engine) -> tuple[CpuidEntry, ...]:
+        cr4 = engine.view().paging.cr4
+        return cpufeatures.runtime(entries, cr4=cr4, xcr0=engine.xcr0(), apic_base=self.apic_base)
 
     def serve_cpuid(self, engine: Engine) -> None:
         """Answer a guest CPUID from the entries the VMM set (zeros for a leaf it did not set, as KVM)."""
@@ -145,6 +171,8 @@ class VcpuState:
             (e for e in self.cpuid if e.function == leaf and (not e.flags & 1 or e.index == subleaf)),
             None,
         )
+        if found is not None and found.function in cpufeatures.RUNTIME_LEAVES:
+            found = self._runtime((found,), engine)[0]
         values = (found.eax, found.ebx, found.ecx, found.edx) if found else (0, 0, 0, 0)
         for reg, value in zip(
             (x.UC_X86_REG_RAX, x.UC_X86_REG_RBX, x.UC_X86_REG_RCX, x.UC_X86_REG_RDX), values, strict=True

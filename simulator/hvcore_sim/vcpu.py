@@ -50,9 +50,9 @@ from hvcore.types import (
     VcpuEvents,
     Xsave,
 )
-from hvcore_sim import guestdebug, hypercall, state, syscall
+from hvcore_sim import cpufeatures, guestdebug, hypercall, state, syscall
 from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
-from hvcore_sim.engine import Engine
+from hvcore_sim.engine import EFER_LMA, Engine
 from hvcore_sim.exits import Stop, StopKind, Tracker
 from hvcore_sim.msrs import GP_FAULT, IA32_APIC_BASE, DefaultMsrHandler, LapicMsrHandler, MsrEmulator
 from hvcore_sim.windows import REQUEST_INTERRUPT, REQUEST_NMI
@@ -147,6 +147,7 @@ class SimVCPU(Closeable):
         engine = Engine(self._vm.context_layout)
         if old is not None:
             engine.adopt(old)
+        self._state.limit_xcr0(engine)
         self.tracker.install(engine)
         self._vm.map_into(engine, self.tracker)
         self.tracker.mapped_writable({slot: set(pages) for slot, pages in self._vm.dirty.pages.items()})
@@ -380,6 +381,28 @@ class SimVCPU(Closeable):
             engine.set_reg(register, self._task_priority())
         engine.set_reg(engine.RIP, rip + at + 3)
         return None
+
+    def cr4_write_allowed(self, engine: Engine) -> bool:
+        """Whether KVM takes the guest's ``mov cr4, reg`` at RIP (an SVM intercept): else it raises #GP(0)."""
+        rip = engine.reg(engine.RIP)
+        code = fetch_instruction(engine, rip)
+        at, rex = 0, 0
+        while at < len(code) and code[at] in LEGACY_PREFIXES:
+            at += 1
+        if at < len(code) and 0x40 <= code[at] <= 0x4F:
+            rex, at = code[at], at + 1
+        if code[at : at + 2] != b"\x0f\x22" or at + 2 >= len(code):
+            raise HypervisorFault(f"CR4 write intercept at {rip:#x}: not MOV to CR4: {code.hex()}", operation="run")
+        value = engine.reg(engine.GPRS_BY_NUMBER[(code[at + 2] & 7) | (rex & 1) << 3])
+        view = engine.view()
+        if view.code_bits != 64:
+            value &= 0xFFFFFFFF
+        paging = view.paging
+        long_mode = bool(paging.efer & EFER_LMA)
+        error = cpufeatures.cr4_error(
+            value, old=paging.cr4, long_mode=long_mode, cr3=paging.cr3, cpuid=self._state.cpuid
+        )
+        return error is None
 
     def syscall(self, engine: Engine) -> Stop | None:
         """A guest SYSCALL (Unicorn's hook, RIP at it) performed in place (:mod:`hvcore_sim.syscall`); or its #UD."""
@@ -671,6 +694,12 @@ class SimVCPU(Closeable):
     def set_sregs(self, sregs: Sregs) -> None:
         """Load segments, descriptor tables, control registers, EFER; a new APIC base as the host's WRMSR."""
         state.check_sregs(sregs)
+        reserved = sregs.cr4 & cpufeatures.cr4_reserved(self._state.cpuid)
+        if reserved:  # kvm_is_valid_sregs: KVM_SET_SREGS fails with EINVAL
+            raise InvalidArgument(
+                f"cr4 = {sregs.cr4:#x} sets bits {reserved:#x} that are reserved for this vCPU's CPUID",
+                operation="set_sregs",
+            )
         apic_base = sregs.apic_base
         with self._vm.exec_lock:
             engine = self._live()
@@ -708,13 +737,13 @@ class SimVCPU(Closeable):
 
     def get_xcrs(self) -> dict[int, int]:
         """XCR0."""
-        self._live()
-        return {0: self._state.xcr0}
+        with self._vm.exec_lock:
+            return {0: self._live().xcr0()}
 
     def set_xcrs(self, xcrs: Mapping[int, int]) -> None:
-        """Set XCR0 (bit 0, x87, must stay set)."""
-        self._live()
-        self._state.set_xcrs(xcrs)
+        """Set XCR0, with KVM's checks against the vCPU's CPUID."""
+        with self._vm.exec_lock:
+            self._state.set_xcrs(self._live(), xcrs)
 
     def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
         """Read MSRs (``hvcore_sim.msrs.MSRS``), as KVM_GET_MSRS."""
@@ -728,13 +757,13 @@ class SimVCPU(Closeable):
 
     def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
         """What CPUID returns to the guest."""
-        self._live()
-        self._state.set_cpuid(list(entries))
+        with self._vm.exec_lock:
+            self._state.set_cpuid(self._live(), list(entries))
 
     def get_cpuid(self) -> tuple[CpuidEntry, ...]:
-        """What CPUID returns to the guest."""
-        self._live()
-        return tuple(self._state.cpuid)
+        """What CPUID returns to the guest (the bits KVM keeps in step with CR4, XCR0 and the APIC base, current)."""
+        with self._vm.exec_lock:
+            return self._state.current_cpuid(self._live())
 
     def _chip_lapic(self, operation: str) -> tuple[Irqchip, LocalApic]:
         self._live()

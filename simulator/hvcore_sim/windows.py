@@ -28,6 +28,7 @@ import functools
 import struct
 from typing import Any, Final
 
+from hvcore_sim.cpumodel import new_uc
 from hvcore_sim.internals import cpu_offsets, handle
 from hvcore_sim.layout import EXCP_VMEXIT, HF_GUEST, SVM_EXIT_INTR, SVM_EXIT_NMI, SVM_INTERCEPT_BASE, calibrate
 
@@ -60,7 +61,7 @@ def _engine(intercept: int, hflags: int) -> tuple[Any, ctypes.Array[ctypes.c_cha
     from unicorn import x86_const as x
 
     layout = calibrate()
-    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    uc = new_uc()
     uc.ctl_exits_enabled(True)
     page = ctypes.create_string_buffer(0x2000)
     uc.mem_map_ptr(0, 0x2000, unicorn.UC_PROT_ALL, ctypes.addressof(page))

@@ -23,6 +23,7 @@ from hvcore.host.probes import msrs
 from hvcore_sim.engine import Engine
 from hvcore_sim.msrs import MsrEmulator
 from tests.conftest import open_or_skip
+from tests.quirks import is_simulator
 
 NAMES = [d.name for d in msrs.DEVIATIONS]
 VARIANTS = {
@@ -164,15 +165,18 @@ def teach(monkeypatch: pytest.MonkeyPatch, rule: Rule) -> None:
     monkeypatch.setattr(MsrEmulator, "read", taught_read)
 
 
-def announce(monkeypatch: pytest.MonkeyPatch, sim: Hypervisor, vendor: str | None = None, la57: bool = False) -> None:
-    """Make the simulator's supported CPUID name ``vendor`` and (``la57``) announce 5-level paging."""
+def announce(
+    monkeypatch: pytest.MonkeyPatch, sim: Hypervisor, vendor: str | None = None, la57: bool | None = None
+) -> None:
+    """Make the simulator's supported CPUID name ``vendor`` and announce 5-level paging (``la57``) or not."""
     supported = sim.supported_cpuid()
 
     def changed(entry: CpuidEntry) -> CpuidEntry:
         if entry.function == 0 and vendor is not None:
             return cpuid_rules.vendor_leaf(vendor, entry.eax)
-        if entry.function == 7 and entry.index == 0 and la57:
-            return CpuidEntry(7, 0, entry.flags, entry.eax, entry.ebx, entry.ecx | 1 << 16, entry.edx)
+        if entry.function == 7 and entry.index == 0 and la57 is not None:
+            ecx = entry.ecx | 1 << 16 if la57 else entry.ecx & ~(1 << 16)
+            return CpuidEntry(7, 0, entry.flags, entry.eax, entry.ebx, ecx, entry.edx)
         return entry
 
     entries = tuple(changed(e) for e in supported)
@@ -202,6 +206,11 @@ def canonical48(value: int) -> int:
 def canonical57(value: int) -> int:
     """``value`` with bits 63:57 copies of bit 56."""
     return value | 0xFE00000000000000 if value >> 56 & 1 else value & 0x01FFFFFFFFFFFFFF
+
+
+def canonical_sim(value: int) -> int:
+    """``value`` made canonical for the simulator's linear addresses (its CPU has LA57: 57 bits)."""
+    return canonical57(value)
 
 
 def guest_gp(canonical: Callable[[int], int]) -> Outcome:
@@ -247,10 +256,10 @@ TAUGHT = [
         UNRECOGNISED,
         id="nc-fs-base-host-only",
     ),
-    pytest.param("sysenter_esp_eip", sysenter(lambda v, host: canonical48(v)), UPSTREAM, id="se-canonical"),  # Intel
+    pytest.param("sysenter_esp_eip", sysenter(lambda v, host: canonical_sim(v)), UPSTREAM, id="se-canonical"),  # Intel
     pytest.param("sysenter_esp_eip", sysenter(lambda v, host: v & 0xFFFFFFFF), "low_32_bits", id="se-low-32-bits"),
     pytest.param("sysenter_esp_eip", sysenter(lambda v, host: v), "unchanged", id="se-unchanged"),
-    pytest.param("sysenter_esp_eip", sysenter(guest_gp(canonical48)), "guest_write_gp", id="se-guest-gp"),
+    pytest.param("sysenter_esp_eip", sysenter(guest_gp(canonical_sim)), "guest_write_gp", id="se-guest-gp"),
     pytest.param(
         "sysenter_esp_eip",
         sysenter(lambda v, host: v & 0xFFFFFFFF if host else False),
@@ -278,26 +287,26 @@ def test_sysenter_on_an_amd_vcpu(sim: Hypervisor, monkeypatch: pytest.MonkeyPatc
     """An AuthenticAMD vCPU: upstream keeps the low 32 bits, so 64 canonical bits are the variant ``canonical``."""
     announce(monkeypatch, sim, vendor="AuthenticAMD")
     assert observe(sim, "sysenter_esp_eip").variant == UPSTREAM
-    teach(monkeypatch, sysenter(lambda v, host: canonical48(v)))
+    teach(monkeypatch, sysenter(lambda v, host: canonical_sim(v)))
     assert observe(sim, "sysenter_esp_eip").variant == "canonical"
     teach(monkeypatch, sysenter(lambda v, host: v & 0xFFFFFFFF))
     assert observe(sim, "sysenter_esp_eip").variant == UPSTREAM
 
 
-def test_sysenter_with_la57(sim: Hypervisor, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A host with LA57 checks 57-bit addresses: the simulator's 48-bit canonical values are then unrecognised."""
-    announce(monkeypatch, sim, la57=True)
+def test_sysenter_without_la57(sim: Hypervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host without LA57 checks 48-bit addresses: the simulator's 57-bit canonical values are then unrecognised."""
+    announce(monkeypatch, sim, la57=False)
     observation = observe(sim, "sysenter_esp_eip")
     assert observation.variant == UNRECOGNISED
-    assert "57-bit" in observation.detail and "0x800000000010 -> 0xffff800000000010" in observation.detail
-    teach(monkeypatch, sysenter(lambda v, host: canonical57(v)))
+    assert "48-bit" in observation.detail and "0x800000000010 -> 0x800000000010" in observation.detail
+    teach(monkeypatch, sysenter(lambda v, host: canonical48(v)))
     assert observe(sim, "sysenter_esp_eip").variant == UPSTREAM
-    teach(monkeypatch, sysenter(guest_gp(canonical57)))
-    assert observe(sim, "sysenter_esp_eip").variant == "guest_write_gp"  # 0x800000000010 is stored: canonical here
+    teach(monkeypatch, sysenter(guest_gp(canonical48)))
+    assert observe(sim, "sysenter_esp_eip").variant == "guest_write_gp"
 
 
 def test_noncanonical_with_la57_uses_57_bit_values(sim: Hypervisor, monkeypatch: pytest.MonkeyPatch) -> None:
-    announce(monkeypatch, sim, la57=True)
+    assert cpuid_rules.address_bits(sim.supported_cpuid()) == 57  # the simulator's CPU has LA57
     written: list[int] = []
     teach(monkeypatch, lambda i, v, host: written.append(v) if i in msrs.NONCANONICAL else None)
     assert observe(sim, "noncanonical_msr_accepted").variant == UPSTREAM  # 57-bit non-canonical: 48-bit too
@@ -340,7 +349,7 @@ def test_address_width_and_canonical_values(hv: Hypervisor) -> None:
     assert cpuid_rules.address_bits([CpuidEntry(7, 0, 1, ecx=1 << 16)]) == 57
     assert cpuid_rules.address_bits([CpuidEntry(7, 1, 1, ecx=1 << 16), CpuidEntry(7, 0, 1)]) == 48
     assert cpuid_rules.address_bits(()) == 48
-    assert cpuid_rules.address_bits(hv.supported_cpuid()) == 48  # neither host here has LA57
+    assert cpuid_rules.address_bits(hv.supported_cpuid()) == (57 if is_simulator(hv) else 48)  # this host: no LA57
     for value in (0, 0x00007FFFFFFFFFFF, 0x0000800000000000, 0xFFFF7FFFFFFFFFFF, 0xFFFF800000000000, 1 << 63, MASK64):
         assert cpuid_rules.canonical(value, 48) == canonical48(value)
         assert cpuid_rules.canonical(value, 57) == canonical57(value)

@@ -1,0 +1,98 @@
+"""The probes of KVM's CPUID-dependent CR4 and XCR0 rules (``hvcore.host.probes.features``).
+
+Each probe must name upstream on the simulator and upstream or a registered variant on KVM; the
+simulator, taught the variant (its rules loosened), must be named with it, and half of it
+(only the guest's path, or only the VMM's) must be unrecognised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from hvcore import CpuidEntry, Hypervisor
+from hvcore.host import UNRECOGNISED, UPSTREAM, Observation, probe_host
+from hvcore.host.probes import features
+from hvcore_sim import cpufeatures, state
+from tests.conftest import open_or_skip
+
+NAMES = [d.name for d in features.DEVIATIONS]
+VARIANTS = {"cr4_cpuid_unchecked": {"accepted"}, "xcr0_cpuid_unchecked": {"accepted"}}
+_ALL_CR4_FEATURES = sum(bit for _, bit, *_ in features.CR4_FEATURES)
+
+
+def observe(hv: Hypervisor, name: str) -> Observation:
+    """Run deviation ``name``'s probe on ``hv``."""
+    return probe_host(hv, [d for d in features.DEVIATIONS if d.name == name]).observations[name]
+
+
+def test_the_deviations_and_their_variants() -> None:
+    assert list(VARIANTS) == NAMES
+    for deviation in features.DEVIATIONS:
+        assert set(deviation.variants) == VARIANTS[deviation.name]
+        assert deviation.upstream and deviation.reason and all(deviation.variants.values())
+
+
+def test_each_probe_recognises_the_backend(hv: Hypervisor) -> None:
+    """The simulator is upstream; KVM shows upstream or a registered variant, never unrecognised behaviour."""
+    profile = probe_host(hv, features.DEVIATIONS)
+    seen = {name: o.variant for name, o in profile.observations.items()}
+    assert {o.deviation: o.detail for o in profile.observations.values() if o.variant == UNRECOGNISED} == {}
+    if hv.name == "sim":
+        assert seen == dict.fromkeys(NAMES, UPSTREAM)
+    else:
+        assert all(seen[name] == UPSTREAM or seen[name] in VARIANTS[name] for name in NAMES)
+
+
+@pytest.fixture
+def sim() -> Iterator[Hypervisor]:
+    """The simulator."""
+    with open_or_skip("sim") as hypervisor:
+        yield hypervisor
+
+
+def loosen_cr4(monkeypatch: pytest.MonkeyPatch, *, guest: bool, host: bool) -> None:
+    """Let the simulator's guest MOV to CR4 (``guest``) and ``set_sregs`` (``host``) take the probed bits."""
+    reserved, error = cpufeatures.cr4_reserved, cpufeatures.cr4_error
+
+    def loose_reserved(cpuid: Sequence[CpuidEntry]) -> int:
+        return reserved(cpuid) & ~_ALL_CR4_FEATURES
+
+    def strict_error(value: int, **kw: Any) -> str | None:  # MOV to CR4 keeps the rule set_sregs no longer has
+        return "reserved" if value & reserved(kw["cpuid"]) & _ALL_CR4_FEATURES else error(value, **kw)
+
+    if host:  # set_sregs reads cr4_reserved, and so does cr4_error
+        monkeypatch.setattr(cpufeatures, "cr4_reserved", loose_reserved)
+        if not guest:
+            monkeypatch.setattr(cpufeatures, "cr4_error", strict_error)
+    elif guest:
+        monkeypatch.setattr(cpufeatures, "cr4_error", lambda value, **kw: error(value & ~_ALL_CR4_FEATURES, **kw))
+
+
+@pytest.mark.parametrize(
+    ("guest", "host", "variant"),
+    [(True, True, "accepted"), (True, False, UNRECOGNISED), (False, True, UNRECOGNISED)],
+    ids=["both", "guest-only", "host-only"],
+)
+def test_the_cr4_probe_names_what_the_simulator_was_taught(
+    sim: Hypervisor, monkeypatch: pytest.MonkeyPatch, guest: bool, host: bool, variant: str
+) -> None:
+    loosen_cr4(monkeypatch, guest=guest, host=host)
+    assert observe(sim, "cr4_cpuid_unchecked").variant == variant
+
+
+@pytest.mark.parametrize(
+    ("guest", "host", "variant"),
+    [(True, True, "accepted"), (True, False, UNRECOGNISED), (False, True, UNRECOGNISED)],
+    ids=["both", "guest-only", "host-only"],
+)
+def test_the_xcr0_probe_names_what_the_simulator_was_taught(
+    sim: Hypervisor, monkeypatch: pytest.MonkeyPatch, guest: bool, host: bool, variant: str
+) -> None:
+    if guest:  # the engine's XSETBV takes every component it executes
+        monkeypatch.setattr(state.VcpuState, "limit_xcr0", lambda self, engine: engine.limit_xcr0(0x203))
+    if host:
+        monkeypatch.setattr(cpufeatures, "xcr0_error", lambda value, cpuid: None)
+    assert observe(sim, "xcr0_cpuid_unchecked").variant == variant

@@ -64,6 +64,35 @@ def test_host_writes_to_guest_code_are_seen(hv: Hypervisor, vm: VM) -> None:
     assert [e for e in run_exits(vcpu) if isinstance(e, IoExit)][1].data == b"!"
 
 
+# 64-bit, CPL0: calls a routine at linear 0x80000000 twice, with a HLT after each call. The page
+# tables map linear 0x80000000 to guest-physical 0x40000000 (a 2 MiB page), where nothing is mapped
+# at its own address. The routine (written by the host): mov al, 1 / out 0x30, al / ret.
+CALLS_ALIASED_ROUTINE = (
+    b"\xb8\x00\x00\x00\x80"  # mov eax, 0x80000000
+    b"\xff\xd0"  # call rax
+    b"\xf4"  # hlt
+    b"\xb8\x00\x00\x00\x80"  # mov eax, 0x80000000
+    b"\xff\xd0"  # call rax
+    b"\xf4"  # hlt
+)
+ROUTINE = b"\xb0\x01\xe6\x30\xc3"  # mov al, 1 / out 0x30, al / ret
+ROUTINE_PHYSICAL, ROUTINE_LINEAR, ROUTINE_PD = 0x4000_0000, 0x8000_0000, 0xD000
+
+
+def test_host_writes_to_code_paging_maps_elsewhere_are_seen_and_leave_cr2_alone(hv: Hypervisor, vm: VM) -> None:
+    vcpu = boot(hv, vm, CALLS_ALIASED_ROUTINE, "long")
+    high = GuestMemory(0x20_0000)
+    vm.set_memory_slot(1, ROUTINE_PHYSICAL, high)
+    high.write(0, ROUTINE)
+    write_guest(vm, ROUTINE_PD, (ROUTINE_PHYSICAL | 0x87).to_bytes(8, "little"))  # present, writable, user, 2 MiB
+    write_guest(vm, layout.PDPT + 8 * (ROUTINE_LINEAR >> 30), (ROUTINE_PD | 0x7).to_bytes(8, "little"))
+    vcpu.set_sregs(replace(vcpu.get_sregs(), cr2=0x1234))
+    assert [e for e in run_exits(vcpu) if isinstance(e, IoExit)] == [IoExit(0x30, 1, 1, IoDirection.OUT, b"\x01")]
+    high.write(1, b"\x02")  # one host write: "mov al, 1" becomes "mov al, 2"
+    assert [e for e in run_exits(vcpu) if isinstance(e, IoExit)] == [IoExit(0x30, 1, 1, IoDirection.OUT, b"\x02")]
+    assert vcpu.get_sregs().cr2 == 0x1234  # a host write is no page fault
+
+
 def test_dirty_log_records_written_pages_and_clears_on_read(hv: Hypervisor, vm: VM) -> None:
     vcpu = boot(hv, vm, real_mode.DIRTY_PAGES, ram_flags=SlotFlags.LOG_DIRTY_PAGES)
     vm.get_dirty_log(0)  # forget the host's own loading writes

@@ -77,7 +77,7 @@ _INTERRUPTED = InterruptedExit()
 _HLT = HltExit()
 _SHUTDOWN = ShutdownExit()
 _WINDOW = IrqWindowOpenExit()
-_CR0_ET, _CR0_CD_NW = 0x10, 0x60000000
+_CR0_ET, _CR0_CD_NW, _CR0_PG = 0x10, 0x60000000, 1 << 31
 _APIC_TPR = 0x80
 _RESET_RDX = 0x600  # KVM's CPU signature when the VMM set no CPUID
 _IDLE_POLL = 0.05  # seconds: a sleeping vCPU looks again at least this often
@@ -168,7 +168,13 @@ class SimVCPU(Closeable):
         return engine
 
     def _drop_stale_code(self, engine: Engine) -> None:
-        """Forget translations of guest memory the host wrote since the last run."""
+        """Forget translations of guest memory the host wrote since the last run.
+
+        Unicorn removes cached code by linear address, translated through the guest's MMU as an
+        instruction fetch (which sets CR2 where it fails): one write is forgotten on its own only
+        while paging is off, where linear and physical addresses are the same; otherwise all is.
+        """
+        paging = bool(engine.reg(engine.CR0) & _CR0_PG)
         for slot in self._vm.memory_slots_unchecked():
             memory = slot.memory
             seen = self._versions.get(id(memory))
@@ -178,7 +184,7 @@ class SimVCPU(Closeable):
             if seen is None:
                 continue
             offset, length = memory.last_write
-            if seen + 1 == memory.version and slot.offset <= offset < slot.offset + slot.size:
+            if not paging and seen + 1 == memory.version and slot.offset <= offset < slot.offset + slot.size:
                 start = slot.guest_address + offset - slot.offset
                 engine.uc.ctl_remove_cache(start, start + max(length, 1))
             else:

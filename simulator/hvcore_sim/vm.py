@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno as _errno
 import threading
 import time
@@ -49,7 +50,14 @@ RFLAGS_RF = 1 << 16
 
 
 class _SlotMemory:
-    """Guest-physical reads and writes through the VM's slots (for page walks and event delivery)."""
+    """Guest-physical reads and writes through the VM's slots (for page walks and event delivery).
+
+    Writes are the simulated processor's own stores (interrupt frames, accessed and dirty bits):
+    they go straight into the slot's buffer, as the engine's stores do, and are not host writes,
+    which make every engine drop the code it translated (a whole-cache flush after each event).
+    Code translated from the bytes a frame overwrites stays: only a guest that then executes what
+    an event pushed could tell.
+    """
 
     def __init__(self, vm: SimVM) -> None:
         self._vm = vm
@@ -64,7 +72,7 @@ class _SlotMemory:
         slot = self._vm.slot_at(address)
         if slot is None or address + len(data) > slot.end:
             raise NotFound(f"no memory slot backs guest-physical {address:#x}+{len(data)}")
-        slot.memory.write(slot.offset + address - slot.guest_address, data)
+        ctypes.memmove(slot.memory.address + slot.offset + address - slot.guest_address, bytes(data), len(data))
 
     def load(self, address: int, length: int) -> bytes | None:
         """As :meth:`read`, None where no slot backs it all (KVM's ``kvm_read_guest`` failing)."""
@@ -206,7 +214,7 @@ class SimVM(SlotOwner, Closeable):
             regs, sregs = delivery.deliver_with_escalation(regs, sregs, self.physical, event)
         except delivery.TripleFault:
             return False
-        engine.set_sregs(sregs)
+        engine.set_sregs(sregs, flush=False)  # segments only: translations are looked up by CS base and hflags
         engine.set_regs(regs)
         engine.interrupt_shadow = False
         return True

@@ -1,4 +1,4 @@
-"""A real Linux kernel through the bzImage loader, on the simulator: opt-in, it takes about 30 to 90 s.
+"""A real Linux kernel through the bzImage loader, on the simulator: opt-in, it takes about 30 s.
 
 ``HVCORE_LINUX=/path/to/vmlinuz`` (e.g. Debian's: ``apt-get download linux-image-6.1.0-50-amd64``,
 then ``dpkg-deb --fsys-tarfile ... | tar -x ./boot/``). Without it the test skips and says so.
@@ -22,12 +22,9 @@ DONE = "Unable to mount root fs"
 def test_linux_boots_to_the_root_mount_on_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
     path = os.environ.get("HVCORE_LINUX", "")
     if not path or not Path(path).is_file():
-        pytest.skip("set HVCORE_LINUX to a bzImage (e.g. Debian's vmlinuz) to boot a real kernel (about 30 to 90 s)")
+        pytest.skip("set HVCORE_LINUX to a bzImage (e.g. Debian's vmlinuz) to boot a real kernel (about 30 s)")
     console = io.StringIO()
-    # A virtual clock: the guest's time keeps step with the instructions it runs. On host time the boot
-    # crawls (each intercepted RDTSC costs microseconds of Python; the kernel's clocksource watchdog
-    # even finds kvmclock too slow to read and marks it unstable).
-    monkeypatch.setenv("HVCORE_SIM_CLOCK", "virtual")
+    monkeypatch.delenv("HVCORE_SIM_CLOCK", raising=False)  # the default clock: host time, as on KVM
     with SimHypervisor() as hv, Machine(hv, memory=512 << 20) as machine:
         tee = ConsoleTee(console, DONE, lambda: machine.stop(MachineResult("until")))
         add_pc_devices(machine, serial=tee)  # type: ignore[arg-type]

@@ -1,0 +1,96 @@
+"""Linux userspace on the simulator: Debian's kernel runs a busybox initramfs as init, which reboots the machine.
+
+``HVCORE_LINUX_KERNEL`` names a bzImage (Debian's ``vmlinuz-6.1.0-*-cloud-amd64``: ``apt-get download
+linux-image-6.1.0-57-cloud-amd64``, then ``dpkg-deb --fsys-tarfile ... | tar -x ./boot/``) and
+``HVCORE_BUSYBOX`` a static busybox (Debian's ``busybox-static``, ``./bin/busybox``). Without them the
+test skips and says so.
+
+``/init`` is a busybox shell script (an initramfs built by :class:`hvcore.vmm.Initramfs`): it mounts
+/proc, reads /proc/cpuinfo and runs ``uname -r``, each line on the console (the 8250 UART through the
+tty layer), then ``reboot -f``, which resets the machine through the keyboard controller. Getting
+there takes user mode and back on the simulator: IRET and SYSRET to CPL 3, SYSCALL, user page faults,
+timer interrupts from user mode.
+
+The VM runs on the simulator's default clock (host time). The kernel command line only trims work
+that tests nothing of hvcore: ``quiet`` keeps the boot log off the console and
+``cryptomgr.notests`` skips the crypto self-tests (RSA with large keys: about two thirds of the
+kernel's boot instructions).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from hvcore.vmm import Machine, MachineResult, add_pc_devices
+from hvcore.vmm.initramfs import Initramfs
+from hvcore.vmm.run import ConsoleTee
+from hvcore_sim.system import SimHypervisor
+
+KERNEL_VARIABLE, BUSYBOX_VARIABLE = "HVCORE_LINUX_KERNEL", "HVCORE_BUSYBOX"
+CMDLINE = "console=ttyS0 panic=-1 quiet cryptomgr.notests"
+"""``panic=-1``: a kernel panic resets at once (the test then fails on the missing lines, not on a timeout)."""
+TIMEOUT = 600.0
+"""Wall-clock seconds the boot may take (about 15 s on this project's machines)."""
+APPLETS = ("sh", "mount", "cat", "grep", "uname", "reboot")
+
+INIT = b"""#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+echo "hvcore-init: running as pid $$"
+echo "hvcore-cpus: $(cat /proc/cpuinfo | grep -c ^processor)"
+cat /proc/cpuinfo | grep -m1 ^vendor_id
+echo "hvcore-release: $(uname -r)"
+reboot -f
+"""
+
+
+def _input(variable: str, what: str) -> bytes:
+    path = os.environ.get(variable, "")
+    if not path or not Path(path).is_file():
+        pytest.skip(f"set {variable} to {what} to boot Linux userspace on the simulator (about 15 s)")
+    return Path(path).read_bytes()
+
+
+def initramfs(busybox: bytes) -> bytes:
+    """``/init`` above, busybox with a link per applet it uses, ``/proc`` and ``/dev/console``."""
+    archive = Initramfs().char_device("/dev/console", 5, 1).directory("/proc").file("/bin/busybox", busybox, 0o755)
+    for applet in APPLETS:
+        archive.symlink(f"/bin/{applet}", "busybox")
+    return archive.file("/init", INIT, 0o755).to_bytes()
+
+
+def kernel_release(image: bytes) -> str:
+    """The release ``uname -r`` reports: the first word of the bzImage's ``kernel_version`` string."""
+    offset = int.from_bytes(image[0x20E:0x210], "little") + 0x200
+    return image[offset : image.index(b"\0", offset)].split()[0].decode()
+
+
+def cpu_vendor(machine: Machine) -> str:
+    """The CPUID vendor string vCPU 0 reports (leaf 0: EBX, EDX, ECX)."""
+    leaf = next(e for e in machine.vcpus[0].get_cpuid() if e.function == 0)
+    return b"".join(r.to_bytes(4, "little") for r in (leaf.ebx, leaf.edx, leaf.ecx)).decode()
+
+
+def test_busybox_init_runs_commands_and_reboots(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel = _input(KERNEL_VARIABLE, "a bzImage (e.g. Debian's vmlinuz-6.1.0-57-cloud-amd64)")
+    busybox = _input(BUSYBOX_VARIABLE, "a static busybox (e.g. Debian's busybox-static /bin/busybox)")
+    monkeypatch.delenv("HVCORE_SIM_CLOCK", raising=False)  # the default clock: host time, as on KVM
+    console = io.StringIO()
+    with SimHypervisor() as hv, Machine(hv, memory=256 << 20) as machine:
+        add_pc_devices(machine, serial=ConsoleTee(console, None, lambda: None))  # type: ignore[arg-type]
+        machine.load(kernel, cmdline=CMDLINE, initrd=initramfs(busybox))
+        vendor = cpu_vendor(machine)
+        result = machine.run(timeout=TIMEOUT)
+    log = console.getvalue()
+    lines = [line.strip() for line in log.splitlines()]
+    assert result == MachineResult("reset"), log[-3000:]
+    assert "Kernel panic" not in log and "segfault" not in log, log[-3000:]
+    assert "hvcore-init: running as pid 1" in lines, log[-3000:]
+    assert "hvcore-cpus: 1" in lines, log[-3000:]
+    assert f"vendor_id\t: {vendor}" in lines, log[-3000:]  # the CPUID the VMM set
+    assert f"hvcore-release: {kernel_release(kernel)}" in lines, log[-3000:]
+    assert "reboot: Restarting system" in log  # the kernel's own last word before the reset

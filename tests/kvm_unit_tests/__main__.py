@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 if result.outcome != want:
                     wrong += 1
                     tail = result.tail.replace("\n", "\n    ")
-                    print(f"    {test.name} on {backend}: {result.outcome}, expected {want}\n    {tail}", file=sys.stderr)
+                    print(f"    {test.name} on {backend}: {result.outcome}, expected {want}", file=sys.stderr)
+                    print(f"    {tail}", file=sys.stderr)
             print(_row(cells, widths, args.markdown), flush=True)
     print(f"kvm-unit-tests: {wrong} outcome(s) differ from tests/kvm_unit_tests/expected.py")
     return 1 if wrong else 0

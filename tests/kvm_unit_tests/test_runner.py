@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.kvm_unit_tests.__main__ import not_run_reason
@@ -84,7 +86,7 @@ def test_the_summary_line_gives_the_counts() -> None:
 
 
 def test_expected_outcomes_hold_the_simulator_to_qemu_tcg() -> None:
-    """Wherever QEMU's TCG passes a test with the same arguments, the simulator must, unless it needs what hvcore lacks."""
+    """Where QEMU's TCG passes a test with the same arguments, the simulator must, unless it needs what hvcore lacks."""
     assert EXPECTED, "the table is empty"
     for name, entry in EXPECTED.items():
         if entry.qemu_tcg == "pass" and not entry.needs:
@@ -96,3 +98,12 @@ def test_an_unexplained_expectation_is_refused() -> None:
         Expectation("t", qemu_tcg="fail", sim="fail", kvm="pass", why_sim="")
     with pytest.raises(ValueError, match="not one of"):
         Expectation("t", qemu_tcg="pass", sim="great", kvm="pass")
+
+
+def test_the_readme_table_is_the_expected_one() -> None:
+    """README's kvm-unit-tests table gives each test's outcomes as ``expected.py`` does."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in text.splitlines() if line.startswith("| `")}
+    for name, entry in EXPECTED.items():
+        cells = [c.strip() for c in rows[name].split("|")[2:5]]
+        assert cells == [entry.qemu_tcg, entry.sim, entry.kvm], name

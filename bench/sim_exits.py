@@ -80,7 +80,6 @@ from typing import Any, Final
 import hvcore
 from bench.watchdog import BenchError, watchdog
 from hvcore import VCPU, HltExit, Hypervisor, IoDirection, IoExit, MmioExit
-from hvcore.types import GuestDebugFlags
 from hvcore_sim.engine import Engine
 from hvcore_sim.exits import Stop, StopKind, Tracker
 from hvcore_sim.vcpu import SLICE, SimVCPU
@@ -883,8 +882,7 @@ def measure_parts(
         import unicorn  # noqa: F401, PLC0415  # the statement Tracker.run executes per call
 
     def stepping() -> bool:
-        flags = vcpu._debug.flags
-        return bool(flags & GuestDebugFlags.SINGLESTEP and flags & GuestDebugFlags.ENABLE)
+        return vcpu.stepping
 
     def out_objects() -> Stop:
         value = OUT_VALUE

@@ -78,5 +78,6 @@ def test_a_failed_run_never_reads_as_a_guest_verdict(tmp_path: Path, hv: Hypervi
     """Text that never came is a failure: status 4 (even), never 1 (a kvm-unit-test's pass)."""
     image = tmp_path / "spin.bin"
     image.write_bytes(b"\xeb\xfe")  # jmp $
-    argv = ["run", str(image), "--backend", hv.name, "--format", "raw", "-m", "16M", "-q", "--until", "x", "--timeout", "1"]
+    argv = ["run", str(image), "--backend", hv.name, "--format", "raw", "-m", "16M", "-q"]
+    argv += ["--until", "x", "--timeout", "1"]
     assert main(argv) == RUN_FAILED

@@ -1,5 +1,6 @@
 """The portable VMM layer: a ``Machine`` of memory, vCPU threads and device buses, on any backend.
 
+- :mod:`.bios`: the PICs, PIT and IVT a BIOS leaves, for multiboot kernels booted without one.
 - :mod:`.bus`: ``Bus`` (port IO or MMIO address space): device ranges, overlap errors, dispatch.
 - :mod:`.device`: the ``Device`` protocol and what a device may ask of its machine.
 - :mod:`.devices`: device models (UART, debug console, debug exit, i8042, CMOS/RTC, fw_cfg, HPET).

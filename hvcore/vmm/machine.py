@@ -45,6 +45,7 @@ from hvcore.memory import PAGE_SIZE, GuestMemory
 from hvcore.protocol import VCPU, VM, Hypervisor
 from hvcore.trace import TracingVCPU
 from hvcore.types import PIT_FLAGS_HPET_LEGACY, SlotFlags
+from hvcore.vmm.bios import set_up_bios_state
 from hvcore.vmm.bus import Bus
 from hvcore.vmm.device import Device, DeviceHost, IrqLine, StopRequest
 from hvcore.vmm.loaders import BootPlan
@@ -243,8 +244,10 @@ class Machine:
         return plan
 
     def boot(self, plan: BootPlan) -> None:
-        """Set vCPU 0 up as ``plan`` says (the reset state for firmware)."""
+        """Set vCPU 0 up as ``plan`` says (the reset state for firmware), after the BIOS state it asks for."""
         vcpu = self.vcpus[0]
+        if plan.bios_state and self.irqchip:
+            set_up_bios_state(vcpu, self)
         if plan.mode != "reset":
             sregs = vcpu.get_sregs()
             memory = self._low

@@ -91,7 +91,7 @@ EXPECTED: Final[dict[str, Expectation]] = {
         _E("pmu_lbr", "skip", "skip", "skip", why_sim="no PMU", why_kvm="no LBR"),
         _E("pmu_pebs", "skip", "skip", "skip", why_sim="no PMU", why_kvm="no PEBS"),
         _E("vmware_backdoors", "skip", "fail", "fail", why_sim="needs the VMware backdoor ports (QEMU's -machine vmport=on, a KVM-only test)", why_kvm="needs the VMware backdoor ports"),
-        _E("realmode", "pass", "error", "error", why_sim="needs a BIOS before the kernel: its `sti inhibit` check waits in hlt for the interrupt of a PIC and PIT that SeaBIOS set up (QEMU boots multiboot images through SeaBIOS; hvcore loads them directly, PIC uninitialised, so IRQ 11 vectors through an empty IVT entry)", why_kvm="needs a BIOS (as on the simulator); this host's KVM (kvm_pvm) runs CPL0 code in its instruction emulator", needs="a BIOS (SeaBIOS) before the multiboot kernel"),
+        _E("realmode", "pass", "pass", "pass"),
         _E("s3", "fail", "fail", "fail", why_sim="needs ACPI tables (FACS, FADT) and S3: hvcore builds no ACPI yet", why_kvm="needs ACPI tables and S3"),
         _E("setjmp", "pass", "pass", "pass"),
         _E("sieve", "pass", "pass", "timeout", why_kvm="slower than its timeout in the emulator; this host's KVM (kvm_pvm) runs CPL0 code in its instruction emulator"),

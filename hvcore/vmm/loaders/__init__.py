@@ -81,6 +81,9 @@ class BootPlan:
     page_tables: int = 0x9000
     description: str = ""
     """One line for the terminal, e.g. ``"ELF64 kernel, entry 0x100000"``."""
+    bios_state: bool = False
+    """The kernel expects what a PC BIOS leaves (multiboot kernels, which GRUB and QEMU start after one):
+    the machine sets the PICs, the PIT and the IVT up first (:mod:`hvcore.vmm.bios`)."""
 
 
 # The loaders import BootPlan and LoadTarget from this module, so they are imported after them.

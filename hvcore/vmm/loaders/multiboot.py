@@ -317,4 +317,5 @@ def load_multiboot(
             f"multiboot kernel ({kernel.description}), entry {kernel.entry:#x}, {len(placed)} modules, "
             f"info at {info_at:#x}"
         ),
+        bios_state=True,
     )

@@ -283,9 +283,9 @@ class Tracker:
             self._halt(_LOOK_AGAIN)
             return
         if port != _OUT_7E:
-            engine, cells = self._engine, self._cells
-            assert engine is not None and cells is not None
-            self._out_seen = (engine.reg(engine.RIP), engine.reg(_GPRS[6]), cells.interrupt_shadow())
+            cells = self._cells
+            assert cells is not None
+            self._out_seen = (*cells.rip_rsi(), cells.interrupt_shadow())
         stop = self._out_stops.get((port, size, value))
         if stop is None:  # equal exits are shared values, as in the KVM backend
             if len(self._out_stops) > 1024:
@@ -699,8 +699,10 @@ class Tracker:
         out_seen, self._out_seen = self._out_seen, None
         if out_seen is not None and stop is not None and isinstance(stop.exit, IoExit) and not stop.exit.is_in:
             rip, rsi, shadow = out_seen
-            if engine.reg(_GPRS[6]) == rsi:  # a plain OUT (OUTS moves RSI): finished by the next run
-                self._out_unfinished = (rip, engine.reg(engine.RIP), shadow)
+            assert self._cells is not None
+            past, rsi_now = self._cells.rip_rsi()
+            if rsi_now == rsi:  # a plain OUT (OUTS moves RSI): finished by the next run
+                self._out_unfinished = (rip, past, shadow)
                 engine.set_reg(engine.RIP, rip)
                 if shadow:
                     engine.interrupt_shadow = True
@@ -857,7 +859,7 @@ class Tracker:
         assert self._out_unfinished is not None
         rip, past, shadow = self._out_unfinished
         self._out_unfinished = None
-        if engine.reg(engine.RIP) != rip:
+        if self._cells is not None and self._cells.rip_rsi()[0] != rip:
             return
         engine.set_reg(engine.RIP, past)
         if shadow:

@@ -59,6 +59,7 @@ _CC_OP_EFLAGS: Final = 1
 # QEMU 5.0 CPUX86State, relative to regs[0]: cc_src and cc_op (checked by calibration)
 _CC_SRC, _CC_OP = 152, 168
 _EIP, _EFLAGS = 128, 136
+_RSI = 6 * 8  # regs[R_ESI]
 _MARKERS: Final = (0x1122334455667788, 0x99AABBCCDDEEFF01, 0x0123456789ABCDEF, 0x7766554433221100)
 _RIP_MARKER: Final = 0x0000123456789ABC
 _SCAN_STRUCT = 2048  # bytes of uc_struct searched for the CPU pointer
@@ -192,6 +193,8 @@ class Cells:
         self._cc_src: ctypes.c_uint64 | None = None
         self._eflags: ctypes.c_uint64 | None = None
         self._hflags: ctypes.c_uint32 | None = None
+        self._rip: ctypes.c_uint64 | None = None
+        self._rsi: ctypes.c_uint64 | None = None
         self._intercept: ctypes.c_uint64 | None = None
         self._intercept_cr_read: ctypes.c_uint16 | None = None
         self._intercept_cr_write: ctypes.c_uint16 | None = None
@@ -206,6 +209,8 @@ class Cells:
                 self._cc_src = ctypes.c_uint64.from_address(env + _CC_SRC)
                 self._eflags = ctypes.c_uint64.from_address(env + _EFLAGS)
                 self._hflags = ctypes.c_uint32.from_address(env + layout.hflags - layout.env)
+                self._rip = ctypes.c_uint64.from_address(env + _EIP)
+                self._rsi = ctypes.c_uint64.from_address(env + _RSI)
                 self._intercept = ctypes.c_uint64.from_address(env + layout.intercept - layout.env)
                 self._intercept_cr_read = ctypes.c_uint16.from_address(env + layout.intercept_cr - layout.env)
                 self._intercept_cr_write = ctypes.c_uint16.from_address(env + layout.intercept_cr + 2 - layout.env)
@@ -231,6 +236,14 @@ class Cells:
             struct.pack_into("<I", blob, env + _CC_OP, _CC_OP_EFLAGS)
             struct.pack_into("<Q", blob, at, struct.unpack_from("<Q", blob, at)[0] & ~CC_MASK | flags)
             engine._store(blob)
+
+    def rip_rsi(self) -> tuple[int, int]:
+        """RIP and RSI, read in place (the OUT rules read them at every OUT exit); also right inside a hook."""
+        rip, rsi = self._rip, self._rsi
+        if rip is not None and rsi is not None:
+            return rip.value, rsi.value
+        engine = self._engine
+        return engine.reg(engine.RIP), engine.reg(engine.GPRS_BY_NUMBER[6])
 
     def interrupt_shadow(self) -> bool:
         """The STI / MOV SS shadow (``HF_INHIBIT_IRQ``), read in place; also right inside a hook."""

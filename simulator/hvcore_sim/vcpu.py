@@ -547,8 +547,8 @@ class SimVCPU(Closeable):
         """
         engine = self._engine
         assert engine is not None
-        self._if_snapshot = bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
-        self._ready_snapshot = self._vm.irqchip is not None or self._ready(engine)
+        if_flag = self._if_snapshot = bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
+        self._ready_snapshot = self._vm.irqchip is not None or (if_flag and self._unblocked())
 
     def _deliver_debug_exception(self, engine: Engine) -> bool:
         """Deliver what INJECT_DB / INJECT_BP queued (False on a triple fault).
@@ -564,10 +564,17 @@ class SimVCPU(Closeable):
         return self._vm.deliver(self, engine, 3, "software_exception", None, length)
 
     def _ready(self, engine: Engine) -> bool:
-        if not engine.reg(engine.RFLAGS) & RFLAGS_IF or self._queued_interrupt is not None:
+        return bool(engine.reg(engine.RFLAGS) & RFLAGS_IF) and self._unblocked()
+
+    def _unblocked(self) -> bool:
+        """No interrupt queued and no STI / MOV SS shadow (IF aside)."""
+        if self._queued_interrupt is not None:
             return False
         cells = self.tracker.cells
-        return not (cells.interrupt_shadow() if cells is not None else engine.interrupt_shadow)
+        if cells is not None:
+            return not cells.interrupt_shadow()
+        engine = self._engine
+        return engine is not None and not engine.interrupt_shadow
 
     def _nmi_allowed(self, engine: Engine) -> bool:
         """An NMI can be delivered now: NMIs are not blocked (since the last NMI's IRET) and no STI / MOV SS shadow."""

@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from hvcore import Hypervisor
-from hvcore.host import UNRECOGNISED, UPSTREAM, probe_host
+from hvcore.host import UNRECOGNISED, probe_host
 from hvcore.host.guest import Mode, ProbeGuest
 from hvcore.host.probes import control
+from tests.host.probe_checks import assert_recognised, assert_stable
 
 NAMES = [d.name for d in control.DEVIATIONS]
 VARIANTS = {
@@ -33,20 +34,11 @@ def test_the_deviations_are_the_registry_entries_they_replace() -> None:
 
 def test_each_probe_recognises_the_backend(hv: Hypervisor) -> None:
     """The simulator is upstream; KVM shows upstream or the registered variant, never unrecognised behaviour."""
-    profile = probe_host(hv, control.DEVIATIONS)
-    seen = {name: o.variant for name, o in profile.observations.items()}
-    details = {o.deviation: o.detail for o in profile.observations.values() if o.variant == UNRECOGNISED}
-    assert details == {}
-    if hv.name == "sim":
-        assert seen == dict.fromkeys(NAMES, UPSTREAM)
-    else:  # the tests that rely on a deviation (tests/quirks.py host_variant) check the variant's behaviour
-        assert all(seen[name] in (UPSTREAM, VARIANTS[name]) for name in NAMES)
+    assert_recognised(hv, control.DEVIATIONS, VARIANTS)
 
 
 def test_the_probes_give_the_same_answer_every_time(hv: Hypervisor) -> None:
-    """The host is noisy (the interrupt window's batch end moves from run to run): the answers must not."""
-    answers = [{n: o.variant for n, o in probe_host(hv, control.DEVIATIONS).observations.items()} for _ in range(5)]
-    assert all(answer == answers[0] for answer in answers)
+    assert_stable(hv, control.DEVIATIONS, 5)
 
 
 class Faulting(ProbeGuest):

@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from hvcore import Hypervisor
-from hvcore.host import UNRECOGNISED, UPSTREAM, probe_host
+from hvcore.host import UNRECOGNISED, probe_host
 from hvcore.host.guest import Mode, ProbeGuest
 from hvcore.host.probes import debug
+from tests.host.probe_checks import assert_recognised, assert_stable
 
 NAMES = [d.name for d in debug.DEVIATIONS]
 VARIANTS = {
@@ -30,19 +31,11 @@ def test_each_deviation_has_its_one_variant() -> None:
 
 def test_each_probe_recognises_the_backend(hv: Hypervisor) -> None:
     """The simulator is upstream; KVM shows upstream or the registered variant, never unrecognised behaviour."""
-    profile = probe_host(hv, debug.DEVIATIONS)
-    seen = {name: o.variant for name, o in profile.observations.items()}
-    details = {o.deviation: o.detail for o in profile.observations.values() if o.variant == UNRECOGNISED}
-    assert details == {}
-    if hv.name == "sim":
-        assert seen == dict.fromkeys(NAMES, UPSTREAM)
-    else:  # the tests that meet a deviation (tests/test_debug.py) assert the variant's behaviour
-        assert all(seen[name] in (UPSTREAM, VARIANTS[name]) for name in NAMES)
+    assert_recognised(hv, debug.DEVIATIONS, VARIANTS)
 
 
 def test_the_probes_give_the_same_answer_every_time(hv: Hypervisor) -> None:
-    answers = [{n: o.variant for n, o in probe_host(hv, debug.DEVIATIONS).observations.items()} for _ in range(3)]
-    assert all(answer == answers[0] for answer in answers)
+    assert_stable(hv, debug.DEVIATIONS, 3)
 
 
 class Faulting(ProbeGuest):

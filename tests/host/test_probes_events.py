@@ -10,6 +10,7 @@ from hvcore import Hypervisor
 from hvcore.host import UNRECOGNISED, UPSTREAM, probe_host
 from hvcore.host.guest import Mode, ProbeGuest, gate
 from hvcore.host.probes import events
+from tests.host.probe_checks import observed
 from tests.quirks import quirk_applies
 
 NAMES = [d.name for d in events.DEVIATIONS]
@@ -30,10 +31,7 @@ def test_the_deviations_are_the_registry_entries_they_replace() -> None:
 
 def test_each_probe_recognises_the_backend(hv: Hypervisor) -> None:
     """The simulator is upstream; KVM shows upstream or a registered variant, as the older tests expect."""
-    profile = probe_host(hv, events.DEVIATIONS)
-    seen = {name: o.variant for name, o in profile.observations.items()}
-    details = {o.deviation: o.detail for o in profile.observations.values() if o.variant == UNRECOGNISED}
-    assert details == {}
+    seen = observed(hv, events.DEVIATIONS)
     if hv.name == "sim":
         assert seen == dict.fromkeys(NAMES, UPSTREAM)
     else:  # tests/quirks.py still decides these by host name: the probes must agree with it

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from hvcore import CpuidEntry, Hypervisor
-from hvcore.host import UNRECOGNISED, UPSTREAM, Observation, probe_host
+from hvcore.host import UNRECOGNISED, Observation, probe_host
 from hvcore.host.probes import features
 from hvcore_sim import cpufeatures, state
 from tests.conftest import open_or_skip
+from tests.host.probe_checks import assert_recognised
 
 NAMES = [d.name for d in features.DEVIATIONS]
 VARIANTS = {"cr4_cpuid_unchecked": {"accepted"}, "xcr0_cpuid_unchecked": {"accepted"}}
@@ -37,13 +38,7 @@ def test_the_deviations_and_their_variants() -> None:
 
 def test_each_probe_recognises_the_backend(hv: Hypervisor) -> None:
     """The simulator is upstream; KVM shows upstream or a registered variant, never unrecognised behaviour."""
-    profile = probe_host(hv, features.DEVIATIONS)
-    seen = {name: o.variant for name, o in profile.observations.items()}
-    assert {o.deviation: o.detail for o in profile.observations.values() if o.variant == UNRECOGNISED} == {}
-    if hv.name == "sim":
-        assert seen == dict.fromkeys(NAMES, UPSTREAM)
-    else:
-        assert all(seen[name] == UPSTREAM or seen[name] in VARIANTS[name] for name in NAMES)
+    assert_recognised(hv, features.DEVIATIONS, VARIANTS)
 
 
 @pytest.fixture

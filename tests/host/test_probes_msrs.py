@@ -23,6 +23,7 @@ from hvcore.host.probes import msrs
 from hvcore_sim.engine import Engine
 from hvcore_sim.msrs import MsrEmulator
 from tests.conftest import open_or_skip
+from tests.host.probe_checks import assert_recognised, assert_stable
 from tests.quirks import is_simulator
 
 NAMES = [d.name for d in msrs.DEVIATIONS]
@@ -50,19 +51,12 @@ def observe(hv: Hypervisor, name: str) -> Observation:
 
 
 def test_each_probe_recognises_the_backend(hv: Hypervisor) -> None:
-    """The simulator is upstream; KVM shows upstream or a registered variant, never unrecognised behaviour."""
-    profile = probe_host(hv, msrs.DEVIATIONS)
-    seen = {name: o.variant for name, o in profile.observations.items()}
-    assert {o.deviation: o.detail for o in profile.observations.values() if o.variant == UNRECOGNISED} == {}
-    if hv.name == "sim":
-        assert seen == dict.fromkeys(NAMES, UPSTREAM)
-    else:
-        assert all(seen[name] == UPSTREAM or seen[name] in VARIANTS[name] for name in NAMES)
+    """The simulator is upstream; KVM shows upstream or the registered variant, never unrecognised behaviour."""
+    assert_recognised(hv, msrs.DEVIATIONS, VARIANTS)
 
 
 def test_the_probes_give_the_same_answer_every_time(hv: Hypervisor) -> None:
-    answers = [{n: o.variant for n, o in probe_host(hv, msrs.DEVIATIONS).observations.items()} for _ in range(5)]
-    assert all(answer == answers[0] for answer in answers)
+    assert_stable(hv, msrs.DEVIATIONS, 5)
 
 
 def open_fds() -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import platform
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import ClassVar
@@ -29,6 +30,11 @@ __all__ = ["PAGE_SIZE", "GuestMemory", "MemorySlot", "SlotChange", "SlotOwner", 
 PAGE_SIZE = 4096
 MAX_GUEST_MEMORY = 1 << 46
 """The largest buffer hvcore will reserve (64 TiB): larger requests are a bug, not a wish."""
+
+_MAP_NORESERVE_BY_MACHINE = {"ppc64": 0x40, "ppc64le": 0x40, "sparc64": 0x40, "mips64": 0x400, "alpha": 0x10000}
+# Python's mmap module only has MAP_NORESERVE from 3.13; without it a large guest would be refused
+# (ENOMEM) under the kernel's heuristic overcommit. The generic Linux value is 0x4000.
+_MAP_NORESERVE: int = getattr(mmap, "MAP_NORESERVE", _MAP_NORESERVE_BY_MACHINE.get(platform.machine(), 0x4000))
 
 
 def _check_page_aligned(what: str, value: int) -> None:
@@ -57,7 +63,7 @@ class GuestMemory(Closeable):
             raise AlignmentError(f"guest memory size {size:#x} is not a multiple of the page size ({PAGE_SIZE:#x})")
         if size > MAX_GUEST_MEMORY:
             raise InvalidArgument(f"guest memory size {size:#x} is larger than the {MAX_GUEST_MEMORY:#x} hvcore allows")
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
         try:
             self._map: mmap.mmap | None = mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:

@@ -23,6 +23,26 @@ def test_guest_memory_is_zeroed_lazy_and_page_aligned() -> None:
     assert ram.closed
 
 
+def _vm_flags(address: int) -> set[str]:
+    """The kernel's VmFlags for the mapping that starts at ``address`` (from /proc/self/smaps)."""
+    flags: set[str] | None = None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            if "-" in line.split(" ", 1)[0] and not line.startswith("VmFlags"):
+                start = int(line.split("-", 1)[0], 16)
+                flags = None if start != address else set()
+            elif line.startswith("VmFlags") and flags is not None:
+                return set(line.split()[1:])
+    raise AssertionError(f"no mapping starts at {address:#x}")
+
+
+def test_guest_memory_reserves_no_swap_so_a_large_guest_fits() -> None:
+    with GuestMemory(64 << 30) as ram:  # more than this machine's RAM: only works unreserved
+        assert "nr" in _vm_flags(ram.address)  # nr: "swap space is not reserved for the area"
+        ram.write((64 << 30) - 3, b"end")
+        assert ram.read((64 << 30) - 3, 3) == b"end"
+
+
 def test_slots_are_listed_and_their_memory_stays_alive_while_mapped(hv: Hypervisor, vm: VM) -> None:
     ram, rom = GuestMemory(0x10000), GuestMemory(0x2000)
     vm.set_memory_slot(3, 0x20000, rom, flags=SlotFlags.READONLY)

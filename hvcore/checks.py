@@ -9,6 +9,7 @@ from typing import Any, Final
 
 from hvcore.errors import InvalidArgument, StateError
 from hvcore.exits import Exit, IoExit, MmioExit
+from hvcore.state_checks import check_state
 from hvcore.types import GsiRoute, IoapicState, IrqchipId, IrqchipRoute, MsiRoute, PicState, PitState
 
 __all__ = [
@@ -74,7 +75,7 @@ def check_cpuid(entries: Iterable[Any]) -> list[Any]:
             operation="set_cpuid",
         )
     for entry in wanted:
-        check_width("CpuidEntry", entry, 32, "set_cpuid")
+        check_state(entry, "set_cpuid")
     return wanted
 
 

@@ -6,7 +6,6 @@ import ctypes
 from collections.abc import Sequence
 from dataclasses import fields
 
-from hvcore.checks import check_width
 from hvcore.types import (
     ClockData,
     CpuidEntry,
@@ -43,8 +42,7 @@ def regs_from_kvm(raw: uapi.KvmRegs) -> Regs:
 
 
 def regs_to_kvm(regs: Regs) -> uapi.KvmRegs:
-    """Regs -> ``struct kvm_regs``."""
-    check_width("Regs", regs, 64, "set_regs")
+    """Regs -> ``struct kvm_regs`` (checked by :func:`hvcore.state_checks.check_state`)."""
     return uapi.KvmRegs(*(getattr(regs, n) for n in _REG_NAMES))
 
 

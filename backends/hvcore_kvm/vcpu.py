@@ -23,6 +23,7 @@ from hvcore.errors import (
 )
 from hvcore.exits import Exit, ExitReason
 from hvcore.lifetime import Closeable
+from hvcore.state_checks import check_state, check_xcrs
 from hvcore.types import (
     CpuidEntry,
     DebugRegs,
@@ -242,6 +243,7 @@ class KvmVCPU(Closeable):
 
     def set_regs(self, regs: Regs) -> None:
         """``KVM_SET_REGS``."""
+        check_state(regs, "set_regs")
         self._get(ioctls.KVM_SET_REGS, convert.regs_to_kvm(regs))
 
     def get_sregs(self) -> Sregs:
@@ -252,6 +254,7 @@ class KvmVCPU(Closeable):
 
     def set_sregs(self, sregs: Sregs) -> None:
         """``KVM_SET_SREGS``."""
+        check_state(sregs, "set_sregs")
         self._get(ioctls.KVM_SET_SREGS, convert.sregs_to_kvm(sregs))
 
     def get_fpu(self) -> Fpu:
@@ -262,6 +265,7 @@ class KvmVCPU(Closeable):
 
     def set_fpu(self, fpu: Fpu) -> None:
         """``KVM_SET_FPU``."""
+        check_state(fpu, "set_fpu")
         self._get(ioctls.KVM_SET_FPU, convert.fpu_to_kvm(fpu))
 
     def get_xsave(self) -> Xsave:
@@ -272,8 +276,7 @@ class KvmVCPU(Closeable):
 
     def set_xsave(self, xsave: Xsave) -> None:
         """``KVM_SET_XSAVE``."""
-        if len(xsave.region) != 4096:
-            raise InvalidArgument(f"the XSAVE area is 4096 bytes, got {len(xsave.region)}", operation="set_xsave")
+        check_state(xsave, "set_xsave")
         self._get(ioctls.KVM_SET_XSAVE, convert.xsave_to_kvm(xsave))
 
     def get_xcrs(self) -> dict[int, int]:
@@ -284,9 +287,8 @@ class KvmVCPU(Closeable):
 
     def set_xcrs(self, xcrs: Mapping[int, int]) -> None:
         """``KVM_SET_XCRS``."""
+        check_xcrs(xcrs, "set_xcrs")
         raw = uapi.KvmXcrs()
-        if len(xcrs) > len(raw.xcrs):
-            raise InvalidArgument(f"at most {len(raw.xcrs)} XCRs, got {len(xcrs)}", operation="set_xcrs")
         raw.nr_xcrs = len(xcrs)
         for i, (index, value) in enumerate(xcrs.items()):
             raw.xcrs[i].xcr, raw.xcrs[i].value = index, value
@@ -343,8 +345,7 @@ class KvmVCPU(Closeable):
 
     def set_lapic(self, lapic: Lapic) -> None:
         """``KVM_SET_LAPIC``."""
-        if len(lapic.regs) != 1024:
-            raise InvalidArgument(f"the LAPIC page is 1024 bytes, got {len(lapic.regs)}", operation="KVM_SET_LAPIC")
+        check_state(lapic, "set_lapic")
         self._get(ioctls.KVM_SET_LAPIC, convert.lapic_to_kvm(lapic))
 
     def get_debugregs(self) -> DebugRegs:
@@ -355,6 +356,7 @@ class KvmVCPU(Closeable):
 
     def set_debugregs(self, debugregs: DebugRegs) -> None:
         """``KVM_SET_DEBUGREGS``."""
+        check_state(debugregs, "set_debugregs")
         self._get(ioctls.KVM_SET_DEBUGREGS, convert.debugregs_to_kvm(debugregs))
 
     def get_vcpu_events(self) -> VcpuEvents:
@@ -365,6 +367,7 @@ class KvmVCPU(Closeable):
 
     def set_vcpu_events(self, events: VcpuEvents) -> None:
         """``KVM_SET_VCPU_EVENTS``."""
+        check_state(events, "set_vcpu_events")
         self._get(ioctls.KVM_SET_VCPU_EVENTS, convert.events_to_kvm(events))
 
     def get_mp_state(self) -> MpState:
@@ -392,8 +395,7 @@ class KvmVCPU(Closeable):
 
     def set_guest_debug(self, debug: GuestDebug) -> None:
         """``KVM_SET_GUEST_DEBUG``."""
-        if len(debug.debugreg) != 8:
-            raise InvalidArgument("guest debug takes exactly 8 debug-register values", operation="KVM_SET_GUEST_DEBUG")
+        check_state(debug, "set_guest_debug")
         self._get(ioctls.KVM_SET_GUEST_DEBUG, convert.guest_debug_to_kvm(debug))
 
     def translate(self, linear_address: int) -> Translation:

@@ -14,6 +14,7 @@ from hvcore.checks import check_gsi_routes, check_irqchip, check_msi, check_pit_
 from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument
 from hvcore.lifetime import Closeable
 from hvcore.memory import MemorySlot, SlotChange, SlotOwner, SlotTable
+from hvcore.state_checks import check_state
 from hvcore.types import ClockData, GsiRoute, IoapicState, IrqchipId, PicState, PitState
 from hvcore_kvm import convert, ioctls, uapi
 from hvcore_kvm._sys import ioctl, ioctl_ulong
@@ -145,6 +146,7 @@ class KvmVM(SlotOwner, Closeable):
 
     def set_irqchip(self, chip: IrqchipId, state: PicState | IoapicState) -> None:
         """``KVM_SET_IRQCHIP``."""
+        check_state(state, "set_irqchip")
         raw = uapi.KvmIrqchip()
         raw.chip_id = int(which := check_irqchip(chip, state, "KVM_SET_IRQCHIP"))
         if isinstance(state, IoapicState):
@@ -165,6 +167,7 @@ class KvmVM(SlotOwner, Closeable):
 
     def set_pit(self, state: PitState) -> None:
         """``KVM_SET_PIT2``."""
+        check_state(state, "set_pit")
         check_pit_state(state, "KVM_SET_PIT2")
         ioctl(self._live(), ioctls.KVM_SET_PIT2, convert.pit_to_kvm(state))
 

@@ -361,6 +361,11 @@ class MsrEmulator:
         self.pvclock = pvclock if pvclock is not None else KvmClock(NO_MEMORY, TSC_HZ).add_vcpu(0, self._offset)
         """This vCPU's kvmclock (the VM's, or one of its own with no guest memory)."""
 
+    @property
+    def maxphyaddr(self) -> int:
+        """The vCPU's physical-address width as KVM reads it from its CPUID (36 without leaf 0x80000008)."""
+        return self._cpuid.maxphyaddr
+
     # -- the TSC -----------------------------------------------------------------------
 
     def _offset(self) -> int:

@@ -14,26 +14,18 @@ from typing import TYPE_CHECKING, Final
 
 from hvcore.checks import check_cpuid
 from hvcore.errors import InvalidArgument
-from hvcore.types import CpuidEntry, DebugRegs, Fpu, Sregs, Xsave
-from hvcore_sim import cpufeatures
+from hvcore.types import CpuidEntry, DebugRegs, Fpu, Xsave
+from hvcore_sim import cpufeatures, validity
 from hvcore_sim.cpumodel import XCR0_PKRU
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
 
-__all__ = ["VcpuState", "check_sregs"]
+__all__ = ["VcpuState"]
 
 _FXSAVE: Final = struct.Struct("<HHBxHQQII")  # fcw, fsw, ftw (abridged), fop, fip, fdp, mxcsr, mxcsr_mask
 _XSTATE_BV: Final = 512
 _PKRU_OFFSET: Final = 0xA80  # the PKRU component in the standard-format area (CPUID.0xD.9:EBX)
-
-
-def check_sregs(sregs: Sregs) -> None:
-    """Refuse control-register and EFER values that do not fit 64 bits."""
-    for name in ("cr0", "cr2", "cr3", "cr4", "efer", "apic_base"):
-        value = getattr(sregs, name)
-        if not 0 <= value < 1 << 64:
-            raise InvalidArgument(f"Sregs.{name} = {value:#x} is not an unsigned 64-bit number", operation="set_sregs")
 
 
 def _regs() -> tuple[int, int, int, int, int, tuple[int, ...], tuple[int, ...]]:
@@ -103,7 +95,7 @@ class VcpuState:
         """The legacy FXSAVE region, the XSAVE header, and PKRU where the vCPU's CPUID lists it (as KVM)."""
         fpu = self.get_fpu(engine)
         region = bytearray(4096)
-        _FXSAVE.pack_into(region, 0, fpu.fcw, fpu.fsw, fpu.ftwx, fpu.last_opcode, 0, 0, fpu.mxcsr, 0xFFFF)
+        _FXSAVE.pack_into(region, 0, fpu.fcw, fpu.fsw, fpu.ftwx, fpu.last_opcode, 0, 0, fpu.mxcsr, validity.MXCSR_MASK)
         for i, raw in enumerate(fpu.fpr):
             region[32 + 16 * i : 48 + 16 * i] = raw
         for i, raw in enumerate(fpu.xmm):
@@ -116,16 +108,14 @@ class VcpuState:
         return Xsave(bytes(region))
 
     def set_xsave(self, engine: Engine, xsave: Xsave) -> None:
-        """Load the components an XSAVE area carries (per XSTATE_BV); PKRU is 0 where it carries none, as KVM."""
+        """Load the components an XSAVE area carries (per XSTATE_BV); PKRU is 0 where it carries none, as KVM.
+
+        The area is refused as KVM refuses it (:func:`hvcore_sim.validity.check_xsave`).
+        """
         region = xsave.region
+        validity.check_xsave(region, self.cpuid)
         fcw, fsw, ftw, fop, _, _, mxcsr, _ = _FXSAVE.unpack_from(region, 0)
         xstate_bv = struct.unpack_from("<Q", region, _XSTATE_BV)[0]
-        extra = xstate_bv & ~(cpufeatures.guest_supported_xcr0(self.cpuid) | 0x3)
-        if extra:
-            raise InvalidArgument(
-                f"XSTATE_BV {xstate_bv:#x} holds components {extra:#x} the vCPU's CPUID does not list",
-                operation="set_xsave",
-            )
         engine.set_pkru(struct.unpack_from("<I", region, _PKRU_OFFSET)[0] if xstate_bv & XCR0_PKRU else 0)
         fpu = self.get_fpu(engine)
         if xstate_bv & 1:
@@ -146,7 +136,9 @@ class VcpuState:
 
     def set_cpuid(self, engine: Engine, entries: list[CpuidEntry]) -> None:
         """Keep what CPUID returns; the guest's XSETBV may enable only the XSAVE components it lists."""
-        self.cpuid = check_cpuid(entries)
+        wanted = check_cpuid(entries)
+        validity.check_cpuid(wanted)
+        self.cpuid = wanted
         self.limit_xcr0(engine)
 
     def limit_xcr0(self, engine: Engine) -> None:

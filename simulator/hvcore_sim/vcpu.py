@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from hvcore.checks import check_vector, check_width
+from hvcore.checks import check_vector
 from hvcore.errors import (
     ClosedError,
     ExitNotCompleted,
@@ -37,6 +37,7 @@ from hvcore.exits import (
 )
 from hvcore.lifetime import Closeable
 from hvcore.memory import GuestMemory
+from hvcore.state_checks import check_state, check_xcrs
 from hvcore.types import (
     CpuidEntry,
     DebugRegs,
@@ -50,7 +51,7 @@ from hvcore.types import (
     VcpuEvents,
     Xsave,
 )
-from hvcore_sim import cpufeatures, guestdebug, hypercall, state, syscall
+from hvcore_sim import cpufeatures, guestdebug, hypercall, state, syscall, validity
 from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
 from hvcore_sim.engine import EFER_LMA, Engine
 from hvcore_sim.exits import Stop, StopKind, Tracker
@@ -82,6 +83,7 @@ _APIC_TPR = 0x80
 _RESET_RDX = 0x600  # KVM's CPU signature when the VMM set no CPUID
 _IDLE_POLL = 0.05  # seconds: a sleeping vCPU looks again at least this often
 _UD = 6
+_VALID_NMI_PENDING, _VALID_SHADOW = 1, 4  # KVM_VCPUEVENT_VALID_*: set_vcpu_events applies these parts only then
 _DR6_TRAPS, _DR6_ACTIVE_LOW, _DR6_BS, _DR6_BIT12 = 0xF, 0xFFFF0FF0, 1 << 14, 1 << 12  # kvm_deliver_exception_payload
 
 
@@ -687,7 +689,7 @@ class SimVCPU(Closeable):
 
     def set_regs(self, regs: Regs) -> None:
         """Set general-purpose registers, RIP, RFLAGS."""
-        check_width("Regs", regs, 64, "set_regs")
+        check_state(regs, "set_regs")
         with self._vm.exec_lock:
             self._live().set_regs(regs)
             self.tracker.watch_resume_flag = True  # RF may be set: it is for the next instruction
@@ -706,13 +708,8 @@ class SimVCPU(Closeable):
 
     def set_sregs(self, sregs: Sregs) -> None:
         """Load segments, descriptor tables, control registers, EFER; a new APIC base as the host's WRMSR."""
-        state.check_sregs(sregs)
-        reserved = sregs.cr4 & cpufeatures.cr4_reserved(self._state.cpuid)
-        if reserved:  # kvm_is_valid_sregs: KVM_SET_SREGS fails with EINVAL
-            raise InvalidArgument(
-                f"cr4 = {sregs.cr4:#x} sets bits {reserved:#x} that are reserved for this vCPU's CPUID",
-                operation="set_sregs",
-            )
+        check_state(sregs, "set_sregs")
+        validity.check_sregs(sregs, self._state.cpuid, self.msrs.maxphyaddr)
         apic_base = sregs.apic_base
         with self._vm.exec_lock:
             engine = self._live()
@@ -733,6 +730,7 @@ class SimVCPU(Closeable):
 
     def set_fpu(self, fpu: Fpu) -> None:
         """Set x87/SSE state."""
+        check_state(fpu, "set_fpu")
         with self._vm.exec_lock:
             self._state.set_fpu(self._live(), fpu)
 
@@ -743,8 +741,7 @@ class SimVCPU(Closeable):
 
     def set_xsave(self, xsave: Xsave) -> None:
         """Set the XSAVE area."""
-        if len(xsave.region) != 4096:
-            raise InvalidArgument(f"the XSAVE area is 4096 bytes, got {len(xsave.region)}", operation="set_xsave")
+        check_state(xsave, "set_xsave")
         with self._vm.exec_lock:
             self._state.set_xsave(self._live(), xsave)
 
@@ -755,6 +752,7 @@ class SimVCPU(Closeable):
 
     def set_xcrs(self, xcrs: Mapping[int, int]) -> None:
         """Set XCR0, with KVM's checks against the vCPU's CPUID."""
+        check_xcrs(xcrs, "set_xcrs")
         with self._vm.exec_lock:
             self._state.set_xcrs(self._live(), xcrs)
 
@@ -793,8 +791,7 @@ class SimVCPU(Closeable):
 
     def set_lapic(self, lapic: Lapic) -> None:
         """Load the LAPIC register page (``KVM_SET_LAPIC``); EINVAL without an irqchip, as KVM."""
-        if len(lapic.regs) != 1024:
-            raise InvalidArgument(f"the LAPIC page is 1024 bytes, got {len(lapic.regs)}", operation="set_lapic")
+        check_state(lapic, "set_lapic")
         chip, local = self._chip_lapic("set_lapic")
         with chip.changed:
             local.set_state(lapic)
@@ -807,6 +804,8 @@ class SimVCPU(Closeable):
 
     def set_debugregs(self, debugregs: DebugRegs) -> None:
         """Set DR0-3, DR6, DR7."""
+        check_state(debugregs, "set_debugregs")
+        validity.check_debugregs(debugregs)
         self._live()
         self._state.debugregs = debugregs
 
@@ -826,13 +825,17 @@ class SimVCPU(Closeable):
         )
 
     def set_vcpu_events(self, events: VcpuEvents) -> None:
-        """Set the queued interrupt, pending NMI, NMI blocking and interrupt shadow."""
+        """Set the queued interrupt, NMI blocking and, as ``flags`` says, the interrupt shadow and the pending NMI."""
+        check_state(events, "set_vcpu_events")
+        validity.check_vcpu_events(events)
         with self._vm.exec_lock:
             engine = self._live()
-            engine.interrupt_shadow = bool(events.interrupt_shadow)
+            if events.flags & _VALID_SHADOW:
+                engine.interrupt_shadow = bool(events.interrupt_shadow)
             engine.nmi_blocked = bool(events.nmi_masked)
         self._queued_interrupt = events.interrupt_nr if events.interrupt_injected else None
-        self._nmi_pending = bool(events.nmi_pending)
+        if events.flags & _VALID_NMI_PENDING:
+            self._nmi_pending = bool(events.nmi_pending)
 
     def get_mp_state(self) -> MpState:
         """RUNNABLE, HALTED, UNINITIALIZED or INIT_RECEIVED (always RUNNABLE without an irqchip).
@@ -896,9 +899,8 @@ class SimVCPU(Closeable):
 
         BLOCKIRQ and DR7.GD raise ``Unsupported``; an injection while one is queued: EBUSY, as KVM.
         """
+        check_state(debug, "set_guest_debug")
         self._live()
-        if len(debug.debugreg) != 8:
-            raise InvalidArgument("guest debug takes exactly 8 debug-register values", operation="set_guest_debug")
         settings = guestdebug.parse(debug)
         with self._vm.exec_lock:
             engine = self._live()

@@ -15,6 +15,7 @@ from hvcore.checks import MAX_GSI, check_gsi_routes, check_irqchip, check_msi, c
 from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, StateError
 from hvcore.lifetime import Closeable
 from hvcore.memory import PAGE_SIZE, MemorySlot, SlotChange, SlotOwner, SlotTable
+from hvcore.state_checks import check_state
 from hvcore.types import (
     ClockData,
     GsiRoute,
@@ -298,6 +299,7 @@ class SimVM(SlotOwner, Closeable):
 
     def set_irqchip(self, chip: IrqchipId, state: PicState | IoapicState) -> None:
         """Load the state of one controller (``KVM_SET_IRQCHIP``)."""
+        check_state(state, "set_irqchip")
         self._chip("set_irqchip").set_state(check_irqchip(chip, state, "set_irqchip"), state)
 
     def create_pit(self) -> None:
@@ -316,6 +318,7 @@ class SimVM(SlotOwner, Closeable):
 
     def set_pit(self, state: PitState) -> None:
         """Load the PIT's state (``KVM_SET_PIT2``)."""
+        check_state(state, "set_pit")
         check_pit_state(state, "set_pit")
         self._chip("set_pit").set_pit(state)
 

@@ -19,12 +19,13 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import IntEnum
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from hvcore.errors import InvalidArgument, InvalidType
+from hvcore.types import Fpu, IoapicState
 
 __all__ = [
     "check_bytes",
@@ -155,7 +156,26 @@ def check_instance(name: str, value: object, cls: type[T], operation: str) -> T:
     if dataclasses.is_dataclass(cls):
         for field_name, checker in _field_checkers(cls):
             checker(f"{cls.__name__}.{field_name}", getattr(value, field_name), operation)
+        for field_name, (count, size) in _SHAPES.get(cls, {}).items():
+            _check_shape(f"{cls.__name__}.{field_name}", getattr(value, field_name), count, size, operation)
     return value
+
+
+_SHAPES: Final[dict[type, dict[str, tuple[int, int | None]]]] = {
+    Fpu: {"fpr": (8, 16), "xmm": (16, 16)},
+    IoapicState: {"redirtbl": (24, None)},
+}
+"""Fixed-size arrays of the uapi structs that their annotations cannot say: ``(entries, bytes per entry)``."""
+
+
+def _check_shape(name: str, value: Sequence[Any], count: int, size: int | None, operation: str) -> None:
+    if len(value) != count or (size is not None and any(len(item) != size for item in value)):
+        each = "" if size is None else f" of {size} bytes each"
+        raise InvalidArgument(
+            f"{name} has {count} entries{each}; got {len(value)}"
+            + ("" if size is None else f" of {sorted({len(item) for item in value})} bytes"),
+            operation=operation,
+        )
 
 
 def check_implements(name: str, value: object, protocol: type, operation: str) -> None:

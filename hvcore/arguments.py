@@ -153,7 +153,7 @@ def check_instance(name: str, value: object, cls: type[T], operation: str) -> T:
     """An instance of ``cls``; a dataclass's fields are checked against their annotations, recursively."""
     if not isinstance(value, cls):
         raise InvalidType(f"{name} must be a {cls.__name__}, not {_describe(value)}", operation=operation)
-    if dataclasses.is_dataclass(cls):
+    if dataclasses.is_dataclass(cls) and not _plainly_valid(cls)(value):  # the fast test failed: say why
         for field_name, checker in _field_checkers(cls):
             checker(f"{cls.__name__}.{field_name}", getattr(value, field_name), operation)
         for field_name, (count, size) in _SHAPES.get(cls, {}).items():
@@ -194,6 +194,54 @@ def check_instances(name: str, value: object, classes: tuple[type[Any], ...], op
         cls = next((c for c in classes if isinstance(item, c)), classes[0])
         check_instance(f"{name}[{i}]", item, cls, operation)
     return items
+
+
+@cache
+def _plainly_valid(cls: type[Any]) -> Callable[[Any], bool]:
+    """A fast test that accepts the usual valid ``cls`` (plain ints, bytes, tuples of the right length).
+
+    Anything it refuses (also a valid int subclass, such as an IntFlag) goes through the field
+    checkers, which accept it or raise the error naming the field.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    tests = [_plain_test(hints[n]) for n in names]
+    shapes = tuple(_SHAPES.get(cls, {}).items())
+    ints = [n for n, t in zip(names, tests, strict=True) if t is _plain_int]
+    others = [(n, t) for n, t in zip(names, tests, strict=True) if t is not _plain_int]
+
+    def valid(value: Any) -> bool:
+        return (
+            all(type(getattr(value, n)) is int for n in ints)
+            and all(t(getattr(value, n)) for n, t in others)
+            and all(
+                len(getattr(value, n)) == count and (size is None or all(len(i) == size for i in getattr(value, n)))
+                for n, (count, size) in shapes
+            )
+        )
+
+    return valid
+
+
+def _plain_int(value: object) -> bool:
+    return type(value) is int
+
+
+def _plain_test(hint: Any) -> Callable[[object], bool]:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        item = _plain_test(args[0])
+        length = None if len(args) == 2 and args[1] is Ellipsis else len(args)
+        return lambda v: type(v) is tuple and (length is None or len(v) == length) and all(item(x) for x in v)
+    if hint is int:
+        return _plain_int
+    if hint is bytes:
+        return lambda v: type(v) is bytes
+    if isinstance(hint, type) and origin is None and dataclasses.is_dataclass(hint):
+        inner = _plainly_valid(hint)
+        return lambda v: type(v) is hint and inner(v)
+    return lambda v: False  # anything else: the field checkers decide
 
 
 @cache

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import errno as _errno
 from collections.abc import Iterable, Sequence
-from dataclasses import fields
 from typing import Any, Final
 
-from hvcore.errors import InvalidArgument, StateError
+from hvcore.arguments import check_data, check_instance, check_instances, check_int, check_int_mapping
+from hvcore.errors import InvalidArgument, InvalidType, StateError
 from hvcore.exits import Exit, IoExit, MmioExit
 from hvcore.state_checks import check_state
-from hvcore.types import GsiRoute, IoapicState, IrqchipId, IrqchipRoute, MsiRoute, PicState, PitState
+from hvcore.types import CpuidEntry, GsiRoute, IoapicState, IrqchipId, IrqchipRoute, MsiRoute, PicState, PitState
 
 __all__ = [
+    "IDENTITY_MAP_TOO_LATE",
     "MAX_CPUID_ENTRIES",
+    "MAX_XCRS",
     "check_cpuid",
     "check_gsi_routes",
     "check_irqchip",
@@ -21,24 +23,20 @@ __all__ = [
     "check_pit_state",
     "check_msr",
     "check_vector",
-    "check_width",
+    "check_xcrs",
     "completion_bytes",
     "msr_refused",
     "msr_unreadable",
 ]
 
+IDENTITY_MAP_TOO_LATE: Final = (
+    "set the identity map address before creating any vCPU: KVM refuses KVM_SET_IDENTITY_MAP_ADDR once one exists"
+)
+"""The error for ``set_identity_map_address`` after ``create_vcpu`` (EINVAL on KVM, closed vCPUs count too)."""
+MAX_XCRS: Final = 16
+"""KVM_MAX_XCRS: ``KVM_SET_XCRS`` takes at most this many entries (EINVAL past that)."""
 MAX_CPUID_ENTRIES: Final = 256
 """KVM's limit for ``KVM_SET_CPUID2`` (more is E2BIG)."""
-
-
-def check_width(what: str, value: Any, bits: int, operation: str) -> None:
-    """Every int field of dataclass ``value`` must be an unsigned ``bits``-bit number."""
-    for f in fields(value):
-        field_value = getattr(value, f.name)
-        if isinstance(field_value, int) and not 0 <= field_value < 1 << bits:
-            raise InvalidArgument(
-                f"{what}.{f.name} = {field_value:#x} is not an unsigned {bits}-bit number", operation=operation
-            )
 
 
 def check_msr(index: int, value: int = 0) -> None:
@@ -47,6 +45,24 @@ def check_msr(index: int, value: int = 0) -> None:
         raise InvalidArgument(f"MSR index {index:#x} is not a 32-bit number", operation="msrs")
     if not 0 <= value < 1 << 64:
         raise InvalidArgument(f"MSR {index:#x}: value {value:#x} is not an unsigned 64-bit number", operation="msrs")
+
+
+def check_xcrs(xcrs: object) -> list[tuple[int, int]]:
+    """At most ``MAX_XCRS`` pairs of a 32-bit XCR number and a 64-bit value (``struct kvm_xcrs``)."""
+    items = check_int_mapping("xcrs", xcrs, "set_xcrs")
+    if len(items) > MAX_XCRS:
+        raise InvalidArgument(f"{len(items)} XCRs; struct kvm_xcrs holds at most {MAX_XCRS}", operation="set_xcrs")
+    for index, value in items:
+        if not 0 <= index < 1 << 32:
+            raise InvalidArgument(
+                f"XCR index {index:#x} does not fit struct kvm_xcr.xcr, an unsigned 32-bit number", operation="set_xcrs"
+            )
+        if not 0 <= value < 1 << 64:
+            raise InvalidArgument(
+                f"XCR{index} = {value:#x} does not fit struct kvm_xcr.value, an unsigned 64-bit number",
+                operation="set_xcrs",
+            )
+    return items
 
 
 def msr_unreadable(index: int) -> InvalidArgument:
@@ -61,13 +77,14 @@ def msr_refused(index: int, value: int) -> InvalidArgument:
 
 def check_vector(vector: int, operation: str) -> None:
     """An interrupt vector is 0-255."""
+    check_int("vector", vector, operation)
     if not 0 <= vector < 256:
         raise InvalidArgument(f"interrupt vector {vector} is out of range 0-255", operation=operation)
 
 
 def check_cpuid(entries: Iterable[Any]) -> list[Any]:
     """At most 256 entries (E2BIG past that, as KVM), every register 32-bit."""
-    wanted = list(entries)
+    wanted = check_instances("entries", entries, (CpuidEntry,), "set_cpuid")
     if len(wanted) > MAX_CPUID_ENTRIES:
         raise InvalidArgument(
             f"{len(wanted)} CPUID entries are too many; KVM takes at most {MAX_CPUID_ENTRIES}",
@@ -84,6 +101,7 @@ def completion_bytes(vcpu_id: int, pending: Exit | None, data: bytes | int) -> b
 
     An int is packed little-endian to the access size (negative values as two's complement).
     """
+    check_data("data", data, "complete")
     if not isinstance(pending, (IoExit, MmioExit)):
         raise StateError(f"vCPU {vcpu_id} has no IN or MMIO read waiting for data", operation="complete")
     length = pending.size * pending.count if isinstance(pending, IoExit) else pending.length
@@ -103,8 +121,8 @@ _PINS = {IrqchipId.PIC_MASTER: 8, IrqchipId.PIC_SLAVE: 8, IrqchipId.IOAPIC: 24}
 
 def check_pit_state(state: PitState, operation: str) -> None:
     """Three channels of 8254 state with counts up to 65536 and valid modes."""
-    if not isinstance(state, PitState) or len(state.channels) != 3:
-        raise InvalidArgument("the PIT state is a PitState with three channels", operation=operation)
+    check_instance("state", state, PitState, operation)
+    check_state(state, operation)
     for i, channel in enumerate(state.channels):
         if (
             not 0 <= channel.count <= 0x10000
@@ -120,13 +138,15 @@ def check_pit_state(state: PitState, operation: str) -> None:
 
 def check_msi(address: int, data: int, operation: str) -> None:
     """An x86 MSI: a 64-bit address in the 0xfeexxxxx window and 32-bit data."""
+    check_int("address", address, operation)
+    check_int("data", data, operation)
     if not 0 <= address < 1 << 64 or not 0 <= data < 1 << 32:
         raise InvalidArgument(f"MSI address {address:#x} / data {data:#x} out of range", operation=operation)
 
 
 def check_gsi_routes(routes: Sequence[GsiRoute], operation: str) -> list[GsiRoute]:
     """GSIs below ``MAX_GSI``, irqchip pins that exist, MSI fields in range; at most ``MAX_GSI`` routes."""
-    checked = list(routes)
+    checked: list[GsiRoute] = check_instances("routes", routes, (IrqchipRoute, MsiRoute), operation)
     if len(checked) > MAX_GSI:
         raise InvalidArgument(f"{len(checked)} routes; KVM takes at most {MAX_GSI}", operation=operation)
     for route in checked:
@@ -144,18 +164,23 @@ def check_gsi_routes(routes: Sequence[GsiRoute], operation: str) -> list[GsiRout
     return checked
 
 
-def check_irqchip(chip: IrqchipId | int, state: object, operation: str) -> IrqchipId:
-    """``chip`` as an IrqchipId; with a ``state`` (not None), one of the right type for that chip."""
+_NO_STATE: Final = object()
+
+
+def check_irqchip(chip: IrqchipId | int, operation: str, state: object = _NO_STATE) -> IrqchipId:
+    """``chip`` as an IrqchipId; with a ``state`` (``set_irqchip``), one of the right type for that chip."""
+    number = check_int("chip", chip, operation)
     try:
-        which = IrqchipId(chip)
+        which = IrqchipId(number)
     except ValueError:
         raise InvalidArgument(
             f"{chip!r} is not an irqchip; use IrqchipId.PIC_MASTER, PIC_SLAVE or IOAPIC", operation=operation
         ) from None
-    if state is not None:
+    if state is not _NO_STATE:
         wanted = IoapicState if which is IrqchipId.IOAPIC else PicState
         if not isinstance(state, wanted):
-            raise InvalidArgument(
+            raise InvalidType(
                 f"{which.name} takes a {wanted.__name__}, not {type(state).__name__}", operation=operation
             )
+        check_instance("state", state, wanted, operation)
     return which

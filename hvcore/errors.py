@@ -11,6 +11,7 @@ errors and never a backend's own (``OSError``, ``unicorn.UcError``)::
      |    +-- ExitNotCompleted     run() again before answering an IN / MMIO read
      |    +-- VcpuBusy             run() while another thread is inside run()
      +-- InvalidArgument           a bad value (EINVAL, EFAULT, E2BIG, out of range)
+     |    +-- InvalidType          an argument of the wrong type (also a TypeError; bool is no int)
      |    +-- AlignmentError       an address or size is not page aligned
      |    +-- ImageError           a guest image (kernel, firmware, ELF) is malformed or does not fit
      +-- AlreadyExists             EEXIST: duplicate id, second irqchip
@@ -42,6 +43,7 @@ __all__ = [
     "HypervisorFault",
     "ImageError",
     "InvalidArgument",
+    "InvalidType",
     "NotFound",
     "ResourceExhausted",
     "SlotOverlap",
@@ -126,6 +128,13 @@ class InvalidArgument(HvError, ValueError):
 
     __module__ = "hvcore"
     default_errno = _errno.EINVAL
+
+
+class InvalidType(InvalidArgument, TypeError):
+    """An argument has the wrong type: a str, None or float where an int goes (a bool is not an int
+    either), or the wrong state class. Also a ``TypeError``; the errno is KVM's EINVAL."""
+
+    __module__ = "hvcore"
 
 
 class AlignmentError(InvalidArgument):

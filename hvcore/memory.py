@@ -21,7 +21,16 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import ClassVar
 
-from hvcore.errors import AlignmentError, ClosedError, HvError, InvalidArgument, NotFound, SlotOverlap, error_for_errno
+from hvcore.arguments import check_bytes, check_instance, check_int, check_optional_int
+from hvcore.errors import (
+    AlignmentError,
+    ClosedError,
+    HvError,
+    InvalidArgument,
+    NotFound,
+    SlotOverlap,
+    error_for_errno,
+)
 from hvcore.lifetime import Closeable
 from hvcore.types import DirtyLog, SlotFlags
 
@@ -107,12 +116,16 @@ class GuestMemory(Closeable):
 
     def read(self, offset: int, length: int) -> bytes:
         """Copy ``length`` bytes starting at ``offset``."""
+        check_int("offset", offset, "read")
+        check_int("length", length, "read")
         m = self._live()
         self._check_range(offset, length)
         return m[offset : offset + length]
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` in at ``offset``."""
+        check_int("offset", offset, "write")
+        check_bytes("data", data, "write")
         m = self._live()
         self._check_range(offset, len(data))
         m[offset : offset + len(data)] = data
@@ -132,6 +145,9 @@ class GuestMemory(Closeable):
 
     def fill(self, offset: int, length: int, byte: int = 0) -> None:
         """Set ``length`` bytes at ``offset`` to ``byte``."""
+        check_int("offset", offset, "fill")
+        check_int("length", length, "fill")
+        check_int("byte", byte, "fill")
         self._live()
         self._check_range(offset, length)
         if not 0 <= byte < 256:
@@ -339,6 +355,19 @@ class SlotTable:
         self._sorted = ()
 
 
+def _check_slot_arguments(
+    slot: object, guest_address: object, memory: object, offset: object, size: object, flags: object
+) -> None:
+    """The types ``set_memory_slot`` takes (a float address would reach the backend's page tables)."""
+    operation = "set_memory_slot"
+    check_int("slot", slot, operation)
+    check_int("guest_address", guest_address, operation)
+    check_instance("memory", memory, GuestMemory, operation)
+    check_int("offset", offset, operation)
+    check_optional_int("size", size, operation)
+    check_int("flags", flags, operation)
+
+
 class SlotOwner:
     """Mixin: the memory-slot methods of :class:`hvcore.VM`, with KVM's rules, for any backend.
 
@@ -369,6 +398,7 @@ class SlotOwner:
         flags: SlotFlags = SlotFlags(0),
     ) -> MemorySlot:
         """Map ``size`` bytes of ``memory`` (from ``offset``; all of it by default) at ``guest_address``."""
+        _check_slot_arguments(slot, guest_address, memory, offset, size, flags)
         self._live()
         if size is None:
             size = memory.size - offset
@@ -381,11 +411,14 @@ class SlotOwner:
 
     def delete_memory_slot(self, slot: int) -> None:
         """Remove a slot; later guest accesses to its range are MMIO exits."""
+        check_int("slot", slot, "delete_memory_slot")
         self._live()
         self._commit(self._slots.plan(slot, 0, None, 0, 0, SlotFlags(0)))
 
     def set_slot_flags(self, slot: int, flags: SlotFlags) -> MemorySlot:
         """Change a slot's flags; a READONLY change deletes and re-adds the slot, as QEMU does."""
+        check_int("slot", slot, "set_slot_flags")
+        check_int("flags", flags, "set_slot_flags")
         self._live()
         first, *rest = self._slots.plan_flags(slot, flags)
         self._commit(first)
@@ -404,6 +437,7 @@ class SlotOwner:
 
     def get_dirty_log(self, slot: int) -> DirtyLog:
         """Pages written since the last call, for a slot with ``LOG_DIRTY_PAGES``; reading clears it."""
+        check_int("slot", slot, "get_dirty_log")
         self._live()
         entry = self._slots.get(slot)
         if not entry.flags & SlotFlags.LOG_DIRTY_PAGES:

@@ -43,10 +43,7 @@ from hvcore.types import (
     Xsave,
 )
 
-__all__ = ["LAYOUTS", "MAX_XCRS", "Int", "Layout", "Nested", "Raw", "check_state", "check_xcrs"]
-
-MAX_XCRS: Final = 16
-"""``KVM_MAX_XCRS``: the most XCRs one ``KVM_SET_XCRS`` takes."""
+__all__ = ["LAYOUTS", "Int", "Layout", "Nested", "Raw", "check_state"]
 
 
 @dataclass(frozen=True)
@@ -220,22 +217,6 @@ def check_state(value: object, operation: str) -> None:
     _check(type(value).__name__, value, operation)
     if isinstance(value, Sregs) and isinstance(value.interrupt_bitmap, tuple):
         _check_one_pending(value.interrupt_bitmap, operation)
-
-
-def check_xcrs(xcrs: Mapping[int, int], operation: str) -> None:
-    """At most ``MAX_XCRS`` XCRs (``struct kvm_xcrs``), each a 32-bit index with a 64-bit value."""
-    if len(xcrs) > MAX_XCRS:
-        raise InvalidArgument(f"{len(xcrs)} XCRs; struct kvm_xcrs holds at most {MAX_XCRS}", operation=operation)
-    for index, value in xcrs.items():
-        if isinstance(index, int) and not 0 <= index < 1 << 32:
-            raise InvalidArgument(
-                f"XCR index {index:#x} does not fit struct kvm_xcr.xcr, an unsigned 32-bit number", operation=operation
-            )
-        if isinstance(value, int) and not 0 <= value < 1 << 64:
-            raise InvalidArgument(
-                f"XCR{index} = {value:#x} does not fit struct kvm_xcr.value, an unsigned 64-bit number",
-                operation=operation,
-            )
 
 
 def _check(path: str, value: object, operation: str) -> None:

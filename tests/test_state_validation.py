@@ -215,7 +215,7 @@ OUT_OF_RANGE: dict[str, tuple[Setter, str]] = {
     ),
     "interrupt bitmap words": (
         _sregs(interrupt_bitmap=(0, 0, 0, 0, 0)),
-        r"Sregs\.interrupt_bitmap has 5 entries; struct kvm_sregs\.interrupt_bitmap holds exactly 4",
+        r"Sregs\.interrupt_bitmap must be a tuple of 4 int values",  # the annotation's length: a type check
     ),
     "fcw": (_fpu(fcw=0x10000), r"Fpu\.fcw = 0x10000 does not fit struct kvm_fpu\.fcw"),
     "mxcsr": (_fpu(mxcsr=1 << 32), r"Fpu\.mxcsr = 0x100000000 does not fit struct kvm_fpu\.mxcsr"),

@@ -7,6 +7,7 @@ import os
 import weakref
 from typing import Final
 
+from hvcore.arguments import check_int
 from hvcore.caps import Capability
 from hvcore.errors import BackendUnavailable, ClosedError, HvError, InvalidArgument
 from hvcore.lifetime import Closeable
@@ -74,6 +75,7 @@ class KvmHypervisor(Closeable):
 
     def check_extension(self, capability: Capability | int) -> int:
         """``KVM_CHECK_EXTENSION`` (0 for numbers KVM cannot know)."""
+        check_int("capability", capability, "check_extension")
         fd = self._live()
         if not 0 <= int(capability) < 1 << 31:
             return 0

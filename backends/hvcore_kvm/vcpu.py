@@ -12,7 +12,16 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from hvcore.checks import check_cpuid, check_msr, check_vector, completion_bytes, msr_refused, msr_unreadable
+from hvcore.arguments import check_enum, check_flag, check_instance, check_int, check_int_list, check_int_mapping
+from hvcore.checks import (
+    check_cpuid,
+    check_msr,
+    check_vector,
+    check_xcrs,
+    completion_bytes,
+    msr_refused,
+    msr_unreadable,
+)
 from hvcore.errors import (
     ClosedError,
     ExitNotCompleted,
@@ -23,7 +32,7 @@ from hvcore.errors import (
 )
 from hvcore.exits import Exit, ExitReason
 from hvcore.lifetime import Closeable
-from hvcore.state_checks import check_state, check_xcrs
+from hvcore.state_checks import check_state
 from hvcore.types import (
     CpuidEntry,
     DebugRegs,
@@ -185,6 +194,7 @@ class KvmVCPU(Closeable):
 
     @immediate_exit.setter
     def immediate_exit(self, value: bool) -> None:
+        value = check_flag("immediate_exit", value, "immediate_exit")
         self._live()
         self._run[kvm_run.IMMEDIATE_EXIT] = int(bool(value))
 
@@ -196,6 +206,7 @@ class KvmVCPU(Closeable):
 
     @request_interrupt_window.setter
     def request_interrupt_window(self, value: bool) -> None:
+        value = check_flag("request_interrupt_window", value, "request_interrupt_window")
         self._live()
         self._run[kvm_run.REQUEST_INTERRUPT_WINDOW] = int(bool(value))
 
@@ -219,6 +230,7 @@ class KvmVCPU(Closeable):
 
     @cr8.setter
     def cr8(self, value: int) -> None:
+        check_int("cr8", value, "cr8")
         self._live()
         if not 0 <= value < 16:
             raise InvalidArgument(f"CR8 is a 4-bit task priority; {value} is out of range", operation="cr8")
@@ -243,6 +255,7 @@ class KvmVCPU(Closeable):
 
     def set_regs(self, regs: Regs) -> None:
         """``KVM_SET_REGS``."""
+        check_instance("regs", regs, Regs, "set_regs")
         check_state(regs, "set_regs")
         self._get(ioctls.KVM_SET_REGS, convert.regs_to_kvm(regs))
 
@@ -254,6 +267,7 @@ class KvmVCPU(Closeable):
 
     def set_sregs(self, sregs: Sregs) -> None:
         """``KVM_SET_SREGS``."""
+        check_instance("sregs", sregs, Sregs, "set_sregs")
         check_state(sregs, "set_sregs")
         self._get(ioctls.KVM_SET_SREGS, convert.sregs_to_kvm(sregs))
 
@@ -265,6 +279,7 @@ class KvmVCPU(Closeable):
 
     def set_fpu(self, fpu: Fpu) -> None:
         """``KVM_SET_FPU``."""
+        check_instance("fpu", fpu, Fpu, "set_fpu")
         check_state(fpu, "set_fpu")
         self._get(ioctls.KVM_SET_FPU, convert.fpu_to_kvm(fpu))
 
@@ -276,6 +291,7 @@ class KvmVCPU(Closeable):
 
     def set_xsave(self, xsave: Xsave) -> None:
         """``KVM_SET_XSAVE``."""
+        check_instance("xsave", xsave, Xsave, "set_xsave")
         check_state(xsave, "set_xsave")
         self._get(ioctls.KVM_SET_XSAVE, convert.xsave_to_kvm(xsave))
 
@@ -287,16 +303,16 @@ class KvmVCPU(Closeable):
 
     def set_xcrs(self, xcrs: Mapping[int, int]) -> None:
         """``KVM_SET_XCRS``."""
-        check_xcrs(xcrs, "set_xcrs")
+        items = check_xcrs(xcrs)
         raw = uapi.KvmXcrs()
-        raw.nr_xcrs = len(xcrs)
-        for i, (index, value) in enumerate(xcrs.items()):
+        raw.nr_xcrs = len(items)
+        for i, (index, value) in enumerate(items):
             raw.xcrs[i].xcr, raw.xcrs[i].value = index, value
         self._get(ioctls.KVM_SET_XCRS, raw)
 
     def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
         """``KVM_GET_MSRS``; an MSR KVM does not know raises InvalidArgument naming it."""
-        wanted = list(indices)
+        wanted = check_int_list("indices", indices, "get_msrs")
         for index in wanted:
             check_msr(index)
         raw = uapi.msrs_with(len(wanted))()
@@ -310,7 +326,7 @@ class KvmVCPU(Closeable):
 
     def set_msrs(self, msrs: Mapping[int, int]) -> None:
         """``KVM_SET_MSRS``; stops at the first MSR refused and raises InvalidArgument naming it."""
-        items = list(msrs.items())
+        items = check_int_mapping("msrs", msrs, "set_msrs")
         for index, value in items:
             check_msr(index, value)
         raw = uapi.msrs_with(len(items))()
@@ -345,6 +361,7 @@ class KvmVCPU(Closeable):
 
     def set_lapic(self, lapic: Lapic) -> None:
         """``KVM_SET_LAPIC``."""
+        check_instance("lapic", lapic, Lapic, "set_lapic")
         check_state(lapic, "set_lapic")
         self._get(ioctls.KVM_SET_LAPIC, convert.lapic_to_kvm(lapic))
 
@@ -356,6 +373,7 @@ class KvmVCPU(Closeable):
 
     def set_debugregs(self, debugregs: DebugRegs) -> None:
         """``KVM_SET_DEBUGREGS``."""
+        check_instance("debugregs", debugregs, DebugRegs, "set_debugregs")
         check_state(debugregs, "set_debugregs")
         self._get(ioctls.KVM_SET_DEBUGREGS, convert.debugregs_to_kvm(debugregs))
 
@@ -367,6 +385,7 @@ class KvmVCPU(Closeable):
 
     def set_vcpu_events(self, events: VcpuEvents) -> None:
         """``KVM_SET_VCPU_EVENTS``."""
+        check_instance("events", events, VcpuEvents, "set_vcpu_events")
         check_state(events, "set_vcpu_events")
         self._get(ioctls.KVM_SET_VCPU_EVENTS, convert.events_to_kvm(events))
 
@@ -378,10 +397,7 @@ class KvmVCPU(Closeable):
 
     def set_mp_state(self, state: MpState) -> None:
         """``KVM_SET_MP_STATE``."""
-        try:
-            value = MpState(state)
-        except ValueError:
-            raise InvalidArgument(f"{state!r} is not an MpState", operation="KVM_SET_MP_STATE") from None
+        value = check_enum("state", state, MpState, "set_mp_state")
         self._get(ioctls.KVM_SET_MP_STATE, uapi.KvmMpState(int(value)))
 
     def interrupt(self, vector: int) -> None:
@@ -395,11 +411,13 @@ class KvmVCPU(Closeable):
 
     def set_guest_debug(self, debug: GuestDebug) -> None:
         """``KVM_SET_GUEST_DEBUG``."""
+        check_instance("debug", debug, GuestDebug, "set_guest_debug")
         check_state(debug, "set_guest_debug")
         self._get(ioctls.KVM_SET_GUEST_DEBUG, convert.guest_debug_to_kvm(debug))
 
     def translate(self, linear_address: int) -> Translation:
         """``KVM_TRANSLATE``."""
+        check_int("linear_address", linear_address, "translate")
         if not 0 <= linear_address < 1 << 64:
             raise InvalidArgument(f"linear address {linear_address:#x} is not 64-bit", operation="KVM_TRANSLATE")
         raw = uapi.KvmTranslation()

@@ -9,8 +9,9 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from hvcore.arguments import check_flag, check_int
 from hvcore.caps import Capability
-from hvcore.checks import check_gsi_routes, check_irqchip, check_msi, check_pit_state
+from hvcore.checks import IDENTITY_MAP_TOO_LATE, check_gsi_routes, check_irqchip, check_msi, check_pit_state
 from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument
 from hvcore.lifetime import Closeable
 from hvcore.memory import MemorySlot, SlotChange, SlotOwner, SlotTable
@@ -53,6 +54,7 @@ class KvmVM(SlotOwner, Closeable):
 
     def check_extension(self, capability: Capability | int) -> int:
         """``KVM_CHECK_EXTENSION`` on the VM fd (0 for numbers KVM cannot know)."""
+        check_int("capability", capability, "check_extension")
         fd = self._live()
         if not 0 <= int(capability) < 1 << 31:
             return 0
@@ -91,6 +93,7 @@ class KvmVM(SlotOwner, Closeable):
 
     def create_vcpu(self, vcpu_id: int) -> KvmVCPU:
         """``KVM_CREATE_VCPU`` and mmap its ``kvm_run``."""
+        check_int("vcpu_id", vcpu_id, "create_vcpu")
         fd = self._live()
         if not 0 <= vcpu_id < self._max_vcpu_id:
             raise InvalidArgument(
@@ -127,6 +130,8 @@ class KvmVM(SlotOwner, Closeable):
 
     def irq_line(self, irq: int, level: bool) -> int:
         """``KVM_IRQ_LINE_STATUS``: drive pin ``irq``; returns the delivery status."""
+        check_int("irq", irq, "irq_line")
+        level = check_flag("level", level, "irq_line")
         if not 0 <= irq < 1024:
             raise InvalidArgument(f"IRQ {irq} is out of range", operation="KVM_IRQ_LINE_STATUS")
         raw = uapi.KvmIrqLevel()
@@ -138,7 +143,7 @@ class KvmVM(SlotOwner, Closeable):
     def get_irqchip(self, chip: IrqchipId) -> PicState | IoapicState:
         """``KVM_GET_IRQCHIP``."""
         raw = uapi.KvmIrqchip()
-        raw.chip_id = int(which := check_irqchip(chip, None, "KVM_GET_IRQCHIP"))
+        raw.chip_id = int(which := check_irqchip(chip, "KVM_GET_IRQCHIP"))
         ioctl(self._live(), ioctls.KVM_GET_IRQCHIP, raw, f"chip {which.name}")
         if which is IrqchipId.IOAPIC:
             return convert.ioapic_from_kvm(raw.chip.ioapic)
@@ -146,9 +151,10 @@ class KvmVM(SlotOwner, Closeable):
 
     def set_irqchip(self, chip: IrqchipId, state: PicState | IoapicState) -> None:
         """``KVM_SET_IRQCHIP``."""
+        which = check_irqchip(chip, "KVM_SET_IRQCHIP", state)
         check_state(state, "set_irqchip")
         raw = uapi.KvmIrqchip()
-        raw.chip_id = int(which := check_irqchip(chip, state, "KVM_SET_IRQCHIP"))
+        raw.chip_id = int(which)
         if isinstance(state, IoapicState):
             convert.ioapic_to_kvm(state, raw.chip.ioapic)
         else:
@@ -167,7 +173,6 @@ class KvmVM(SlotOwner, Closeable):
 
     def set_pit(self, state: PitState) -> None:
         """``KVM_SET_PIT2``."""
-        check_state(state, "set_pit")
         check_pit_state(state, "KVM_SET_PIT2")
         ioctl(self._live(), ioctls.KVM_SET_PIT2, convert.pit_to_kvm(state))
 
@@ -196,6 +201,7 @@ class KvmVM(SlotOwner, Closeable):
 
     def set_clock(self, nanoseconds: int) -> None:
         """``KVM_SET_CLOCK``."""
+        check_int("nanoseconds", nanoseconds, "set_clock")
         if not 0 <= nanoseconds < 1 << 64:
             raise InvalidArgument(
                 f"clock value {nanoseconds} is not an unsigned 64-bit count", operation="KVM_SET_CLOCK"
@@ -206,14 +212,19 @@ class KvmVM(SlotOwner, Closeable):
 
     def set_tss_address(self, address: int) -> None:
         """``KVM_SET_TSS_ADDR``."""
+        check_int("address", address, "set_tss_address")
         if not 0 <= address < 1 << 32:
             raise InvalidArgument(f"TSS address {address:#x} must be below 4 GiB", operation="KVM_SET_TSS_ADDR")
         ioctl_ulong(self._live(), ioctls.KVM_SET_TSS_ADDR, address, f"address {address:#x}")
 
     def set_identity_map_address(self, address: int) -> None:
         """``KVM_SET_IDENTITY_MAP_ADDR``."""
+        check_int("address", address, "set_identity_map_address", 0, 1 << 64)
+        fd = self._live()
+        if self._vcpus_created:
+            raise InvalidArgument(IDENTITY_MAP_TOO_LATE, operation="KVM_SET_IDENTITY_MAP_ADDR")
         value = ctypes.c_uint64(address)
-        ioctl_ulong(self._live(), ioctls.KVM_SET_IDENTITY_MAP_ADDR, ctypes.addressof(value), f"address {address:#x}")
+        ioctl_ulong(fd, ioctls.KVM_SET_IDENTITY_MAP_ADDR, ctypes.addressof(value), f"address {address:#x}")
 
     # -- lifetime ----------------------------------------------------------
 

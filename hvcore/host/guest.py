@@ -211,4 +211,3 @@ class ProbeGuest:
 
     def __exit__(self, *exc: object | TracebackType) -> None:
         self.close()
-

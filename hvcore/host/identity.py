@@ -13,6 +13,7 @@ from pathlib import Path
 
 __all__ = ["HostIdentity", "host_identity"]
 
+
 @dataclass(frozen=True)
 class HostIdentity:
     """The names a host goes by (reported, and used as the probe-cache key; never to decide behaviour)."""

@@ -74,4 +74,3 @@ def set_up_bios_state(vcpu: VCPU, memory: LoadTarget) -> None:
     exit_ = vcpu.run()
     if not (isinstance(exit_, IoExit) and exit_.port == _DONE_PORT and exit_.direction is IoDirection.OUT):
         raise StateError(f"setting the PICs and the PIT up as a BIOS does stopped with {exit_!r}", operation="boot")
-

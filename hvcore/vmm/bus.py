@@ -11,6 +11,7 @@ import bisect
 import threading
 from dataclasses import dataclass
 
+from hvcore.arguments import check_implements, check_int
 from hvcore.errors import BusConflict, InvalidArgument, NotFound
 from hvcore.vmm.device import Device
 
@@ -31,6 +32,18 @@ class Range:
         return self.base + self.length
 
 
+def _check_range_arguments(base: object, length: object, device: object) -> None:
+    check_int("base", base, "register")
+    check_int("length", length, "register")
+    check_implements("device", device, Device, "register")
+
+
+def _check_access(address: object, size: object, value: object, operation: str) -> None:
+    check_int("address", address, operation)
+    check_int("size", size, operation, 1, 9)
+    check_int("value", value, operation)
+
+
 class Bus:
     """Device ranges in an address space of ``limit`` addresses (0x10000 for ports)."""
 
@@ -45,6 +58,7 @@ class Bus:
 
     def register(self, base: int, length: int, device: Device) -> Range:
         """Put ``device`` at ``[base, base + length)``; ``BusConflict`` if another device is there."""
+        _check_range_arguments(base, length, device)
         if length <= 0 or base < 0 or base + length > self.limit:
             raise InvalidArgument(
                 f"{device.name}: {self.name} range {base:#x}+{length:#x} is outside 0..{self.limit:#x}",
@@ -66,6 +80,7 @@ class Bus:
 
     def unregister(self, device: Device) -> None:
         """Remove every range of ``device``."""
+        check_implements("device", device, Device, "unregister")
         with self._lock:
             kept = [r for r in self._ranges if r.device is not device]
             if len(kept) == len(self._ranges):
@@ -75,6 +90,8 @@ class Bus:
 
     def find(self, address: int) -> Range | None:
         """The range holding ``address``, if any."""
+        if type(address) is not int:
+            check_int("address", address, "find")
         at = bisect.bisect_right(self._bases, address) - 1
         if at >= 0:
             entry = self._ranges[at]
@@ -84,6 +101,8 @@ class Bus:
 
     def read(self, address: int, size: int) -> int:
         """Dispatch a read; all-ones when no device claims ``address``."""
+        if type(address) is not int or type(size) is not int or not 0 < size <= 8:  # the exit path: one test
+            _check_access(address, size, 0, "read")
         entry = self.find(address)
         if entry is None:
             self.unclaimed_reads += 1
@@ -92,6 +111,8 @@ class Bus:
 
     def write(self, address: int, size: int, value: int) -> bool:
         """Dispatch a write; False (and counted) when no device claims ``address``."""
+        if type(address) is not int or type(size) is not int or type(value) is not int or not 0 < size <= 8:
+            _check_access(address, size, value, "write")
         entry = self.find(address)
         if entry is None:
             self.unclaimed_writes += 1

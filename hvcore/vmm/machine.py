@@ -30,6 +30,16 @@ from types import TracebackType
 from typing import IO
 
 from hvcore import x86
+from hvcore.arguments import (
+    check_bytes,
+    check_flag,
+    check_implements,
+    check_instance,
+    check_int,
+    check_str,
+    check_timeout,
+)
+from hvcore.checks import MAX_GSI
 from hvcore.errors import HvError, ImageError, InvalidArgument, StateError
 from hvcore.exits import (
     DebugExit,
@@ -73,6 +83,15 @@ class MachineResult:
     error: BaseException | None = None
 
 
+def _check_load_arguments(image: object, format: object, cmdline: object, initrd: object, name: object) -> None:
+    check_bytes("image", image, "load")
+    check_str("format", format, "load")
+    check_str("cmdline", cmdline, "load")
+    if initrd is not None:
+        check_bytes("initrd", initrd, "load")
+    check_str("name", name, "load")
+
+
 class _Line:
     """An irqchip line for devices."""
 
@@ -87,6 +106,13 @@ class _Line:
         self._vm.irq_line(self._gsi, False)
 
 
+def _check_machine_arguments(hypervisor: object, memory: object, cpus: object, irqchip: object) -> None:
+    check_implements("hypervisor", hypervisor, Hypervisor, "Machine")
+    check_int("memory", memory, "Machine")
+    check_int("cpus", cpus, "Machine")
+    check_flag("irqchip", irqchip, "Machine")
+
+
 class Machine:
     """A VM, its memory, devices and vCPU threads. See the module docstring."""
 
@@ -99,6 +125,7 @@ class Machine:
         irqchip: bool = True,
         trace: IO[str] | None = None,
     ) -> None:
+        _check_machine_arguments(hypervisor, memory, cpus, irqchip)
         if memory < (1 << 20) or memory % PAGE_SIZE:
             raise InvalidArgument(
                 f"memory must be whole pages and at least 1 MiB, got {memory:#x}", operation="Machine"
@@ -177,16 +204,22 @@ class Machine:
 
     def write(self, address: int, data: bytes) -> None:
         """Write guest RAM."""
+        check_int("address", address, "write")
+        check_bytes("data", data, "write")
         memory, offset = self._locate(address, len(data))
         memory.write(offset, data)
 
     def read(self, address: int, length: int) -> bytes:
         """Read guest RAM."""
+        check_int("address", address, "read")
+        check_int("length", length, "read", 0)
         memory, offset = self._locate(address, length)
         return memory.read(offset, length)
 
     def add_rom(self, address: int, data: bytes) -> None:
         """Map ``data`` read-only at ``address`` (page aligned, padded to whole pages)."""
+        check_int("address", address, "add_rom")
+        check_bytes("data", data, "add_rom")
         if address % PAGE_SIZE:
             raise ImageError(f"a ROM must start on a page boundary, not {address:#x}", operation="add_rom")
         size = -(-len(data) // PAGE_SIZE) * PAGE_SIZE
@@ -208,6 +241,7 @@ class Machine:
 
     def irq(self, gsi: int) -> IrqLine | None:
         """The irqchip line for GSI ``gsi`` (``None`` without an irqchip)."""
+        check_int("gsi", gsi, "irq", 0, MAX_GSI)
         return _Line(self.vm, gsi) if self.irqchip else None
 
     def clock(self) -> int:
@@ -220,6 +254,7 @@ class Machine:
         Sets or clears ``PIT_FLAGS_HPET_LEGACY`` (``KVM_SET_PIT2``), as QEMU does when the guest
         flips the HPET's LEG_RT_CNF; nothing without an irqchip (there is no PIT then).
         """
+        active = check_flag("active", active, "set_pit_hpet_legacy")
         if not self.irqchip:
             return
         state = self.vm.get_pit()
@@ -239,12 +274,14 @@ class Machine:
 
         ``name``, the image's file name, starts a multiboot kernel's command line (as GRUB and QEMU do).
         """
+        _check_load_arguments(image, format, cmdline, initrd, name)
         plan = load_image(image, self, format=format, cmdline=cmdline, initrd=initrd, name=name)
         self.boot(plan)
         return plan
 
     def boot(self, plan: BootPlan) -> None:
         """Set vCPU 0 up as ``plan`` says (the reset state for firmware), after the BIOS state it asks for."""
+        check_instance("plan", plan, BootPlan, "boot")
         vcpu = self.vcpus[0]
         if plan.bios_state and self.irqchip:
             set_up_bios_state(vcpu, self)
@@ -284,6 +321,7 @@ class Machine:
 
     def wait(self, timeout: float | None = None) -> MachineResult | None:
         """Wait until the run ends; its result, or ``None`` if ``timeout`` passed first."""
+        timeout = check_timeout("timeout", timeout, "wait")
         if not self._done.wait(timeout):
             return None
         self._join()
@@ -291,6 +329,7 @@ class Machine:
 
     def run(self, timeout: float | None = None) -> MachineResult:
         """Start, wait until the guest stops (or ``timeout`` seconds), stop; how it ended."""
+        timeout = check_timeout("timeout", timeout, "run")
         self.start()
         result = self.wait(timeout)
         if result is None:
@@ -315,10 +354,13 @@ class Machine:
 
     def request_stop(self, request: StopRequest) -> None:
         """A device's stop request (debug exit, reset)."""
+        check_instance("request", request, StopRequest, "request_stop")
         self.stop(MachineResult(request.reason, request.status))
 
     def stop(self, result: MachineResult | None = None) -> None:
         """End the run: every vCPU leaves at its next exit (they are kicked); the first result set wins."""
+        if result is not None:
+            check_instance("result", result, MachineResult, "stop")
         with self._lock:
             if self._result is None:
                 self._result = result or MachineResult("stopped")

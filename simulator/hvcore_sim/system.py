@@ -7,6 +7,7 @@ import threading
 import weakref
 from typing import Final
 
+from hvcore.arguments import check_int
 from hvcore.caps import Capability
 from hvcore.errors import BackendUnavailable, ClosedError
 from hvcore.lifetime import Closeable
@@ -15,7 +16,7 @@ from hvcore_sim import cpuid, guestdebug
 from hvcore_sim.clock import Clock, clock_from_environment
 from hvcore_sim.layout import ContextLayout, LayoutError, calibrate
 from hvcore_sim.msrs import MSRS
-from hvcore_sim.vm import MAX_SLOTS, MAX_VCPU_ID, SimVM
+from hvcore_sim.vm import MAX_SLOTS, MAX_VCPU_ID, MAX_VCPUS, SimVM
 
 __all__ = ["BACKEND", "SimBackend", "SimHypervisor"]
 
@@ -56,7 +57,7 @@ _CAPABILITIES: Final = {
     Capability.PIT_STATE2: 1,
     Capability.SIGNAL_MSI: 1,
     Capability.NR_VCPUS: RECOMMENDED_VCPUS,
-    Capability.MAX_VCPUS: MAX_VCPU_ID,
+    Capability.MAX_VCPUS: MAX_VCPUS,
     Capability.MAX_VCPU_ID: MAX_VCPU_ID,
     Capability.NR_MEMSLOTS: MAX_SLOTS,
 }
@@ -104,6 +105,7 @@ class SimHypervisor(Closeable):
 
     def check_extension(self, capability: Capability | int) -> int:
         """What the simulator has (a count for the ``NR_*`` / ``MAX_*`` capabilities)."""
+        check_int("capability", capability, "check_extension")
         self._live()
         try:
             return _CAPABILITIES.get(Capability(capability), 0)
@@ -136,9 +138,9 @@ class SimHypervisor(Closeable):
         return RECOMMENDED_VCPUS
 
     def max_vcpus(self) -> int:
-        """Most vCPUs per VM."""
+        """Most vCPUs per VM (``KVM_CAP_MAX_VCPUS``; their ids go up to ``KVM_CAP_MAX_VCPU_ID`` - 1)."""
         self._live()
-        return MAX_VCPU_ID
+        return MAX_VCPUS
 
     def create_vm(self, *, clock: Clock | None = None) -> SimVM:
         """An empty VM whose timers run on ``clock`` (default: ``HVCORE_SIM_CLOCK``, else the host's time).

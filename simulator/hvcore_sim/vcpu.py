@@ -14,7 +14,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from hvcore.checks import check_vector
+from hvcore.arguments import (
+    check_enum,
+    check_flag,
+    check_instance,
+    check_instances,
+    check_int,
+    check_int_list,
+    check_int_mapping,
+)
+from hvcore.checks import check_vector, check_xcrs
 from hvcore.errors import (
     ClosedError,
     ExitNotCompleted,
@@ -37,7 +46,7 @@ from hvcore.exits import (
 )
 from hvcore.lifetime import Closeable
 from hvcore.memory import GuestMemory
-from hvcore.state_checks import check_state, check_xcrs
+from hvcore.state_checks import check_state
 from hvcore.types import (
     CpuidEntry,
     DebugRegs,
@@ -632,6 +641,7 @@ class SimVCPU(Closeable):
 
     @immediate_exit.setter
     def immediate_exit(self, value: bool) -> None:
+        value = check_flag("immediate_exit", value, "immediate_exit")
         self._live()
         with self._kick_lock:
             self._immediate_exit = bool(value)
@@ -646,6 +656,7 @@ class SimVCPU(Closeable):
 
     @request_interrupt_window.setter
     def request_interrupt_window(self, value: bool) -> None:
+        value = check_flag("request_interrupt_window", value, "request_interrupt_window")
         self._live()
         self._request_window = bool(value)
 
@@ -669,6 +680,7 @@ class SimVCPU(Closeable):
 
     @cr8.setter
     def cr8(self, value: int) -> None:
+        check_int("cr8", value, "cr8")
         self._live()
         if not 0 <= value < 16:
             raise InvalidArgument(f"CR8 is a 4-bit task priority; {value} is out of range", operation="cr8")
@@ -689,6 +701,7 @@ class SimVCPU(Closeable):
 
     def set_regs(self, regs: Regs) -> None:
         """Set general-purpose registers, RIP, RFLAGS."""
+        check_instance("regs", regs, Regs, "set_regs")
         check_state(regs, "set_regs")
         with self._vm.exec_lock:
             self._live().set_regs(regs)
@@ -708,6 +721,7 @@ class SimVCPU(Closeable):
 
     def set_sregs(self, sregs: Sregs) -> None:
         """Load segments, descriptor tables, control registers, EFER; a new APIC base as the host's WRMSR."""
+        check_instance("sregs", sregs, Sregs, "set_sregs")
         check_state(sregs, "set_sregs")
         validity.check_sregs(sregs, self._state.cpuid, self.msrs.maxphyaddr)
         apic_base = sregs.apic_base
@@ -730,6 +744,7 @@ class SimVCPU(Closeable):
 
     def set_fpu(self, fpu: Fpu) -> None:
         """Set x87/SSE state."""
+        check_instance("fpu", fpu, Fpu, "set_fpu")
         check_state(fpu, "set_fpu")
         with self._vm.exec_lock:
             self._state.set_fpu(self._live(), fpu)
@@ -741,6 +756,7 @@ class SimVCPU(Closeable):
 
     def set_xsave(self, xsave: Xsave) -> None:
         """Set the XSAVE area."""
+        check_instance("xsave", xsave, Xsave, "set_xsave")
         check_state(xsave, "set_xsave")
         with self._vm.exec_lock:
             self._state.set_xsave(self._live(), xsave)
@@ -751,25 +767,28 @@ class SimVCPU(Closeable):
             return {0: self._live().xcr0()}
 
     def set_xcrs(self, xcrs: Mapping[int, int]) -> None:
-        """Set XCR0, with KVM's checks against the vCPU's CPUID."""
-        check_xcrs(xcrs, "set_xcrs")
+        """Set XCR0, with KVM's checks against the vCPU's CPUID; other XCRs are ignored, as KVM."""
+        items = check_xcrs(xcrs)
         with self._vm.exec_lock:
-            self._state.set_xcrs(self._live(), xcrs)
+            self._state.set_xcrs(self._live(), dict(items))
 
     def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
         """Read MSRs (``hvcore_sim.msrs.MSRS``), as KVM_GET_MSRS."""
+        wanted = check_int_list("indices", indices, "get_msrs")
         with self._vm.exec_lock:
-            return self.msrs.get_msrs(self._live(), indices)
+            return self.msrs.get_msrs(self._live(), wanted)
 
     def set_msrs(self, msrs: Mapping[int, int]) -> None:
         """Write MSRs with KVM's checks, as KVM_SET_MSRS."""
+        items = check_int_mapping("msrs", msrs, "set_msrs")
         with self._vm.exec_lock:
-            self.msrs.set_msrs(self._live(), msrs)
+            self.msrs.set_msrs(self._live(), dict(items))
 
     def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
         """What CPUID returns to the guest."""
+        wanted = check_instances("entries", entries, (CpuidEntry,), "set_cpuid")
         with self._vm.exec_lock:
-            self._state.set_cpuid(self._live(), list(entries))
+            self._state.set_cpuid(self._live(), wanted)
 
     def get_cpuid(self) -> tuple[CpuidEntry, ...]:
         """What CPUID returns to the guest (the bits KVM keeps in step with CR4, XCR0 and the APIC base, current)."""
@@ -791,6 +810,7 @@ class SimVCPU(Closeable):
 
     def set_lapic(self, lapic: Lapic) -> None:
         """Load the LAPIC register page (``KVM_SET_LAPIC``); EINVAL without an irqchip, as KVM."""
+        check_instance("lapic", lapic, Lapic, "set_lapic")
         check_state(lapic, "set_lapic")
         chip, local = self._chip_lapic("set_lapic")
         with chip.changed:
@@ -804,6 +824,7 @@ class SimVCPU(Closeable):
 
     def set_debugregs(self, debugregs: DebugRegs) -> None:
         """Set DR0-3, DR6, DR7."""
+        check_instance("debugregs", debugregs, DebugRegs, "set_debugregs")
         check_state(debugregs, "set_debugregs")
         validity.check_debugregs(debugregs)
         self._live()
@@ -826,6 +847,7 @@ class SimVCPU(Closeable):
 
     def set_vcpu_events(self, events: VcpuEvents) -> None:
         """Set the queued interrupt, NMI blocking and, as ``flags`` says, the interrupt shadow and the pending NMI."""
+        check_instance("events", events, VcpuEvents, "set_vcpu_events")
         check_state(events, "set_vcpu_events")
         validity.check_vcpu_events(events)
         with self._vm.exec_lock:
@@ -852,11 +874,8 @@ class SimVCPU(Closeable):
 
     def set_mp_state(self, state_: MpState) -> None:
         """Set the MP state; without an irqchip only RUNNABLE is valid, as on KVM. RUNNABLE drops a pending kick."""
+        value = check_enum("state", state_, MpState, "set_mp_state")
         self._live()
-        try:
-            value = MpState(state_)
-        except ValueError:
-            raise InvalidArgument(f"{state_!r} is not an MpState", operation="set_mp_state") from None
         if self._lapic is None and value is not MpState.RUNNABLE:
             raise InvalidArgument(
                 f"{value.name} needs an in-kernel LAPIC; without an irqchip only RUNNABLE is valid",
@@ -879,8 +898,8 @@ class SimVCPU(Closeable):
 
         With an irqchip, interrupts come from its lines: ENXIO, as KVM.
         """
-        self._live()
         check_vector(vector, "interrupt")
+        self._live()
         if self._lapic is not None:
             raise NotFound(
                 "with an in-kernel irqchip, inject through vm.irq_line() or vm.signal_msi(), not interrupt()",
@@ -899,6 +918,7 @@ class SimVCPU(Closeable):
 
         BLOCKIRQ and DR7.GD raise ``Unsupported``; an injection while one is queued: EBUSY, as KVM.
         """
+        check_instance("debug", debug, GuestDebug, "set_guest_debug")
         check_state(debug, "set_guest_debug")
         self._live()
         settings = guestdebug.parse(debug)
@@ -922,6 +942,7 @@ class SimVCPU(Closeable):
 
     def translate(self, linear_address: int) -> Translation:
         """Walk the guest's page tables."""
+        check_int("linear_address", linear_address, "translate")
         if not 0 <= linear_address < 1 << 64:
             raise InvalidArgument(f"linear address {linear_address:#x} is not 64-bit", operation="translate")
         sregs = self.get_sregs()

@@ -10,8 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
+from hvcore.arguments import check_flag, check_int
 from hvcore.caps import Capability
-from hvcore.checks import MAX_GSI, check_gsi_routes, check_irqchip, check_msi, check_pit_state
+from hvcore.checks import IDENTITY_MAP_TOO_LATE, MAX_GSI, check_gsi_routes, check_irqchip, check_msi, check_pit_state
 from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, StateError
 from hvcore.lifetime import Closeable
 from hvcore.memory import PAGE_SIZE, MemorySlot, SlotChange, SlotOwner, SlotTable
@@ -45,7 +46,10 @@ if TYPE_CHECKING:
 __all__ = ["SimVM"]
 
 MAX_SLOTS = 32764
-MAX_VCPU_ID = 1024
+MAX_VCPUS: Final = 1024
+"""KVM_CAP_MAX_VCPUS: the most vCPUs a VM ever creates (closed ones count), KVM's KVM_MAX_VCPUS on x86."""
+MAX_VCPU_ID: Final = 4 * MAX_VCPUS
+"""KVM_CAP_MAX_VCPU_ID: vCPU ids are below this (x86's KVM_MAX_VCPU_IDS, four ids per possible vCPU)."""
 _NOT_FAULTS = frozenset({1, 3, 4, 8, 18})  # traps and aborts: KVM does not set RF for them
 RFLAGS_RF = 1 << 16
 
@@ -126,6 +130,7 @@ class SimVM(SlotOwner, Closeable):
 
     def check_extension(self, capability: Capability | int) -> int:
         """The simulator's answer to ``KVM_CHECK_EXTENSION``."""
+        check_int("capability", capability, "check_extension")
         self._live()
         return self._hypervisor.check_extension(capability)
 
@@ -224,6 +229,7 @@ class SimVM(SlotOwner, Closeable):
 
     def create_vcpu(self, vcpu_id: int) -> SimVCPU:
         """A vCPU in KVM's reset state."""
+        check_int("vcpu_id", vcpu_id, "create_vcpu")
         self._live()
         if not 0 <= vcpu_id < MAX_VCPU_ID:
             raise InvalidArgument(
@@ -231,6 +237,11 @@ class SimVM(SlotOwner, Closeable):
             )
         if vcpu_id in self._used_vcpu_ids:  # as on KVM, a closed vCPU's id stays taken
             raise AlreadyExists(f"vCPU {vcpu_id} already exists in this VM", operation="create_vcpu")
+        if len(self._used_vcpu_ids) >= MAX_VCPUS:  # kvm_vm_ioctl_create_vcpu: created_vcpus >= max_vcpus
+            raise InvalidArgument(
+                f"this VM has created {MAX_VCPUS} vCPUs (closed ones count), the most KVM allows",
+                operation="create_vcpu",
+            )
         with self.exec_lock:
             vcpu = SimVCPU(self, vcpu_id)
         self._vcpus[vcpu_id] = vcpu
@@ -288,6 +299,8 @@ class SimVM(SlotOwner, Closeable):
 
     def irq_line(self, irq: int, level: bool) -> int:
         """Drive GSI ``irq`` through the routing table; the delivery status (``KVM_IRQ_LINE_STATUS``)."""
+        check_int("irq", irq, "irq_line")
+        level = check_flag("level", level, "irq_line")
         chip = self._chip("irq_line")
         if not 0 <= irq < MAX_GSI:
             raise InvalidArgument(f"IRQ {irq} is out of range; GSIs are below {MAX_GSI}", operation="irq_line")
@@ -295,12 +308,14 @@ class SimVM(SlotOwner, Closeable):
 
     def get_irqchip(self, chip: IrqchipId) -> PicState | IoapicState:
         """State of the master PIC, the slave PIC or the IOAPIC (``KVM_GET_IRQCHIP``)."""
-        return self._chip("get_irqchip").get_state(check_irqchip(chip, None, "get_irqchip"))
+        which = check_irqchip(chip, "get_irqchip")
+        return self._chip("get_irqchip").get_state(which)
 
     def set_irqchip(self, chip: IrqchipId, state: PicState | IoapicState) -> None:
         """Load the state of one controller (``KVM_SET_IRQCHIP``)."""
+        which = check_irqchip(chip, "set_irqchip", state)
         check_state(state, "set_irqchip")
-        self._chip("set_irqchip").set_state(check_irqchip(chip, state, "set_irqchip"), state)
+        self._chip("set_irqchip").set_state(which, state)
 
     def create_pit(self) -> None:
         """The 8254 PIT on IRQ 0 (``KVM_CREATE_PIT2``); needs the irqchip (ENOENT), once (EEXIST)."""
@@ -318,7 +333,6 @@ class SimVM(SlotOwner, Closeable):
 
     def set_pit(self, state: PitState) -> None:
         """Load the PIT's state (``KVM_SET_PIT2``)."""
-        check_state(state, "set_pit")
         check_pit_state(state, "set_pit")
         self._chip("set_pit").set_pit(state)
 
@@ -348,6 +362,7 @@ class SimVM(SlotOwner, Closeable):
 
     def set_clock(self, nanoseconds: int) -> None:
         """Set the VM clock; it goes on from there, and every vCPU refreshes its kvmclock (as KVM)."""
+        check_int("nanoseconds", nanoseconds, "set_clock")
         self._live()
         if not 0 <= nanoseconds < 1 << 64:
             raise InvalidArgument(f"clock value {nanoseconds} is not an unsigned 64-bit count", operation="set_clock")
@@ -356,13 +371,17 @@ class SimVM(SlotOwner, Closeable):
 
     def set_tss_address(self, address: int) -> None:
         """Accepted and ignored: the simulator needs no real-mode TSS (KVM's VMX does)."""
+        check_int("address", address, "set_tss_address")
         self._live()
         if not 0 <= address < 1 << 32:
             raise InvalidArgument(f"TSS address {address:#x} must be below 4 GiB", operation="set_tss_address")
 
     def set_identity_map_address(self, address: int) -> None:
-        """Accepted and ignored: the simulator needs no identity-map page."""
+        """Accepted and ignored (the simulator needs no identity-map page); refused once a vCPU was created, as KVM."""
+        check_int("address", address, "set_identity_map_address", 0, 1 << 64)
         self._live()
+        if self._used_vcpu_ids:
+            raise InvalidArgument(IDENTITY_MAP_TOO_LATE, operation="set_identity_map_address")
 
     # -- lifetime --------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import threading
@@ -12,6 +13,7 @@ import pytest
 import hvcore
 from hvcore import GuestMemory, InterruptedExit, IoExit
 from hvcore_sim import system
+from hvcore_sim import vm as sim_vm
 from tests.boot import boot, run_exits
 from tests.guests import layout, real_mode
 
@@ -79,3 +81,17 @@ def test_closing_the_vm_stops_a_running_vcpu() -> None:
         assert results == [InterruptedExit()]
         with pytest.raises(hvcore.ClosedError):
             vcpu.run()
+
+
+def test_a_vm_creates_at_most_max_vcpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As KVM's ``created_vcpus >= max_vcpus`` check: EINVAL once the VM created that many (closed ones count).
+
+    The limit is lowered to 2 here: 1024 vCPUs would be 1024 Unicorn engines.
+    """
+    monkeypatch.setattr(sim_vm, "MAX_VCPUS", 2)
+    with hvcore.open_hypervisor("sim") as hv, hv.create_vm() as vm:
+        vm.create_vcpu(7).close()
+        vm.create_vcpu(4000)
+        with pytest.raises(hvcore.InvalidArgument, match=r"created 2 vCPUs \(closed ones count\)") as info:
+            vm.create_vcpu(1)
+        assert type(info.value) is hvcore.InvalidArgument and info.value.errno == errno.EINVAL

@@ -321,7 +321,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
             "out_step_missed": "that DEBUG exit is missing; the next one is the step of the following instruction"
         },
         reason="seen on nested kvm_pvm (AMD EPYC): CPL0 code runs in the kernel's instruction emulator, which "
-        "returns to userspace for an OUT without checking single-step (x86_emulate_instruction: \"FIXME: return "
+        'returns to userspace for an OUT without checking single-step (x86_emulate_instruction: "FIXME: return '
         "into emulator if single-stepping\"); upstream's intercepted OUT steps when it completes",
         probe=_single_step_after_out,
     ),

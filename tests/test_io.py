@@ -258,15 +258,34 @@ def test_string_in_into_mmio_reads_the_port_then_writes(hv: Hypervisor, vm: VM, 
         assert read_guest(vm, layout.RAM_SIZE - 16, 16) == _PORT_DATA[:16]
 
 
-@pytest.mark.parametrize("rep", [True, False], ids=["rep-insb", "insb"])
-def test_string_in_into_a_readonly_slot_exits_as_mmio(hv: Hypervisor, vm: VM, rep: bool) -> None:
+_ROM_SHAPES = {
+    "rep-insb": (
+        real_mode.string_in(0xC000, 0, 4),
+        [(_in(1, 4), None, 4, 0), (_w(layout.ROM, b"ABCD"), None, 0, 4), (HltExit(), 0x12, 0, 4)],
+    ),
+    "insb": (
+        real_mode.string_in(0xC000, 0, 4, rep=False),
+        [(_in(1, 1), None, 4, 0), (_w(layout.ROM, b"A"), 0x10, 4, 1), (HltExit(), 0x11, 4, 1)],
+    ),
+    "rep-insb-rom-then-mmio": (  # es:di = 0xcfffe: the last 2 bytes of the ROM, then MMIO; one exit per page
+        real_mode.string_in(0xCFFF, 0xE, 4),
+        [
+            (_in(1, 4), None, 4, 0xE),
+            (_w(layout.MMIO - 2, b"AB"), None, 0, 0x12),
+            (_w(layout.MMIO, b"CD"), None, 0, 0x12),
+            (HltExit(), 0x12, 0, 0x12),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", list(_ROM_SHAPES))
+def test_string_in_into_a_readonly_slot_exits_as_mmio(hv: Hypervisor, vm: VM, shape: str) -> None:
     rom = GuestMemory(layout.ROM_SIZE)
     rom.write(0, b"\xee" * 8)
+    rom.write(layout.ROM_SIZE - 8, b"\xee" * 8)
     vm.set_memory_slot(1, layout.ROM, rom, flags=SlotFlags.READONLY)
-    vcpu = boot(hv, vm, real_mode.string_in(0xC000, 0, 4, rep=rep))
-    if rep:
-        expected = [(_in(1, 4), None, 4, 0), (_w(layout.ROM, b"ABCD"), None, 0, 4), (HltExit(), 0x12, 0, 4)]
-    else:
-        expected = [(_in(1, 1), None, 4, 0), (_w(layout.ROM, b"A"), 0x10, 4, 1), (HltExit(), 0x11, 4, 1)]
+    code, expected = _ROM_SHAPES[shape]
+    vcpu = boot(hv, vm, code)
     assert _string_in_trace(vcpu) == expected
-    assert rom.read(0, 8) == b"\xee" * 8
+    assert rom.read(0, 8) == rom.read(layout.ROM_SIZE - 8, 8) == b"\xee" * 8

@@ -346,13 +346,9 @@ class Tracker:
         """Some page an INS batch writes is not RAM the guest may write (a page that faults: Unicorn's to raise)."""
         vm = self.vcpu._vm
         user = bool(view.paging.cr0 & 1) and engine.reg(engine.CS) & 3 == 3
-        writes = stringin.element_writes(insn.destination, size, count, rep=insn.rep, backwards=insn.backwards)
+        low = insn.destination - (count - 1) * size if insn.backwards else insn.destination
         try:
-            pieces = [
-                piece
-                for linear, length, _ in writes
-                for piece in mmu.translate_range(view.paging, vm.physical, linear, length, write=True, user=user)
-            ]
+            pieces = mmu.translate_range(view.paging, vm.physical, low, count * size, write=True, user=user)
         except (HvError, PageFault, NonCanonical):
             return False
         return stringin.needs_emulation(pieces, self._writable)

@@ -289,3 +289,30 @@ def test_string_in_into_a_readonly_slot_exits_as_mmio(hv: Hypervisor, vm: VM, sh
     vcpu = boot(hv, vm, code)
     assert _string_in_trace(vcpu) == expected
     assert rom.read(0, 8) == rom.read(layout.ROM_SIZE - 8, 8) == b"\xee" * 8
+
+
+# 64-bit, CPL0, identity paging: `rep insb` of 12 bytes from port 0x20 to ROM (a read-only slot), then hlt.
+REP_INSB_TO_ROM_64 = (
+    b"\xfc"  # cld
+    b"\xbf\x00\x00\x0c\x00"  # mov edi, 0xc0000 (layout.ROM)
+    b"\xb9\x0c\x00\x00\x00"  # mov ecx, 12
+    b"\xba\x20\x00\x00\x00"  # mov edx, 0x20
+    b"\xf3\x6c"  # rep insb
+    b"\xf4"  # hlt
+)
+
+
+def test_string_in_into_a_readonly_slot_under_paging(hv: Hypervisor, vm: VM) -> None:
+    """Under paging too: the IN exit, then the answer as MMIO writes; the ROM keeps its bytes."""
+    rom = GuestMemory(layout.ROM_SIZE)
+    rom.write(0, b"\xee" * 16)
+    vm.set_memory_slot(1, layout.ROM, rom, flags=SlotFlags.READONLY)
+    vcpu = boot(hv, vm, REP_INSB_TO_ROM_64, "long")
+    assert vcpu.run() == _in(1, 12)
+    vcpu.complete(_PORT_DATA[:12])
+    assert vcpu.run() == _w(layout.ROM, _PORT_DATA[:8])
+    assert vcpu.run() == _w(layout.ROM + 8, _PORT_DATA[8:12])
+    assert vcpu.run() == HltExit()
+    regs = vcpu.get_regs()
+    assert (regs.rcx, regs.rdi) == (0, layout.ROM + 12)
+    assert rom.read(0, 16) == b"\xee" * 16

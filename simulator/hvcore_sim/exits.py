@@ -711,10 +711,14 @@ class Tracker:
         return True
 
     def _at_string_in(self, engine: Engine) -> bool:
-        """The instruction storing now is an INS (whose first store is QEMU's dummy one)."""
+        """The instruction storing now is an INS (whose first store is QEMU's dummy one).
+
+        Read by the simulator's own page walk: Unicorn's (``fetch_instruction``) refills the TLB
+        entry the store in progress is using, which crashes the process.
+        """
         try:
-            return decode.is_string_in(decode.fetch_instruction(engine, engine.reg(engine.RIP)))
-        except Exception:
+            return decode.is_string_in(self._code(operand.cpu_state(engine), engine.reg(engine.RIP)))
+        except (HvError, PageFault, NonCanonical):
             return False
 
     def _on_first_access(self, uc: Any, access: int, address: int, size: int, value: int, _: object) -> bool:

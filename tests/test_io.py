@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from hvcore import VM, HltExit, Hypervisor, IoDirection, IoExit
+from hvcore import VCPU, VM, Exit, GuestMemory, HltExit, Hypervisor, IoDirection, IoExit, MmioExit, SlotFlags
 from hvcore.host import UPSTREAM
 from tests.boot import boot, completed_rip, read_guest, run_exits, write_guest
 from tests.guests import layout, long_mode, protected_mode, real_mode
@@ -144,3 +144,175 @@ def test_out_to_port_0x7e_is_complete_at_its_exit(hv: Hypervisor, vm: VM) -> Non
     assert vcpu.get_regs().rip == layout.CODE + 4
     assert vcpu.run() == HltExit()
     assert vcpu.get_regs().rip == layout.CODE + 5
+
+
+_INS_AT = layout.CODE + 0xF  # the string IN in real_mode.string_in
+_PORT_DATA = bytes((0x41 + i) % 256 for i in range(4096))  # the answer to every IN: 'A', 'B', ...
+
+
+def _w(address: int, data: bytes) -> MmioExit:
+    return MmioExit(address, len(data), True, data)
+
+
+def _in(size: int, count: int) -> IoExit:
+    return IoExit(0x20, size, count, IoDirection.IN)
+
+
+_D = layout.MMIO
+_STRING_IN_SHAPES = {
+    # name: (guest, [(exit, rip, cx, di) at each exit]); rip None: the string IN's address
+    "rep-insb": (
+        real_mode.string_in(0xD000, 0, 4),
+        [(_in(1, 4), None, 4, 0), (_w(_D, b"ABCD"), None, 0, 4), (HltExit(), 0x12, 0, 4)],
+    ),
+    "insb": (
+        real_mode.string_in(0xD000, 0, 4, rep=False),
+        [(_in(1, 1), None, 4, 0), (_w(_D, b"A"), 0x10, 4, 1), (HltExit(), 0x11, 4, 1)],
+    ),
+    "rep-insb-8-byte-exits": (
+        real_mode.string_in(0xD000, 0, 20),
+        [
+            (_in(1, 20), None, 20, 0),
+            (_w(_D, b"ABCDEFGH"), None, 0, 20),
+            (_w(_D + 8, b"IJKLMNOP"), None, 0, 20),
+            (_w(_D + 16, b"QRST"), None, 0, 20),
+            (HltExit(), 0x12, 0, 20),
+        ],
+    ),
+    "rep-insb-page-end": (
+        real_mode.string_in(0xD000, 0xFFE, 6),
+        [
+            (_in(1, 2), None, 6, 0xFFE),
+            (_w(_D + 0xFFE, b"AB"), None, 4, 0x1000),
+            (_in(1, 4), None, 4, 0x1000),
+            (_w(_D + 0x1000, b"ABCD"), None, 0, 0x1004),
+            (HltExit(), 0x12, 0, 0x1004),
+        ],
+    ),
+    "rep-insw": (
+        real_mode.string_in(0xD000, 0, 3, width=2),
+        [(_in(2, 3), None, 3, 0), (_w(_D, b"ABCDEF"), None, 0, 6), (HltExit(), 0x12, 0, 6)],
+    ),
+    "rep-insw-across-pages": (
+        real_mode.string_in(0xD000, 0xFFF, 2, width=2),
+        [
+            (_in(2, 1), None, 2, 0xFFF),
+            (_w(_D + 0xFFF, b"A"), None, 1, 0x1001),
+            (_w(_D + 0x1000, b"B"), None, 1, 0x1001),
+            (_in(2, 1), None, 1, 0x1001),
+            (_w(_D + 0x1001, b"AB"), None, 0, 0x1003),
+            (HltExit(), 0x12, 0, 0x1003),
+        ],
+    ),
+    "rep-insd": (
+        real_mode.string_in(0xD000, 0, 3, width=4),
+        [
+            (_in(4, 3), None, 3, 0),
+            (_w(_D, b"ABCDEFGH"), None, 0, 12),
+            (_w(_D + 8, b"IJKL"), None, 0, 12),
+            (HltExit(), 0x13, 0, 12),
+        ],
+    ),
+    "rep-insb-backwards": (  # each element is one write; KVM drops the rest of the batch after an exit
+        real_mode.string_in(0xD000, 0x10, 3, backwards=True),
+        [
+            (_in(1, 3), None, 3, 0x10),
+            (_w(_D + 0x10, b"A"), None, 2, 0xF),
+            (_in(1, 2), None, 2, 0xF),
+            (_w(_D + 0xF, b"A"), None, 1, 0xE),
+            (_in(1, 1), None, 1, 0xE),
+            (_w(_D + 0xE, b"A"), None, 0, 0xD),
+            (HltExit(), 0x12, 0, 0xD),
+        ],
+    ),
+    "rep-insb-from-ram-into-mmio": (  # es:di = 0x9fff0: 16 bytes of RAM, then the hole above RAM
+        real_mode.string_in(0x9FF1, 0xE0, 0x40),
+        [(_in(1, 0x40), None, 0x40, 0xE0)]
+        + [(_w(layout.RAM_SIZE + at, _PORT_DATA[16 + at : 24 + at]), None, 0, 0x120) for at in range(0, 48, 8)]
+        + [(HltExit(), 0x12, 0, 0x120)],
+    ),
+}
+
+
+def _string_in_trace(vcpu: VCPU) -> list[tuple[Exit, int | None, int, int]]:
+    trace: list[tuple[Exit, int | None, int, int]] = []
+    for _ in range(20):
+        exit_ = vcpu.run()
+        regs = vcpu.get_regs()
+        rip = None if regs.rip == _INS_AT else regs.rip - layout.CODE
+        trace.append((exit_, rip, regs.rcx & 0xFFFF, regs.rdi & 0xFFFF))
+        if not isinstance(exit_, (IoExit, MmioExit)):
+            break
+        if isinstance(exit_, IoExit) and exit_.is_in:
+            vcpu.complete(_PORT_DATA[: exit_.size * exit_.count])
+    return trace
+
+
+@pytest.mark.parametrize("shape", list(_STRING_IN_SHAPES))
+def test_string_in_into_mmio_reads_the_port_then_writes(hv: Hypervisor, vm: VM, shape: str) -> None:
+    """Upstream's emulator order: the IN exit, then the answered bytes as MMIO writes, then the guest goes on."""
+    code, expected = _STRING_IN_SHAPES[shape]
+    vcpu = boot(hv, vm, code)
+    assert _string_in_trace(vcpu) == expected
+    if shape == "rep-insb-from-ram-into-mmio":
+        assert read_guest(vm, layout.RAM_SIZE - 16, 16) == _PORT_DATA[:16]
+
+
+_ROM_SHAPES = {
+    "rep-insb": (
+        real_mode.string_in(0xC000, 0, 4),
+        [(_in(1, 4), None, 4, 0), (_w(layout.ROM, b"ABCD"), None, 0, 4), (HltExit(), 0x12, 0, 4)],
+    ),
+    "insb": (
+        real_mode.string_in(0xC000, 0, 4, rep=False),
+        [(_in(1, 1), None, 4, 0), (_w(layout.ROM, b"A"), 0x10, 4, 1), (HltExit(), 0x11, 4, 1)],
+    ),
+    "rep-insb-rom-then-mmio": (  # es:di = 0xcfffe: the last 2 bytes of the ROM, then MMIO; one exit per page
+        real_mode.string_in(0xCFFF, 0xE, 4),
+        [
+            (_in(1, 4), None, 4, 0xE),
+            (_w(layout.MMIO - 2, b"AB"), None, 0, 0x12),
+            (_w(layout.MMIO, b"CD"), None, 0, 0x12),
+            (HltExit(), 0x12, 0, 0x12),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", list(_ROM_SHAPES))
+def test_string_in_into_a_readonly_slot_exits_as_mmio(hv: Hypervisor, vm: VM, shape: str) -> None:
+    rom = GuestMemory(layout.ROM_SIZE)
+    rom.write(0, b"\xee" * 8)
+    rom.write(layout.ROM_SIZE - 8, b"\xee" * 8)
+    vm.set_memory_slot(1, layout.ROM, rom, flags=SlotFlags.READONLY)
+    code, expected = _ROM_SHAPES[shape]
+    vcpu = boot(hv, vm, code)
+    assert _string_in_trace(vcpu) == expected
+    assert rom.read(0, 8) == rom.read(layout.ROM_SIZE - 8, 8) == b"\xee" * 8
+
+
+# 64-bit, CPL0, identity paging: `rep insb` of 12 bytes from port 0x20 to ROM (a read-only slot), then hlt.
+REP_INSB_TO_ROM_64 = (
+    b"\xfc"  # cld
+    b"\xbf\x00\x00\x0c\x00"  # mov edi, 0xc0000 (layout.ROM)
+    b"\xb9\x0c\x00\x00\x00"  # mov ecx, 12
+    b"\xba\x20\x00\x00\x00"  # mov edx, 0x20
+    b"\xf3\x6c"  # rep insb
+    b"\xf4"  # hlt
+)
+
+
+def test_string_in_into_a_readonly_slot_under_paging(hv: Hypervisor, vm: VM) -> None:
+    """Under paging too: the IN exit, then the answer as MMIO writes; the ROM keeps its bytes."""
+    rom = GuestMemory(layout.ROM_SIZE)
+    rom.write(0, b"\xee" * 16)
+    vm.set_memory_slot(1, layout.ROM, rom, flags=SlotFlags.READONLY)
+    vcpu = boot(hv, vm, REP_INSB_TO_ROM_64, "long")
+    assert vcpu.run() == _in(1, 12)
+    vcpu.complete(_PORT_DATA[:12])
+    assert vcpu.run() == _w(layout.ROM, _PORT_DATA[:8])
+    assert vcpu.run() == _w(layout.ROM + 8, _PORT_DATA[8:12])
+    assert vcpu.run() == HltExit()
+    regs = vcpu.get_regs()
+    assert (regs.rcx, regs.rdi) == (0, layout.ROM + 12)
+    assert rom.read(0, 16) == b"\xee" * 16

@@ -113,6 +113,31 @@ def test_host_writes_to_code_paging_maps_elsewhere_are_seen_and_leave_cr2_alone(
     assert vcpu.get_sregs().cr2 == 0x1234  # a host write is no page fault
 
 
+# 64-bit, CPL0: jumps to a loop at linear 0x80001000 (guest-physical 0x40001000, as above) that
+# sends al to port 0x30 for ever. The loop (written by the host): again: mov al, 1 / out 0x30, al / jmp again.
+JUMPS_TO_ALIASED_LOOP = (
+    b"\xb8\x00\x10\x00\x80"  # mov eax, 0x80001000
+    b"\xff\xe0"  # jmp rax
+)
+LOOP = b"\xb0\x01\xe6\x30\xeb\xfa"  # again: mov al, 1 / out 0x30, al / jmp again
+
+
+def test_host_rewrites_of_a_running_loop_under_paging_are_seen(hv: Hypervisor, vm: VM) -> None:
+    """The host rewrites the loop between two of its exits (one write, then two): the next run runs the new bytes."""
+    vcpu = boot(hv, vm, JUMPS_TO_ALIASED_LOOP, "long")
+    high = GuestMemory(0x20_0000)
+    vm.set_memory_slot(1, ROUTINE_PHYSICAL, high)
+    high.write(0x1000, LOOP)
+    write_guest(vm, ROUTINE_PD, (ROUTINE_PHYSICAL | 0x87).to_bytes(8, "little"))  # present, writable, user, 2 MiB
+    write_guest(vm, layout.PDPT + 8 * (ROUTINE_LINEAR >> 30), (ROUTINE_PD | 0x7).to_bytes(8, "little"))
+    assert vcpu.run() == IoExit(0x30, 1, 1, IoDirection.OUT, b"\x01")
+    high.write(0x1001, b"\x02")  # mov al, 2
+    assert vcpu.run() == IoExit(0x30, 1, 1, IoDirection.OUT, b"\x02")
+    high.write(0x1001, b"\x03")
+    high.write(0x1003, b"\x31")  # mov al, 3 / out 0x31, al
+    assert vcpu.run() == IoExit(0x31, 1, 1, IoDirection.OUT, b"\x03")
+
+
 def test_dirty_log_records_written_pages_and_clears_on_read(hv: Hypervisor, vm: VM) -> None:
     vcpu = boot(hv, vm, real_mode.DIRTY_PAGES, ram_flags=SlotFlags.LOG_DIRTY_PAGES)
     vm.get_dirty_log(0)  # forget the host's own loading writes

@@ -23,6 +23,7 @@ import os
 import struct
 from typing import Any, Final
 
+from hvcore_sim import room
 from hvcore_sim.internals import cpu_offsets, handle
 
 __all__ = ["EXECUTABLE_XCR0", "XCR0_PKRU", "can_limit_xcr0", "limit_xcr0", "new_uc"]
@@ -37,13 +38,20 @@ _OSXSAVE: Final = 1 << 27
 _OSPKE: Final = 1 << 4
 
 
-def new_uc() -> Any:
-    """A fresh ``UC_MODE_64`` engine of the simulator's CPU model."""
+def new_uc(operation: str = "create a simulator engine") -> Any:
+    """A fresh ``UC_MODE_64`` engine of the simulator's CPU model, its translation buffer bounded.
+
+    Raises ``ResourceExhausted`` where the address space for it cannot be had (:mod:`hvcore_sim.room`),
+    before Unicorn would end the process.
+    """
     import unicorn
     from unicorn import x86_const as x
 
+    room.check(operation)
     uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    uc.ctl_set_tcg_buffer_size(room.TCG_BUFFER_SIZE)  # before anything initialises the engine
     uc.ctl_set_cpu_model(x.UC_CPU_X86_ICELAKE_SERVER)
+    room.engine_made(uc)
     return uc
 
 

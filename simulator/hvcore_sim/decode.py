@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from hvcore_sim.engine import CpuView, Engine
 
-__all__ = ["IN_SAVED", "LEGACY_PREFIXES", "IoInstruction", "fetch_instruction", "io_instruction"]
+__all__ = ["IN_SAVED", "LEGACY_PREFIXES", "IoInstruction", "fetch_instruction", "io_instruction", "is_string_in"]
 
 LEGACY_PREFIXES: Final = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 """The legacy prefix bytes (segment overrides, operand and address size, LOCK, REP)."""
@@ -49,6 +49,8 @@ class IoInstruction:
     rdi: int
     destination: int  # linear ES:RDI
     read_linear: ReadLinear
+    address_bits: int = 64  # the address size RCX and RDI are used with
+    length: int = 1  # the instruction's length in bytes (prefixes and opcode)
 
     def current_value(self, size: int) -> int:
         """What the destination holds now (an INS that stores it changes nothing)."""
@@ -74,7 +76,13 @@ def io_instruction(engine: Engine, rip: int, view: CpuView, read_linear: ReadLin
     es_base = view.es_base if string else 0
     backwards = bool(engine.reg(engine.RFLAGS) & (1 << 10))
     rep = string and (0xF3 in prefixes or 0xF2 in prefixes)
-    return IoInstruction(string, rep, backwards, rcx, rdi, es_base + rdi, read_linear)
+    return IoInstruction(string, rep, backwards, rcx, rdi, es_base + rdi, read_linear, bits, at + 1)
+
+
+def is_string_in(code: bytes) -> bool:
+    """Whether ``code`` starts with an INS (``6C`` / ``6D``, after any prefixes)."""
+    _, at = _prefixes(code)
+    return at < len(code) and code[at] in (0x6C, 0x6D)
 
 
 def io_permitted(view: CpuView, read_linear: ReadLinear, port: int, size: int) -> bool:

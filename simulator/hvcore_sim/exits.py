@@ -10,6 +10,8 @@
   registers are put back: RIP stays at the IN and the destination is unchanged until the VMM
   answers, as on KVM. ``rep ins`` is batched by KVM's rule: ``min(rcx, 1024 // size,
   elements left in the page of rdi)``. The next ``run()`` replays the batch with the answer.
+  An INS whose destination is not all RAM (MMIO, a read-only slot) follows KVM's emulator
+  instead: the IN exit, then the answer written with MMIO write exits (:mod:`hvcore_sim.stringin`).
 - **MMIO**: every access to a gap, or a write to a read-only slot, is recorded and aborts the
   instruction (Unicorn leaves RIP at it, with no register effects). Reads wait for the VMM's
   answer; the next ``run()`` replays the instruction for exactly one step, answering known
@@ -45,7 +47,7 @@ from hvcore.errors import HvError, HypervisorFault, StateError
 from hvcore.exits import DebugExit, Exit, IoDirection, IoExit, MmioExit
 from hvcore.memory import PAGE_SIZE
 from hvcore.types import SlotFlags
-from hvcore_sim import decode, mmu, operand, resume, smsw, umip
+from hvcore_sim import decode, mmu, operand, resume, smsw, stringin, umip
 from hvcore_sim.events import HAS_ERROR_CODE
 from hvcore_sim.faults import NonCanonical, PageFault
 from hvcore_sim.guestdebug import Breakpoints
@@ -150,12 +152,21 @@ def _exits(pieces: list[_Access]) -> list[tuple[int, list[_Access]]]:
 class _PendingIn:
     exit: IoExit
     data: list[int] = field(default_factory=list)
+    string: bool = False  # an INS into memory that is not all RAM: completed by :mod:`hvcore_sim.stringin`
 
 
 _MMIO = Stop(StopKind.EXIT)  # an MMIO access is being recorded; the exit is built after the run
 _WRITABLE = Stop(StopKind.SLICE)  # a page of a logging slot was written: end the slice, make it writable
 _LOOK_AGAIN = Stop(StopKind.SLICE)  # the guest changed interrupt state: end the slice so run() looks again
 _LET_THROUGH = Stop(StopKind.SLICE)  # an intercepted IRET or SMSW ran on its own: the run ends right after it
+_LOCAL_STRING_IN = Stop(StopKind.EXIT)  # an INS from the simulator's own port into MMIO: read, completed after the run
+
+
+def _assign(old: int, value: int, bits: int) -> int:
+    """A register written with an address-size result, as KVM's ``assign_register`` (32 bits zero-extend)."""
+    if bits == 16:
+        return (old & ~0xFFFF) | (value & 0xFFFF)
+    return value & ((1 << bits) - 1)
 
 
 class Tracker:
@@ -200,6 +211,10 @@ class Tracker:
         self._out_seen: tuple[int, int, bool] | None = None  # a plain OUT's (rip, rsi, shadow) in its hook
         self._out_unfinished: tuple[int, int, bool] | None = None  # (rip at the OUT, rip past it, shadow)
         self._replay = False  # finishing an IN or MMIO instruction that already exited (not a new one)
+        self._string_in = False  # this run's IN exit is an INS into MMIO / ROM (:mod:`hvcore_sim.stringin`)
+        self._discard_writes = False  # that INS's own stores (Unicorn's) are not the guest's: KVM writes after the IN
+        self._ins_rom = False  # an INS's first (dummy) store went to a read-only slot and was let through
+        self._local_in = (1, b"")  # (size, data) the simulator's own port gave a string IN into MMIO
         self.breakpoints = Breakpoints(self._replaying, self._break, self._end_after_instruction)
         """The vCPU's guest-debug settings and hardware-breakpoint hooks (:mod:`hvcore_sim.guestdebug`)."""
 
@@ -297,7 +312,10 @@ class Tracker:
     def _on_in(self, uc: Any, port: int, size: int, _: object) -> int:
         if self._in_answers:
             return self._in_answers.pop(0)
-        if port in self.local_ports:
+        # An INS first stores 0 at its destination (QEMU's restartability probe): when that reached
+        # MMIO or a ROM, the destination is not RAM and KVM's emulator order applies.
+        probed = bool(self._new) or self._ins_rom
+        if port in self.local_ports and not probed:
             chip = self.vcpu._vm.irqchip
             assert chip is not None
             return chip.port_read(port)
@@ -317,10 +335,91 @@ class Tracker:
                 offset = insn.rdi & 0xFFF
                 in_page = offset if insn.backwards else PAGE_SIZE - offset
                 count = max(1, min(insn.rcx, _PIO_BATCH // size, in_page))
+            if probed or self._not_ram(engine, view, insn, size, count):
+                return self._string_in_exit(engine, port, size, count)
             current = insn.current_value(size)
         self._saved = {reg: engine.reg(reg) for reg in decode.IN_SAVED}
         self._halt(Stop(StopKind.EXIT, IoExit(port, size, count, IoDirection.IN)))
         return current
+
+    def _not_ram(self, engine: Engine, view: Any, insn: decode.IoInstruction, size: int, count: int) -> bool:
+        """Some page an INS batch writes is not RAM the guest may write (a page that faults: Unicorn's to raise)."""
+        vm = self.vcpu._vm
+        user = bool(view.paging.cr0 & 1) and engine.reg(engine.CS) & 3 == 3
+        low = insn.destination - (count - 1) * size if insn.backwards else insn.destination
+        try:
+            pieces = mmu.translate_range(view.paging, vm.physical, low, count * size, write=True, user=user)
+        except (HvError, PageFault, NonCanonical):
+            return False
+        return stringin.needs_emulation(pieces, self._writable)
+
+    def _writable(self, physical: int, length: int) -> bool:
+        slot = self.vcpu._vm.slot_at(physical)
+        return slot is not None and not slot.readonly and physical + length <= slot.end
+
+    def _string_in_exit(self, engine: Engine, port: int, size: int, count: int) -> int:
+        """End the run with the INS's IN exit (its stores are not the guest's); the answer is written later."""
+        self._new.clear()  # the dummy store
+        self._ins_rom = False
+        self._discard_writes = True
+        self._saved = {reg: engine.reg(reg) for reg in decode.IN_SAVED}
+        if port in self.local_ports:  # the simulator's own device answers at once, as KVM's kernel_pio
+            chip = self.vcpu._vm.irqchip
+            assert chip is not None
+            self._local_in = size, b"".join(chip.port_read(port).to_bytes(size, "little") for _ in range(count))
+            self._stop = _LOCAL_STRING_IN
+        else:
+            self._string_in = True
+            self._stop = Stop(StopKind.EXIT, IoExit(port, size, count, IoDirection.IN))
+        engine.stop()
+        return 0
+
+    def _complete_string_in(self, engine: Engine, size: int, data: bytes) -> Exit | None:
+        """Write an answered INS batch as KVM's emulator; RCX, RDI (and RIP without REP) as its writeback."""
+        vm = self.vcpu._vm
+        rip = engine.reg(engine.RIP)
+        view = engine.view()
+        insn = decode.io_instruction(engine, rip, view, vm.linear_reader(view))
+        user = bool(view.paging.cr0 & 1) and engine.reg(engine.CS) & 3 == 3
+
+        def translate(linear: int, length: int) -> list[tuple[int, int]]:
+            return mmu.translate_range(view.paging, vm.physical, linear, length, write=True, user=user)
+
+        writes = stringin.element_writes(
+            insn.destination, size, len(data) // size, rep=insn.rep, backwards=insn.backwards
+        )
+        destination = stringin.Destination(self._writable, vm.physical.store, self._device_write)
+        result = stringin.complete(writes, data, translate, destination)
+        bits, moved = insn.address_bits, result.consumed * size
+        rdi = _GPRS[7]
+        engine.set_reg(rdi, _assign(engine.reg(rdi), insn.rdi - moved if insn.backwards else insn.rdi + moved, bits))
+        if insn.rep:
+            engine.set_reg(engine.RCX, _assign(engine.reg(engine.RCX), insn.rcx - result.consumed, bits))
+        else:
+            engine.set_reg(engine.RIP, rip + insn.length)
+            if self.watch_resume_flag:
+                self._resume_flag_done(engine, None)
+        if not result.exits:
+            return None
+        self._queued.extend(result.exits[1:])
+        return result.exits[0]
+
+    def _device_write(self, physical: int, data: bytes) -> list[MmioExit]:
+        """An INS's write to MMIO: the simulator's devices take their part in place; exits for the rest."""
+        chip = self.vcpu._vm.irqchip
+        if chip is not None and self.vcpu._vm.slot_at(physical) is None:
+            exits: list[MmioExit] = []
+
+            def outside(uc: Any, offset: int, size: int, value: int, base: int) -> None:
+                exits.append(MmioExit(base + offset, size, True, value.to_bytes(size, "little")))
+
+            for region in chip.regions(self.vcpu.id, self.on_mmio_read, outside):
+                if region.base <= physical < region.base + region.size:
+                    for at in range(0, len(data), _MMIO_EXIT_MAX):
+                        part = data[at : at + _MMIO_EXIT_MAX]
+                        region.write(None, physical + at - region.base, len(part), int.from_bytes(part, "little"), None)
+                    return exits
+        return stringin.mmio_exits(physical, data)
 
     def _on_cpuid(self, uc: Any, _: object) -> int:
         engine = self._engine
@@ -537,6 +636,8 @@ class Tracker:
 
     def mmio_write(self, address: int, size: int, value: int) -> None:
         """An MMIO write callback: swallowed if replayed; else the instruction completes, then the run stops."""
+        if self._discard_writes:
+            return  # an INS's store after its IN exit: KVM writes the answer later
         if self._next_known(True, address, size) is not None:
             return
         new = self._new
@@ -581,7 +682,9 @@ class Tracker:
         if cells is not None:  # Unicorn synced the state for this hook the way an abort does
             cells.settle()
         if slot.readonly:
-            if self._next_known(True, address, size) is not None:
+            probe = not self._discard_writes and self._stop is None and not self._new and self._at_string_in(engine)
+            if probe or self._discard_writes or self._next_known(True, address, size) is not None:
+                self._ins_rom = self._ins_rom or probe  # an INS's dummy store: its IN hook takes KVM's order
                 offset = slot.offset + address - slot.guest_address
                 self._restore.append((address, slot.memory.read(offset, size)))
                 return True  # let it land, then put the ROM bytes back
@@ -606,6 +709,17 @@ class Tracker:
             self._stop = _WRITABLE
             engine.stop_after_this_instruction()
         return True
+
+    def _at_string_in(self, engine: Engine) -> bool:
+        """The instruction storing now is an INS (whose first store is QEMU's dummy one).
+
+        Read by the simulator's own page walk: Unicorn's (``fetch_instruction``) refills the TLB
+        entry the store in progress is using, which crashes the process.
+        """
+        try:
+            return decode.is_string_in(self._code(operand.cpu_state(engine), engine.reg(engine.RIP)))
+        except (HvError, PageFault, NonCanonical):
+            return False
 
     def _on_first_access(self, uc: Any, access: int, address: int, size: int, value: int, _: object) -> bool:
         """A read or fetch from a page of a logging slot KVM has not mapped yet (:class:`DirtyLog`)."""
@@ -635,6 +749,7 @@ class Tracker:
         self._engine = engine
         self._stop = None
         self._let_through = None
+        self._discard_writes = self._ins_rom = self._string_in = False
         resume_step, self._resume_step = self._resume_step, None
         if self._new:
             self._new = []
@@ -683,7 +798,7 @@ class Tracker:
         self.watch_resume_flag = False
 
     def _put_back_rom(self) -> None:
-        for address, data in self._restore:
+        for address, data in reversed(self._restore):  # an undo log: a byte stored twice gets its first value
             slot = self.vcpu._vm.slot_at(address)
             if slot is not None:
                 slot.memory.write(slot.offset + address - slot.guest_address, data)
@@ -728,10 +843,16 @@ class Tracker:
             return stop
         if stop is _MMIO:
             return self._mmio_exit(engine)
+        if stop is _LOCAL_STRING_IN:
+            for reg, value in self._saved.items():
+                engine.set_reg(reg, value)
+            (size, data), self._local_in = self._local_in, (1, b"")
+            exit_ = self._complete_string_in(engine, size, data)
+            return Stop(StopKind.SLICE) if exit_ is None else Stop(StopKind.EXIT, exit_)
         if isinstance(stop.exit, IoExit) and stop.exit.is_in:
             for reg, value in self._saved.items():
                 engine.set_reg(reg, value)
-            self._in = _PendingIn(stop.exit)
+            self._in = _PendingIn(stop.exit, string=self._string_in)
             self.pending = stop.exit
         return stop
 
@@ -840,6 +961,11 @@ class Tracker:
             return queued
         if self._in is not None:
             pending_in, self._in = self._in, None
+            if pending_in.string:
+                size = pending_in.exit.size
+                data = b"".join(value.to_bytes(size, "little") for value in pending_in.data)
+                self.completed_instruction = True
+                return self._complete_string_in(engine, size, data)
             self._in_answers = pending_in.data
             self._engine = engine
             self._replay = True

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 from hvcore.arguments import check_flag, check_int
 from hvcore.caps import Capability
 from hvcore.checks import IDENTITY_MAP_TOO_LATE, MAX_GSI, check_gsi_routes, check_irqchip, check_msi, check_pit_state
-from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, StateError
+from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, ResourceExhausted, StateError
 from hvcore.lifetime import Closeable
 from hvcore.memory import PAGE_SIZE, MemorySlot, SlotChange, SlotOwner, SlotTable
 from hvcore.state_checks import check_state
@@ -243,7 +243,15 @@ class SimVM(SlotOwner, Closeable):
                 operation="create_vcpu",
             )
         with self.exec_lock:
-            vcpu = SimVCPU(self, vcpu_id)
+            try:
+                vcpu = SimVCPU(self, vcpu_id)
+            except ResourceExhausted as exc:  # no room for its engine (hvcore_sim.room): nothing of it stays
+                self._forget_vcpu(vcpu_id)
+                raise ResourceExhausted(
+                    f"vCPU {vcpu_id} (this VM has {len(self._vcpus)} vCPUs): {exc.message}",
+                    errno=exc.errno,
+                    operation="create_vcpu",
+                ) from None
         self._vcpus[vcpu_id] = vcpu
         self._used_vcpu_ids.add(vcpu_id)
         return vcpu

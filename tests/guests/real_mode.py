@@ -78,6 +78,32 @@ REP_INSB = (
     b"\xf4"          # hlt
 )
 
+def string_in(es: int, di: int, cx: int, *, width: int = 1, rep: bool = True, backwards: bool = False) -> bytes:
+    """``[rep] ins{b,w,d}`` from port 0x20 to es:di with cx elements (DF as ``backwards``), then hlt.
+
+    Host: real mode, rip=CODE (the guest sets DF, es, di, cx and dx itself). The string
+    instruction is at CODE+0xf (``insd``: an operand-size prefix first), the hlt right after it.
+    Upstream KVM (``pio_in_emulated``): one IN exit of count = min(cx, 1024 // width, bytes
+    left in di's page) elements; the emulator then writes them: RAM pages in place, any other
+    page (no slot, a read-only slot) as MMIO write exits of up to 8 bytes, split at pages.
+    Forward with rep the batch is one write; backwards each element is, and the first element
+    that exits ends the batch (the rest of what was read is dropped).
+    Measured on this host's KVM: exactly that (tests/test_io.py lists the shapes).
+    """
+    opcode = {1: b"\x6c", 2: b"\x6d", 4: b"\x66\x6d"}[width]  # insb / insw / insd
+    return (
+        (b"\xfd" if backwards else b"\xfc")  # std / cld
+        + b"\xb8" + es.to_bytes(2, "little")  # mov ax, es
+        + b"\x8e\xc0"  # mov es, ax
+        + b"\xbf" + di.to_bytes(2, "little")  # mov di, di
+        + b"\xb9" + cx.to_bytes(2, "little")  # mov cx, cx
+        + b"\xba\x20\x00"  # mov dx, 0x20
+        + (b"\xf3" if rep else b"")  # rep
+        + opcode
+        + b"\xf4"  # hlt
+    )
+
+
 # `rep outsw` of 3 words from DATA (ds:si = 0x1000:0) to port 0x22, then hlt.
 # Host: real mode, rip=CODE; fill DATA[0:6] first (e.g. words 0x1111, 0x2222, 0x3333).
 # Exits: OUT port 0x22 size 2 count 1 data DATA word 0; same for word 1; same for word 2

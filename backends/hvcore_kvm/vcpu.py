@@ -154,7 +154,8 @@ class KvmVCPU(Closeable):
             self._thread = None
             self._kicked = False
             self._signal_owed = False
-            self._run[_IMMEDIATE_EXIT] = 0
+            if self._fd >= 0:  # close() may have unmapped kvm_run once _thread was None
+                self._run[_IMMEDIATE_EXIT] = 0
 
     def complete(self, data: bytes | int) -> None:
         """Answer the pending IN (``size * count`` bytes) or MMIO read (``length`` bytes)."""

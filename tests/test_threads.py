@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import resource
+import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from hvcore import VM, Exit, HltExit, Hypervisor, InterruptedExit, IoDirection, IoExit, VcpuBusy
+from hvcore import VCPU, VM, Exit, HltExit, Hypervisor, InterruptedExit, IoDirection, IoExit, VcpuBusy
 from tests.boot import boot, read_guest, run_exits
+from tests.conftest import WATCHDOG_SECONDS, Watchdog
 from tests.guests import real_mode
 
 
@@ -151,3 +156,143 @@ def test_a_kick_is_consumed_by_one_run_and_never_cancels_a_later_one(hv: Hypervi
         third = vcpu.run()
         assert [isinstance(r, InterruptedExit) for r in (first, second)].count(True) <= 1
         assert isinstance(third, IoExit)  # a kick never outlives the run it hit
+
+
+# mov ecx, 1000; a loop of 1000 dec/jnz; inc eax; out 0x80, eax; again -- work between the OUTs
+COUNT_OUT_SLOWLY = (
+    b"\x66\xb9\xe8\x03\x00\x00"  # 0 again: mov ecx, 1000
+    b"\x66\x49"  # 6 spin: dec ecx
+    b"\x75\xfc"  # 8 jnz spin
+    b"\x66\x40"  # a inc eax
+    b"\x66\xe7\x80"  # c out 0x80, eax
+    b"\xeb\xef"  # f jmp again
+)
+
+
+def test_a_kick_storm_neither_starves_the_vcpu_nor_raises(hv: Hypervisor, vm: VM) -> None:
+    """Kicks from a thread in a tight loop: each run ends (an OUT or InterruptedExit), the guest
+    gets every OUT out, and kick() never raises (a kick while one is pending sends no signal)."""
+    vcpu = boot(hv, vm, COUNT_OUT_SLOWLY)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    kicks = 0
+
+    def hammer() -> None:
+        nonlocal kicks
+        try:
+            while not stop.is_set():
+                vcpu.kick()
+                kicks += 1
+        except BaseException as exc:  # the test reports whatever escaped
+            errors.append(exc)
+
+    kicker = threading.Thread(target=hammer)
+    queue = resource.getrlimit(resource.RLIMIT_SIGPENDING)
+    resource.setrlimit(resource.RLIMIT_SIGPENDING, (4, queue[1]))  # a signal per kick overflows this at once
+    kicker.start()
+    seen: list[int] = []
+    interrupted = 0
+    deadline = time.monotonic() + WATCHDOG_SECONDS  # generous: this is a hang check, not a speed check
+    try:
+        while len(seen) < 200 and time.monotonic() < deadline and not errors:
+            exit_ = vcpu.run()
+            if isinstance(exit_, InterruptedExit):
+                interrupted += 1
+                continue
+            assert isinstance(exit_, IoExit)
+            seen.append(exit_.values()[0])
+    finally:
+        stop.set()
+        kicker.join()
+        resource.setrlimit(resource.RLIMIT_SIGPENDING, queue)
+    assert errors == []
+    assert seen == list(range(1, 201)), f"{len(seen)} OUTs, {interrupted} interrupted runs, {kicks} kicks"
+    after = vcpu.run()  # the last kick may still be pending: it ends this run, and no other
+    if isinstance(after, InterruptedExit):
+        after = vcpu.run()
+    assert after == IoExit(0x80, 4, 1, IoDirection.OUT, (201).to_bytes(4, "little"))
+
+
+def widen_the_claim_race(vcpu: VCPU, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the backend's ``_get_ident`` (which run() calls to publish its thread) yield the GIL,
+    so a busy check that is not atomic lets a second thread in every time, not once in a while."""
+    module = sys.modules[type(vcpu).__module__]
+    get_ident = module._get_ident
+
+    def yielding() -> int:
+        time.sleep(0)
+        return int(get_ident())
+
+    monkeypatch.setattr(module, "_get_ident", yielding)
+
+
+def test_run_from_many_threads_at_once_lets_exactly_one_in(
+    hv: Hypervisor, vm: VM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a very short thread switch interval, runs from 8 threads: every call either returns
+    an exit or raises VcpuBusy, and no exit is lost or seen twice (two threads never run at once)."""
+    vcpu = boot(hv, vm, COUNT_OUT)
+    widen_the_claim_race(vcpu, monkeypatch)
+    seen: list[int] = []
+    busy = 0
+    other: list[BaseException] = []
+    go = threading.Event()
+
+    def runner() -> None:
+        nonlocal busy
+        go.wait()
+        while len(seen) < 500 and not other:
+            try:
+                exit_ = vcpu.run()
+            except VcpuBusy:
+                busy += 1
+                continue
+            except BaseException as exc:  # the test reports whatever escaped
+                other.append(exc)
+                return
+            if isinstance(exit_, IoExit):
+                seen.append(exit_.values()[0])
+            elif not isinstance(exit_, InterruptedExit):  # the watchdog's kick
+                other.append(AssertionError(f"unexpected exit {exit_!r}"))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=runner) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        go.set()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert other == []
+    assert sorted(seen) == list(range(1, len(seen) + 1))  # none lost, none twice
+    assert busy > 0  # the others were refused, not queued
+
+
+def test_a_kick_signal_the_kernel_refuses_is_sent_by_the_next_kick(
+    kvm: Hypervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EAGAIN from pthread_kill (the user's queue of pending signals is full) does not escape
+    kick(), and the kick is not coalesced away: the next kick() sends the signal."""
+    with kvm.create_vm() as vm, Watchdog(vm, WATCHDOG_SECONDS):
+        vcpu = boot(kvm, vm, real_mode.SPIN)
+        result: list[Exit] = []
+        worker = threading.Thread(target=lambda: result.append(vcpu.run()))
+        worker.start()
+        time.sleep(0.05)  # let it enter the guest
+        refused: list[int] = []
+
+        def queue_full(thread_id: int, signum: int) -> None:
+            refused.append(signum)
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(signal, "pthread_kill", queue_full)
+            vcpu.kick()
+        assert refused
+        vcpu.kick()
+        worker.join(WATCHDOG_SECONDS)
+        assert not worker.is_alive()
+        assert result == [InterruptedExit()]

@@ -86,9 +86,11 @@ class KvmVCPU(Closeable):
         self._pending_exit: Exit | None = None  # an IN or MMIO read waiting for complete()
         self._answer_at = -1  # where in kvm_run its answer goes
         self._thread: int | None = None  # the thread inside KVM_RUN
-        self._kick_lock = threading.Lock()
+        self._claim = threading.Lock()  # held by the thread inside run(): taken without waiting, or VcpuBusy
+        self._kick_lock = threading.Lock()  # kick() against the end of a run; held for one signal at most
         self._closing = False
-        self._kicked = False  # a kick() is pending (immediate_exit is set)
+        self._kicked = False  # a kick() is pending (immediate_exit is set): later kicks add nothing
+        self._signal_owed = False  # the pending kick's signal could not be queued: the next kick() retries
         self._finalizer = weakref.finalize(self, _release, fd, run)
 
     @property
@@ -105,60 +107,65 @@ class KvmVCPU(Closeable):
 
     def run(self) -> Exit:
         """Enter the guest (``KVM_RUN``) and decode the exit."""
-        if self._pending_exit is not None:
-            raise ExitNotCompleted(
-                f"vCPU {self._id} still waits for the answer to {self._pending_exit!r}; call complete(data) first",
-                operation="run",
-            )
-        if self._thread is not None:
+        if not self._claim.acquire(False):  # atomic: of two threads at once exactly one gets in
             raise VcpuBusy(f"vCPU {self._id} is already running in another thread", operation="run")
-        # Claim the vCPU, then look at _closing: close() sets _closing first and then waits for
-        # _thread to be None, so one of the two always sees the other. The fast path takes no
-        # lock (see kick() for why that is safe under the GIL's sequential ordering).
-        self._thread = _get_ident()
-        if self._closing:
-            self._thread = None
-            raise ClosedError(f"vCPU {self._id} is closed", operation="run")
-        fd, run = self._fd, self._run
-        while True:
-            try:
-                _fcntl_ioctl(fd, _KVM_RUN, 0)
-                break
-            except InterruptedError:
-                self._leave_run()
-                return kvm_run.INTERRUPTED
-            except BlockingIOError:
-                # EAGAIN: a vCPU waiting for INIT/SIPI woke up for an event; KVM wants KVM_RUN again
-                if self._kicked or run[_IMMEDIATE_EXIT]:
+        try:
+            if self._pending_exit is not None:
+                raise ExitNotCompleted(
+                    f"vCPU {self._id} still waits for the answer to {self._pending_exit!r}; call complete(data) first",
+                    operation="run",
+                )
+            # Publish the thread, then look at _closing: close() sets _closing first and then waits
+            # for _thread to be None, so one of the two always sees the other. The fast path takes
+            # no kick lock (see kick() for why that is safe under the GIL's sequential ordering).
+            self._thread = _get_ident()
+            if self._closing:
+                self._thread = None
+                raise ClosedError(f"vCPU {self._id} is closed", operation="run")
+            fd, run = self._fd, self._run
+            while True:
+                try:
+                    _fcntl_ioctl(fd, _KVM_RUN, 0)
+                    break
+                except InterruptedError:
                     self._leave_run()
                     return kvm_run.INTERRUPTED
-            except OSError as exc:
-                self._leave_run()
-                raise error_for_errno(exc.errno or 0, "KVM_RUN", f"vCPU {self._id}") from exc
-        # Decode while still claimed (close() waits for us). A single-element OUT, the most
-        # frequent exit, is decoded inline: one unpack and a lookup of the shared exit value.
-        reason, direction, size, port, count, data_offset = _reason_io(run, _EXIT_REASON)
-        if reason == _EXIT_IO and direction and count == 1:
-            data = run[data_offset : data_offset + size]
-            out = _out_exits.get((port, size, data)) or kvm_run.new_out(port, size, 1, data)
+                except BlockingIOError:
+                    # EAGAIN: a vCPU waiting for INIT/SIPI woke up for an event; KVM wants KVM_RUN again
+                    if self._kicked or run[_IMMEDIATE_EXIT]:
+                        self._leave_run()
+                        return kvm_run.INTERRUPTED
+                except OSError as exc:
+                    self._leave_run()
+                    raise error_for_errno(exc.errno or 0, "KVM_RUN", f"vCPU {self._id}") from exc
+            # Decode while still claimed (close() waits for us). A single-element OUT, the most
+            # frequent exit, is decoded inline: one unpack and a lookup of the shared exit value.
+            reason, direction, size, port, count, data_offset = _reason_io(run, _EXIT_REASON)
+            if reason == _EXIT_IO and direction and count == 1:
+                data = run[data_offset : data_offset + size]
+                out = _out_exits.get((port, size, data)) or kvm_run.new_out(port, size, 1, data)
+                self._thread = None
+                if self._kicked:  # a kick that raced with this exit is consumed by it
+                    self._leave_run()
+                return out
+            exit_, answer_at = kvm_run.decode_exit(run)
             self._thread = None
-            if self._kicked:  # a kick that raced with this exit is consumed by it
+            if self._kicked:
                 self._leave_run()
-            return out
-        exit_, answer_at = kvm_run.decode_exit(run)
-        self._thread = None
-        if self._kicked:
-            self._leave_run()
-        if answer_at >= 0:
-            self._pending_exit = exit_
-            self._answer_at = answer_at
-        return exit_
+            if answer_at >= 0:
+                self._pending_exit = exit_
+                self._answer_at = answer_at
+            return exit_
+        finally:
+            self._claim.release()
 
     def _leave_run(self) -> None:
-        with self._kick_lock:
+        with self._kick_lock:  # waits at most for one kick() to finish sending its signal
             self._thread = None
             self._kicked = False
-            self._run[_IMMEDIATE_EXIT] = 0
+            self._signal_owed = False
+            if self._fd >= 0:  # close() may have unmapped kvm_run once _thread was None
+                self._run[_IMMEDIATE_EXIT] = 0
 
     def complete(self, data: bytes | int) -> None:
         """Answer the pending IN (``size * count`` bytes) or MMIO read (``length`` bytes)."""
@@ -174,15 +181,21 @@ class KvmVCPU(Closeable):
         clears ``_thread`` before looking at ``_kicked``: whichever order the two threads run
         in, a kick is either seen by the returning ``run()`` (and consumed by it) or left in
         ``immediate_exit`` for the next one; it is never lost and never outlives the run it hit.
+
+        Kicks coalesce: while one is pending (until the run it hit returns), another adds
+        nothing and takes no lock, so a kicker in a tight loop sends one signal per run and
+        never holds up the vCPU thread. A signal the kernel would not queue (EAGAIN) is sent
+        again by the next kick; ``immediate_exit`` is set either way.
         """
+        if self._kicked and not self._signal_owed:
+            return
         with self._kick_lock:
             if self._fd < 0:
                 return
             self._kicked = True
             self._run[_IMMEDIATE_EXIT] = 1
             running = self._thread
-            if running is not None and running != _get_ident():
-                kick.send_kick(running)
+            self._signal_owed = running is not None and running != _get_ident() and not kick.send_kick(running)
 
     # -- kvm_run fields ----------------------------------------------------
 
@@ -196,7 +209,10 @@ class KvmVCPU(Closeable):
     def immediate_exit(self, value: bool) -> None:
         value = check_flag("immediate_exit", value, "immediate_exit")
         self._live()
-        self._run[kvm_run.IMMEDIATE_EXIT] = int(bool(value))
+        with self._kick_lock:
+            self._run[kvm_run.IMMEDIATE_EXIT] = int(bool(value))
+            if not value:  # clearing it withdraws a pending kick too, so the next kick() is not coalesced away
+                self._kicked = self._signal_owed = False
 
     @property
     def request_interrupt_window(self) -> bool:

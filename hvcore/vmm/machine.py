@@ -40,7 +40,7 @@ from hvcore.arguments import (
     check_timeout,
 )
 from hvcore.checks import MAX_GSI
-from hvcore.errors import HvError, ImageError, InvalidArgument, StateError
+from hvcore.errors import HvError, ImageError, InvalidArgument, ResourceExhausted, StateError
 from hvcore.exits import (
     DebugExit,
     Exit,
@@ -149,6 +149,7 @@ class Machine:
         self._resumed = threading.Event()
         self._resumed.set()
         self._done = threading.Event()
+        self._launched = threading.Event()  # every vCPU thread started: they may enter the guest
         self._threads: list[threading.Thread] = []
         self._result: MachineResult | None = None
         self._closed = False
@@ -275,6 +276,7 @@ class Machine:
         ``name``, the image's file name, starts a multiboot kernel's command line (as GRUB and QEMU do).
         """
         _check_load_arguments(image, format, cmdline, initrd, name)
+        self._require_stopped("load")
         plan = load_image(image, self, format=format, cmdline=cmdline, initrd=initrd, name=name)
         self.boot(plan)
         return plan
@@ -282,6 +284,7 @@ class Machine:
     def boot(self, plan: BootPlan) -> None:
         """Set vCPU 0 up as ``plan`` says (the reset state for firmware), after the BIOS state it asks for."""
         check_instance("plan", plan, BootPlan, "boot")
+        self._require_stopped("boot")
         vcpu = self.vcpus[0]
         if plan.bios_state and self.irqchip:
             set_up_bios_state(vcpu, self)
@@ -303,21 +306,38 @@ class Machine:
     # -- running -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start one thread per vCPU."""
+        """Start one thread per vCPU.
+
+        All or nothing: the threads enter the guest once every one of them has started; when one
+        cannot be started (the process is out of threads or memory) the others are stopped and
+        joined before ``ResourceExhausted`` is raised, and no guest code has run.
+        """
         if self._closed:
             raise StateError("the machine is closed", operation="start")
         if self._threads:
             raise StateError("the machine is already running; stop() it first", operation="start")
         self._done.clear()
+        self._launched.clear()
         self._result = None
         vcpus: list[VCPU] = self.vcpus
         if self._trace is not None:
             vcpus = [TracingVCPU(vcpus[0], self._trace, vm=self.vm, backend=self.hypervisor.name), *vcpus[1:]]
         for vcpu in vcpus:
             thread = threading.Thread(target=self._vcpu_loop, args=(vcpu,), name=f"hvcore-vcpu{vcpu.id}", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # "can't start new thread"
+                started = len(self._threads)
+                self.stop(MachineResult("error", error=exc))
+                self._launched.set()
+                self._join()
+                raise ResourceExhausted(
+                    f"could not start the thread for vCPU {vcpu.id} ({exc}); the {started} vCPU thread(s) already "
+                    "started were stopped before running the guest: free threads or memory, or use fewer vCPUs",
+                    operation="start",
+                ) from exc
             self._threads.append(thread)
-        for thread in self._threads:
-            thread.start()
+        self._launched.set()
 
     def wait(self, timeout: float | None = None) -> MachineResult | None:
         """Wait until the run ends; its result, or ``None`` if ``timeout`` passed first."""
@@ -380,7 +400,20 @@ class Machine:
                 thread.join(0.05)
         self._threads = []
 
+    def _require_stopped(self, operation: str) -> None:
+        """StateError while vCPU threads run; a run already told to stop is waited for."""
+        if not self._threads:
+            return
+        if not self._done.is_set() or threading.current_thread() in self._threads:
+            raise StateError(
+                f"{operation}() sets vCPU state, which a running machine is using: stop the machine first "
+                "(stop(), then wait())",
+                operation=operation,
+            )
+        self._join()
+
     def _vcpu_loop(self, vcpu: VCPU) -> None:
+        self._launched.wait()
         try:
             while not self._done.is_set():
                 if not self._resumed.is_set():

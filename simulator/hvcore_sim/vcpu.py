@@ -119,6 +119,7 @@ class SimVCPU(Closeable):
         self._id = vcpu_id
         self._closed = False
         self._thread: int | None = None
+        self._claim = threading.Lock()  # held by the thread inside run(): taken without waiting, or VcpuBusy
         self._kick_lock = threading.Lock()
         self._kicked = False
         self._immediate_exit = False
@@ -216,15 +217,16 @@ class SimVCPU(Closeable):
 
     def run(self) -> Exit:
         """Run the guest until it needs the VMM (see :class:`hvcore.VCPU`)."""
-        if self.tracker.pending is not None:
-            raise ExitNotCompleted(
-                f"vCPU {self._id} still waits for the answer to {self.tracker.pending!r}; call complete(data) first",
-                operation="run",
-            )
-        if self._thread is not None:
+        if not self._claim.acquire(False):  # atomic: of two threads at once exactly one gets in
             raise VcpuBusy(f"vCPU {self._id} is already running in another thread", operation="run")
-        self._thread = _get_ident()
         try:
+            pending = self.tracker.pending
+            if pending is not None:
+                raise ExitNotCompleted(
+                    f"vCPU {self._id} still waits for the answer to {pending!r}; call complete(data) first",
+                    operation="run",
+                )
+            self._thread = _get_ident()
             if self._closed:
                 raise ClosedError(f"vCPU {self._id} is closed", operation="run")
             exit_ = self._run()
@@ -237,6 +239,7 @@ class SimVCPU(Closeable):
                 with self._kick_lock:
                     self._kicked = False
             self._thread = None
+            self._claim.release()
 
     def _consume_kick(self) -> bool:
         with self._kick_lock:
@@ -621,7 +624,13 @@ class SimVCPU(Closeable):
         self.tracker.complete(data)
 
     def kick(self) -> None:
-        """Make the current or next ``run()`` return ``InterruptedExit`` (checked between slices)."""
+        """Make the current or next ``run()`` return ``InterruptedExit`` (checked between slices).
+
+        As on KVM, kicks coalesce: while one is pending another adds nothing (the first one
+        wakes a sleeping vCPU), so a kicker in a tight loop never holds up the run.
+        """
+        if self._kicked:
+            return
         with self._kick_lock:
             if not self._closed:
                 self._kicked = True

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from hvcore import Hypervisor, MpState, x86
 from hvcore.vmm.loaders import BootPlan
 from hvcore.vmm.machine import Machine, MachineResult
 from hvcore.vmm.pc import PcDevices, add_pc_devices
+from tests.conftest import WATCHDOG_SECONDS, open_or_skip
 
 # Real mode at 0x1000 (ds = 0): prints "hello, machine\n" on COM1 (polling nothing: the UART's THR
 # is always ready), reads unclaimed port 0x99 and echoes it to the debug console (0x402), writes
@@ -219,3 +222,83 @@ def test_machine_misuse(hv: Hypervisor) -> None:
         machine.wait(10)
     with pytest.raises(hvcore.StateError, match="closed"):
         machine.start()
+
+
+def test_load_and_boot_refuse_a_running_machine(machine: Machine) -> None:
+    """On KVM, reading a running vCPU's registers waits for KVM_RUN to return (forever, for this
+    guest); the simulator would rewrite them under the running guest. Both refuse instead."""
+    _start_real(machine, COUNT_FOREVER)
+    machine.start()
+    guard = threading.Timer(WATCHDOG_SECONDS, machine.stop)  # ends a load() that waits for the vCPU
+    guard.start()
+    try:
+        with pytest.raises(hvcore.StateError, match="stop the machine first"):
+            machine.load(b"\xf4")
+        with pytest.raises(hvcore.StateError, match="stop the machine first"):
+            machine.boot(BootPlan("real", entry=0x1000))
+        assert machine.read(0x1000, len(COUNT_FOREVER)) == COUNT_FOREVER  # the image was not written either
+    finally:
+        guard.cancel()
+        machine.stop()
+    machine.load(b"\xf4")  # told to stop: load() waits for the vCPU threads, then loads
+    assert machine.read(0x1000, 1) == b"\xf4"
+    assert machine.wait(10) == MachineResult("stopped")
+
+
+# Run in a fresh interpreter (the kick handler is process-wide): a thread other than the main one
+# opens the hypervisor and runs a guest that never exits for 0.5 s.
+_OFF_MAIN_THREAD = """
+import sys, threading
+import hvcore
+from hvcore.vmm.loaders import BootPlan
+from hvcore.vmm.machine import Machine
+
+results = []
+
+def main():
+    with hvcore.open_hypervisor(sys.argv[1]) as hv, Machine(hv, memory=16 << 20) as machine:
+        machine.write(0x1000, bytes.fromhex(sys.argv[2]))
+        machine.boot(BootPlan("real", entry=0x1000))
+        results.append(machine.run(timeout=0.5).reason)
+
+thread = threading.Thread(target=main)
+thread.start()
+thread.join()
+print(results)
+"""
+
+
+def test_run_times_out_when_the_hypervisor_was_opened_off_the_main_thread(backend_name: str) -> None:
+    open_or_skip(backend_name).close()
+    proc = subprocess.run(
+        [sys.executable, "-c", _OFF_MAIN_THREAD, backend_name, COUNT_FOREVER.hex()],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG_SECONDS * 3,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "['timeout']\n", "")
+
+
+def test_a_vcpu_thread_that_cannot_start_leaves_no_thread_behind(
+    hv: Hypervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = set(threading.enumerate())
+    start = threading.Thread.start
+
+    def second_fails(thread: threading.Thread) -> None:
+        if thread.name == "hvcore-vcpu1":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    with Machine(hv, memory=16 << 20, cpus=2) as machine:
+        _start_real(machine, COUNT_FOREVER)
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "start", second_fails)
+            with pytest.raises(hvcore.ResourceExhausted, match="vCPU 1") as failed:
+                machine.start()
+        assert isinstance(failed.value.__cause__, RuntimeError)
+        assert set(threading.enumerate()) == before  # vCPU 0's thread was stopped and joined
+        assert machine.read(0x2000, 4) == bytes(4)  # and had not run the guest
+        assert machine.run(timeout=0.5) == MachineResult("timeout")  # the machine starts again
+    assert set(threading.enumerate()) == before

@@ -13,9 +13,10 @@ errors and never a backend's own (``OSError``, ``unicorn.UcError``)::
      +-- InvalidArgument           a bad value (EINVAL, EFAULT, E2BIG, out of range)
      |    +-- AlignmentError       an address or size is not page aligned
      |    +-- ImageError           a guest image (kernel, firmware, ELF) is malformed or does not fit
+     |    +-- TraceError           an exit trace (hvcore.trace) is malformed: names the file and line
      +-- AlreadyExists             EEXIST: duplicate id, second irqchip
      |    +-- SlotOverlap          a memory slot overlaps another one
-     |    +-- BusConflict          a device range overlaps another device's on an IO or MMIO bus
+     |    +-- BusConflict          a device range overlaps another device's, or RAM/ROM, on a bus
      +-- NotFound                  ENOENT / ENXIO: no such slot, dirty log not enabled
      +-- ResourceExhausted         ENOMEM, ENOSPC, EMFILE, too many vCPUs or slots
      +-- HypervisorFault           anything else the hypervisor reported (keeps the errno)
@@ -46,6 +47,7 @@ __all__ = [
     "ResourceExhausted",
     "SlotOverlap",
     "StateError",
+    "TraceError",
     "UnrecognisedBehaviour",
     "Unsupported",
     "VcpuBusy",
@@ -140,6 +142,12 @@ class ImageError(InvalidArgument):
     __module__ = "hvcore"
 
 
+class TraceError(InvalidArgument):
+    """An exit trace (:mod:`hvcore.trace`) is malformed: the message names the file and the line."""
+
+    __module__ = "hvcore"
+
+
 class AlreadyExists(HvError):
     """The object already exists (a vCPU id, an irqchip, a PIT)."""
 
@@ -154,7 +162,8 @@ class SlotOverlap(AlreadyExists):
 
 
 class BusConflict(AlreadyExists):
-    """A device's range overlaps another device's on an IO or MMIO bus."""
+    """A device's range overlaps another device's on an IO or MMIO bus, or (MMIO) a memory slot, where
+    the guest's accesses would reach the RAM or ROM and never the device."""
 
     __module__ = "hvcore"
 

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import IO
 
 from hvcore import x86
-from hvcore.errors import HvError, ImageError, InvalidArgument, StateError
+from hvcore.errors import BusConflict, HvError, ImageError, InvalidArgument, StateError
 from hvcore.exits import (
     DebugExit,
     Exit,
@@ -186,7 +186,10 @@ class Machine:
         return memory.read(offset, length)
 
     def add_rom(self, address: int, data: bytes) -> None:
-        """Map ``data`` read-only at ``address`` (page aligned, padded to whole pages)."""
+        """Map ``data`` read-only at ``address`` (page aligned, padded to whole pages).
+
+        An MMIO device may share the range: the guest reads the ROM and its writes go to the device.
+        """
         if address % PAGE_SIZE:
             raise ImageError(f"a ROM must start on a page boundary, not {address:#x}", operation="add_rom")
         size = -(-len(data) // PAGE_SIZE) * PAGE_SIZE
@@ -203,7 +206,20 @@ class Machine:
         self.io_bus.register(base, length, device)
 
     def add_mmio_device(self, base: int, length: int, device: Device) -> None:
-        """Put ``device`` at guest-physical ``[base, base + length)`` (where no RAM or ROM is)."""
+        """Put ``device`` at guest-physical ``[base, base + length)``, outside RAM.
+
+        ``BusConflict`` where the range overlaps RAM (the guest's accesses there reach the RAM, never
+        the device) or another device. Over a ROM the device sees the guest's writes (a flash chip's
+        command interface); reads come from the ROM.
+        """
+        for slot in self.vm.memory_slots():
+            if not slot.readonly and slot.guest_address < base + length and base < slot.end:
+                raise BusConflict(
+                    f"{device.name} at mmio {base:#x}+{length:#x} overlaps memory slot {slot.slot} "
+                    f"(RAM {slot.guest_address:#x}..{slot.end:#x}): the guest's accesses there reach the RAM, "
+                    f"never the device; pick a range outside RAM (e.g. in the 32-bit hole from {HOLE_START:#x})",
+                    operation="add_mmio_device",
+                )
         self.mmio_bus.register(base, length, device)
 
     def irq(self, gsi: int) -> IrqLine | None:

@@ -35,6 +35,8 @@ from hvcore.exits import (
     DebugExit,
     Exit,
     HltExit,
+    InternalErrorExit,
+    InternalErrorSuberror,
     InterruptedExit,
     IoExit,
     IrqWindowOpenExit,
@@ -64,13 +66,24 @@ _REGISTER_NAMES = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di"
 
 @dataclass(frozen=True)
 class MachineResult:
-    """How a run ended: ``reason`` (``"stopped"``, ``"debug-exit"``, ``"reset"``, ``"shutdown"``,
-    ``"halted"``, ``"timeout"``, ``"error"``), the guest's exit ``status`` where it chose one,
+    """How a run ended: ``reason`` (``"stopped"``, ``"debug-exit"``, ``"reset"``, ``"shutdown"`` (a triple
+    fault), ``"internal-error"`` (an instruction the hypervisor could not emulate, e.g. code fetched from
+    MMIO), ``"halted"``, ``"timeout"``, ``"error"``), the guest's exit ``status`` where it chose one,
     and the error that ended it, if any."""
 
     reason: str
     status: int | None = None
     error: BaseException | None = None
+
+
+def _internal_error(exit_: InternalErrorExit) -> str:
+    """``KVM_EXIT_INTERNAL_ERROR`` in words: ``internal error 1 (EMULATION), data 0x0 0x1000``."""
+    try:
+        name = f" ({InternalErrorSuberror(exit_.suberror).name})"
+    except ValueError:
+        name = ""
+    data = f", data {' '.join(hex(word) for word in exit_.data)}" if exit_.data else ""
+    return f"internal error {exit_.suberror}{name}{data}"
 
 
 class _Line:
@@ -386,6 +399,8 @@ class Machine:
             self.stop(MachineResult("halted"))  # without an irqchip nothing can wake it
         elif isinstance(exit_, ShutdownExit):
             self.stop(MachineResult("shutdown"))
+        elif isinstance(exit_, InternalErrorExit):  # the guest ran what the hypervisor cannot emulate
+            self.stop(MachineResult("internal-error", error=StateError(f"vCPU {vcpu.id}: {_internal_error(exit_)}")))
         else:
             self.stop(MachineResult("error", error=StateError(f"vCPU {vcpu.id}: unexpected exit {exit_!r}")))
 

@@ -378,6 +378,12 @@ class Machine:
                 self._dispatch(vcpu, exit_)
         except BaseException as exc:  # a device or backend failure ends the whole run, reported by wait()
             self.stop(MachineResult("error", error=exc))
+        finally:
+            if isinstance(vcpu, TracingVCPU):
+                try:
+                    vcpu.flush()  # the last exit's line (written when the next run would have started)
+                except BaseException as exc:
+                    self.stop(MachineResult("error", error=exc))
 
     def _dispatch(self, vcpu: VCPU, exit_: Exit) -> None:
         if isinstance(exit_, IoExit):

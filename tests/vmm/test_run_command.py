@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import hvcore
-from hvcore import Hypervisor, IoExit, trace
+from hvcore import Hypervisor, IoDirection, IoExit, trace
 from hvcore.cli import main
 from hvcore.vmm.loaders.files import read_image_file
 from hvcore.vmm.run import ExitStatus, exit_status_help
@@ -36,6 +36,8 @@ def test_run_a_raw_image_with_a_trace(hv: Hypervisor, tmp_path: Path, capsys: py
         entries = trace.read_trace(source).entries
     outs = [e.exit for e in entries if isinstance(e.exit, IoExit) and e.exit.port == 0x3F8]
     assert b"".join(e.data for e in outs) == b"hello, machine\n"
+    assert len(entries) == 19  # every exit, the last too: the guest's write to isa-debug-exit
+    assert entries[-1].exit == IoExit(0xF4, 1, 1, IoDirection.OUT, b"\x21")
 
 
 def test_run_passes_a_multiboot_kernel_its_file_name_first(

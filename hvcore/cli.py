@@ -34,7 +34,7 @@ from hvcore.demo import RESULT_PORT, DemoResult, run_demo
 from hvcore.errors import HvError
 from hvcore.memory import MAX_GUEST_MEMORY, PAGE_SIZE
 from hvcore.vmm.loaders.files import check_image_file
-from hvcore.vmm.run import ExitStatus, exit_status_help, run_image
+from hvcore.vmm.run import ExitStatus, LateUsageError, exit_status_help, run_image
 
 __all__ = ["main"]
 
@@ -384,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.handler(args)
         sys.stdout.flush()  # here, so a closed pipe is caught below rather than at interpreter exit
+    except LateUsageError as exc:
+        _fail(f"{exc} (see '{PROG} {args.command} --help')", f"{PROG} {args.command}")
+        return EXIT_USAGE
     except HvError as exc:
         _fail(exc.message or type(exc).__name__)
         return failed

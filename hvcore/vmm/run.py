@@ -36,7 +36,7 @@ from hvcore.vmm.loaders.firmware import MAX_FIRMWARE_SIZE
 from hvcore.vmm.machine import Machine, MachineResult
 from hvcore.vmm.pc import add_pc_devices
 
-__all__ = ["RUN_FAILED", "ConsoleTee", "ExitStatus", "exit_status_help", "run_image"]
+__all__ = ["RUN_FAILED", "ConsoleTee", "ExitStatus", "LateUsageError", "exit_status_help", "run_image"]
 
 
 class ExitStatus(IntEnum):
@@ -71,6 +71,15 @@ def exit_status_help() -> str:
 
 
 _WIDTH = 10
+
+
+class LateUsageError(Exception):
+    """A bad argument seen only once the backend is open (more vCPUs than it takes): a usage error all the same."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(f"argument {argument}: {message}")
+        self.argument = argument
+        self.message = message
 
 
 class ConsoleTee:
@@ -214,18 +223,24 @@ def _run(
     args: argparse.Namespace, image: bytes, initrd: bytes | None, trace_file: _TraceFile | None, out: TextIO
 ) -> tuple[MachineResult, float, Mapping[str, int]]:
     """Build the machine, load the image, run it: how it ended, in how many seconds, and the exit counts."""
-    with (
-        hvcore.open_hypervisor(args.backend) as hv,
-        Machine(hv, memory=args.memory, cpus=args.cpus, trace=trace_file) as machine,  # type: ignore[arg-type]
-    ):
-        tee = ConsoleTee(out, args.until, lambda: machine.stop(MachineResult("until")))
-        add_pc_devices(machine, serial=tee, debugcon=tee)  # type: ignore[arg-type]  # write/flush suffice
-        plan = machine.load(image, format=args.format, cmdline=args.cmdline, initrd=initrd, name=args.image)
-        if not args.quiet:
-            _row(out, "backend", hv.name)
-            _row(out, "image", f"{Path(args.image).name}: {plan.description}")
-            _row(out, "machine", f"{args.memory >> 20} MiB, {args.cpus} vCPU{'s' if args.cpus > 1 else ''}")
-            print(file=out, flush=True)
-        started = time.monotonic()
-        result = machine.run(args.timeout)
-        return result, time.monotonic() - started, machine.statistics()
+    with hvcore.open_hypervisor(args.backend) as hv:
+        if args.cpus > hv.max_vcpus():
+            raise LateUsageError("--cpus", f"{args.cpus} vCPUs: backend {hv.name!r} takes 1 to {hv.max_vcpus()}")
+        with Machine(hv, memory=args.memory, cpus=args.cpus, trace=trace_file) as machine:  # type: ignore[arg-type]
+            return _run_machine(args, hv.name, machine, image, initrd, out)
+
+
+def _run_machine(
+    args: argparse.Namespace, backend: str, machine: Machine, image: bytes, initrd: bytes | None, out: TextIO
+) -> tuple[MachineResult, float, Mapping[str, int]]:
+    tee = ConsoleTee(out, args.until, lambda: machine.stop(MachineResult("until")))
+    add_pc_devices(machine, serial=tee, debugcon=tee)  # type: ignore[arg-type]  # write/flush suffice
+    plan = machine.load(image, format=args.format, cmdline=args.cmdline, initrd=initrd, name=args.image)
+    if not args.quiet:
+        _row(out, "backend", backend)
+        _row(out, "image", f"{Path(args.image).name}: {plan.description}")
+        _row(out, "machine", f"{args.memory >> 20} MiB, {args.cpus} vCPU{'s' if args.cpus > 1 else ''}")
+        print(file=out, flush=True)
+    started = time.monotonic()
+    result = machine.run(args.timeout)
+    return result, time.monotonic() - started, machine.statistics()

@@ -129,6 +129,19 @@ def test_every_bad_argument_is_one_usage_line(
     assert err.endswith(" (see 'hvcore run --help')\n")
 
 
+def test_more_vcpus_than_the_backend_takes_is_a_usage_error(
+    tmp_path: Path, hv: Hypervisor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "hello.bin"
+    image.write_bytes(HELLO_EXIT)
+    cpus = hv.max_vcpus() + 1
+    assert main(["run", str(image), "--backend", hv.name, "--cpus", str(cpus)]) == ExitStatus.USAGE
+    assert capsys.readouterr().err == (
+        f"hvcore run: error: argument --cpus: {cpus} vCPUs: backend {hv.name!r} takes 1 to {hv.max_vcpus()} "
+        "(see 'hvcore run --help')\n"
+    )
+
+
 def test_a_missing_image_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "/nonexistent/image"]) == ExitStatus.USAGE
     assert capsys.readouterr().err.startswith(

@@ -234,7 +234,7 @@ def _memory(text: str) -> int:
 
 
 def _cpus(text: str) -> int:
-    """``--cpus``: at least one (the backend's own maximum is checked when the machine is built)."""
+    """``--cpus``: at least one (the backend's own maximum is checked once it is open: ``LateUsageError``)."""
     try:
         cpus = int(text)
     except ValueError:

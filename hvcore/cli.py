@@ -8,45 +8,57 @@
     hvcore info --host                     also probe each backend: where this host's KVM differs from upstream
     hvcore --version
 
-Errors are one line on stderr (``hvcore: error: ...``); the exit status is 0 on
-success, 1 when the hypervisor fails and 2 for a usage error. ``hvcore run`` exits with the
-guest's isa-debug-exit status where it wrote one (always odd), 0 for a normal end, and 4 when the
-run failed (triple fault, error, bad image): never a status a guest's verdict could have.
+Errors are one line on stderr: a bad argument as argparse says it (``hvcore run: error: argument
+--timeout: ...``), anything else ``hvcore: error: ...``. The exit status is 0 on success, 1 when the
+hypervisor fails and 2 for a usage error. ``hvcore run`` has its own statuses
+(:class:`hvcore.vmm.run.ExitStatus`, listed by ``hvcore run --help``): the guest's isa-debug-exit
+status where it wrote one (always odd), 0 for a normal end, and even ones of its own (4 the run
+failed, 6 the guest crashed, 124 timed out): never a status a guest's verdict could have.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn, TextIO
 
 import hvcore
 from hvcore import host, registry
 from hvcore.demo import RESULT_PORT, DemoResult, run_demo
 from hvcore.errors import HvError
-from hvcore.vmm.run import RUN_FAILED, run_image
+from hvcore.memory import MAX_GUEST_MEMORY, PAGE_SIZE
+from hvcore.vmm.loaders.files import check_image_file
+from hvcore.vmm.run import ExitStatus, LateUsageError, exit_status_help, run_image
 
 __all__ = ["main"]
 
 PROG = "hvcore"
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, ExitStatus.USAGE, ExitStatus.INTERRUPTED
 _LABEL_WIDTH = 10
 _USABLE_BECAUSE = {"kvm": "/dev/kvm usable", "sim": "simulator usable"}
 """How ``hvcore demo`` says why auto chose a built-in backend."""
 
 
 class _UsageError(Exception):
-    """A command-line mistake; reported as one line with exit status 2."""
+    """A command-line mistake; reported as one line with exit status 2, after the (sub)command's name."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.message = message
 
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser that raises on usage errors instead of printing usage and exiting."""
 
     def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
+        raise _UsageError(self.prog, message)
 
 
 def _one_line(text: str) -> str:
@@ -193,15 +205,110 @@ def _print_host_profile(name: str, indent: str, out: TextIO) -> int:
 
 
 def _size(text: str) -> int:
-    """``"256M"``, ``"1G"``, ``"65536"`` -> bytes."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    """``"256M"``, ``"1G"``, ``"65536"`` -> bytes (positive)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    clean = text.strip().upper().removesuffix("B").removesuffix("I")
     try:
-        if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text, 0)
+        if clean and clean[-1] in units:
+            number = float(clean[:-1])
+            if not math.isfinite(number):
+                raise ValueError(text)
+            size = int(number * units[clean[-1]])
+        else:
+            size = int(clean, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 256M, 1G)") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size above 0 (e.g. 256M, 1G)")
+    return size
+
+
+def _memory(text: str) -> int:
+    """``--memory``: a size of whole pages, from 1 MiB to what hvcore reserves at most."""
+    size = _size(text)
+    if size < (1 << 20) or size % PAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r}: the machine's memory is whole 4 KiB pages and at least 1M")
+    if size > MAX_GUEST_MEMORY:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than the {MAX_GUEST_MEMORY >> 40}T hvcore allows")
+    return size
+
+
+def _cpus(text: str) -> int:
+    """``--cpus``: at least one (the backend's own maximum is checked once it is open: ``LateUsageError``)."""
+    try:
+        cpus = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of vCPUs") from None
+    if cpus < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a machine has at least 1 vCPU")
+    return cpus
+
+
+MAX_TIMEOUT = min(1e9, threading.TIMEOUT_MAX)
+"""The longest ``--timeout`` (seconds; about 31 years): what the host's waits can take."""
+
+
+def _seconds(text: str) -> float:
+    """``--timeout``: a finite number of seconds above 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < seconds <= MAX_TIMEOUT:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0 and at most {MAX_TIMEOUT:.0f}")
+    return seconds
+
+
+def _utf8(text: str) -> str:
+    """``text`` as given, if it was valid UTF-8 (Python keeps other bytes of argv as lone surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        byte = (
+            f"byte {ord(text[exc.start]) - 0xDC00:#04x}" if "\udc80" <= text[exc.start] <= "\udcff" else "a surrogate"
+        )
+        raise argparse.ArgumentTypeError(f"not valid UTF-8 ({byte} at offset {exc.start})") from None
+    return text
+
+
+def _cmdline(text: str) -> str:
+    """``--cmdline``: UTF-8 without NUL (the kernel's string ends at the first)."""
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} holds a NUL character, which would end the command line there")
+    return _utf8(text)
+
+
+def _until(text: str) -> str:
+    """``--until``: UTF-8, not empty."""
+    if not text:
+        raise argparse.ArgumentTypeError("the text to wait for is empty (it would match at once)")
+    return _utf8(text)
+
+
+def _readable_file(what: str) -> Callable[[str], str]:
+    """The type of an argument naming a regular file to read (an image, an initrd)."""
+
+    def readable(text: str) -> str:
+        try:
+            check_image_file(text, what)
+        except HvError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+        return text
+
+    return readable
+
+
+def _writable_file(text: str) -> str:
+    """``--trace``: a file that can be created or overwritten (its directory exists)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file to write the trace to")
+    folder = path.parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {text}: no directory {folder}; create it first")
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: permission denied")
+    return text
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -225,20 +332,27 @@ def _build_parser() -> _Parser:
     )
     demo.set_defaults(handler=_cmd_demo)
 
-    run = commands.add_parser("run", help="boot an image (firmware, bzImage, multiboot, ELF, raw) on a PC machine")
-    run.add_argument("image", help="the image file")
+    run = commands.add_parser(
+        "run",
+        help="boot an image (firmware, bzImage, multiboot, ELF, raw) on a PC machine",
+        epilog=exit_status_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("image", type=_readable_file("image"), help="the image file")
     run.add_argument("--backend", choices=[*hvcore.backend_names(), "auto"], default="auto", help="default: auto")
-    run.add_argument("--memory", "-m", type=_size, default=256 << 20, help="RAM, e.g. 256M or 1G (default 256M)")
-    run.add_argument("--cpus", type=int, default=1, help="vCPUs (default 1)")
+    run.add_argument("--memory", "-m", type=_memory, default=256 << 20, help="RAM, e.g. 256M or 1G (default 256M)")
+    run.add_argument("--cpus", type=_cpus, default=1, help="vCPUs (default 1)")
     run.add_argument(
         "--format", choices=["auto", "firmware", "bzimage", "multiboot", "elf", "raw"], default="auto",
         help="image format (default: detected)",
     )  # fmt: skip
-    run.add_argument("--cmdline", default="", help="kernel command line (bzImage, multiboot)")
-    run.add_argument("--initrd", help="initrd file (bzImage) or module (multiboot)")
-    run.add_argument("--timeout", type=float, help="stop after this many seconds")
-    run.add_argument("--until", help="stop once the guest's console output contains this text")
-    run.add_argument("--trace", help="write vCPU 0's exits to this file (JSON lines, see hvcore.trace)")
+    run.add_argument("--cmdline", type=_cmdline, default="", help="kernel command line (bzImage, multiboot)")
+    run.add_argument("--initrd", type=_readable_file("initrd"), help="initrd file (bzImage) or module (multiboot)")
+    run.add_argument("--timeout", type=_seconds, help="stop after this many seconds (exit status 124)")
+    run.add_argument("--until", type=_until, help="stop once the guest's console output contains this text")
+    run.add_argument(
+        "--trace", type=_writable_file, help="write vCPU 0's exits to this file (JSON lines, see hvcore.trace)"
+    )
     run.add_argument("--stats", action="store_true", help="print exit statistics at the end")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the guest's output")
     run.set_defaults(handler=_cmd_run)
@@ -252,8 +366,8 @@ def _build_parser() -> _Parser:
     return parser
 
 
-def _fail(message: str) -> None:
-    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
+def _fail(message: str, prog: str = PROG) -> None:
+    print(f"{prog}: error: {_one_line(message)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -262,16 +376,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except _UsageError as exc:
-        _fail(f"{exc} (see '{PROG} --help')")
+        _fail(f"{exc.message} (see '{exc.prog} --help')", exc.prog)
         return EXIT_USAGE
     except SystemExit as exc:  # --help and --version print and exit
         return exc.code if isinstance(exc.code, int) else EXIT_OK
+    failed = ExitStatus.RUN_FAILED if args.handler is _cmd_run else EXIT_FAILURE  # `run`: never a guest's status
     try:
         status: int = args.handler(args)
         sys.stdout.flush()  # here, so a closed pipe is caught below rather than at interpreter exit
+    except LateUsageError as exc:
+        _fail(f"{exc} (see '{PROG} {args.command} --help')", f"{PROG} {args.command}")
+        return EXIT_USAGE
     except HvError as exc:
         _fail(exc.message or type(exc).__name__)
-        return RUN_FAILED if args.handler is _cmd_run else EXIT_FAILURE
+        return failed
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -280,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Python from complaining again when it flushes stdout at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FAILURE
+        return failed
     return status
 
 

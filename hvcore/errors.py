@@ -14,13 +14,14 @@ errors and never a backend's own (``OSError``, ``unicorn.UcError``)::
      |    +-- InvalidType          an argument of the wrong type (also a TypeError; bool is no int)
      |    +-- AlignmentError       an address or size is not page aligned
      |    +-- ImageError           a guest image (kernel, firmware, ELF) is malformed or does not fit
+     |    +-- TraceError           an exit trace (hvcore.trace) is malformed: names the file and line
      +-- AlreadyExists             EEXIST: duplicate id, second irqchip
      |    +-- SlotOverlap          a memory slot overlaps another one
-     |    +-- BusConflict          a device range overlaps another device's on an IO or MMIO bus
+     |    +-- BusConflict          a device range overlaps another device's on a bus, or RAM
      +-- NotFound                  ENOENT / ENXIO: no such slot, dirty log not enabled
      +-- ResourceExhausted         ENOMEM, ENOSPC, EMFILE, too many vCPUs or slots
      +-- HypervisorFault           anything else the hypervisor reported (keeps the errno)
- +-- UnrecognisedBehaviour     a host probe saw neither upstream KVM's behaviour nor a registered variant
+     +-- UnrecognisedBehaviour     a host probe saw neither upstream KVM's behaviour nor a registered variant
 
 Backends translate their native failures with :func:`error_for_errno` at one
 place each, chaining the original with ``raise ... from``.
@@ -48,6 +49,7 @@ __all__ = [
     "ResourceExhausted",
     "SlotOverlap",
     "StateError",
+    "TraceError",
     "UnrecognisedBehaviour",
     "Unsupported",
     "VcpuBusy",
@@ -149,6 +151,12 @@ class ImageError(InvalidArgument):
     __module__ = "hvcore"
 
 
+class TraceError(InvalidArgument):
+    """An exit trace (:mod:`hvcore.trace`) is malformed: the message names the file and the line."""
+
+    __module__ = "hvcore"
+
+
 class AlreadyExists(HvError):
     """The object already exists (a vCPU id, an irqchip, a PIT)."""
 
@@ -163,7 +171,8 @@ class SlotOverlap(AlreadyExists):
 
 
 class BusConflict(AlreadyExists):
-    """A device's range overlaps another device's on an IO or MMIO bus."""
+    """A device's range overlaps another device's on an IO or MMIO bus, or (MMIO) a memory slot, where
+    the guest's accesses would reach the RAM or ROM and never the device."""
 
     __module__ = "hvcore"
 

@@ -16,19 +16,21 @@ The first line is a header with the backend, the vCPU's start state (set when re
 begins) and a digest of every memory slot; then one line per exit: the exit with all its
 fields, RIP after it, and the answer the VMM gave to an IN or MMIO read. Replaying feeds the
 recorded answers back and stops at the first exit or RIP that differs, with a readable diff.
+A malformed trace (not JSON, a field of the wrong type, an unknown exit or action) raises
+:class:`hvcore.TraceError` naming the file and the line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import IO, Any, Final
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import IO, Any, Final, TypeVar, get_type_hints
 
 from hvcore.checks import completion_bytes
 from hvcore.delegate import DelegatingVCPU
-from hvcore.errors import InvalidArgument
+from hvcore.errors import InvalidArgument, TraceError
 from hvcore.exits import (
     DebugExit,
     Exit,
@@ -77,6 +79,7 @@ _KINDS: Final[dict[type, str]] = {
     UnknownExit: "unknown",
 }
 _CLASSES: Final = {name: cls for cls, name in _KINDS.items()}
+_R = TypeVar("_R")
 
 
 def exit_to_json(exit_: Exit) -> dict[str, Any]:
@@ -95,25 +98,105 @@ def exit_to_json(exit_: Exit) -> dict[str, Any]:
 
 
 def exit_from_json(record: Mapping[str, Any]) -> Exit:
-    """The exit :func:`exit_to_json` described."""
-    try:
-        cls = _CLASSES[record["kind"]]
-    except KeyError:
-        raise InvalidArgument(f"not an exit record: {dict(record)!r}") from None
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name not in record:
-            continue
-        value = record[f.name]
-        if f.name == "data" and isinstance(value, str):
-            value = bytes.fromhex(value)
-        elif f.name == "direction":
-            value = IoDirection[value.upper()]
-        elif isinstance(value, list):
-            value = tuple(value)
-        values[f.name] = value
+    """The exit :func:`exit_to_json` described; :class:`hvcore.TraceError` names what is malformed."""
+    record = _object(record, "exit")
+    kind = record.get("kind")
+    cls = _CLASSES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise TraceError(f"exit: not an exit record (kind {_show(kind)}, expected one of {', '.join(_CLASSES)})")
+    values = _fields_from_json(cls, {k: v for k, v in record.items() if k != "kind"}, f"{kind} exit")
     exit_: Exit = cls(**values)
     return exit_
+
+
+_SHOW_LIMIT: Final = 40
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, shortened: a malformed file's value may be any size."""
+    text = repr(value)
+    return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 3] + "..."
+
+
+def _object(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TraceError(f"{what}: {_show(value)} is not an object")
+    return value
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value) is not int:  # not a bool, a float or a string
+        raise TraceError(f"{what}: {_show(value)} is not an integer")
+    return value
+
+
+def _bool(value: Any, what: str) -> bool:
+    if type(value) is not bool:
+        raise TraceError(f"{what}: {_show(value)} is not true or false")
+    return value
+
+
+def _ints(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise TraceError(f"{what}: {_show(value)} is not a list of integers")
+    return tuple(_int(item, f"{what}[{i}]") for i, item in enumerate(value))
+
+
+def _hex(value: Any, what: str) -> bytes:
+    try:
+        if isinstance(value, str):
+            return bytes.fromhex(value)
+    except ValueError:
+        pass
+    raise TraceError(f"{what}: {_show(value)} is not hex bytes")
+
+
+def _direction(value: Any, what: str) -> IoDirection:
+    if not isinstance(value, str) or value.upper() not in IoDirection.__members__:
+        raise TraceError(f"{what}: {_show(value)} is not 'in' or 'out'")
+    return IoDirection[value.upper()]
+
+
+def _bitmap(value: Any, what: str) -> tuple[int, int, int, int]:
+    words = _ints(value, what)
+    if len(words) != 4:
+        raise TraceError(f"{what}: {len(words)} words, not 4")
+    return words[0], words[1], words[2], words[3]
+
+
+_CONVERTERS: Final[dict[Any, Callable[[Any, str], Any]]] = {
+    int: _int,
+    bool: _bool,
+    bytes: _hex,
+    IoDirection: _direction,
+    tuple[int, ...]: _ints,
+    tuple[int, int, int, int]: _bitmap,
+    Segment: lambda value, what: _ints_record(Segment, value, what),
+    DescriptorTable: lambda value, what: _ints_record(DescriptorTable, value, what),
+}
+"""How a JSON value becomes a field of each type a recorded dataclass (exits, registers) has."""
+
+
+def _fields_from_json(cls: type, record: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``cls``'s constructor arguments from ``record``: every field of a known type, required ones present."""
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    for name in record:
+        if name not in known:
+            raise TraceError(f"{what}: unknown field {_show(name)}")
+    values: dict[str, Any] = {}
+    for name, f in known.items():
+        if name not in record:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise TraceError(f"{what}: lacks {name}")
+            continue
+        values[name] = _CONVERTERS[hints[name]](record[name], f"{what}.{name}")
+    return values
+
+
+def _ints_record(cls: type[_R], value: Any, what: str) -> _R:
+    """An all-integer dataclass (``Regs``, ``Segment``, ``DescriptorTable``) from its JSON object."""
+    return cls(**_fields_from_json(cls, _object(value, what), what))
 
 
 @dataclass(frozen=True)
@@ -130,9 +213,16 @@ class TraceEntry:
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> TraceEntry:
-        """The entry :meth:`to_json` described."""
+        """The entry :meth:`to_json` described; :class:`hvcore.TraceError` names what is malformed."""
+        record = _object(record, "event")
+        if "exit" not in record:
+            raise TraceError("event: neither an exit nor an action (no 'exit' or 'action' key)")
         answer = record.get("answer")
-        return cls(exit_from_json(record["exit"]), int(record["rip"]), bytes.fromhex(answer) if answer else None)
+        return cls(
+            exit_from_json(record["exit"]),
+            _int(record.get("rip"), "rip"),
+            _hex(answer, "answer") if answer is not None else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -148,24 +238,40 @@ class TraceAction:
         return {"action": self.name, "args": self.args}
 
     def apply(self, vcpu: VCPU) -> None:
-        """Do it to ``vcpu``."""
-        name, args = self.name, self.args
-        if name == "interrupt":
-            vcpu.interrupt(int(args))
-        elif name == "nmi":
-            vcpu.nmi()
-        elif name == "request_interrupt_window":
-            vcpu.request_interrupt_window = bool(args)
-        elif name == "immediate_exit":
-            vcpu.immediate_exit = bool(args)
-        elif name == "set_regs":
-            vcpu.set_regs(Regs(**args))
-        elif name == "set_sregs":
-            vcpu.set_sregs(_sregs_from_json(args))
-        elif name == "set_guest_debug":
-            vcpu.set_guest_debug(GuestDebug(GuestDebugFlags(args["flags"]), tuple(args["debugreg"])))
-        else:
-            raise InvalidArgument(f"unknown trace action {name!r}")
+        """Do it to ``vcpu`` (:class:`hvcore.TraceError` when the action or its arguments are malformed)."""
+        _prepare(self.name, self.args)(vcpu)
+
+
+def _prepare(name: Any, args: Any) -> Callable[[VCPU], None]:
+    """The action ``name`` with ``args`` (as recorded), checked: a call that does it to a vCPU."""
+    what = f"{name} args" if isinstance(name, str) else "action"
+    if name == "interrupt":
+        vector = _int(args, what)
+        return lambda vcpu: vcpu.interrupt(vector)
+    if name == "nmi":
+        return lambda vcpu: vcpu.nmi()
+    if name == "request_interrupt_window":
+        window = _bool(args, what)
+        return lambda vcpu: setattr(vcpu, "request_interrupt_window", window)
+    if name == "immediate_exit":
+        immediate = _bool(args, what)
+        return lambda vcpu: setattr(vcpu, "immediate_exit", immediate)
+    if name == "set_regs":
+        regs = _ints_record(Regs, args, what)
+        return lambda vcpu: vcpu.set_regs(regs)
+    if name == "set_sregs":
+        sregs = _sregs_from_json(args, what)
+        return lambda vcpu: vcpu.set_sregs(sregs)
+    if name == "set_guest_debug":
+        record = _object(args, what)
+        for key in ("flags", "debugreg"):
+            if key not in record:
+                raise TraceError(f"{what}: lacks {key}")
+        debug = GuestDebug(GuestDebugFlags(_int(record["flags"], f"{what}.flags")), _ints(record["debugreg"], what))
+        return lambda vcpu: vcpu.set_guest_debug(debug)
+    if isinstance(name, str):
+        raise TraceError(f"unknown trace action {name!r}")
+    raise TraceError(f"action: {_show(name)} is not an action's name")
 
 
 @dataclass(frozen=True)
@@ -189,34 +295,30 @@ def _sregs_json(sregs: Sregs) -> dict[str, Any]:
     return asdict(sregs)
 
 
-def _sregs_from_json(record: Mapping[str, Any]) -> Sregs:
-    def seg(name: str) -> Segment:
-        return Segment(**record[name])
+def _sregs_from_json(value: Any, what: str) -> Sregs:
+    return Sregs(**_fields_from_json(Sregs, _object(value, what), what))
 
-    def table(name: str) -> DescriptorTable:
-        return DescriptorTable(**record[name])
 
-    bitmap = record["interrupt_bitmap"]
-    return Sregs(
-        cs=seg("cs"),
-        ds=seg("ds"),
-        es=seg("es"),
-        fs=seg("fs"),
-        gs=seg("gs"),
-        ss=seg("ss"),
-        tr=seg("tr"),
-        ldt=seg("ldt"),
-        gdt=table("gdt"),
-        idt=table("idt"),
-        cr0=record["cr0"],
-        cr2=record["cr2"],
-        cr3=record["cr3"],
-        cr4=record["cr4"],
-        cr8=record["cr8"],
-        efer=record["efer"],
-        apic_base=record["apic_base"],
-        interrupt_bitmap=(bitmap[0], bitmap[1], bitmap[2], bitmap[3]),
-    )
+def _start_state(header: Mapping[str, Any], what: str) -> tuple[Regs, Sregs]:
+    """The recorded start registers in ``header``."""
+    if "regs" not in header:
+        raise TraceError(f"{what}: lacks regs")
+    regs = _ints_record(Regs, header["regs"], f"{what} regs")
+    if "sregs" not in header:
+        raise TraceError(f"{what}: lacks sregs")
+    return regs, _sregs_from_json(header["sregs"], f"{what} sregs")
+
+
+def _memory_digests(header: Mapping[str, Any], what: str) -> dict[int, Mapping[str, Any]]:
+    """The recorded slot digests in ``header``, by slot."""
+    recorded = header.get("memory") or []
+    if not isinstance(recorded, list):
+        raise TraceError(f"{what} memory: {_show(recorded)} is not a list")
+    digests = {}
+    for i, value in enumerate(recorded):
+        digest = _object(value, f"{what} memory[{i}]")
+        digests[_int(digest.get("slot"), f"{what} memory[{i}].slot")] = digest
+    return digests
 
 
 def memory_digests(vm: VM) -> list[dict[str, Any]]:
@@ -359,22 +461,80 @@ class TracingVCPU(DelegatingVCPU, Closeable):
         self.inner.close()
 
 
-def read_trace(source: Iterable[str]) -> Trace:
-    """Parse a trace written by :class:`TracingVCPU`."""
-    lines = [line for line in source if line.strip()]
-    if not lines:
-        raise InvalidArgument("empty trace: no header line")
-    header = json.loads(lines[0])
-    if header.get("format") != TRACE_FORMAT:
-        raise InvalidArgument(f"not an hvcore trace (format {header.get('format')!r}, expected {TRACE_FORMAT!r})")
+def read_trace(source: Iterable[str] | Iterable[bytes], name: str | None = None) -> Trace:
+    """Parse a trace written by :class:`TracingVCPU`, checking every line.
+
+    ``source`` is an open file (text or binary) or any iterable of lines; ``name`` (default: the
+    file's name) starts the message of the :class:`hvcore.TraceError` a malformed line raises, with the
+    line's number: ``boot.trace line 7: set_regs args.rip: '0x1000' is not an integer``.
+    """
+    if name is None:
+        name = getattr(source, "name", None)
+        name = name if isinstance(name, str) else "<trace>"
+    header: dict[str, Any] | None = None
     events: list[TraceEntry | TraceAction] = []
-    for line in lines[1:]:
-        record = json.loads(line)
-        if "action" in record:
-            events.append(TraceAction(record["action"], record.get("args")))
-        else:
-            events.append(TraceEntry.from_json(record))
+    for number, line in _numbered_lines(source, name):
+        if not line.strip():
+            continue
+        try:
+            record = _json(line)
+            if header is None:
+                header = _object_or(record, "the header is not a JSON object")
+                if header.get("format") != TRACE_FORMAT:
+                    raise TraceError(
+                        f"not an hvcore trace (format {_show(header.get('format'))}, expected {TRACE_FORMAT!r})"
+                    )
+                _start_state(header, "header")
+                _memory_digests(header, "header")
+                continue
+            record = _object_or(record, "an event is not a JSON object")
+            if "action" in record:
+                _prepare(record["action"], record.get("args"))
+                events.append(TraceAction(record["action"], record.get("args")))
+            else:
+                events.append(TraceEntry.from_json(record))
+        except TraceError as exc:
+            raise TraceError(f"{name} line {number}: {exc.message}") from None
+    if header is None:
+        raise TraceError(f"{name}: empty trace: no header line")
     return Trace(header, tuple(events))
+
+
+def _numbered_lines(source: Iterable[str] | Iterable[bytes], name: str) -> Iterator[tuple[int, str]]:
+    """``source``'s lines with their numbers, decoded as UTF-8 (a ``TraceError`` names the first line that is not)."""
+    lines: Iterator[str | bytes] = iter(source)
+    number = 0
+    while True:
+        number += 1
+        try:
+            raw = next(lines)
+            line = raw.decode() if isinstance(raw, bytes) else raw
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:
+            # A text file decodes a chunk of lines at once: count the chunk's lines before the bad byte.
+            at = number + bytes(exc.object[: exc.start]).count(b"\n")
+            raise TraceError(
+                f"{name} line {at}: not UTF-8 ({exc.reason}: {bytes(exc.object[exc.start : exc.end])!r})"
+            ) from None
+        yield number, line
+
+
+def _json(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise TraceError("not JSON: nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise TraceError(f"not JSON: {exc.msg} (column {exc.colno})") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise TraceError(f"not JSON: {exc}") from None
+
+
+def _object_or(value: Any, problem: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TraceError(f"{problem} ({_show(value)})")
+    return value
 
 
 @dataclass(frozen=True)
@@ -414,20 +574,23 @@ def replay(trace: Trace, vcpu: VCPU, *, vm: VM | None = None, restore: bool = Tr
     """Drive ``vcpu`` through ``trace``, answering INs and MMIO reads as recorded.
 
     ``restore`` loads the recorded start registers first. With ``vm``, its memory must match the
-    recorded digests (else :class:`hvcore.InvalidArgument` says which slot differs). Returns the
+    recorded digests (else :class:`hvcore.InvalidArgument` says which slot differs); a malformed
+    header or action raises :class:`hvcore.TraceError`. Returns the
     first divergence, or None when every exit and RIP matched (an OUT's RIP may be at it or past
     it: where a host completes OUTs is a host deviation, ``out_completed_at_exit``).
     """
-    if vm is not None and trace.header.get("memory"):
-        recorded = {d["slot"]: d for d in trace.header["memory"]}
+    header = _object(trace.header, "trace header")
+    if vm is not None and header.get("memory"):
+        recorded = _memory_digests(header, "trace header")
         for now in memory_digests(vm):
             if recorded.get(now["slot"]) != now:
                 raise InvalidArgument(
                     f"memory slot {now['slot']} differs from the recording; set the VM up with the same image"
                 )
     if restore:
-        vcpu.set_sregs(_sregs_from_json(trace.header["sregs"]))
-        vcpu.set_regs(Regs(**trace.header["regs"]))
+        regs, sregs = _start_state(header, "trace header")
+        vcpu.set_sregs(sregs)
+        vcpu.set_regs(regs)
     index = -1
     for event in trace.events:
         if isinstance(event, TraceAction):

@@ -126,15 +126,25 @@ def test_bad_backend_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 2
     assert out == ""
     line = _stderr_line(err)
-    assert line.startswith("hvcore: error: argument --backend: invalid choice: 'nonsense'")
+    assert line.startswith("hvcore demo: error: argument --backend: invalid choice: 'nonsense'")
+    assert line.endswith("(see 'hvcore demo --help')")
 
 
-@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["demo", "--backend"], ["info", "--extra"]])
-def test_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "prog"),
+    [
+        ([], "hvcore"),
+        (["frobnicate"], "hvcore"),
+        (["demo", "--backend"], "hvcore demo"),
+        (["info", "--extra"], "hvcore"),
+    ],
+)
+def test_usage_errors(argv: list[str], prog: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """As argparse says them: after the name of the (sub)command whose arguments were wrong."""
     assert cli.main(argv) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert _stderr_line(err).startswith("hvcore: error: ")
+    assert _stderr_line(err).startswith(f"{prog}: error: ")
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 import hvcore
 from hvcore.host.known import DEVIATIONS
+from hvcore.vmm.run import ExitStatus
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -30,3 +31,14 @@ def test_every_host_deviation_and_variant_is_in_the_readme() -> None:
         assert row is not None, f"README: no row for host deviation {deviation.name}"
         for variant in deviation.variants:
             assert f"`{variant}`" in row, f"README: {deviation.name} lacks its variant {variant}"
+
+
+def test_every_run_exit_status_is_in_the_readme() -> None:
+    """The README's "Exit statuses" table has a row for each of ``hvcore run``'s statuses, and the guest's odd ones."""
+    text = README.read_text()
+    section = text[text.index("### Exit statuses") :]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    for status in ExitStatus:
+        row = f"| `{int(status)}` | `{status.name}` | "
+        assert any(line.startswith(row) for line in rows), f"README: no row for exit status {status.name}"
+    assert any(row.startswith("| odd | | the guest wrote `v` to isa-debug-exit") for row in rows)

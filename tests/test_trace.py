@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import random
+import re
 from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +27,9 @@ from hvcore import (
     IoExit,
     IrqWindowOpenExit,
     MmioExit,
+    Regs,
     ShutdownExit,
+    Sregs,
     SystemEventExit,
     UnknownExit,
     trace,
@@ -172,3 +179,157 @@ def test_a_kvm_session_with_injection_replays_on_the_simulator(kvm: Hypervisor) 
     with hvcore.open_hypervisor("sim") as sim, sim.create_vm() as vm:
         divergence = trace.replay(trace.read_trace(io.StringIO(sink.getvalue())), boot(sim, vm, WINDOW_GUEST), vm=vm)
     assert divergence is None, str(divergence)
+
+
+# -- malformed trace files: a TraceError naming the file and the line, never a raw exception ---------
+
+
+def _valid_trace_lines() -> list[str]:
+    """A well-formed trace: the header, every exit kind with an answer where one is due, every action."""
+    header = {
+        "format": trace.TRACE_FORMAT,
+        "backend": "sim",
+        "vcpu": 0,
+        "regs": asdict(Regs(rip=0x1000)),
+        "sregs": asdict(Sregs()),
+        "memory": [{"slot": 0, "guest_address": 0, "size": 4096, "flags": 0, "sha256": "00" * 32}],
+    }
+    events: list[dict[str, Any]] = [trace.TraceEntry(e, 0x1000 + i).to_json() for i, e in enumerate(EVERY_EXIT)]
+    events[1]["answer"] = "00" * 904
+    events += [
+        trace.TraceAction("interrupt", 0x20).to_json(),
+        trace.TraceAction("nmi").to_json(),
+        trace.TraceAction("request_interrupt_window", True).to_json(),
+        trace.TraceAction("immediate_exit", False).to_json(),
+        trace.TraceAction("set_regs", asdict(Regs(rax=1))).to_json(),
+        trace.TraceAction("set_sregs", asdict(Sregs(cr0=0x11))).to_json(),
+        trace.TraceAction("set_guest_debug", {"flags": 1, "debugreg": [0] * 8}).to_json(),
+    ]
+    return [json.dumps(record) + "\n" for record in [header, *events]]
+
+
+class _ScriptedVCPU:
+    """Just enough of a vCPU for ``replay``: each ``run()`` returns the next recorded exit at its RIP."""
+
+    def __init__(self, recorded: trace.Trace) -> None:
+        self._entries = list(recorded.entries)
+        self._rip = 0
+
+    def run(self) -> Exit:
+        entry = self._entries.pop(0)
+        self._rip = entry.rip
+        return entry.exit
+
+    def get_regs(self) -> Regs:
+        return Regs(rip=self._rip)
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args: None  # set_regs, set_sregs, complete, interrupt, nmi, set_guest_debug
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)  # request_interrupt_window, immediate_exit
+
+
+def _read_and_replay(lines: list[str], name: str = "fuzz.trace") -> None:
+    """read_trace, then replay on a scripted vCPU: only a TraceError naming ``name`` may come out."""
+    source = io.StringIO("".join(lines))
+    source.name = name  # as an open file has
+    try:
+        recorded = trace.read_trace(source)
+        assert trace.replay(recorded, _ScriptedVCPU(recorded)) is None  # type: ignore[arg-type]
+    except hvcore.TraceError as exc:
+        message = exc.message
+    else:
+        return
+    assert re.search(rf"^{re.escape(name)} line \d+: ", message), message
+
+
+def test_the_fuzz_base_trace_is_valid() -> None:
+    recorded = trace.read_trace(io.StringIO("".join(_valid_trace_lines())))
+    assert [e.exit for e in recorded.entries] == EVERY_EXIT
+    assert trace.replay(recorded, _ScriptedVCPU(recorded)) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("line", "text", "message"),
+    [
+        (1, "{", r"not JSON: "),
+        (1, "[" * 100_000, r"not JSON: nested too deeply"),
+        (1, "[]", r"the header is not a JSON object"),
+        (1, '{"format": "hvcore-trace/1", "regs": {"rip": "0x1000"}}', r".*regs\.rip.* not an integer"),
+        (1, '{"format": "hvcore-trace/1", "regs": 5}', r".*regs.* not an object"),
+        (2, "{", r"not JSON: "),
+        (2, "[" * 100_000, r"not JSON: nested too deeply"),
+        (2, "3", r"an event is not a JSON object"),
+        (2, '{"exit": {"kind": "io", "port": "x", "size": 1, "count": 1, "direction": "out"}, "rip": 0}', r"port"),
+        (2, '{"exit": {"kind": "io", "port": 1, "size": 1, "count": 1, "direction": 7}, "rip": 0}', r"direction"),
+        (2, '{"exit": {"kind": "io", "port": 1, "size": 1}, "rip": 0}', r"lacks count"),
+        (2, '{"exit": {"kind": "mmio", "address": 1, "length": 1, "is_write": 1}, "rip": 0}', r"is_write"),
+        (2, '{"exit": {"kind": "mmio", "address": 1, "length": 1, "is_write": true, "data": "zz"}, "rip": 0}', "data"),
+        (2, '{"exit": {"kind": "hlt", "frob": 1}, "rip": 0}', r"frob"),
+        (2, '{"exit": {"kind": "hlt"}, "rip": null}', r"rip"),
+        (2, '{"exit": {"kind": "hlt"}, "rip": 0, "answer": 5}', r"answer"),
+        (2, '{"exit": {"kind": "internal_error", "suberror": 1, "data": [1, "a"]}, "rip": 0}', r"data"),
+        (2, '{"exit": [], "rip": 0}', r"exit"),
+        (2, '{"action": "set_regs", "args": {"rax": []}}', r"rax"),
+        (2, '{"action": "set_regs", "args": null}', r"set_regs"),
+        (2, '{"action": "set_sregs", "args": {"cs": 1}}', r"cs"),
+        (2, '{"action": "set_guest_debug", "args": {"flags": 1}}', r"debugreg"),
+        (2, '{"action": "interrupt", "args": "x"}', r"interrupt"),
+        (2, '{"action": "frobnicate"}', r"unknown trace action 'frobnicate'"),
+        (2, '{"action": 5}', r"action"),
+    ],
+)
+def test_a_malformed_line_is_a_trace_error_naming_file_and_line(line: int, text: str, message: str) -> None:
+    lines = _valid_trace_lines()
+    lines[line - 1] = text + "\n"
+    source = io.StringIO("".join(lines))
+    source.name = "bad.trace"
+    with pytest.raises(hvcore.TraceError, match=rf"^bad\.trace line {line}: .*{message}"):
+        trace.read_trace(source)
+
+
+def test_a_non_utf8_trace_file_is_a_trace_error(tmp_path: Path) -> None:
+    path = tmp_path / "binary.trace"
+    path.write_bytes("".join(_valid_trace_lines()[:3]).encode() + b'{"action": "nmi\xff"}\n')
+    with path.open() as source, pytest.raises(hvcore.TraceError, match=rf"^{re.escape(str(path))} line 4: not UTF-8"):
+        trace.read_trace(source)
+
+
+def test_a_hand_built_trace_with_bad_values_is_a_trace_error_on_replay() -> None:
+    recorded = trace.read_trace(io.StringIO("".join(_valid_trace_lines())))
+    vcpu: Any = _ScriptedVCPU(recorded)
+    with pytest.raises(hvcore.TraceError, match="header"):
+        trace.replay(trace.Trace({"format": trace.TRACE_FORMAT, "regs": {}, "sregs": {"cr0": "x"}}), vcpu)
+    with pytest.raises(hvcore.TraceError, match="set_regs"):
+        trace.replay(trace.Trace(recorded.header, (trace.TraceAction("set_regs", {"rax": None}),)), vcpu)
+
+
+def test_fuzzed_traces_raise_only_trace_errors() -> None:
+    """Truncated lines, swapped values, deleted and duplicated keys: a TraceError naming the line, or a clean replay."""
+    rng = random.Random(12)
+    base = _valid_trace_lines()
+    oddities: list[Any] = [None, True, -1, 2**70, 1.5, "", "zz", [], [1, [2]], {}, {"kind": "io"}]
+    for _ in range(800):
+        lines = list(base)
+        at = rng.randrange(len(lines))
+        record = json.loads(lines[at])
+        how = rng.randrange(4)
+        if how == 0:
+            lines[at] = lines[at][: rng.randrange(len(lines[at]))] + "\n"
+        else:
+            node, key = record, None
+            while isinstance(node, dict) and node and rng.random() < 0.7:
+                key = rng.choice(sorted(node))
+                if not isinstance(node[key], dict) or not node[key]:
+                    break
+                node = node[key]
+            if isinstance(node, dict) and key is not None and key in node:
+                if how == 1:
+                    node[key] = rng.choice(oddities)
+                elif how == 2:
+                    del node[key]
+                else:
+                    node[key + "_"] = node[key]
+            lines[at] = json.dumps(record) + "\n"
+        _read_and_replay(lines)

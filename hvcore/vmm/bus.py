@@ -15,7 +15,7 @@ from hvcore.arguments import check_implements, check_int
 from hvcore.errors import BusConflict, InvalidArgument, NotFound
 from hvcore.vmm.device import Device
 
-__all__ = ["Bus", "Range"]
+__all__ = ["Bus", "Range", "check_range_arguments"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ class Range:
         return self.base + self.length
 
 
-def _check_range_arguments(base: object, length: object, device: object) -> None:
+def check_range_arguments(base: object, length: object, device: object) -> None:
+    """``base`` and ``length`` are ints and ``device`` a :class:`Device` (InvalidType otherwise)."""
     check_int("base", base, "register")
     check_int("length", length, "register")
     check_implements("device", device, Device, "register")
@@ -58,7 +59,7 @@ class Bus:
 
     def register(self, base: int, length: int, device: Device) -> Range:
         """Put ``device`` at ``[base, base + length)``; ``BusConflict`` if another device is there."""
-        _check_range_arguments(base, length, device)
+        check_range_arguments(base, length, device)
         if length <= 0 or base < 0 or base + length > self.limit:
             raise InvalidArgument(
                 f"{device.name}: {self.name} range {base:#x}+{length:#x} is outside 0..{self.limit:#x}",

@@ -40,11 +40,13 @@ from hvcore.arguments import (
     check_timeout,
 )
 from hvcore.checks import MAX_GSI
-from hvcore.errors import HvError, ImageError, InvalidArgument, ResourceExhausted, StateError
+from hvcore.errors import BusConflict, HvError, ImageError, InvalidArgument, ResourceExhausted, StateError
 from hvcore.exits import (
     DebugExit,
     Exit,
     HltExit,
+    InternalErrorExit,
+    InternalErrorSuberror,
     InterruptedExit,
     IoExit,
     IrqWindowOpenExit,
@@ -56,7 +58,7 @@ from hvcore.protocol import VCPU, VM, Hypervisor
 from hvcore.trace import TracingVCPU
 from hvcore.types import PIT_FLAGS_HPET_LEGACY, SlotFlags
 from hvcore.vmm.bios import set_up_bios_state
-from hvcore.vmm.bus import Bus
+from hvcore.vmm.bus import Bus, check_range_arguments
 from hvcore.vmm.device import Device, DeviceHost, IrqLine, StopRequest
 from hvcore.vmm.loaders import BootPlan
 from hvcore.vmm.loaders.detect import load as load_image
@@ -74,8 +76,9 @@ _REGISTER_NAMES = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di"
 
 @dataclass(frozen=True)
 class MachineResult:
-    """How a run ended: ``reason`` (``"stopped"``, ``"debug-exit"``, ``"reset"``, ``"shutdown"``,
-    ``"halted"``, ``"timeout"``, ``"error"``), the guest's exit ``status`` where it chose one,
+    """How a run ended: ``reason`` (``"stopped"``, ``"debug-exit"``, ``"reset"``, ``"shutdown"`` (a triple
+    fault), ``"internal-error"`` (an instruction the hypervisor could not emulate, e.g. code fetched from
+    MMIO), ``"halted"``, ``"timeout"``, ``"error"``), the guest's exit ``status`` where it chose one,
     and the error that ended it, if any."""
 
     reason: str
@@ -90,6 +93,16 @@ def _check_load_arguments(image: object, format: object, cmdline: object, initrd
     if initrd is not None:
         check_bytes("initrd", initrd, "load")
     check_str("name", name, "load")
+
+
+def _internal_error(exit_: InternalErrorExit) -> str:
+    """``KVM_EXIT_INTERNAL_ERROR`` in words: ``internal error 1 (EMULATION), data 0x0 0x1000``."""
+    try:
+        name = f" ({InternalErrorSuberror(exit_.suberror).name})"
+    except ValueError:
+        name = ""
+    data = f", data {' '.join(hex(word) for word in exit_.data)}" if exit_.data else ""
+    return f"internal error {exit_.suberror}{name}{data}"
 
 
 class _Line:
@@ -218,7 +231,10 @@ class Machine:
         return memory.read(offset, length)
 
     def add_rom(self, address: int, data: bytes) -> None:
-        """Map ``data`` read-only at ``address`` (page aligned, padded to whole pages)."""
+        """Map ``data`` read-only at ``address`` (page aligned, padded to whole pages).
+
+        An MMIO device may share the range: the guest reads the ROM and its writes go to the device.
+        """
         check_int("address", address, "add_rom")
         check_bytes("data", data, "add_rom")
         if address % PAGE_SIZE:
@@ -237,7 +253,21 @@ class Machine:
         self.io_bus.register(base, length, device)
 
     def add_mmio_device(self, base: int, length: int, device: Device) -> None:
-        """Put ``device`` at guest-physical ``[base, base + length)`` (where no RAM or ROM is)."""
+        """Put ``device`` at guest-physical ``[base, base + length)``, outside RAM.
+
+        ``BusConflict`` where the range overlaps RAM (the guest's accesses there reach the RAM, never
+        the device) or another device. Over a ROM the device sees the guest's writes (a flash chip's
+        command interface); reads come from the ROM.
+        """
+        check_range_arguments(base, length, device)
+        for slot in self.vm.memory_slots():
+            if not slot.readonly and slot.guest_address < base + length and base < slot.end:
+                raise BusConflict(
+                    f"{device.name} at mmio {base:#x}+{length:#x} overlaps memory slot {slot.slot} "
+                    f"(RAM {slot.guest_address:#x}..{slot.end:#x}): the guest's accesses there reach the RAM, "
+                    f"never the device; pick a range outside RAM (e.g. in the 32-bit hole from {HOLE_START:#x})",
+                    operation="add_mmio_device",
+                )
         self.mmio_bus.register(base, length, device)
 
     def irq(self, gsi: int) -> IrqLine | None:
@@ -424,6 +454,12 @@ class Machine:
                 self._dispatch(vcpu, exit_)
         except BaseException as exc:  # a device or backend failure ends the whole run, reported by wait()
             self.stop(MachineResult("error", error=exc))
+        finally:
+            if isinstance(vcpu, TracingVCPU):
+                try:
+                    vcpu.flush()  # the last exit's line (written when the next run would have started)
+                except BaseException as exc:
+                    self.stop(MachineResult("error", error=exc))
 
     def _dispatch(self, vcpu: VCPU, exit_: Exit) -> None:
         if isinstance(exit_, IoExit):
@@ -445,6 +481,8 @@ class Machine:
             self.stop(MachineResult("halted"))  # without an irqchip nothing can wake it
         elif isinstance(exit_, ShutdownExit):
             self.stop(MachineResult("shutdown"))
+        elif isinstance(exit_, InternalErrorExit):  # the guest ran what the hypervisor cannot emulate
+            self.stop(MachineResult("internal-error", error=StateError(f"vCPU {vcpu.id}: {_internal_error(exit_)}")))
         else:
             self.stop(MachineResult("error", error=StateError(f"vCPU {vcpu.id}: unexpected exit {exit_!r}")))
 

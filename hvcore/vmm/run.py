@@ -1,29 +1,85 @@
-"""``hvcore run IMAGE``: a PC machine around an image, its console on the terminal, a summary at the end."""
+"""``hvcore run IMAGE``: a PC machine around an image, its console on the terminal, a summary at the end.
+
+Exit statuses (:class:`ExitStatus`; ``hvcore run --help`` and the README's "Exit statuses" list them):
+
+- 0 ``OK``: the guest ended normally: it halted (no irqchip), reset the machine, or printed the ``--until`` text;
+- odd: the guest wrote ``v`` to isa-debug-exit (port 0xf4): ``(v << 1) | 1``, as QEMU;
+- 2 ``USAGE``: a bad argument (``hvcore run: error: argument ...``);
+- 4 ``RUN_FAILED``: the run failed: an unusable backend, a bad image, a device or hypervisor error, a trace
+  that could not be written;
+- 6 ``GUEST_CRASHED``: the guest crashed: a triple fault (SHUTDOWN), or an instruction the hypervisor could
+  not emulate (internal error);
+- 124 ``TIMED_OUT``: ``--timeout`` passed first (with ``--until``: before the text came), as timeout(1);
+- 130 ``INTERRUPTED``: interrupted (Ctrl-C).
+
+Every status of hvcore's own is even, so none can read as a guest's verdict (1 is kvm-unit-tests' pass).
+"""
 
 from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
+import errno
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from enum import IntEnum
 from pathlib import Path
-from typing import TextIO
+from typing import IO, Final, TextIO
 
 import hvcore
-from hvcore.errors import InvalidArgument
+from hvcore.errors import HvError, InvalidArgument, ResourceExhausted
+from hvcore.vmm.loaders.files import read_image_file
+from hvcore.vmm.loaders.firmware import MAX_FIRMWARE_SIZE
 from hvcore.vmm.machine import Machine, MachineResult
 from hvcore.vmm.pc import add_pc_devices
 
-__all__ = ["RUN_FAILED", "ConsoleTee", "run_image"]
+__all__ = ["RUN_FAILED", "ConsoleTee", "ExitStatus", "LateUsageError", "exit_status_help", "run_image"]
 
-EXIT_OK = 0
-RUN_FAILED = 4
-"""``hvcore run``'s status when the run itself failed (a triple fault, an error, ``--until`` text that never came,
-a bad image). Even, like every status of hvcore's own: a guest's isa-debug-exit status is always odd (``v << 1 | 1``),
-so a failure can never read as a guest's verdict (1 is kvm-unit-tests' pass)."""
+
+class ExitStatus(IntEnum):
+    """``hvcore run``'s own exit statuses (see the module docstring): all even, as a guest's never are."""
+
+    OK = 0
+    USAGE = 2
+    RUN_FAILED = 4
+    GUEST_CRASHED = 6
+    TIMED_OUT = 124
+    INTERRUPTED = 130
+
+
+RUN_FAILED: Final = ExitStatus.RUN_FAILED
+"""``hvcore run``'s status when the run itself failed (see :class:`ExitStatus`)."""
+
+_MEANINGS: Final = {
+    ExitStatus.OK: "the guest ended normally: halted (no irqchip), reset, or printed the --until text",
+    ExitStatus.USAGE: "a bad argument",
+    ExitStatus.RUN_FAILED: "the run failed: a bad image, a device or hypervisor error, an unwritable trace",
+    ExitStatus.GUEST_CRASHED: "the guest crashed: a triple fault, or an instruction the hypervisor could not emulate",
+    ExitStatus.TIMED_OUT: "--timeout passed first (with --until: before the text came), as timeout(1)",
+    ExitStatus.INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+def exit_status_help() -> str:
+    """The exit statuses as ``hvcore run --help`` lists them."""
+    rows = [(str(int(status)), _MEANINGS[status]) for status in ExitStatus]
+    rows.insert(1, ("odd", "the guest wrote v to isa-debug-exit (port 0xf4): (v << 1) | 1, as QEMU"))
+    return "exit statuses:\n" + "\n".join(f"  {status:<5} {meaning}" for status, meaning in rows)
+
+
 _WIDTH = 10
+
+
+class LateUsageError(Exception):
+    """A bad argument seen only once the backend is open (more vCPUs than it takes): a usage error all the same."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(f"argument {argument}: {message}")
+        self.argument = argument
+        self.message = message
 
 
 class ConsoleTee:
@@ -60,61 +116,131 @@ def _row(out: TextIO, label: str, value: str) -> None:
     print(f"{label:<{_WIDTH}}{value}", file=out, flush=True)
 
 
+def _error_text(error: BaseException | None) -> str:
+    if isinstance(error, HvError):
+        return error.message or type(error).__name__
+    return f"{type(error).__name__}: {error}" if error is not None else "no error given"
+
+
 def _status(result: MachineResult, args: argparse.Namespace) -> tuple[int, str]:
+    """The exit status and the summary line for how the run ended."""
     reason = result.reason
     if reason == "until":
-        return EXIT_OK, f"the guest printed {args.until!r}"
+        return ExitStatus.OK, f"the guest printed {args.until!r}"
     if reason == "debug-exit":
         status = (result.status or 0) & 0xFF
         return status, f"the guest wrote to isa-debug-exit: exit status {status}"
     if reason == "timeout":
         if args.until:
-            return RUN_FAILED, f"timed out after {args.timeout:g} s without the guest printing {args.until!r}"
-        return EXIT_OK, f"stopped after {args.timeout:g} s (--timeout)"
+            return ExitStatus.TIMED_OUT, f"timed out after {args.timeout:g} s without the guest printing {args.until!r}"
+        return ExitStatus.TIMED_OUT, f"stopped after {args.timeout:g} s (--timeout)"
     if reason in ("halted", "reset", "stopped"):
-        return EXIT_OK, {"halted": "the guest halted", "reset": "the guest reset the machine"}.get(reason, reason)
+        return ExitStatus.OK, {"halted": "the guest halted", "reset": "the guest reset the machine"}.get(reason, reason)
     if reason == "shutdown":
-        return RUN_FAILED, "the guest triple-faulted (SHUTDOWN)"
-    return RUN_FAILED, f"{reason}: {result.error}"
+        return ExitStatus.GUEST_CRASHED, "the guest crashed: it triple-faulted (SHUTDOWN)"
+    if reason == "internal-error":
+        return ExitStatus.GUEST_CRASHED, f"the guest crashed: {_error_text(result.error)}"
+    return ExitStatus.RUN_FAILED, f"the run failed: {_error_text(result.error)}"
+
+
+class _TraceFile:
+    """The ``--trace`` file: a failed write raises an hvcore error naming the file (it ends the run)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        try:
+            self._file: IO[str] | None = open(path, "w", encoding="utf-8")  # noqa: SIM115 -- closed by close()
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: OSError) -> HvError:
+        cls = ResourceExhausted if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else InvalidArgument
+        return cls(f"cannot write the trace to {self._path}: {exc.strerror}", errno=exc.errno, operation="trace")
+
+    def write(self, text: str) -> int:
+        """Write ``text``."""
+        assert self._file is not None
+        try:
+            return self._file.write(text)
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def flush(self) -> None:
+        """Flush to the file."""
+        assert self._file is not None
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def close(self) -> None:
+        """Close the file (once); an error writing what was left is raised."""
+        file, self._file = self._file, None
+        if file is None:
+            return
+        try:
+            file.close()
+        except OSError as exc:
+            raise self._error(exc) from None
+
+
+def image_limit(memory: int) -> int:
+    """The largest image ``hvcore run`` reads for a machine with ``memory`` bytes: the memory, or a firmware ROM."""
+    return max(memory, MAX_FIRMWARE_SIZE)
 
 
 def run_image(args: argparse.Namespace, out: TextIO) -> int:
-    """Boot ``args.image`` as the ``run`` command's options say; the process exit status."""
-    path = Path(args.image)
+    """Boot ``args.image`` as the ``run`` command's options say; the process exit status (:class:`ExitStatus`)."""
+    image = read_image_file(args.image, image_limit(args.memory))
+    initrd = read_image_file(args.initrd, args.memory, "initrd") if args.initrd else None
+    trace_file = _TraceFile(args.trace) if args.trace else None
     try:
-        image = path.read_bytes()
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read {path}: {exc.strerror}", operation="run") from None
-    initrd = Path(args.initrd).read_bytes() if args.initrd else None
-    quiet = args.quiet
-    trace_file = open(args.trace, "w") if args.trace else None  # noqa: SIM115 -- closed below
-    try:
-        with (
-            hvcore.open_hypervisor(args.backend) as hv,
-            Machine(hv, memory=args.memory, cpus=args.cpus, trace=trace_file) as machine,
-        ):
-            tee = ConsoleTee(out, args.until, lambda: machine.stop(MachineResult("until")))
-            add_pc_devices(machine, serial=tee, debugcon=tee)  # type: ignore[arg-type]  # write/flush suffice
-            plan = machine.load(image, format=args.format, cmdline=args.cmdline, initrd=initrd, name=args.image)
-            if not quiet:
-                _row(out, "backend", hv.name)
-                _row(out, "image", f"{path.name}: {plan.description}")
-                _row(out, "machine", f"{args.memory >> 20} MiB, {args.cpus} vCPU{'s' if args.cpus > 1 else ''}")
-                print(file=out, flush=True)
-            started = time.monotonic()
-            result = machine.run(args.timeout)
-            elapsed = time.monotonic() - started
-            stats = machine.statistics()
-        status, summary = _status(result, args)
-        if not quiet:
-            print(file=out)
-            _row(out, "result", summary)
-            _row(out, "time", f"{elapsed:.2f} s")
-        if args.stats:
-            _row(out, "exits", ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if v))
-        if status and result.reason in ("shutdown", "error", "timeout"):
-            print(f"hvcore: error: {summary}", file=sys.stderr)
-        return status
-    finally:
+        result, elapsed, stats = _run(args, image, initrd, trace_file, out)
+    except BaseException:
         if trace_file is not None:
+            with contextlib.suppress(HvError):  # the error on its way out says more
+                trace_file.close()
+        raise
+    status, summary = _status(result, args)
+    if trace_file is not None:
+        try:
             trace_file.close()
+        except HvError as exc:
+            if status != ExitStatus.RUN_FAILED:  # else the run failed writing it already
+                status, summary = ExitStatus.RUN_FAILED, f"the run failed: {exc.message}"
+    if not args.quiet:
+        print(file=out)
+        _row(out, "result", summary)
+        _row(out, "time", f"{elapsed:.2f} s")
+    if args.stats:
+        _row(out, "exits", ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if v))
+    if status in (ExitStatus.RUN_FAILED, ExitStatus.GUEST_CRASHED) or (status == ExitStatus.TIMED_OUT and args.until):
+        print(f"hvcore: error: {summary}", file=sys.stderr)
+    return status
+
+
+def _run(
+    args: argparse.Namespace, image: bytes, initrd: bytes | None, trace_file: _TraceFile | None, out: TextIO
+) -> tuple[MachineResult, float, Mapping[str, int]]:
+    """Build the machine, load the image, run it: how it ended, in how many seconds, and the exit counts."""
+    with hvcore.open_hypervisor(args.backend) as hv:
+        if args.cpus > hv.max_vcpus():
+            raise LateUsageError("--cpus", f"{args.cpus} vCPUs: backend {hv.name!r} takes 1 to {hv.max_vcpus()}")
+        with Machine(hv, memory=args.memory, cpus=args.cpus, trace=trace_file) as machine:  # type: ignore[arg-type]
+            return _run_machine(args, hv.name, machine, image, initrd, out)
+
+
+def _run_machine(
+    args: argparse.Namespace, backend: str, machine: Machine, image: bytes, initrd: bytes | None, out: TextIO
+) -> tuple[MachineResult, float, Mapping[str, int]]:
+    tee = ConsoleTee(out, args.until, lambda: machine.stop(MachineResult("until")))
+    add_pc_devices(machine, serial=tee, debugcon=tee)  # type: ignore[arg-type]  # write/flush suffice
+    plan = machine.load(image, format=args.format, cmdline=args.cmdline, initrd=initrd, name=args.image)
+    if not args.quiet:
+        _row(out, "backend", backend)
+        _row(out, "image", f"{Path(args.image).name}: {plan.description}")
+        _row(out, "machine", f"{args.memory >> 20} MiB, {args.cpus} vCPU{'s' if args.cpus > 1 else ''}")
+        print(file=out, flush=True)
+    started = time.monotonic()
+    result = machine.run(args.timeout)
+    return result, time.monotonic() - started, machine.statistics()

@@ -2,9 +2,10 @@
 
 A test reports through isa-debug-exit, which ``hvcore run`` turns into its exit status as QEMU
 does (``(code << 1) | 1``): 1 is a pass, 77 a skip (every check skipped), anything else odd a
-failure. The ``SUMMARY:`` line gives the guest's own counts. ``hvcore run --timeout`` stops a
-guest that never reports (status 0), and the subprocess has its own deadline beyond that, so a
-hang can never pass for a result.
+failure. ``hvcore run``'s own statuses are even (:class:`hvcore.vmm.run.ExitStatus`): 124 when
+its ``--timeout`` stopped a guest that never reported, any other an error (the run failed, the
+guest crashed, or it ended without a verdict). The ``SUMMARY:`` line gives the guest's own counts.
+The subprocess has its own deadline beyond ``--timeout``, so a hang can never pass for a result.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from hvcore.vmm.run import ExitStatus
 from tests.kvm_unit_tests.config import Invocation, UnitTest
 
 __all__ = ["Outcome", "Result", "parse_summary", "run_test", "verdict"]
@@ -60,15 +62,15 @@ def parse_summary(output: str) -> tuple[int, int, int] | None:
     return int(last["tests"]) - not_passed, failed, skipped
 
 
-def verdict(status: int, *, timed_out: bool) -> Outcome:
-    """The outcome of ``hvcore run``'s exit status (``timed_out``: it ran to its --timeout)."""
+def verdict(status: int) -> Outcome:
+    """The outcome of ``hvcore run``'s exit status."""
     if status == _PASS:
         return "pass"
     if status == _SKIP:
         return "skip"
-    if status == 0:
-        return "timeout" if timed_out else "error"  # stopped without a word on isa-debug-exit
-    return "fail" if status & 1 else "error"  # an even status is hvcore's own error, not the guest's
+    if status == ExitStatus.TIMED_OUT:
+        return "timeout"  # stopped by --timeout without a word on isa-debug-exit
+    return "fail" if status & 1 else "error"  # an even status is hvcore's own (failed, crashed, no verdict)
 
 
 def run_test(test: UnitTest, how: Invocation, backend: str, tree: Path) -> Result:
@@ -80,9 +82,10 @@ def run_test(test: UnitTest, how: Invocation, backend: str, tree: Path) -> Resul
         done = subprocess.run(command, capture_output=True, text=True, timeout=how.timeout + _GRACE, check=False)
         status, output = done.returncode, done.stdout + done.stderr
     except subprocess.TimeoutExpired as exc:
-        status, output = 0, _text(exc.stdout) + _text(exc.stderr) + "\n(killed: hvcore run did not stop)"
+        status = ExitStatus.TIMED_OUT
+        output = _text(exc.stdout) + _text(exc.stderr) + "\n(killed: hvcore run did not stop)"
     seconds = time.monotonic() - started
-    outcome = verdict(status, timed_out=seconds >= how.timeout)
+    outcome = verdict(status)
     passed, failed, skipped = parse_summary(output) or (0, 0, 0)
     tail = "\n".join(output.strip().splitlines()[-8:])
     return Result(test.name, backend, outcome, passed, failed, skipped, seconds, tail)

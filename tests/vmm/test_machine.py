@@ -51,41 +51,41 @@ COUNT_FOREVER = (
 # a pulse on line 5 through pc-testdev (port 0x2005: 1, then 0); `sti; hlt` until the ISR (vector
 # 0x25: flag 0x25 at 0x600, EOI) ran, then the flag to isa-debug-exit: status (0x25 << 1) | 1.
 TESTDEV_IRQ = (
-    b"\xfa"                      # 1000 cli
-    b"\x31\xc0"                  # 1001 xor ax,ax
-    b"\x8e\xd8"                  # 1003 mov ds,ax
-    b"\x8e\xd0"                  # 1005 mov ss,ax
-    b"\xbc\x00\x80"              # 1007 mov sp,0x8000
+    b"\xfa"  # 1000 cli
+    b"\x31\xc0"  # 1001 xor ax,ax
+    b"\x8e\xd8"  # 1003 mov ds,ax
+    b"\x8e\xd0"  # 1005 mov ss,ax
+    b"\xbc\x00\x80"  # 1007 mov sp,0x8000
     b"\xc7\x06\x94\x00\x45\x10"  # 100A mov WORD PTR ds:0x94,0x1045
     b"\xc7\x06\x96\x00\x00\x00"  # 1010 mov WORD PTR ds:0x96,0x0
-    b"\xb0\x11"                  # 1016 mov al,0x11
-    b"\xe6\x20"                  # 1018 out 0x20,al
-    b"\xb0\x20"                  # 101A mov al,0x20
-    b"\xe6\x21"                  # 101C out 0x21,al
-    b"\xb0\x04"                  # 101E mov al,0x4
-    b"\xe6\x21"                  # 1020 out 0x21,al
-    b"\xb0\x01"                  # 1022 mov al,0x1
-    b"\xe6\x21"                  # 1024 out 0x21,al
-    b"\xb0\xdf"                  # 1026 mov al,0xdf
-    b"\xe6\x21"                  # 1028 out 0x21,al
-    b"\xba\x05\x20"              # 102A mov dx,0x2005
-    b"\xb0\x01"                  # 102D mov al,0x1
-    b"\xee"                      # 102F out dx,al
-    b"\xb0\x00"                  # 1030 mov al,0x0
-    b"\xee"                      # 1032 out dx,al
-    b"\x80\x3e\x00\x06\x00"      # 1033 cmp BYTE PTR ds:0x600,0x0
-    b"\x75\x05"                  # 1038 jne 0x103f
-    b"\xfb"                      # 103A sti
-    b"\xf4"                      # 103B hlt
-    b"\xfa"                      # 103C cli
-    b"\xeb\xf4"                  # 103D jmp 0x1033
-    b"\xa0\x00\x06"              # 103F mov al,ds:0x600
-    b"\xe6\xf4"                  # 1042 out 0xf4,al
-    b"\xf4"                      # 1044 hlt
-    b"\xc6\x06\x00\x06\x25"      # 1045 mov BYTE PTR ds:0x600,0x25
-    b"\xb0\x20"                  # 104A mov al,0x20
-    b"\xe6\x20"                  # 104C out 0x20,al
-    b"\xcf"                      # 104E iret
+    b"\xb0\x11"  # 1016 mov al,0x11
+    b"\xe6\x20"  # 1018 out 0x20,al
+    b"\xb0\x20"  # 101A mov al,0x20
+    b"\xe6\x21"  # 101C out 0x21,al
+    b"\xb0\x04"  # 101E mov al,0x4
+    b"\xe6\x21"  # 1020 out 0x21,al
+    b"\xb0\x01"  # 1022 mov al,0x1
+    b"\xe6\x21"  # 1024 out 0x21,al
+    b"\xb0\xdf"  # 1026 mov al,0xdf
+    b"\xe6\x21"  # 1028 out 0x21,al
+    b"\xba\x05\x20"  # 102A mov dx,0x2005
+    b"\xb0\x01"  # 102D mov al,0x1
+    b"\xee"  # 102F out dx,al
+    b"\xb0\x00"  # 1030 mov al,0x0
+    b"\xee"  # 1032 out dx,al
+    b"\x80\x3e\x00\x06\x00"  # 1033 cmp BYTE PTR ds:0x600,0x0
+    b"\x75\x05"  # 1038 jne 0x103f
+    b"\xfb"  # 103A sti
+    b"\xf4"  # 103B hlt
+    b"\xfa"  # 103C cli
+    b"\xeb\xf4"  # 103D jmp 0x1033
+    b"\xa0\x00\x06"  # 103F mov al,ds:0x600
+    b"\xe6\xf4"  # 1042 out 0xf4,al
+    b"\xf4"  # 1044 hlt
+    b"\xc6\x06\x00\x06\x25"  # 1045 mov BYTE PTR ds:0x600,0x25
+    b"\xb0\x20"  # 104A mov al,0x20
+    b"\xe6\x20"  # 104C out 0x20,al
+    b"\xcf"  # 104E iret
 )
 
 
@@ -302,3 +302,55 @@ def test_a_vcpu_thread_that_cannot_start_leaves_no_thread_behind(
         assert machine.read(0x2000, 4) == bytes(4)  # and had not run the guest
         assert machine.run(timeout=0.5) == MachineResult("timeout")  # the machine starts again
     assert set(threading.enumerate()) == before
+
+
+ROM_READ_WRITE = (
+    b"\xb8\xff\xff"  # mov ax, 0xffff
+    b"\x8e\xd8"  # mov ds, ax              (ds:0x10 is 0x100000)
+    b"\xa0\x10\x00"  # mov al, [0x10]      (a read of the ROM)
+    b"\xa2\x14\x00"  # mov [0x14], al      (a write: the device's)
+    b"\xf4"  # hlt
+)
+
+
+class _Register:
+    """An MMIO device that remembers the last value written."""
+
+    name = "register"
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def read(self, offset: int, size: int) -> int:
+        return self.value
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.value = value
+
+
+@pytest.mark.parametrize(
+    ("base", "length"),
+    [(0x1000, 0x10), (0xA0000, 0x20000), ((16 << 20) - 8, 16), (0, 1 << 40)],
+    ids=["inside", "legacy-vga-hole", "straddling-the-end", "covering-all"],
+)
+def test_an_mmio_device_over_ram_is_refused(hv: Hypervisor, base: int, length: int) -> None:
+    """RAM answers every access there itself: such a device could never be reached."""
+    with Machine(hv, memory=16 << 20) as machine:
+        with pytest.raises(
+            hvcore.BusConflict, match=r"^register at mmio .* overlaps memory slot 0 \(RAM 0x0\.\.0x1000000\)"
+        ):
+            machine.add_mmio_device(base, length, _Register())
+        assert machine.mmio_bus.ranges() == ()
+        machine.add_mmio_device(16 << 20, 16, _Register())  # right after RAM: reachable
+
+
+def test_an_mmio_device_over_a_rom_sees_the_guests_writes(hv: Hypervisor) -> None:
+    """A device may share a ROM's addresses (a flash chip's command interface): reads hit the ROM, writes exit to it."""
+    with Machine(hv, memory=1 << 20, irqchip=False) as machine:
+        machine.add_rom(0x100000, b"\x5a" * 16)  # right after RAM
+        device = _Register()
+        machine.add_mmio_device(0x100000, 16, device)
+        _start_real(machine, ROM_READ_WRITE)
+        assert machine.run(timeout=20) == MachineResult("halted")
+        assert device.value == 0x5A  # the ROM's byte, written to the device
+        assert machine.statistics()["MmioExit"] == 1  # the write; the read came from the ROM

@@ -51,8 +51,9 @@ class Bus:
     def __init__(self, name: str, limit: int) -> None:
         self.name = name
         self.limit = limit
-        self._ranges: list[Range] = []
-        self._bases: list[int] = []
+        # (bases, ranges) sorted by base, replaced whole under the lock: a lookup on a vCPU thread
+        # reads one consistent pair while a device is being added or removed on another
+        self._table: tuple[tuple[int, ...], tuple[Range, ...]] = ((), ())
         self._lock = threading.Lock()
         self.unclaimed_reads = 0
         self.unclaimed_writes = 0
@@ -67,35 +68,36 @@ class Bus:
             )
         entry = Range(base, length, device)
         with self._lock:
-            at = bisect.bisect_left(self._bases, base)
-            for neighbour in self._ranges[max(0, at - 1) : at + 1]:
+            bases, ranges = self._table
+            at = bisect.bisect_left(bases, base)
+            for neighbour in ranges[max(0, at - 1) : at + 1]:
                 if neighbour.base < entry.end and base < neighbour.end:
                     raise BusConflict(
                         f"{device.name} at {self.name} {base:#x}+{length:#x} overlaps {neighbour.device.name} "
                         f"at {neighbour.base:#x}+{neighbour.length:#x}; pick a free range",
                         operation="register",
                     )
-            self._ranges.insert(at, entry)
-            self._bases.insert(at, base)
+            self._table = ((*bases[:at], base, *bases[at:]), (*ranges[:at], entry, *ranges[at:]))
         return entry
 
     def unregister(self, device: Device) -> None:
         """Remove every range of ``device``."""
         check_implements("device", device, Device, "unregister")
         with self._lock:
-            kept = [r for r in self._ranges if r.device is not device]
-            if len(kept) == len(self._ranges):
+            ranges = self._table[1]
+            kept = tuple(r for r in ranges if r.device is not device)
+            if len(kept) == len(ranges):
                 raise NotFound(f"{device.name} is not on the {self.name} bus", operation="unregister")
-            self._ranges = kept
-            self._bases = [r.base for r in kept]
+            self._table = (tuple(r.base for r in kept), kept)
 
     def find(self, address: int) -> Range | None:
         """The range holding ``address``, if any."""
         if type(address) is not int:
             check_int("address", address, "find")
-        at = bisect.bisect_right(self._bases, address) - 1
+        bases, ranges = self._table
+        at = bisect.bisect_right(bases, address) - 1
         if at >= 0:
-            entry = self._ranges[at]
+            entry = ranges[at]
             if address < entry.end:
                 return entry
         return None
@@ -123,4 +125,4 @@ class Bus:
 
     def ranges(self) -> tuple[Range, ...]:
         """Every registered range, by base."""
-        return tuple(self._ranges)
+        return self._table[1]

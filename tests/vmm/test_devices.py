@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -89,6 +90,32 @@ def test_every_device_satisfies_the_protocol() -> None:
     ]
     for device in devices:
         assert isinstance(device, Device)
+
+
+def test_a_lookup_during_hot_plug_finds_the_device_that_stays() -> None:
+    """A device added or removed on one thread never hides another one from a vCPU thread's lookup."""
+    bus = io_bus()
+    stays = DebugConsole(io.BytesIO())
+    bus.register(0x100, 0x10, stays)
+    churn = DebugConsole(io.BytesIO())
+    stop = threading.Event()
+
+    def plug() -> None:
+        while not stop.is_set():
+            bus.register(0x50, 0x10, churn)
+            bus.unregister(churn)
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, inside register() too
+    plugger = threading.Thread(target=plug)
+    plugger.start()
+    try:
+        found = {id(entry.device) if (entry := bus.find(0x105)) else None for _ in range(200_000)}
+    finally:
+        stop.set()
+        plugger.join()
+        sys.setswitchinterval(previous)
+    assert found == {id(stays)}
 
 
 def test_standard_pc_layout_registers_without_conflicts() -> None:

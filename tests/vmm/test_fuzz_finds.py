@@ -1,0 +1,80 @@
+"""What the guest-driven device fuzzer (tests/fuzz_devices) found, each as a minimal guest, on both backends.
+
+1. Simulator: a store that straddles the end of a read-only slot into unbacked memory, or the
+   start of one from unbacked memory (``mov word [ROM_END - 1], ax``), ended the run with
+   ``HypervisorFault("... UC_ERR_WRITE_PROT")`` (ROM first: Unicorn asks about the whole store at
+   once) or repeated its first exit forever (unbacked first: the instruction was taken as
+   complete, though the ROM part had aborted it). KVM gives one MMIO write exit per part, as
+   for a store across pages, and goes on.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from hvcore import VM, GuestMemory, Hypervisor, MmioExit, SlotFlags
+from hvcore.vmm import Machine, add_pc_devices
+from hvcore.vmm.loaders import load_raw
+from tests.boot import boot, run_exits
+from tests.guests import layout
+
+_VALUE = 0x1122334455667788
+_STORE = {2: b"\x66\x89\x03", 4: b"\x89\x03", 8: b"\x48\x89\x03"}  # mov [rbx], ax / eax / rax
+
+
+def _store_at(address: int, size: int) -> bytes:
+    """``mov rbx, address; mov rax, _VALUE; mov [rbx], <size bytes of rax>; hlt``."""
+    return (
+        b"\x48\xbb" + address.to_bytes(8, "little")  # movabs rbx, address
+        + b"\x48\xb8" + _VALUE.to_bytes(8, "little")  # movabs rax, _VALUE
+        + _STORE[size]
+        + b"\xf4"  # hlt
+    )  # fmt: skip
+
+
+ROM_END = layout.ROM + layout.ROM_SIZE  # unbacked after it (layout.MMIO)
+
+
+@pytest.mark.parametrize(
+    ("address", "size", "split"),
+    [
+        (ROM_END - 1, 2, 1),  # ROM, then unbacked: was HypervisorFault (UC_ERR_WRITE_PROT)
+        (ROM_END - 3, 8, 3),
+        (ROM_END - 2, 4, 2),
+        (layout.ROM - 1, 2, 1),  # unbacked, then ROM: was the first exit forever
+        (layout.ROM - 3, 8, 3),
+    ],
+)
+def test_store_across_the_edge_of_a_rom(hv: Hypervisor, vm: VM, address: int, size: int, split: int) -> None:
+    rom = GuestMemory(layout.ROM_SIZE)
+    rom.write(0, b"\xaa" * layout.ROM_SIZE)
+    vm.set_memory_slot(1, layout.ROM, rom, flags=SlotFlags.READONLY)
+    vcpu = boot(hv, vm, _store_at(address, size), "long")
+    exits = run_exits(vcpu, limit=10)
+    data = _VALUE.to_bytes(8, "little")[:size]
+    assert exits[:-1] == [
+        MmioExit(address, split, True, data[:split]),
+        MmioExit(address + split, size - split, True, data[split:]),
+    ]
+    assert vcpu.get_regs().rip == layout.CODE + len(_store_at(address, size))  # past the hlt
+    assert rom.read(0, layout.ROM_SIZE) == b"\xaa" * layout.ROM_SIZE  # the ROM kept its bytes
+
+
+def test_machine_store_across_the_edge_of_a_rom(hv: Hypervisor) -> None:
+    """The fuzzer's form: a Machine with its devices and a ROM; the guest goes on to its debug exit."""
+    rom, end = 0x800000, 0x810000
+    code = (
+        _store_at(end - 1, 2)[:-1]  # ROM, then unbacked
+        + _store_at(rom - 1, 2)[:-1]  # unbacked, then ROM
+        + b"\xb0\x42\xe6\xf4"  # mov al, 0x42; out 0xf4, al
+        + b"\xf4"
+    )
+    with Machine(hv, memory=4 << 20) as machine:
+        add_pc_devices(machine, serial=io.BytesIO(), debugcon=io.BytesIO())
+        machine.add_rom(rom, b"\xaa" * (end - rom))
+        machine.boot(load_raw(code, machine, mode="long"))
+        result = machine.run(timeout=20)
+        assert (result.reason, result.status, result.error) == ("debug-exit", 0x85, None)
+        assert machine.statistics()["unclaimed_mmio_writes"] == 4  # one per part

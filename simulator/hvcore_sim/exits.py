@@ -105,6 +105,7 @@ class Stop:
     event_kind: str = "exception"
     error_code: int | None = None
     instruction_length: int = 0
+    cr2: int | None = None  # a #PF the simulator raised itself: its linear address
 
 
 @dataclass(slots=True)
@@ -309,17 +310,26 @@ class Tracker:
             return 0
         rip = engine.reg(engine.RIP)
         view = engine.view()
-        insn = decode.io_instruction(engine, rip, view, self.vcpu._vm.linear_reader(view))
-        count, current = 1, engine.reg(engine.RAX) & ((1 << (8 * size)) - 1)
-        if insn.string:
-            if insn.rep:
-                # KVM's rule (pio_in_emulated): bytes, not elements, left in RDI's page -- RDI's own
-                # offset in the page, not the linear address; going down, the offset itself
-                offset = insn.rdi & 0xFFF
-                in_page = offset if insn.backwards else PAGE_SIZE - offset
-                count = max(1, min(insn.rcx, _PIO_BATCH // size, in_page))
-            current = insn.current_value(size)
         self._saved = {reg: engine.reg(reg) for reg in decode.IN_SAVED}
+        try:
+            insn = decode.io_instruction(engine, rip, view, self.vcpu._vm.linear_reader(view))
+            count, current = 1, engine.reg(engine.RAX) & ((1 << (8 * size)) - 1)
+            if insn.string:
+                if insn.rep:
+                    # KVM's rule (pio_in_emulated): bytes, not elements, left in RDI's page -- RDI's own
+                    # offset in the page, not the linear address; going down, the offset itself
+                    offset = insn.rdi & 0xFFF
+                    in_page = offset if insn.backwards else PAGE_SIZE - offset
+                    count = max(1, min(insn.rcx, _PIO_BATCH // size, in_page))
+                current = insn.current_value(size)
+        except (PageFault, NonCanonical) as fault:
+            # The IN's bytes are no longer mapped (the guest changed its page tables; Unicorn ran it
+            # from a stale translation, which no TLB has to keep): the fault KVM's emulator raises
+            # when it fetches the instruction. Nothing of the IN happened.
+            self._io_fault_rip = rip
+            cr2 = fault.linear if isinstance(fault, PageFault) else None
+            self._halt(Stop(StopKind.EXCEPTION, vector=fault.vector, error_code=fault.error_code, cr2=cr2))
+            return 0
         self._halt(Stop(StopKind.EXIT, IoExit(port, size, count, IoDirection.IN)))
         return current
 

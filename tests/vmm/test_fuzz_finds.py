@@ -6,6 +6,10 @@
    once) or repeated its first exit forever (unbacked first: the instruction was taken as
    complete, though the ROM part had aborted it). KVM gives one MMIO write exit per part, as
    for a store across pages, and goes on.
+2. Simulator: an ``in`` whose code page the guest had just unmapped (Unicorn still ran it from a
+   stale translation) raised the simulator's internal ``PageFault`` out of ``run()`` (through a
+   Unicorn hook: "Exception ignored ... ctypes callback"). The IN's decoder now raises the #PF
+   at the IN, as KVM's emulator does when it fetches it (no TLB has to keep a translation).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import io
 
 import pytest
 
-from hvcore import VM, GuestMemory, Hypervisor, MmioExit, SlotFlags
+from hvcore import VM, GuestMemory, Hypervisor, IoExit, MmioExit, ShutdownExit, SlotFlags
 from hvcore.vmm import Machine, add_pc_devices
 from hvcore.vmm.loaders import load_raw
 from tests.boot import boot, run_exits
@@ -78,3 +82,22 @@ def test_machine_store_across_the_edge_of_a_rom(hv: Hypervisor) -> None:
         result = machine.run(timeout=20)
         assert (result.reason, result.status, result.error) == ("debug-exit", 0x85, None)
         assert machine.statistics()["unclaimed_mmio_writes"] == 4  # one per part
+
+
+# movabs rbx, layout.PD; mov qword [rbx], 0 (the 2 MiB page of this code is gone); mov dx, 0x4312; in al, dx; hlt
+IN_FROM_UNMAPPED_CODE = (
+    b"\x48\xbb" + layout.PD.to_bytes(8, "little")
+    + b"\x48\xc7\x03\x00\x00\x00\x00"
+    + b"\x66\xba\x12\x43"
+    + b"\xec"
+    + b"\xf4"
+)  # fmt: skip
+
+
+def test_in_from_code_just_unmapped(hv: Hypervisor, vm: VM) -> None:
+    """KVM's emulator faults fetching the IN (here: #PF, no IDT: SHUTDOWN); hardware may run it from its TLB."""
+    vcpu = boot(hv, vm, IN_FROM_UNMAPPED_CODE, "long")
+    exit_ = vcpu.run()  # was, on the simulator: the simulator's internal PageFault raised from run()
+    assert isinstance(exit_, ShutdownExit | IoExit), exit_
+    if isinstance(exit_, IoExit):
+        assert (exit_.port, exit_.is_in) == (0x4312, True)

@@ -78,6 +78,10 @@ def result_problem(result: MachineResult) -> str | None:
         return f"the run ended with a raw {type(error).__name__}, not an hvcore error:\n{_formatted(error)}"
     if _from_device(error):
         return f"a device raised on a guest access (devices never do):\n{_formatted(error)}"
+    if error.__traceback__ is not None:
+        # the machine reports what the guest did (an exit it cannot handle) with an error it builds,
+        # never raises; a raised one is the backend or the VMM failing on what the guest did
+        return f"the backend or the VMM failed on what the guest did:\n{_formatted(error)}"
     return None
 
 

@@ -1,4 +1,5 @@
-"""Developer sessions: ``nox -s tests lint typecheck`` (what CI runs), ``hardware``, ``bench``, ``kvm-unit-tests``."""
+"""Developer sessions: ``nox -s tests lint typecheck`` (what CI runs), ``hardware``, ``bench``, ``kvm-unit-tests``,
+``fuzz`` and ``fuzz-devices``."""
 
 from __future__ import annotations
 
@@ -97,6 +98,23 @@ def fuzz(session: nox.Session) -> None:
     session.run(
         "pytest", "tests/differential", "--hypothesis-show-statistics", *session.posargs,
         env={"HVCORE_FUZZ_EXAMPLES": examples, "HVCORE_REQUIRE": "kvm,sim"},
+    )  # fmt: skip
+
+
+@nox.session(python=PYTHON, name="fuzz-devices")
+def fuzz_devices(session: nox.Session) -> None:
+    """Guest-driven device fuzzing, timed: hostile guests against a Machine with every device, on KVM and the simulator.
+
+    ``HVCORE_FUZZ_SECONDS`` (300 unless told) per backend; ``HVCORE_FUZZ_RUN_TIMEOUT`` (1 s) per guest.
+    Fails where either backend is unusable; pytest arguments pass through (``-- -k sim``).
+    """
+    session.install("-e", ".[test]")
+    session.log(_kvm_status())
+    seconds = os.environ.get("HVCORE_FUZZ_SECONDS", "300")
+    session.log(f"device fuzzing: {seconds} s of random guests on each of kvm and sim")
+    session.run(
+        "pytest", "tests/fuzz_devices", "-s", "--hypothesis-show-statistics", *session.posargs,
+        env={"HVCORE_FUZZ_SECONDS": seconds, "HVCORE_REQUIRE": "kvm,sim"},
     )  # fmt: skip
 
 

@@ -107,6 +107,7 @@ class Stop:
     event_kind: str = "exception"
     error_code: int | None = None
     instruction_length: int = 0
+    cr2: int | None = None  # a #PF the simulator raised itself: its linear address
 
 
 @dataclass(slots=True)
@@ -208,6 +209,7 @@ class Tracker:
         self._swallow = False  # a split read is recorded: the rest of Unicorn's words for it are not new
         self._undo: tuple[int, int, int, int, int] | None = None  # before a cmpxchg8b/16b: see _undo_point
         self._rom_rip = 0  # where the instruction that wrote to a read-only slot is
+        self._rom_landing: tuple[int, int] | None = None  # the known store to a read-only slot let through
         self._out_seen: tuple[int, int, bool] | None = None  # a plain OUT's (rip, rsi, shadow) in its hook
         self._out_unfinished: tuple[int, int, bool] | None = None  # (rip at the OUT, rip past it, shadow)
         self._replay = False  # finishing an IN or MMIO instruction that already exited (not a new one)
@@ -326,18 +328,28 @@ class Tracker:
             return 0
         rip = engine.reg(engine.RIP)
         view = engine.view()
-        insn = decode.io_instruction(engine, rip, view, self.vcpu._vm.linear_reader(view))
-        count, current = 1, engine.reg(engine.RAX) & ((1 << (8 * size)) - 1)
-        if insn.string:
-            if insn.rep:
-                # KVM's rule (pio_in_emulated): bytes, not elements, left in RDI's page -- RDI's own
-                # offset in the page, not the linear address; going down, the offset itself
-                offset = insn.rdi & 0xFFF
-                in_page = offset if insn.backwards else PAGE_SIZE - offset
-                count = max(1, min(insn.rcx, _PIO_BATCH // size, in_page))
-            if probed or self._not_ram(engine, view, insn, size, count):
-                return self._string_in_exit(engine, port, size, count)
-            current = insn.current_value(size)
+        try:
+            insn = decode.io_instruction(engine, rip, view, self.vcpu._vm.linear_reader(view))
+            count, current = 1, engine.reg(engine.RAX) & ((1 << (8 * size)) - 1)
+            if insn.string:
+                if insn.rep:
+                    # KVM's rule (pio_in_emulated): bytes, not elements, left in RDI's page -- RDI's own
+                    # offset in the page, not the linear address; going down, the offset itself
+                    offset = insn.rdi & 0xFFF
+                    in_page = offset if insn.backwards else PAGE_SIZE - offset
+                    count = max(1, min(insn.rcx, _PIO_BATCH // size, in_page))
+                if probed or self._not_ram(engine, view, insn, size, count):
+                    return self._string_in_exit(engine, port, size, count)
+                current = insn.current_value(size)
+        except (PageFault, NonCanonical) as fault:
+            # The IN's bytes are no longer mapped (the guest changed its page tables; Unicorn ran it
+            # from a stale translation, which no TLB has to keep): the fault KVM's emulator raises
+            # when it fetches the instruction. Nothing of the IN happened.
+            self._saved = {reg: engine.reg(reg) for reg in decode.IN_SAVED}
+            self._io_fault_rip = rip
+            cr2 = fault.linear if isinstance(fault, PageFault) else None
+            self._halt(Stop(StopKind.EXCEPTION, vector=fault.vector, error_code=fault.error_code, cr2=cr2))
+            return 0
         self._saved = {reg: engine.reg(reg) for reg in decode.IN_SAVED}
         self._halt(Stop(StopKind.EXIT, IoExit(port, size, count, IoDirection.IN)))
         return current
@@ -682,15 +694,25 @@ class Tracker:
         if cells is not None:  # Unicorn synced the state for this hook the way an abort does
             cells.settle()
         if slot.readonly:
+            # Unicorn asks once for a store that runs past the slot's end; KVM exits for each part
+            inside = min(size, slot.end - address)
+            landing = self._rom_landing
+            if landing is not None and landing[0] <= address and address + inside <= landing[1]:
+                return True  # a byte of the store just let through (Unicorn asks again as it splits it)
             probe = not self._discard_writes and self._stop is None and not self._new and self._at_string_in(engine)
-            if probe or self._discard_writes or self._next_known(True, address, size) is not None:
+            if probe or self._discard_writes or self._next_known(True, address, inside) is not None:
                 self._ins_rom = self._ins_rom or probe  # an INS's dummy store: its IN hook takes KVM's order
                 offset = slot.offset + address - slot.guest_address
-                self._restore.append((address, slot.memory.read(offset, size)))
-                return True  # let it land, then put the ROM bytes back
-            if self._stop is None:
+                self._restore.append((address, slot.memory.read(offset, inside)))
+                self._rom_landing = (address, address + inside)
+                return True  # let it land (the part past the slot goes its own way), then put the ROM bytes back
+            if not any(piece.rom for piece in self._new):
                 self._rom_rip = engine.reg(engine.RIP)
-            self._new.append(_Access(True, address, size, value & ((1 << (8 * size)) - 1), rom=True))
+            value &= (1 << (8 * size)) - 1
+            self._new.append(_Access(True, address, inside, value & ((1 << (8 * inside)) - 1), rom=True))
+            if inside < size and self.vcpu._vm.slot_at(slot.end) is None:  # the rest is MMIO too, stored bytewise
+                self._new += [_Access(True, slot.end + i, 1, value >> (8 * (inside + i)) & 0xFF)
+                              for i in range(size - inside)]  # fmt: skip
             self._halt(_MMIO)
             return False
         page = (address - slot.guest_address) // PAGE_SIZE
@@ -754,6 +776,7 @@ class Tracker:
         if self._new:
             self._new = []
         self._cursor = 0
+        self._rom_landing = None
         if self.breakpoints.watching:
             vm = self.vcpu._vm
             self.breakpoints.arm(engine, vm.physical, lambda physical: vm.slot_at(physical) is not None)
@@ -907,24 +930,30 @@ class Tracker:
             stop = self._write_stops[first.address, length, data] = Stop(
                 StopKind.EXIT, MmioExit(first.address, length, True, data)
             )
-        if first.rom and engine.reg(engine.RIP) != self._rom_rip:
+        rom = any(piece.rom for piece in new)  # a store to a read-only slot aborted the instruction
+        if rom and engine.reg(engine.RIP) != self._rom_rip:
             self._known = []  # a helper (cmpxchg8b) went on without the store: the instruction is complete
-        elif first.rom:  # the instruction was aborted: finish it now, so RIP is past the write as on KVM
+        elif rom:  # the instruction was aborted: finish it now, so RIP is past the write as on KVM
             if self._cells is not None:
                 self._cells.settle()
-            self._known = answered + parts
+            self._known = answered + new
+            queued = len(self._queued)
+            self._queue_writes(new[len(parts) :])  # the other parts of a store across a slot's end, as KVM
             following = self._step(engine)
             if following is not None:
-                self._queued.insert(0, following)
+                self._queued.insert(queued, following)
         else:
             self._known = []  # stopped after the instruction: it is complete
-            if len(parts) < len(new):  # the rest of a write across pages, or of more than 8 bytes
-                for address, more in _exits(new[len(parts) :]):
-                    if not more[0].write:
-                        break
-                    data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in more)
-                    self._queued.append(MmioExit(address, len(data), True, data))
+            self._queue_writes(new[len(parts) :])  # the rest of a write across pages, or of more than 8 bytes
         return stop
+
+    def _queue_writes(self, pieces: list[_Access]) -> None:
+        """The exits of the write pieces after the first exit's, for the next runs to give."""
+        for address, more in _exits(pieces):
+            if not more[0].write:
+                break
+            data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in more)
+            self._queued.append(MmioExit(address, len(data), True, data))
 
     def _step(self, engine: Engine) -> Exit | None:
         """Replay the current instruction for one step; the next new access's exit, if any."""

@@ -527,7 +527,7 @@ class SimVCPU(Closeable):
                 if outcome is not None:
                     return self._after_hypercall(engine, outcome)
             if not self._vm.deliver(
-                self, engine, stop.vector, stop.event_kind, stop.error_code, stop.instruction_length
+                self, engine, stop.vector, stop.event_kind, stop.error_code, stop.instruction_length, cr2=stop.cr2
             ):
                 return _SHUTDOWN
             return None

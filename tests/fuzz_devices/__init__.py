@@ -1,0 +1,1 @@
+"""Guest-driven device fuzzing (``nox -s fuzz-devices``)."""

@@ -296,3 +296,34 @@ def test_a_kick_signal_the_kernel_refuses_is_sent_by_the_next_kick(
         worker.join(WATCHDOG_SECONDS)
         assert not worker.is_alive()
         assert result == [InterruptedExit()]
+
+
+COUNT_EAX_FOREVER = (
+    b"\x66\x40"  # 1000 inc eax
+    b"\xeb\xfc"  # 1002 jmp 1000
+)
+
+
+def test_state_read_from_another_thread_waits_for_the_run_to_return(hv: Hypervisor, vm: VM) -> None:
+    """As KVM_RUN holds the vCPU's mutex: a get_regs racing a run sees the state at its exit, not mid-run."""
+    vcpu = boot(hv, vm, COUNT_EAX_FOREVER)
+    runs: list[Exit] = []
+    worker = threading.Thread(target=lambda: runs.append(vcpu.run()))
+    worker.start()
+    time.sleep(0.05)  # let it enter the guest
+    asking = threading.Event()
+    seen: list[int] = []
+
+    def read() -> None:
+        asking.set()
+        seen.append(vcpu.get_regs().rax)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    asking.wait()
+    time.sleep(0.05)  # the guest counts on; a reader that did not wait has its value already
+    vcpu.kick()
+    worker.join(WATCHDOG_SECONDS)
+    reader.join(WATCHDOG_SECONDS)
+    assert runs == [InterruptedExit()]
+    assert seen == [vcpu.get_regs().rax] and seen[0] > 0

@@ -9,10 +9,11 @@ turns what stopped a slice into KVM's exit. The instruction-level rules live in
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from hvcore.arguments import (
     check_enum,
@@ -75,6 +76,24 @@ if TYPE_CHECKING:
 __all__ = ["SimVCPU"]
 
 _get_ident = threading.get_ident
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _between_runs(method: _Method) -> _Method:
+    """Run a state method as KVM runs a vCPU ioctl: after a ``run()`` in another thread has returned.
+
+    KVM_RUN holds the vCPU's mutex until it returns, so on KVM ``get_regs`` from another thread
+    waits for the exit and sees the state at it, never the state of a guest still running.
+    """
+
+    @functools.wraps(method)
+    def between_runs(self: SimVCPU, *args: Any, **kwargs: Any) -> Any:
+        with self._claim:
+            return method(self, *args, **kwargs)
+
+    return cast(_Method, between_runs)
+
+
 SLICE = 65521
 """Instructions per slice: the longest a kick, another vCPU or a window check waits.
 
@@ -119,7 +138,9 @@ class SimVCPU(Closeable):
         self._id = vcpu_id
         self._closed = False
         self._thread: int | None = None
-        self._claim = threading.Lock()  # held by the thread inside run(): taken without waiting, or VcpuBusy
+        # held by the thread inside run() (taken without waiting, or VcpuBusy) and, as KVM's vcpu->mutex,
+        # by a state call, which waits for a run in another thread to return
+        self._claim = threading.RLock()
         self._kick_lock = threading.Lock()
         self._kicked = False
         self._immediate_exit = False
@@ -703,11 +724,13 @@ class SimVCPU(Closeable):
 
     # -- state ---------------------------------------------------------------------
 
+    @_between_runs
     def get_regs(self) -> Regs:
         """General-purpose registers, RIP, RFLAGS."""
         with self._vm.exec_lock:
             return self._live().get_regs()
 
+    @_between_runs
     def set_regs(self, regs: Regs) -> None:
         """Set general-purpose registers, RIP, RFLAGS."""
         check_instance("regs", regs, Regs, "set_regs")
@@ -716,6 +739,7 @@ class SimVCPU(Closeable):
             self._live().set_regs(regs)
             self.tracker.watch_resume_flag = True  # RF may be set: it is for the next instruction
 
+    @_between_runs
     def get_sregs(self) -> Sregs:
         """Segments, descriptor tables, control registers, EFER, APIC base."""
         bitmap = [0, 0, 0, 0]
@@ -728,6 +752,7 @@ class SimVCPU(Closeable):
                 cr8=self._task_priority(),
             )
 
+    @_between_runs
     def set_sregs(self, sregs: Sregs) -> None:
         """Load segments, descriptor tables, control registers, EFER; a new APIC base as the host's WRMSR."""
         check_instance("sregs", sregs, Sregs, "set_sregs")
@@ -746,11 +771,13 @@ class SimVCPU(Closeable):
         pending = [i * 64 + b for i, w in enumerate(sregs.interrupt_bitmap) for b in range(64) if w >> b & 1]
         self._queued_interrupt = pending[0] if pending else None
 
+    @_between_runs
     def get_fpu(self) -> Fpu:
         """x87/SSE state."""
         with self._vm.exec_lock:
             return self._state.get_fpu(self._live())
 
+    @_between_runs
     def set_fpu(self, fpu: Fpu) -> None:
         """Set x87/SSE state."""
         check_instance("fpu", fpu, Fpu, "set_fpu")
@@ -758,11 +785,13 @@ class SimVCPU(Closeable):
         with self._vm.exec_lock:
             self._state.set_fpu(self._live(), fpu)
 
+    @_between_runs
     def get_xsave(self) -> Xsave:
         """The XSAVE area (legacy region and header)."""
         with self._vm.exec_lock:
             return self._state.get_xsave(self._live())
 
+    @_between_runs
     def set_xsave(self, xsave: Xsave) -> None:
         """Set the XSAVE area."""
         check_instance("xsave", xsave, Xsave, "set_xsave")
@@ -770,35 +799,41 @@ class SimVCPU(Closeable):
         with self._vm.exec_lock:
             self._state.set_xsave(self._live(), xsave)
 
+    @_between_runs
     def get_xcrs(self) -> dict[int, int]:
         """XCR0."""
         with self._vm.exec_lock:
             return {0: self._live().xcr0()}
 
+    @_between_runs
     def set_xcrs(self, xcrs: Mapping[int, int]) -> None:
         """Set XCR0, with KVM's checks against the vCPU's CPUID; other XCRs are ignored, as KVM."""
         items = check_xcrs(xcrs)
         with self._vm.exec_lock:
             self._state.set_xcrs(self._live(), dict(items))
 
+    @_between_runs
     def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
         """Read MSRs (``hvcore_sim.msrs.MSRS``), as KVM_GET_MSRS."""
         wanted = check_int_list("indices", indices, "get_msrs")
         with self._vm.exec_lock:
             return self.msrs.get_msrs(self._live(), wanted)
 
+    @_between_runs
     def set_msrs(self, msrs: Mapping[int, int]) -> None:
         """Write MSRs with KVM's checks, as KVM_SET_MSRS."""
         items = check_int_mapping("msrs", msrs, "set_msrs")
         with self._vm.exec_lock:
             self.msrs.set_msrs(self._live(), dict(items))
 
+    @_between_runs
     def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
         """What CPUID returns to the guest."""
         wanted = check_instances("entries", entries, (CpuidEntry,), "set_cpuid")
         with self._vm.exec_lock:
             self._state.set_cpuid(self._live(), wanted)
 
+    @_between_runs
     def get_cpuid(self) -> tuple[CpuidEntry, ...]:
         """What CPUID returns to the guest (the bits KVM keeps in step with CR4, XCR0 and the APIC base, current)."""
         with self._vm.exec_lock:
@@ -811,12 +846,14 @@ class SimVCPU(Closeable):
             raise InvalidArgument(_NO_LAPIC, operation=operation)  # KVM: EINVAL
         return chip, self._lapic
 
+    @_between_runs
     def get_lapic(self) -> Lapic:
         """The LAPIC register page (``KVM_GET_LAPIC``); EINVAL without an irqchip, as KVM."""
         chip, lapic = self._chip_lapic("get_lapic")
         with chip.lock:
             return lapic.get_state()
 
+    @_between_runs
     def set_lapic(self, lapic: Lapic) -> None:
         """Load the LAPIC register page (``KVM_SET_LAPIC``); EINVAL without an irqchip, as KVM."""
         check_instance("lapic", lapic, Lapic, "set_lapic")
@@ -826,11 +863,13 @@ class SimVCPU(Closeable):
             local.set_state(lapic)
             chip.changed.notify_all()
 
+    @_between_runs
     def get_debugregs(self) -> DebugRegs:
         """DR0-3, DR6, DR7."""
         self._live()
         return self._state.debugregs
 
+    @_between_runs
     def set_debugregs(self, debugregs: DebugRegs) -> None:
         """Set DR0-3, DR6, DR7."""
         check_instance("debugregs", debugregs, DebugRegs, "set_debugregs")
@@ -839,6 +878,7 @@ class SimVCPU(Closeable):
         self._live()
         self._state.debugregs = debugregs
 
+    @_between_runs
     def get_vcpu_events(self) -> VcpuEvents:
         """Queued interrupt, pending NMI, NMI blocking, interrupt shadow."""
         with self._vm.exec_lock:
@@ -854,6 +894,7 @@ class SimVCPU(Closeable):
             flags=0xD,
         )
 
+    @_between_runs
     def set_vcpu_events(self, events: VcpuEvents) -> None:
         """Set the queued interrupt, NMI blocking and, as ``flags`` says, the interrupt shadow and the pending NMI."""
         check_instance("events", events, VcpuEvents, "set_vcpu_events")
@@ -868,6 +909,7 @@ class SimVCPU(Closeable):
         if events.flags & _VALID_NMI_PENDING:
             self._nmi_pending = bool(events.nmi_pending)
 
+    @_between_runs
     def get_mp_state(self) -> MpState:
         """RUNNABLE, HALTED, UNINITIALIZED or INIT_RECEIVED (always RUNNABLE without an irqchip).
 
@@ -881,6 +923,7 @@ class SimVCPU(Closeable):
                     return MpState.RUNNABLE
         return self._mp_state
 
+    @_between_runs
     def set_mp_state(self, state_: MpState) -> None:
         """Set the MP state; without an irqchip only RUNNABLE is valid, as on KVM. RUNNABLE drops a pending kick."""
         value = check_enum("state", state_, MpState, "set_mp_state")
@@ -902,6 +945,7 @@ class SimVCPU(Closeable):
                 lapic.pv_unhalted = False  # as KVM's kvm_set_mp_state: a pending paravirtual kick is dropped
         self._wake()
 
+    @_between_runs
     def interrupt(self, vector: int) -> None:
         """Queue external interrupt ``vector``; delivered on the next ``run()`` even with IF=0.
 
@@ -917,11 +961,13 @@ class SimVCPU(Closeable):
             )
         self._queued_interrupt = vector
 
+    @_between_runs
     def nmi(self) -> None:
         """Queue an NMI."""
         self._live()
         self._nmi_pending = True
 
+    @_between_runs
     def set_guest_debug(self, debug: GuestDebug) -> None:
         """Single-step, hardware and software breakpoints, injected #DB / #BP (:mod:`hvcore_sim.guestdebug`).
 
@@ -949,6 +995,7 @@ class SimVCPU(Closeable):
         """Single-stepping (``KVM_GUESTDBG_SINGLESTEP`` with ENABLE) is on."""
         return self._stepping
 
+    @_between_runs
     def translate(self, linear_address: int) -> Translation:
         """Walk the guest's page tables."""
         check_int("linear_address", linear_address, "translate")

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,6 +17,20 @@ from hvcore import VCPU, VM, Exit, HltExit, Hypervisor, InterruptedExit, IoDirec
 from tests.boot import boot, read_guest, run_exits
 from tests.conftest import WATCHDOG_SECONDS, Watchdog
 from tests.guests import real_mode
+
+
+def _outs_through_kicks(vcpu: VCPU, count: int, go_on: Callable[[], bool] = lambda: True) -> tuple[list[int], int]:
+    """Run until ``count`` OUT exits (or ``go_on`` says stop): their values, and how many runs a kick ended."""
+    seen: list[int] = []
+    interrupted = 0
+    while len(seen) < count and go_on():
+        exit_ = vcpu.run()
+        if isinstance(exit_, InterruptedExit):
+            interrupted += 1
+            continue
+        assert isinstance(exit_, IoExit)
+        seen.append(exit_.values()[0])
+    return seen, interrupted
 
 
 def test_kick_interrupts_a_run_in_another_thread(hv: Hypervisor, vm: VM) -> None:
@@ -111,16 +126,8 @@ def test_kicks_never_make_the_guest_repeat_or_skip_an_instruction(hv: Hypervisor
 
     kicker = threading.Thread(target=hammer)
     kicker.start()
-    seen: list[int] = []
-    interrupted = 0
     try:
-        while len(seen) < 2000:
-            exit_ = vcpu.run()
-            if isinstance(exit_, InterruptedExit):
-                interrupted += 1
-                continue
-            assert isinstance(exit_, IoExit)
-            seen.append(exit_.values()[0])
+        seen, interrupted = _outs_through_kicks(vcpu, 2000)
     finally:
         stop.set()
         kicker.join()
@@ -190,17 +197,9 @@ def test_a_kick_storm_neither_starves_the_vcpu_nor_raises(hv: Hypervisor, vm: VM
     queue = resource.getrlimit(resource.RLIMIT_SIGPENDING)
     resource.setrlimit(resource.RLIMIT_SIGPENDING, (4, queue[1]))  # a signal per kick overflows this at once
     kicker.start()
-    seen: list[int] = []
-    interrupted = 0
     deadline = time.monotonic() + WATCHDOG_SECONDS  # generous: this is a hang check, not a speed check
     try:
-        while len(seen) < 200 and time.monotonic() < deadline and not errors:
-            exit_ = vcpu.run()
-            if isinstance(exit_, InterruptedExit):
-                interrupted += 1
-                continue
-            assert isinstance(exit_, IoExit)
-            seen.append(exit_.values()[0])
+        seen, interrupted = _outs_through_kicks(vcpu, 200, lambda: time.monotonic() < deadline and not errors)
     finally:
         stop.set()
         kicker.join()

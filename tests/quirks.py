@@ -136,6 +136,7 @@ HOST_HELPERS: dict[str, str] = {
     "sysenter_esp_eip": "host_variant",
     "out_completed_at_exit": "host_variant",
     "syscall_from_cpl3": "host_variant",
+    "events_beside_injected_exception": "host_variant",
     "first_access_logged": "host_variant",
     "hypercall_hangs": "host_variant",
     "cr4_cpuid_unchecked": "host_variant",

@@ -26,9 +26,9 @@ interrupt, an NMI or ``int n`` / ``int3`` / ``into`` (for the software kinds,
 
 CPL is SS.DPL, as on VMX. Table reads and CPL0 stack pushes are supervisor
 accesses that EFLAGS.AC does not exempt from SMAP. As KVM does, the pushed RFLAGS image has RF set for
-fault-class exceptions. Pushed selectors are zero-extended. A delivery that
-fails changes no register and writes no stack or descriptor (walks may already
-have set accessed bits in page tables). Guest memory that no slot backs raises
+fault-class exceptions, but not for one the VMM injected (KVM hands those to the processor as they
+are). Pushed selectors are zero-extended. A delivery that fails changes no register and writes no
+stack or descriptor (walks may already have set accessed bits in page tables). Guest memory that no slot backs raises
 the memory's own error (``hvcore.NotFound``), which KVM reports as an internal
 error (``KVM_INTERNAL_ERROR_DELIVERY_EV``).
 """
@@ -160,7 +160,8 @@ class _Loaded:
 
 def _pushed(regs: Regs, sregs: Sregs, event: Event) -> tuple[int, ...]:
     """RFLAGS, CS, RIP and the error code, as pushed after any old SS:RSP."""
-    flags = regs.rflags | (_RF if event.kind is EventKind.EXCEPTION and event.vector in _FAULT_CLASS else 0)
+    fault = event.kind is EventKind.EXCEPTION and event.vector in _FAULT_CLASS and not event.injected
+    flags = regs.rflags | (_RF if fault else 0)
     code = () if event.error_code is None else (event.error_code,)
     return (flags, sregs.cs.selector, regs.rip, *code)
 

@@ -50,6 +50,9 @@ class Event:
     error_code: int | None = None
     instruction_length: int = 0
     cr2: int | None = None
+    injected: bool = False
+    """An exception the VMM injected (``KVM_SET_VCPU_EVENTS``), which KVM hands the processor as it is: the
+    error code is pushed exactly when the VMM gave one, whatever the vector, and no RF is added to RFLAGS."""
 
     def __post_init__(self) -> None:
         problem = None
@@ -61,7 +64,11 @@ class Event:
             problem = "an NMI has vector 2"
         elif self.kind is EventKind.SOFTWARE_EXCEPTION and self.vector not in (3, 4):
             problem = "software exceptions are #BP (3) and #OF (4)"
-        elif (self.kind is EventKind.EXCEPTION and self.vector in HAS_ERROR_CODE) != (self.error_code is not None):
+        elif self.injected and self.kind is not EventKind.EXCEPTION:
+            problem = "only exceptions are injected this way"
+        elif not self.injected and (
+            (self.kind is EventKind.EXCEPTION and self.vector in HAS_ERROR_CODE) != (self.error_code is not None)
+        ):
             problem = "an error code is given exactly for exceptions 8, 10-14, 17 and 21"
         elif self.error_code is not None and not 0 <= self.error_code <= 0xFFFFFFFF:
             problem = "the error code must fit 32 bits"

@@ -66,6 +66,7 @@ from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
 from hvcore_sim.engine import EFER_LMA, Engine
 from hvcore_sim.exits import Stop, StopKind, Tracker
 from hvcore_sim.msrs import GP_FAULT, IA32_APIC_BASE, DefaultMsrHandler, LapicMsrHandler, MsrEmulator
+from hvcore_sim.queued import SOFTWARE_EXCEPTIONS, QueuedException, nmi_limit
 from hvcore_sim.windows import REQUEST_INTERRUPT, REQUEST_NMI
 
 if TYPE_CHECKING:
@@ -147,7 +148,8 @@ class SimVCPU(Closeable):
         self._request_window = False
         self._cr8 = 0
         self._queued_interrupt: int | None = None
-        self._nmi_pending = False
+        self._nmi_pending = 0  # KVM's nmi_pending: at most nmi_limit(), applied as process_nmi does
+        self._exception = QueuedException()  # vcpu->arch.exception (hvcore_sim.queued)
         self._stepping = False
         self._debug_exception: int | None = None  # INJECT_DB / INJECT_BP: the vector the next run delivers
         self._event_length = 0  # VMX's event_exit_inst_len: the instruction length of the last #BP/#DB exit
@@ -173,6 +175,7 @@ class SimVCPU(Closeable):
             self.msrs.handler = LapicMsrHandler(default, self._lapic, self.msrs, chip.lock, self._timers_changed)
         self._engine = self._new_engine(None)
         self._engine.reset()
+        self._state.reset_fpu(self._engine)
 
     # -- engine lifetime -------------------------------------------------------
 
@@ -297,6 +300,10 @@ class SimVCPU(Closeable):
                     if kicked:
                         self._consume_kick()
                         return _INTERRUPTED
+                    self._process_nmi(engine)
+                    self._state.xfeatures = 0  # from here XSTATE_BV is what the guest's state is (XSAVES)
+                    if self._exception.injected and not self._deliver_injected_exception(engine):
+                        return _SHUTDOWN
                     if self._debug_exception is not None and not self._deliver_debug_exception(engine):
                         return _SHUTDOWN
                 count = 1 if stepping else SLICE
@@ -365,7 +372,8 @@ class SimVCPU(Closeable):
                     self._start_at(engine, vector)
             if lapic.nmi_pending:
                 lapic.nmi_pending = False
-                self._nmi_pending = True
+                self._nmi_pending += 1
+                self._process_nmi(engine)
                 if self._mp_state is MpState.HALTED:
                     self._unhalt()
             if self._mp_state is not MpState.RUNNABLE:
@@ -467,7 +475,8 @@ class SimVCPU(Closeable):
         signature = next((e.eax for e in self._state.cpuid if e.function == 1), _RESET_RDX)
         engine.set_reg(engine.RDX, signature)
         self._queued_interrupt = None
-        self._nmi_pending = False
+        self._nmi_pending = 0
+        self._exception = replace(self._exception, injected=False)
         self._mp_state = MpState.RUNNABLE if self._id == 0 else MpState.INIT_RECEIVED
 
     def _start_at(self, engine: Engine, vector: int) -> None:
@@ -585,6 +594,24 @@ class SimVCPU(Closeable):
         if_flag = self._if_snapshot = bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
         self._ready_snapshot = self._vm.irqchip is not None or (if_flag and self._unblocked())
 
+    def _deliver_injected_exception(self, engine: Engine) -> bool:
+        """Deliver the exception ``set_vcpu_events`` injected, before any guest instruction (False on a triple fault).
+
+        As ``kvm_check_and_inject_events``: the exception goes first, with the error code the VMM
+        gave (pushed outside real mode) and RFLAGS as they are. An interrupt queued beside it is
+        lost: KVM does not inject it on that entry, and the exit that follows clears it
+        (``kvm_clear_interrupt_queue`` in ``vmx/svm_complete_interrupts``). A pending NMI lands on
+        top, at the handler's first instruction, as after KVM's immediate exit.
+        """
+        queued = self._exception
+        self._exception = replace(queued, injected=False)
+        self._queued_interrupt = None
+        return self._vm.deliver(self, engine, queued.vector, "exception", queued.error_code_pushed, injected=True)
+
+    def _process_nmi(self, engine: Engine) -> None:
+        """Drop the NMIs beyond what may be pending (``process_nmi``: two, one while NMIs are blocked)."""
+        self._nmi_pending = min(self._nmi_pending, nmi_limit(blocked=engine.nmi_blocked))
+
     def _deliver_debug_exception(self, engine: Engine) -> bool:
         """Deliver what INJECT_DB / INJECT_BP queued (False on a triple fault).
 
@@ -632,7 +659,7 @@ class SimVCPU(Closeable):
             if not self._vm.deliver(self, engine, vector, "external", None):
                 return _SHUTDOWN
         if self._nmi_pending and self._nmi_allowed(engine):
-            self._nmi_pending = False
+            self._nmi_pending -= 1
             if not self._vm.deliver(self, engine, 2, "nmi", None):
                 return _SHUTDOWN
             engine.nmi_blocked = True
@@ -880,23 +907,34 @@ class SimVCPU(Closeable):
 
     @_between_runs
     def get_vcpu_events(self) -> VcpuEvents:
-        """Queued interrupt, pending NMI, NMI blocking, interrupt shadow."""
+        """Queued exception and interrupt, pending NMIs, NMI blocking, interrupt shadow (:mod:`hvcore_sim.queued`)."""
         with self._vm.exec_lock:
             engine = self._live()
             shadow, nmi_masked = int(engine.interrupt_shadow), int(engine.nmi_blocked)
-        queued = self._queued_interrupt
+            self._process_nmi(engine)
+        queued, exception = self._queued_interrupt, self._exception
+        waiting = exception.injected or self._debug_exception is not None  # KVM folds pending into injected
         return VcpuEvents(
+            exception_injected=int(waiting and exception.vector not in SOFTWARE_EXCEPTIONS),
+            exception_nr=exception.vector,
+            exception_has_error_code=int(exception.has_error_code),
+            exception_error_code=exception.error_code,
             interrupt_injected=int(queued is not None),
             interrupt_nr=queued or 0,
             interrupt_shadow=shadow,
-            nmi_pending=int(self._nmi_pending),
+            nmi_pending=self._nmi_pending,
             nmi_masked=nmi_masked,
             flags=0xD,
         )
 
     @_between_runs
     def set_vcpu_events(self, events: VcpuEvents) -> None:
-        """Set the queued interrupt, NMI blocking and, as ``flags`` says, the interrupt shadow and the pending NMI."""
+        """Set the queued exception and interrupt, NMI blocking and, as ``flags`` says, the shadow and pending NMIs.
+
+        An injected exception is delivered first on the next run (:mod:`hvcore_sim.queued`); it
+        replaces an exception ``set_guest_debug`` queued. ``exception_pending`` means nothing
+        without ``KVM_CAP_EXCEPTION_PAYLOAD``, as on KVM.
+        """
         check_instance("events", events, VcpuEvents, "set_vcpu_events")
         check_state(events, "set_vcpu_events")
         validity.check_vcpu_events(events)
@@ -905,9 +943,16 @@ class SimVCPU(Closeable):
             if events.flags & _VALID_SHADOW:
                 engine.interrupt_shadow = bool(events.interrupt_shadow)
             engine.nmi_blocked = bool(events.nmi_masked)
+        self._exception = QueuedException(
+            events.exception_nr,
+            bool(events.exception_has_error_code),
+            events.exception_error_code,
+            injected=bool(events.exception_injected),
+        )
+        self._debug_exception = None
         self._queued_interrupt = events.interrupt_nr if events.interrupt_injected else None
         if events.flags & _VALID_NMI_PENDING:
-            self._nmi_pending = bool(events.nmi_pending)
+            self._nmi_pending = events.nmi_pending
 
     @_between_runs
     def get_mp_state(self) -> MpState:
@@ -963,9 +1008,9 @@ class SimVCPU(Closeable):
 
     @_between_runs
     def nmi(self) -> None:
-        """Queue an NMI."""
+        """Queue an NMI (two may be pending, as on KVM; one while NMIs are blocked)."""
         self._live()
-        self._nmi_pending = True
+        self._nmi_pending += 1
 
     @_between_runs
     def set_guest_debug(self, debug: GuestDebug) -> None:
@@ -987,6 +1032,7 @@ class SimVCPU(Closeable):
                         operation="set_guest_debug",
                     )
                 self._debug_exception = settings.inject
+                self._exception = QueuedException(settings.inject)  # kvm_queue_exception
             self.tracker.breakpoints.configure(engine, settings)
             self._stepping = settings.singlestep
 

@@ -195,17 +195,20 @@ class SimVM(SlotOwner, Closeable):
         error_code: int | None,
         instruction_length: int = 0,
         cr2: int | None = None,
+        *,
+        injected: bool = False,
     ) -> bool:
         """Deliver an exception or interrupt through the guest's IVT/IDT; False on a triple fault.
 
         RIP must already be the return address: the faulting instruction for a fault, the next
         one for ``int n`` (whose length lets a fault during delivery point back at it). A #PF
-        raised by the simulator itself gives ``cr2``, its faulting address.
+        raised by the simulator itself gives ``cr2``, its faulting address. ``injected``: an
+        exception the VMM injected (:attr:`hvcore_sim.events.Event.injected`).
         """
         regs = engine.get_regs()
         sregs = vcpu.get_sregs()
         vcpu.tracker.watch_resume_flag = True
-        if kind == "exception" and vector not in _NOT_FAULTS:
+        if kind == "exception" and vector not in _NOT_FAULTS and not injected:
             # KVM sets RF in the guest's RFLAGS before it injects a fault, so it is in any #DF frame too
             regs = replace(regs, rflags=regs.rflags | RFLAGS_RF)
             engine.set_reg(engine.RFLAGS, regs.rflags)
@@ -215,6 +218,7 @@ class SimVM(SlotOwner, Closeable):
             error_code=error_code,
             instruction_length=instruction_length,
             cr2=cr2,
+            injected=injected,
         )
         try:
             regs, sregs = delivery.deliver_with_escalation(regs, sregs, self.physical, event)

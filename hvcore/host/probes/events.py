@@ -25,6 +25,7 @@ from hvcore.host.guest import (
     USER_SS,
     ProbeGuest,
     gate,
+    stub,
 )
 from hvcore.protocol import Hypervisor
 from hvcore.types import DescriptorTable, Segment
@@ -225,6 +226,40 @@ def _syscall_from_cpl3(hv: Hypervisor) -> str:
         return variant
 
 
+def _inject_ud(guest: ProbeGuest) -> None:
+    vcpu = guest.vcpu
+    vcpu.set_vcpu_events(replace(vcpu.get_vcpu_events(), exception_injected=1, exception_nr=6))
+
+
+def _events_beside_injected_exception(hv: Hypervisor) -> str:
+    code = b"\xeb\xfe"  # spin: jmp spin   <- at CPL0; a #UD injected, and an NMI or an interrupt beside it
+    handler, ud_rsp = stub(6), STACK_TOP - 5 * 8  # #UD's handler runs on STACK_TOP less RIP, CS, RFLAGS, RSP, SS
+    nmi_top = ud_rsp & ~0xF  # an NMI there aligns the stack down to 16 bytes
+    with ProbeGuest(hv, code, "long") as guest:
+        _inject_ud(guest)
+        guest.vcpu.nmi()
+        nmi = _run(guest)
+        if nmi == guest.delivered(2) and tuple(guest.words(nmi_top, 5)) == (handler, KERNEL_CS, 0x2, ud_rsp, KERNEL_SS):
+            variant = UPSTREAM  # immediate exit after the injection: the NMI lands on the handler's first instruction
+        elif nmi == [guest.delivered(6)[0], *guest.delivered(2)] and guest.words(nmi_top, 5)[0] == handler + 4:
+            variant = "after_next_exit"
+        else:
+            raise Unrecognised(
+                f"#UD injected with an NMI pending gave exits [{_show_exits(nmi)}], "
+                f"stack {_show_frame(guest, STACK_TOP)}, {_show_frame(guest, nmi_top)}"
+            )
+    with ProbeGuest(hv, code, "long") as guest:
+        guest.vcpu.interrupt(0x20)
+        _inject_ud(guest)
+        interrupt = _run(guest)
+        expected = guest.delivered(6) if variant == UPSTREAM else [guest.delivered(6)[0], *guest.delivered(0x20)]
+        if interrupt != expected:
+            raise Unrecognised(
+                f"#UD injected with interrupt 0x20 queued gave exits [{_show_exits(interrupt)}] ({variant} for an NMI)"
+            )
+    return variant
+
+
 DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "null_ss_usable",
@@ -285,6 +320,17 @@ DEVIATIONS: tuple[Deviation, ...] = (
         },
         reason="measured on kvm_pvm, whose guests enter their kernel through its own paravirtual entry instead",
         probe=_syscall_from_cpl3,
+    ),
+    Deviation(
+        "events_beside_injected_exception",
+        upstream="an exception injected through KVM_SET_VCPU_EVENTS goes first; a pending NMI lands on its "
+        "handler's first instruction (KVM's immediate exit), an interrupt queued beside it (KVM_INTERRUPT) is lost",
+        variants={
+            "after_next_exit": "the NMI or the interrupt is delivered only at the entry after the handler's "
+            "first exit (here its OUT)"
+        },
+        reason="measured on kvm_pvm with #UD injected and KVM_NMI or KVM_INTERRUPT before the same KVM_RUN",
+        probe=_events_beside_injected_exception,
     ),
 )
 """The event-delivery deviations, in the order of ``tests/quirks.py``'s registry."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import fields, replace
 
 import pytest
@@ -102,6 +103,27 @@ def test_fpu_and_xsave_round_trip(hv: Hypervisor, vm: VM) -> None:
     fpu = vcpu.get_fpu()
     vcpu.set_fpu(replace(fpu, xmm=(b"\x11" * 16, *fpu.xmm[1:]), mxcsr=0x1F80))
     assert isinstance(vcpu.get_fpu(), Fpu)
+
+
+def test_new_vcpu_xsave_area_is_in_its_init_state(hv: Hypervisor, vm: VM) -> None:
+    """KVM's fresh guest FPU (``fpu_alloc_guest_fpstate``): XSTATE_BV 0, FCW 0x37F and MXCSR 0x1F80 in the image."""
+    region = vm.create_vcpu(0).get_xsave().region
+    fcw, fsw, ftw, mxcsr, mxcsr_mask = struct.unpack_from("<HHB19xII", region, 0)
+    assert struct.unpack_from("<QQ", region, 512) == (0, 0)  # XSTATE_BV, XCOMP_BV
+    assert (fcw, fsw, ftw, mxcsr) == (0x37F, 0, 0, 0x1F80)
+    assert mxcsr_mask & 0xFFFF == 0xFFFF  # the CPU's: 0xFFFF on Intel (the simulator's Icelake), 0x2FFFF on AMD
+    assert not any(region[32:416])  # ST0-7 and XMM0-15
+
+
+def test_xsave_keeps_the_xstate_bv_it_was_given(hv: Hypervisor, vm: VM) -> None:
+    vcpu = vm.create_vcpu(0)
+    region = bytearray(vcpu.get_xsave().region)
+    struct.pack_into("<Q", region, 512, 0x3)  # x87 and SSE, both in their init state
+    vcpu.set_xsave(Xsave(bytes(region)))
+    assert struct.unpack_from("<Q", vcpu.get_xsave().region, 512)[0] == 0x3
+    struct.pack_into("<Q", region, 512, 0)
+    vcpu.set_xsave(Xsave(bytes(region)))
+    assert struct.unpack_from("<Q", vcpu.get_xsave().region, 512)[0] == 0
 
 
 def test_msrs_round_trip(hv: Hypervisor, vm: VM) -> None:

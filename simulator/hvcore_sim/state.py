@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final
 
 from hvcore.checks import check_cpuid
@@ -26,6 +26,20 @@ __all__ = ["VcpuState"]
 _FXSAVE: Final = struct.Struct("<HHBxHQQII")  # fcw, fsw, ftw (abridged), fop, fip, fdp, mxcsr, mxcsr_mask
 _XSTATE_BV: Final = 512
 _PKRU_OFFSET: Final = 0xA80  # the PKRU component in the standard-format area (CPUID.0xD.9:EBX)
+_X87, _SSE, _YMM = 1, 2, 4
+_FCW_INIT, _MXCSR_INIT = 0x37F, 0x1F80
+_ZERO_FPR, _ZERO_XMM = bytes(10), bytes(16)
+
+
+def _in_use(fpu: Fpu) -> int:
+    """The x87 and SSE bits of XSTATE_BV an XSAVES of this state gives: components not in their init state.
+
+    MXCSR counts with SSE, so a VMM that reads the area and writes it back keeps it (KVM copies
+    MXCSR only with the SSE or AVX bit).
+    """
+    x87 = fpu.fcw != _FCW_INIT or fpu.fsw or fpu.ftwx or fpu.last_opcode or any(r[:10] != _ZERO_FPR for r in fpu.fpr)
+    sse = fpu.mxcsr != _MXCSR_INIT or any(x != _ZERO_XMM for x in fpu.xmm)
+    return (_X87 if x87 else 0) | (_SSE if sse else 0)
 
 
 def _regs() -> tuple[int, int, int, int, int, tuple[int, ...], tuple[int, ...]]:
@@ -61,6 +75,12 @@ class VcpuState:
     cpuid: list[CpuidEntry] = field(default_factory=list)
     debugregs: DebugRegs = field(default_factory=DebugRegs)
     apic_base: int = 0xFEE00900
+    xfeatures: int = 0
+    """The x87 and SSE bits of the XSTATE_BV ``set_xsave`` last loaded: KVM reports them until the guest runs."""
+
+    def reset_fpu(self, engine: Engine) -> None:
+        """A new vCPU's FPU, as KVM allocates it (``fpstate_init_fxstate``): FCW 0x37F, MXCSR 0x1F80, the rest 0."""
+        self.set_fpu(engine, Fpu(fcw=_FCW_INIT, mxcsr=_MXCSR_INIT))
 
     def get_fpu(self, engine: Engine) -> Fpu:
         """x87 and SSE registers."""
@@ -92,7 +112,12 @@ class VcpuState:
         write(_MXCSR, fpu.mxcsr)
 
     def get_xsave(self, engine: Engine) -> Xsave:
-        """The legacy FXSAVE region, the XSAVE header, and PKRU where the vCPU's CPUID lists it (as KVM)."""
+        """The legacy FXSAVE region, the XSAVE header, and PKRU where the vCPU's CPUID lists it (as KVM).
+
+        XSTATE_BV has x87 and SSE where they are not in their init state or ``set_xsave`` gave them
+        (0 on a new vCPU, as KVM's ``fpu_alloc_guest_fpstate``); MXCSR_MASK is the simulated
+        CPU's (:data:`hvcore_sim.validity.MXCSR_MASK`).
+        """
         fpu = self.get_fpu(engine)
         region = bytearray(4096)
         _FXSAVE.pack_into(region, 0, fpu.fcw, fpu.fsw, fpu.ftwx, fpu.last_opcode, 0, 0, fpu.mxcsr, validity.MXCSR_MASK)
@@ -100,7 +125,7 @@ class VcpuState:
             region[32 + 16 * i : 48 + 16 * i] = raw
         for i, raw in enumerate(fpu.xmm):
             region[160 + 16 * i : 176 + 16 * i] = raw
-        xstate_bv = 0x3
+        xstate_bv = self.xfeatures | _in_use(fpu)
         if cpufeatures.guest_supported_xcr0(self.cpuid) & XCR0_PKRU:
             xstate_bv |= XCR0_PKRU
             struct.pack_into("<I", region, _PKRU_OFFSET, engine.pkru())
@@ -108,7 +133,11 @@ class VcpuState:
         return Xsave(bytes(region))
 
     def set_xsave(self, engine: Engine, xsave: Xsave) -> None:
-        """Load the components an XSAVE area carries (per XSTATE_BV); PKRU is 0 where it carries none, as KVM.
+        """Load the components an XSAVE area carries (per XSTATE_BV); the others in their init state, as KVM.
+
+        KVM keeps the header, and the guest's next entry (XRSTORS) initialises every component whose
+        XSTATE_BV bit is clear: x87 to FCW 0x37F and zeros, the XMM registers to 0, MXCSR (without
+        SSE and AVX) to 0x1F80, PKRU to 0.
 
         The area is refused as KVM refuses it (:func:`hvcore_sim.validity.check_xsave`).
         """
@@ -117,14 +146,14 @@ class VcpuState:
         fcw, fsw, ftw, fop, _, _, mxcsr, _ = _FXSAVE.unpack_from(region, 0)
         xstate_bv = struct.unpack_from("<Q", region, _XSTATE_BV)[0]
         engine.set_pkru(struct.unpack_from("<I", region, _PKRU_OFFSET)[0] if xstate_bv & XCR0_PKRU else 0)
-        fpu = self.get_fpu(engine)
-        if xstate_bv & 1:
+        fpu = Fpu(fcw=_FCW_INIT, mxcsr=mxcsr if xstate_bv & (_SSE | _YMM) else _MXCSR_INIT)
+        if xstate_bv & _X87:
             fpr = tuple(region[32 + 16 * i : 48 + 16 * i] for i in range(8))
-            fpu = Fpu(fpr, fcw, fsw, ftw, fop, 0, 0, fpu.xmm, fpu.mxcsr)
-        if xstate_bv & 2:
-            xmm = tuple(region[160 + 16 * i : 176 + 16 * i] for i in range(16))
-            fpu = Fpu(fpu.fpr, fpu.fcw, fpu.fsw, fpu.ftwx, fpu.last_opcode, 0, 0, xmm, mxcsr)
+            fpu = replace(fpu, fpr=fpr, fcw=fcw, fsw=fsw, ftwx=ftw, last_opcode=fop)
+        if xstate_bv & _SSE:
+            fpu = replace(fpu, xmm=tuple(region[160 + 16 * i : 176 + 16 * i] for i in range(16)))
         self.set_fpu(engine, fpu)
+        self.xfeatures = xstate_bv & (_X87 | _SSE)
 
     def set_xcrs(self, engine: Engine, xcrs: Mapping[int, int]) -> None:
         """XCR0, with KVM's checks against the vCPU's CPUID (``__kvm_set_xcr``); as KVM, other XCRs are ignored."""

@@ -285,6 +285,17 @@ _ROM_SHAPES = {
         real_mode.string_in(0xC000, 0, 4, rep=False),
         [(_in(1, 1), None, 4, 0), (_w(layout.ROM, b"A"), 0x10, 4, 1), (HltExit(), 0x11, 4, 1)],
     ),
+    "rep-insw-backwards-mmio-then-rom": (  # the 2nd word straddles unbacked memory and the ROM (0xbffff)
+        real_mode.string_in(0xBF00, 0x1001, 2, width=2, backwards=True),
+        [
+            (_in(2, 1), None, 2, 0x1001),
+            (_w(layout.ROM + 1, b"AB"), None, 1, 0xFFF),
+            (_in(2, 1), None, 1, 0xFFF),  # was, on the simulator: ExitNotCompleted (the IN never given)
+            (_w(layout.ROM - 1, b"A"), None, 0, 0xFFD),
+            (_w(layout.ROM, b"B"), None, 0, 0xFFD),
+            (HltExit(), 0x12, 0, 0xFFD),
+        ],
+    ),
     "rep-insb-rom-then-mmio": (  # es:di = 0xcfffe: the last 2 bytes of the ROM, then MMIO; one exit per page
         real_mode.string_in(0xCFFF, 0xE, 4),
         [

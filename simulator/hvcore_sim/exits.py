@@ -749,7 +749,13 @@ class Tracker:
             landing = self._rom_landing
             if landing is not None and landing[0] <= address and address + inside <= landing[1]:
                 return True  # a byte of the store just let through (Unicorn asks again as it splits it)
-            probe = not self._discard_writes and self._stop is None and not self._new and self._at_string_in(engine)
+            # an INS's dummy store; its first bytes may have gone to MMIO already (a store across a page)
+            probe = (
+                not self._discard_writes
+                and self._stop in (None, _MMIO)
+                and all(piece.write and not piece.rom for piece in self._new)
+                and self._at_string_in(engine)
+            )
             if probe or self._discard_writes or self._next_known(True, address, inside) is not None:
                 self._ins_rom = self._ins_rom or probe  # an INS's dummy store: its IN hook takes KVM's order
                 offset = slot.offset + address - slot.guest_address
@@ -992,6 +998,7 @@ class Tracker:
             following = self._step(engine)
             if following is not None:
                 self._queued.insert(queued, following)
+                self.pending = None  # a read among them waits from when it is given (finish_instruction)
         else:
             self._known = []  # stopped after the instruction: it is complete
             self._queue_writes(new[len(parts) :])  # the rest of a write across pages, or of more than 8 bytes
@@ -1035,7 +1042,7 @@ class Tracker:
             self._finish_out(engine)
         if self._queued:
             queued = self._queued.pop(0)
-            if isinstance(queued, MmioExit) and not queued.is_write:
+            if (isinstance(queued, MmioExit) and not queued.is_write) or (isinstance(queued, IoExit) and queued.is_in):
                 self.pending = queued
             return queued
         if self._in is not None:

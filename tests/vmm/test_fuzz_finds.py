@@ -20,6 +20,13 @@
    read they made (recorded as pending, never returned). Unicorn also kept running the INS from
    its stale translation on the next run. KVM's emulator writes the whole batch at once and the
    next entry runs whatever the INS left at RIP; the simulator now completes every INS that way.
+5. Simulator: a ``rep insw`` backwards whose next word straddled unbacked memory and a ROM (the
+   QEMU INS's dummy store went to MMIO first, then the ROM) was taken for a ROM store: the
+   write exit came first and the INS's IN was left pending (``ExitNotCompleted``). KVM: the IN
+   exit, then one write exit per part (tests/test_io.py ``rep-insw-backwards-mmio-then-rom``).
+6. Simulator: ``rep insb`` of 3 bytes into the IOAPIC raised ``InvalidArgument("IOAPIC access
+   size 3 ...")`` out of ``run()``: the in-kernel devices took the INS's odd-sized write as a
+   misuse. KVM's IOAPIC and LAPIC ignore a write of a size they do not take.
 """
 
 from __future__ import annotations
@@ -28,10 +35,22 @@ import io
 
 import pytest
 
-from hvcore import VM, GuestMemory, Hypervisor, IoExit, MmioExit, ShutdownExit, SlotFlags
+from hvcore import (
+    VCPU,
+    VM,
+    Exit,
+    GuestMemory,
+    Hypervisor,
+    IoDirection,
+    IoExit,
+    IrqchipId,
+    MmioExit,
+    ShutdownExit,
+    SlotFlags,
+)
 from hvcore.vmm import Machine, add_pc_devices
 from hvcore.vmm.loaders import load_raw
-from tests.boot import boot, read_guest, run_exits
+from tests.boot import boot, map_apic_window, read_guest, run_exits
 from tests.fuzz_devices import guestgen as g
 from tests.fuzz_devices.harness import run_guest
 from tests.guests import layout
@@ -190,3 +209,39 @@ def test_machine_rep_insw_over_its_own_code(hv: Hypervisor) -> None:
     assert outcome.result.reason in ("timeout", "internal-error"), outcome.result
     assert outcome.statistics["IoExit"] == 6  # the DMA start, then 5 batches: the 5th overwrote the code
     assert outcome.statistics["unclaimed_mmio_reads"] > 0
+
+
+# 64-bit: rep insb of 3 bytes from port 0x4312 into the IOAPIC's IOREGSEL, then into the LAPIC's TPR; out 0x10, al
+REP_INSB_3_INTO_THE_APICS = (
+    b"\xba\x12\x43\x00\x00"  # mov edx, 0x4312
+    b"\xfc"  # cld
+    b"\xb9\x03\x00\x00\x00"  # mov ecx, 3
+    b"\xbf\x00\x00\xc0\xfe"  # mov edi, 0xfec00000 (IOREGSEL)
+    b"\xf3\x6c"  # rep insb
+    b"\xb9\x03\x00\x00\x00"  # mov ecx, 3
+    b"\xbf\x80\x00\xe0\xfe"  # mov edi, 0xfee00080 (TPR)
+    b"\xf3\x6c"  # rep insb
+    b"\xe6\x10"  # out 0x10, al
+)
+
+
+def test_odd_sized_string_in_into_the_in_kernel_apics(hv: Hypervisor, vm: VM) -> None:
+    """A 3-byte write is none the IOAPIC or the LAPIC takes: KVM drops it (was, on the simulator: InvalidArgument)."""
+    vm.create_irqchip()
+    vcpu = boot(hv, vm, REP_INSB_3_INTO_THE_APICS, "long")
+    map_apic_window(vm)
+    ins = IoExit(0x4312, 1, 3, IoDirection.IN)
+    exits = run_exits_until_out(vcpu, b"\x2d\x70\x00")
+    assert exits == [ins, ins, IoExit(0x10, 1, 1, IoDirection.OUT, b"\x00")]
+    assert vm.get_irqchip(IrqchipId.IOAPIC).ioregsel == 0  # type: ignore[union-attr]
+    assert vcpu.get_lapic().register(0x80) == 0  # TPR
+
+
+def run_exits_until_out(vcpu: VCPU, answer: bytes) -> list[Exit]:
+    """Exits up to the first OUT (with an irqchip a HLT would sleep), answering each IN with ``answer``."""
+    exits: list[Exit] = []
+    while not exits or not (isinstance(exits[-1], IoExit) and not exits[-1].is_in):
+        exits.append(vcpu.run())
+        if isinstance(exits[-1], IoExit) and exits[-1].is_in:
+            vcpu.complete(answer)
+    return exits

@@ -100,6 +100,24 @@ def test_rep_insb_is_batched_like_kvm(hv: Hypervisor, vm: VM) -> None:
     assert regs.rdi & 0xFFFF == 5000
 
 
+def test_rep_insb_into_ram_logs_its_pages_dirty(hv: Hypervisor, vm: VM) -> None:
+    """The emulator's write of each answered batch is a guest write: a logging slot records its pages."""
+    vcpu = boot(hv, vm, real_mode.REP_INSB, ram_flags=SlotFlags.LOG_DIRTY_PAGES)
+    vm.get_dirty_log(0)  # forget the host's own loading writes
+    payload = bytes(i * 7 % 251 for i in range(5000))
+    sent = 0
+
+    def answer(exit_: Exit) -> bytes:
+        nonlocal sent
+        assert isinstance(exit_, IoExit)
+        sent += exit_.count
+        return payload[sent - exit_.count : sent]
+
+    run_exits(vcpu, answer)
+    assert read_guest(vm, layout.DATA, 5000) == payload
+    assert {16, 17} <= set(vm.get_dirty_log(0).pages())  # DATA and the page after it
+
+
 def test_rep_outsw_exits_once_per_element(hv: Hypervisor, vm: VM) -> None:
     vcpu = boot(hv, vm, real_mode.REP_OUTSW)
     write_guest(vm, layout.DATA, bytes.fromhex("111122223333"))
@@ -266,6 +284,17 @@ _ROM_SHAPES = {
     "insb": (
         real_mode.string_in(0xC000, 0, 4, rep=False),
         [(_in(1, 1), None, 4, 0), (_w(layout.ROM, b"A"), 0x10, 4, 1), (HltExit(), 0x11, 4, 1)],
+    ),
+    "rep-insw-backwards-mmio-then-rom": (  # the 2nd word straddles unbacked memory and the ROM (0xbffff)
+        real_mode.string_in(0xBF00, 0x1001, 2, width=2, backwards=True),
+        [
+            (_in(2, 1), None, 2, 0x1001),
+            (_w(layout.ROM + 1, b"AB"), None, 1, 0xFFF),
+            (_in(2, 1), None, 1, 0xFFF),  # was, on the simulator: ExitNotCompleted (the IN never given)
+            (_w(layout.ROM - 1, b"A"), None, 0, 0xFFD),
+            (_w(layout.ROM, b"B"), None, 0, 0xFFD),
+            (HltExit(), 0x12, 0, 0xFFD),
+        ],
     ),
     "rep-insb-rom-then-mmio": (  # es:di = 0xcfffe: the last 2 bytes of the ROM, then MMIO; one exit per page
         real_mode.string_in(0xCFFF, 0xE, 4),

@@ -7,11 +7,15 @@
   (RIP past it at the exit: KVM_X86_QUIRK_OUT_7E_INC_RIP, on by default); string OUTs go
   through KVM's emulator, which completes them before the exit.
 - **IN**: the hook answers with what the destination already holds, the run stops, and the
-  registers are put back: RIP stays at the IN and the destination is unchanged until the VMM
-  answers, as on KVM. ``rep ins`` is batched by KVM's rule: ``min(rcx, 1024 // size,
-  elements left in the page of rdi)``. The next ``run()`` replays the batch with the answer.
-  An INS whose destination is not all RAM (MMIO, a read-only slot) follows KVM's emulator
-  instead: the IN exit, then the answer written with MMIO write exits (:mod:`hvcore_sim.stringin`).
+  registers are put back: RIP stays at the IN until the VMM answers, as on KVM; the next
+  ``run()`` replays the IN with the answer. An INS follows KVM's emulator instead
+  (:mod:`hvcore_sim.stringin`): ``rep ins`` is batched by KVM's rule (``min(rcx, 1024 // size,
+  elements left in the page of rdi)``), the IN exit comes first, then the whole answer is
+  written at once: into RAM in place (code translated from it is dropped, so an INS that
+  overwrote its own code runs the new bytes next, as on KVM), MMIO and read-only slots as
+  MMIO write exits. Known divergence: QEMU's INS stores a dummy 0 at its first element before
+  the IN, so that element of a RAM destination reads 0 until the answer (KVM leaves it as it
+  was); where the INS's pages do not all map, Unicorn replays it element by element and faults.
 - **MMIO**: every access to a gap, or a write to a read-only slot, is recorded and aborts the
   instruction (Unicorn leaves RIP at it, with no register effects). Reads wait for the VMM's
   answer; the next ``run()`` replays the instruction for exactly one step, answering known
@@ -47,6 +51,7 @@ from hvcore.errors import HvError, HypervisorFault, StateError
 from hvcore.exits import DebugExit, Exit, IoDirection, IoExit, MmioExit
 from hvcore.memory import PAGE_SIZE
 from hvcore.types import SlotFlags
+from hvcore.x86 import CR0_PG
 from hvcore_sim import decode, mmu, operand, resume, smsw, stringin, umip
 from hvcore_sim.events import HAS_ERROR_CODE
 from hvcore_sim.faults import NonCanonical, PageFault
@@ -153,7 +158,7 @@ def _exits(pieces: list[_Access]) -> list[tuple[int, list[_Access]]]:
 class _PendingIn:
     exit: IoExit
     data: list[int] = field(default_factory=list)
-    string: bool = False  # an INS into memory that is not all RAM: completed by :mod:`hvcore_sim.stringin`
+    string: bool = False  # an INS: completed by :mod:`hvcore_sim.stringin`
 
 
 _MMIO = Stop(StopKind.EXIT)  # an MMIO access is being recorded; the exit is built after the run
@@ -213,7 +218,7 @@ class Tracker:
         self._out_seen: tuple[int, int, bool] | None = None  # a plain OUT's (rip, rsi, shadow) in its hook
         self._out_unfinished: tuple[int, int, bool] | None = None  # (rip at the OUT, rip past it, shadow)
         self._replay = False  # finishing an IN or MMIO instruction that already exited (not a new one)
-        self._string_in = False  # this run's IN exit is an INS into MMIO / ROM (:mod:`hvcore_sim.stringin`)
+        self._string_in = False  # this run's IN exit is an INS (:mod:`hvcore_sim.stringin`)
         self._discard_writes = False  # that INS's own stores (Unicorn's) are not the guest's: KVM writes after the IN
         self._ins_rom = False  # an INS's first (dummy) store went to a read-only slot and was let through
         self._local_in = (1, b"")  # (size, data) the simulator's own port gave a string IN into MMIO
@@ -338,7 +343,7 @@ class Tracker:
                     offset = insn.rdi & 0xFFF
                     in_page = offset if insn.backwards else PAGE_SIZE - offset
                     count = max(1, min(insn.rcx, _PIO_BATCH // size, in_page))
-                if probed or self._not_ram(engine, view, insn, size, count):
+                if probed or self._batch_maps(engine, view, insn, size, count):
                     return self._string_in_exit(engine, port, size, count)
                 current = insn.current_value(size)
         except (PageFault, NonCanonical) as fault:
@@ -354,16 +359,21 @@ class Tracker:
         self._halt(Stop(StopKind.EXIT, IoExit(port, size, count, IoDirection.IN)))
         return current
 
-    def _not_ram(self, engine: Engine, view: Any, insn: decode.IoInstruction, size: int, count: int) -> bool:
-        """Some page an INS batch writes is not RAM the guest may write (a page that faults: Unicorn's to raise)."""
+    def _batch_maps(self, engine: Engine, view: Any, insn: decode.IoInstruction, size: int, count: int) -> bool:
+        """Every page an INS batch writes maps for a write (a page that faults: Unicorn's to raise, as before).
+
+        Such a batch is completed as KVM's emulator does it, RAM included: the whole answer written
+        at once (:mod:`hvcore_sim.stringin`). Unicorn's element-by-element replay differs once the
+        INS overwrites its own code: QEMU decodes the instruction again between two elements.
+        """
         vm = self.vcpu._vm
         user = bool(view.paging.cr0 & 1) and engine.reg(engine.CS) & 3 == 3
         low = insn.destination - (count - 1) * size if insn.backwards else insn.destination
         try:
-            pieces = mmu.translate_range(view.paging, vm.physical, low, count * size, write=True, user=user)
+            mmu.translate_range(view.paging, vm.physical, low, count * size, write=True, user=user)
         except (HvError, PageFault, NonCanonical):
             return False
-        return stringin.needs_emulation(pieces, self._writable)
+        return True
 
     def _writable(self, physical: int, length: int) -> bool:
         slot = self.vcpu._vm.slot_at(physical)
@@ -400,9 +410,16 @@ class Tracker:
         writes = stringin.element_writes(
             insn.destination, size, len(data) // size, rep=insn.rep, backwards=insn.backwards
         )
-        destination = stringin.Destination(self._writable, vm.physical.store, self._device_write)
+
+        def store(physical: int, data: bytes) -> None:
+            self._store_ram(engine, physical, data)
+
+        destination = stringin.Destination(self._writable, store, self._device_write)
         result = stringin.complete(writes, data, translate, destination)
         bits, moved = insn.address_bits, result.consumed * size
+        if moved:
+            low = insn.destination - moved + size if insn.backwards else insn.destination
+            self._drop_code(engine, view, low, moved, user=user)
         rdi = _GPRS[7]
         engine.set_reg(rdi, _assign(engine.reg(rdi), insn.rdi - moved if insn.backwards else insn.rdi + moved, bits))
         if insn.rep:
@@ -415,6 +432,39 @@ class Tracker:
             return None
         self._queued.extend(result.exits[1:])
         return result.exits[0]
+
+    def _store_ram(self, engine: Engine, physical: int, data: bytes) -> None:
+        """An INS's store into RAM, as the processor's: through the engine, which drops code translated from it.
+
+        Not a host write (``vm.physical.store``), which would make the next run drop every
+        translation (the INS may have overwritten code, its own included: KVM's next entry runs
+        the new bytes). A logging slot's pages are logged dirty, as KVM's emulator write does.
+        """
+        engine.uc.mem_write(physical, data)
+        slot = self.vcpu._vm.slot_at(physical)
+        if slot is not None and slot.flags & SlotFlags.LOG_DIRTY_PAGES:
+            offset = physical - slot.guest_address
+            for page in range(offset // PAGE_SIZE, (offset + len(data) - 1) // PAGE_SIZE + 1):
+                self.vcpu._vm.dirty.record(slot.slot, page)
+
+    def _drop_code(self, engine: Engine, view: Any, linear: int, length: int, *, user: bool) -> None:
+        """Forget code translated from ``length`` bytes at ``linear`` that the simulator wrote for the guest.
+
+        Unicorn drops translations by linear address, walking the guest's tables as a fetch
+        (which sets CR2 and a pending #PF where it fails): a page the guest may not execute
+        from here is checked by the simulator's own walk first, and then all code is dropped.
+        """
+        uc, paging = engine.uc, view.paging
+        paged = bool(paging.cr0 & CR0_PG)
+        end = linear + length
+        while linear < end:
+            piece = min(end, (linear | (PAGE_SIZE - 1)) + 1)
+            start = linear if paged else linear & 0xFFFFFFFF  # without paging: physical, wrapping at 4 GiB
+            if paged and not mmu.fetchable(paging, linear, self.vcpu._vm.physical, user=user):
+                uc.ctl_flush_tb()
+                return
+            uc.ctl_remove_cache(start, start + piece - linear)
+            linear = piece
 
     def _device_write(self, physical: int, data: bytes) -> list[MmioExit]:
         """An INS's write to MMIO: the simulator's devices take their part in place; exits for the rest."""
@@ -699,7 +749,13 @@ class Tracker:
             landing = self._rom_landing
             if landing is not None and landing[0] <= address and address + inside <= landing[1]:
                 return True  # a byte of the store just let through (Unicorn asks again as it splits it)
-            probe = not self._discard_writes and self._stop is None and not self._new and self._at_string_in(engine)
+            # an INS's dummy store; its first bytes may have gone to MMIO already (a store across a page)
+            probe = (
+                not self._discard_writes
+                and self._stop in (None, _MMIO)
+                and all(piece.write and not piece.rom for piece in self._new)
+                and self._at_string_in(engine)
+            )
             if probe or self._discard_writes or self._next_known(True, address, inside) is not None:
                 self._ins_rom = self._ins_rom or probe  # an INS's dummy store: its IN hook takes KVM's order
                 offset = slot.offset + address - slot.guest_address
@@ -942,6 +998,7 @@ class Tracker:
             following = self._step(engine)
             if following is not None:
                 self._queued.insert(queued, following)
+                self.pending = None  # a read among them waits from when it is given (finish_instruction)
         else:
             self._known = []  # stopped after the instruction: it is complete
             self._queue_writes(new[len(parts) :])  # the rest of a write across pages, or of more than 8 bytes
@@ -985,7 +1042,7 @@ class Tracker:
             self._finish_out(engine)
         if self._queued:
             queued = self._queued.pop(0)
-            if isinstance(queued, MmioExit) and not queued.is_write:
+            if (isinstance(queued, MmioExit) and not queued.is_write) or (isinstance(queued, IoExit) and queued.is_in):
                 self.pending = queued
             return queued
         if self._in is not None:

@@ -191,6 +191,15 @@ def lookup(sregs: Sregs, linear: int, memory: PhysicalMemory) -> int | None:
         return None
 
 
+def fetchable(sregs: Sregs, linear: int, memory: PhysicalMemory, *, user: bool) -> bool:
+    """Whether an instruction fetch at ``linear`` would translate now: a walk that sets no accessed bits."""
+    try:
+        translate(sregs, linear, _Untouched(memory), write=False, user=user, fetch=True)
+    except (PageFault, NonCanonical, HvError):
+        return False
+    return True
+
+
 def _allowed(sregs: Sregs, walk: _Walk, *, write: bool, user: bool, fetch: bool, ac: bool) -> bool:
     if user:
         return walk.user and not (write and not walk.writable) and not (fetch and walk.no_execute)

@@ -1,8 +1,9 @@
-"""String IN (``ins`` / ``rep ins``) into memory that is not plain RAM, completed as KVM's emulator does it.
+"""String IN (``ins`` / ``rep ins``), completed as KVM's emulator does it.
 
 Unicorn stores each element as it reads it from the port (after a dummy store of 0, QEMU's
 restartability probe), so an INS whose destination is MMIO or a read-only slot would store
-before its IN was ever answered. KVM's emulator reads the batch from the port first (one IN
+before its IN was ever answered, and one that overwrites its own code would be decoded anew
+between two elements. KVM's emulator reads the batch from the port first (one IN
 exit of ``count`` elements, ``pio_in_emulated``), then writes it (``segmented_write`` ->
 ``emulator_read_write``): split at page boundaries, RAM pages in place, every other page (no
 slot, a read-only slot) as MMIO write exits of at most 8 bytes each (``complete_emulated_mmio``).
@@ -20,12 +21,12 @@ as KVM's in-kernel devices do (``vcpu_mmio_write``); only the rest becomes exits
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hvcore.exits import MmioExit
 
-__all__ = ["Destination", "StringInResult", "complete", "element_writes", "mmio_exits", "needs_emulation"]
+__all__ = ["Destination", "StringInResult", "complete", "element_writes", "mmio_exits"]
 
 _MMIO_EXIT_MAX = 8  # bytes: kvm_run.mmio.data
 
@@ -61,11 +62,6 @@ def element_writes(
         return [(destination, size * count, count)]
     step = -size if backwards else size
     return [(destination + i * step, size, 1) for i in range(count)]
-
-
-def needs_emulation(pieces: Iterable[tuple[int, int]], writable: Callable[[int, int], bool]) -> bool:
-    """Some page of the destination is not RAM the guest may write."""
-    return not all(writable(physical, length) for physical, length in pieces)
 
 
 def mmio_exits(physical: int, data: bytes) -> list[MmioExit]:

@@ -91,6 +91,13 @@ def test_ioregsel_is_eight_bits_and_missing_registers_read_all_ones(ioapic: Ioap
     assert read_reg(ioapic, 0x03) == 0xFFFFFFFF  # between ARB and the table
 
 
+def test_odd_sized_writes_are_dropped(ioapic: Ioapic) -> None:
+    """KVM's ``ioapic_mmio_write`` ignores a size other than 1, 2, 4 or 8 (a string IN's last part)."""
+    ioapic.write(IOREGSEL, 1, 0x12)
+    ioapic.write(IOREGSEL, 3, 0x345678)
+    assert ioapic.read(IOREGSEL, 4) == 0x12
+
+
 def test_partial_reads_and_other_offsets(ioapic: Ioapic) -> None:
     ioapic.write(IOREGSEL, 1, 1)
     assert ioapic.read(IOWIN, 1) == 0x11
@@ -252,7 +259,7 @@ def test_bad_arguments(ioapic: Ioapic) -> None:
     with pytest.raises(InvalidArgument):
         ioapic.read(0x100, 4)
     with pytest.raises(InvalidArgument):
-        ioapic.write(0x10, 3, 0)
+        ioapic.write(0x10, 9, 0)
     with pytest.raises(InvalidArgument):
         ioapic.eoi(256)
     with pytest.raises(InvalidArgument):

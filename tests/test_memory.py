@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hvcore import VM, GuestMemory, HltExit, Hypervisor, IoDirection, IoExit, SlotFlags
+from hvcore import (
+    VM,
+    GuestMemory,
+    HltExit,
+    Hypervisor,
+    InternalErrorExit,
+    InternalErrorSuberror,
+    IoDirection,
+    IoExit,
+    SlotFlags,
+)
 from hvcore.host import UPSTREAM
 from tests.boot import boot, read_guest, run_exits, slot_memory, write_guest
 from tests.guests import layout, real_mode
@@ -82,6 +92,47 @@ def test_host_writes_to_guest_code_are_seen(hv: Hypervisor, vm: VM) -> None:
     write_guest(vm, layout.CODE + 8, b"\xb0\x21")  # patch "mov al, 10" into "mov al, '!'"
     vcpu.set_regs(replace(vcpu.get_regs(), rip=layout.CODE, rax=2, rbx=3))
     assert [e for e in run_exits(vcpu) if isinstance(e, IoExit)][1].data == b"!"
+
+
+RAM_END = layout.RAM_BASE + layout.RAM_SIZE  # no slot after it: unbacked memory
+# 64-bit: mov rbx, <target>; mov dx, 0x4312; jmp rbx (the target is written by the test)
+JUMPS_TO_RBX = b"\x48\xbb%b\x66\xba\x12\x43\xff\xe3"
+# the last 8 bytes of RAM: nop x3; in al, dx; mov al, 0x42; out 0xf4, al -- then the end of RAM
+UP_TO_THE_END = bytes.fromhex("909090ecb042e6f4")
+
+
+def test_code_up_to_the_end_of_ram_runs(hv: Hypervisor, vm: VM) -> None:
+    """Only an instruction KVM cannot fetch fails (emulation failure), not one before it.
+
+    Was, on the simulator: an emulation failure at the first nop (Unicorn translates the code from
+    there to the instruction after the OUT, at the end of RAM, before it runs any of it).
+    """
+    vcpu = boot(hv, vm, JUMPS_TO_RBX % (RAM_END - 8).to_bytes(8, "little"), "long")
+    write_guest(vm, RAM_END - 8, UP_TO_THE_END)
+    assert vcpu.run() == IoExit(0x4312, 1, 1, IoDirection.IN)
+    assert vcpu.get_regs().rip == RAM_END - 5  # at the IN until it is completed
+    vcpu.complete(b"\x00")
+    assert vcpu.run() == IoExit(0xF4, 1, 1, IoDirection.OUT, b"\x42")
+    upstream = host_variant(hv, "out_completed_at_exit") == UPSTREAM
+    assert vcpu.get_regs().rip == (RAM_END - 2 if upstream else RAM_END)  # upstream: at the OUT until the next run
+    exit_ = vcpu.run()  # RIP itself at the end of RAM: KVM's emulator cannot fetch the instruction
+    assert isinstance(exit_, InternalErrorExit) and exit_.suberror == InternalErrorSuberror.EMULATION, exit_
+    assert vcpu.get_regs().rip == RAM_END
+
+
+def test_instruction_across_the_end_of_ram_fails_after_those_before_it(hv: Hypervisor, vm: VM) -> None:
+    """``inc ecx`` twice, then ``mov al, imm8`` whose immediate is past the end of RAM: an emulation failure there.
+
+    Was, on the simulator: the failure at the first ``inc``, RCX unchanged.
+    """
+    vcpu = boot(hv, vm, JUMPS_TO_RBX % (RAM_END - 5).to_bytes(8, "little"), "long", rcx=0)
+    write_guest(vm, RAM_END - 5, b"\xff\xc1\xff\xc1\xb0")
+    exit_ = vcpu.run()
+    assert isinstance(exit_, InternalErrorExit) and exit_.suberror == InternalErrorSuberror.EMULATION, exit_
+    regs = vcpu.get_regs()
+    assert (regs.rip, regs.rcx) == (RAM_END - 1, 2)
+    if exit_.data and exit_.data[0] & 1:  # KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES (newer kernels)
+        assert exit_.data[1] & 0xFF == 1 and exit_.data[1] >> 8 & 0xFF == 0xB0  # the one byte it fetched: the opcode
 
 
 # 64-bit, CPL0: calls a routine at linear 0x80000000 twice, with a HLT after each call. The page

@@ -15,6 +15,7 @@ LEGACY_PREFIXES: Final = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x
 """The legacy prefix bytes (segment overrides, operand and address size, LOCK, REP)."""
 
 ReadLinear = Callable[[int, int], bytes]
+_PAGE_SIZE: Final = 0x1000
 
 
 def _registers() -> tuple[int, int, int, int]:
@@ -60,10 +61,22 @@ class IoInstruction:
             return 0
 
 
+def _prefixes_and_opcode(read_linear: ReadLinear, linear: int) -> bytes:
+    """Up to 16 bytes at ``linear``: to the end of its page, into the next only for the prefixes and opcode.
+
+    The bytes after an instruction need not be memory at all (it may end where RAM does).
+    """
+    first = min(16, _PAGE_SIZE - linear % _PAGE_SIZE)
+    code = read_linear(linear, first)
+    if first < 16 and _prefixes(code)[1] >= len(code):
+        code += read_linear(linear + first, 16 - first)
+    return code
+
+
 def io_instruction(engine: Engine, rip: int, view: CpuView, read_linear: ReadLinear) -> IoInstruction:
     """Decode the IN/INS at ``rip`` (``view``: CS, ES and paging at the time)."""
     address_bits = view.code_bits
-    code = read_linear(view.cs_base + rip, 16)
+    code = _prefixes_and_opcode(read_linear, view.cs_base + rip)
     prefixes, at = _prefixes(code)
     opcode = code[at] if at < len(code) else 0
     string = opcode in (0x6C, 0x6D)

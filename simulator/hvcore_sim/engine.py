@@ -73,6 +73,7 @@ _INTERCEPTS: Final = (
     | umip.INTERCEPT_BITS
 )
 _WINDOWS: Final = REQUEST_INTERRUPT | REQUEST_NMI
+_CFLAGS_IDLE: Final = 0xFFFFFFFF  # cflags_next_tb when no exact setting is asked for (-1)
 _CR_INTERCEPTS: Final = struct.Struct("<HH")  # intercept_cr_read, intercept_cr_write
 _CR8: Final = 1 << 8
 
@@ -228,6 +229,10 @@ class Engine:
         self._msr_reg = x.UC_X86_REG_MSR
         self._intercept_msrs(unicorn)
         self._requests = self._request_cell(base)
+        # QEMU's cflags_next_tb sits right before interrupt_request (how windows.request_offset finds it)
+        self._next_cflags = (
+            None if self._requests is None else ctypes.c_uint32.from_address(ctypes.addressof(self._requests) - 4)
+        )
         self.set_xcr0(1)  # KVM's vCPU starts with x87 only and PKRU 0; Unicorn with every component
         self.set_pkru(0)
 
@@ -500,6 +505,24 @@ class Engine:
         cell = self._requests
         if cell is not None and cell.value & _WINDOWS:
             cell.value &= ~_WINDOWS
+
+    def one_instruction_block(self) -> bool:
+        """Translate the next run's first block as one instruction (QEMU's ``cflags_next_tb``); False if unsupported.
+
+        QEMU asks the same of itself for precise self-modifying code. Call :meth:`withdraw_one_instruction_block`
+        after the run, in case it ended before the block was looked up.
+        """
+        cell = self._next_cflags
+        if cell is None:
+            return False
+        cell.value = 1  # CF_COUNT 1, nothing else (Unicorn's curr_cflags() is 0)
+        return True
+
+    def withdraw_one_instruction_block(self) -> None:
+        """Undo an :meth:`one_instruction_block` the run did not use."""
+        cell = self._next_cflags
+        if cell is not None and cell.value == 1:
+            cell.value = _CFLAGS_IDLE
 
     def take_exception(self) -> tuple[int, int | None]:
         """The error code of the exception just raised and, for INT n / INT3 / INTO, the address after it.

@@ -217,6 +217,7 @@ class Tracker:
         self._rom_landing: tuple[int, int] | None = None  # the known store to a read-only slot let through
         self._out_seen: tuple[int, int, bool] | None = None  # a plain OUT's (rip, rsi, shadow) in its hook
         self._out_unfinished: tuple[int, int, bool] | None = None  # (rip at the OUT, rip past it, shadow)
+        self._cut = False  # the run ended at a block Unicorn could not translate (see _start): a slice, not a HLT
         self._replay = False  # finishing an IN or MMIO instruction that already exited (not a new one)
         self._string_in = False  # this run's IN exit is an INS (:mod:`hvcore_sim.stringin`)
         self._discard_writes = False  # that INS's own stores (Unicorn's) are not the guest's: KVM writes after the IN
@@ -836,11 +837,11 @@ class Tracker:
         if self.breakpoints.watching:
             vm = self.vcpu._vm
             self.breakpoints.arm(engine, vm.physical, lambda physical: vm.slot_at(physical) is not None)
+        self._cut = False
         try:
-            engine.start(engine.reg(engine.RIP), count)
-        except unicorn.UcError as err:
-            if err.errno in (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT):
+            if not self._start(engine, count):
                 return Stop(StopKind.FETCH_FAULT)
+        except unicorn.UcError as err:
             if err.errno == unicorn.UC_ERR_INSN_INVALID:
                 return Stop(StopKind.EXCEPTION, vector=6)
             if self._stop is None:
@@ -856,6 +857,41 @@ class Tracker:
                     engine.uc.mem_protect(page, PAGE_SIZE, perms)
                 self._unprotect = []
         return self._after(engine, count, resume_step)
+
+    def _start(self, engine: Engine, count: int) -> bool:
+        """Run up to ``count`` instructions from RIP; False if the instruction at RIP cannot be fetched.
+
+        Unicorn translates a block of straight-line code before it runs any of it, and fails the
+        whole block when the bytes of a later instruction are not in RAM (code up to the end of a
+        slot, then unbacked memory): nothing of the block runs, RIP stays at its start. KVM runs
+        the instructions up to the one it cannot fetch. So a block that fails after others ran
+        ends the run there (``_cut``: the next run starts with it), and one that fails first is
+        translated again as one instruction; only if that fails too is RIP's own fetch at fault.
+        """
+        unicorn = self._unicorn
+        fetch_faults = (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT)
+        try:
+            engine.start(engine.reg(engine.RIP), count)
+            return True
+        except unicorn.UcError as err:
+            if err.errno not in fetch_faults:
+                raise
+        if engine.counter_cell.value:
+            self._cut = True
+            return True
+        if not engine.one_instruction_block():
+            return False
+        try:
+            engine.start(engine.reg(engine.RIP), count)  # the blocks after the first one: as usual
+        except unicorn.UcError as err:
+            if err.errno not in fetch_faults:
+                raise
+            if not engine.counter_cell.value:
+                return False
+            self._cut = True
+        finally:
+            engine.withdraw_one_instruction_block()
+        return True
 
     def _completed(self, stop: Stop | None) -> bool:
         """Whether the run's last instruction completed (an OUT or MMIO write exit, a single-step trap, ...)."""
@@ -888,7 +924,7 @@ class Tracker:
         hits = self.breakpoints.hits
         if hits:
             self.breakpoints.hits = 0
-        if self._known and stop is not _MMIO and engine.counter_cell.value > 1:
+        if self._known and stop is not _MMIO and (engine.counter_cell.value > 1 or self._cut):
             self._known, self._cursor = [], 0  # the replayed instruction finished before this stop
         out_seen, self._out_seen = self._out_seen, None
         if out_seen is not None and stop is not None and isinstance(stop.exit, IoExit) and not stop.exit.is_in:
@@ -912,7 +948,7 @@ class Tracker:
         if stop is None and self._let_through is not None:
             return _LET_THROUGH  # the run was cut right after it: not a HLT
         if stop is None:
-            return Stop(StopKind.HLT) if engine.counter_cell.value <= count else Stop(StopKind.SLICE)
+            return Stop(StopKind.HLT) if engine.counter_cell.value <= count and not self._cut else Stop(StopKind.SLICE)
         if self._io_fault_rip is not None:  # IN/OUT refused by the I/O permission check: nothing happened
             for reg, value in self._saved.items():
                 engine.set_reg(reg, value)

@@ -10,9 +10,12 @@
    stale translation) raised the simulator's internal ``PageFault`` out of ``run()`` (through a
    Unicorn hook: "Exception ignored ... ctypes callback"). The IN's decoder now raises the #PF
    at the IN, as KVM's emulator does when it fetches it (no TLB has to keep a translation).
-3. Simulator, NOT FIXED (strict xfail below): code a guest wrote into the last bytes of RAM (before
-   unbacked memory) and jumped to fails with ``InternalErrorExit`` (a fetch fault) before it runs;
-   KVM runs it. Seen on the fuzzer's machine only, not minimised to a bare VM yet.
+3. Simulator: code in the last bytes of RAM (before unbacked memory) that a guest jumped to failed
+   with ``InternalErrorExit`` (a fetch fault) before any of it ran; KVM runs it, up to the first
+   instruction it cannot fetch. Unicorn translates straight-line code as one block before it runs
+   any of it and failed the whole block on the instruction after the last one in RAM; the simulator
+   now translates such a block again one instruction at a time. Its IN decoder also read 16 bytes
+   from RIP, past the end of RAM. Minimal forms: tests/test_memory.py ``..._end_of_ram_...``.
 4. Simulator: a ``rep insw`` into RAM whose batch overwrote its own code (the fuzzer's: 0x1000
    words from port 0x3f8 to 0, over the code at 0x1000) ended the Machine's run with
    ``ExitNotCompleted``: the simulator replayed an answered batch element by element in Unicorn,
@@ -134,14 +137,12 @@ def test_in_from_code_just_unmapped(hv: Hypervisor, vm: VM) -> None:
         assert (exit_.port, exit_.is_in) == (0x4312, True)
 
 
-def test_code_written_at_the_end_of_ram(hv: Hypervisor, request: pytest.FixtureRequest) -> None:
-    """The fuzzer's machine (tests/fuzz_devices/harness.py); the guest writes ``in al, dx; mov al, 0x42;
-    out 0xf4, al`` into the last 8 bytes of its 4 MiB of RAM and jumps there. (The same code written
-    by the host, or on a bare VM with the same steps, runs on the simulator: not minimised further.)"""
-    if hv.name == "sim":
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="sim: InternalErrorExit (fetch fault) at the end of RAM")
-        )
+def test_code_written_at_the_end_of_ram(hv: Hypervisor) -> None:
+    """The fuzzer's machine (tests/fuzz_devices/harness.py); the guest writes ``nop x3; in al, dx; mov al, 0x42;
+    out 0xf4, al`` into the last 8 bytes of its 4 MiB of RAM and jumps there: the IN, then the debug exit.
+
+    Was, on the simulator: ``InternalErrorExit`` before the first nop ran (code written by the host too).
+    """
     end = g.RAM_SIZE - 8
     code = bytes.fromhex("909090ecb042e6f4")  # nop x3; in al, dx; mov al, 0x42; out 0xf4, al
     store = g.join(g.mov_imm("rbx", end), g.mov_imm("rax", int.from_bytes(code, "little")), g.mmio(8, True))

@@ -7,12 +7,15 @@ kernel's ``arch/x86/kvm/cpuid.h``. The hypercall instruction a host runs nativel
 vendor's: VMCALL on VMX, VMMCALL on SVM (``Documentation/virt/kvm/x86/hypercalls.rst``); the
 simulator plays the host of the vCPU's vendor. MSRs holding addresses are checked against the host's widest
 linear address, 57 bits where KVM's supported CPUID has LA57 and 48 otherwise
-(``max_host_virt_addr_bits()``). The simulator, the host probes and the tests share these rules.
+(``max_host_virt_addr_bits()``). The guest may use IA32_SPEC_CTRL, IA32_PRED_CMD and
+IA32_FLUSH_CMD only with their CPUID features (:data:`SPECULATION_MSR_FEATURES`). The simulator,
+the host probes and the tests share these rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Final
 
 from hvcore.types import CpuidEntry
@@ -21,6 +24,7 @@ __all__ = [
     "AMD",
     "AMD_COMPATIBLE",
     "INTEL",
+    "SPECULATION_MSR_FEATURES",
     "VMCALL",
     "VMMCALL",
     "address_bits",
@@ -29,6 +33,7 @@ __all__ = [
     "is_canonical",
     "native_hypercall",
     "sysenter_esp_eip",
+    "without_speculation_msrs",
     "vendor",
     "vendor_leaf",
 ]
@@ -42,6 +47,16 @@ VMCALL: Final = b"\x0f\x01\xc1"
 """Intel's VMCALL: the KVM hypercall a VMX host runs natively."""
 VMMCALL: Final = b"\x0f\x01\xd9"
 """AMD's VMMCALL: the KVM hypercall an SVM host runs natively."""
+SPECULATION_MSR_FEATURES: Final = {
+    (7, "edx"): 1 << 26 | 1 << 28,  # SPEC_CTRL (IBRS and IBPB), FLUSH_L1D
+    (0x80000008, "ebx"): 1 << 12 | 1 << 14 | 1 << 15 | 1 << 24,  # AMD_IBPB, AMD_IBRS, AMD_STIBP, AMD_SSBD
+    (0x80000021, "eax"): 1 << 27,  # SBPB
+}
+"""The CPUID bits (leaf, register: mask) that give a guest IA32_SPEC_CTRL (0x48), IA32_PRED_CMD (0x49) or
+IA32_FLUSH_CMD (0x10B): ``guest_has_spec_ctrl_msr``, ``guest_has_pred_cmd_msr`` and FLUSH_L1D in KVM.
+
+Without any of them upstream KVM raises #GP on the guest's RDMSR of IA32_SPEC_CTRL and WRMSR of all three.
+"""
 
 
 def vendor(entries: Iterable[CpuidEntry]) -> str | None:
@@ -103,3 +118,14 @@ def sysenter_esp_eip(value: int, name: str | None, bits: int = 48) -> int:
     """
     value = canonical(value, bits)
     return value & 0xFFFFFFFF if amd_compatible(name) else value
+
+
+def without_speculation_msrs(entries: Iterable[CpuidEntry]) -> list[CpuidEntry]:
+    """``entries`` with every bit of :data:`SPECULATION_MSR_FEATURES` cleared (subleaf 0 of each leaf)."""
+
+    def cleared(entry: CpuidEntry) -> CpuidEntry:
+        key = (entry.function, entry.index)
+        masks = {r: m for (leaf, r), m in SPECULATION_MSR_FEATURES.items() if (leaf, 0) == key}
+        return replace(entry, **{r: getattr(entry, r) & ~m for r, m in masks.items()})
+
+    return [cleared(entry) for entry in entries]

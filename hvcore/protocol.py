@@ -154,11 +154,11 @@ class VCPU(Protocol):
         ...
 
     def get_fpu(self) -> Fpu:
-        """x87/SSE state (``KVM_GET_FPU``)."""
+        """x87/SSE state (``KVM_GET_FPU``); upstream KVM reports ``mxcsr`` as 0 (``get_xsave`` has MXCSR)."""
         ...
 
     def set_fpu(self, fpu: Fpu) -> None:
-        """Set x87/SSE state (``KVM_SET_FPU``)."""
+        """Set x87/SSE state (``KVM_SET_FPU``); upstream KVM ignores ``mxcsr`` (``set_xsave`` sets MXCSR)."""
         ...
 
     def get_xsave(self) -> Xsave:

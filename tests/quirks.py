@@ -141,6 +141,7 @@ HOST_HELPERS: dict[str, str] = {
     "hypercall_hangs": "host_variant",
     "cr4_cpuid_unchecked": "host_variant",
     "xcr0_cpuid_unchecked": "host_variant",
+    "speculation_msrs_unchecked": "host_variant",
 }
 """The function of this module other tests call for each host deviation they assert directly."""
 
@@ -255,7 +256,6 @@ def guest_debug_refused(hv: Hypervisor) -> bool:
 def vex128_runs_as_sse(hv: Hypervisor) -> bool:
     """Whether a 128-bit VEX form of an SSE instruction runs without AVX enabled (not upstream: the simulator)."""
     return quirk_applies("vex128_runs_as_sse", hv)
-
 
 
 # --- host deviations, probed (hvcore.host) ----------------------------------------------------------------

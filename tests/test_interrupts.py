@@ -44,6 +44,32 @@ def test_queued_interrupt_is_visible_in_vcpu_events(hv: Hypervisor, vm: VM) -> N
     assert vcpu.get_sregs().interrupt_bitmap[0] == 1 << 0x20
 
 
+def test_vcpu_events_keep_the_last_interrupt_vector(hv: Hypervisor, vm: VM) -> None:
+    """KVM's ``interrupt.nr`` outlives the delivery, which clears ``injected`` only (``kvm_clear_interrupt_queue``)."""
+    vcpu = boot(hv, vm, real_mode.IRQ_WINDOW)
+    assert vcpu.get_vcpu_events().interrupt_nr == 0
+    assert vcpu.run() == IoExit(0x80, 1, 1, IoDirection.OUT, b"\x01")
+    vcpu.interrupt(0x20)  # delivered even with IF=0
+    assert vcpu.run() == IoExit(0x81, 1, 1, IoDirection.OUT, b"\x42")
+    events = vcpu.get_vcpu_events()
+    assert (events.interrupt_injected, events.interrupt_nr) == (0, 0x20)
+    assert vcpu.get_sregs().interrupt_bitmap == (0, 0, 0, 0)
+    vcpu.set_vcpu_events(replace(events, interrupt_nr=0x55))  # not injected, yet kept as given
+    assert (vcpu.get_vcpu_events().interrupt_injected, vcpu.get_vcpu_events().interrupt_nr) == (0, 0x55)
+    assert vcpu.run() == HltExit()
+
+
+def test_set_sregs_without_a_pending_vector_keeps_the_queued_interrupt(hv: Hypervisor, vm: VM) -> None:
+    """KVM's ``__set_sregs`` queues the first vector of ``interrupt_bitmap``; an empty one changes nothing."""
+    vcpu = boot(hv, vm, real_mode.IRQ_WINDOW)
+    assert vcpu.run() == IoExit(0x80, 1, 1, IoDirection.OUT, b"\x01")
+    vcpu.interrupt(0x20)
+    vcpu.set_sregs(replace(vcpu.get_sregs(), interrupt_bitmap=(0, 0, 0, 0)))
+    events = vcpu.get_vcpu_events()
+    assert (events.interrupt_injected, events.interrupt_nr) == (1, 0x20)
+    assert vcpu.run() == IoExit(0x81, 1, 1, IoDirection.OUT, b"\x42")
+
+
 def test_nmi_is_queued_as_pending(hv: Hypervisor, vm: VM) -> None:
     vcpu = boot(hv, vm, real_mode.SPIN)
     vcpu.nmi()

@@ -390,6 +390,26 @@ def test_tsc_aux_without_cpuid(hv: Hypervisor, vm: VM) -> None:
         probe.vcpu.set_msrs({TSC_AUX: 1 << 32})  # bits 63:32 are reserved unless the vCPU is an AMD one
 
 
+SPEC_CTRL, PRED_CMD, FLUSH_CMD = 0x48, 0x49, 0x10B
+
+
+def test_speculation_msrs_need_their_cpuid_features(hv: Hypervisor, vm: VM) -> None:
+    """IA32_SPEC_CTRL, IA32_PRED_CMD and IA32_FLUSH_CMD without their CPUID bits (kvm-unit-tests msr's checks)."""
+    probe = Probe(hv, vm, cpuid=cpuid_rules.without_speculation_msrs(hv.supported_cpuid()))
+    assert probe.read(PRED_CMD) == GP  # write-only, whatever the CPUID
+    assert probe.read(FLUSH_CMD) == GP
+    variant = host_variant(hv, "speculation_msrs_unchecked")
+    if variant == UPSTREAM:
+        assert probe.read(SPEC_CTRL) == GP
+        for index in (SPEC_CTRL, PRED_CMD, FLUSH_CMD):
+            assert (probe.write(index, 0), probe.write(index, 1)) == (GP, GP), hex(index)
+    else:  # accepted, and nothing kept
+        assert variant == "accepted"
+        for index in (SPEC_CTRL, PRED_CMD, FLUSH_CMD):
+            assert (probe.write(index, 0), probe.write(index, 1)) == (OK, OK), hex(index)
+        assert probe.read(SPEC_CTRL) == 0
+
+
 def test_apic_base_written_by_the_guest_is_the_vcpus(hv: Hypervisor, vm: VM) -> None:
     probe = Probe(hv, vm)
     assert probe.read(IA32_APIC_BASE) == 0xFEE00900  # enabled, BSP

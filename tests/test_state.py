@@ -115,6 +115,19 @@ def test_new_vcpu_xsave_area_is_in_its_init_state(hv: Hypervisor, vm: VM) -> Non
     assert not any(region[32:416])  # ST0-7 and XMM0-15
 
 
+def test_kvm_fpu_has_no_mxcsr(hv: Hypervisor, vm: VM) -> None:
+    """KVM_GET_FPU never fills ``mxcsr`` in (0) and KVM_SET_FPU ignores it: MXCSR is the XSAVE area's alone."""
+    vcpu = vm.create_vcpu(0)
+    assert vcpu.get_fpu().mxcsr == 0  # though the image holds 0x1F80 (test_new_vcpu_xsave_area_is_in_its_init_state)
+    region = bytearray(vcpu.get_xsave().region)
+    struct.pack_into("<I", region, 24, 0x1F00)  # MXCSR: every exception unmasked but precision
+    struct.pack_into("<Q", region, 512, 0x2)  # XSTATE_BV: SSE
+    vcpu.set_xsave(Xsave(bytes(region)))
+    assert vcpu.get_fpu().mxcsr == 0
+    vcpu.set_fpu(replace(vcpu.get_fpu(), mxcsr=0x1F80))
+    assert struct.unpack_from("<I", vcpu.get_xsave().region, 24)[0] == 0x1F00
+
+
 def test_xsave_keeps_the_xstate_bv_it_was_given(hv: Hypervisor, vm: VM) -> None:
     vcpu = vm.create_vcpu(0)
     region = bytearray(vcpu.get_xsave().region)

@@ -20,7 +20,10 @@ rules with KVM's ``host_initiated`` relaxations.
 - MSRs KVM emulates for every guest without saving them (MTRRs, IA32_MISC_ENABLE, MCG and the 32
   machine-check banks, PLATFORM_INFO)
   are plain storage with KVM's reset values and MTRR type checks.
-- Any other index is unknown: #GP(0) for the guest, an error naming it for the VMM.
+- Any other index is unknown: #GP(0) for the guest, an error naming it for the VMM. That includes
+  IA32_SPEC_CTRL, IA32_PRED_CMD and IA32_FLUSH_CMD: the simulated host has none of their features
+  (its supported CPUID lists none), and KVM gives them to a guest only where its CPUID has one and
+  the host has it too (``guest_cpu_cap_has``), so the guest's accesses raise #GP as upstream's do.
 
 Where KVM's answer depends on the host, this follows the AMD host the project measures on:
 IA32_SYSENTER_CS keeps 64 bits (VMX keeps 32, Unicorn 16), and EFER accepts SCE, LME, LMA and NX only.

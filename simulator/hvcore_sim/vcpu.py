@@ -148,6 +148,7 @@ class SimVCPU(Closeable):
         self._request_window = False
         self._cr8 = 0
         self._queued_interrupt: int | None = None
+        self._interrupt_nr = 0  # KVM's interrupt.nr: the last vector queued, kept after delivery (get_vcpu_events)
         self._nmi_pending = 0  # KVM's nmi_pending: at most nmi_limit(), applied as process_nmi does
         self._exception = QueuedException()  # vcpu->arch.exception (hvcore_sim.queued)
         self._stepping = False
@@ -382,7 +383,9 @@ class SimVCPU(Closeable):
                 return count  # the NMI goes first, as KVM injects it before it takes an interrupt
             if self._queued_interrupt is None and chip.has_interrupt(self._id):
                 if self._ready(engine):
-                    self._queued_interrupt = chip.acknowledge(self._id)
+                    taken = chip.acknowledge(self._id)
+                    if taken is not None:
+                        self._queue_interrupt(taken)
                     return count
                 # QEMU stops the run right where IF and the shadow let it in, as KVM's interrupt window
                 return count if engine.open_window(REQUEST_INTERRUPT) else 1
@@ -608,6 +611,10 @@ class SimVCPU(Closeable):
         self._queued_interrupt = None
         return self._vm.deliver(self, engine, queued.vector, "exception", queued.error_code_pushed, injected=True)
 
+    def _queue_interrupt(self, vector: int) -> None:
+        """Queue ``vector`` for delivery on the next entry (``kvm_queue_interrupt``)."""
+        self._queued_interrupt = self._interrupt_nr = vector
+
     def _process_nmi(self, engine: Engine) -> None:
         """Drop the NMIs beyond what may be pending (``process_nmi``: two, one while NMIs are blocked)."""
         self._nmi_pending = min(self._nmi_pending, nmi_limit(blocked=engine.nmi_blocked))
@@ -796,21 +803,23 @@ class SimVCPU(Closeable):
             engine.set_sregs(sregs)
         self._set_task_priority(sregs.cr8 & 0xF)
         pending = [i * 64 + b for i, w in enumerate(sregs.interrupt_bitmap) for b in range(64) if w >> b & 1]
-        self._queued_interrupt = pending[0] if pending else None
+        if pending:  # as KVM's __set_sregs: an empty bitmap keeps what is queued
+            self._queue_interrupt(pending[0])
 
     @_between_runs
     def get_fpu(self) -> Fpu:
-        """x87/SSE state."""
+        """x87/SSE state; ``mxcsr`` reads 0, as KVM_GET_FPU never fills it in (MXCSR is in ``get_xsave``)."""
         with self._vm.exec_lock:
-            return self._state.get_fpu(self._live())
+            return replace(self._state.get_fpu(self._live()), mxcsr=0)
 
     @_between_runs
     def set_fpu(self, fpu: Fpu) -> None:
-        """Set x87/SSE state."""
+        """Set x87/SSE state but MXCSR, which KVM_SET_FPU leaves as it is (``set_xsave`` sets it)."""
         check_instance("fpu", fpu, Fpu, "set_fpu")
         check_state(fpu, "set_fpu")
         with self._vm.exec_lock:
-            self._state.set_fpu(self._live(), fpu)
+            engine = self._live()
+            self._state.set_fpu(engine, replace(fpu, mxcsr=self._state.get_fpu(engine).mxcsr))
 
     @_between_runs
     def get_xsave(self) -> Xsave:
@@ -907,7 +916,10 @@ class SimVCPU(Closeable):
 
     @_between_runs
     def get_vcpu_events(self) -> VcpuEvents:
-        """Queued exception and interrupt, pending NMIs, NMI blocking, interrupt shadow (:mod:`hvcore_sim.queued`)."""
+        """Queued exception and interrupt, pending NMIs, NMI blocking, interrupt shadow (:mod:`hvcore_sim.queued`).
+
+        ``interrupt_nr`` is the last vector queued, kept after its delivery, as KVM's ``interrupt.nr``.
+        """
         with self._vm.exec_lock:
             engine = self._live()
             shadow, nmi_masked = int(engine.interrupt_shadow), int(engine.nmi_blocked)
@@ -920,7 +932,7 @@ class SimVCPU(Closeable):
             exception_has_error_code=int(exception.has_error_code),
             exception_error_code=exception.error_code,
             interrupt_injected=int(queued is not None),
-            interrupt_nr=queued or 0,
+            interrupt_nr=self._interrupt_nr,
             interrupt_shadow=shadow,
             nmi_pending=self._nmi_pending,
             nmi_masked=nmi_masked,
@@ -951,6 +963,7 @@ class SimVCPU(Closeable):
         )
         self._debug_exception = None
         self._queued_interrupt = events.interrupt_nr if events.interrupt_injected else None
+        self._interrupt_nr = events.interrupt_nr  # kept whether or not it is injected, as KVM
         if events.flags & _VALID_NMI_PENDING:
             self._nmi_pending = events.nmi_pending
 
@@ -1004,7 +1017,7 @@ class SimVCPU(Closeable):
                 errno=_errno.ENXIO,
                 operation="interrupt",
             )
-        self._queued_interrupt = vector
+        self._queue_interrupt(vector)
 
     @_between_runs
     def nmi(self) -> None:

@@ -12,6 +12,7 @@ import gc
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import pytest
@@ -32,6 +33,7 @@ VARIANTS = {
     "tsc_writes_ignored": {"ignored"},
     "noncanonical_msr_accepted": {"guest_accepted", "host_accepted", "accepted"},
     "sysenter_esp_eip": {"canonical", "low_32_bits", "unchanged", "guest_write_gp"},
+    "speculation_msrs_unchecked": {"accepted"},
 }
 IA32_TSC, SYSENTER_ESP, SYSENTER_EIP, PAT = 0x10, 0x175, 0x176, 0x277
 LSTAR, FS_BASE = 0xC0000082, 0xC0000100
@@ -107,7 +109,7 @@ class Faulting(ProbeGuest):
     """A probe guest with `ud2` at each entry point: whatever the probe expected, the guest takes #UD instead."""
 
     def __init__(self, hv: Hypervisor, code: bytes, mode: Mode = "long", **kwargs: Any) -> None:
-        code = b"\x0f\x0b\x0f\x0b\xf4\x0f\x0b\xf4"  # ud2 at CODE, CODE + 2 and CODE + 5
+        code = b"\x0f\x0b\x0f\x0b\xf4\x0f\x0b\xf4\x0f\x0b\xf4"  # ud2 at CODE, CODE + 2, CODE + 5 and CODE + 8
         super().__init__(hv, code, mode, **kwargs)
 
 
@@ -305,6 +307,93 @@ def test_noncanonical_with_la57_uses_57_bit_values(sim: Hypervisor, monkeypatch:
     teach(monkeypatch, lambda i, v, host: written.append(v) if i in msrs.NONCANONICAL else None)
     assert observe(sim, "noncanonical_msr_accepted").variant == UPSTREAM  # 57-bit non-canonical: 48-bit too
     assert written and not any(cpuid_rules.is_canonical(v, 57) for v in written)
+
+
+SPECULATION_MSRS = frozenset({msrs.SPEC_CTRL, msrs.PRED_CMD, msrs.FLUSH_CMD})
+
+
+def teach_speculation(monkeypatch: pytest.MonkeyPatch, accepted: frozenset[int], spec_ctrl: str) -> None:
+    """The guest's WRMSRs of ``accepted`` succeed; its RDMSR of IA32_SPEC_CTRL is ``"#GP"``, ``"0"`` or ``"stored"``."""
+    write, read = MsrEmulator.write, MsrEmulator.read
+    kept = {msrs.SPEC_CTRL: 0}
+
+    def taught_write(
+        self: MsrEmulator, engine: Engine, index: int, value: int, *, host: bool, running: bool = False
+    ) -> bool:
+        if index not in SPECULATION_MSRS:
+            return write(self, engine, index, value, host=host, running=running)
+        kept[index] = value
+        return index in accepted
+
+    def taught_read(self: MsrEmulator, engine: Engine, index: int, *, host: bool, running: bool = False) -> int | None:
+        if index != msrs.SPEC_CTRL or spec_ctrl == "#GP":
+            return read(self, engine, index, host=host, running=running)
+        return kept[index] if spec_ctrl == "stored" else 0
+
+    monkeypatch.setattr(MsrEmulator, "write", taught_write)
+    monkeypatch.setattr(MsrEmulator, "read", taught_read)
+
+
+@pytest.mark.parametrize(
+    ("accepted", "spec_ctrl", "variant"),
+    [
+        (SPECULATION_MSRS, "0", "accepted"),
+        (SPECULATION_MSRS, "#GP", UNRECOGNISED),  # written, but SPEC_CTRL cannot be read
+        (SPECULATION_MSRS, "stored", UNRECOGNISED),  # kept: a host with the features would, not one without
+        (SPECULATION_MSRS - {msrs.SPEC_CTRL}, "0", UNRECOGNISED),
+        (frozenset({msrs.FLUSH_CMD}), "#GP", UNRECOGNISED),
+        (frozenset(), "0", UNRECOGNISED),
+    ],
+    ids=["accepted", "spec-ctrl-unreadable", "spec-ctrl-kept", "spec-ctrl-gp", "flush-cmd-only", "read-only"],
+)
+def test_the_speculation_probe_names_what_the_simulator_was_taught(
+    sim: Hypervisor, monkeypatch: pytest.MonkeyPatch, accepted: frozenset[int], spec_ctrl: str, variant: str
+) -> None:
+    teach_speculation(monkeypatch, accepted, spec_ctrl)
+    observation = observe(sim, "speculation_msrs_unchecked")
+    assert observation.variant == variant, observation.detail
+
+
+def test_the_speculation_probe_clears_the_cpuid_features(sim: Hypervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host that has the features and gives them to a vCPU whose CPUID lists them is upstream."""
+    features = cpuid_rules.SPECULATION_MSR_FEATURES
+    entries = tuple(
+        replace(e, **{r: getattr(e, r) | m for (leaf, r), m in features.items() if (leaf, 0) == (e.function, e.index)})
+        for e in sim.supported_cpuid()
+    )
+    monkeypatch.setattr(type(sim), "supported_cpuid", lambda self: entries)
+    write, read = MsrEmulator.write, MsrEmulator.read
+
+    def listed(self: MsrEmulator) -> bool:
+        return self._cpuid.has(7, 3, 26)  # SPEC_CTRL
+
+    def taught_write(
+        self: MsrEmulator, engine: Engine, index: int, value: int, *, host: bool, running: bool = False
+    ) -> bool:
+        if index in SPECULATION_MSRS and listed(self):
+            return True
+        return write(self, engine, index, value, host=host, running=running)
+
+    def taught_read(self: MsrEmulator, engine: Engine, index: int, *, host: bool, running: bool = False) -> int | None:
+        if index == msrs.SPEC_CTRL and listed(self):
+            return 0
+        return read(self, engine, index, host=host, running=running)
+
+    monkeypatch.setattr(MsrEmulator, "write", taught_write)
+    monkeypatch.setattr(MsrEmulator, "read", taught_read)
+    assert observe(sim, "speculation_msrs_unchecked").variant == UPSTREAM
+
+
+def test_without_speculation_msrs_clears_only_their_bits() -> None:
+    leaf7 = CpuidEntry(7, 0, 1, ebx=1, ecx=1 << 16, edx=0xFFFFFFFF)
+    entries = [leaf7, CpuidEntry(7, 1, 1, edx=0xFFFFFFFF), CpuidEntry(0x80000008, ebx=0xFFFFFFFF, eax=0x30)]
+    entries.append(CpuidEntry(0x80000021, eax=0xFFFFFFFF))
+    assert cpuid_rules.without_speculation_msrs(entries) == [
+        replace(leaf7, edx=0xFFFFFFFF & ~(1 << 26 | 1 << 28)),
+        CpuidEntry(7, 1, 1, edx=0xFFFFFFFF),  # subleaf 1: other features
+        CpuidEntry(0x80000008, ebx=0xFFFFFFFF & ~(1 << 12 | 1 << 14 | 1 << 15 | 1 << 24), eax=0x30),
+        CpuidEntry(0x80000021, eax=0xFFFFFFFF & ~(1 << 27)),
+    ]
 
 
 # --- the rules the probes and the simulator share -----------------------------------------------------------

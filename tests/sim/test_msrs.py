@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from hvcore import Exit, HltExit, IoDirection, IoExit, x86
+from hvcore import Exit, HltExit, IoDirection, IoExit, cpuid_rules, x86
 from hvcore_sim import layout as layout_module
 from hvcore_sim import system
 from hvcore_sim.clock import VirtualClock
@@ -18,6 +18,7 @@ from hvcore_sim.system import SimHypervisor
 from tests.boot import boot, run_exits
 from tests.guests import layout, long_mode
 from tests.test_exceptions import delivered, long_mode_guest
+from tests.test_msrs import GP, Probe
 
 pytestmark = pytest.mark.skipif(
     system._unicorn_problem() is not None, reason=f"simulator unusable: {system._unicorn_problem()}"
@@ -35,14 +36,14 @@ TSC_DEADLINE_ROUND_TRIP = (
     b"\x0f\x32"              # rdmsr
     b"\xe7\x20"              # out 0x20, eax
     b"\xf4"                  # hlt
-)
+)  # fmt: skip
 
 # 64-bit: RDTSCP, eax sent out. Exits: OUT port 0x20 size 4 (RIP CODE + 5), HLT.
 RDTSCP = (
     b"\x0f\x01\xf9"  # rdtscp
     b"\xe7\x20"      # out 0x20, eax
     b"\xf4"          # hlt
-)
+)  # fmt: skip
 
 # 64-bit: RDMSR of STAR with a REX prefix (3 bytes), eax sent out. Exits: OUT port 0x20 size 4, HLT.
 REX_RDMSR = (
@@ -50,7 +51,7 @@ REX_RDMSR = (
     b"\x48\x0f\x32"          # rex.w rdmsr
     b"\xe7\x20"              # out 0x20, eax
     b"\xf4"                  # hlt
-)
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -193,3 +194,19 @@ def test_an_intercepted_instruction_across_a_page_boundary(sim: SimHypervisor) -
         vcpu = boot(sim, vm, code, "long")
         vcpu.set_msrs({0xC0000081: 0xBEEF})
         assert run_exits(vcpu) == [IoExit(0x20, 4, 1, IoDirection.OUT, (0xBEEF).to_bytes(4, "little")), HltExit()]
+
+
+def test_speculation_msrs_raise_gp_even_with_their_cpuid_bits(sim: SimHypervisor) -> None:
+    """The simulated host has none of their features, so KVM (``guest_cpu_cap_has``) never gives them to a guest."""
+    supported = sim.supported_cpuid()
+    assert cpuid_rules.without_speculation_msrs(supported) == list(supported)
+    features = cpuid_rules.SPECULATION_MSR_FEATURES
+    every_bit = [
+        replace(e, **{r: getattr(e, r) | m for (leaf, r), m in features.items() if (leaf, 0) == (e.function, e.index)})
+        for e in supported
+    ]
+    with sim.create_vm() as vm:
+        probe = Probe(sim, vm, cpuid=every_bit)
+        assert probe.read(0x48) == GP
+        for index in (0x48, 0x49, 0x10B):
+            assert (probe.write(index, 0), probe.write(index, 1)) == (GP, GP), hex(index)

@@ -1,4 +1,5 @@
-"""Probes for MSRs: IA32_PAT checks, IA32_TSC writes, non-canonical addresses, IA32_SYSENTER_ESP/EIP.
+"""Probes for MSRs: IA32_PAT checks, IA32_TSC writes, non-canonical addresses, IA32_SYSENTER_ESP/EIP,
+the speculation-control MSRs without their CPUID features.
 
 Each probe runs :data:`GUEST` (64-bit, CPL0) on one fresh VM: the host sets RIP to an entry
 point and ECX / EDX:EAX, and the guest halts with what it read in EDX:EAX, or takes #GP(0)
@@ -27,15 +28,19 @@ GUEST: Final = (
     b"\xf4"      # 1004        hlt
     b"\x0f\x31"  # 1005 tsc:   rdtsc      (edx:eax = the TSC)
     b"\xf4"      # 1007        hlt
+    b"\x0f\x30"  # 1008 wo:    wrmsr      (a write-only MSR: no read back)
+    b"\xf4"      # 100a        hlt
 )  # fmt: skip
-"""The probe guest; entry points ``CODE`` (WRMSR then RDMSR), ``CODE + 2`` (RDMSR), ``CODE + 5`` (RDTSC)."""
-_WRITE, _READ, _TSC = CODE, CODE + 2, CODE + 5
-_HALTED: Final = {_WRITE: CODE + 5, _READ: CODE + 5, _TSC: CODE + 8}  # RIP after the HLT
-_ENTRY_NAMES: Final = {_WRITE: "WRMSR", _READ: "RDMSR", _TSC: "RDTSC"}
+"""The probe guest; entry points ``CODE`` (WRMSR then RDMSR), ``CODE + 2`` (RDMSR), ``CODE + 5`` (RDTSC),
+``CODE + 8`` (WRMSR alone)."""
+_WRITE, _READ, _TSC, _WRITE_ONLY = CODE, CODE + 2, CODE + 5, CODE + 8
+_HALTED: Final = {_WRITE: CODE + 5, _READ: CODE + 5, _TSC: CODE + 8, _WRITE_ONLY: CODE + 11}  # RIP after the HLT
+_ENTRY_NAMES: Final = {_WRITE: "WRMSR", _READ: "RDMSR", _TSC: "RDTSC", _WRITE_ONLY: "WRMSR"}
 _FRAME: Final = 6 * 8  # error code, RIP, CS, RFLAGS, RSP, SS
 _LOW: Final = 0xFFFFFFFF
 
 IA32_TSC, SYSENTER_ESP, SYSENTER_EIP, IA32_PAT = 0x10, 0x175, 0x176, 0x277
+SPEC_CTRL, PRED_CMD, FLUSH_CMD = 0x48, 0x49, 0x10B
 LSTAR, CSTAR, FS_BASE, GS_BASE, KERNEL_GS_BASE = 0xC0000082, 0xC0000083, 0xC0000100, 0xC0000101, 0xC0000102
 NONCANONICAL: Final = (LSTAR, CSTAR, FS_BASE, GS_BASE, KERNEL_GS_BASE)
 """The MSRs KVM refuses a non-canonical address for (``__kvm_set_msr``)."""
@@ -269,6 +274,28 @@ def _sysenter_esp_eip(hv: Hypervisor) -> str:
     raise Unrecognised(f"vendor {name!r}, {bits}-bit addresses: guest WRMSR {show(by_guest)}; set_msrs {show(by_host)}")
 
 
+# --- IA32_SPEC_CTRL, IA32_PRED_CMD, IA32_FLUSH_CMD without their CPUID features ---------------------------
+
+_SPECULATION_WRITES: Final = ((SPEC_CTRL, 1), (PRED_CMD, 1), (FLUSH_CMD, 1))  # IBRS, IBPB, L1D_FLUSH: valid bits
+
+
+def _speculation_msrs_unchecked(hv: Hypervisor) -> str:
+    with ProbeGuest(hv, GUEST) as guest:
+        guest.vcpu.set_cpuid(cpuid_rules.without_speculation_msrs(hv.supported_cpuid()))
+        read = _run(guest, _READ, SPEC_CTRL)
+        written = {index: _run(guest, _WRITE_ONLY, index, value) is not None for index, value in _SPECULATION_WRITES}
+        after = _run(guest, _READ, SPEC_CTRL)
+    if read is None and after is None and not any(written.values()):
+        return UPSTREAM
+    if read == after == 0 and all(written.values()):
+        return "accepted"
+    seen = ", ".join(f"WRMSR {index:#x} {'accepted' if ok else '#GP'}" for index, ok in written.items())
+    shown = ["#GP" if r is None else hex(r) for r in (read, after)]
+    raise Unrecognised(
+        f"without the CPUID bits: RDMSR of IA32_SPEC_CTRL {shown[0]} (after the writes {shown[1]}); {seen}"
+    )
+
+
 DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "pat_unchecked",
@@ -321,5 +348,17 @@ DEVIATIONS: tuple[Deviation, ...] = (
         reason="upstream differs between SVM and VMX; measured on nested kvm_pvm (AMD EPYC, AuthenticAMD vCPU): "
         "canonical; reported on an Intel kvm_pvm host: not made canonical",
         probe=_sysenter_esp_eip,
+    ),
+    Deviation(
+        "speculation_msrs_unchecked",
+        upstream="on a vCPU whose CPUID lacks their features (hvcore.cpuid_rules.SPECULATION_MSR_FEATURES), "
+        "the guest's WRMSR of IA32_SPEC_CTRL (0x48), IA32_PRED_CMD (0x49) and IA32_FLUSH_CMD (0x10B) and its "
+        "RDMSR of IA32_SPEC_CTRL raise #GP(0)",
+        variants={
+            "accepted": "those WRMSRs succeed, whatever the value, and nothing is kept: the guest's RDMSR of "
+            "IA32_SPEC_CTRL gives 0 (IA32_PRED_CMD and IA32_FLUSH_CMD are write-only: RDMSR raises #GP on both)"
+        },
+        reason="measured on nested kvm_pvm (AMD EPYC): kvm-unit-tests msr and msr64 fail their 6 checks of this",
+        probe=_speculation_msrs_unchecked,
     ),
 )

@@ -617,7 +617,8 @@ class SimVCPU(Closeable):
 
     def _process_nmi(self, engine: Engine) -> None:
         """Drop the NMIs beyond what may be pending (``process_nmi``: two, one while NMIs are blocked)."""
-        self._nmi_pending = min(self._nmi_pending, nmi_limit(blocked=engine.nmi_blocked))
+        if self._nmi_pending > 1:  # one is never too many: no need to read the blocking state
+            self._nmi_pending = min(self._nmi_pending, nmi_limit(blocked=engine.nmi_blocked))
 
     def _deliver_debug_exception(self, engine: Engine) -> bool:
         """Deliver what INJECT_DB / INJECT_BP queued (False on a triple fault).

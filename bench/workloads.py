@@ -14,8 +14,8 @@ one vCPU, default settings), and where ``qemu-system-x86_64`` is installed **qem
 **qemu-kvm**: ``-machine pc`` with ``-nodefaults -no-reboot -display none -m 256``, the serial port
 on a pipe (stdout) for Linux or discarded for SeaBIOS (whose debug console, ``isa-debugcon`` at
 0x402, is the pipe then), and QEMU's default CPU model (hvcore-kvm passes the host's supported
-CPUID; ``-cpu host`` trips an MSR assertion in QEMU 7.2 on some nested hosts). QEMU's PC has PCI, IDE and a PIIX chipset where hvcore's has
-none: the guest does more probing there, not less.
+CPUID; ``-cpu host`` trips an MSR assertion in QEMU 7.2 on some nested hosts). QEMU's PC has
+PCI, IDE and a PIIX chipset where hvcore's has none: the guest does more probing there, not less.
 
 Each run is its own process, under a timeout (killed past it), and is timed in two parts:
 
@@ -282,13 +282,24 @@ def _qmp(path: Path, deadline: float) -> socket.socket:
             if time.perf_counter() > deadline:
                 raise TimeoutError("QMP socket never appeared") from None
             time.sleep(0.002)
-    stream = sock.makefile("rw", encoding="utf-8")
-    stream.readline()  # the greeting
-    stream.write('{"execute": "qmp_capabilities"}\n')
-    stream.flush()
-    while '"return"' not in stream.readline():
-        pass
+    try:
+        with sock.makefile("rw", encoding="utf-8") as stream:
+            _qmp_line(stream)  # the greeting
+            stream.write('{"execute": "qmp_capabilities"}\n')
+            stream.flush()
+            while '"return"' not in _qmp_line(stream):
+                pass
+    except BaseException:
+        sock.close()
+        raise
     return sock
+
+
+def _qmp_line(stream: IO[str]) -> str:
+    line = stream.readline()
+    if not line:
+        raise ConnectionError("QEMU closed its QMP socket")
+    return line
 
 
 def run_qemu(workload: str, accel: str, images: Images, timeout: float, *, marker: str) -> Outcome:
@@ -305,12 +316,14 @@ def run_qemu(workload: str, accel: str, images: Images, timeout: float, *, marke
         command = qemu_command(workload, accel, images, qmp)
         spawned = time.perf_counter()
         deadline = spawned + timeout
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            return _qemu_run(child, workload, runner, qmp, marker, spawned, deadline)
-        finally:
-            child.kill()
-            child.wait()
+        with subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ) as child:
+            try:
+                return _qemu_run(child, workload, runner, qmp, marker, spawned, deadline)
+            finally:
+                child.kill()
+                child.wait()
 
 
 def _qemu_run(

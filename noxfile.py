@@ -120,8 +120,15 @@ def fuzz_devices(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """IO-exit round trips: hvcore against a bare ioctl loop and a C loop, as ratios."""
+    """IO-exit round trips: hvcore against a bare ioctl loop and a C loop, as ratios; simulator exits.
+
+    ``nox -s bench -- --workloads [--only seabios --repeat 3 ...]`` runs the whole-workload benchmark
+    instead (``bench/workloads.py``: SeaBIOS and Linux on hvcore sim/kvm and QEMU TCG/KVM).
+    """
     session.install("-e", ".")
     session.log(_kvm_status())
+    if "--workloads" in session.posargs:
+        session.run("python", "-m", "bench.workloads", *session.posargs)
+        return
     session.run("python", "-m", "bench.io_exit", *session.posargs)
     session.run("python", "-m", "bench.sim_exits")

@@ -450,8 +450,8 @@ def test_debug_exit_requests_stop_with_qemu_status(value: int, size: int, status
 # -- i8042 ---------------------------------------------------------------------------------
 
 
-def i8042_on_bus(machine: FakeMachine) -> tuple[Bus, I8042]:
-    controller = I8042(machine.host)
+def i8042_on_bus(machine: FakeMachine, *, keyboard: bool = True) -> tuple[Bus, I8042]:
+    controller = I8042(machine.host, keyboard=keyboard)
     bus = io_bus()
     for base, length, device in controller.ports():
         bus.register(base, length, device)
@@ -556,13 +556,73 @@ def test_i8042_output_port_write_and_a20() -> None:
 
 def test_i8042_keyboard_absent_and_no_irqchip() -> None:
     machine = FakeMachine(irqchip=False)
-    bus, _ = i8042_on_bus(machine)
+    bus, _ = i8042_on_bus(machine, keyboard=False)
     assert bus.read(0x60, 1) == 0x00
     bus.write(0x60, 1, 0xFF)  # keyboard reset command: nobody answers
     assert not bus.read(0x64, 1) & 0x01
     bus.write(0x64, 1, 0xAA)  # no irqchip: still works, polled
     assert bus.read(0x60, 1) == 0x55
     assert machine.lines == {}
+
+
+def keyboard_replies(bus: Bus, *sent: int) -> list[int]:
+    """Write ``sent`` to the keyboard (port 0x60) and read every byte the controller then has for the host."""
+    for value in sent:
+        bus.write(0x60, 1, value)
+    replies = []
+    while bus.read(0x64, 1) & 0x01:
+        assert not bus.read(0x64, 1) & 0x20  # keyboard data, not the mouse's
+        replies.append(bus.read(0x60, 1))
+    return replies
+
+
+def test_i8042_keyboard_answers_reset_and_identify() -> None:
+    """SeaBIOS resets the keyboard (0xFF) and waits a second for the ACK: the keyboard answers at once, as QEMU's."""
+    machine = FakeMachine()
+    bus, controller = i8042_on_bus(machine)
+    assert keyboard_replies(bus, 0xFF) == [0xFA, 0xAA]
+    assert machine.line(1).events[:2] == [True, False]  # IRQ 1 while each byte waits
+    assert keyboard_replies(bus, 0xF2) == [0xFA, 0xAB, 0x41]  # translated by the controller (command byte bit 6)
+    bus.write(0x64, 1, 0x60)
+    bus.write(0x60, 1, 0x05)  # translation off
+    assert keyboard_replies(bus, 0xF2) == [0xFA, 0xAB, 0x83]
+    assert keyboard_replies(bus, 0xEE) == [0xEE]  # echo
+    assert keyboard_replies(bus, 0xAB) == [0xFE]  # not a command: resend
+    assert machine.stops == [] and controller.keyboard is not None
+
+
+def test_i8042_keyboard_commands_with_an_argument() -> None:
+    bus, controller = i8042_on_bus(FakeMachine())
+    keyboard = controller.keyboard
+    assert keyboard is not None
+    assert keyboard_replies(bus, 0xF5) == [0xFA]  # disable scanning
+    assert not keyboard.scanning
+    assert keyboard_replies(bus, 0xF0, 0x03) == [0xFA, 0xFA]
+    assert keyboard.scancode_set == 3
+    assert keyboard_replies(bus, 0xF0, 0x00) == [0xFA, 0xFA, 0x3F]  # set 3 as the translating controller shows it
+    assert keyboard_replies(bus, 0xF0, 0x07) == [0xFA, 0xFE]  # no set 7
+    assert keyboard_replies(bus, 0xED, 0x02) == [0xFA, 0xFA]
+    assert keyboard.leds == 0x02
+    assert keyboard_replies(bus, 0xF4) == [0xFA]
+    assert keyboard.scanning
+    assert keyboard_replies(bus, 0xFF) == [0xFA, 0xAA]  # defaults again
+    assert (keyboard.scancode_set, keyboard.leds) == (2, 0)
+
+
+def test_i8042_keyboard_replies_wait_while_its_interface_is_disabled() -> None:
+    """0xAD holds the keyboard's bytes back; 0xAE lets them through; a byte for the keyboard enables it too."""
+    machine = FakeMachine()
+    bus, controller = i8042_on_bus(machine)
+    bus.write(0x60, 1, 0xFF)
+    bus.write(0x64, 1, 0xAD)
+    assert bus.read(0x64, 1) & 0x01  # the ACK already in the output buffer stays
+    assert bus.read(0x60, 1) == 0xFA
+    assert not bus.read(0x64, 1) & 0x01  # 0xAA waits in the keyboard
+    bus.write(0x64, 1, 0xAE)
+    assert bus.read(0x60, 1) == 0xAA
+    bus.write(0x64, 1, 0xAD)
+    assert keyboard_replies(bus, 0xF4) == [0xFA]
+    assert not controller.command_byte & 0x10
 
 
 # -- CMOS / RTC ------------------------------------------------------------------------------

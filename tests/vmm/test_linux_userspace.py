@@ -26,26 +26,13 @@ from pathlib import Path
 import pytest
 
 from hvcore.vmm import Machine, MachineResult, add_pc_devices
-from hvcore.vmm.initramfs import Initramfs
 from hvcore.vmm.run import ConsoleTee
 from hvcore_sim.system import SimHypervisor
+from tests.busybox_init import CMDLINE, INIT_MARKER, initramfs
 
 KERNEL_VARIABLE, BUSYBOX_VARIABLE = "HVCORE_LINUX_KERNEL", "HVCORE_BUSYBOX"
-CMDLINE = "console=ttyS0 panic=-1 quiet cryptomgr.notests"
-"""``panic=-1``: a kernel panic resets at once (the test then fails on the missing lines, not on a timeout)."""
 TIMEOUT = 600.0
 """Wall-clock seconds the boot may take (about 15 s on this project's machines)."""
-APPLETS = ("sh", "mount", "cat", "grep", "uname", "reboot")
-
-INIT = b"""#!/bin/sh
-export PATH=/bin
-mount -t proc proc /proc
-echo "hvcore-init: running as pid $$"
-echo "hvcore-cpus: $(cat /proc/cpuinfo | grep -c ^processor)"
-cat /proc/cpuinfo | grep -m1 ^vendor_id
-echo "hvcore-release: $(uname -r)"
-reboot -f
-"""
 
 
 def _input(variable: str, what: str) -> bytes:
@@ -53,14 +40,6 @@ def _input(variable: str, what: str) -> bytes:
     if not path or not Path(path).is_file():
         pytest.skip(f"set {variable} to {what} to boot Linux userspace on the simulator (about 15 s)")
     return Path(path).read_bytes()
-
-
-def initramfs(busybox: bytes) -> bytes:
-    """``/init`` above, busybox with a link per applet it uses, ``/proc`` and ``/dev/console``."""
-    archive = Initramfs().char_device("/dev/console", 5, 1).directory("/proc").file("/bin/busybox", busybox, 0o755)
-    for applet in APPLETS:
-        archive.symlink(f"/bin/{applet}", "busybox")
-    return archive.file("/init", INIT, 0o755).to_bytes()
 
 
 def kernel_release(image: bytes) -> str:
@@ -89,7 +68,7 @@ def test_busybox_init_runs_commands_and_reboots(monkeypatch: pytest.MonkeyPatch)
     lines = [line.strip() for line in log.splitlines()]
     assert result == MachineResult("reset"), log[-3000:]
     assert "Kernel panic" not in log and "segfault" not in log, log[-3000:]
-    assert "hvcore-init: running as pid 1" in lines, log[-3000:]
+    assert INIT_MARKER in lines, log[-3000:]
     assert "hvcore-cpus: 1" in lines, log[-3000:]
     assert f"vendor_id\t: {vendor}" in lines, log[-3000:]  # the CPUID the VMM set
     assert f"hvcore-release: {kernel_release(kernel)}" in lines, log[-3000:]

@@ -1,4 +1,4 @@
-"""The PC keyboard controller (Intel 8042) with no keyboard or mouse attached: ``I8042``.
+"""The PC keyboard controller (Intel 8042) with a PS/2 keyboard and no mouse attached: ``I8042``.
 
 Two separate ports, data at 0x60 and status/command at 0x64; port 0x61 between them belongs to
 another device, so the controller is registered as its two sub-devices::
@@ -20,9 +20,13 @@ What it models (following QEMU's ``hw/input/pckbd.c``):
 - IRQ 1 / IRQ 12 (level, as QEMU) while controller output waits and the command byte enables
   them.
 
-No keyboard or mouse is attached: bytes written to them are dropped (no reply), and a read of
-port 0x60 with nothing waiting returns the last byte read, as QEMU's PS/2 queue does. The A20
-gate is only recorded in the output port (hvcore machines do not wrap at 1 MiB).
+A :class:`~hvcore.vmm.devices.ps2.Ps2Keyboard` (no keys pressed) answers the bytes written to
+port 0x60 with no controller command pending, as the keyboard QEMU's PC always has; a write to
+it enables the keyboard interface again, as on QEMU. Its replies enter the output buffer one at
+a time while the keyboard interface is enabled. ``I8042(host, keyboard=False)`` has none: bytes
+for it are dropped. No mouse is attached: bytes for it (0xD4) are dropped. A read of port 0x60
+with nothing waiting returns the last byte read, as QEMU's PS/2 queue does. The A20 gate is only
+recorded in the output port (hvcore machines do not wrap at 1 MiB).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from collections import deque
 from typing import ClassVar
 
 from hvcore.vmm.device import Device, DeviceHost, IrqLine, StopRequest
+from hvcore.vmm.devices.ps2 import Ps2Keyboard
 
 __all__ = ["I8042", "I8042Port"]
 
@@ -92,8 +97,10 @@ class I8042:
     RESET_REASON: ClassVar[str] = "reset"
     """The ``StopRequest.reason`` of a CPU reset through the controller."""
 
-    def __init__(self, host: DeviceHost, name: str = "i8042") -> None:
+    def __init__(self, host: DeviceHost, name: str = "i8042", *, keyboard: bool = True) -> None:
         self.name = name
+        self.keyboard = Ps2Keyboard() if keyboard else None
+        """The keyboard behind the controller (``None``: none attached); the controller's lock guards it."""
         self._host = host
         self._lock = threading.Lock()
         self.data_port = I8042Port(self, f"{name}.data", command=False)
@@ -207,7 +214,11 @@ class I8042:
                 self._push(value)
             elif command == 0xD3:
                 self._push(value, aux=True)
-            # 0 (to the keyboard) and 0xD4 (to the mouse): nothing is attached, the byte is lost
+            elif command == 0 and self.keyboard is not None:
+                self._ram[0] &= ~_MODE_DISABLE_KBD  # talking to the keyboard enables its interface
+                self.keyboard.write(value, translated=bool(self._ram[0] & _MODE_XLATE))
+                self._update()
+            # 0xD4 (to the mouse), or 0 without a keyboard: nothing is attached, the byte is lost
             if reset:
                 self._resets += 1
         if reset:
@@ -227,6 +238,9 @@ class I8042:
         self._update()
 
     def _update(self) -> None:
+        attached = self.keyboard
+        if not self._queue and attached is not None and attached.has_output and not self._ram[0] & _MODE_DISABLE_KBD:
+            self._queue.append((attached.take(), False))
         self._status &= ~(_STAT_OBF | _STAT_MOUSE_OBF)
         keyboard = mouse = False
         if self._queue:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from hvcore.vmm.devices import I8042, Cmos, DebugConsole, DebugExit, FwCfg, Hpet, PcTestdev, Uart16550
-from hvcore.vmm.machine import Machine
+from hvcore.vmm import smbios as smbios_
+from hvcore.vmm.machine import HIGH_RAM_START, Machine
 
 __all__ = ["PcDevices", "add_pc_devices"]
 
@@ -39,7 +40,7 @@ def add_pc_devices(
     COM1 at 0x3f8 (GSI 4 when there is an irqchip), the debug console at 0x402 (SeaBIOS logs
     there), isa-debug-exit at 0xf4, the i8042 at 0x60/0x64 (0xfe to 0x64 resets: the machine
     stops), CMOS/RTC at 0x70 with the memory-size registers, fw_cfg at 0x510 (DMA at 0x514) with
-    RAM size, CPU count and SeaBIOS's no-boot-menu setting, QEMU's pc-testdev (0xE0-0xEB,
+    RAM size, CPU count, SeaBIOS's no-boot-menu setting and SMBIOS tables (:mod:`hvcore.vmm.smbios`), QEMU's pc-testdev (0xE0-0xEB,
     interrupt lines at 0x2000: what kvm-unit-tests expect beside isa-debug-exit), and (unless
     ``hpet`` is false, as QEMU's ``-machine hpet=off``) the HPET at 0xFED00000, its legacy route
     taking IRQ 0 from the PIT.
@@ -60,6 +61,9 @@ def add_pc_devices(
     fw_cfg.set_ram_size(machine.ram_size + machine.high_ram_size)
     fw_cfg.set_cpus(machine.cpus)
     fw_cfg.seabios_defaults()
+    smbios = _smbios(machine)
+    fw_cfg.add_file(smbios_.TABLES_FILE, smbios.tables)
+    fw_cfg.add_file(smbios_.ANCHOR_FILE, smbios.anchor)
     for base, length, port in fw_cfg.ports():
         machine.add_io_device(base, length, port)
     testdev = PcTestdev(host)
@@ -70,3 +74,17 @@ def add_pc_devices(
         timer = Hpet(host, pit_legacy=machine.set_pit_hpet_legacy)
         machine.add_mmio_device(Hpet.BASE, Hpet.LENGTH, timer)
     return PcDevices(uart, console, debug_exit, i8042, cmos, fw_cfg, testdev, timer)
+
+
+def _smbios(machine: Machine) -> smbios_.Smbios:
+    """SMBIOS tables for the machine's vCPUs and RAM, each processor ID from the first vCPU's CPUID."""
+    leaf1 = next((e for e in machine.vcpus[0].get_cpuid() if e.function == 1 and e.index == 0), None)
+    memory = [(0, machine.ram_size)]
+    if machine.high_ram_size:
+        memory.append((HIGH_RAM_START, machine.high_ram_size))
+    return smbios_.build_smbios(
+        cpus=machine.cpus,
+        memory=memory,
+        cpuid_signature=leaf1.eax if leaf1 else 0,
+        cpuid_features=leaf1.edx if leaf1 else 0,
+    )

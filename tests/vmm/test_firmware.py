@@ -9,14 +9,17 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from hvcore import Hypervisor
 from hvcore.cli import main
+from hvcore.vmm import smbios
 from hvcore.vmm.machine import Machine, MachineResult
-from hvcore.vmm.pc import add_pc_devices
+from hvcore.vmm.pc import PcDevices, add_pc_devices
 from hvcore.vmm.run import ConsoleTee
 from tests.conftest import open_or_skip
 
@@ -36,19 +39,28 @@ def seabios() -> Path:
     pytest.skip(f"SeaBIOS not found (HVCORE_SEABIOS, {', '.join(_CANDIDATES[1:])}); `bash .ci/run` fetches it")
 
 
-def boot_log(hv: Hypervisor, *, hide_kvm: bool = False, cpus: int = 1) -> str:
-    """SeaBIOS's debug-console output up to "No bootable device" (at most 120 s)."""
+def boot_log(
+    hv: Hypervisor,
+    *,
+    hide_kvm: bool = False,
+    cpus: int = 1,
+    memory: int = 256 << 20,
+    after: Callable[[Machine, PcDevices], None] | None = None,
+) -> str:
+    """SeaBIOS's debug-console output up to "No bootable device" (at most 120 s); then ``after``, if given."""
     image = seabios().read_bytes()
     console = io.StringIO()
-    with Machine(hv, memory=256 << 20, cpus=cpus) as machine:
+    with Machine(hv, memory=memory, cpus=cpus) as machine:
         tee = ConsoleTee(console, DONE, lambda: machine.stop(MachineResult("until")))
-        add_pc_devices(machine, debugcon=tee)  # type: ignore[arg-type]  # write/flush suffice
+        devices = add_pc_devices(machine, debugcon=tee)  # type: ignore[arg-type]  # write/flush suffice
         machine.load(image)
         if hide_kvm:  # as QEMU's `-cpu ...,kvm=off`: no KVM signature leaves, so no kvmclock either
             vcpu = machine.vcpus[0]
             vcpu.set_cpuid([e for e in hv.supported_cpuid() if not 0x40000000 <= e.function < 0x40000100])
         result = machine.run(timeout=120)
-    assert result == MachineResult("until"), f"{result}; log so far:\n{console.getvalue()}"
+        assert result == MachineResult("until"), f"{result}; log so far:\n{console.getvalue()}"
+        if after is not None:
+            after(machine, devices)
     return console.getvalue()
 
 
@@ -101,3 +113,36 @@ def test_seabios_brings_up_every_vcpu(hv: Hypervisor) -> None:
     """SeaBIOS sends INIT/SIPI to all other APICs and counts the processors that check in."""
     log = boot_log(hv, cpus=4)
     assert "Found 4 cpu(s) max supported 4 cpu(s)" in log
+
+
+def _smbios_in_f_segment(machine: Machine) -> tuple[bytes, bytes]:
+    """The ``_SM_`` entry point SeaBIOS left in the F-segment (checksums verified) and its table."""
+    segment = machine.read(0xF0000, 0x10000)
+    anchors = [a for a in range(0, len(segment), 16) if segment[a : a + 4] == b"_SM_"]
+    assert len(anchors) == 1, f"_SM_ anchors at {anchors}"
+    entry = segment[anchors[0] : anchors[0] + segment[anchors[0] + 5]]
+    assert len(entry) == 0x1F and entry[0x10:0x15] == b"_DMI_"
+    assert sum(entry[:0x10]) & 0xFF == 0 and sum(entry[0x10:]) & 0xFF == 0
+    length, address = struct.unpack_from("<HI", entry, 0x16)
+    return entry, machine.read(address, length)
+
+
+def test_seabios_copies_our_smbios_tables(hv: Hypervisor) -> None:
+    """SeaBIOS takes fw_cfg's SMBIOS files as they are (adding its own type 0), not building its own."""
+    found: list[tuple[bytes, bytes, bytes]] = []
+
+    def inspect(machine: Machine, devices: PcDevices) -> None:
+        ours = devices.fw_cfg.item(devices.fw_cfg.file_selector(smbios.TABLES_FILE))
+        assert ours is not None
+        found.append((*_smbios_in_f_segment(machine), ours))
+
+    log = boot_log(hv, cpus=2, memory=(3 << 30) + (256 << 20), after=inspect)
+    assert "Copying SMBIOS" in log
+    [(entry, table, ours)] = found
+    parts = list(smbios.structures(table))
+    assert parts[0].type == 0 and parts[0].string(4) == "SeaBIOS"  # its own: ours has no type 0
+    assert table.endswith(ours) and len(table) - len(ours) == len(parts[0].formatted) + sum(
+        len(s) + 1 for s in parts[0].strings
+    ) + 1
+    assert struct.unpack_from("<H", entry, 0x1C)[0] == len(parts) == 1 + len(list(smbios.structures(ours)))
+    assert [p.type for p in parts] == [0, 1, 3, 4, 4, 16, 17, 19, 19, 32, 127]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from hvcore.vmm.devices import I8042, Cmos, DebugConsole, DebugExit, FwCfg, Hpet, PcTestdev, Uart16550
 from hvcore.vmm import smbios as smbios_
+from hvcore.vmm.devices import I8042, Cmos, DebugConsole, DebugExit, FwCfg, Hpet, PcTestdev, Uart16550
 from hvcore.vmm.machine import HIGH_RAM_START, Machine
 
 __all__ = ["PcDevices", "add_pc_devices"]
@@ -40,8 +40,9 @@ def add_pc_devices(
     COM1 at 0x3f8 (GSI 4 when there is an irqchip), the debug console at 0x402 (SeaBIOS logs
     there), isa-debug-exit at 0xf4, the i8042 at 0x60/0x64 (0xfe to 0x64 resets: the machine
     stops), CMOS/RTC at 0x70 with the memory-size registers, fw_cfg at 0x510 (DMA at 0x514) with
-    RAM size, CPU count, SeaBIOS's no-boot-menu setting and SMBIOS tables (:mod:`hvcore.vmm.smbios`), QEMU's pc-testdev (0xE0-0xEB,
-    interrupt lines at 0x2000: what kvm-unit-tests expect beside isa-debug-exit), and (unless
+    RAM size, CPU count, SeaBIOS's no-boot-menu setting and SMBIOS tables (:mod:`hvcore.vmm.smbios`),
+    QEMU's pc-testdev (0xE0-0xEB, interrupt lines at 0x2000: what kvm-unit-tests expect beside
+    isa-debug-exit), and (unless
     ``hpet`` is false, as QEMU's ``-machine hpet=off``) the HPET at 0xFED00000, its legacy route
     taking IRQ 0 from the PIT.
     """

@@ -141,8 +141,9 @@ def test_seabios_copies_our_smbios_tables(hv: Hypervisor) -> None:
     [(entry, table, ours)] = found
     parts = list(smbios.structures(table))
     assert parts[0].type == 0 and parts[0].string(4) == "SeaBIOS"  # its own: ours has no type 0
-    assert table.endswith(ours) and len(table) - len(ours) == len(parts[0].formatted) + sum(
-        len(s) + 1 for s in parts[0].strings
-    ) + 1
+    assert (
+        table.endswith(ours)
+        and len(table) - len(ours) == len(parts[0].formatted) + sum(len(s) + 1 for s in parts[0].strings) + 1
+    )
     assert struct.unpack_from("<H", entry, 0x1C)[0] == len(parts) == 1 + len(list(smbios.structures(ours)))
     assert [p.type for p in parts] == [0, 1, 3, 4, 4, 16, 17, 19, 19, 32, 127]

@@ -282,10 +282,10 @@ class Tracker:
 
     def _io_forbidden(self, port: int, size: int) -> bool:
         """Raise #GP(0) instead of the access when CPL > IOPL and the TSS bitmap forbids the ports."""
-        engine = self._engine
-        assert engine is not None
-        if not engine.reg(engine.CS) & 3 or not engine.reg(engine.CR0) & 1:
-            return False  # CPL0 (CS.RPL) or real mode: every port is allowed
+        engine, cells = self._engine, self._cells
+        assert engine is not None and cells is not None
+        if cells.every_port_allowed():
+            return False  # CPL0 (CS.RPL) or real mode
         rflags = engine.reg(engine.RFLAGS)
         if not rflags >> 17 & 1 and engine.reg(engine.CS) & 3 <= (rflags >> 12) & 3:
             return False
@@ -870,8 +870,9 @@ class Tracker:
         """
         unicorn = self._unicorn
         fetch_faults = (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT)
+        cells = self._cells
         try:
-            engine.start(engine.reg(engine.RIP), count)
+            engine.start(engine.reg(engine.RIP) if cells is None else cells.rip(), count)
             return True
         except unicorn.UcError as err:
             if err.errno not in fetch_faults:
@@ -933,7 +934,7 @@ class Tracker:
             past, rsi_now = self._cells.rip_rsi()
             if rsi_now == rsi:  # a plain OUT (OUTS moves RSI): finished by the next run
                 self._out_unfinished = (rip, past, shadow)
-                engine.set_reg(engine.RIP, rip)
+                self._cells.set_rip(rip)
                 if shadow:
                     engine.interrupt_shadow = True
                 return stop
@@ -1107,9 +1108,13 @@ class Tracker:
         assert self._out_unfinished is not None
         rip, past, shadow = self._out_unfinished
         self._out_unfinished = None
-        if self._cells is not None and self._cells.rip_rsi()[0] != rip:
+        cells = self._cells
+        if cells is None:
+            engine.set_reg(engine.RIP, past)
+        elif cells.rip() != rip:
             return
-        engine.set_reg(engine.RIP, past)
+        else:
+            cells.set_rip(past)
         if shadow:
             engine.interrupt_shadow = False  # the shadowed instruction is done (skip_emulated_instruction)
         if self.watch_resume_flag:

@@ -592,9 +592,14 @@ class SimVCPU(Closeable):
         With an in-kernel irqchip KVM reports ready_for_interrupt_injection = 1 (userspace injects
         nothing then); without one, IF=1, no STI / MOV SS shadow and no interrupt queued.
         """
-        engine = self._engine
-        assert engine is not None
-        if_flag = self._if_snapshot = bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
+        cells = self.tracker.cells
+        if cells is not None:
+            if_flag = cells.interrupts_enabled()
+        else:
+            engine = self._engine
+            assert engine is not None
+            if_flag = bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
+        self._if_snapshot = if_flag
         self._ready_snapshot = self._vm.irqchip is not None or (if_flag and self._unblocked())
 
     def _deliver_injected_exception(self, engine: Engine) -> bool:

@@ -1015,7 +1015,10 @@ class Tracker:
                 )
             self.pending = stop.exit
             return stop
-        data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in parts)
+        if len(parts) == 1:
+            data = (first.value or 0).to_bytes(length, "little")
+        else:
+            data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in parts)
         stop = self._write_stops.get((first.address, length, data))
         if stop is None:
             if len(self._write_stops) > 1024:
@@ -1023,7 +1026,7 @@ class Tracker:
             stop = self._write_stops[first.address, length, data] = Stop(
                 StopKind.EXIT, MmioExit(first.address, length, True, data)
             )
-        rom = any(piece.rom for piece in new)  # a store to a read-only slot aborted the instruction
+        rom = first.rom if len(new) == 1 else any(piece.rom for piece in new)  # a store to a read-only slot aborted it
         if rom and engine.reg(engine.RIP) != self._rom_rip:
             self._known = []  # a helper (cmpxchg8b) went on without the store: the instruction is complete
         elif rom:  # the instruction was aborted: finish it now, so RIP is past the write as on KVM
@@ -1038,7 +1041,8 @@ class Tracker:
                 self.pending = None  # a read among them waits from when it is given (finish_instruction)
         else:
             self._known = []  # stopped after the instruction: it is complete
-            self._queue_writes(new[len(parts) :])  # the rest of a write across pages, or of more than 8 bytes
+            if len(new) > len(parts):
+                self._queue_writes(new[len(parts) :])  # the rest of a write across pages, or of more than 8 bytes
         return stop
 
     def _queue_writes(self, pieces: list[_Access]) -> None:

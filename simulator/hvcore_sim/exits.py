@@ -297,7 +297,9 @@ class Tracker:
         return True
 
     def _on_out(self, uc: Any, port: int, size: int, value: int, _: object) -> None:
-        if self._io_forbidden(port, size):
+        cells = self._cells
+        assert cells is not None
+        if not cells.every_port_allowed() and self._io_forbidden(port, size):  # (the common case without a call)
             return
         if port in self.local_ports:  # the in-kernel PIC / PIT: never the VMM's
             chip = self.vcpu._vm.irqchip
@@ -306,9 +308,7 @@ class Tracker:
             self._halt(_LOOK_AGAIN)
             return
         if port != _OUT_7E:
-            cells = self._cells
-            assert cells is not None
-            self._out_seen = (*cells.rip_rsi(), cells.interrupt_shadow())
+            self._out_seen = cells.out_state()
         stop = self._out_stops.get((port, size, value))
         if stop is None:  # equal exits are shared values, as in the KVM backend
             if len(self._out_stops) > 1024:

@@ -251,6 +251,13 @@ class Cells:
         engine = self._engine
         return engine.reg(engine.RIP), engine.reg(engine.GPRS_BY_NUMBER[6])
 
+    def out_state(self) -> tuple[int, int, bool]:
+        """RIP, RSI and the STI / MOV SS shadow in one call (what an OUT hook records); also right inside a hook."""
+        rip, rsi, hflags = self._rip, self._rsi, self._hflags
+        if rip is not None and rsi is not None and hflags is not None:
+            return rip.value, rsi.value, bool(hflags.value & HF_INHIBIT_IRQ)
+        return (*self.rip_rsi(), self.interrupt_shadow())
+
     def rip(self) -> int:
         """RIP, read in place; also right inside a hook."""
         cell = self._rip

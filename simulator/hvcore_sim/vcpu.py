@@ -70,6 +70,7 @@ from hvcore_sim.queued import SOFTWARE_EXCEPTIONS, QueuedException, nmi_limit
 from hvcore_sim.windows import REQUEST_INTERRUPT, REQUEST_NMI
 
 if TYPE_CHECKING:
+    from hvcore_sim.internals import Cells
     from hvcore_sim.irqchip.chip import Irqchip
     from hvcore_sim.irqchip.lapic import LocalApic
     from hvcore_sim.vm import SimVM
@@ -162,6 +163,7 @@ class SimVCPU(Closeable):
         self.msrs = MsrEmulator(self._state, vm.clock, pvclock=pvclock)
         """Guest RDMSR / WRMSR / RDTSC and get_msrs / set_msrs (``msrs.handler``: the LAPIC's MSRs)."""
         self._engine: Engine | None = None
+        self._cells: Cells | None = None
         self._layout_generation = -1
         self._versions: dict[int, int] = {}
         self._host_writes = -1
@@ -186,6 +188,7 @@ class SimVCPU(Closeable):
             engine.adopt(old)
         self._state.limit_xcr0(engine)
         self.tracker.install(engine)
+        self._cells = self.tracker.cells  # the new engine's (read at every exit)
         self._vm.map_into(engine, self.tracker)
         self.tracker.mapped_writable({slot: set(pages) for slot, pages in self._vm.dirty.pages.items()})
         self._layout_generation = self._vm.layout_generation
@@ -593,7 +596,7 @@ class SimVCPU(Closeable):
         With an in-kernel irqchip KVM reports ready_for_interrupt_injection = 1 (userspace injects
         nothing then); without one, IF=1, no STI / MOV SS shadow and no interrupt queued.
         """
-        cells = self.tracker.cells
+        cells = self._cells
         if cells is not None:
             if_flag = cells.interrupts_enabled()
         else:
@@ -646,7 +649,7 @@ class SimVCPU(Closeable):
         """No interrupt queued and no STI / MOV SS shadow (IF aside)."""
         if self._queued_interrupt is not None:
             return False
-        cells = self.tracker.cells
+        cells = self._cells
         if cells is not None:
             return not cells.interrupt_shadow()
         engine = self._engine

@@ -215,6 +215,7 @@ class Engine:
         self._write_one = uclib.uc_reg_write
         self._read_many = uclib.uc_reg_read_batch
         self._emu_start = uclib.uc_emu_start
+        self._emu_stop = uclib.uc_emu_stop
         self._vmem_read = uclib.uc_vmem_read
         self._prot_exec = unicorn.UC_PROT_EXEC
         self._code = ctypes.create_string_buffer(16)
@@ -567,8 +568,10 @@ class Engine:
         self._count.value = counter.value + 1
 
     def stop(self) -> None:
-        """Ask the running engine to stop at the next instruction boundary."""
-        self.uc.emu_stop()
+        """Ask the running engine to stop at the next instruction boundary (the binding's ``emu_stop``, unwrapped)."""
+        status = self._emu_stop(self._handle)
+        if status:
+            raise self._uc_error(status)
 
     def reset(self) -> None:
         """KVM's x86 reset state (real mode at 0xf000:0xfff0)."""

@@ -282,10 +282,10 @@ class Tracker:
 
     def _io_forbidden(self, port: int, size: int) -> bool:
         """Raise #GP(0) instead of the access when CPL > IOPL and the TSS bitmap forbids the ports."""
-        engine = self._engine
-        assert engine is not None
-        if not engine.reg(engine.CS) & 3 or not engine.reg(engine.CR0) & 1:
-            return False  # CPL0 (CS.RPL) or real mode: every port is allowed
+        engine, cells = self._engine, self._cells
+        assert engine is not None and cells is not None
+        if cells.every_port_allowed():
+            return False  # CPL0 (CS.RPL) or real mode
         rflags = engine.reg(engine.RFLAGS)
         if not rflags >> 17 & 1 and engine.reg(engine.CS) & 3 <= (rflags >> 12) & 3:
             return False
@@ -297,7 +297,9 @@ class Tracker:
         return True
 
     def _on_out(self, uc: Any, port: int, size: int, value: int, _: object) -> None:
-        if self._io_forbidden(port, size):
+        cells = self._cells
+        assert cells is not None
+        if not cells.every_port_allowed() and self._io_forbidden(port, size):  # (the common case without a call)
             return
         if port in self.local_ports:  # the in-kernel PIC / PIT: never the VMM's
             chip = self.vcpu._vm.irqchip
@@ -306,9 +308,7 @@ class Tracker:
             self._halt(_LOOK_AGAIN)
             return
         if port != _OUT_7E:
-            cells = self._cells
-            assert cells is not None
-            self._out_seen = (*cells.rip_rsi(), cells.interrupt_shadow())
+            self._out_seen = cells.out_state()
         stop = self._out_stops.get((port, size, value))
         if stop is None:  # equal exits are shared values, as in the KVM backend
             if len(self._out_stops) > 1024:
@@ -870,8 +870,9 @@ class Tracker:
         """
         unicorn = self._unicorn
         fetch_faults = (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT)
+        cells = self._cells
         try:
-            engine.start(engine.reg(engine.RIP), count)
+            engine.start(engine.reg(engine.RIP) if cells is None else cells.rip(), count)
             return True
         except unicorn.UcError as err:
             if err.errno not in fetch_faults:
@@ -933,7 +934,7 @@ class Tracker:
             past, rsi_now = self._cells.rip_rsi()
             if rsi_now == rsi:  # a plain OUT (OUTS moves RSI): finished by the next run
                 self._out_unfinished = (rip, past, shadow)
-                engine.set_reg(engine.RIP, rip)
+                self._cells.set_rip(rip)
                 if shadow:
                     engine.interrupt_shadow = True
                 return stop
@@ -1014,7 +1015,10 @@ class Tracker:
                 )
             self.pending = stop.exit
             return stop
-        data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in parts)
+        if len(parts) == 1:
+            data = (first.value or 0).to_bytes(length, "little")
+        else:
+            data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in parts)
         stop = self._write_stops.get((first.address, length, data))
         if stop is None:
             if len(self._write_stops) > 1024:
@@ -1022,7 +1026,7 @@ class Tracker:
             stop = self._write_stops[first.address, length, data] = Stop(
                 StopKind.EXIT, MmioExit(first.address, length, True, data)
             )
-        rom = any(piece.rom for piece in new)  # a store to a read-only slot aborted the instruction
+        rom = first.rom if len(new) == 1 else any(piece.rom for piece in new)  # a store to a read-only slot aborted it
         if rom and engine.reg(engine.RIP) != self._rom_rip:
             self._known = []  # a helper (cmpxchg8b) went on without the store: the instruction is complete
         elif rom:  # the instruction was aborted: finish it now, so RIP is past the write as on KVM
@@ -1037,7 +1041,8 @@ class Tracker:
                 self.pending = None  # a read among them waits from when it is given (finish_instruction)
         else:
             self._known = []  # stopped after the instruction: it is complete
-            self._queue_writes(new[len(parts) :])  # the rest of a write across pages, or of more than 8 bytes
+            if len(new) > len(parts):
+                self._queue_writes(new[len(parts) :])  # the rest of a write across pages, or of more than 8 bytes
         return stop
 
     def _queue_writes(self, pieces: list[_Access]) -> None:
@@ -1107,9 +1112,13 @@ class Tracker:
         assert self._out_unfinished is not None
         rip, past, shadow = self._out_unfinished
         self._out_unfinished = None
-        if self._cells is not None and self._cells.rip_rsi()[0] != rip:
+        cells = self._cells
+        if cells is None:
+            engine.set_reg(engine.RIP, past)
+        elif cells.rip() != rip:
             return
-        engine.set_reg(engine.RIP, past)
+        else:
+            cells.set_rip(past)
         if shadow:
             engine.interrupt_shadow = False  # the shadowed instruction is done (skip_emulated_instruction)
         if self.watch_resume_flag:

@@ -60,6 +60,8 @@ _CC_OP_EFLAGS: Final = 1
 _CC_SRC, _CC_OP = 152, 168
 _EIP, _EFLAGS = 128, 136
 _RSI = 6 * 8  # regs[R_ESI]
+_R_CS = 1  # segs[R_CS]
+_RFLAGS_IF = 1 << 9
 _MARKERS: Final = (0x1122334455667788, 0x99AABBCCDDEEFF01, 0x0123456789ABCDEF, 0x7766554433221100)
 _RIP_MARKER: Final = 0x0000123456789ABC
 _SCAN_STRUCT = 2048  # bytes of uc_struct searched for the CPU pointer
@@ -195,6 +197,8 @@ class Cells:
         self._hflags: ctypes.c_uint32 | None = None
         self._rip: ctypes.c_uint64 | None = None
         self._rsi: ctypes.c_uint64 | None = None
+        self._cs: ctypes.c_uint32 | None = None
+        self._cr0: ctypes.c_uint64 | None = None
         self._intercept: ctypes.c_uint64 | None = None
         self._intercept_cr_read: ctypes.c_uint16 | None = None
         self._intercept_cr_write: ctypes.c_uint16 | None = None
@@ -211,6 +215,8 @@ class Cells:
                 self._hflags = ctypes.c_uint32.from_address(env + layout.hflags - layout.env)
                 self._rip = ctypes.c_uint64.from_address(env + _EIP)
                 self._rsi = ctypes.c_uint64.from_address(env + _RSI)
+                self._cs = ctypes.c_uint32.from_address(env + layout.segment(_R_CS) - layout.env)  # the selector
+                self._cr0 = ctypes.c_uint64.from_address(env + layout.cr - layout.env)
                 self._intercept = ctypes.c_uint64.from_address(env + layout.intercept - layout.env)
                 self._intercept_cr_read = ctypes.c_uint16.from_address(env + layout.intercept_cr - layout.env)
                 self._intercept_cr_write = ctypes.c_uint16.from_address(env + layout.intercept_cr + 2 - layout.env)
@@ -244,6 +250,50 @@ class Cells:
             return rip.value, rsi.value
         engine = self._engine
         return engine.reg(engine.RIP), engine.reg(engine.GPRS_BY_NUMBER[6])
+
+    def out_state(self) -> tuple[int, int, bool]:
+        """RIP, RSI and the STI / MOV SS shadow in one call (what an OUT hook records); also right inside a hook."""
+        rip, rsi, hflags = self._rip, self._rsi, self._hflags
+        if rip is not None and rsi is not None and hflags is not None:
+            return rip.value, rsi.value, bool(hflags.value & HF_INHIBIT_IRQ)
+        return (*self.rip_rsi(), self.interrupt_shadow())
+
+    def rip(self) -> int:
+        """RIP, read in place; also right inside a hook."""
+        cell = self._rip
+        if cell is not None:
+            return cell.value
+        engine = self._engine
+        return engine.reg(engine.RIP)
+
+    def set_rip(self, value: int) -> None:
+        """Write RIP in place, between runs only.
+
+        Unicorn's own RIP write also asks a run in progress to stop (``quit_request``); between
+        runs that changes nothing, as ``emu_start`` writes RIP the same way before it runs.
+        """
+        cell = self._rip
+        if cell is not None:
+            cell.value = value
+            return
+        engine = self._engine
+        engine.set_reg(engine.RIP, value)
+
+    def interrupts_enabled(self) -> bool:
+        """RFLAGS.IF, read in place (QEMU keeps IF in ``env->eflags`` at all times, never lazily)."""
+        cell = self._eflags
+        if cell is not None:
+            return bool(cell.value & _RFLAGS_IF)
+        engine = self._engine
+        return bool(engine.reg(engine.RFLAGS) & _RFLAGS_IF)
+
+    def every_port_allowed(self) -> bool:
+        """CS.RPL 0 or real mode (CR0.PE clear): no I/O permission check; read in place, also inside a hook."""
+        cs, cr0 = self._cs, self._cr0
+        if cs is not None and cr0 is not None:
+            return not cs.value & 3 or not cr0.value & 1
+        engine = self._engine
+        return not engine.reg(engine.CS) & 3 or not engine.reg(engine.CR0) & 1
 
     def interrupt_shadow(self) -> bool:
         """The STI / MOV SS shadow (``HF_INHIBIT_IRQ``), read in place; also right inside a hook."""

@@ -70,6 +70,7 @@ from hvcore_sim.queued import SOFTWARE_EXCEPTIONS, QueuedException, nmi_limit
 from hvcore_sim.windows import REQUEST_INTERRUPT, REQUEST_NMI
 
 if TYPE_CHECKING:
+    from hvcore_sim.internals import Cells
     from hvcore_sim.irqchip.chip import Irqchip
     from hvcore_sim.irqchip.lapic import LocalApic
     from hvcore_sim.vm import SimVM
@@ -162,6 +163,7 @@ class SimVCPU(Closeable):
         self.msrs = MsrEmulator(self._state, vm.clock, pvclock=pvclock)
         """Guest RDMSR / WRMSR / RDTSC and get_msrs / set_msrs (``msrs.handler``: the LAPIC's MSRs)."""
         self._engine: Engine | None = None
+        self._cells: Cells | None = None
         self._layout_generation = -1
         self._versions: dict[int, int] = {}
         self._host_writes = -1
@@ -186,6 +188,7 @@ class SimVCPU(Closeable):
             engine.adopt(old)
         self._state.limit_xcr0(engine)
         self.tracker.install(engine)
+        self._cells = self.tracker.cells  # the new engine's (read at every exit)
         self._vm.map_into(engine, self.tracker)
         self.tracker.mapped_writable({slot: set(pages) for slot, pages in self._vm.dirty.pages.items()})
         self._layout_generation = self._vm.layout_generation
@@ -301,7 +304,8 @@ class SimVCPU(Closeable):
                     if kicked:
                         self._consume_kick()
                         return _INTERRUPTED
-                    self._process_nmi(engine)
+                    if self._nmi_pending > 1:
+                        self._process_nmi(engine)
                     self._state.xfeatures = 0  # from here XSTATE_BV is what the guest's state is (XSAVES)
                     if self._exception.injected and not self._deliver_injected_exception(engine):
                         return _SHUTDOWN
@@ -592,9 +596,14 @@ class SimVCPU(Closeable):
         With an in-kernel irqchip KVM reports ready_for_interrupt_injection = 1 (userspace injects
         nothing then); without one, IF=1, no STI / MOV SS shadow and no interrupt queued.
         """
-        engine = self._engine
-        assert engine is not None
-        if_flag = self._if_snapshot = bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
+        cells = self._cells
+        if cells is not None:
+            if_flag = cells.interrupts_enabled()
+        else:
+            engine = self._engine
+            assert engine is not None
+            if_flag = bool(engine.reg(engine.RFLAGS) & RFLAGS_IF)
+        self._if_snapshot = if_flag
         self._ready_snapshot = self._vm.irqchip is not None or (if_flag and self._unblocked())
 
     def _deliver_injected_exception(self, engine: Engine) -> bool:
@@ -640,7 +649,7 @@ class SimVCPU(Closeable):
         """No interrupt queued and no STI / MOV SS shadow (IF aside)."""
         if self._queued_interrupt is not None:
             return False
-        cells = self.tracker.cells
+        cells = self._cells
         if cells is not None:
             return not cells.interrupt_shadow()
         engine = self._engine

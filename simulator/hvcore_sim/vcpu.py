@@ -304,8 +304,7 @@ class SimVCPU(Closeable):
                     if kicked:
                         self._consume_kick()
                         return _INTERRUPTED
-                    if self._nmi_pending > 1:
-                        self._process_nmi(engine)
+                    self._process_nmi(engine)
                     self._state.xfeatures = 0  # from here XSTATE_BV is what the guest's state is (XSAVES)
                     if self._exception.injected and not self._deliver_injected_exception(engine):
                         return _SHUTDOWN

@@ -217,7 +217,7 @@ class Tracker:
         self._rom_landing: tuple[int, int] | None = None  # the known store to a read-only slot let through
         self._out_seen: tuple[int, int, bool] | None = None  # a plain OUT's (rip, rsi, shadow) in its hook
         self._out_unfinished: tuple[int, int, bool] | None = None  # (rip at the OUT, rip past it, shadow)
-        self._cut = False  # the run ended at a block Unicorn could not translate (see _start): a slice, not a HLT
+        self._cut = False  # the run ended at a block Unicorn could not translate: a slice, not a HLT
         self._replay = False  # finishing an IN or MMIO instruction that already exited (not a new one)
         self._string_in = False  # this run's IN exit is an INS (:mod:`hvcore_sim.stringin`)
         self._discard_writes = False  # that INS's own stores (Unicorn's) are not the guest's: KVM writes after the IN
@@ -315,7 +315,11 @@ class Tracker:
                 self._out_stops.clear()
             exit_ = IoExit(port, size, 1, IoDirection.OUT, value.to_bytes(size, "little"))
             stop = self._out_stops[port, size, value] = Stop(StopKind.EXIT, exit_)
-        self._halt(stop)
+        if self._stop is None:  # (_halt, inline: the hot path)
+            self._stop = stop
+        engine = self._engine
+        assert engine is not None
+        engine.stop()
 
     def _on_in(self, uc: Any, port: int, size: int, _: object) -> int:
         if self._in_answers:
@@ -838,9 +842,15 @@ class Tracker:
             vm = self.vcpu._vm
             self.breakpoints.arm(engine, vm.physical, lambda physical: vm.slot_at(physical) is not None)
         self._cut = False
+        cells = self._cells
         try:
-            if not self._start(engine, count):
-                return Stop(StopKind.FETCH_FAULT)
+            try:  # the common case first: one start, no fetch fault (see _after_fetch_fault)
+                engine.start(engine.reg(engine.RIP) if cells is None else cells.rip(), count)
+            except unicorn.UcError as err:
+                if err.errno not in (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT):
+                    raise
+                if not self._after_fetch_fault(engine, count):
+                    return Stop(StopKind.FETCH_FAULT)
         except unicorn.UcError as err:
             if err.errno == unicorn.UC_ERR_INSN_INVALID:
                 return Stop(StopKind.EXCEPTION, vector=6)
@@ -858,8 +868,8 @@ class Tracker:
                 self._unprotect = []
         return self._after(engine, count, resume_step)
 
-    def _start(self, engine: Engine, count: int) -> bool:
-        """Run up to ``count`` instructions from RIP; False if the instruction at RIP cannot be fetched.
+    def _after_fetch_fault(self, engine: Engine, count: int) -> bool:
+        """The run's start failed to fetch code: go on as KVM would; False if the instruction at RIP cannot be fetched.
 
         Unicorn translates a block of straight-line code before it runs any of it, and fails the
         whole block when the bytes of a later instruction are not in RAM (code up to the end of a
@@ -869,14 +879,6 @@ class Tracker:
         translated again as one instruction; only if that fails too is RIP's own fetch at fault.
         """
         unicorn = self._unicorn
-        fetch_faults = (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT)
-        cells = self._cells
-        try:
-            engine.start(engine.reg(engine.RIP) if cells is None else cells.rip(), count)
-            return True
-        except unicorn.UcError as err:
-            if err.errno not in fetch_faults:
-                raise
         if engine.counter_cell.value:
             self._cut = True
             return True
@@ -885,7 +887,7 @@ class Tracker:
         try:
             engine.start(engine.reg(engine.RIP), count)  # the blocks after the first one: as usual
         except unicorn.UcError as err:
-            if err.errno not in fetch_faults:
+            if err.errno not in (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT):
                 raise
             if not engine.counter_cell.value:
                 return False

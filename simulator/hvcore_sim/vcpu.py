@@ -279,15 +279,25 @@ class SimVCPU(Closeable):
         lock, stepping, tracker = self._vm.exec_lock, self._stepping, self.tracker
         acquire, release = lock.raw.acquire, lock.raw.release  # the C lock itself: this is the hot path
         first = True
-        chip, clock = self._vm.irqchip, self._vm.clock
+        vm = self._vm
+        chip, clock = vm.irqchip, vm.clock
         virtual = clock.virtual
+        msrs = self.msrs
+        pvclock = msrs.pvclock
         while True:
             if chip is not None and self._mp_state is not MpState.RUNNABLE and not first and self._sleep(chip):
                 return _INTERRUPTED
             if not acquire(False):
                 lock.acquire()  # busy: wait as a counted waiter
             try:
-                engine = self.engine()
+                engine = self._engine
+                if (  # engine(), its checks inline: the hot path
+                    self._layout_generation != vm.layout_generation
+                    or vm.dirty.generation != tracker.dirty_generation
+                    or GuestMemory.writes != self._host_writes
+                ):
+                    engine = self.engine()
+                assert engine is not None
                 if first:  # finish what the last exit left, then honour a kick, before any new guest code
                     first = False
                     kicked = self._kicked or self._immediate_exit
@@ -304,7 +314,8 @@ class SimVCPU(Closeable):
                     if kicked:
                         self._consume_kick()
                         return _INTERRUPTED
-                    self._process_nmi(engine)
+                    if self._nmi_pending > 1:
+                        self._process_nmi(engine)
                     self._state.xfeatures = 0  # from here XSTATE_BV is what the guest's state is (XSAVES)
                     if self._exception.injected and not self._deliver_injected_exception(engine):
                         return _SHUTDOWN
@@ -332,8 +343,8 @@ class SimVCPU(Closeable):
                         count = min(count, clock.instructions_until(deadline))
                 if tracker.watch_resume_flag:
                     count = tracker.resume_flag_budget(engine, count)
-                if self.msrs.pvclock.pending:  # as KVM's clock-update request, before the guest runs on
-                    self.msrs.refresh_pvclock()
+                if pvclock.pending:  # as KVM's clock-update request, before the guest runs on
+                    msrs.refresh_pvclock()
                 stop = tracker.run(engine, count)
                 engine.close_windows()
                 if virtual:

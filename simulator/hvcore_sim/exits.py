@@ -79,6 +79,7 @@ __all__ = ["Stop", "StopKind", "Tracker"]
 _PIO_BATCH = 1024  # bytes: the size of KVM's pio data page
 _U64 = (1 << 64) - 1
 _OUT_7E = 0x7E  # the port whose OUT KVM completes before the exit (KVM_X86_QUIRK_OUT_7E_INC_RIP)
+_OUT = IoDirection.OUT
 _MMIO_EXIT_MAX = 8  # bytes: KVM's kvm_run.mmio.data
 
 
@@ -658,7 +659,11 @@ class Tracker:
                 self._halt(_MMIO)
                 return 0
         self._new.append(_Access(False, address, size))
-        self._halt(_MMIO)
+        if self._stop is None:  # (_halt, inline: the hot path)
+            self._stop = _MMIO
+        engine = self._engine
+        assert engine is not None
+        engine.stop()
         return 0
 
     def _split_read(self, address: int, size: int) -> _Access | None:
@@ -930,7 +935,7 @@ class Tracker:
         if self._known and stop is not _MMIO and (engine.counter_cell.value > 1 or self._cut):
             self._known, self._cursor = [], 0  # the replayed instruction finished before this stop
         out_seen, self._out_seen = self._out_seen, None
-        if out_seen is not None and stop is not None and isinstance(stop.exit, IoExit) and not stop.exit.is_in:
+        if out_seen is not None and stop is not None and isinstance(stop.exit, IoExit) and stop.exit.direction is _OUT:
             rip, rsi, shadow = out_seen
             assert self._cells is not None
             past, rsi_now = self._cells.rip_rsi()
@@ -1072,7 +1077,7 @@ class Tracker:
     @property
     def has_unfinished(self) -> bool:
         """A queued exit, an answered IN, or known MMIO accesses wait for the next run."""
-        return bool(self._queued) or self._in is not None or bool(self._known) or self._out_unfinished is not None
+        return self._out_unfinished is not None or bool(self._known) or bool(self._queued) or self._in is not None
 
     def finish_instruction(self, engine: Engine, *, now: bool) -> Exit | None:
         """At the start of ``run()``: return a queued exit, or complete the answered IN / MMIO read.
@@ -1117,10 +1122,8 @@ class Tracker:
         cells = self._cells
         if cells is None:
             engine.set_reg(engine.RIP, past)
-        elif cells.rip() != rip:
+        elif not cells.move_rip(rip, past):
             return
-        else:
-            cells.set_rip(past)
         if shadow:
             engine.interrupt_shadow = False  # the shadowed instruction is done (skip_emulated_instruction)
         if self.watch_resume_flag:

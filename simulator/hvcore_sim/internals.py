@@ -279,6 +279,19 @@ class Cells:
         engine = self._engine
         engine.set_reg(engine.RIP, value)
 
+    def move_rip(self, expected: int, value: int) -> bool:
+        """Write RIP (between runs) if it still is ``expected``; whether it was (one call for the OUT rules)."""
+        cell = self._rip
+        if cell is not None:
+            if cell.value != expected:
+                return False
+            cell.value = value
+            return True
+        if self.rip() != expected:
+            return False
+        self.set_rip(value)
+        return True
+
     def interrupts_enabled(self) -> bool:
         """RFLAGS.IF, read in place (QEMU keeps IF in ``env->eflags`` at all times, never lazily)."""
         cell = self._eflags

@@ -986,7 +986,7 @@ class Tracker:
         length = first.size
         # Unicorn splits an 8-byte access in two and an unaligned write in bytes; KVM reports one
         # access of up to 8 bytes within a page, so contiguous pieces of the same kind are merged.
-        for piece in new[1:]:
+        for piece in new[1:] if len(new) > 1 else ():
             if (
                 piece.write != first.write
                 or piece.address != first.address + length

@@ -9,7 +9,7 @@ from typing import Any, Final
 from hvcore.arguments import check_data, check_instance, check_instances, check_int, check_int_mapping
 from hvcore.errors import InvalidArgument, InvalidType, StateError
 from hvcore.exits import Exit, IoExit, MmioExit
-from hvcore.state_checks import check_state
+from hvcore.state_checks import check_state, check_state_argument
 from hvcore.types import CpuidEntry, GsiRoute, IoapicState, IrqchipId, IrqchipRoute, MsiRoute, PicState, PitState
 
 __all__ = [
@@ -121,8 +121,7 @@ _PINS = {IrqchipId.PIC_MASTER: 8, IrqchipId.PIC_SLAVE: 8, IrqchipId.IOAPIC: 24}
 
 def check_pit_state(state: PitState, operation: str) -> None:
     """Three channels of 8254 state with counts up to 65536 and valid modes."""
-    check_instance("state", state, PitState, operation)
-    check_state(state, operation)
+    check_state_argument("state", state, PitState, operation)
     for i, channel in enumerate(state.channels):
         if (
             not 0 <= channel.count <= 0x10000

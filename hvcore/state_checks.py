@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+from hvcore.arguments import check_instance
 from hvcore.errors import InvalidArgument
 from hvcore.types import (
     CpuidEntry,
@@ -43,7 +44,7 @@ from hvcore.types import (
     Xsave,
 )
 
-__all__ = ["LAYOUTS", "Int", "Layout", "Nested", "Raw", "check_state"]
+__all__ = ["LAYOUTS", "Int", "Layout", "Nested", "Raw", "check_state", "check_state_argument"]
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,12 @@ LAYOUTS: Final[Mapping[type, Layout]] = {
     PitState: Layout("KvmPitState2", {"channels": Nested("channels", count=3), "flags": _u(32, "flags")}),
 }
 """Each state type -> the ``hvcore_kvm.uapi`` struct that carries it, and each field's member and width."""
+
+
+def check_state_argument(name: str, value: object, cls: type[Any], operation: str) -> None:
+    """A setter's state argument: an instance of ``cls`` of the right field types, every value fitting its member."""
+    check_instance(name, value, cls, operation)
+    check_state(value, operation)
 
 
 def check_state(value: object, operation: str) -> None:

@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from hvcore.arguments import check_enum, check_flag, check_instance, check_int, check_int_list, check_int_mapping
+from hvcore.arguments import check_enum, check_flag, check_int, check_int_list, check_int_mapping
 from hvcore.checks import (
     check_cpuid,
     check_msr,
@@ -32,7 +32,7 @@ from hvcore.errors import (
 )
 from hvcore.exits import Exit, ExitReason
 from hvcore.lifetime import Closeable
-from hvcore.state_checks import check_state
+from hvcore.state_checks import check_state_argument
 from hvcore.types import (
     CpuidEntry,
     DebugRegs,
@@ -271,8 +271,7 @@ class KvmVCPU(Closeable):
 
     def set_regs(self, regs: Regs) -> None:
         """``KVM_SET_REGS``."""
-        check_instance("regs", regs, Regs, "set_regs")
-        check_state(regs, "set_regs")
+        check_state_argument("regs", regs, Regs, "set_regs")
         self._get(ioctls.KVM_SET_REGS, convert.regs_to_kvm(regs))
 
     def get_sregs(self) -> Sregs:
@@ -283,8 +282,7 @@ class KvmVCPU(Closeable):
 
     def set_sregs(self, sregs: Sregs) -> None:
         """``KVM_SET_SREGS``."""
-        check_instance("sregs", sregs, Sregs, "set_sregs")
-        check_state(sregs, "set_sregs")
+        check_state_argument("sregs", sregs, Sregs, "set_sregs")
         self._get(ioctls.KVM_SET_SREGS, convert.sregs_to_kvm(sregs))
 
     def get_fpu(self) -> Fpu:
@@ -295,8 +293,7 @@ class KvmVCPU(Closeable):
 
     def set_fpu(self, fpu: Fpu) -> None:
         """``KVM_SET_FPU``."""
-        check_instance("fpu", fpu, Fpu, "set_fpu")
-        check_state(fpu, "set_fpu")
+        check_state_argument("fpu", fpu, Fpu, "set_fpu")
         self._get(ioctls.KVM_SET_FPU, convert.fpu_to_kvm(fpu))
 
     def get_xsave(self) -> Xsave:
@@ -307,8 +304,7 @@ class KvmVCPU(Closeable):
 
     def set_xsave(self, xsave: Xsave) -> None:
         """``KVM_SET_XSAVE``."""
-        check_instance("xsave", xsave, Xsave, "set_xsave")
-        check_state(xsave, "set_xsave")
+        check_state_argument("xsave", xsave, Xsave, "set_xsave")
         self._get(ioctls.KVM_SET_XSAVE, convert.xsave_to_kvm(xsave))
 
     def get_xcrs(self) -> dict[int, int]:
@@ -377,8 +373,7 @@ class KvmVCPU(Closeable):
 
     def set_lapic(self, lapic: Lapic) -> None:
         """``KVM_SET_LAPIC``."""
-        check_instance("lapic", lapic, Lapic, "set_lapic")
-        check_state(lapic, "set_lapic")
+        check_state_argument("lapic", lapic, Lapic, "set_lapic")
         self._get(ioctls.KVM_SET_LAPIC, convert.lapic_to_kvm(lapic))
 
     def get_debugregs(self) -> DebugRegs:
@@ -389,8 +384,7 @@ class KvmVCPU(Closeable):
 
     def set_debugregs(self, debugregs: DebugRegs) -> None:
         """``KVM_SET_DEBUGREGS``."""
-        check_instance("debugregs", debugregs, DebugRegs, "set_debugregs")
-        check_state(debugregs, "set_debugregs")
+        check_state_argument("debugregs", debugregs, DebugRegs, "set_debugregs")
         self._get(ioctls.KVM_SET_DEBUGREGS, convert.debugregs_to_kvm(debugregs))
 
     def get_vcpu_events(self) -> VcpuEvents:
@@ -401,8 +395,7 @@ class KvmVCPU(Closeable):
 
     def set_vcpu_events(self, events: VcpuEvents) -> None:
         """``KVM_SET_VCPU_EVENTS``."""
-        check_instance("events", events, VcpuEvents, "set_vcpu_events")
-        check_state(events, "set_vcpu_events")
+        check_state_argument("events", events, VcpuEvents, "set_vcpu_events")
         self._get(ioctls.KVM_SET_VCPU_EVENTS, convert.events_to_kvm(events))
 
     def get_mp_state(self) -> MpState:
@@ -427,8 +420,7 @@ class KvmVCPU(Closeable):
 
     def set_guest_debug(self, debug: GuestDebug) -> None:
         """``KVM_SET_GUEST_DEBUG``."""
-        check_instance("debug", debug, GuestDebug, "set_guest_debug")
-        check_state(debug, "set_guest_debug")
+        check_state_argument("debug", debug, GuestDebug, "set_guest_debug")
         self._get(ioctls.KVM_SET_GUEST_DEBUG, convert.guest_debug_to_kvm(debug))
 
     def translate(self, linear_address: int) -> Translation:

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from hvcore.arguments import (
     check_enum,
     check_flag,
-    check_instance,
     check_instances,
     check_int,
     check_int_list,
@@ -47,7 +46,7 @@ from hvcore.exits import (
 )
 from hvcore.lifetime import Closeable
 from hvcore.memory import GuestMemory
-from hvcore.state_checks import check_state
+from hvcore.state_checks import check_state_argument
 from hvcore.types import (
     CpuidEntry,
     DebugRegs,
@@ -314,8 +313,7 @@ class SimVCPU(Closeable):
                     if kicked:
                         self._consume_kick()
                         return _INTERRUPTED
-                    if self._nmi_pending > 1:
-                        self._process_nmi(engine)
+                    self._process_nmi(engine)
                     self._state.xfeatures = 0  # from here XSTATE_BV is what the guest's state is (XSAVES)
                     if self._exception.injected and not self._deliver_injected_exception(engine):
                         return _SHUTDOWN
@@ -787,8 +785,7 @@ class SimVCPU(Closeable):
     @_between_runs
     def set_regs(self, regs: Regs) -> None:
         """Set general-purpose registers, RIP, RFLAGS."""
-        check_instance("regs", regs, Regs, "set_regs")
-        check_state(regs, "set_regs")
+        check_state_argument("regs", regs, Regs, "set_regs")
         with self._vm.exec_lock:
             self._live().set_regs(regs)
             self.tracker.watch_resume_flag = True  # RF may be set: it is for the next instruction
@@ -809,8 +806,7 @@ class SimVCPU(Closeable):
     @_between_runs
     def set_sregs(self, sregs: Sregs) -> None:
         """Load segments, descriptor tables, control registers, EFER; a new APIC base as the host's WRMSR."""
-        check_instance("sregs", sregs, Sregs, "set_sregs")
-        check_state(sregs, "set_sregs")
+        check_state_argument("sregs", sregs, Sregs, "set_sregs")
         validity.check_sregs(sregs, self._state.cpuid, self.msrs.maxphyaddr)
         apic_base = sregs.apic_base
         with self._vm.exec_lock:
@@ -835,8 +831,7 @@ class SimVCPU(Closeable):
     @_between_runs
     def set_fpu(self, fpu: Fpu) -> None:
         """Set x87/SSE state but MXCSR, which KVM_SET_FPU leaves as it is (``set_xsave`` sets it)."""
-        check_instance("fpu", fpu, Fpu, "set_fpu")
-        check_state(fpu, "set_fpu")
+        check_state_argument("fpu", fpu, Fpu, "set_fpu")
         with self._vm.exec_lock:
             engine = self._live()
             self._state.set_fpu(engine, replace(fpu, mxcsr=self._state.get_fpu(engine).mxcsr))
@@ -850,8 +845,7 @@ class SimVCPU(Closeable):
     @_between_runs
     def set_xsave(self, xsave: Xsave) -> None:
         """Set the XSAVE area."""
-        check_instance("xsave", xsave, Xsave, "set_xsave")
-        check_state(xsave, "set_xsave")
+        check_state_argument("xsave", xsave, Xsave, "set_xsave")
         with self._vm.exec_lock:
             self._state.set_xsave(self._live(), xsave)
 
@@ -912,8 +906,7 @@ class SimVCPU(Closeable):
     @_between_runs
     def set_lapic(self, lapic: Lapic) -> None:
         """Load the LAPIC register page (``KVM_SET_LAPIC``); EINVAL without an irqchip, as KVM."""
-        check_instance("lapic", lapic, Lapic, "set_lapic")
-        check_state(lapic, "set_lapic")
+        check_state_argument("lapic", lapic, Lapic, "set_lapic")
         chip, local = self._chip_lapic("set_lapic")
         with chip.changed:
             local.set_state(lapic)
@@ -928,8 +921,7 @@ class SimVCPU(Closeable):
     @_between_runs
     def set_debugregs(self, debugregs: DebugRegs) -> None:
         """Set DR0-3, DR6, DR7."""
-        check_instance("debugregs", debugregs, DebugRegs, "set_debugregs")
-        check_state(debugregs, "set_debugregs")
+        check_state_argument("debugregs", debugregs, DebugRegs, "set_debugregs")
         validity.check_debugregs(debugregs)
         self._live()
         self._state.debugregs = debugregs
@@ -967,8 +959,7 @@ class SimVCPU(Closeable):
         replaces an exception ``set_guest_debug`` queued. ``exception_pending`` means nothing
         without ``KVM_CAP_EXCEPTION_PAYLOAD``, as on KVM.
         """
-        check_instance("events", events, VcpuEvents, "set_vcpu_events")
-        check_state(events, "set_vcpu_events")
+        check_state_argument("events", events, VcpuEvents, "set_vcpu_events")
         validity.check_vcpu_events(events)
         with self._vm.exec_lock:
             engine = self._live()
@@ -1051,8 +1042,7 @@ class SimVCPU(Closeable):
 
         BLOCKIRQ and DR7.GD raise ``Unsupported``; an injection while one is queued: EBUSY, as KVM.
         """
-        check_instance("debug", debug, GuestDebug, "set_guest_debug")
-        check_state(debug, "set_guest_debug")
+        check_state_argument("debug", debug, GuestDebug, "set_guest_debug")
         self._live()
         settings = guestdebug.parse(debug)
         with self._vm.exec_lock:

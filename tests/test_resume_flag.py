@@ -20,6 +20,11 @@ from tests.test_exceptions import long_mode_guest, stub
 RF = 1 << 16
 PUSHED = [IoExit(0x10, 4, 1, IoDirection.OUT, (0x2).to_bytes(4, "little")), HltExit()]
 """The exits of every guest here: the flags image 0x2 (no RF), then HLT."""
+_RF_INTO_IMAGE = b"\x48\x81\x0c\x24\x00\x00\x01\x00"  # or qword ptr [rsp], 0x10000
+IRETQ_TO_SELF = long_mode.IRETQ_RF_PUSHF[: long_mode.IRETQ_RF_PUSHF.index(b"\x48\xcf") + 2].replace(
+    _RF_INTO_IMAGE, b"\x90" * len(_RF_INTO_IMAGE)
+)
+"""An IRETQ to the next instruction without RF (as Linux's ``sync_core``): ``IRETQ_RF_PUSHF`` to its iretq, no RF."""
 
 
 @pytest.mark.parametrize(
@@ -28,8 +33,9 @@ PUSHED = [IoExit(0x10, 4, 1, IoDirection.OUT, (0x2).to_bytes(4, "little")), HltE
         (real_mode.IRET_RF_THEN_PUSHF, "real"),  # RF for the instruction after the iretd only
         (real_mode.IRET_RF_PUSHF, "real"),  # the pushfd runs with RF set
         (long_mode.IRETQ_RF_PUSHF, "long"),
+        (IRETQ_TO_SELF * 3 + long_mode.IRETQ_RF_PUSHF, "long"),  # the sim's run goes on after each plain IRET
     ],
-    ids=["iretd-jmp-pushfd", "iretd-pushfd", "iretq-pushfq"],
+    ids=["iretd-jmp-pushfd", "iretd-pushfd", "iretq-pushfq", "iretq-x3-iretq-pushfq"],
 )
 def test_rf_from_iret_is_gone_after_one_instruction_and_never_pushed(
     hv: Hypervisor, vm: VM, code: bytes, mode: str

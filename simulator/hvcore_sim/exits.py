@@ -832,7 +832,29 @@ class Tracker:
     # -- running -------------------------------------------------------------------
 
     def run(self, engine: Engine, count: int) -> Stop:
-        """One counted run from the current RIP; what stopped it."""
+        """One counted run from the current RIP; what stopped it.
+
+        An IRET let through (:meth:`_let_run_once`) that loaded no RF does not end it: the run goes on
+        with what is left of ``count``, as if it had never been cut. The run loop would find nothing
+        new there (an interrupt the IRET unmasks stops the run at its window), and a boot that
+        serializes with IRET-to-self after each code patch (Linux's ``sync_core``) runs ~100,000 of them.
+        """
+        stop = self._run_once(engine, count)
+        while stop is _LET_THROUGH and self._iret_goes_on(engine, count):
+            count -= engine.counter_cell.value
+            stop = self._run_once(engine, count)
+        return stop
+
+    def _iret_goes_on(self, engine: Engine, count: int) -> bool:
+        """After an IRET let through: whether the run goes on (budget left, no RF loaded, no poke, host clock)."""
+        if self._let_through != SVM_EXIT_IRET or self._stop is not None or engine.counter_cell.value >= count:
+            return False
+        if self.vcpu._vm.clock.virtual or engine.reg(engine.RFLAGS) & resume.RFLAGS_RF:
+            return False  # (virtual time is counted per run; an RF the IRET loaded is for the run loop to watch)
+        self.watch_resume_flag = False
+        return True
+
+    def _run_once(self, engine: Engine, count: int) -> Stop:
         unicorn = self._unicorn
         self._engine = engine
         self._stop = None

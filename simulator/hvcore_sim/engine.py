@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from hvcore.types import DescriptorTable, Regs, Segment, Sregs
 from hvcore_sim import umip
+from hvcore_sim.blocks import BlockCounter
 from hvcore_sim.cpumodel import limit_xcr0, new_uc
 from hvcore_sim.internals import cpu_offsets
 from hvcore_sim.layout import (
@@ -56,8 +57,9 @@ HF_SMM: Final = 1 << 19
 HF_SVME: Final = 1 << 20
 HF_OSFXSR: Final = 1 << 22
 HF_SMAP: Final = 1 << 23
+HF_IOBPT: Final = 1 << 24  # QEMU translates a breakpoint check after every I/O instruction
 _CR4_SMAP: Final = 1 << 21
-_HF_KEPT: Final = HF_INHIBIT_IRQ | HF_SMM | HF_GUEST
+_HF_KEPT: Final = HF_INHIBIT_IRQ | HF_SMM | HF_GUEST | HF_IOBPT
 EFER_LMA: Final = 1 << 10
 EFER_SVME: Final = 1 << 12
 
@@ -76,6 +78,8 @@ _WINDOWS: Final = REQUEST_INTERRUPT | REQUEST_NMI
 _CFLAGS_IDLE: Final = 0xFFFFFFFF  # cflags_next_tb when no exact setting is asked for (-1)
 _CR_INTERCEPTS: Final = struct.Struct("<HH")  # intercept_cr_read, intercept_cr_write
 _CR8: Final = 1 << 8
+_DR7: Final = 1 << 7  # intercept_dr_write (after intercept_cr_read, _write and intercept_dr_read): MOV to DR7
+_DR7_IO_TRAP: Final = 0x400 | 1 | 2 << 16  # bit 10 (fixed), L0, R/W0 = I/O, LEN0 = one byte
 
 
 def _in_msr_bitmap(index: int) -> bool:
@@ -204,6 +208,8 @@ class Engine:
         self.DR6: Final = x.UC_X86_REG_DR6
         base = ctypes.cast(self.uc._uch, ctypes.c_void_p).value
         assert base is not None
+        self.handle_address: Final = base
+        """Where Unicorn's ``uc_struct`` is."""
         self.counter_cell = ctypes.c_uint64.from_address(base + layout.counter)
         """Unicorn's instruction counter in place (``.value``): read on every MMIO access."""
         self._count = ctypes.c_uint64.from_address(base + layout.count)
@@ -236,6 +242,55 @@ class Engine:
         )
         self.set_xcr0(1)  # KVM's vCPU starts with x87 only and PKRU 0; Unicorn with every component
         self.set_pkru(0)
+        self.DR0: Final = x.UC_X86_REG_DR0
+        self.DR7: Final = x.UC_X86_REG_DR7
+        self._trap_saved: tuple[int, int, int] | None = None
+        self.stop_requested = False
+        """The run in progress (or the last one) was asked to stop by :meth:`stop`."""
+        self.rip_cell: ctypes.c_uint64 | None = None
+        """RIP in the CPU state, in place (:class:`hvcore_sim.internals.Cells` finds it)."""
+        # a fast run needs blocks of one instruction on request (cflags_next_tb): no block counting without them
+        self.blocks = BlockCounter.install(self) if self._next_cflags is not None else None
+        """Counting per block instead of per instruction (:mod:`hvcore_sim.blocks`); None where unsupported."""
+
+    @property
+    def fast(self) -> bool:
+        """Whether runs count blocks (:mod:`hvcore_sim.blocks`): budgets are in blocks, stops land between blocks."""
+        blocks = self.blocks
+        return blocks is not None and blocks.fast
+
+    def set_fast(self, fast: bool) -> None:
+        """Count blocks (``fast``, where supported) or instructions from the next run on."""
+        if self.blocks is not None:
+            self.blocks.set_fast(self, fast)
+
+    def arm_io_trap(self, port: int) -> None:
+        """From an IN / OUT hook: end the run right after this I/O instruction, as a #DB the hook takes (DR0-DR7).
+
+        QEMU checks I/O breakpoints after every I/O instruction it translated with ``HF_IOBPT``
+        (which every engine keeps set); a hit sets RIP past the instruction and raises #DB at
+        once, where a stop would wait for the end of the block. :meth:`disarm_io_trap` puts the
+        guest's debug registers back.
+        """
+        if self._trap_saved is None:
+            self._trap_saved = (self.reg(self.DR0), self.reg(self.DR6), self.reg(self.DR7))
+        self.set_reg(self.DR0, port)
+        self.set_reg(self.DR7, _DR7_IO_TRAP)
+
+    def disarm_io_trap(self) -> None:
+        """The guest's DR0, DR6 and DR7 again, after :meth:`arm_io_trap`."""
+        saved, self._trap_saved = self._trap_saved, None
+        if saved is not None:
+            for reg, value in zip((self.DR0, self.DR6, self.DR7), saved, strict=True):
+                self.set_reg(reg, value)
+
+    def keep_io_trap_translated(self) -> None:
+        """Set ``HF_IOBPT`` again after the guest's MOV to DR7 (QEMU recomputes it from the guest's DR7)."""
+        blob = self._blob()
+        hflags = _U32.unpack_from(blob, self.layout.hflags)[0]
+        if not hflags & HF_IOBPT:
+            _U32.pack_into(blob, self.layout.hflags, hflags | HF_IOBPT)
+            self._store(blob)
 
     def _request_cell(self, base: int) -> ctypes.c_uint32 | None:
         """QEMU's ``interrupt_request`` of this engine's CPU in place (:mod:`hvcore_sim.windows`), if it was found."""
@@ -268,7 +323,8 @@ class Engine:
         _U64.pack_into(blob, self.layout.intercept, _INTERCEPTS)
         reads, writes = CR0_READ_INTERCEPT | _CR8, CR4_WRITE_INTERCEPT | _CR8
         _CR_INTERCEPTS.pack_into(blob, self.layout.intercept_cr, reads, writes)
-        _U32.pack_into(blob, self.layout.hflags, _U32.unpack_from(blob, self.layout.hflags)[0] | HF_GUEST)
+        struct.pack_into("<H", blob, self.layout.intercept_cr + 6, _DR7)
+        _U32.pack_into(blob, self.layout.hflags, _U32.unpack_from(blob, self.layout.hflags)[0] | HF_GUEST | HF_IOBPT)
         self._store(blob)
 
     # -- the context blob ----------------------------------------------------
@@ -303,7 +359,17 @@ class Engine:
         return self._scratch.value
 
     def set_reg(self, reg: int, value: int) -> None:
-        """Write one 64-bit register by Unicorn id."""
+        """Write one 64-bit register by Unicorn id.
+
+        RIP goes straight into the CPU state where :attr:`rip_cell` is known: Unicorn's own write
+        of the PC from a hook also stops syncing RIP for every later hook of the run
+        (``skip_sync_pc_on_exit``), which a fast run's I/O and protection hooks rely on. The
+        simulator writes RIP only between runs and from hooks after which the CPU looks the next
+        block up again (exceptions, intercepts, SYSCALL), where the CPU state's RIP is the one used.
+        """
+        if reg == self.RIP and self.rip_cell is not None:
+            self.rip_cell.value = value & 0xFFFF_FFFF_FFFF_FFFF
+            return
         if self._write_one(self._handle, reg, ctypes.byref(ctypes.c_uint64(value))):
             self.uc.reg_write(reg, value)
 
@@ -548,6 +614,7 @@ class Engine:
         """
         uc = self.uc
         uc._hook_exception = None
+        self.stop_requested = False
         status = self._emu_start(self._handle, rip, 0, 0, count)
         if status:
             raise self._uc_error(status)
@@ -558,17 +625,27 @@ class Engine:
         """From a hook: let the current instruction complete, then stop (lowers the run's instruction budget)."""
         self._count.value = self.counter_cell.value
 
+    @property
+    def within_budget(self) -> bool:
+        """After a run: it ended before its budget did (a HLT, or a stop), budget lowered by a hook included."""
+        return self.counter_cell.value <= self._count.value
+
     def retry_then_stop(self) -> None:
         """From an intercept hook, which aborted the instruction: run it once more, then stop right after it.
 
         The aborted attempt was counted; the retry is counted again, as the one instruction it is.
+        In a fast run the retry is a block of that one instruction (the aborted block was counted).
         """
         counter = self.counter_cell
-        counter.value -= 1
+        if self.fast:
+            self.one_instruction_block()
+        else:
+            counter.value -= 1
         self._count.value = counter.value + 1
 
     def stop(self) -> None:
         """Ask the running engine to stop at the next instruction boundary (the binding's ``emu_stop``, unwrapped)."""
+        self.stop_requested = True
         status = self._emu_stop(self._handle)
         if status:
             raise self._uc_error(status)

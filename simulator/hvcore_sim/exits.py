@@ -66,6 +66,7 @@ from hvcore_sim.layout import (
     SVM_EXIT_READ_CR8,
     SVM_EXIT_WRITE_CR4,
     SVM_EXIT_WRITE_CR8,
+    SVM_EXIT_WRITE_DR7,
     SVM_INTERCEPT_BASE,
 )
 from hvcore_sim.memory import host_page_populated
@@ -167,6 +168,12 @@ _WRITABLE = Stop(StopKind.SLICE)  # a page of a logging slot was written: end th
 _LOOK_AGAIN = Stop(StopKind.SLICE)  # the guest changed interrupt state: end the slice so run() looks again
 _LET_THROUGH = Stop(StopKind.SLICE)  # an intercepted IRET or SMSW ran on its own: the run ends right after it
 _LOCAL_STRING_IN = Stop(StopKind.EXIT)  # an INS from the simulator's own port into MMIO: read, completed after the run
+_RETRY = Stop(StopKind.SLICE)  # a fast run aborted an instruction the exact rules must see: it runs again alone
+
+
+def _soft(stop: Stop | None) -> bool:
+    """Whether a stop may replace ``stop``: none yet, or one a fast run lets run on to the end of its block."""
+    return stop is None or stop is _WRITABLE or stop is _LOOK_AGAIN  # (identity: equal Stops are not the same stop)
 
 
 def _assign(old: int, value: int, bits: int) -> int:
@@ -224,6 +231,9 @@ class Tracker:
         self._discard_writes = False  # that INS's own stores (Unicorn's) are not the guest's: KVM writes after the IN
         self._ins_rom = False  # an INS's first (dummy) store went to a read-only slot and was let through
         self._local_in = (1, b"")  # (size, data) the simulator's own port gave a string IN into MMIO
+        self._fast = False  # this run counts blocks (:mod:`hvcore_sim.blocks`)
+        self._single = False  # this run's first block is one instruction, and the run ends after it
+        self._io_trap: tuple[int, int, int, int] | None = None  # RIP, RSI, RDI, RCX at an I/O hook that armed the trap
         self.breakpoints = Breakpoints(self._replaying, self._break, self._end_after_instruction)
         """The vCPU's guest-debug settings and hardware-breakpoint hooks (:mod:`hvcore_sim.guestdebug`)."""
 
@@ -245,6 +255,7 @@ class Tracker:
         self._unprotected = {}
         self.dirty_generation = -1
         self._cells = Cells(engine)
+        engine.rip_cell = self._cells.rip_cell
         self._split = self._cells.split_size
         self.breakpoints.install(engine)
 
@@ -276,7 +287,7 @@ class Tracker:
         self._engine.stop_after_this_instruction()
 
     def _halt(self, stop: Stop) -> None:
-        if self._stop is None:
+        if _soft(self._stop):
             self._stop = stop
         assert self._engine is not None
         self._engine.stop()
@@ -298,6 +309,52 @@ class Tracker:
         return True
 
     def _on_out(self, uc: Any, port: int, size: int, value: int, _: object) -> None:
+        self._port_out(port, size, value)
+        if self._fast and not self._single and self._stop is not None:
+            self._trap_io(port)
+
+    def _on_in(self, uc: Any, port: int, size: int, _: object) -> int:
+        value = self._port_in(port, size)
+        if self._fast and not self._single and self._stop is not None:
+            self._trap_io(port)
+        return value
+
+    def _trap_io(self, port: int) -> None:
+        """In a fast run: end the run right after the I/O instruction whose hook stopped it (``Engine.arm_io_trap``).
+
+        Without it the rest of the block would run first. RIP is right in these hooks.
+        """
+        engine, cells = self._engine, self._cells
+        assert engine is not None and cells is not None
+        if self._io_trap is None:
+            rip, rsi = cells.rip_rsi()
+            self._io_trap = (rip, rsi, engine.reg(_GPRS[7]), engine.reg(engine.RCX))
+            engine.arm_io_trap(port)
+
+    def _io_trapped(self, engine: Engine) -> None:
+        """The trap's #DB: the guest's debug registers back; a REP string element counted down, RIP at the instruction.
+
+        QEMU raises it before REP counts the element down, with RIP past the instruction; the
+        next run's REP with RCX 0 then moves past it, as KVM completes a string OUT.
+        """
+        assert self._io_trap is not None
+        rip, rsi, rdi, rcx = self._io_trap
+        self._io_trap = None
+        engine.disarm_io_trap()
+        engine.take_exception()
+        if engine.reg(_GPRS[6]) == rsi and engine.reg(_GPRS[7]) == rdi:
+            return  # IN or OUT: done
+        code = decode.fetch_instruction(engine, rip)
+        prefixes = code[: next((i for i, b in enumerate(code) if b not in decode.LEGACY_PREFIXES), len(code))]
+        if 0xF3 not in prefixes and 0xF2 not in prefixes:
+            return
+        bits = engine.view().code_bits
+        if 0x67 in prefixes:
+            bits = 32 if bits != 32 else 16
+        engine.set_reg(engine.RCX, _assign(rcx, rcx - 1, bits))
+        engine.set_reg(engine.RIP, rip)  # at the instruction even after its last element, as KVM's exit has it
+
+    def _port_out(self, port: int, size: int, value: int) -> None:
         cells = self._cells
         assert cells is not None
         if not cells.every_port_allowed() and self._io_forbidden(port, size):  # (the common case without a call)
@@ -316,13 +373,13 @@ class Tracker:
                 self._out_stops.clear()
             exit_ = IoExit(port, size, 1, IoDirection.OUT, value.to_bytes(size, "little"))
             stop = self._out_stops[port, size, value] = Stop(StopKind.EXIT, exit_)
-        if self._stop is None:  # (_halt, inline: the hot path)
+        if _soft(self._stop):  # (_halt, inline: the hot path)
             self._stop = stop
         engine = self._engine
         assert engine is not None
         engine.stop()
 
-    def _on_in(self, uc: Any, port: int, size: int, _: object) -> int:
+    def _port_in(self, port: int, size: int) -> int:
         if self._in_answers:
             return self._in_answers.pop(0)
         # An INS first stores 0 at its destination (QEMU's restartability probe): when that reached
@@ -509,6 +566,9 @@ class Tracker:
     def _on_interrupt(self, uc: Any, vector: int, _: object) -> None:
         engine = self._engine
         assert engine is not None
+        if vector == 1 and self._io_trap is not None:
+            self._io_trapped(engine)
+            return
         if vector >= EXCP_VMEXIT:
             self._on_intercept(engine, vector - EXCP_VMEXIT)
             return
@@ -561,6 +621,9 @@ class Tracker:
             else:
                 self._let_run_once(engine, exit_code)
             return
+        if exit_code == SVM_EXIT_WRITE_DR7:  # Unicorn's MOV writes it; then HF_IOBPT again (Engine.arm_io_trap)
+            self._let_run_once(engine, exit_code)
+            return
         if exit_code == SVM_EXIT_WRITE_CR4:  # KVM's checks first; a value it takes, Unicorn's MOV writes
             if self.vcpu.cr4_write_allowed(engine):
                 self._let_run_once(engine, exit_code)
@@ -594,6 +657,8 @@ class Tracker:
             self._cells.intercept_iret(on)
         elif exit_code == SVM_EXIT_WRITE_CR4:
             self._cells.intercept_cr4_write(on)
+        elif exit_code == SVM_EXIT_WRITE_DR7:
+            self._cells.intercept_dr7_write(on)
         elif exit_code in umip.EXIT_CODES:
             self._cells.intercept(1 << (exit_code - SVM_INTERCEPT_BASE), on)
         else:
@@ -708,6 +773,12 @@ class Tracker:
 
     def mmio_write(self, address: int, size: int, value: int) -> None:
         """An MMIO write callback: swallowed if replayed; else the instruction completes, then the run stops."""
+        if self._fast and not self._single:  # abort it (the stop lands after the store), and run it alone
+            if _soft(self._stop):
+                self._stop = _RETRY
+            assert self._engine is not None
+            self._engine.stop()
+            return
         if self._discard_writes:
             return  # an INS's store after its IN exit: KVM writes the answer later
         if self._next_known(True, address, size) is not None:
@@ -748,7 +819,7 @@ class Tracker:
     def _on_write_protected(self, uc: Any, access: int, address: int, size: int, value: int, _: object) -> bool:
         slot = self.vcpu._vm.slot_at(address)
         if slot is None:
-            return False
+            return self._gate()  # a device's region (write-protected in engines that can run fast)
         engine, cells = self._engine, self._cells
         assert engine is not None
         if cells is not None:  # Unicorn synced the state for this hook the way an abort does
@@ -809,9 +880,25 @@ class Tracker:
         except (HvError, PageFault, NonCanonical):
             return False
 
+    def _gate(self) -> bool:
+        """An MMIO read, or a write to one of the simulator's devices: caught first (RIP at the instruction).
+
+        In a fast run's block of many instructions it is refused, which aborts the instruction, and
+        the run gives it a one-instruction block of its own (:meth:`run`): the exact rules (an exit
+        right after it, the answer on replay, a device's interrupt right after it) need that.
+        Elsewhere it goes on to its MMIO callback.
+        """
+        if self._fast and not self._single:
+            if _soft(self._stop):
+                self._stop = _RETRY
+            return False
+        return True
+
     def _on_first_access(self, uc: Any, access: int, address: int, size: int, value: int, _: object) -> bool:
-        """A read or fetch from a page of a logging slot KVM has not mapped yet (:class:`DirtyLog`)."""
+        """A read or fetch from a page of a logging slot KVM has not mapped yet (:class:`DirtyLog`); an MMIO read."""
         slot = self.vcpu._vm.slot_at(address)
+        if slot is None and access == self._unicorn.UC_MEM_READ_PROT:
+            return self._gate()
         if slot is None or slot.readonly or not slot.flags & SlotFlags.LOG_DIRTY_PAGES:
             return False
         engine, cells = self._engine, self._cells
@@ -832,31 +919,39 @@ class Tracker:
     # -- running -------------------------------------------------------------------
 
     def run(self, engine: Engine, count: int) -> Stop:
-        """One counted run from the current RIP; what stopped it.
+        """One run from the current RIP of at most ``count`` instructions (blocks, when the engine is fast).
 
-        An IRET let through (:meth:`_let_run_once`) that loaded no RF does not end it: the run goes on
-        with what is left of ``count``, as if it had never been cut. The run loop would find nothing
-        new there (an interrupt the IRET unmasks stops the run at its window), and a boot that
-        serializes with IRET-to-self after each code patch (Linux's ``sync_core``) runs ~100,000 of them.
+        In a fast run an instruction the exact rules must see is aborted and run again in a block
+        of its own (:meth:`_gate`); the run then goes on. So does it after an IRET let through
+        (:meth:`_let_run_once`) that loaded no RF, as if it had never been cut: the run loop would
+        find nothing new there (an interrupt the IRET unmasks stops the run at its window), and a
+        boot that serializes with IRET-to-self after each code patch (Linux's ``sync_core``) runs
+        ~100,000 of them.
         """
-        stop = self._run_once(engine, count)
-        while stop is _LET_THROUGH and self._iret_goes_on(engine, count):
-            count -= engine.counter_cell.value
-            stop = self._run_once(engine, count)
-        return stop
+        single = False
+        while True:
+            stop = self._run_once(engine, 1 if single else count, single=single)
+            count -= 1 if single else min(engine.counter_cell.value, count)
+            if stop is _RETRY:
+                single = True
+                if count > 0:
+                    continue
+                return Stop(StopKind.SLICE)  # the next run meets it again
+            resumed, single = single, False
+            if count <= 0 or (self._stop is not None and self._stop is not _RETRY):
+                return stop
+            if stop is _LET_THROUGH and self._let_through == SVM_EXIT_IRET:
+                if self.vcpu._vm.clock.virtual or engine.reg(engine.RFLAGS) & resume.RFLAGS_RF:
+                    return stop  # (virtual time is counted per run; an RF the IRET loaded is for the run loop)
+                self.watch_resume_flag = False
+            elif not (resumed and stop.kind is StopKind.SLICE and stop is not _LET_THROUGH):
+                return stop
 
-    def _iret_goes_on(self, engine: Engine, count: int) -> bool:
-        """After an IRET let through: whether the run goes on (budget left, no RF loaded, no poke, host clock)."""
-        if self._let_through != SVM_EXIT_IRET or self._stop is not None or engine.counter_cell.value >= count:
-            return False
-        if self.vcpu._vm.clock.virtual or engine.reg(engine.RFLAGS) & resume.RFLAGS_RF:
-            return False  # (virtual time is counted per run; an RF the IRET loaded is for the run loop to watch)
-        self.watch_resume_flag = False
-        return True
-
-    def _run_once(self, engine: Engine, count: int) -> Stop:
+    def _run_once(self, engine: Engine, count: int, *, single: bool = False) -> Stop:
         unicorn = self._unicorn
         self._engine = engine
+        fast = self._fast = engine.fast
+        self._single = single = fast and (single or count == 1)
         self._stop = None
         self._let_through = None
         self._discard_writes = self._ins_rom = self._string_in = False
@@ -870,6 +965,8 @@ class Tracker:
             self.breakpoints.arm(engine, vm.physical, lambda physical: vm.slot_at(physical) is not None)
         self._cut = False
         cells = self._cells
+        if fast and (single or self._known or self._in_answers):
+            engine.one_instruction_block()  # the block that answers or repeats an instruction: that one alone
         try:
             try:  # the common case first: one start, no fetch fault (see _after_fetch_fault)
                 engine.start(engine.reg(engine.RIP) if cells is None else cells.rip(), count)
@@ -884,8 +981,15 @@ class Tracker:
             if self._stop is None:
                 raise HypervisorFault(f"the simulator's engine failed: {err}", operation="run") from err
         finally:
+            if fast:
+                engine.withdraw_one_instruction_block()
+                if self._io_trap is not None:  # armed, not taken (the run ended another way)
+                    self._io_trap = None
+                    engine.disarm_io_trap()
             if self._let_through is not None:
                 self._set_intercept(self._let_through, True)
+                if self._let_through == SVM_EXIT_WRITE_DR7:
+                    engine.keep_io_trap_translated()
             if self._restore:
                 self._put_back_rom()
             if self._unprotect:  # pages of logging slots first touched during the run
@@ -938,8 +1042,8 @@ class Tracker:
         rflags = engine.reg(engine.RFLAGS)
         if rflags & resume.RFLAGS_RF:
             engine.set_reg(engine.RFLAGS, rflags & ~resume.RFLAGS_RF)
-            if pushed_by is not None:
-                resume.clear_pushed_rf(engine, self.vcpu._vm.physical, pushed_by)
+        if pushed_by is not None:  # (it ran with RF; a block of its own may have ended with QEMU clearing RF)
+            resume.clear_pushed_rf(engine, self.vcpu._vm.physical, pushed_by)
         self.watch_resume_flag = False
 
     def _put_back_rom(self) -> None:
@@ -956,6 +1060,10 @@ class Tracker:
             self.breakpoints.hits = 0
         if self._known and stop is not _MMIO and (engine.counter_cell.value > 1 or self._cut):
             self._known, self._cursor = [], 0  # the replayed instruction finished before this stop
+        if stop is _RETRY:
+            if self._cells is not None:
+                self._cells.settle()  # the abort left the lazy flags mislabelled
+            return stop
         out_seen, self._out_seen = self._out_seen, None
         if out_seen is not None and stop is not None and isinstance(stop.exit, IoExit) and stop.exit.direction is _OUT:
             rip, rsi, shadow = out_seen
@@ -977,6 +1085,9 @@ class Tracker:
             self._resume_flag_done(engine, resume_step if stop is None or stop.kind is StopKind.SLICE else None)
         if stop is None and self._let_through is not None:
             return _LET_THROUGH  # the run was cut right after it: not a HLT
+        soft = stop is _WRITABLE or stop is _LOOK_AGAIN
+        if soft and self._fast and not self._cut and not engine.stop_requested and engine.within_budget:
+            return Stop(StopKind.HLT)  # the budget was lowered, and the block went on to a HLT before it ran out
         if stop is None:
             return Stop(StopKind.HLT) if engine.counter_cell.value <= count and not self._cut else Stop(StopKind.SLICE)
         if self._io_fault_rip is not None:  # IN/OUT refused by the I/O permission check: nothing happened

@@ -184,6 +184,9 @@ def _split_size_offset(count: int) -> int | None:
     return count + 8 if seen == [(0, 0), (0, 4), (4, 4)] and cell.value == 0 else None
 
 
+_DR7_WRITE_INTERCEPT = 1 << 7
+
+
 class Cells:
     """One engine's lazy-flag cells and split-access size, read and written in place."""
 
@@ -202,6 +205,7 @@ class Cells:
         self._intercept: ctypes.c_uint64 | None = None
         self._intercept_cr_read: ctypes.c_uint16 | None = None
         self._intercept_cr_write: ctypes.c_uint16 | None = None
+        self._intercept_dr_write: ctypes.c_uint16 | None = None
         base = handle(engine.uc)
         offsets = cpu_offsets() if self._blob_ok else None
         rax, rip = engine.reg(engine.RAX), engine.reg(engine.RIP)  # (Unicorn creates its CPU on first use)
@@ -220,6 +224,7 @@ class Cells:
                 self._intercept = ctypes.c_uint64.from_address(env + layout.intercept - layout.env)
                 self._intercept_cr_read = ctypes.c_uint16.from_address(env + layout.intercept_cr - layout.env)
                 self._intercept_cr_write = ctypes.c_uint16.from_address(env + layout.intercept_cr + 2 - layout.env)
+                self._intercept_dr_write = ctypes.c_uint16.from_address(env + layout.intercept_cr + 6 - layout.env)
         split = _split_size_offset(layout.count)
         self.split_size: ctypes.c_int | None = None if split is None else ctypes.c_int.from_address(base + split)
         """Unicorn's ``size_recur_mem``: non-zero while it performs an access as two aligned ones."""
@@ -228,7 +233,11 @@ class Cells:
         """After an instruction aborted halfway: ``CC_SRC`` holds its starting flags; label them so.
 
         Also right inside a run (an INTR or CPUID hook), where ``env->eflags`` keeps no flags of its own.
+        Only counted runs mislabel them (the count hook computes the flags before each instruction,
+        after the point QEMU restores ``CC_OP`` to); a fast run's state is QEMU's own, and right.
         """
+        if self._engine.fast:
+            return
         cc_op, cc_src, eflags = self._cc_op, self._cc_src, self._eflags
         if cc_op is not None and cc_src is not None and eflags is not None:
             if cc_op.value != _CC_OP_EFLAGS:  # else the flags were labelled right, and stored right
@@ -257,6 +266,11 @@ class Cells:
         if rip is not None and rsi is not None and hflags is not None:
             return rip.value, rsi.value, bool(hflags.value & HF_INHIBIT_IRQ)
         return (*self.rip_rsi(), self.interrupt_shadow())
+
+    @property
+    def rip_cell(self) -> ctypes.c_uint64 | None:
+        """``env->eip`` in place, if found."""
+        return self._rip
 
     def rip(self) -> int:
         """RIP, read in place; also right inside a hook."""
@@ -331,6 +345,10 @@ class Cells:
         """Set or clear the CR4 bit of ``env->intercept_cr_write``: whether the next MOV to CR4 reaches the hook."""
         at = self._engine.layout.intercept_cr + 2
         self._set_bit(self._intercept_cr_write, at, "<H", CR4_WRITE_INTERCEPT, on)
+
+    def intercept_dr7_write(self, on: bool) -> None:
+        """Set or clear the DR7 bit of ``env->intercept_dr_write``: whether the next MOV to DR7 reaches the hook."""
+        self._set_bit(self._intercept_dr_write, self._engine.layout.intercept_cr + 6, "<H", _DR7_WRITE_INTERCEPT, on)
 
     def _set_bit(self, cell: ctypes.c_uint64 | ctypes.c_uint16 | None, at: int, fmt: str, bit: int, on: bool) -> None:
         if cell is not None:

@@ -58,8 +58,14 @@ def map_layout(
     write: MmioWrite,
     dirty: DirtyLog,
     devices: Iterable[DeviceRegion] = (),
+    *,
+    gated: bool = False,
 ) -> None:
-    """Map ``slots``, the simulator's ``devices`` where no slot is, and MMIO gaps everywhere else."""
+    """Map ``slots``, the simulator's ``devices`` where no slot is, and MMIO gaps everywhere else.
+
+    ``gated``: reads of the gaps and writes to the devices reach the protection hooks before their
+    callbacks (an engine that runs fast gives such an instruction a block of its own there).
+    """
     import unicorn
 
     slots = list(slots)
@@ -81,9 +87,13 @@ def map_layout(
     for device in devices:
         if not any(start < device.base + device.size and device.base < end for start, end in taken):
             uc.mmio_map(device.base, device.size, device.read, None, device.write, None)
+            if gated:
+                uc.mem_protect(device.base, device.size, unicorn.UC_PROT_READ)
             taken.append((device.base, device.base + device.size))
     for base, size in _gaps(taken):
         uc.mmio_map(base, size, read, base, write, base)
+        if gated:
+            uc.mem_protect(base, size, unicorn.UC_PROT_WRITE)
 
 
 @functools.cache

@@ -343,6 +343,8 @@ class SimVCPU(Closeable):
                     count = tracker.resume_flag_budget(engine, count)
                 if pvclock.pending:  # as KVM's clock-update request, before the guest runs on
                     msrs.refresh_pvclock()
+                # blocks, not instructions, where no rule needs each instruction counted (:mod:`hvcore_sim.blocks`)
+                engine.set_fast(not (stepping or virtual or tracker.breakpoints.watching or vm.vcpu_count > 1))
                 stop = tracker.run(engine, count)
                 engine.close_windows()
                 if virtual:

@@ -168,7 +168,9 @@ class SimVM(SlotOwner, Closeable):
         """Map the current layout into a new engine."""
         chip = self.irqchip
         devices = chip.regions(tracker.vcpu.id, tracker.on_mmio_read, tracker.on_mmio_write) if chip is not None else ()
-        map_layout(engine.uc, self._slots.slots(), tracker.on_mmio_read, tracker.on_mmio_write, self.dirty, devices)
+        slots = self._slots.slots()
+        gated = engine.blocks is not None
+        map_layout(engine.uc, slots, tracker.on_mmio_read, tracker.on_mmio_write, self.dirty, devices, gated=gated)
 
     def linear_reader(self, view: CpuView) -> Callable[[int, int], bytes]:
         """A ``read(linear, length)`` through the paging state of ``view``."""
@@ -264,6 +266,11 @@ class SimVM(SlotOwner, Closeable):
         """The open vCPUs, by id."""
         self._live()
         return tuple(self._vcpus[i] for i in sorted(self._vcpus))
+
+    @property
+    def vcpu_count(self) -> int:
+        """How many vCPUs the VM has now."""
+        return len(self._vcpus)
 
     def _forget_vcpu(self, vcpu_id: int) -> None:
         self._vcpus.pop(vcpu_id, None)

@@ -450,7 +450,17 @@ def test_split_mmio_through_page_tables(backends: Backends, code: str, text: str
     ("lines", "regs", "setup"),
     [
         ([("0fc70c2500000100", "cmpxchg8b qword ptr ds:0x10000")], {"rbx": 0x44, "rcx": 1}, _log_dirty),
-        ([("0fc70c2500000c00", "cmpxchg8b qword ptr ds:0xc0000")], {"rbx": 0x44, "rcx": 1}, _rom),
+        pytest.param(
+            [("0fc70c2500000c00", "cmpxchg8b qword ptr ds:0xc0000")],
+            {"rbx": 0x44, "rcx": 1},
+            _rom,
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=AssertionError,
+                reason="sim, fast runs: a one-helper store to a read-only slot cannot be aborted, so the rest of its "
+                "block (here the HLT) runs before the write exit (README, simulator: fast runs)",
+            ),
+        ),
         ([("0fc70c2501000d00", "cmpxchg8b qword ptr ds:0xd0001")], {"rax": 0x5555, "rbx": 0x44}, None),
         (
             [

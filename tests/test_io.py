@@ -345,3 +345,22 @@ def test_string_in_into_a_readonly_slot_under_paging(hv: Hypervisor, vm: VM) -> 
     regs = vcpu.get_regs()
     assert (regs.rcx, regs.rdi) == (0, layout.ROM + 12)
     assert rom.read(0, 16) == b"\xee" * 16
+
+
+# mov eax, 0x400 ; mov dr7, rax ; out 0x10, al ; inc rbx ; inc rbx ; out 0x11, al ; inc rbx ; hlt
+_OUTS_AFTER_DR7_WRITE = bytes.fromhex("b800040000" "0f23f8" "e610" "48ffc3" "48ffc3" "e611" "48ffc3" "f4")
+
+
+def test_an_out_exit_comes_before_the_next_instruction_after_a_dr7_write(hv: Hypervisor, vm: VM) -> None:
+    """Nothing after an OUT runs before its exit, also once the guest has written DR7.
+
+    The simulator stops a fast run right after an I/O instruction through QEMU's I/O-breakpoint
+    check, which QEMU only translates while ``HF_IOBPT`` is set; a guest's MOV to DR7 recomputes
+    that flag, so the simulator sets it again after each one.
+    """
+    vcpu = boot(hv, vm, _OUTS_AFTER_DR7_WRITE, "long")
+    seen = []
+    for _ in range(3):
+        exit_ = vcpu.run()
+        seen.append((exit_.port if isinstance(exit_, IoExit) else exit_, vcpu.get_regs().rbx))
+    assert seen == [(0x10, 0), (0x11, 2), (HltExit(), 3)]

@@ -233,6 +233,7 @@ class Tracker:
         self._local_in = (1, b"")  # (size, data) the simulator's own port gave a string IN into MMIO
         self._fast = False  # this run counts blocks (:mod:`hvcore_sim.blocks`)
         self._single = False  # this run's first block is one instruction, and the run ends after it
+        self._lead = False  # this fast run's first block is one instruction (a replay), the rest as usual
         self._io_trap: tuple[int, int, int, int] | None = None  # RIP, RSI, RDI, RCX at an I/O hook that armed the trap
         self.breakpoints = Breakpoints(self._replaying, self._break, self._end_after_instruction)
         """The vCPU's guest-debug settings and hardware-breakpoint hooks (:mod:`hvcore_sim.guestdebug`)."""
@@ -256,6 +257,7 @@ class Tracker:
         self.dirty_generation = -1
         self._cells = Cells(engine)
         engine.rip_cell = self._cells.rip_cell
+        engine.debug_registers = self._cells.debug_registers
         self._split = self._cells.split_size
         self.breakpoints.install(engine)
 
@@ -310,12 +312,12 @@ class Tracker:
 
     def _on_out(self, uc: Any, port: int, size: int, value: int, _: object) -> None:
         self._port_out(port, size, value)
-        if self._fast and not self._single and self._stop is not None:
+        if self._stop is not None and not self._exact_here():
             self._trap_io(port)
 
     def _on_in(self, uc: Any, port: int, size: int, _: object) -> int:
         value = self._port_in(port, size)
-        if self._fast and not self._single and self._stop is not None:
+        if self._stop is not None and not self._exact_here():
             self._trap_io(port)
         return value
 
@@ -340,8 +342,7 @@ class Tracker:
         assert self._io_trap is not None
         rip, rsi, rdi, rcx = self._io_trap
         self._io_trap = None
-        engine.disarm_io_trap()
-        engine.take_exception()
+        engine.disarm_io_trap()  # (a #DB leaves QEMU's old_exception alone: nothing else to clear)
         if engine.reg(_GPRS[6]) == rsi and engine.reg(_GPRS[7]) == rdi:
             return  # IN or OUT: done
         code = decode.fetch_instruction(engine, rip)
@@ -773,7 +774,7 @@ class Tracker:
 
     def mmio_write(self, address: int, size: int, value: int) -> None:
         """An MMIO write callback: swallowed if replayed; else the instruction completes, then the run stops."""
-        if self._fast and not self._single:  # abort it (the stop lands after the store), and run it alone
+        if not self._exact_here():  # abort it (the stop lands after the store), and run it alone
             if _soft(self._stop):
                 self._stop = _RETRY
             assert self._engine is not None
@@ -888,17 +889,42 @@ class Tracker:
         right after it, the answer on replay, a device's interrupt right after it) need that.
         Elsewhere it goes on to its MMIO callback.
         """
-        if self._fast and not self._single:
-            if _soft(self._stop):
-                self._stop = _RETRY
+        if self._exact_here():
+            return True
+        if _soft(self._stop):
+            self._stop = _RETRY
+        return False
+
+    def _gate_read(self, address: int, size: int) -> bool:
+        """An MMIO read caught first (:meth:`_gate`); an aligned one of up to 8 bytes becomes its exit at once.
+
+        Refused, it aborts the instruction (also inside a one-helper instruction such as
+        cmpxchg8b), and the hook has the guest's own address and size: the pieces are the ones
+        Unicorn's callbacks ask for when the read is replayed with its answer.
+        """
+        if self._exact_here():
+            return True
+        if size in (1, 2, 4, 8) and not address % size and _soft(self._stop):
+            if size == 8:  # Unicorn's callbacks take it as two 4-byte words
+                self._new += [_Access(False, address, 4), _Access(False, address + 4, 4)]
+            else:
+                self._new.append(_Access(False, address, size))
+            self._stop = _MMIO
             return False
-        return True
+        return self._gate()
+
+    def _exact_here(self) -> bool:
+        """The instruction running now is alone in its block: a counted run, a single, or a replay's first block."""
+        if not self._fast or self._single:
+            return True
+        engine = self._engine
+        return self._lead and engine is not None and engine.counter_cell.value <= 1
 
     def _on_first_access(self, uc: Any, access: int, address: int, size: int, value: int, _: object) -> bool:
         """A read or fetch from a page of a logging slot KVM has not mapped yet (:class:`DirtyLog`); an MMIO read."""
         slot = self.vcpu._vm.slot_at(address)
         if slot is None and access == self._unicorn.UC_MEM_READ_PROT:
-            return self._gate()
+            return self._gate_read(address, size)
         if slot is None or slot.readonly or not slot.flags & SlotFlags.LOG_DIRTY_PAGES:
             return False
         engine, cells = self._engine, self._cells
@@ -965,7 +991,8 @@ class Tracker:
             self.breakpoints.arm(engine, vm.physical, lambda physical: vm.slot_at(physical) is not None)
         self._cut = False
         cells = self._cells
-        if fast and (single or self._known or self._in_answers):
+        self._lead = fast and bool(self._known or self._in_answers)
+        if single or self._lead:
             engine.one_instruction_block()  # the block that answers or repeats an instruction: that one alone
         try:
             try:  # the common case first: one start, no fetch fault (see _after_fetch_fault)

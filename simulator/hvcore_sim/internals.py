@@ -185,6 +185,23 @@ def _split_size_offset(count: int) -> int | None:
 
 
 _DR7_WRITE_INTERCEPT = 1 << 7
+_DR_MARKS = (0x5EED_0D06_0000_0DB0, 0x5EED_0D06_0000_0DB7)
+
+
+def _debug_registers(engine: Engine, env: int, size: int) -> ctypes.Array[ctypes.c_uint64] | None:
+    """``env->dr`` in place: found where Unicorn's writes of DR0 and DR7 land (56 bytes apart), else None."""
+    dr0, dr7 = engine.reg(engine.DR0), engine.reg(engine.DR7)
+    engine.set_reg(engine.DR0, _DR_MARKS[0])
+    engine.set_reg(engine.DR7, _DR_MARKS[1])
+    try:
+        state = ctypes.string_at(env, size)
+        at = state.find(_DR_MARKS[0].to_bytes(8, "little"))
+        if at < 0 or at % 8 or state[at + 56 : at + 64] != _DR_MARKS[1].to_bytes(8, "little"):
+            return None
+        return (ctypes.c_uint64 * 8).from_address(env + at)
+    finally:
+        engine.set_reg(engine.DR0, dr0)
+        engine.set_reg(engine.DR7, dr7)
 
 
 class Cells:
@@ -206,6 +223,8 @@ class Cells:
         self._intercept_cr_read: ctypes.c_uint16 | None = None
         self._intercept_cr_write: ctypes.c_uint16 | None = None
         self._intercept_dr_write: ctypes.c_uint16 | None = None
+        self.debug_registers: ctypes.Array[ctypes.c_uint64] | None = None
+        """``env->dr[0..7]`` in place, if found (the I/O trap's DR0, DR6 and DR7: :meth:`Engine.arm_io_trap`)."""
         base = handle(engine.uc)
         offsets = cpu_offsets() if self._blob_ok else None
         rax, rip = engine.reg(engine.RAX), engine.reg(engine.RIP)  # (Unicorn creates its CPU on first use)
@@ -225,6 +244,7 @@ class Cells:
                 self._intercept_cr_read = ctypes.c_uint16.from_address(env + layout.intercept_cr - layout.env)
                 self._intercept_cr_write = ctypes.c_uint16.from_address(env + layout.intercept_cr + 2 - layout.env)
                 self._intercept_dr_write = ctypes.c_uint16.from_address(env + layout.intercept_cr + 6 - layout.env)
+                self.debug_registers = _debug_registers(engine, env, layout.size)
         split = _split_size_offset(layout.count)
         self.split_size: ctypes.c_int | None = None if split is None else ctypes.c_int.from_address(base + split)
         """Unicorn's ``size_recur_mem``: non-zero while it performs an access as two aligned ones."""

@@ -98,7 +98,7 @@ def test_raw_and_hvcore_loops_do_the_same_guest_work(sim: Hypervisor) -> None:
 
         count = boot(sim, vm_c, sim_exits.COUNT_LOOP, "long", rdx=0)  # rdx: KVM's reset value 0x600 otherwise
         raw_c = sim_exits.RawUnicorn(sim_exits.COUNT_LOOP)
-        assert sim_exits.raw_count_run(raw_c, 1000) > 0
+        assert sim_exits.raw_free_run(raw_c, 1000) > 0
         assert sim_exits.hvcore_count_run(count, 1000) > 0
         regs = count.get_regs()
         assert (regs.rax, regs.rdx, regs.rcx) == (raw_c.reg("rax"), raw_c.reg("rdx"), 0)
@@ -184,8 +184,8 @@ def test_targets() -> None:
 
     assert row("IO exit", 100, 125).met
     assert not row("IO exit", 100, 135).met
-    assert row("throughput", 100, 95).met
-    assert not row("throughput", 100, 85).met
+    assert row("throughput", 100, 55).met
+    assert not row("throughput", 100, 45).met
 
 
 def test_main_writes_json(sim: Hypervisor, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -251,8 +251,10 @@ class Tracker:
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x.UC_X86_INS_CPUID)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, x.UC_X86_INS_SYSCALL)
         uc.hook_add(unicorn.UC_HOOK_INTR, self._on_interrupt)
-        uc.hook_add(unicorn.UC_HOOK_MEM_WRITE_PROT, self._on_write_protected)
-        uc.hook_add(unicorn.UC_HOOK_MEM_READ_PROT | unicorn.UC_HOOK_MEM_FETCH_PROT, self._on_first_access)
+        for begin, end in self._watched_ranges():
+            uc.hook_add(unicorn.UC_HOOK_MEM_WRITE_PROT, self._on_write_protected, None, begin, end)
+            reads = unicorn.UC_HOOK_MEM_READ_PROT | unicorn.UC_HOOK_MEM_FETCH_PROT
+            uc.hook_add(reads, self._on_first_access, None, begin, end)
         self._unprotected = {}
         self.dirty_generation = -1
         self._cells = Cells(engine)
@@ -260,6 +262,25 @@ class Tracker:
         engine.debug_registers = self._cells.debug_registers
         self._split = self._cells.split_size
         self.breakpoints.install(engine)
+
+    def _watched_ranges(self) -> list[tuple[int, int]]:
+        """Guest-physical ranges (inclusive) the protection hooks cover: everything but plain RAM slots.
+
+        Unicorn keeps every store to a page any memory hook covers on its slow path (it never
+        marks the page's TLB entry dirty), so plain RAM, where no protection ever applies, is left out.
+        """
+        plain = sorted(
+            (slot.guest_address, slot.end)
+            for slot in self.vcpu._vm.memory_slots_unchecked()
+            if not slot.readonly and not slot.flags & SlotFlags.LOG_DIRTY_PAGES
+        )
+        ranges, at = [], 0
+        for start, end in plain:
+            if start > at:
+                ranges.append((at, start - 1))
+            at = max(at, end)
+        ranges.append((at, _U64))
+        return ranges
 
     @property
     def cells(self) -> Cells | None:
@@ -1088,9 +1109,7 @@ class Tracker:
         if self._known and stop is not _MMIO and (engine.counter_cell.value > 1 or self._cut):
             self._known, self._cursor = [], 0  # the replayed instruction finished before this stop
         if stop is _RETRY:
-            if self._cells is not None:
-                self._cells.settle()  # the abort left the lazy flags mislabelled
-            return stop
+            return stop  # (a fast run: QEMU's abort left the lazy flags right)
         out_seen, self._out_seen = self._out_seen, None
         if out_seen is not None and stop is not None and isinstance(stop.exit, IoExit) and stop.exit.direction is _OUT:
             rip, rsi, shadow = out_seen

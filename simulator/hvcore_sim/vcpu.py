@@ -350,6 +350,8 @@ class SimVCPU(Closeable):
                 if virtual:
                     clock.executed(min(engine.counter_cell.value, count))
                 exit_ = stop.exit if stop.kind is StopKind.EXIT else self._handle(engine, stop)
+                if stop.kind is StopKind.SLICE and engine.fast and not engine.within_budget:
+                    engine.drop_tlb()  # a used-up slice: see Engine.drop_tlb
             finally:
                 release()
             if lock.waiting:

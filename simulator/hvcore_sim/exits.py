@@ -364,8 +364,8 @@ class Tracker:
         rip, rsi, rdi, rcx = self._io_trap
         self._io_trap = None
         engine.disarm_io_trap()  # (a #DB leaves QEMU's old_exception alone: nothing else to clear)
-        if engine.reg(_GPRS[6]) == rsi and engine.reg(_GPRS[7]) == rdi:
-            return  # IN or OUT: done
+        if self._io_fault_rip is not None or (engine.reg(_GPRS[6]) == rsi and engine.reg(_GPRS[7]) == rdi):
+            return  # IN or OUT (or refused by the I/O permission check, which puts the instruction back): done
         code = decode.fetch_instruction(engine, rip)
         prefixes = code[: next((i for i, b in enumerate(code) if b not in decode.LEGACY_PREFIXES), len(code))]
         if 0xF3 not in prefixes and 0xF2 not in prefixes:

@@ -798,6 +798,8 @@ class Tracker:
         if not self._exact_here():  # abort it (the stop lands after the store), and run it alone
             if _soft(self._stop):
                 self._stop = _RETRY
+            if self._cells is not None:
+                self._cells.note_abort()
             assert self._engine is not None
             self._engine.stop()
             return
@@ -914,6 +916,8 @@ class Tracker:
             return True
         if _soft(self._stop):
             self._stop = _RETRY
+        if self._cells is not None:
+            self._cells.note_abort()
         return False
 
     def _gate_read(self, address: int, size: int) -> bool:
@@ -926,6 +930,8 @@ class Tracker:
         if self._exact_here():
             return True
         if size in (1, 2, 4, 8) and not address % size and _soft(self._stop):
+            if self._cells is not None:
+                self._cells.note_abort()
             if size == 8:  # Unicorn's callbacks take it as two 4-byte words
                 self._new += [_Access(False, address, 4), _Access(False, address + 4, 4)]
             else:
@@ -1109,7 +1115,9 @@ class Tracker:
         if self._known and stop is not _MMIO and (engine.counter_cell.value > 1 or self._cut):
             self._known, self._cursor = [], 0  # the replayed instruction finished before this stop
         if stop is _RETRY:
-            return stop  # (a fast run: QEMU's abort left the lazy flags right)
+            if self._cells is not None:
+                self._cells.settle()  # (only an instruction that computes the flags first needs it here)
+            return stop
         out_seen, self._out_seen = self._out_seen, None
         if out_seen is not None and stop is not None and isinstance(stop.exit, IoExit) and stop.exit.direction is _OUT:
             rip, rsi, shadow = out_seen

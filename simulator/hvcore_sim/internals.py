@@ -185,6 +185,39 @@ def _split_size_offset(count: int) -> int | None:
 
 
 _DR7_WRITE_INTERCEPT = 1 << 7
+_HF_CS64 = 1 << 15
+_DF = 1 << 10
+_JCC_O, _JCC_BE, _JCC_P, _JCC_L, _JCC_LE = 0, 3, 5, 6, 7  # QEMU's jcc_op numbers (the opcode's bits 3:1)
+_CC_OP_SUB = frozenset(range(14, 18))  # CC_OP_SUBB .. CC_OP_SUBQ
+_GROUP2 = frozenset({0xC0, 0xC1, 0xD0, 0xD1, 0xD2, 0xD3})  # shifts and rotates; /2 RCL, /3 RCR
+
+
+def _flags_computed_first(cells: Cells) -> bool:
+    """The instruction at RIP has QEMU compute EFLAGS before its memory access: RCL/RCR or SETcc on memory.
+
+    (QEMU's translator calls ``gen_compute_eflags``, which labels the flags CC_OP_EFLAGS and drops
+    CC_DST, ahead of the load or store; an abort there restores the older CC_OP.)
+    """
+    from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
+
+    code = fetch_instruction(cells._engine, cells.rip())
+    hflags = cells._hflags
+    rex = hflags is not None and bool(hflags.value & _HF_CS64)  # (0x40-0x4f are INC / DEC outside 64-bit code)
+    at = 0
+    while at < len(code) and (code[at] in LEGACY_PREFIXES or (rex and 0x40 <= code[at] <= 0x4F)):
+        at += 1
+    if at + 1 >= len(code):
+        return False
+    if code[at] in _GROUP2:
+        modrm = code[at + 1]
+        return modrm >> 6 != 3 and (modrm >> 3) & 7 in (2, 3)
+    if code[at] != 0x0F or at + 2 >= len(code) or not 0x90 <= code[at + 1] <= 0x9F or code[at + 2] >> 6 == 3:
+        return False
+    # SETcc: QEMU computes EFLAGS first for O and P, and for BE, L and LE unless the flags came from a
+    # SUB/CMP (gen_prepare_cc). B never, S and Z only when the block starts with the SETcc: not known
+    # here, so not put right (hvcore README, simulator: fast runs).
+    condition, cc_op = (code[at + 1] >> 1) & 7, cells._cc_op.value if cells._cc_op is not None else 0
+    return condition in (_JCC_O, _JCC_P) or (condition in (_JCC_BE, _JCC_L, _JCC_LE) and cc_op not in _CC_OP_SUB)
 _DR_MARKS = (0x5EED_0D06_0000_0DB0, 0x5EED_0D06_0000_0DB7)
 
 
@@ -213,6 +246,8 @@ class Cells:
         self._blob_ok = _cc_fields(layout.env)
         self._cc_op: ctypes.c_uint32 | None = None
         self._cc_src: ctypes.c_uint64 | None = None
+        self._df: ctypes.c_int32 | None = None
+        self._aborted_eflags: int | None = None
         self._eflags: ctypes.c_uint64 | None = None
         self._hflags: ctypes.c_uint32 | None = None
         self._rip: ctypes.c_uint64 | None = None
@@ -234,6 +269,7 @@ class Cells:
             if ctypes.c_uint64.from_address(env).value == rax and ctypes.c_uint64.from_address(env + _EIP).value == rip:
                 self._cc_op = ctypes.c_uint32.from_address(env + _CC_OP)
                 self._cc_src = ctypes.c_uint64.from_address(env + _CC_SRC)
+                self._df = ctypes.c_int32.from_address(env + _CC_OP + 4)  # QEMU's df (+1 / -1) follows cc_op
                 self._eflags = ctypes.c_uint64.from_address(env + _EFLAGS)
                 self._hflags = ctypes.c_uint32.from_address(env + layout.hflags - layout.env)
                 self._rip = ctypes.c_uint64.from_address(env + _EIP)
@@ -253,12 +289,18 @@ class Cells:
         """After an instruction aborted halfway: ``CC_SRC`` holds its starting flags; label them so.
 
         Also right inside a run (an INTR or CPUID hook), where ``env->eflags`` keeps no flags of its own.
-        Only counted runs mislabel them (the count hook computes the flags before each instruction,
-        after the point QEMU restores ``CC_OP`` to); a fast run's state is QEMU's own, and right.
+        Counted runs mislabel them at every such stop (the count hook computes the flags before
+        each instruction, after the point QEMU restores ``CC_OP`` to). A fast run's state is QEMU's
+        own, and right, unless the instruction itself computed the flags before the access that
+        stopped it (:func:`_flags_computed_first`), which mislabels them the same way.
         """
+        cc_op = self._cc_op
         if self._engine.fast:
+            if cc_op is None or cc_op.value == _CC_OP_EFLAGS or not _flags_computed_first(self):
+                return
+            self._settle_fast_abort(cc_op)
             return
-        cc_op, cc_src, eflags = self._cc_op, self._cc_src, self._eflags
+        cc_src, eflags = self._cc_src, self._eflags
         if cc_op is not None and cc_src is not None and eflags is not None:
             if cc_op.value != _CC_OP_EFLAGS:  # else the flags were labelled right, and stored right
                 cc_op.value = _CC_OP_EFLAGS
@@ -271,6 +313,23 @@ class Cells:
             struct.pack_into("<I", blob, env + _CC_OP, _CC_OP_EFLAGS)
             struct.pack_into("<Q", blob, at, struct.unpack_from("<Q", blob, at)[0] & ~CC_MASK | flags)
             engine._store(blob)
+
+    def note_abort(self) -> None:
+        """From a hook about to abort its instruction in a fast run: keep RFLAGS' non-arithmetic bits as they are now.
+
+        When the run then stops, QEMU folds the lazy flags into RFLAGS; mislabelled ones (see
+        :meth:`settle`) can fold in any bit, so the relabelling starts again from these.
+        """
+        eflags = self._eflags
+        self._aborted_eflags = None if eflags is None else eflags.value
+
+    def _settle_fast_abort(self, cc_op: ctypes.c_uint32) -> None:
+        eflags, cc_src, direction = self._eflags, self._cc_src, self._df
+        assert eflags is not None and cc_src is not None and direction is not None
+        kept = self._aborted_eflags if self._aborted_eflags is not None else eflags.value
+        self._aborted_eflags = None
+        cc_op.value = _CC_OP_EFLAGS
+        eflags.value = kept & ~(CC_MASK | _DF) | cc_src.value & CC_MASK | (_DF if direction.value < 0 else 0)
 
     def rip_rsi(self) -> tuple[int, int]:
         """RIP and RSI, read in place (the OUT rules read them at every OUT exit); also right inside a hook."""

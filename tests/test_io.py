@@ -348,7 +348,7 @@ def test_string_in_into_a_readonly_slot_under_paging(hv: Hypervisor, vm: VM) -> 
 
 
 # mov eax, 0x400 ; mov dr7, rax ; out 0x10, al ; inc rbx ; inc rbx ; out 0x11, al ; inc rbx ; hlt
-_OUTS_AFTER_DR7_WRITE = bytes.fromhex("b800040000" "0f23f8" "e610" "48ffc3" "48ffc3" "e611" "48ffc3" "f4")
+_OUTS_AFTER_DR7_WRITE = bytes.fromhex("b800040000" "0f23f8" "e610" "48ffc3" "48ffc3" "e611" "48ffc3" "f4")  # fmt: skip
 
 
 def test_an_out_exit_comes_before_the_next_instruction_after_a_dr7_write(hv: Hypervisor, vm: VM) -> None:

@@ -218,6 +218,8 @@ def _flags_computed_first(cells: Cells) -> bool:
     # here, so not put right (hvcore README, simulator: fast runs).
     condition, cc_op = (code[at + 1] >> 1) & 7, cells._cc_op.value if cells._cc_op is not None else 0
     return condition in (_JCC_O, _JCC_P) or (condition in (_JCC_BE, _JCC_L, _JCC_LE) and cc_op not in _CC_OP_SUB)
+
+
 _DR_MARKS = (0x5EED_0D06_0000_0DB0, 0x5EED_0D06_0000_0DB7)
 
 
@@ -247,7 +249,7 @@ class Cells:
         self._cc_op: ctypes.c_uint32 | None = None
         self._cc_src: ctypes.c_uint64 | None = None
         self._df: ctypes.c_int32 | None = None
-        self._aborted_eflags: int | None = None
+        self._aborted_eflags: tuple[int, int] | None = None  # (RIP, RFLAGS) noted by note_abort
         self._eflags: ctypes.c_uint64 | None = None
         self._hflags: ctypes.c_uint32 | None = None
         self._rip: ctypes.c_uint64 | None = None
@@ -321,13 +323,13 @@ class Cells:
         :meth:`settle`) can fold in any bit, so the relabelling starts again from these.
         """
         eflags = self._eflags
-        self._aborted_eflags = None if eflags is None else eflags.value
+        self._aborted_eflags = None if eflags is None else (self.rip(), eflags.value)
 
     def _settle_fast_abort(self, cc_op: ctypes.c_uint32) -> None:
         eflags, cc_src, direction = self._eflags, self._cc_src, self._df
         assert eflags is not None and cc_src is not None and direction is not None
-        kept = self._aborted_eflags if self._aborted_eflags is not None else eflags.value
-        self._aborted_eflags = None
+        noted, self._aborted_eflags = self._aborted_eflags, None
+        kept = noted[1] if noted is not None and noted[0] == self.rip() else eflags.value  # (noted for this one)
         cc_op.value = _CC_OP_EFLAGS
         eflags.value = kept & ~(CC_MASK | _DF) | cc_src.value & CC_MASK | (_DF if direction.value < 0 else 0)
 

@@ -248,9 +248,9 @@ class Engine:
         self.stop_requested = False
         """The run in progress (or the last one) was asked to stop by :meth:`stop`."""
         self.rip_cell: ctypes.c_uint64 | None = None
+        """RIP in the CPU state, in place (:class:`hvcore_sim.internals.Cells` finds it)."""
         self.debug_registers: ctypes.Array[ctypes.c_uint64] | None = None
         """DR0-DR7 in the CPU state, in place (:class:`hvcore_sim.internals.Cells` finds them)."""
-        """RIP in the CPU state, in place (:class:`hvcore_sim.internals.Cells` finds it)."""
         # a fast run needs blocks of one instruction on request (cflags_next_tb): no block counting without them
         self.blocks = BlockCounter.install(self) if self._next_cflags is not None else None
         """Counting per block instead of per instruction (:mod:`hvcore_sim.blocks`); None where unsupported."""
@@ -274,26 +274,28 @@ class Engine:
         once, where a stop would wait for the end of the block. :meth:`disarm_io_trap` puts the
         guest's debug registers back.
         """
-        dr = self.debug_registers
-        if dr is not None:  # in place: the same fields Unicorn's register writes set
-            if self._trap_saved is None:
-                self._trap_saved = (dr[0], dr[6], dr[7])
-            dr[0], dr[7] = port, _DR7_IO_TRAP
-            return
         if self._trap_saved is None:
-            self._trap_saved = (self.reg(self.DR0), self.reg(self.DR6), self.reg(self.DR7))
-        self.set_reg(self.DR0, port)
-        self.set_reg(self.DR7, _DR7_IO_TRAP)
+            self._trap_saved = (self._dr(0), self._dr(6), self._dr(7))
+        self._set_dr(0, port)
+        self._set_dr(7, _DR7_IO_TRAP)
 
     def disarm_io_trap(self) -> None:
         """The guest's DR0, DR6 and DR7 again, after :meth:`arm_io_trap`."""
         saved, self._trap_saved = self._trap_saved, None
+        if saved is not None:
+            for index, value in zip((0, 6, 7), saved, strict=True):
+                self._set_dr(index, value)
+
+    def _dr(self, index: int) -> int:
+        dr = self.debug_registers  # in place where found: the fields Unicorn's register calls use
+        return dr[index] if dr is not None else self.reg(self.DR0 + index)
+
+    def _set_dr(self, index: int, value: int) -> None:
         dr = self.debug_registers
-        if saved is not None and dr is not None:
-            dr[0], dr[6], dr[7] = saved
-        elif saved is not None:
-            for reg, value in zip((self.DR0, self.DR6, self.DR7), saved, strict=True):
-                self.set_reg(reg, value)
+        if dr is not None:
+            dr[index] = value
+        else:
+            self.set_reg(self.DR0 + index, value)
 
     def keep_io_trap_translated(self) -> None:
         """Set ``HF_IOBPT`` again after the guest's MOV to DR7 (QEMU recomputes it from the guest's DR7)."""

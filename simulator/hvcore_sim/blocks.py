@@ -9,10 +9,17 @@ blocks, a run still stops only between instructions (a block hook runs before th
 exit-request check), and kicks and other vCPUs still stop it by lowering ``emu_count``.
 
 :class:`BlockCounter` switches an engine between the two (``precise``: a count per instruction;
-``fast``: a count per block). Translated code carries the hooks it was translated with, so a switch
-drops every translation. Nothing here is Unicorn's public API: the ``struct hook`` fields and the
-``count_hook`` slot (just before ``emu_counter``, which :mod:`hvcore_sim.layout` calibrates) are
-checked before use, and an engine where they do not check out stays precise.
+``fast``: a count per block). Translated code carries the hooks it was translated with, so the two
+modes keep apart translations: QEMU looks a block up by its CPU's cluster index too (a TCG cflags
+field Unicorn leaves unused), and each mode has a cluster of its own. A switch then costs two hook
+ranges and one integer, and each mode finds its own blocks again. Where the cluster index is not
+found, a switch drops every translation instead. :class:`ExitDensity` picks the cheaper mode for
+what the guest does now: counted runs for code that exits every few instructions.
+
+Nothing here is Unicorn's public API: the ``struct hook`` fields, the ``count_hook`` slot (just
+before ``emu_counter``, which :mod:`hvcore_sim.layout` calibrates) and the ``CPUState`` fields
+around ``cluster_index`` are checked before use, and an engine where the hooks do not check out
+stays precise.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
 
-__all__ = ["BlockCounter"]
+__all__ = ["DENSE_BLOCKS", "DENSE_INSTRUCTIONS", "BlockCounter", "ExitDensity"]
 
 # Unicorn 2.1's struct hook: int type, insn, refs, op, op_flags; bool to_delete; u64 begin, end; void *callback
 _TYPE, _BEGIN, _END, _CALLBACK = 0, 24, 32, 40
@@ -32,6 +39,40 @@ _EVERYWHERE: Final = (1, 0)  # begin > end: every address (HOOK_BOUND_CHECK)
 _NOWHERE: Final = (0xFFFF_FFFF_FFFF_F000, 0xFFFF_FFFF_FFFF_F000)  # one address no guest code has
 _UC_HOOK_CODE: Final = 4
 _SCRATCH_RIP: Final = 0xFFFF_FFFF_FFFF_F000
+
+
+def _cluster_index(engine: Engine) -> ctypes.c_int32 | None:
+    """``CPUState.cluster_index`` of the engine's CPU in place, if found.
+
+    QEMU 5's ``CPUState`` has ``int cpu_index, cluster_index; uint32_t halted, can_do_io;
+    int32_t exception_index;`` then ``struct uc_struct *uc``: the one pointer to the engine's own
+    ``uc_struct`` with ``can_do_io`` 1 and no exception pending before it.
+    """
+    from hvcore_sim.internals import cpu_offsets, handle
+
+    offsets = cpu_offsets()
+    if offsets is None:
+        return None
+    uc = handle(engine.uc)
+    cpu = ctypes.c_uint64.from_address(uc + offsets[0]).value
+    if not cpu:
+        return None
+    known = _UC_POINTER_AT.get(offsets)
+    candidates = range(24, offsets[1], 8) if known is None else (known,)
+    found = [
+        at
+        for at in candidates
+        if ctypes.c_uint64.from_address(cpu + at).value == uc
+        and ctypes.c_int32.from_address(cpu + at - 8).value == -1
+        and ctypes.c_uint32.from_address(cpu + at - 12).value == 1
+    ]
+    if len(found) != 1:
+        return None
+    _UC_POINTER_AT[offsets] = found[0]  # the same in every engine of this Unicorn
+    return ctypes.c_int32.from_address(cpu + found[0] - 20)
+
+
+_UC_POINTER_AT: dict[tuple[int, int], int] = {}  # where CPUState.uc is, by cpu_offsets()
 
 
 def _bounds(hook: int, where: tuple[int, int]) -> None:
@@ -42,9 +83,11 @@ def _bounds(hook: int, where: tuple[int, int]) -> None:
 class BlockCounter:
     """The per-instruction and per-block counting hooks of one engine, and which of them counts."""
 
-    def __init__(self, count_hook: int, block_hook: int) -> None:
+    def __init__(self, count_hook: int, block_hook: int, cluster: ctypes.c_int32 | None) -> None:
         self._count_hook = count_hook
         self._block_hook = block_hook
+        self._cluster = cluster
+        self._fast_cluster = cluster.value if cluster is not None else 0
         _bounds(count_hook, _NOWHERE)  # fast from the start: nothing is translated yet
         self.fast = True
         """Whether runs count blocks (else instructions)."""
@@ -82,13 +125,58 @@ class BlockCounter:
         )
         if status or not handle.value:
             return None
-        return cls(hook, handle.value)
+        return cls(hook, handle.value, _cluster_index(engine))
 
     def set_fast(self, engine: Engine, fast: bool) -> None:
-        """Count blocks (``fast``) or instructions from the next run on; drops translated code if that changes."""
+        """Count blocks (``fast``) or instructions from the next run on (in the mode's own translations)."""
         if fast == self.fast:
             return
         _bounds(self._count_hook, _NOWHERE if fast else _EVERYWHERE)
         _bounds(self._block_hook, _EVERYWHERE if fast else _NOWHERE)
         self.fast = fast
-        engine.uc.ctl_flush_tb()
+        cluster = self._cluster
+        if cluster is None:
+            engine.uc.ctl_flush_tb()
+        else:
+            cluster.value = self._fast_cluster if fast else self._fast_cluster ^ 1
+
+    @property
+    def keeps_both(self) -> bool:
+        """Whether each mode keeps its own translations (a switch drops none)."""
+        return self._cluster is not None
+
+
+DENSE_BLOCKS = 32
+"""A fast run that stops within this many blocks is short (see :class:`ExitDensity`)."""
+DENSE_INSTRUCTIONS = 256
+"""A counted run that stops within this many instructions is short (see :class:`ExitDensity`)."""
+
+
+class ExitDensity:
+    """Whether a vCPU's code stops so often that counting every instruction is the cheaper way to run it.
+
+    A fast run (:mod:`hvcore_sim.blocks`) pays at each exit for being exact without a count: an I/O
+    instruction ends its run through a debug trap, an MMIO store runs again as a block of its own.
+    A counted run stops exactly for free but pays for the count at every instruction. Code that
+    exits every few instructions (a status poll, a burst of port writes) runs faster counted; code
+    that runs long between exits runs faster fast. Two short fast runs in a row switch a vCPU to
+    counted runs; one counted run that is not short switches it back. Both modes keep their own
+    translations, so a switch costs nothing; and both stop on the same instructions, so the choice
+    is only ever about speed.
+    """
+
+    __slots__ = ("short_runs",)
+
+    def __init__(self) -> None:
+        self.short_runs = 0
+        """Consecutive runs that stopped short of their budget, each soon after it started."""
+
+    @property
+    def dense(self) -> bool:
+        """Whether the next run should count instructions."""
+        return self.short_runs >= 2
+
+    def ran(self, executed: int, fast: bool, stopped: bool) -> None:
+        """Account one run: ``executed`` blocks (``fast``) or instructions, ``stopped`` before its budget ran out."""
+        short = stopped and executed <= (DENSE_BLOCKS if fast else DENSE_INSTRUCTIONS)
+        self.short_runs = min(self.short_runs + 1, 2) if short else 0

@@ -636,14 +636,23 @@ class Engine:
         This is the binding's ``emu_start`` without its Python wrapper: the same C call, the same
         error and the same re-raise of an exception a hook raised.
         """
+        status = self.start_status(rip, count)
+        if status:
+            raise self._uc_error(status)
+
+    def start_status(self, rip: int, count: int) -> int:
+        """:meth:`start`, with Unicorn's error as its status (0: none) instead of a ``UcError``.
+
+        A run that a hook ended by refusing an access fails; raising and catching that costs more
+        than the rest of an exit. An exception a hook raised is still raised.
+        """
         uc = self.uc
         uc._hook_exception = None
         self.stop_requested = False
-        status = self._emu_start(self._handle, rip, 0, 0, count)
-        if status:
-            raise self._uc_error(status)
+        status: int = self._emu_start(self._handle, rip, 0, 0, count)
         if uc._hook_exception is not None:
             raise uc._hook_exception
+        return status
 
     def stop_after_this_instruction(self) -> None:
         """From a hook: let the current instruction complete, then stop (lowers the run's instruction budget)."""

@@ -190,6 +190,7 @@ class Tracker:
         import unicorn
 
         self._unicorn = unicorn
+        self._fetch_faults = (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT)
         self.vcpu = vcpu
         self.local_ports: frozenset[int] = vcpu._vm.irqchip_ports
         """Ports the simulator's own devices answer (the PIC, the PIT); the VM updates it."""
@@ -923,12 +924,13 @@ class Tracker:
     def _gate_read(self, address: int, size: int) -> bool:
         """An MMIO read caught first (:meth:`_gate`); an aligned one of up to 8 bytes becomes its exit at once.
 
+        At once in every run, counted or fast: Unicorn's MMIO callback would only see it again.
         Refused, it aborts the instruction (also inside a one-helper instruction such as
         cmpxchg8b), and the hook has the guest's own address and size: the pieces are the ones
         Unicorn's callbacks ask for when the read is replayed with its answer.
         """
-        if self._exact_here():
-            return True
+        if self._known and self._replaying():
+            return True  # the replay of a read that exited: its callback answers it
         if size in (1, 2, 4, 8) and not address % size and _soft(self._stop):
             if self._cells is not None:
                 self._cells.note_abort()
@@ -938,7 +940,7 @@ class Tracker:
                 self._new.append(_Access(False, address, size))
             self._stop = _MMIO
             return False
-        return self._gate()
+        return self._exact_here() or self._gate()
 
     def _exact_here(self) -> bool:
         """The instruction running now is alone in its block: a counted run, a single, or a replay's first block."""
@@ -1022,13 +1024,12 @@ class Tracker:
         if single or self._lead:
             engine.one_instruction_block()  # the block that answers or repeats an instruction: that one alone
         try:
-            try:  # the common case first: one start, no fetch fault (see _after_fetch_fault)
-                engine.start(engine.reg(engine.RIP) if cells is None else cells.rip(), count)
-            except unicorn.UcError as err:
-                if err.errno not in (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT):
-                    raise
+            status = engine.start_status(engine.reg(engine.RIP) if cells is None else cells.rip(), count)
+            if status in self._fetch_faults:  # see _after_fetch_fault
                 if not self._after_fetch_fault(engine, count):
                     return Stop(StopKind.FETCH_FAULT)
+            elif status and (self._stop is None or status == unicorn.UC_ERR_INSN_INVALID):
+                raise unicorn.UcError(status)  # (a hook that stopped the run may have refused its access)
         except unicorn.UcError as err:
             if err.errno == unicorn.UC_ERR_INSN_INVALID:
                 return Stop(StopKind.EXCEPTION, vector=6)

@@ -61,6 +61,7 @@ from hvcore.types import (
     Xsave,
 )
 from hvcore_sim import cpufeatures, guestdebug, hypercall, state, syscall, validity
+from hvcore_sim.blocks import ExitDensity
 from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
 from hvcore_sim.engine import EFER_LMA, Engine
 from hvcore_sim.exits import Stop, StopKind, Tracker
@@ -157,6 +158,7 @@ class SimVCPU(Closeable):
         self._ready_snapshot = False  # kvm_run.ready_for_interrupt_injection / if_flag: zero until the first exit
         self._if_snapshot = False
         self._step_owed = False
+        self._density = ExitDensity()
         self._state = state.VcpuState(apic_base=0xFEE00800 | (0x100 if vcpu_id == 0 else 0))  # BSP bit: vCPU 0
         pvclock = vm.kvmclock.add_vcpu(vcpu_id, lambda: self.msrs.tsc_offset)
         self.msrs = MsrEmulator(self._state, vm.clock, pvclock=pvclock)
@@ -283,6 +285,7 @@ class SimVCPU(Closeable):
         virtual = clock.virtual
         msrs = self.msrs
         pvclock = msrs.pvclock
+        density = self._density
         while True:
             if chip is not None and self._mp_state is not MpState.RUNNABLE and not first and self._sleep(chip):
                 return _INTERRUPTED
@@ -344,13 +347,19 @@ class SimVCPU(Closeable):
                 if pvclock.pending:  # as KVM's clock-update request, before the guest runs on
                     msrs.refresh_pvclock()
                 # blocks, not instructions, where no rule needs each instruction counted (:mod:`hvcore_sim.blocks`)
-                engine.set_fast(not (stepping or virtual or tracker.breakpoints.watching or vm.vcpu_count > 1))
+                engine.set_fast(
+                    not (stepping or virtual or tracker.breakpoints.watching or vm.vcpu_count > 1 or density.dense)
+                )
+                fast = engine.fast
                 stop = tracker.run(engine, count)
                 engine.close_windows()
+                executed = engine.counter_cell.value
+                used_up = stop.kind is StopKind.SLICE and not engine.within_budget
+                density.ran(executed, fast, not used_up)
                 if virtual:
-                    clock.executed(min(engine.counter_cell.value, count))
+                    clock.executed(min(executed, count))
                 exit_ = stop.exit if stop.kind is StopKind.EXIT else self._handle(engine, stop)
-                if stop.kind is StopKind.SLICE and engine.fast and not engine.within_budget:
+                if used_up and fast:
                     engine.drop_tlb()  # a used-up slice: see Engine.drop_tlb
             finally:
                 release()

@@ -14,6 +14,7 @@ from hvcore_sim import system
 from hvcore_sim.system import SimHypervisor
 from hvcore_sim.vcpu import SimVCPU
 from tests.boot import boot
+from tests.sim.test_translation_cache import count_tb_flushes
 
 pytestmark = pytest.mark.skipif(
     system._unicorn_problem() is not None, reason=f"simulator unusable: {system._unicorn_problem()}"
@@ -58,3 +59,48 @@ def test_a_virtual_clock_runs_counted(monkeypatch: pytest.MonkeyPatch) -> None:
         vcpu = boot(hv, vm, CODE, "long")
         assert isinstance(vcpu.run(), IoExit)
         assert not _fast(vcpu)
+
+
+# five OUTs in a tight loop, then 200,000 instructions without an exit, one more OUT, hlt
+DENSE_THEN_LONG = bytes.fromhex(
+    "b905000000"  # mov ecx, 5
+    "e610"  # dense: out 0x10, al
+    "ffc9"  # dec ecx
+    "75fa"  # jnz dense
+    "b9a0860100"  # mov ecx, 100000
+    "ffc9"  # long: dec ecx
+    "75fc"  # jnz long
+    "e611"  # out 0x11, al
+    "f4"  # hlt
+)
+
+
+def test_code_that_exits_every_few_instructions_runs_counted_until_it_runs_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two short runs in a row switch to counted runs, one long counted slice switches back (ExitDensity).
+
+    The exits are the same either way; the switches keep each mode's translations (no flush).
+    """
+    with SimHypervisor() as hv, hv.create_vm() as vm:
+        vcpu = boot(hv, vm, DENSE_THEN_LONG, "long")
+        assert isinstance(vcpu, SimVCPU)
+        blocks = vcpu.engine().blocks
+        assert blocks is not None and blocks.keeps_both
+        flushes = count_tb_flushes(monkeypatch)
+        seen = []
+        for _ in range(7):
+            exit_ = vcpu.run()
+            seen.append((exit_.port if isinstance(exit_, IoExit) else exit_, _fast(vcpu)))
+        assert seen == [
+            (0x10, True),
+            (0x10, True),  # the second short run in a row: the next ones count instructions
+            (0x10, False),
+            (0x10, False),
+            (0x10, False),
+            (0x11, True),  # its first counted slice ran out (a long run): the rest of it ran fast
+            (HltExit(), True),
+        ]
+        regs = vcpu.get_regs()
+        assert (regs.rcx, regs.rip) == (0, 0x1000 + len(DENSE_THEN_LONG))
+    assert flushes == []

@@ -31,7 +31,8 @@ INT21_LOOP = (
 IRETQ = b"\x48\xcf"
 
 
-def test_delivering_events_keeps_translated_code(monkeypatch: pytest.MonkeyPatch) -> None:
+def count_tb_flushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, every drop of Unicorn's whole translation cache appends to the list returned."""
     unicorn = pytest.importorskip("unicorn")
     flushes: list[int] = []
     flush_tb = unicorn.Uc.ctl_flush_tb
@@ -40,10 +41,15 @@ def test_delivering_events_keeps_translated_code(monkeypatch: pytest.MonkeyPatch
         flushes.append(1)
         flush_tb(uc)
 
+    monkeypatch.setattr(unicorn.Uc, "ctl_flush_tb", counted)
+    return flushes
+
+
+def test_delivering_events_keeps_translated_code(monkeypatch: pytest.MonkeyPatch) -> None:
     with SimHypervisor() as hv, hv.create_vm() as vm:
         vcpu = long_mode_guest(hv, vm, INT21_LOOP, user=False)
         write_guest(vm, stub(0x21), IRETQ)
-        monkeypatch.setattr(unicorn.Uc, "ctl_flush_tb", counted)
+        flushes = count_tb_flushes(monkeypatch)
         assert vcpu.run() == HltExit()
         assert vcpu.get_regs().rcx == 0  # all 100 delivered and returned from
     assert flushes == []

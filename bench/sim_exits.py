@@ -44,12 +44,13 @@ reported, never asserted.
 
 The breakdown (default on) adds loops on the same vCPUs that cut hvcore's per-exit time into
 layers: **engine** (IO row: the raw loop's statements driving the simulator's own engine, so its
-paging, MMIO gap mappings and OUT hook with its exit objects), **replay** (MMIO rows: the raw
-loop plus the separate one-instruction ``emu_start`` hvcore spends per MMIO exit to finish the
-instruction), **tracker** (``Tracker.run`` / ``finish_instruction`` / ``complete`` driven
-directly: everything but ``SimVCPU.run``'s bookkeeping). It then times the simulator's parts
-alone on a live vCPU (``Engine.get_regs``, ``_blob``, the VM lock, ``engine()``,
-``_drop_stale_code``, ...) and counts with cProfile how often each exit calls them.
+paging, MMIO gap mappings and OUT hook with its exit objects), **tracker** (``Tracker.run`` /
+``finish_instruction`` / ``complete`` driven directly: everything but ``SimVCPU.run``'s
+bookkeeping). Code that exits every few instructions runs counted
+(``hvcore_sim.blocks.ExitDensity``), so after its first exits the hvcore loop, and the breakdown
+loops on the same engine, run counted. It then times the simulator's parts alone on a live vCPU
+(``Engine.get_regs``, ``_blob``, the VM lock, ``engine()``, ``_drop_stale_code``, ...) and counts
+with cProfile how often each exit calls them.
 
 Repetitions of all the loops of a row are interleaved with alternating order, so drift hits
 every loop alike; each figure is the median. Every loop runs under a watchdog: hvcore loops are
@@ -220,7 +221,7 @@ class Row:
     """One row: every repetition of every loop, in ``unit`` (medians, ratio and verdict as properties).
 
     ``runs`` maps a loop name to its repetitions: always ``"raw"`` and ``"hvcore"``; with the
-    breakdown also ``"engine"`` (IO row), ``"replay"`` (MMIO rows) and ``"tracker"`` (exit rows).
+    breakdown also ``"engine"`` (IO row) and ``"tracker"`` (exit rows).
     For exit rows the unit is ns per exit and lower is better; for the throughput row it is
     millions of guest instructions per second and higher is better.
     """
@@ -423,20 +424,15 @@ def raw_io_loop(raw: RawUnicorn, exits: int) -> int:
     return total
 
 
-def raw_mmio_loop(raw: RawUnicorn, exits: int, *, replay_run: bool = False) -> int:
+def raw_mmio_loop(raw: RawUnicorn, exits: int) -> int:
     """``exits`` MMIO exits at ``layout.MMIO``: ``emu_start`` in count mode, read RIP, take the access, resume.
 
     The access is answered (a read, with ``READ_ANSWER``) or swallowed (a write) when the next
-    run replays it. ``replay_run`` (a breakdown loop, not the reference) finishes that
-    instruction in a separate one-instruction ``emu_start`` first, as the simulator does.
-    Returns the sum of the written values (writes) plus one per read.
+    run replays it. Returns the sum of the written values (writes) plus one per read.
     """
     start, read, rip_id, rip = raw.uc.emu_start, raw.uc.reg_read, raw.rip_id, raw.rip
     total = 0
     for _ in range(exits):
-        if replay_run and raw.replay:
-            start(rip, 0, 0, 1)
-            rip = read(rip_id)
         start(rip, 0, 0, SLICE)
         rip = read(rip_id)
         access = raw.access
@@ -703,10 +699,7 @@ def _exit_loops(
         "hvcore": _ns_per_exit(partial(spec.hvcore, vcpu), vcpu, timeout, f"{spec.name} hvcore loop"),
     }
     if breakdown:
-        if spec.mmio:
-            replay = partial(raw_mmio_loop, raw, replay_run=True)
-            loops["replay"] = _ns_per_exit(replay, None, timeout, f"{spec.name} replay loop")
-        else:
+        if not spec.mmio:
             loops["engine"] = _ns_per_exit(partial(engine_io_loop, vcpu), vcpu, timeout, f"{spec.name} engine loop")
         loops["tracker"] = _ns_per_exit(partial(spec.tracker, vcpu), vcpu, timeout, f"{spec.name} tracker loop")
     return loops
@@ -948,9 +941,8 @@ def _target(row: Row) -> str:
 
 _LAYERS: Final[tuple[tuple[str, str, str], ...]] = (
     ("engine", "raw", "engine: sim engine + OUT hook's exit objects"),
-    ("replay", "raw", "replay: a 2nd emu_start, the 1-instruction replay"),
     ("tracker", "engine", "Tracker.run around emu_start"),
-    ("tracker", "replay", "Tracker: callbacks, cursor, exit objects, RIP"),
+    ("tracker", "raw", "Tracker: engine, callbacks, exit objects, RIP"),
     ("hvcore", "tracker", "SimVCPU.run bookkeeping"),
 )
 """Breakdown lines: (loop, base loop, label); each is ``loop - base``, paired medians."""

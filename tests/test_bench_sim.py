@@ -78,7 +78,6 @@ def test_raw_and_hvcore_loops_do_the_same_guest_work(sim: Hypervisor) -> None:
         raw_w.add_mmio()
         expected = n * sim_exits.WRITE_VALUE
         assert sim_exits.raw_mmio_loop(raw_w, n) == expected
-        assert sim_exits.raw_mmio_loop(raw_w, n, replay_run=True) == expected
         assert sim_exits.hvcore_mmio_write_loop(write, n) == expected
         assert sim_exits.tracker_mmio_write_loop(write, n) == expected
         assert sim_exits.hvcore_mmio_write_loop(write, n) == expected
@@ -87,7 +86,6 @@ def test_raw_and_hvcore_loops_do_the_same_guest_work(sim: Hypervisor) -> None:
         raw_r = sim_exits.RawUnicorn(sim_exits.MMIO_READ_LOOP)
         raw_r.add_mmio()
         assert sim_exits.raw_mmio_loop(raw_r, n) == n
-        assert sim_exits.raw_mmio_loop(raw_r, n, replay_run=True) == n
         assert sim_exits.hvcore_mmio_read_loop(read, n) == n
         assert sim_exits.tracker_mmio_read_loop(read, n) == n
         assert sim_exits.hvcore_mmio_read_loop(read, n) == n
@@ -124,7 +122,7 @@ def test_bench_runs_every_row(sim: Hypervisor) -> None:
         if row.name == "IO exit":
             expected |= {"engine", "tracker"}
         elif row.name.startswith("MMIO"):
-            expected |= {"replay", "tracker"}
+            expected |= {"tracker"}
         assert set(row.runs) == expected
         for runs in row.runs.values():
             _positive(runs, count)

@@ -155,14 +155,14 @@ DENSE_INSTRUCTIONS = 256
 class ExitDensity:
     """Whether a vCPU's code stops so often that counting every instruction is the cheaper way to run it.
 
-    A fast run (:mod:`hvcore_sim.blocks`) pays at each exit for being exact without a count: an I/O
-    instruction ends its run through a debug trap, an MMIO store runs again as a block of its own.
-    A counted run stops exactly for free but pays for the count at every instruction. Code that
-    exits every few instructions (a status poll, a burst of port writes) runs faster counted; code
-    that runs long between exits runs faster fast. Two short fast runs in a row switch a vCPU to
-    counted runs; one counted run that is not short switches it back. Both modes keep their own
-    translations, so a switch costs nothing; and both stop on the same instructions, so the choice
-    is only ever about speed.
+    A fast run pays at each exit for being exact without a count: an I/O instruction ends its run
+    through a debug trap, an MMIO store runs again as a block of its own. A counted run stops
+    exactly for free but pays for the count at every instruction. Code that exits every few
+    instructions (a status poll, a burst of port writes) runs faster counted; code that runs long
+    between exits runs faster fast. Two short fast runs in a row switch a vCPU to counted runs; one
+    counted run that is not short switches it back. The switch is only made where both modes keep
+    their own translations (:attr:`BlockCounter.keeps_both`), so it costs nothing; and both modes
+    stop on the same instructions, so the choice is only ever about speed.
     """
 
     __slots__ = ("short_runs",)

@@ -261,6 +261,12 @@ class Engine:
         blocks = self.blocks
         return blocks is not None and blocks.fast
 
+    @property
+    def switches_freely(self) -> bool:
+        """Whether counted and fast runs keep their own translations, so a :meth:`set_fast` switch drops none."""
+        blocks = self.blocks
+        return blocks is not None and blocks.keeps_both
+
     def set_fast(self, fast: bool) -> None:
         """Count blocks (``fast``, where supported) or instructions from the next run on."""
         if self.blocks is not None:

@@ -348,7 +348,13 @@ class SimVCPU(Closeable):
                     msrs.refresh_pvclock()
                 # blocks, not instructions, where no rule needs each instruction counted (:mod:`hvcore_sim.blocks`)
                 engine.set_fast(
-                    not (stepping or virtual or tracker.breakpoints.watching or vm.vcpu_count > 1 or density.dense)
+                    not (
+                        stepping
+                        or virtual
+                        or tracker.breakpoints.watching
+                        or vm.vcpu_count > 1
+                        or (density.dense and engine.switches_freely)
+                    )
                 )
                 fast = engine.fast
                 stop = tracker.run(engine, count)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from hvcore import DebugExit, GuestDebug, GuestDebugFlags, HltExit, IoExit
-from hvcore_sim import system
+from hvcore_sim import blocks, system
 from hvcore_sim.system import SimHypervisor
 from hvcore_sim.vcpu import SimVCPU
 from tests.boot import boot
@@ -103,4 +103,19 @@ def test_code_that_exits_every_few_instructions_runs_counted_until_it_runs_long(
         ]
         regs = vcpu.get_regs()
         assert (regs.rcx, regs.rip) == (0, 0x1000 + len(DENSE_THEN_LONG))
+    assert flushes == []
+
+
+def test_without_separate_translations_exit_dense_code_stays_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the cluster index is not found, a switch would drop every translation: ExitDensity does not switch."""
+    monkeypatch.setattr(blocks, "_cluster_index", lambda engine: None)
+    with SimHypervisor() as hv, hv.create_vm() as vm:
+        vcpu = boot(hv, vm, DENSE_THEN_LONG, "long")
+        assert isinstance(vcpu, SimVCPU)
+        engine = vcpu.engine()
+        assert engine.blocks is not None and not engine.switches_freely
+        flushes = count_tb_flushes(monkeypatch)
+        exits = [vcpu.run() for _ in range(7)]
+        assert [e.port if isinstance(e, IoExit) else e for e in exits] == [0x10] * 5 + [0x11, HltExit()]
+        assert _fast(vcpu)
     assert flushes == []

@@ -40,6 +40,7 @@ __all__ = [
     "BusConflict",
     "ClosedError",
     "ExitNotCompleted",
+    "GuestDataError",
     "HvError",
     "HypervisorFault",
     "ImageError",
@@ -188,6 +189,16 @@ class ResourceExhausted(HvError):
     """The hypervisor or the host ran out of something (memory, fds, vCPUs)."""
 
     __module__ = "hvcore"
+
+
+class GuestDataError(HvError):
+    """A guest handed a device something malformed (a virtqueue descriptor loop, a buffer outside RAM).
+
+    The device refuses it (a virtio device then needs a reset); the VMM and other devices carry on.
+    """
+
+    __module__ = "hvcore"
+    default_errno = _errno.EINVAL
 
 
 class HypervisorFault(HvError):

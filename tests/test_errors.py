@@ -870,7 +870,7 @@ ERROR_CLASSES = [
 
 
 def test_every_error_class_is_exported_and_an_hverror() -> None:
-    assert len(ERROR_CLASSES) == 19
+    assert len(ERROR_CLASSES) == 20
     for cls in ERROR_CLASSES:
         assert issubclass(cls, hvcore.HvError), cls
         assert getattr(hvcore, cls.__name__) is cls

@@ -1,5 +1,18 @@
-"""virtio 1.x for hvcore machines: split virtqueues (:mod:`hvcore.vmm.virtio.queue`)."""
+"""virtio 1.x for hvcore machines: split virtqueues, the virtio-mmio transport, device models."""
 
+from hvcore.vmm.virtio.device import (
+    STATUS_ACKNOWLEDGE,
+    STATUS_DEVICE_NEEDS_RESET,
+    STATUS_DRIVER,
+    STATUS_DRIVER_OK,
+    STATUS_FAILED,
+    STATUS_FEATURES_OK,
+    VIRTIO_F_INDIRECT_DESC,
+    VIRTIO_F_RING_EVENT_IDX,
+    VIRTIO_F_VERSION_1,
+    VirtioDevice,
+)
+from hvcore.vmm.virtio.mmio import VirtioMmio
 from hvcore.vmm.virtio.queue import (
     MAX_QUEUE_SIZE,
     VIRTQ_DESC_F_INDIRECT,
@@ -12,9 +25,19 @@ from hvcore.vmm.virtio.queue import (
     QueueMemory,
     SplitQueue,
 )
+from hvcore.vmm.virtio.rng import VirtioRng
 
 __all__ = [
     "MAX_QUEUE_SIZE",
+    "STATUS_ACKNOWLEDGE",
+    "STATUS_DEVICE_NEEDS_RESET",
+    "STATUS_DRIVER",
+    "STATUS_DRIVER_OK",
+    "STATUS_FAILED",
+    "STATUS_FEATURES_OK",
+    "VIRTIO_F_INDIRECT_DESC",
+    "VIRTIO_F_RING_EVENT_IDX",
+    "VIRTIO_F_VERSION_1",
     "VIRTQ_DESC_F_INDIRECT",
     "VIRTQ_DESC_F_NEXT",
     "VIRTQ_DESC_F_WRITE",
@@ -24,4 +47,7 @@ __all__ = [
     "Chain",
     "QueueMemory",
     "SplitQueue",
+    "VirtioDevice",
+    "VirtioMmio",
+    "VirtioRng",
 ]

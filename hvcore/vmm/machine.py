@@ -16,7 +16,8 @@ counted. Devices count the VM clock (``clock()``) and arm callbacks at its deadl
 ``timers`` (one thread, started by the first timer; a callback's error ends the run).
 ``pause()``/``resume()`` hold every vCPU between exits; ``stop()`` (or a device's stop
 request, a triple fault, an error) ends the run, and ``close()`` joins every thread and closes
-the VM.
+the VM. A Linux kernel booted directly (with an irqchip) gets ACPI tables at ``ACPI_TABLES``:
+every vCPU and the IOAPIC in the MADT, and ``acpi_devices`` (virtio-mmio) in the DSDT.
 """
 
 from __future__ import annotations
@@ -57,20 +58,24 @@ from hvcore.memory import PAGE_SIZE, GuestMemory
 from hvcore.protocol import VCPU, VM, Hypervisor
 from hvcore.trace import TracingVCPU
 from hvcore.types import PIT_FLAGS_HPET_LEGACY, SlotFlags
+from hvcore.vmm.acpi import AcpiDevice, build_acpi
 from hvcore.vmm.bios import set_up_bios_state
 from hvcore.vmm.bus import Bus, check_range_arguments
 from hvcore.vmm.device import Device, DeviceHost, IrqLine, StopRequest
 from hvcore.vmm.loaders import BootPlan
+from hvcore.vmm.loaders.detect import detect
 from hvcore.vmm.loaders.detect import load as load_image
 from hvcore.vmm.timers import DeviceTimers
 
-__all__ = ["HOLE_START", "HIGH_RAM_START", "Machine", "MachineResult"]
+__all__ = ["ACPI_TABLES", "HIGH_RAM_START", "HOLE_START", "Machine", "MachineResult"]
 
 HOLE_START = 0xC000_0000
 """RAM below 4 GiB ends here; the hole holds the IOAPIC, LAPIC and firmware ROM."""
 HIGH_RAM_START = 1 << 32
 """Where RAM above the hole continues."""
 _LOW_SLOT, _HIGH_SLOT, _FIRST_ROM_SLOT = 0, 1, 8
+ACPI_TABLES = 0xE0000
+"""Where a direct kernel boot's ACPI tables go, the RSDP first (E820-reserved; the BIOS area Linux scans)."""
 _REGISTER_NAMES = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")}
 
 
@@ -186,6 +191,8 @@ class Machine:
             self._release()
             raise
         self.device_host = DeviceHost(irq=self.irq, request_stop=self.request_stop, timers=self.timers)
+        self.acpi_devices: list[AcpiDevice] = []
+        """Devices the ACPI tables describe (the DSDT) for a kernel that cannot probe them (virtio-mmio)."""
 
     # -- memory (the loaders' LoadTarget) ------------------------------------------------------
 
@@ -307,7 +314,11 @@ class Machine:
         """
         _check_load_arguments(image, format, cmdline, initrd, name)
         self._require_stopped("load")
-        plan = load_image(image, self, format=format, cmdline=cmdline, initrd=initrd, name=name)
+        kind = detect(image) if format == "auto" else format
+        rsdp = ACPI_TABLES if kind == "bzimage" and self.irqchip else 0  # (the MADT describes the irqchip)
+        plan = load_image(image, self, format=kind, cmdline=cmdline, initrd=initrd, name=name, acpi_rsdp=rsdp)
+        if rsdp:
+            self.write(rsdp, build_acpi(rsdp, self.cpus, self.acpi_devices))
         self.boot(plan)
         return plan
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from hvcore.vmm import smbios as smbios_
-from hvcore.vmm.devices import I8042, Cmos, DebugConsole, DebugExit, FwCfg, Hpet, PcTestdev, Uart16550
+from hvcore.vmm.devices import I8042, AcpiPm, Cmos, DebugConsole, DebugExit, FwCfg, Hpet, PcTestdev, Uart16550
 from hvcore.vmm.machine import HIGH_RAM_START, Machine
 
 __all__ = ["PcDevices", "add_pc_devices"]
@@ -23,6 +23,7 @@ class PcDevices:
     cmos: Cmos
     fw_cfg: FwCfg
     testdev: PcTestdev
+    acpi_pm: AcpiPm
     hpet: Hpet | None = None
     """``None`` when ``add_pc_devices`` was told ``hpet=False``."""
 
@@ -44,7 +45,8 @@ def add_pc_devices(
     QEMU's pc-testdev (0xE0-0xEB, interrupt lines at 0x2000: what kvm-unit-tests expect beside
     isa-debug-exit), and (unless
     ``hpet`` is false, as QEMU's ``-machine hpet=off``) the HPET at 0xFED00000, its legacy route
-    taking IRQ 0 from the PIT.
+    taking IRQ 0 from the PIT, and the ACPI PM1 registers at 0x600 that the ACPI tables of a
+    directly booted kernel point at (``hvcore.vmm.devices.acpi_pm``: power-off).
     """
     host = machine.device_host
     uart = Uart16550(output=serial, input=serial_input, irq=machine.irq(Uart16550.COM1_GSI))
@@ -70,11 +72,13 @@ def add_pc_devices(
     testdev = PcTestdev(host)
     for base, length, port in testdev.ports():
         machine.add_io_device(base, length, port)
+    acpi_pm = AcpiPm(host)
+    machine.add_io_device(AcpiPm.PORT, AcpiPm.LENGTH, acpi_pm)
     timer: Hpet | None = None
     if hpet:
         timer = Hpet(host, pit_legacy=machine.set_pit_hpet_legacy)
         machine.add_mmio_device(Hpet.BASE, Hpet.LENGTH, timer)
-    return PcDevices(uart, console, debug_exit, i8042, cmos, fw_cfg, testdev, timer)
+    return PcDevices(uart, console, debug_exit, i8042, cmos, fw_cfg, testdev, acpi_pm, timer)
 
 
 def _smbios(machine: Machine) -> smbios_.Smbios:

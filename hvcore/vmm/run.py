@@ -134,8 +134,13 @@ def _status(result: MachineResult, args: argparse.Namespace) -> tuple[int, str]:
         if args.until:
             return ExitStatus.TIMED_OUT, f"timed out after {args.timeout:g} s without the guest printing {args.until!r}"
         return ExitStatus.TIMED_OUT, f"stopped after {args.timeout:g} s (--timeout)"
-    if reason in ("halted", "reset", "stopped"):
-        return ExitStatus.OK, {"halted": "the guest halted", "reset": "the guest reset the machine"}.get(reason, reason)
+    if reason in ("halted", "reset", "poweroff", "stopped"):
+        ended = {
+            "halted": "the guest halted",
+            "reset": "the guest reset the machine",
+            "poweroff": "the guest powered off",
+        }
+        return ExitStatus.OK, ended.get(reason, reason)
     if reason == "shutdown":
         return ExitStatus.GUEST_CRASHED, "the guest crashed: it triple-faulted (SHUTDOWN)"
     if reason == "internal-error":

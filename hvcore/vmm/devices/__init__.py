@@ -10,8 +10,10 @@
 | :class:`FwCfg` | 0x510, 2 (+ 0x514, 8 with DMA; ``ports()``) | QEMU fw_cfg |
 | :class:`PcTestdev` | 0xE0, 4; 0xE4, 4; 0xE8, 4; 0x2000, 24 (``ports()``) | QEMU pc-testdev: kvm-unit-tests' GSIs |
 | :class:`Hpet` | MMIO 0xFED00000, 0x400 | HPET: 100 MHz counter, 3 timers (IOAPIC pins, legacy IRQ 0/8) |
+| :class:`AcpiPm` | 0x600, 6 | ACPI PM1 event and control registers (always ACPI mode; power-off) |
 """
 
+from hvcore.vmm.devices.acpi_pm import AcpiPm
 from hvcore.vmm.devices.cmos import Cmos
 from hvcore.vmm.devices.debug_exit import DebugExit
 from hvcore.vmm.devices.debugcon import DebugConsole
@@ -24,6 +26,7 @@ from hvcore.vmm.devices.uart import Uart16550
 
 __all__ = [
     "I8042",
+    "AcpiPm",
     "Cmos",
     "DebugConsole",
     "DebugExit",

@@ -84,6 +84,7 @@ ZERO_PAGE_SIZE: Final = 0x1000
 STARTUP_64_OFFSET: Final = 0x200
 
 # struct boot_params / struct setup_header offsets (arch/x86/include/uapi/asm/bootparam.h).
+_ACPI_RSDP_ADDR: Final = 0x070
 _EXT_RAMDISK_IMAGE: Final = 0x0C0
 _EXT_RAMDISK_SIZE: Final = 0x0C4
 _EXT_CMD_LINE_PTR: Final = 0x0C8
@@ -139,9 +140,12 @@ def _kernel_version(image: bytes, setup_size: int) -> str:
     return raw.decode("ascii", "replace").split(" ", 1)[0]
 
 
-def load_bzimage(image: bytes, target: LoadTarget, *, cmdline: str = "", initrd: bytes | None = None) -> BootPlan:
+def load_bzimage(
+    image: bytes, target: LoadTarget, *, cmdline: str = "", initrd: bytes | None = None, acpi_rsdp: int = 0
+) -> BootPlan:
     """Load a Linux bzImage for the 64-bit boot protocol with ``cmdline`` and an optional ``initrd``.
 
+    ``acpi_rsdp``, when not 0, is where the machine put its ACPI tables' RSDP (``boot_params.acpi_rsdp_addr``).
     Returns a ``"long"`` plan entering at ``0x100000 + 0x200`` with ``rsi`` = the zero page.
     ``ImageError`` for anything the module docstring lists as checked.
     """
@@ -230,6 +234,7 @@ def load_bzimage(image: bytes, target: LoadTarget, *, cmdline: str = "", initrd:
     struct.pack_into("<I", zero_page, _CODE32_START, KERNEL_ADDRESS)
     struct.pack_into("<I", zero_page, _CMD_LINE_PTR, CMDLINE_ADDRESS)
     struct.pack_into("<I", zero_page, _EXT_CMD_LINE_PTR, 0)
+    struct.pack_into("<Q", zero_page, _ACPI_RSDP_ADDR, acpi_rsdp)
 
     initrd_note = ""
     if initrd:

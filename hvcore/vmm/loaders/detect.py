@@ -47,8 +47,11 @@ def load(
     cmdline: str = "",
     initrd: bytes | None = None,
     name: str = "",
+    acpi_rsdp: int = 0,
 ) -> BootPlan:
     """Load ``image`` with the loader for ``format`` (``"auto"``: :func:`detect`) and return its plan.
+
+    ``acpi_rsdp`` (not 0) tells a bzImage where the machine's ACPI tables are.
 
     ``cmdline`` goes to a bzImage or multiboot kernel; ``initrd`` to a bzImage as its initrd or
     to a multiboot kernel as its one module (command line ``"initrd"``). ``name``, the image's
@@ -61,7 +64,7 @@ def load(
     if kind not in FORMATS:
         raise InvalidArgument(f"unknown image format {format!r}: use 'auto' or one of {', '.join(FORMATS)}")
     if kind == "bzimage":
-        return load_bzimage(image, target, cmdline=cmdline, initrd=initrd)
+        return load_bzimage(image, target, cmdline=cmdline, initrd=initrd, acpi_rsdp=acpi_rsdp)
     if kind == "multiboot":
         modules = [] if initrd is None else [(initrd, "initrd")]
         return load_multiboot(image, target, cmdline=cmdline, modules=modules, name=name)

@@ -12,7 +12,7 @@ from hvcore.vmm.virtio.device import (
     VIRTIO_F_VERSION_1,
     VirtioDevice,
 )
-from hvcore.vmm.virtio.mmio import VirtioMmio
+from hvcore.vmm.virtio.mmio import VirtioMmio, add_virtio_mmio
 from hvcore.vmm.virtio.queue import (
     MAX_QUEUE_SIZE,
     VIRTQ_DESC_F_INDIRECT,
@@ -50,4 +50,5 @@ __all__ = [
     "VirtioDevice",
     "VirtioMmio",
     "VirtioRng",
+    "add_virtio_mmio",
 ]

@@ -15,9 +15,10 @@ the driver writes status 0. The VMM and other devices carry on.
 from __future__ import annotations
 
 import threading
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from hvcore.errors import GuestDataError
+from hvcore.errors import GuestDataError, ResourceExhausted
+from hvcore.vmm.acpi import AcpiDevice
 from hvcore.vmm.device import IrqLine
 from hvcore.vmm.virtio.device import (
     STATUS_DEVICE_NEEDS_RESET,
@@ -30,7 +31,10 @@ from hvcore.vmm.virtio.device import (
 )
 from hvcore.vmm.virtio.queue import QueueMemory, SplitQueue
 
-__all__ = ["MAGIC", "VENDOR_ID", "VirtioMmio"]
+if TYPE_CHECKING:
+    from hvcore.vmm.machine import Machine
+
+__all__ = ["GSIS", "LENGTH", "MAGIC", "MMIO_BASE", "VENDOR_ID", "VirtioMmio", "add_virtio_mmio"]
 
 MAGIC: Final = 0x74726976
 """``MagicValue``: "virt" in little-endian."""
@@ -38,6 +42,13 @@ VENDOR_ID: Final = 0x554D4551
 """``VendorID``: "QEMU", which Linux's driver does not check."""
 LENGTH: Final = 0x200
 """Bytes of MMIO the transport answers: the registers and 256 bytes of configuration space."""
+
+MMIO_BASE: Final = 0xD000_0000
+"""Where :func:`add_virtio_mmio` puts the first transport (the next ones 4 KiB apart), in the 32-bit hole."""
+GSIS: Final = (5, 6, 7, 10, 11)
+"""The interrupt of each transport :func:`add_virtio_mmio` adds, in order (ISA IRQs no PC device uses)."""
+HID: Final = "LNRO0005"
+"""The ACPI hardware ID of a virtio-mmio transport (Linux's ``virtio_mmio`` driver matches it)."""
 
 _MAGIC, _VERSION, _DEVICE_ID, _VENDOR_ID = 0x000, 0x004, 0x008, 0x00C
 _DEVICE_FEATURES, _DEVICE_FEATURES_SEL, _DRIVER_FEATURES, _DRIVER_FEATURES_SEL = 0x010, 0x014, 0x020, 0x024
@@ -216,3 +227,22 @@ class VirtioMmio:
     def _set_irq(self) -> None:
         if self.irq is not None:
             self.irq.set(bool(self.interrupt_status))
+
+
+def add_virtio_mmio(machine: Machine, device: VirtioDevice) -> VirtioMmio:
+    """Put ``device`` on ``machine`` behind the next virtio-mmio transport, and in its ACPI tables.
+
+    The transports go at :data:`MMIO_BASE`, 4 KiB apart, interrupting on :data:`GSIS` in turn;
+    a directly booted kernel finds them in the DSDT (``ResourceExhausted`` past the last GSI).
+    """
+    index = sum(1 for d in machine.acpi_devices if d.hid == HID)
+    if index >= len(GSIS):
+        raise ResourceExhausted(
+            f"a machine takes {len(GSIS)} virtio-mmio devices (GSIs {GSIS}); put the rest behind PCI",
+            operation="add_virtio_mmio",
+        )
+    base, gsi = MMIO_BASE + 0x1000 * index, GSIS[index]
+    transport = VirtioMmio(device, machine, machine.irq(gsi))
+    machine.add_mmio_device(base, LENGTH, transport)
+    machine.acpi_devices.append(AcpiDevice(HID, index, base, LENGTH, gsi))
+    return transport

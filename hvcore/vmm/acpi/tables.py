@@ -1,0 +1,153 @@
+"""ACPI tables for a direct kernel boot: RSDP, XSDT, FADT, MADT and DSDT (ACPI 6.5, chapter 5).
+
+The machine is a PC (PIC, PIT, i8042, CMOS) with the smallest ACPI fixed hardware: the PM1
+event and control registers of :class:`~hvcore.vmm.devices.acpi_pm.AcpiPm` (always in ACPI
+mode, power-off through ``\\_S5``), SCI on IRQ 9, and a reset register that is the i8042's
+reset command (port 0x64, value 0xFE), so ``reboot`` works without ``reboot=`` on the command
+line. (A hardware-reduced FADT, as Firecracker builds, makes Linux drop the PIC and PIT and
+reboot through EFI, then the BIOS reset vector, which a direct boot does not have.) The MADT
+lists every vCPU's local APIC and the IOAPIC, IRQ 0 routed to GSI 2 and the SCI level-triggered,
+as on a PC, so Linux brings up every vCPU. The DSDT describes what the kernel cannot probe, such as
+virtio-mmio transports (``LNRO0005``).
+
+:func:`build_acpi` lays the tables out from one guest-physical address, the RSDP first; Linux
+finds it through ``boot_params.acpi_rsdp_addr`` or by scanning 0xE0000-0xFFFFF.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from hvcore.errors import InvalidArgument
+from hvcore.vmm.acpi import aml
+from hvcore.vmm.devices.acpi_pm import SLEEP_TYPE_S5
+
+__all__ = [
+    "IOAPIC_ADDRESS",
+    "LAPIC_ADDRESS",
+    "OEM_ID",
+    "PM_PORT",
+    "SCI_IRQ",
+    "AcpiDevice",
+    "build_acpi",
+    "checksum",
+]
+
+OEM_ID: Final = b"HVCORE"
+LAPIC_ADDRESS: Final = 0xFEE00000
+IOAPIC_ADDRESS: Final = 0xFEC00000
+_OEM_TABLE_ID: Final = b"HVCOREVM"
+_CREATOR: Final = b"HVCR"
+_HEADER = struct.Struct("<4sIBB6s8sI4sI")
+_FADT_LENGTH: Final = 276
+# FADT flags: WBINVD, PROC_C1, PWR_BUTTON and SLP_BUTTON (none), FIX_RTC, RESET_REG_SUP
+_FADT_FLAGS: Final = 1 << 0 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 10
+_IAPC_LEGACY_DEVICES, _IAPC_8042 = 1 << 0, 1 << 1
+_MADT_PCAT_COMPAT: Final = 1
+SCI_IRQ: Final = 9
+"""The SCI's ISA IRQ (and GSI), level-triggered and active-high as on a PC."""
+PM_PORT: Final = 0x600
+"""Where the PM1a event block (4 bytes) and control block (2 bytes) are: ``AcpiPm.PORT``."""
+_SYSTEM_IO: Final = 1
+_RESET_PORT, _RESET_VALUE = 0x64, 0xFE  # the i8042's pulse-reset command
+
+
+@dataclass(frozen=True)
+class AcpiDevice:
+    """A device the DSDT describes: ``hid`` (e.g. ``"LNRO0005"``, virtio-mmio), an MMIO range and a level GSI."""
+
+    hid: str
+    uid: int
+    base: int
+    length: int
+    gsi: int
+
+
+def checksum(data: bytes) -> int:
+    """The byte that makes ``data`` plus it sum to zero (mod 256)."""
+    return -sum(data) & 0xFF
+
+
+def _table(signature: bytes, revision: int, body: bytes) -> bytes:
+    length = _HEADER.size + len(body)
+    header = _HEADER.pack(signature, length, revision, 0, OEM_ID, _OEM_TABLE_ID, 1, _CREATOR, 1)
+    table = header + body
+    return table[:9] + bytes([checksum(table)]) + table[10:]
+
+
+def _madt(cpus: int) -> bytes:
+    body = struct.pack("<II", LAPIC_ADDRESS, _MADT_PCAT_COMPAT)
+    for cpu in range(cpus):
+        body += struct.pack("<BBBBI", 0, 8, cpu, cpu, 1)  # processor local APIC: UID, APIC ID, enabled
+    body += struct.pack("<BBBBII", 1, 12, 0, 0, IOAPIC_ADDRESS, 0)  # IOAPIC 0, GSI base 0
+    body += struct.pack("<BBBBIH", 2, 10, 0, 0, 2, 0)  # ISA IRQ 0 -> GSI 2, bus-conforming
+    body += struct.pack("<BBBBIH", 2, 10, 0, SCI_IRQ, SCI_IRQ, 0xD)  # the SCI: level, active-high
+    body += struct.pack("<BBBHB", 4, 6, 0xFF, 0, 1)  # every local APIC: NMI on LINT1
+    return _table(b"APIC", 5, body)
+
+
+def _gas(port: int, width: int, access: int = 0) -> bytes:
+    """A generic address structure in system IO space."""
+    return struct.pack("<BBBBQ", _SYSTEM_IO, width, 0, access, port)
+
+
+def _fadt(dsdt: int) -> bytes:
+    body = bytearray(_FADT_LENGTH - _HEADER.size)
+
+    def put(offset: int, layout: str, *values: int) -> None:
+        struct.pack_into(layout, body, offset - _HEADER.size, *values)
+
+    put(40, "<I", dsdt)
+    put(46, "<H", SCI_IRQ)
+    put(56, "<I", PM_PORT)  # PM1a_EVT_BLK
+    put(64, "<I", PM_PORT + 4)  # PM1a_CNT_BLK
+    put(88, "<BB", 4, 2)  # PM1_EVT_LEN, PM1_CNT_LEN
+    put(96, "<HH", 101, 1001)  # no C2, no C3
+    put(109, "<H", _IAPC_LEGACY_DEVICES | _IAPC_8042)
+    put(112, "<I", _FADT_FLAGS)
+    body[116 - _HEADER.size : 128 - _HEADER.size] = _gas(_RESET_PORT, 8, 1)
+    put(128, "<B", _RESET_VALUE)
+    put(131, "<B", 5)  # FADT minor version: ACPI 6.5
+    put(140, "<Q", dsdt)  # X_DSDT
+    body[148 - _HEADER.size : 160 - _HEADER.size] = _gas(PM_PORT, 32)  # X_PM1a_EVT_BLK
+    body[172 - _HEADER.size : 184 - _HEADER.size] = _gas(PM_PORT + 4, 16)  # X_PM1a_CNT_BLK
+    body[268 - _HEADER.size :] = b"HVCORE\x00\x00"  # hypervisor vendor identity
+    return _table(b"FACP", 6, bytes(body))
+
+
+def _dsdt(devices: Sequence[AcpiDevice]) -> bytes:
+    entries = [
+        aml.device(
+            f"D{index:03X}",
+            aml.name("_HID", aml.string(d.hid)),
+            aml.name("_UID", aml.integer(d.uid)),
+            aml.name("_CRS", aml.resource_template(aml.memory32_fixed(d.base, d.length), aml.interrupt(d.gsi))),
+        )
+        for index, d in enumerate(devices)
+    ]
+    s5 = aml.name("\\_S5_", aml.package(aml.integer(SLEEP_TYPE_S5), aml.integer(SLEEP_TYPE_S5)))
+    return _table(b"DSDT", 2, s5 + (aml.scope("\\_SB_", *entries) if entries else b""))
+
+
+def build_acpi(address: int, cpus: int, devices: Sequence[AcpiDevice] = ()) -> bytes:
+    """The RSDP at ``address`` (16-byte aligned, below 4 GiB) followed by the XSDT, FADT, MADT and DSDT."""
+    if address % 16 or not 0 < address < 1 << 32:
+        raise InvalidArgument(f"ACPI tables at {address:#x}: the RSDP needs a 16-byte aligned address below 4 GiB")
+    if not 1 <= cpus <= 255:
+        raise InvalidArgument(f"{cpus} vCPUs: the MADT's local APIC entries take 1 to 255")
+    for d in devices:
+        if d.base + d.length > 1 << 32 or d.length <= 0:
+            raise InvalidArgument(f"ACPI device {d.hid}: MMIO {d.base:#x}+{d.length:#x} must lie below 4 GiB")
+    rsdp_size, xsdt_size = 36, _HEADER.size + 2 * 8
+    fadt_at = address + rsdp_size + xsdt_size
+    madt = _madt(cpus)
+    madt_at = fadt_at + _FADT_LENGTH
+    dsdt_at = madt_at + len(madt)
+    xsdt = _table(b"XSDT", 1, struct.pack("<QQ", fadt_at, madt_at))
+    rsdp = bytearray(struct.pack("<8sB6sBIIQB3s", b"RSD PTR ", 0, OEM_ID, 2, 0, rsdp_size, address + rsdp_size, 0, b""))
+    rsdp[8] = checksum(bytes(rsdp[:20]))
+    rsdp[32] = checksum(bytes(rsdp))
+    return bytes(rsdp) + xsdt + _fadt(dsdt_at) + madt + _dsdt(devices)

@@ -1,0 +1,178 @@
+"""ACPI tables (``hvcore.vmm.acpi``) and the PM1 registers they point at (``hvcore.vmm.devices.acpi_pm``).
+
+The tables are read back field by field here, and disassembled by ACPICA's ``iasl`` where it is
+installed (``.ci/run`` installs it): software nobody here wrote must accept every table.
+``tests/vmm/test_linux_virtio.py`` is the other judge: Linux boots from them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hvcore import Hypervisor, InvalidArgument
+from hvcore.vmm.acpi import AcpiDevice, aml, build_acpi
+from hvcore.vmm.acpi.tables import IOAPIC_ADDRESS, LAPIC_ADDRESS, PM_PORT, SCI_IRQ
+from hvcore.vmm.device import DeviceHost, StopRequest
+from hvcore.vmm.devices import AcpiPm
+from hvcore.vmm.machine import ACPI_TABLES, Machine
+from tests.vmm.test_loaders import make_bzimage
+
+ADDRESS = 0xE0000
+VIRTIO = AcpiDevice("LNRO0005", 0, 0xD0000000, 0x200, 5)
+
+
+def tables(blob: bytes, address: int = ADDRESS) -> dict[bytes, tuple[int, bytes]]:
+    """Every table reachable from the RSDP at the start of ``blob``: signature -> (address, bytes)."""
+
+    def at(pointer: int) -> bytes:
+        offset = pointer - address
+        length = struct.unpack_from("<I", blob, offset + 4)[0]
+        return blob[offset : offset + length]
+
+    xsdt_address = struct.unpack_from("<Q", blob, 24)[0]
+    xsdt = at(xsdt_address)
+    found = {b"XSDT": (xsdt_address, xsdt)}
+    for (pointer,) in struct.iter_unpack("<Q", xsdt[36:]):
+        found[at(pointer)[:4]] = (pointer, at(pointer))
+    dsdt = struct.unpack_from("<Q", found[b"FACP"][1], 140)[0]
+    found[b"DSDT"] = (dsdt, at(dsdt))
+    return found
+
+
+def test_the_rsdp_and_every_table_check_out() -> None:
+    blob = build_acpi(ADDRESS, 2, [VIRTIO])
+    assert blob[:8] == b"RSD PTR " and blob[15] == 2 and struct.unpack_from("<I", blob, 20)[0] == 36
+    assert sum(blob[:20]) % 256 == 0 and sum(blob[:36]) % 256 == 0
+    found = tables(blob)
+    assert set(found) == {b"XSDT", b"FACP", b"APIC", b"DSDT"}
+    for signature, (_, table) in found.items():
+        assert sum(table) % 256 == 0, signature
+        assert table[10:16] == b"HVCORE"
+    fadt = found[b"FACP"][1]
+    assert fadt[8] == 6 and len(fadt) == 276
+    assert struct.unpack_from("<I", fadt, 40)[0] == found[b"DSDT"][0]  # DSDT and X_DSDT agree
+    assert struct.unpack_from("<H", fadt, 46)[0] == SCI_IRQ
+    assert struct.unpack_from("<II", fadt, 56)[0] == PM_PORT
+    flags = struct.unpack_from("<I", fadt, 112)[0]
+    assert flags & 1 << 10 and not flags & 1 << 20  # a reset register; not hardware-reduced
+    assert struct.unpack_from("<BBBBQ", fadt, 116) == (1, 8, 0, 1, 0x64) and fadt[128] == 0xFE  # i8042 reset
+
+
+def test_the_madt_lists_every_vcpu_and_the_ioapic() -> None:
+    madt = tables(build_acpi(ADDRESS, 3))[b"APIC"][1]
+    assert struct.unpack_from("<II", madt, 36) == (LAPIC_ADDRESS, 1)
+    entries, offset = [], 44
+    while offset < len(madt):
+        kind, length = madt[offset], madt[offset + 1]
+        entries.append((kind, madt[offset + 2 : offset + length]))
+        offset += length
+    cpus = [struct.unpack("<BBI", body) for kind, body in entries if kind == 0]
+    assert cpus == [(0, 0, 1), (1, 1, 1), (2, 2, 1)]  # UID, APIC ID, enabled
+    assert [struct.unpack("<BBII", body) for kind, body in entries if kind == 1] == [(0, 0, IOAPIC_ADDRESS, 0)]
+    overrides = [struct.unpack("<BBIH", body) for kind, body in entries if kind == 2]
+    assert overrides == [(0, 0, 2, 0), (0, SCI_IRQ, SCI_IRQ, 0xD)]
+
+
+def test_the_dsdt_describes_each_device_and_s5() -> None:
+    dsdt = tables(build_acpi(ADDRESS, 1, [VIRTIO]))[b"DSDT"][1]
+    assert aml.name("\\_S5_", aml.package(aml.integer(0), aml.integer(0))) in dsdt
+    assert aml.name("_HID", aml.string("LNRO0005")) in dsdt
+    assert aml.resource_template(aml.memory32_fixed(0xD0000000, 0x200), aml.interrupt(5)) in dsdt
+
+
+@pytest.mark.skipif(
+    shutil.which("iasl") is None, reason="ACPICA's iasl is not installed (apt-get install acpica-tools)"
+)
+def test_acpica_disassembles_every_table_without_a_complaint(tmp_path: Path) -> None:
+    for signature, (_, table) in tables(build_acpi(ADDRESS, 2, [VIRTIO])).items():
+        path = tmp_path / f"{signature.decode()}.dat"
+        path.write_bytes(table)
+        run = subprocess.run(["iasl", "-d", str(path)], capture_output=True, text=True, timeout=60, check=False)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "error" not in (run.stdout + run.stderr).lower(), run.stdout
+        assert "warning" not in (run.stdout + run.stderr).lower(), run.stdout
+    source = (tmp_path / "DSDT.dsl").read_text()
+    assert 'Name (_HID, "LNRO0005")' in source
+    assert "0xD0000000" in source and "Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive" in source
+
+
+@pytest.mark.parametrize(
+    ("body", "encoded"),
+    [
+        (0, b"\x01"),
+        (62, b"\x3f"),
+        (63, b"\x41\x04"),
+        (4093, b"\x4f\xff"),
+        (4094, b"\x81\x00\x01"),
+        (1 << 20, b"\xc4\x00\x00\x01"),
+    ],
+)
+def test_package_lengths_count_themselves(body: int, encoded: bytes) -> None:
+    assert aml.package_length(body) == encoded
+
+
+def test_names_integers_and_their_limits() -> None:
+    assert aml.name("\\_SB_.PCI0", b"")[1:] == b"\\\x2e_SB_PCI0"
+    assert aml.name("A.B.C", b"")[1:] == b"\x2f\x03A___B___C___"
+    assert [aml.integer(v) for v in (0, 1, 2, 0x100, 0x10000, 1 << 32)] == [
+        b"\x00",
+        b"\x01",
+        b"\x0a\x02",
+        b"\x0b\x00\x01",
+        b"\x0c\x00\x00\x01\x00",
+        b"\x0e" + (1 << 32).to_bytes(8, "little"),
+    ]
+    with pytest.raises(InvalidArgument):
+        aml.integer(-1)
+    with pytest.raises(InvalidArgument):
+        aml.name("TOOLONG", b"")
+    with pytest.raises(InvalidArgument):
+        aml.string("a\0b")
+
+
+@pytest.mark.parametrize(
+    ("address", "cpus", "devices", "complaint"),
+    [
+        (ADDRESS + 8, 1, (), "16-byte aligned"),
+        (0, 1, (), "16-byte aligned"),
+        (ADDRESS, 0, (), "1 to 255"),
+        (ADDRESS, 256, (), "1 to 255"),
+        (ADDRESS, 1, (AcpiDevice("LNRO0005", 0, 0xFFFFF000, 0x2000, 5),), "below 4 GiB"),
+    ],
+)
+def test_build_acpi_refuses_what_cannot_be_described(
+    address: int, cpus: int, devices: tuple[AcpiDevice, ...], complaint: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=complaint):
+        build_acpi(address, cpus, devices)
+
+
+def test_the_pm1_registers_stay_in_acpi_mode_and_power_off_on_s5() -> None:
+    stops: list[StopRequest] = []
+    pm = AcpiPm(DeviceHost(irq=lambda gsi: None, request_stop=stops.append))
+    assert pm.read(4, 2) & 1  # SCI_EN: always in ACPI mode
+    pm.write(4, 2, 0)
+    assert pm.read(4, 2) & 1
+    pm.write(2, 2, 0x0121)  # enable bits
+    assert pm.read(0, 4) == 0x0121 << 16
+    pm.write(4, 2, 5 << 10 | 1 << 13)  # SLP_EN with an S-state the DSDT does not offer
+    assert stops == [] and not pm.read(4, 2) & 1 << 13  # SLP_EN reads back 0
+    pm.write(4, 2, 1 << 13)  # SLP_TYP 0 (\_S5) with SLP_EN
+    assert stops == [StopRequest("poweroff")]
+    assert pm.read(6, 2) == 0xFFFF  # past the registers
+
+
+def test_a_direct_kernel_boot_gets_the_tables_and_firmware_does_not(hv: Hypervisor) -> None:
+    with Machine(hv, memory=64 << 20) as machine:
+        machine.load(make_bzimage())
+        zero_page = machine.plan.regs["rsi"] if machine.plan is not None else 0
+        assert struct.unpack("<Q", machine.read(zero_page + 0x70, 8))[0] == ACPI_TABLES  # boot_params.acpi_rsdp_addr
+        assert machine.read(ACPI_TABLES, 8) == b"RSD PTR "
+    with Machine(hv, memory=64 << 20, irqchip=False) as machine:  # no irqchip: nothing for a MADT to list
+        machine.load(make_bzimage())
+        assert machine.read(ACPI_TABLES, 8) == bytes(8)

@@ -1,0 +1,78 @@
+"""Linux finds a virtio-mmio device in the machine's ACPI tables and reads entropy from it, on the simulator.
+
+The judge is Debian's kernel: its ACPI code parses the RSDP, XSDT, FADT, MADT and DSDT hvcore built
+(``hvcore.vmm.acpi``), its ``virtio_mmio`` driver binds the DSDT's ``LNRO0005`` device, negotiates
+features and sets up the queue through hvcore's transport, and ``virtio-rng`` reads ``/dev/hwrng``
+through the split virtqueue. The device's source is a known pattern, so the bytes userspace prints
+prove they came from it.
+
+Inputs as for ``test_linux_userspace.py``, plus ``HVCORE_LINUX_MODULES``: a directory with the
+kernel's ``virtio_ring.ko``, ``virtio.ko``, ``virtio_mmio.ko`` and ``virtio-rng.ko`` (``.ci/run``
+copies them from the same package). The simulator only: this host's KVM cannot run the kernel.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from hvcore.vmm import Machine, add_pc_devices
+from hvcore.vmm.initramfs import Initramfs
+from hvcore.vmm.run import ConsoleTee
+from hvcore.vmm.virtio import VirtioRng, add_virtio_mmio
+from hvcore_sim.system import SimHypervisor
+from tests.busybox_init import CMDLINE
+from tests.vmm.test_linux_userspace import BUSYBOX_VARIABLE, KERNEL_VARIABLE, TIMEOUT, _input
+
+MODULES_VARIABLE = "HVCORE_LINUX_MODULES"
+MODULES = ("virtio_ring.ko", "virtio.ko", "virtio_mmio.ko", "virtio-rng.ko")
+"""In load order: each needs the ones before it."""
+INIT = b"""#!/bin/sh
+export PATH=/bin
+mount -t sysfs sysfs /sys
+for module in /lib/*.ko; do insmod $module; done
+echo "hvcore-rng: $(cat /sys/devices/virtual/misc/hw_random/rng_current)"
+echo "hvcore-bytes: $(head -c 8 /dev/hwrng | od -An -tx1 | tr -d ' ')"
+reboot -f
+"""
+APPLETS = ("sh", "mount", "cat", "insmod", "head", "od", "tr", "reboot")
+
+
+def pattern(length: int) -> bytes:
+    """What the device hands out: 1, 2, 3, ..."""
+    return bytes((i + 1) & 0xFF for i in range(length))
+
+
+def _initramfs(busybox: bytes, modules: Path) -> bytes:
+    archive = Initramfs().char_device("/dev/console", 5, 1).char_device("/dev/hwrng", 10, 183)
+    archive.directory("/sys").directory("/lib").file("/bin/busybox", busybox, 0o755)
+    for applet in APPLETS:
+        archive.symlink(f"/bin/{applet}", "busybox")
+    for index, module in enumerate(MODULES):
+        archive.file(f"/lib/{index}-{module}", (modules / module).read_bytes(), 0o644)
+    return archive.file("/init", INIT, 0o755).to_bytes()
+
+
+def test_linux_binds_virtio_rng_on_virtio_mmio_from_the_dsdt(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel = _input(KERNEL_VARIABLE, "a bzImage (e.g. Debian's vmlinuz-6.1.0-57-cloud-amd64)")
+    busybox = _input(BUSYBOX_VARIABLE, "a static busybox (e.g. Debian's busybox-static /bin/busybox)")
+    modules = Path(os.environ.get(MODULES_VARIABLE, ""))
+    if not all((modules / m).is_file() for m in MODULES):
+        pytest.skip(f"set {MODULES_VARIABLE} to a directory with the kernel's {', '.join(MODULES)}")
+    monkeypatch.delenv("HVCORE_SIM_CLOCK", raising=False)
+    console = io.StringIO()
+    with SimHypervisor() as hv, Machine(hv, memory=256 << 20) as machine:
+        add_pc_devices(machine, serial=ConsoleTee(console, None, lambda: None))  # type: ignore[arg-type]
+        rng = VirtioRng(source=pattern)
+        transport = add_virtio_mmio(machine, rng)
+        machine.load(kernel, cmdline=CMDLINE, initrd=_initramfs(busybox, modules))
+        result = machine.run(timeout=TIMEOUT)
+    text = console.getvalue()
+    assert result.reason == "reset", (result, text[-2000:])
+    assert "hvcore-rng: virtio_rng.0" in text, text[-2000:]
+    assert f"hvcore-bytes: {pattern(8).hex()}" in text, text[-2000:]
+    assert rng.bytes_given >= 8
+    assert transport.problem is None

@@ -54,7 +54,7 @@ RUN_FAILED: Final = ExitStatus.RUN_FAILED
 """``hvcore run``'s status when the run itself failed (see :class:`ExitStatus`)."""
 
 _MEANINGS: Final = {
-    ExitStatus.OK: "the guest ended normally: halted (no irqchip), reset, or printed the --until text",
+    ExitStatus.OK: "the guest ended normally: halted (no irqchip), reset, powered off, or printed the --until text",
     ExitStatus.USAGE: "a bad argument",
     ExitStatus.RUN_FAILED: "the run failed: a bad image, a device or hypervisor error, an unwritable trace",
     ExitStatus.GUEST_CRASHED: "the guest crashed: a triple fault, or an instruction the hypervisor could not emulate",

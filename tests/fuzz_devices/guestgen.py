@@ -13,6 +13,9 @@ through isa-debug-exit (``out 0xf4, al`` with ``al = END_VALUE``: the run's resu
   IOAPIC and LAPIC, the ROM and unbacked memory; ``rep movs`` between MMIO and RAM;
 - fw_cfg DMA: a descriptor built in guest memory (or anywhere) and started through ports
   0x514 / 0x518, with any control bits, length and target; selector writes to 0x510;
+- virtio-mmio (virtio-rng at ``VIRTIO``): the driver's bring-up with any features, queue size and
+  ring addresses, hostile descriptors and available entries written to RAM, then a notify;
+  register accesses at random offsets; the ACPI PM1 registers at 0x600;
 - now and then: a few random bytes run as code, ``sti``.
 
 Every address the guest touches is identity mapped (``layout`` in ``machine``: the first GiB and
@@ -41,6 +44,8 @@ ROM = 0x800000
 ROM_SIZE = 0x10000
 """A read-only slot above RAM: writes to it are MMIO exits."""
 HPET, IOAPIC, LAPIC = 0xFED00000, 0xFEC00000, 0xFEE00000
+VIRTIO = 0xD0000000
+"""The virtio-mmio transport ``add_virtio_mmio`` puts first (virtio-rng behind it)."""
 IDENTITY_END = 1 << 30
 """The first GiB is identity mapped (RAM below ``RAM_SIZE``, the rest unbacked) ..."""
 HOLE, FOUR_GIB = 0xC0000000, 1 << 32
@@ -56,6 +61,7 @@ DEVICE_PORTS = (
     0x510, 0x511, *range(0x514, 0x51C),  # fw_cfg, its DMA register
     *range(0xE0, 0xEC),  # pc-testdev scratch / flush
     *range(0x2000, 0x2018),  # pc-testdev interrupt lines
+    *range(0x600, 0x606),  # ACPI PM1 event / control
 )  # fmt: skip
 """Ports the fuzzer favours: every device's, and a few neighbours."""
 EDGE_PORTS = (0x3F7, 0x3FE, 0x3FF, 0x50F, 0x513, 0x51A, 0x51B, 0x6F, 0x72, 0xDF, 0xEB, 0x1FFF, 0x2017, 0xFFFF, 0xF3)
@@ -183,7 +189,13 @@ def ports() -> st.SearchStrategy[int]:
 @st.composite
 def addresses(draw: st.DrawFn) -> int:
     """Somewhere to read or write: device MMIO, RAM, ROM, unbacked, the edges of each; rarely unmapped."""
-    kind = draw(st.sampled_from(("hpet", "ioapic", "lapic", "scratch", "ram", "rom", "unbacked", "edge", "wild")))
+    kind = draw(
+        st.sampled_from(("hpet", "ioapic", "lapic", "virtio", "scratch", "ram", "rom", "unbacked", "edge", "wild"))
+    )
+    if kind == "virtio":
+        return VIRTIO + draw(
+            st.one_of(st.sampled_from((0, 0x34, 0x44, 0x50, 0x60, 0x70, 0x80, 0x100)), st.integers(0, 0x1FF))
+        )
     if kind == "hpet":
         return HPET + draw(st.one_of(st.sampled_from((0, 8, 0x10, 0xF0, 0x100, 0x108, 0x110, 0x120, 0x3F8, 0x3FC)),
                                      st.integers(0, 0xFFF)))  # fmt: skip
@@ -285,6 +297,48 @@ def dma_op(draw: st.DrawFn) -> Op:
     return join(*ops)
 
 
+def store32(address: int, value: int) -> Op:
+    """``mov dword [address], value`` (through rbx and eax)."""
+    return join(mov_imm("rbx", address), mov_imm("rax", value & 0xFFFFFFFF), Op(b"\x89\x03", "mov [rbx], eax"))
+
+
+@st.composite
+def virtio_op(draw: st.DrawFn) -> Op:
+    """virtio-mmio: the driver's bring-up with drawn features, size and rings, hostile ring contents, a notify."""
+    wild = draw(st.integers(0, 7)) == 0  # mostly a bring-up that works, so the hostile rings get read
+    pages = st.integers(0, 0xFF).map(lambda page: SCRATCH + 0x1000 * page)
+    table, available, used = (draw(addresses() if wild else pages) for _ in range(3))
+    registers = [
+        (0x70, 0),
+        (0x70, 1),
+        (0x70, 3),
+        (0x24, 1),
+        (0x20, draw(values(32)) if wild else 1),  # VERSION_1
+        (0x24, 0),
+        (0x20, draw(values(32)) if wild else draw(st.sampled_from((0, 1 << 28, 1 << 29, 3 << 28)))),
+        (0x70, 0xB),
+        (0x30, draw(values(32)) if wild else 0),
+        (0x38, draw(values(32)) if wild else draw(st.sampled_from((1, 2, 8, 64)))),
+        (0x80, table),
+        (0x90, available),
+        (0xA0, used),
+        (0x44, 1),
+        (0x70, 0xF),
+    ]
+    ops = [store32(VIRTIO + offset, value) for offset, value in registers]
+    for index in range(draw(st.integers(0, 3))):  # descriptors: addr, len, flags | next << 16
+        at = table + 16 * draw(st.integers(0, 3)) if index else table
+        ops += [
+            store32(at, draw(st.one_of(st.integers(0, 0xFFFF).map(lambda o: SCRATCH + 0x10 * o), values(32)))),
+            store32(at + 4, 0),
+            store32(at + 8, draw(st.one_of(st.integers(0, 64), values(32)))),
+            store32(at + 12, draw(st.integers(0, 7)) | draw(st.integers(0, 9)) << 16),
+        ]
+    heads = draw(st.integers(0, 0xFFFF)) << 16 | draw(st.integers(0, 9))
+    ops += [store32(available + 4, heads), store32(available, draw(st.integers(1, 3)) << 16 | draw(st.integers(0, 1)))]
+    return join(*ops, store32(VIRTIO + 0x50, draw(values(32)) if wild else 0))
+
+
 @st.composite
 def select_op(draw: st.DrawFn) -> Op:
     """A fw_cfg selector write, then a few byte reads of the item."""
@@ -305,6 +359,7 @@ _WEIGHTED = (
     (12, string_io_op()),
     (12, mmio_op()),
     (8, dma_op()),
+    (4, virtio_op()),
     (4, select_op()),
     (4, movs_op()),
     (1, st.just(STI)),

@@ -229,6 +229,7 @@ TRIPLE_FAULT = (
 )
 RUN_FROM_MMIO = b"\xea\x10\x00\xff\xff"  # jmp 0xffff:0x10: code at 0x100000, past 1 MiB of RAM, where no memory is
 RESET = b"\xb0\xfe\xe6\x64\xeb\xfe"  # mov al, 0xfe; out 0x64, al (i8042: pulse the reset line); jmp $
+POWER_OFF = b"\xba\x04\x06\xb8\x00\x20\xef\xeb\xfe"  # mov dx, 0x604; mov ax, 0x2000; out dx, ax (PM1 SLP_EN, S5)
 
 
 @pytest.mark.parametrize(
@@ -237,6 +238,7 @@ RESET = b"\xb0\xfe\xe6\x64\xeb\xfe"  # mov al, 0xfe; out 0x64, al (i8042: pulse 
         (HELLO_EXIT, [], (0x21 << 1) | 1, "the guest wrote to isa-debug-exit: exit status 67"),
         (HELLO_EXIT, ["--until", "machine"], ExitStatus.OK, "the guest printed 'machine'"),
         (RESET, [], ExitStatus.OK, "the guest reset the machine"),
+        (POWER_OFF, [], ExitStatus.OK, "the guest powered off"),
         (SPIN, ["--timeout", "0.5"], ExitStatus.TIMED_OUT, "stopped after 0.5 s (--timeout)"),
         (SPIN, ["--timeout", "0.5", "--until", "x"], ExitStatus.TIMED_OUT, "timed out after 0.5 s without"),
         (TRIPLE_FAULT, [], ExitStatus.GUEST_CRASHED, "the guest crashed: it triple-faulted (SHUTDOWN)"),
@@ -244,7 +246,8 @@ RESET = b"\xb0\xfe\xe6\x64\xeb\xfe"  # mov al, 0xfe; out 0x64, al (i8042: pulse 
         (HELLO_EXIT, ["--trace", "/dev/full"], ExitStatus.RUN_FAILED, "the run failed: cannot write the trace to "
          "/dev/full: No space left on device"),
     ],
-    ids=["debug-exit", "until", "reset", "timeout", "until-timeout", "triple-fault", "internal-error", "vmm-error"],
+    ids=["debug-exit", "until", "reset", "power-off", "timeout", "until-timeout", "triple-fault", "internal-error",
+         "vmm-error"],
 )  # fmt: skip
 def test_each_end_of_a_run_has_its_own_status(
     tmp_path: Path, hv: Hypervisor, capsys: pytest.CaptureFixture[str], code: bytes, extra: list[str], status: int,

@@ -1,5 +1,6 @@
 """virtio 1.x for hvcore machines: split virtqueues, the virtio-mmio transport, device models."""
 
+from hvcore.vmm.virtio.block import VirtioBlock
 from hvcore.vmm.virtio.device import (
     STATUS_ACKNOWLEDGE,
     STATUS_DEVICE_NEEDS_RESET,
@@ -47,6 +48,7 @@ __all__ = [
     "Chain",
     "QueueMemory",
     "SplitQueue",
+    "VirtioBlock",
     "VirtioDevice",
     "VirtioMmio",
     "VirtioRng",

@@ -224,6 +224,12 @@ class VirtioMmio:
         self.interrupt_status |= _CONFIG_CHANGE
         self._set_irq()
 
+    def close(self) -> None:
+        """Close the device model, if it holds anything (a disk image); the machine calls this when it closes."""
+        close = getattr(self.device, "close", None)
+        if callable(close):
+            close()
+
     def _set_irq(self) -> None:
         if self.irq is not None:
             self.irq.set(bool(self.interrupt_status))

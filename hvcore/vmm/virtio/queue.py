@@ -248,15 +248,19 @@ class SplitQueue:
             wanted -= take
         return b"".join(parts)
 
-    def write(self, chain: Chain, data: bytes) -> int:
-        """Fill the chain's device-writable buffers from ``data`` in order; returns how many bytes fit."""
-        done = 0
+    def write(self, chain: Chain, data: bytes, offset: int = 0) -> int:
+        """Store ``data`` in the chain's device-writable bytes from ``offset`` on; returns how many bytes fit."""
+        done, skip = 0, offset
         for buffer in chain.writable:
             if done >= len(data):
                 break
-            piece = data[done : done + buffer.length]
-            self._write(buffer.address, piece, f"buffer of chain {chain.head}")
+            if skip >= buffer.length:
+                skip -= buffer.length
+                continue
+            piece = data[done : done + buffer.length - skip]
+            self._write(buffer.address + skip, piece, f"buffer of chain {chain.head}")
             done += len(piece)
+            skip = 0
         return done
 
     # -- giving chains back -----------------------------------------------------------------------

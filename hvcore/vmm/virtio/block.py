@@ -1,0 +1,108 @@
+"""virtio-blk (block device, ID 2; virtio spec 1.2, section 5.2) over a disk image file.
+
+Each request is a chain: a 16-byte device-readable header (type, reserved, sector), the data
+(device-readable for a write, device-writable for a read) and a device-writable status byte at
+its very end. Reads, writes, flushes (``fsync``) and the device ID are served; anything else
+answers UNSUPP. A request outside the disk, of a length that is not whole sectors, larger than
+:data:`MAX_REQUEST`, or a write to a read-only disk answers IOERR; a chain without room for the
+status byte is the guest's error (``GuestDataError``: the device then needs a reset).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Final
+
+from hvcore.arguments import check_flag, check_str
+from hvcore.errors import GuestDataError, ImageError
+from hvcore.vmm.virtio.queue import Chain, SplitQueue
+
+__all__ = ["MAX_REQUEST", "SECTOR", "VirtioBlock"]
+
+SECTOR: Final = 512
+MAX_REQUEST: Final = 1 << 20
+"""The most data bytes one request may move (``size_max`` x ``seg_max`` as the config says)."""
+VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_FLUSH = 1 << 1, 1 << 2, 1 << 5, 1 << 9
+_IN, _OUT, _FLUSH, _GET_ID = 0, 1, 4, 8
+_OK, _IOERR, _UNSUPP = 0, 1, 2
+_HEADER = struct.Struct("<IIQ")
+_ID_LENGTH: Final = 20
+
+
+class VirtioBlock:
+    """A disk: the image file at ``path`` (its size rounded down to whole sectors), read-only if asked."""
+
+    device_id = 2
+
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False, queue_size: int = 128) -> None:
+        check_str("path", os.fspath(path), "VirtioBlock")
+        check_flag("read_only", read_only, "VirtioBlock")
+        self.path = Path(path)
+        self.name = f"virtio-blk:{self.path.name}"
+        self.read_only = read_only
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY if read_only else os.O_RDWR)
+        except OSError as error:
+            raise ImageError(
+                f"virtio-blk: cannot open {self.path}: {error.strerror}", operation="VirtioBlock"
+            ) from None
+        self.sectors = os.fstat(self._fd).st_size // SECTOR
+        self.queue_sizes: tuple[int, ...] = (queue_size,)
+        self.features = (
+            VIRTIO_BLK_F_SIZE_MAX | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH | (VIRTIO_BLK_F_RO if read_only else 0)
+        )
+        self._config = struct.pack("<QII", self.sectors, MAX_REQUEST, queue_size - 2)
+        self._serial = self.path.name.encode()[:_ID_LENGTH]
+
+    def close(self) -> None:
+        """Close the image (idempotent)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def read_config(self, offset: int, size: int) -> int:
+        """``capacity`` (sectors), ``size_max``, ``seg_max``; all-ones beyond."""
+        data = self._config[offset : offset + size]
+        return int.from_bytes(data.ljust(size, b"\xff"), "little")
+
+    def write_config(self, offset: int, size: int, value: int) -> None:
+        """Read-only configuration: ignored."""
+
+    def reset(self) -> None:
+        """Nothing to forget: requests complete before the notify returns."""
+
+    def process(self, index: int, queue: SplitQueue) -> None:
+        """Serve every available request and return it with its status."""
+        for chain in queue:
+            if not chain.writable_length:
+                raise GuestDataError(f"virtio-blk request {chain.head} has no room for its status byte")
+            status, data = self._serve(queue, chain)
+            room = chain.writable_length - 1
+            written = queue.write(chain, data[:room]) if data else 0
+            queue.write(chain, bytes([status]), offset=room)
+            queue.push(chain, written + 1)
+
+    def _serve(self, queue: SplitQueue, chain: Chain) -> tuple[int, bytes]:
+        header = queue.read(chain, limit=_HEADER.size)
+        if len(header) < _HEADER.size:
+            return _IOERR, b""
+        kind, _, sector = _HEADER.unpack(header)
+        if kind == _GET_ID:
+            return _OK, self._serial.ljust(_ID_LENGTH, b"\0")
+        if kind == _FLUSH:
+            if not self.read_only:
+                os.fsync(self._fd)
+            return _OK, b""
+        if kind not in (_IN, _OUT):
+            return _UNSUPP, b""
+        length = chain.writable_length - 1 if kind == _IN else chain.readable_length - _HEADER.size
+        if length % SECTOR or length > MAX_REQUEST or sector + length // SECTOR > self.sectors:
+            return _IOERR, b""
+        if kind == _IN:
+            return _OK, os.pread(self._fd, length, sector * SECTOR)
+        if self.read_only:
+            return _IOERR, b""
+        os.pwrite(self._fd, queue.read(chain, limit=_HEADER.size + length)[_HEADER.size :], sector * SECTOR)
+        return _OK, b""

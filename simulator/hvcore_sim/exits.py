@@ -191,6 +191,7 @@ class Tracker:
 
         self._unicorn = unicorn
         self._fetch_faults = (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT)
+        self._iret_at: int | None = None  # RIP of an IRET let through on a VM of several vCPUs
         self.vcpu = vcpu
         self.local_ports: frozenset[int] = vcpu._vm.irqchip_ports
         """Ports the simulator's own devices answer (the PIC, the PIT); the VM updates it."""
@@ -634,6 +635,7 @@ class Tracker:
         if exit_code == SVM_EXIT_IRET:
             self._let_run_once(engine, exit_code)
             self.watch_resume_flag = True  # RF as the IRET loads it
+            self._iret_at = engine.reg(engine.RIP) if self.vcpu._vm.vcpu_count > 1 else None
             return
         if exit_code == SVM_EXIT_READ_CR0:
             self._cr0_read(engine)
@@ -667,6 +669,23 @@ class Tracker:
             self._let_run_once(engine, SVM_EXIT_READ_CR0)
         elif outcome is smsw.Outcome.GP:
             self._halt(Stop(StopKind.EXCEPTION, vector=13, error_code=0))
+
+    def _serialized(self, engine: Engine) -> None:
+        """After an IRET: an IRET to the next instruction is a ``sync_core``; drop code another vCPU may have changed.
+
+        Each vCPU's engine keeps its own translated code, and Unicorn drops it only for stores that
+        engine makes: a kernel that patches code on one CPU (Linux's ``text_poke``) would leave the
+        others running the old bytes. The architecture asks the executing CPU to serialize before it
+        runs code another CPU modified (SDM 8.1.3), and Linux's patching makes every CPU do so with an
+        IRET to itself; that is where this vCPU drops its translations, once another vCPU runs.
+        """
+        at, self._iret_at = self._iret_at, None
+        if at is None:
+            return
+        rip = engine.reg(engine.RIP)
+        if rip - at not in (1, 2) or not any(v is not self.vcpu and v.started for v in self.vcpu._vm._vcpus.values()):
+            return
+        engine.uc.ctl_flush_tb()
 
     def _let_run_once(self, engine: Engine, exit_code: int) -> None:
         """An intercepted instruction Unicorn does right: let this one run, and end the run right after it."""
@@ -1135,6 +1154,7 @@ class Tracker:
                 self._resume_flag_done(engine, resume_step)
             return Stop(StopKind.EXIT, self.breakpoints.watch_exit(engine, hits, stepping=self.vcpu.stepping))
         if self._let_through == SVM_EXIT_IRET and stop is None:
+            self._serialized(engine)
             return _LET_THROUGH  # RF stays as the IRET loaded it
         if self.watch_resume_flag and self._completed(stop):
             self._resume_flag_done(engine, resume_step if stop is None or stop.kind is StopKind.SLICE else None)

@@ -270,6 +270,11 @@ class SimVCPU(Closeable):
             self._thread = None
             self._claim.release()
 
+    @property
+    def started(self) -> bool:
+        """Whether the vCPU has left the wait for INIT / SIPI (an application processor before its SIPI has not)."""
+        return self._mp_state not in (MpState.UNINITIALIZED, MpState.INIT_RECEIVED)
+
     def _consume_kick(self) -> bool:
         with self._kick_lock:
             kicked = self._kicked or self._immediate_exit

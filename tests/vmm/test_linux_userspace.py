@@ -54,12 +54,14 @@ def cpu_vendor(machine: Machine) -> str:
     return b"".join(r.to_bytes(4, "little") for r in (leaf.ebx, leaf.edx, leaf.ecx)).decode()
 
 
-def test_busybox_init_runs_commands_and_reboots(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_busybox_init_runs_commands_and_reboots(monkeypatch: pytest.MonkeyPatch, cpus: int) -> None:
+    """With two vCPUs Linux takes both from the ACPI MADT, and the code it patches reaches both (``text_poke``)."""
     kernel = _input(KERNEL_VARIABLE, "a bzImage (e.g. Debian's vmlinuz-6.1.0-57-cloud-amd64)")
     busybox = _input(BUSYBOX_VARIABLE, "a static busybox (e.g. Debian's busybox-static /bin/busybox)")
     monkeypatch.delenv("HVCORE_SIM_CLOCK", raising=False)  # the default clock: host time, as on KVM
     console = io.StringIO()
-    with SimHypervisor() as hv, Machine(hv, memory=256 << 20) as machine:
+    with SimHypervisor() as hv, Machine(hv, memory=256 << 20, cpus=cpus) as machine:
         add_pc_devices(machine, serial=ConsoleTee(console, None, lambda: None))  # type: ignore[arg-type]
         machine.load(kernel, cmdline=CMDLINE, initrd=initramfs(busybox))
         vendor = cpu_vendor(machine)
@@ -69,7 +71,7 @@ def test_busybox_init_runs_commands_and_reboots(monkeypatch: pytest.MonkeyPatch)
     assert result == MachineResult("reset"), log[-3000:]
     assert "Kernel panic" not in log and "segfault" not in log, log[-3000:]
     assert INIT_MARKER in lines, log[-3000:]
-    assert "hvcore-cpus: 1" in lines, log[-3000:]
+    assert f"hvcore-cpus: {cpus}" in lines, log[-3000:]
     assert f"vendor_id\t: {vendor}" in lines, log[-3000:]  # the CPUID the VMM set
     assert f"hvcore-release: {kernel_release(kernel)}" in lines, log[-3000:]
     assert "reboot: Restarting system" in log  # the kernel's own last word before the reset

@@ -683,7 +683,7 @@ class Tracker:
         if at is None:
             return
         rip = engine.reg(engine.RIP)
-        if rip - at not in (1, 2) or not any(v is not self.vcpu and v.started for v in self.vcpu._vm.vcpus):
+        if rip - at not in (1, 2) or not any(v is not self.vcpu and v.started for v in self.vcpu._vm.vcpus()):
             return
         engine.uc.ctl_flush_tb()
 

@@ -1,4 +1,4 @@
-"""virtio 1.x for hvcore machines: split virtqueues, the virtio-mmio transport, device models."""
+"""virtio 1.x for hvcore machines: split virtqueues, the transports (virtio-mmio, virtio-pci), device models."""
 
 from hvcore.vmm.virtio.block import VirtioBlock
 from hvcore.vmm.virtio.device import (
@@ -27,8 +27,14 @@ from hvcore.vmm.virtio.queue import (
     SplitQueue,
 )
 from hvcore.vmm.virtio.rng import VirtioRng
+from hvcore.vmm.virtio.transport import CONFIG_CHANGE, TRANSPORT_FEATURES, USED_BUFFER, QueueSetup, VirtioTransport
 
 __all__ = [
+    "CONFIG_CHANGE",
+    "TRANSPORT_FEATURES",
+    "USED_BUFFER",
+    "QueueSetup",
+    "VirtioTransport",
     "MAX_QUEUE_SIZE",
     "STATUS_ACKNOWLEDGE",
     "STATUS_DEVICE_NEEDS_RESET",

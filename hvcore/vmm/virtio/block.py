@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -106,3 +107,6 @@ class VirtioBlock:
             return _IOERR, b""
         os.pwrite(self._fd, queue.read(chain, limit=_HEADER.size + length)[_HEADER.size :], sector * SECTOR)
         return _OK, b""
+
+    def attach(self, wake: Callable[[int], None]) -> None:
+        """Nothing comes unasked: the device only answers the driver's requests."""

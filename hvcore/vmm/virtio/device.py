@@ -1,4 +1,4 @@
-"""What a virtio device model is to its transport (virtio-mmio here; PCI to come).
+"""What a virtio device model is to its transport (virtio-mmio, virtio-pci).
 
 A device says what it is (``device_id``), what it offers (``features``), how big its queues may
 be (``queue_sizes``) and what its configuration space holds; the transport does feature
@@ -8,6 +8,7 @@ when the driver notifies a queue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, Protocol, runtime_checkable
 
 from hvcore.vmm.virtio.queue import SplitQueue
@@ -69,4 +70,10 @@ class VirtioDevice(Protocol):
 
     def reset(self) -> None:
         """The driver reset the device (status 0): forget negotiated state."""
+        ...
+
+    def attach(self, wake: Callable[[int], None]) -> None:
+        """The transport's callback, given once: a device with input of its own (a received packet,
+        console bytes) calls ``wake(index)`` from any thread, and the transport calls :meth:`process`
+        for queue ``index`` as if the driver had notified it (nothing while the driver is not ready)."""
         ...

@@ -14,22 +14,14 @@ the driver writes status 0. The VMM and other devices carry on.
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Final
 
-from hvcore.errors import GuestDataError, ResourceExhausted
+from hvcore.errors import ResourceExhausted
 from hvcore.vmm.acpi import AcpiDevice
 from hvcore.vmm.device import IrqLine
-from hvcore.vmm.virtio.device import (
-    STATUS_DEVICE_NEEDS_RESET,
-    STATUS_DRIVER_OK,
-    STATUS_FEATURES_OK,
-    VIRTIO_F_INDIRECT_DESC,
-    VIRTIO_F_RING_EVENT_IDX,
-    VIRTIO_F_VERSION_1,
-    VirtioDevice,
-)
-from hvcore.vmm.virtio.queue import QueueMemory, SplitQueue
+from hvcore.vmm.virtio.device import VirtioDevice
+from hvcore.vmm.virtio.queue import QueueMemory
+from hvcore.vmm.virtio.transport import VirtioTransport
 
 if TYPE_CHECKING:
     from hvcore.vmm.machine import Machine
@@ -55,67 +47,41 @@ _DEVICE_FEATURES, _DEVICE_FEATURES_SEL, _DRIVER_FEATURES, _DRIVER_FEATURES_SEL =
 _QUEUE_SEL, _QUEUE_NUM_MAX, _QUEUE_NUM, _QUEUE_READY, _QUEUE_NOTIFY = 0x030, 0x034, 0x038, 0x044, 0x050
 _INTERRUPT_STATUS, _INTERRUPT_ACK, _STATUS = 0x060, 0x064, 0x070
 _QUEUE_DESC, _QUEUE_DRIVER, _QUEUE_DEVICE = 0x080, 0x090, 0x0A0  # low word; high at + 4
+_QUEUE_ADDRESSES: Final = frozenset(at + high for at in (_QUEUE_DESC, _QUEUE_DRIVER, _QUEUE_DEVICE) for high in (0, 4))
 _CONFIG_GENERATION, _CONFIG = 0x0FC, 0x100
-_TRANSPORT_FEATURES: Final = VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_RING_EVENT_IDX
-_USED_BUFFER, _CONFIG_CHANGE = 1, 2
 
 
-class _QueueSetup:
-    """What the driver programmed for one queue."""
-
-    def __init__(self, maximum: int) -> None:
-        self.maximum = maximum
-        self.size = maximum
-        self.ready = False
-        self.addresses = [0, 0, 0]  # descriptor table, driver (available) ring, device (used) ring
-        self.queue: SplitQueue | None = None
-
-
-class VirtioMmio:
+class VirtioMmio(VirtioTransport):
     """A virtio device behind virtio-mmio registers (a ``Device`` for the MMIO bus, :data:`LENGTH` bytes)."""
 
     def __init__(self, device: VirtioDevice, memory: QueueMemory, irq: IrqLine | None = None) -> None:
-        self.device = device
         self.name = f"virtio-mmio:{device.name}"
-        self.memory = memory
         self.irq = irq
-        self._lock = threading.RLock()
-        self._reset()
+        super().__init__(device, memory)
 
-    def _reset(self) -> None:
-        self.status = 0
-        """The device status register (ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK, NEEDS_RESET, FAILED bits)."""
+    def reset(self) -> None:
+        """The state after a reset, the interrupt status cleared and the line lowered."""
+        super().reset()
         self.interrupt_status = 0
-        self.driver_features = 0
-        self.problem: GuestDataError | None = None
-        """The guest error that put the device in DEVICE_NEEDS_RESET, until the driver resets it."""
         self._device_features_sel = self._driver_features_sel = self._queue_sel = 0
-        self._queues = [_QueueSetup(size) for size in self.device.queue_sizes]
         self._set_irq()
-
-    @property
-    def offered(self) -> int:
-        """Every feature bit the device offers (its own and the transport's)."""
-        return self.device.features | _TRANSPORT_FEATURES
 
     # -- the bus ----------------------------------------------------------------------------------
 
     def read(self, offset: int, size: int) -> int:
         """A driver read: a 32-bit register, or any width of configuration space."""
-        with self._lock:
+        with self.lock:
             if offset >= _CONFIG:
                 return self.device.read_config(offset - _CONFIG, size)
             if size != 4 or offset % 4:
                 return (1 << (8 * size)) - 1
-            queue = self._selected()
+            queue = self.selected(self._queue_sel)
             values = {
                 _MAGIC: MAGIC,
                 _VERSION: 2,
                 _DEVICE_ID: self.device.device_id,
                 _VENDOR_ID: VENDOR_ID,
-                _DEVICE_FEATURES: (self.offered >> (32 * self._device_features_sel)) & 0xFFFF_FFFF
-                if self._device_features_sel < 2
-                else 0,
+                _DEVICE_FEATURES: self.offered_word(self._device_features_sel),
                 _QUEUE_NUM_MAX: queue.maximum if queue is not None else 0,
                 _QUEUE_READY: int(queue is not None and queue.ready),
                 _INTERRUPT_STATUS: self.interrupt_status,
@@ -126,109 +92,44 @@ class VirtioMmio:
 
     def write(self, offset: int, size: int, value: int) -> None:
         """A driver write: a 32-bit register, or configuration space."""
-        with self._lock:
+        with self.lock:
             if offset >= _CONFIG:
                 self.device.write_config(offset - _CONFIG, size, value)
             elif size == 4 and not offset % 4:
                 self._write_register(offset, value)
 
-    def _selected(self) -> _QueueSetup | None:
-        return self._queues[self._queue_sel] if self._queue_sel < len(self._queues) else None
-
     def _write_register(self, offset: int, value: int) -> None:
-        queue = self._selected()
+        queue = self.selected(self._queue_sel)
         if offset == _STATUS:
-            self._write_status(value)
+            self.write_status(value)
         elif offset == _DEVICE_FEATURES_SEL:
             self._device_features_sel = value
         elif offset == _DRIVER_FEATURES_SEL:
             self._driver_features_sel = value
-        elif offset == _DRIVER_FEATURES and self._driver_features_sel < 2 and not self.status & STATUS_FEATURES_OK:
-            shift = 32 * self._driver_features_sel
-            self.driver_features = self.driver_features & ~(0xFFFF_FFFF << shift) | value << shift
+        elif offset == _DRIVER_FEATURES:
+            self.accept_word(self._driver_features_sel, value)
         elif offset == _QUEUE_SEL:
             self._queue_sel = value
         elif offset == _INTERRUPT_ACK:
             self.interrupt_status &= ~value
             self._set_irq()
         elif offset == _QUEUE_NOTIFY:
-            self._notify(value)
+            self.notify(value)
         elif queue is not None and not queue.ready:  # the queue's set-up, while it is not live
             if offset == _QUEUE_NUM:
                 queue.size = value
-            elif offset in (
-                _QUEUE_DESC,
-                _QUEUE_DRIVER,
-                _QUEUE_DEVICE,
-                _QUEUE_DESC + 4,
-                _QUEUE_DRIVER + 4,
-                _QUEUE_DEVICE + 4,
-            ):
-                which, high = (offset - _QUEUE_DESC) // 16, offset % 16 == 4
-                shift = 32 if high else 0
+            elif offset in _QUEUE_ADDRESSES:
+                which, shift = (offset - _QUEUE_DESC) // 16, 32 if offset % 16 == 4 else 0
                 queue.addresses[which] = queue.addresses[which] & ~(0xFFFF_FFFF << shift) | value << shift
             elif offset == _QUEUE_READY and value & 1:
-                self._make_ready(queue)
+                self.enable(queue)
         elif queue is not None and offset == _QUEUE_READY and not value & 1:
-            queue.ready, queue.queue = False, None
+            self.disable(queue)
 
-    def _write_status(self, value: int) -> None:
-        if value == 0:  # reset
-            self.device.reset()
-            self._reset()
-            return
-        if value & STATUS_FEATURES_OK and not self.status & STATUS_FEATURES_OK:
-            accepted = self.driver_features
-            if accepted & ~self.offered or not accepted & VIRTIO_F_VERSION_1:
-                value &= ~STATUS_FEATURES_OK  # refused: the driver reads it back and gives up
-        self.status = value | (self.status & STATUS_DEVICE_NEEDS_RESET)
-
-    def _make_ready(self, setup: _QueueSetup) -> None:
-        if not setup.size or setup.size > setup.maximum:
-            self._broken(GuestDataError(f"queue size {setup.size} is not 1..{setup.maximum}", operation="virtio-mmio"))
-            return
-        try:
-            setup.queue = SplitQueue(
-                self.memory,
-                setup.size,
-                *setup.addresses,
-                event_idx=bool(self.driver_features & VIRTIO_F_RING_EVENT_IDX),
-                indirect=bool(self.driver_features & VIRTIO_F_INDIRECT_DESC),
-            )
-        except GuestDataError as error:
-            self._broken(error)
-            return
-        setup.ready = True
-
-    def _notify(self, index: int) -> None:
-        if index >= len(self._queues) or self.problem is not None or not self.status & STATUS_DRIVER_OK:
-            return
-        queue = self._queues[index].queue
-        if queue is None:
-            return
-        before = queue.used_index
-        try:
-            self.device.process(index, queue)
-            used = queue.used_index != before and queue.needs_interrupt()
-        except GuestDataError as error:
-            self._broken(error)
-            return
-        if used:
-            self.interrupt_status |= _USED_BUFFER
-            self._set_irq()
-
-    def _broken(self, error: GuestDataError) -> None:
-        """DEVICE_NEEDS_RESET, told to the driver by a configuration-change interrupt."""
-        self.problem = error
-        self.status |= STATUS_DEVICE_NEEDS_RESET
-        self.interrupt_status |= _CONFIG_CHANGE
+    def interrupt(self, cause: int, index: int | None) -> None:
+        """Set ``cause`` in the interrupt status; the level-triggered line follows it."""
+        self.interrupt_status |= cause
         self._set_irq()
-
-    def close(self) -> None:
-        """Close the device model, if it holds anything (a disk image); the machine calls this when it closes."""
-        close = getattr(self.device, "close", None)
-        if callable(close):
-            close()
 
     def _set_irq(self) -> None:
         if self.irq is not None:

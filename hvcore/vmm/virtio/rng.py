@@ -44,3 +44,6 @@ class VirtioRng:
 
     def reset(self) -> None:
         """Nothing to forget."""
+
+    def attach(self, wake: Callable[[int], None]) -> None:
+        """Nothing comes unasked: the device only answers the driver's requests."""

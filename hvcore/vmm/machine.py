@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from hvcore import x86
 from hvcore.arguments import (
@@ -66,6 +66,9 @@ from hvcore.vmm.loaders import BootPlan
 from hvcore.vmm.loaders.detect import detect
 from hvcore.vmm.loaders.detect import load as load_image
 from hvcore.vmm.timers import DeviceTimers
+
+if TYPE_CHECKING:
+    from hvcore.vmm.pci import PciHost
 
 __all__ = ["ACPI_TABLES", "HIGH_RAM_START", "HOLE_START", "Machine", "MachineResult"]
 
@@ -193,6 +196,8 @@ class Machine:
         self.device_host = DeviceHost(irq=self.irq, request_stop=self.request_stop, timers=self.timers)
         self.acpi_devices: list[AcpiDevice] = []
         """Devices the ACPI tables describe (the DSDT) for a kernel that cannot probe them (virtio-mmio)."""
+        self.pci: PciHost | None = None
+        """The PCI bus, once :func:`hvcore.vmm.pci.add_pci_host` gave the machine one."""
 
     # -- memory (the loaders' LoadTarget) ------------------------------------------------------
 
@@ -318,7 +323,8 @@ class Machine:
         rsdp = ACPI_TABLES if kind == "bzimage" and self.irqchip else 0  # (the MADT describes the irqchip)
         plan = load_image(image, self, format=kind, cmdline=cmdline, initrd=initrd, name=name, acpi_rsdp=rsdp)
         if rsdp:
-            self.write(rsdp, build_acpi(rsdp, self.cpus, self.acpi_devices))
+            pci = self.pci.acpi() if self.pci is not None else None
+            self.write(rsdp, build_acpi(rsdp, self.cpus, self.acpi_devices, pci))
         self.boot(plan)
         return plan
 
@@ -517,6 +523,8 @@ class Machine:
             self._join()
         self._closed = True
         self.timers.close()
+        if self.pci is not None:
+            self.pci.close()
         for bus in (self.io_bus, self.mmio_bus):
             for entry in bus.ranges():
                 close = getattr(entry.device, "close", None)

@@ -14,9 +14,11 @@ from hvcore.errors import InvalidArgument
 __all__ = [
     "buffer",
     "device",
+    "dword_memory",
     "end_tag",
     "integer",
     "interrupt",
+    "io",
     "memory32_fixed",
     "name",
     "package",
@@ -24,6 +26,8 @@ __all__ = [
     "resource_template",
     "scope",
     "string",
+    "word_bus_number",
+    "word_io",
 ]
 
 _ZERO, _ONE, _BYTE, _WORD, _DWORD, _QWORD = 0x00, 0x01, 0x0A, 0x0B, 0x0C, 0x0E
@@ -123,6 +127,32 @@ def interrupt(*gsis: int, level: bool = True, active_low: bool = False, shared: 
     return struct.pack("<BHBB", 0x89, 2 + 4 * len(gsis), flags, len(gsis)) + b"".join(
         struct.pack("<I", gsi) for gsi in gsis
     )
+
+
+def _address_space(layout: str, tag: int, kind: int, type_flags: int, minimum: int, length: int) -> bytes:
+    # general flags 0x0C: a producer (a bridge's window) with fixed minimum and maximum, positive decode
+    fields = struct.pack(layout, 0, minimum, minimum + length - 1, 0, length)
+    return struct.pack("<BHBBB", tag, 3 + len(fields), kind, 0x0C, type_flags) + fields
+
+
+def word_bus_number(first: int, count: int) -> bytes:
+    """``WordBusNumber(ResourceProducer, MinFixed, MaxFixed, PosDecode, ...)``: a bridge's bus range."""
+    return _address_space("<HHHHH", 0x88, 2, 0, first, count)
+
+
+def word_io(base: int, length: int) -> bytes:
+    """``WordIO(ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, ...)``: a bridge's IO window."""
+    return _address_space("<HHHHH", 0x88, 1, 0x03, base, length)
+
+
+def dword_memory(base: int, length: int) -> bytes:
+    """``DWordMemory(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite, ...)``."""
+    return _address_space("<IIIII", 0x87, 0, 0x01, base, length)
+
+
+def io(base: int, length: int) -> bytes:
+    """``IO(Decode16, base, base, 1, length)``: fixed ports a device uses."""
+    return struct.pack("<BBHHBB", 0x47, 1, base, base, 1, length)
 
 
 def end_tag() -> bytes:

@@ -8,7 +8,9 @@ line. (A hardware-reduced FADT, as Firecracker builds, makes Linux drop the PIC 
 reboot through EFI, then the BIOS reset vector, which a direct boot does not have.) The MADT
 lists every vCPU's local APIC and the IOAPIC, IRQ 0 routed to GSI 2 and the SCI level-triggered,
 as on a PC, so Linux brings up every vCPU. The DSDT describes what the kernel cannot probe, such as
-virtio-mmio transports (``LNRO0005``).
+virtio-mmio transports (``LNRO0005``), and, on a machine with PCI, the root bridge ``PCI0`` (its bus
+range, IO and memory windows, and a ``_PRT`` giving each slot's INTx GSI) with the MCFG pointing
+at ECAM (reserved as a motherboard resource, ``PNP0C02``, which Linux wants before it uses ECAM).
 
 :func:`build_acpi` lays the tables out from one guest-physical address, the RSDP first; Linux
 finds it through ``boot_params.acpi_rsdp_addr`` or by scanning 0xE0000-0xFFFFF.
@@ -32,6 +34,7 @@ __all__ = [
     "PM_PORT",
     "SCI_IRQ",
     "AcpiDevice",
+    "AcpiPciRoot",
     "build_acpi",
     "checksum",
 ]
@@ -64,6 +67,22 @@ class AcpiDevice:
     base: int
     length: int
     gsi: int
+
+
+@dataclass(frozen=True)
+class AcpiPciRoot:
+    """PCI bus 0 for the DSDT (``PNP0A03`` with its windows and ``_PRT``) and the MCFG (ECAM)."""
+
+    ecam: int
+    """Bus 0's ECAM base."""
+    buses: int
+    """How many buses ECAM covers, from 0."""
+    io: tuple[int, int]
+    """The IO window BARs are placed in (base, length)."""
+    memory: tuple[int, int]
+    """The memory window BARs are placed in (base, length), below 4 GiB."""
+    routes: tuple[tuple[int, int, int], ...]
+    """``(slot, pin, gsi)``: INTx pin ``pin`` (0-3 for INTA-INTD) of slot ``slot`` interrupts on ``gsi``."""
 
 
 def checksum(data: bytes) -> int:
@@ -118,7 +137,47 @@ def _fadt(dsdt: int) -> bytes:
     return _table(b"FACP", 6, bytes(body))
 
 
-def _dsdt(devices: Sequence[AcpiDevice]) -> bytes:
+def _mcfg(pci: AcpiPciRoot) -> bytes:
+    return _table(b"MCFG", 1, bytes(8) + struct.pack("<QHBBI", pci.ecam, 0, 0, pci.buses - 1, 0))
+
+
+def _pci_devices(pci: AcpiPciRoot) -> list[bytes]:
+    """``PCI0`` (the root bridge: bus range, windows, routes) and ``MRES`` (ECAM, reserved: Linux then uses it)."""
+    io_low = (0, 0xCF8)  # everything but the configuration ports
+    io_high = (0xD00, 0x10000 - 0xD00)
+    routes = aml.package(
+        *(
+            aml.package(aml.integer(slot << 16 | 0xFFFF), aml.integer(pin), aml.integer(0), aml.integer(gsi))
+            for slot, pin, gsi in pci.routes
+        )
+    )
+    crs = aml.resource_template(
+        aml.word_bus_number(0, pci.buses),
+        aml.io(0xCF8, 8),
+        aml.word_io(*io_low),
+        aml.word_io(*io_high),
+        aml.dword_memory(*pci.memory),
+    )
+    root = aml.device(
+        "PCI0",
+        aml.name("_HID", aml.string("PNP0A03")),
+        aml.name("_UID", aml.integer(0)),
+        aml.name("_SEG", aml.integer(0)),
+        aml.name("_BBN", aml.integer(0)),
+        aml.name("_ADR", aml.integer(0)),
+        aml.name("_CRS", crs),
+        aml.name("_PRT", routes),
+    )
+    reserved = aml.device(
+        "MRES",
+        aml.name("_HID", aml.string("PNP0C02")),
+        aml.name("_UID", aml.integer(1)),
+        aml.name("_CRS", aml.resource_template(aml.memory32_fixed(pci.ecam, pci.buses << 20, writable=True))),
+    )
+    return [root, reserved]
+
+
+def _dsdt(devices: Sequence[AcpiDevice], pci: AcpiPciRoot | None) -> bytes:
     entries = [
         aml.device(
             f"D{index:03X}",
@@ -128,12 +187,15 @@ def _dsdt(devices: Sequence[AcpiDevice]) -> bytes:
         )
         for index, d in enumerate(devices)
     ]
+    if pci is not None:
+        entries += _pci_devices(pci)
     s5 = aml.name("\\_S5_", aml.package(aml.integer(SLEEP_TYPE_S5), aml.integer(SLEEP_TYPE_S5)))
     return _table(b"DSDT", 2, s5 + (aml.scope("\\_SB_", *entries) if entries else b""))
 
 
-def build_acpi(address: int, cpus: int, devices: Sequence[AcpiDevice] = ()) -> bytes:
-    """The RSDP at ``address`` (16-byte aligned, below 4 GiB) followed by the XSDT, FADT, MADT and DSDT."""
+def build_acpi(address: int, cpus: int, devices: Sequence[AcpiDevice] = (), pci: AcpiPciRoot | None = None) -> bytes:
+    """The RSDP at ``address`` (16-byte aligned, below 4 GiB) followed by the XSDT, FADT, MADT, MCFG
+    (with ``pci``) and DSDT."""
     if address % 16 or not 0 < address < 1 << 32:
         raise InvalidArgument(f"ACPI tables at {address:#x}: the RSDP needs a 16-byte aligned address below 4 GiB")
     if not 1 <= cpus <= 255:
@@ -141,13 +203,15 @@ def build_acpi(address: int, cpus: int, devices: Sequence[AcpiDevice] = ()) -> b
     for d in devices:
         if d.base + d.length > 1 << 32 or d.length <= 0:
             raise InvalidArgument(f"ACPI device {d.hid}: MMIO {d.base:#x}+{d.length:#x} must lie below 4 GiB")
-    rsdp_size, xsdt_size = 36, _HEADER.size + 2 * 8
+    mcfg = _mcfg(pci) if pci is not None else b""
+    rsdp_size, xsdt_size = 36, _HEADER.size + (3 if mcfg else 2) * 8
     fadt_at = address + rsdp_size + xsdt_size
     madt = _madt(cpus)
     madt_at = fadt_at + _FADT_LENGTH
-    dsdt_at = madt_at + len(madt)
-    xsdt = _table(b"XSDT", 1, struct.pack("<QQ", fadt_at, madt_at))
+    mcfg_at = madt_at + len(madt)
+    dsdt_at = mcfg_at + len(mcfg)
+    xsdt = _table(b"XSDT", 1, struct.pack("<QQ", fadt_at, madt_at) + (struct.pack("<Q", mcfg_at) if mcfg else b""))
     rsdp = bytearray(struct.pack("<8sB6sBIIQB3s", b"RSD PTR ", 0, OEM_ID, 2, 0, rsdp_size, address + rsdp_size, 0, b""))
     rsdp[8] = checksum(bytes(rsdp[:20]))
     rsdp[32] = checksum(bytes(rsdp))
-    return bytes(rsdp) + xsdt + _fadt(dsdt_at) + madt + _dsdt(devices)
+    return bytes(rsdp) + xsdt + _fadt(dsdt_at) + madt + mcfg + _dsdt(devices, pci)

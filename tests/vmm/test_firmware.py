@@ -1,4 +1,5 @@
-"""Real firmware nobody here wrote: Debian's SeaBIOS boots to "No bootable device" on every backend.
+"""Real firmware nobody here wrote: Debian's SeaBIOS boots to "No bootable device" on every backend,
+and from a disk behind virtio-blk on PCI when the machine has one.
 
 ``.ci/run`` fetches it (``apt-get download seabios``) into ``~/.cache/hvcore/seabios/bios.bin`` and
 exports ``HVCORE_SEABIOS``; without it these tests skip and say so.
@@ -21,6 +22,8 @@ from hvcore.vmm import smbios
 from hvcore.vmm.machine import Machine, MachineResult
 from hvcore.vmm.pc import PcDevices, add_pc_devices
 from hvcore.vmm.run import ConsoleTee
+from hvcore.vmm.virtio import VirtioBlock
+from hvcore.vmm.virtio.pci import add_virtio_pci
 from tests.conftest import open_or_skip
 
 DONE = "No bootable device"
@@ -147,3 +150,44 @@ def test_seabios_copies_our_smbios_tables(hv: Hypervisor) -> None:
     )
     assert struct.unpack_from("<H", entry, 0x1C)[0] == len(parts) == 1 + len(list(smbios.structures(ours)))
     assert [p.type for p in parts] == [0, 1, 3, 4, 4, 16, 17, 19, 19, 32, 127]
+
+
+# A boot sector (real mode at 0x7C00): sets COM1 up and prints "hvcore boot sector: " through the
+# BIOS's serial service (int 14h), reads the disk's second sector to 0x8000 (int 13h, AH=2, from
+# the boot drive in DL), prints it the same way and writes 0x31 to isa-debug-exit (0x7F if the
+# read failed).
+BOOT_SECTOR = (
+    b"\xfa\x31\xc0\x8e\xd8\x8e\xc0\x8e\xd0\xbc\x00\x7c"  # cli; ds = es = ss = 0; sp = 0x7c00
+    b"\x52\x31\xd2\xb8\xe3\x00\xcd\x14"  # push dx; dx = 0 (COM1); int 14h AH=0: 9600 8N1
+    b"\xbe\x47\x7c\xe8\x1f\x00"  # si = the message; call print
+    b"\x5a\xb8\x01\x02\xb9\x02\x00\x30\xf6\xbb\x00\x80\xcd\x13"  # pop dx; int 13h: 1 sector, C0 H0 S2 to 0x8000
+    b"\x72\x0a\xbe\x00\x80\xe8\x09\x00"  # jc fail; si = 0x8000; call print
+    b"\xb0\x31\xe6\xf4"  # isa-debug-exit 0x31
+    b"\xb0\x7f\xe6\xf4\xf4"  # fail: isa-debug-exit 0x7f; hlt
+    b"\xac\x84\xc0\x74\x08\xb4\x01\x31\xd2\xcd\x14\xeb\xf3\xc3"  # print: lodsb until 0; int 14h AH=1 each
+    b"hvcore boot sector: \x00"
+).ljust(510, b"\x00") + b"\x55\xaa"
+SECOND_SECTOR = b"read from sector 2 via int 13h\r\n\x00"
+
+
+def test_seabios_boots_a_disk_through_virtio_blk_on_pci(hv: Hypervisor, tmp_path: Path) -> None:
+    """SeaBIOS finds the i440FX and PIIX3, assigns the virtio-blk function's BARs, drives it in
+    modern (1.0) mode and boots its first sector, which reads the second one through the BIOS."""
+    disk = tmp_path / "boot.img"
+    disk.write_bytes((BOOT_SECTOR + SECOND_SECTOR).ljust(1 << 20, b"\0"))
+    log, serial = io.BytesIO(), io.BytesIO()
+    with Machine(hv, memory=128 << 20) as machine:
+        add_pc_devices(machine, serial=serial, debugcon=log)
+        add_virtio_pci(machine, VirtioBlock(disk, read_only=True))
+        machine.load(seabios().read_bytes())
+        result = machine.run(timeout=120)
+        text = log.getvalue().decode(errors="replace")
+        assert result == MachineResult("debug-exit", 0x31 << 1 | 1), f"{result}; SeaBIOS said:\n{text}"
+        assert machine.pci is not None
+        # where SeaBIOS moved the BARs to (from the VMM's own assignment), they decode
+        moved = [machine.pci.bar_address(2 << 3, bar) for bar in (1, 4)]
+        assert all(address is not None and address >= 0x8000_0000 for address in moved), moved
+    assert serial.getvalue() == b"hvcore boot sector: read from sector 2 via int 13h\r\n"
+    assert "Unable to unlock ram - bridge not found" not in text  # it found the i440FX
+    assert "found virtio-blk at 00:02.0" in text and "using modern (1.0) virtio mode" in text
+    assert "Booting from Hard Disk..." in text

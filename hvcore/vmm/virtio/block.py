@@ -25,7 +25,10 @@ __all__ = ["MAX_REQUEST", "SECTOR", "VirtioBlock"]
 SECTOR: Final = 512
 MAX_REQUEST: Final = 1 << 20
 """The most data bytes one request may move (``size_max`` x ``seg_max`` as the config says)."""
-VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_FLUSH = 1 << 1, 1 << 2, 1 << 5, 1 << 9
+VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_GEOMETRY = 1 << 1, 1 << 2, 1 << 4
+VIRTIO_BLK_F_RO, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH = 1 << 5, 1 << 6, 1 << 9
+_CONFIG_SIZE: Final = 60  # struct virtio_blk_config up to write_zeroes_may_unmap and its padding
+_HEADS, _SECTORS_PER_TRACK = 16, 63
 _IN, _OUT, _FLUSH, _GET_ID = 0, 1, 4, 8
 _OK, _IOERR, _UNSUPP = 0, 1, 2
 _HEADER = struct.Struct("<IIQ")
@@ -52,9 +55,17 @@ class VirtioBlock:
         self.sectors = os.fstat(self._fd).st_size // SECTOR
         self.queue_sizes: tuple[int, ...] = (queue_size,)
         self.features = (
-            VIRTIO_BLK_F_SIZE_MAX | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH | (VIRTIO_BLK_F_RO if read_only else 0)
+            VIRTIO_BLK_F_SIZE_MAX
+            | VIRTIO_BLK_F_SEG_MAX
+            | VIRTIO_BLK_F_GEOMETRY
+            | VIRTIO_BLK_F_BLK_SIZE
+            | VIRTIO_BLK_F_FLUSH
+            | (VIRTIO_BLK_F_RO if read_only else 0)
         )
-        self._config = struct.pack("<QII", self.sectors, MAX_REQUEST, queue_size - 2)
+        cylinders = min(self.sectors // (_HEADS * _SECTORS_PER_TRACK), 0xFFFF)  # what QEMU reports to a BIOS
+        self._config = struct.pack(
+            "<QIIHBBI", self.sectors, MAX_REQUEST, queue_size - 2, cylinders, _HEADS, _SECTORS_PER_TRACK, SECTOR
+        ).ljust(_CONFIG_SIZE, b"\0")
         self._serial = self.path.name.encode()[:_ID_LENGTH]
 
     def close(self) -> None:
@@ -64,7 +75,8 @@ class VirtioBlock:
             self._fd = -1
 
     def read_config(self, offset: int, size: int) -> int:
-        """``capacity`` (sectors), ``size_max``, ``seg_max``; all-ones beyond."""
+        """``capacity`` (sectors), ``size_max``, ``seg_max``, the geometry, ``blk_size``; zeros for the
+        rest of ``virtio_blk_config``, all-ones beyond it."""
         data = self._config[offset : offset + size]
         return int.from_bytes(data.ljust(size, b"\xff"), "little")
 

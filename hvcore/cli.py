@@ -298,6 +298,21 @@ def _readable_file(what: str) -> Callable[[str], str]:
     return readable
 
 
+def _disk(text: str) -> tuple[str, bool]:
+    """``--disk FILE[,ro]``: a disk image to put behind virtio-blk, read-only with ``,ro``."""
+    path, _, option = text.rpartition(",") if text.endswith((",ro", ",rw")) else (text, "", "")
+    try:
+        check_image_file(path, "disk")
+    except HvError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    if not os.access(path, os.R_OK if option == "ro" else os.R_OK | os.W_OK):
+        raise argparse.ArgumentTypeError(
+            f"cannot {'read' if option == 'ro' else 'read and write'} {path}: permission denied"
+            + ("" if option == "ro" else "; add ,ro for a read-only disk")
+        )
+    return path, option == "ro"
+
+
 def _writable_file(text: str) -> str:
     """``--trace``: a file that can be created or overwritten (its directory exists)."""
     path = Path(text)
@@ -348,6 +363,10 @@ def _build_parser() -> _Parser:
     )  # fmt: skip
     run.add_argument("--cmdline", type=_cmdline, default="", help="kernel command line (bzImage, multiboot)")
     run.add_argument("--initrd", type=_readable_file("initrd"), help="initrd file (bzImage) or module (multiboot)")
+    run.add_argument(
+        "--disk", type=_disk, action="append", default=[], metavar="FILE[,ro]",
+        help="a disk image on virtio-blk (PCI); repeat for more; ,ro makes it read-only",
+    )  # fmt: skip
     run.add_argument("--timeout", type=_seconds, help="stop after this many seconds (exit status 124)")
     run.add_argument("--until", type=_until, help="stop once the guest's console output contains this text")
     run.add_argument(

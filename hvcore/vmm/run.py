@@ -35,6 +35,8 @@ from hvcore.vmm.loaders.files import read_image_file
 from hvcore.vmm.loaders.firmware import MAX_FIRMWARE_SIZE
 from hvcore.vmm.machine import Machine, MachineResult
 from hvcore.vmm.pc import add_pc_devices
+from hvcore.vmm.virtio.block import VirtioBlock
+from hvcore.vmm.virtio.pci import add_virtio_pci
 
 __all__ = ["RUN_FAILED", "ConsoleTee", "ExitStatus", "LateUsageError", "exit_status_help", "run_image"]
 
@@ -240,11 +242,15 @@ def _run_machine(
 ) -> tuple[MachineResult, float, Mapping[str, int]]:
     tee = ConsoleTee(out, args.until, lambda: machine.stop(MachineResult("until")))
     add_pc_devices(machine, serial=tee, debugcon=tee)  # type: ignore[arg-type]  # write/flush suffice
+    for path, read_only in args.disk:
+        add_virtio_pci(machine, VirtioBlock(path, read_only=read_only))
     plan = machine.load(image, format=args.format, cmdline=args.cmdline, initrd=initrd, name=args.image)
     if not args.quiet:
         _row(out, "backend", backend)
         _row(out, "image", f"{Path(args.image).name}: {plan.description}")
         _row(out, "machine", f"{args.memory >> 20} MiB, {args.cpus} vCPU{'s' if args.cpus > 1 else ''}")
+        for path, read_only in args.disk:
+            _row(out, "disk", f"{path} (virtio-blk{', read-only' if read_only else ''})")
         print(file=out, flush=True)
     started = time.monotonic()
     result = machine.run(args.timeout)

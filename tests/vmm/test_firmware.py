@@ -191,3 +191,25 @@ def test_seabios_boots_a_disk_through_virtio_blk_on_pci(hv: Hypervisor, tmp_path
     assert "Unable to unlock ram - bridge not found" not in text  # it found the i440FX
     assert "found virtio-blk at 00:02.0" in text and "using modern (1.0) virtio mode" in text
     assert "Booting from Hard Disk..." in text
+
+
+def test_the_command_boots_a_disk(hv: Hypervisor, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``hvcore run bios.bin --disk boot.img,ro``: the boot sector's verdict is the command's exit status."""
+    disk = tmp_path / "boot.img"
+    disk.write_bytes((BOOT_SECTOR + SECOND_SECTOR).ljust(1 << 20, b"\0"))
+    status = main(["run", str(seabios()), "--backend", hv.name, "--disk", f"{disk},ro", "--timeout", "120"])
+    out = capsys.readouterr().out
+    assert status == 0x31 << 1 | 1, out
+    assert f"{disk} (virtio-blk, read-only)" in out
+    assert "hvcore boot sector: read from sector 2 via int 13h" in out
+
+
+@pytest.mark.parametrize(
+    ("disk", "complaint"),
+    [("/nonexistent/disk.img", "no such file"), ("/", "a directory"), ("/proc/self/nonexistent,ro", "no such file")],
+)
+def test_the_command_refuses_a_disk_it_cannot_open(
+    disk: str, complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", str(seabios()), "--disk", disk]) == 2
+    assert complaint in capsys.readouterr().err.lower()

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from hvcore.cli import main
 from hvcore.vmm import Machine, MachineResult, add_pc_devices
-from hvcore.vmm.run import ConsoleTee
+from hvcore.vmm.run import ConsoleTee, ExitStatus
 from hvcore_sim.system import SimHypervisor
 from tests.busybox_init import CMDLINE, INIT_MARKER, initramfs
 
@@ -75,3 +76,19 @@ def test_busybox_init_runs_commands_and_reboots(monkeypatch: pytest.MonkeyPatch,
     assert f"vendor_id\t: {vendor}" in lines, log[-3000:]  # the CPUID the VMM set
     assert f"hvcore-release: {kernel_release(kernel)}" in lines, log[-3000:]
     assert "reboot: Restarting system" in log  # the kernel's own last word before the reset
+
+
+def test_the_command_boots_smp_linux(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``hvcore run vmlinuz --initrd ... --cpus 2``: the defaults (ACPI tables included) give an SMP Linux."""
+    _input(KERNEL_VARIABLE, "a bzImage (e.g. Debian's vmlinuz-6.1.0-57-cloud-amd64)")
+    busybox = _input(BUSYBOX_VARIABLE, "a static busybox (e.g. Debian's busybox-static /bin/busybox)")
+    monkeypatch.delenv("HVCORE_SIM_CLOCK", raising=False)
+    initrd = tmp_path / "initrd.cpio"
+    initrd.write_bytes(initramfs(busybox))
+    argv = ["run", os.environ[KERNEL_VARIABLE], "--initrd", str(initrd), "--cmdline", CMDLINE, "--cpus", "2"]
+    status = main([*argv, "--backend", "sim", "--timeout", str(TIMEOUT)])
+    out = capsys.readouterr().out
+    assert status == ExitStatus.OK, out[-3000:]
+    assert "hvcore-cpus: 2" in out and "2 vCPUs" in out, out[-3000:]

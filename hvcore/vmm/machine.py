@@ -17,7 +17,8 @@ counted. Devices count the VM clock (``clock()``) and arm callbacks at its deadl
 ``pause()``/``resume()`` hold every vCPU between exits; ``stop()`` (or a device's stop
 request, a triple fault, an error) ends the run, and ``close()`` joins every thread and closes
 the VM. A Linux kernel booted directly (with an irqchip) gets ACPI tables at ``ACPI_TABLES``:
-every vCPU and the IOAPIC in the MADT, and ``acpi_devices`` (virtio-mmio) in the DSDT.
+every vCPU and the IOAPIC in the MADT, ``acpi_devices`` (virtio-mmio) and the PCI bus (``pci``) in
+the DSDT and MCFG; firmware gets the same tables through ``fw_cfg`` (QEMU's table loader).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from hvcore.protocol import VCPU, VM, Hypervisor
 from hvcore.trace import TracingVCPU
 from hvcore.types import PIT_FLAGS_HPET_LEGACY, SlotFlags
 from hvcore.vmm.acpi import AcpiDevice, build_acpi
+from hvcore.vmm.acpi.loader import acpi_files
 from hvcore.vmm.bios import set_up_bios_state
 from hvcore.vmm.bus import Bus, check_range_arguments
 from hvcore.vmm.device import Device, DeviceHost, IrqLine, StopRequest
@@ -68,6 +70,7 @@ from hvcore.vmm.loaders.detect import load as load_image
 from hvcore.vmm.timers import DeviceTimers
 
 if TYPE_CHECKING:
+    from hvcore.vmm.devices.fw_cfg import FwCfg
     from hvcore.vmm.pci import PciHost
 
 __all__ = ["ACPI_TABLES", "HIGH_RAM_START", "HOLE_START", "Machine", "MachineResult"]
@@ -198,6 +201,8 @@ class Machine:
         """Devices the ACPI tables describe (the DSDT) for a kernel that cannot probe them (virtio-mmio)."""
         self.pci: PciHost | None = None
         """The PCI bus, once :func:`hvcore.vmm.pci.add_pci_host` gave the machine one."""
+        self.fw_cfg: FwCfg | None = None
+        """The fw_cfg device firmware takes its ACPI tables from (``add_pc_devices`` plugs one in)."""
 
     # -- memory (the loaders' LoadTarget) ------------------------------------------------------
 
@@ -322,9 +327,12 @@ class Machine:
         kind = detect(image) if format == "auto" else format
         rsdp = ACPI_TABLES if kind == "bzimage" and self.irqchip else 0  # (the MADT describes the irqchip)
         plan = load_image(image, self, format=kind, cmdline=cmdline, initrd=initrd, name=name, acpi_rsdp=rsdp)
+        pci = self.pci.acpi() if self.pci is not None else None
         if rsdp:
-            pci = self.pci.acpi() if self.pci is not None else None
             self.write(rsdp, build_acpi(rsdp, self.cpus, self.acpi_devices, pci))
+        elif kind == "firmware" and self.irqchip and self.fw_cfg is not None:
+            for file, data in acpi_files(self.cpus, self.acpi_devices, pci).items():
+                self.fw_cfg.put_file(file, data)
         self.boot(plan)
         return plan
 

@@ -8,6 +8,7 @@ from typing import BinaryIO
 from hvcore.vmm import smbios as smbios_
 from hvcore.vmm.devices import I8042, AcpiPm, Cmos, DebugConsole, DebugExit, FwCfg, Hpet, PcTestdev, Uart16550
 from hvcore.vmm.machine import HIGH_RAM_START, Machine
+from hvcore.vmm.pci import add_pci_host
 
 __all__ = ["PcDevices", "add_pc_devices"]
 
@@ -35,6 +36,7 @@ def add_pc_devices(
     serial_input: BinaryIO | None = None,
     debugcon: BinaryIO | None = None,
     hpet: bool = True,
+    pci: bool = True,
 ) -> PcDevices:
     """Plug the PC's devices into ``machine``; serial and debug-console output go to the given streams.
 
@@ -45,8 +47,10 @@ def add_pc_devices(
     QEMU's pc-testdev (0xE0-0xEB, interrupt lines at 0x2000: what kvm-unit-tests expect beside
     isa-debug-exit), and (unless
     ``hpet`` is false, as QEMU's ``-machine hpet=off``) the HPET at 0xFED00000, its legacy route
-    taking IRQ 0 from the PIT, and the ACPI PM1 registers at 0x600 that the ACPI tables of a
-    directly booted kernel point at (``hvcore.vmm.devices.acpi_pm``: power-off).
+    taking IRQ 0 from the PIT, the ACPI PM1 registers at 0x600 that the ACPI tables point at
+    (``hvcore.vmm.devices.acpi_pm``: power-off), and (unless ``pci`` is false) the PCI bus: the
+    i440FX host bridge and PIIX3 (:mod:`hvcore.vmm.pci`), where ``add_virtio_pci`` plugs devices.
+    Firmware loaded afterwards finds the machine's ACPI tables in fw_cfg.
     """
     host = machine.device_host
     uart = Uart16550(output=serial, input=serial_input, irq=machine.irq(Uart16550.COM1_GSI))
@@ -69,6 +73,7 @@ def add_pc_devices(
     fw_cfg.add_file(smbios_.ANCHOR_FILE, smbios.anchor)
     for base, length, port in fw_cfg.ports():
         machine.add_io_device(base, length, port)
+    machine.fw_cfg = fw_cfg
     testdev = PcTestdev(host)
     for base, length, port in testdev.ports():
         machine.add_io_device(base, length, port)
@@ -78,6 +83,8 @@ def add_pc_devices(
     if hpet:
         timer = Hpet(host, pit_legacy=machine.set_pit_hpet_legacy)
         machine.add_mmio_device(Hpet.BASE, Hpet.LENGTH, timer)
+    if pci and machine.pci is None:
+        add_pci_host(machine)
     return PcDevices(uart, console, debug_exit, i8042, cmos, fw_cfg, testdev, acpi_pm, timer)
 
 

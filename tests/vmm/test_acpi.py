@@ -7,6 +7,7 @@ installed (``.ci/run`` installs it): software nobody here wrote must accept ever
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import subprocess
@@ -15,15 +16,18 @@ from pathlib import Path
 import pytest
 
 from hvcore import Hypervisor, InvalidArgument
-from hvcore.vmm.acpi import AcpiDevice, aml, build_acpi
+from hvcore.vmm.acpi import AcpiDevice, AcpiPciRoot, aml, build_acpi
+from hvcore.vmm.acpi.loader import LOADER_FILE, RSDP_FILE, TABLES_FILE, acpi_files
 from hvcore.vmm.acpi.tables import IOAPIC_ADDRESS, LAPIC_ADDRESS, PM_PORT, SCI_IRQ
 from hvcore.vmm.device import DeviceHost, StopRequest
 from hvcore.vmm.devices import AcpiPm
 from hvcore.vmm.machine import ACPI_TABLES, Machine
+from hvcore.vmm.pc import add_pc_devices
 from tests.vmm.test_loaders import make_bzimage
 
 ADDRESS = 0xE0000
 VIRTIO = AcpiDevice("LNRO0005", 0, 0xD0000000, 0x200, 5)
+PCI = AcpiPciRoot(0xE0000000, 1, (0xC000, 0x4000), (0xC0000000, 0x10000000), ((2, 0, 18), (2, 1, 19), (3, 0, 19)))
 
 
 def tables(blob: bytes, address: int = ADDRESS) -> dict[bytes, tuple[int, bytes]]:
@@ -89,7 +93,7 @@ def test_the_dsdt_describes_each_device_and_s5() -> None:
     shutil.which("iasl") is None, reason="ACPICA's iasl is not installed (apt-get install acpica-tools)"
 )
 def test_acpica_disassembles_every_table_without_a_complaint(tmp_path: Path) -> None:
-    for signature, (_, table) in tables(build_acpi(ADDRESS, 2, [VIRTIO])).items():
+    for signature, (_, table) in tables(build_acpi(ADDRESS, 2, [VIRTIO], PCI)).items():
         path = tmp_path / f"{signature.decode()}.dat"
         path.write_bytes(table)
         run = subprocess.run(["iasl", "-d", str(path)], capture_output=True, text=True, timeout=60, check=False)
@@ -99,6 +103,66 @@ def test_acpica_disassembles_every_table_without_a_complaint(tmp_path: Path) -> 
     source = (tmp_path / "DSDT.dsl").read_text()
     assert 'Name (_HID, "LNRO0005")' in source
     assert "0xD0000000" in source and "Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive" in source
+    assert 'Name (_HID, "PNP0A03" /* PCI Bus */)' in source and '"PNP0C02" /* PNP Motherboard Resources */' in source
+    assert "WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode," in source
+    assert re.search(r"DWordMemory \(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,", source)
+    assert re.search(r"0x0002FFFF,\s*One,\s*Zero,\s*0x13", source)  # _PRT: slot 2 INTB -> GSI 19
+    mcfg = (tmp_path / "MCFG.dsl").read_text()
+    assert re.search(r"Base Address : 00000000E0000000", mcfg) and re.search(r"End Bus Number : 00", mcfg)
+
+
+def test_the_mcfg_and_the_pci_root_describe_the_bus() -> None:
+    found = tables(build_acpi(ADDRESS, 1, [], PCI))
+    assert set(found) == {b"XSDT", b"FACP", b"APIC", b"MCFG", b"DSDT"}
+    assert struct.unpack_from("<QHBB", found[b"MCFG"][1], 44) == (0xE0000000, 0, 0, 0)
+    dsdt = found[b"DSDT"][1]
+    route = aml.package(aml.integer(0x3FFFF), aml.integer(0), aml.integer(0), aml.integer(19))
+    assert route in dsdt and aml.memory32_fixed(0xE0000000, 1 << 20) in dsdt  # ECAM reserved for Linux
+
+
+def run_table_loader(files: dict[str, bytes], addresses: dict[str, int]) -> dict[str, bytearray]:
+    """What firmware does with ``etc/table-loader``, the files placed at ``addresses``."""
+    placed: dict[str, bytearray] = {}
+    loader = files[LOADER_FILE]
+    for at in range(0, len(loader), 128):
+        command = loader[at : at + 128]
+        kind = struct.unpack_from("<I", command)[0]
+        name = command[4:60].rstrip(b"\0").decode()
+        if kind == 1:
+            placed[name] = bytearray(files[name])
+        elif kind == 2:
+            source = command[60:116].rstrip(b"\0").decode()
+            offset, size = struct.unpack_from("<IB", command, 116)
+            value = int.from_bytes(placed[name][offset : offset + size], "little") + addresses[source]
+            placed[name][offset : offset + size] = value.to_bytes(size, "little")
+        else:
+            assert kind == 3
+            offset, start, length = struct.unpack_from("<III", command, 60)
+            placed[name][offset] = (placed[name][offset] - sum(placed[name][start : start + length])) & 0xFF
+    return placed
+
+
+def test_firmware_loading_the_fw_cfg_files_gets_the_direct_boot_tables() -> None:
+    """Run the table loader with the tables right after the RSDP: the bytes a direct boot gets, to the byte."""
+    files = acpi_files(2, [VIRTIO], PCI)
+    loader = files[LOADER_FILE]
+    assert len(loader) % 128 == 0
+    # allocations first: the RSDP 16-byte aligned in the F segment (zone 2), the tables in high memory (zone 1)
+    assert [struct.unpack_from("<I56sIB", loader, at) for at in (0, 128)] == [
+        (1, RSDP_FILE.encode().ljust(56, b"\0"), 16, 2),
+        (1, TABLES_FILE.encode().ljust(56, b"\0"), 64, 1),
+    ]
+    placed = run_table_loader(files, {RSDP_FILE: ADDRESS, TABLES_FILE: ADDRESS + 36})
+    assert bytes(placed[RSDP_FILE] + placed[TABLES_FILE]) == build_acpi(ADDRESS, 2, [VIRTIO], PCI)
+
+
+def test_a_firmware_load_serves_the_tables_in_fw_cfg(hv: Hypervisor) -> None:
+    """A firmware load puts the files in fw_cfg; ``tests/vmm/test_firmware.py`` has SeaBIOS run them."""
+    with Machine(hv, memory=64 << 20, cpus=2) as machine:
+        devices = add_pc_devices(machine)
+        machine.load(bytes(0x1FFF0) + b"\xea\x5b\xe0\x00\xf0".ljust(16, b"\0"))
+        served = {name: devices.fw_cfg.item(devices.fw_cfg.file_selector(name)) for name in (RSDP_FILE, TABLES_FILE, LOADER_FILE)}
+        assert served == acpi_files(2, [], machine.pci.acpi() if machine.pci else None)
 
 
 @pytest.mark.parametrize(

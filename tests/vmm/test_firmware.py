@@ -130,6 +130,33 @@ def _smbios_in_f_segment(machine: Machine) -> tuple[bytes, bytes]:
     return entry, machine.read(address, length)
 
 
+def test_seabios_installs_our_acpi_tables(hv: Hypervisor) -> None:
+    """SeaBIOS runs fw_cfg's table loader: the RSDP lands in the F segment, every table checks out, and the
+    MADT lists both vCPUs (what an OS booted from disk needs for SMP: Debian's kernel reads no MP table)."""
+    found: list[dict[bytes, bytes]] = []
+
+    def inspect(machine: Machine, devices: PcDevices) -> None:
+        segment = machine.read(0xE0000, 0x20000)
+        at = segment.find(b"RSD PTR ")
+        assert at >= 0 and at % 16 == 0 and 0xE0000 + at >= 0xF0000
+        rsdp = segment[at : at + 36]
+        assert sum(rsdp[:20]) & 0xFF == 0 and sum(rsdp) & 0xFF == 0
+        xsdt_address = struct.unpack_from("<Q", rsdp, 24)[0]
+        xsdt = machine.read(xsdt_address, struct.unpack("<I", machine.read(xsdt_address + 4, 4))[0])
+        by_name = {b"XSDT": xsdt}
+        for (pointer,) in struct.iter_unpack("<Q", xsdt[36:]):
+            table = machine.read(pointer, struct.unpack("<I", machine.read(pointer + 4, 4))[0])
+            by_name[table[:4]] = table
+        found.append(by_name)
+
+    boot_log(hv, cpus=2, after=inspect)
+    [by_name] = found
+    assert set(by_name) == {b"XSDT", b"FACP", b"APIC", b"MCFG"}
+    assert all(sum(table) & 0xFF == 0 for table in by_name.values())
+    madt = by_name[b"APIC"]
+    assert madt.count(b"\x00\x08\x00\x00") == 1 and madt.count(b"\x00\x08\x01\x01") == 1  # two local APICs
+
+
 def test_seabios_copies_our_smbios_tables(hv: Hypervisor) -> None:
     """SeaBIOS takes fw_cfg's SMBIOS files as they are (adding its own type 0), not building its own."""
     found: list[tuple[bytes, bytes, bytes]] = []

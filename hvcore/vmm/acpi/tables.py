@@ -34,9 +34,13 @@ __all__ = [
     "PM_PORT",
     "SCI_IRQ",
     "AcpiDevice",
+    "AcpiLayout",
     "AcpiPciRoot",
+    "RSDP_SIZE",
     "build_acpi",
     "checksum",
+    "lay_out",
+    "rsdp",
 ]
 
 OEM_ID: Final = b"HVCORE"
@@ -193,25 +197,56 @@ def _dsdt(devices: Sequence[AcpiDevice], pci: AcpiPciRoot | None) -> bytes:
     return _table(b"DSDT", 2, s5 + (aml.scope("\\_SB_", *entries) if entries else b""))
 
 
-def build_acpi(address: int, cpus: int, devices: Sequence[AcpiDevice] = (), pci: AcpiPciRoot | None = None) -> bytes:
-    """The RSDP at ``address`` (16-byte aligned, below 4 GiB) followed by the XSDT, FADT, MADT, MCFG
-    (with ``pci``) and DSDT."""
-    if address % 16 or not 0 < address < 1 << 32:
-        raise InvalidArgument(f"ACPI tables at {address:#x}: the RSDP needs a 16-byte aligned address below 4 GiB")
+RSDP_SIZE: Final = 36
+
+
+@dataclass(frozen=True)
+class AcpiLayout:
+    """The tables after the RSDP (XSDT, FADT, MADT, MCFG, DSDT) laid out from one address, and where in
+    them the addresses and checksums are (what a firmware's table loader patches)."""
+
+    data: bytes
+    pointers: tuple[tuple[int, int], ...]
+    """``(offset, size)`` of each field that holds an address inside ``data``."""
+    tables: tuple[tuple[int, int], ...]
+    """``(offset, length)`` of each table (its checksum byte at ``offset + 9``)."""
+
+
+def _check(cpus: int, devices: Sequence[AcpiDevice]) -> None:
     if not 1 <= cpus <= 255:
         raise InvalidArgument(f"{cpus} vCPUs: the MADT's local APIC entries take 1 to 255")
     for d in devices:
         if d.base + d.length > 1 << 32 or d.length <= 0:
             raise InvalidArgument(f"ACPI device {d.hid}: MMIO {d.base:#x}+{d.length:#x} must lie below 4 GiB")
-    mcfg = _mcfg(pci) if pci is not None else b""
-    rsdp_size, xsdt_size = 36, _HEADER.size + (3 if mcfg else 2) * 8
-    fadt_at = address + rsdp_size + xsdt_size
-    madt = _madt(cpus)
+
+
+def lay_out(base: int, cpus: int, devices: Sequence[AcpiDevice] = (), pci: AcpiPciRoot | None = None) -> AcpiLayout:
+    """The XSDT (first), FADT, MADT, MCFG (with ``pci``) and DSDT, their addresses counted from ``base``."""
+    _check(cpus, devices)
+    madt, mcfg, dsdt = _madt(cpus), _mcfg(pci) if pci is not None else b"", _dsdt(devices, pci)
+    entries = 3 if mcfg else 2
+    fadt_at = _HEADER.size + entries * 8
     madt_at = fadt_at + _FADT_LENGTH
     mcfg_at = madt_at + len(madt)
     dsdt_at = mcfg_at + len(mcfg)
-    xsdt = _table(b"XSDT", 1, struct.pack("<QQ", fadt_at, madt_at) + (struct.pack("<Q", mcfg_at) if mcfg else b""))
-    rsdp = bytearray(struct.pack("<8sB6sBIIQB3s", b"RSD PTR ", 0, OEM_ID, 2, 0, rsdp_size, address + rsdp_size, 0, b""))
-    rsdp[8] = checksum(bytes(rsdp[:20]))
-    rsdp[32] = checksum(bytes(rsdp))
-    return bytes(rsdp) + xsdt + _fadt(dsdt_at) + madt + mcfg + _dsdt(devices, pci)
+    xsdt = _table(b"XSDT", 1, struct.pack(f"<{entries}Q", *(base + at for at in (fadt_at, madt_at, mcfg_at)[:entries])))
+    data = xsdt + _fadt(base + dsdt_at) + madt + mcfg + dsdt
+    pointers = [(_HEADER.size + 8 * i, 8) for i in range(entries)] + [(fadt_at + 40, 4), (fadt_at + 140, 8)]
+    sizes = [(0, len(xsdt)), (fadt_at, _FADT_LENGTH), (madt_at, len(madt)), (mcfg_at, len(mcfg)), (dsdt_at, len(dsdt))]
+    return AcpiLayout(data, tuple(pointers), tuple((at, n) for at, n in sizes if n))
+
+
+def rsdp(xsdt: int) -> bytes:
+    """The RSDP (ACPI 2.0+, 36 bytes) pointing at the XSDT at ``xsdt``, both checksums set."""
+    table = bytearray(struct.pack("<8sB6sBIIQB3s", b"RSD PTR ", 0, OEM_ID, 2, 0, RSDP_SIZE, xsdt, 0, b""))
+    table[8] = checksum(bytes(table[:20]))
+    table[32] = checksum(bytes(table))
+    return bytes(table)
+
+
+def build_acpi(address: int, cpus: int, devices: Sequence[AcpiDevice] = (), pci: AcpiPciRoot | None = None) -> bytes:
+    """The RSDP at ``address`` (16-byte aligned, below 4 GiB) followed by the XSDT, FADT, MADT, MCFG
+    (with ``pci``) and DSDT."""
+    if address % 16 or not 0 < address < 1 << 32:
+        raise InvalidArgument(f"ACPI tables at {address:#x}: the RSDP needs a 16-byte aligned address below 4 GiB")
+    return rsdp(address + RSDP_SIZE) + lay_out(address + RSDP_SIZE, cpus, devices, pci).data

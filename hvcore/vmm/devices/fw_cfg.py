@@ -201,6 +201,16 @@ class FwCfg:
             self._items[FwCfgKey.FILE_DIR] = self._directory()
             return selector
 
+    def put_file(self, name: str, data: bytes) -> int:
+        """Add file ``name``, or replace its contents if it exists (its selector stays); its selector."""
+        with self._lock:
+            selector = self._files.get(name)
+            if selector is not None:
+                self._items[selector] = bytes(data)
+                self._items[FwCfgKey.FILE_DIR] = self._directory()
+                return selector
+        return self.add_file(name, data)
+
     def file_selector(self, name: str) -> int:
         """The selector of file ``name``; ``NotFound`` if there is none."""
         with self._lock:

@@ -16,6 +16,10 @@ through isa-debug-exit (``out 0xf4, al`` with ``al = END_VALUE``: the run's resu
 - virtio-mmio (virtio-rng at ``VIRTIO``): the driver's bring-up with any features, queue size and
   ring addresses, hostile descriptors and available entries written to RAM, then a notify;
   register accesses at random offsets; the ACPI PM1 registers at 0x600;
+- PCI: configuration reads and writes through mechanism #1 (0xCF8/0xCFC, PIIX's reset control at
+  0xCF9 excepted) and ECAM at ``ECAM``, to the chipset and the virtio-pci function in slot 2: BARs
+  moved anywhere (over RAM, over other devices), decoding and MSI-X turned on and off; MMIO to
+  where its BARs were put (``PCI_MEMORY``);
 - now and then: a few random bytes run as code, ``sti``.
 
 Every address the guest touches is identity mapped (``layout`` in ``machine``: the first GiB and
@@ -46,6 +50,8 @@ ROM_SIZE = 0x10000
 HPET, IOAPIC, LAPIC = 0xFED00000, 0xFEC00000, 0xFEE00000
 VIRTIO = 0xD0000000
 """The virtio-mmio transport ``add_virtio_mmio`` puts first (virtio-rng behind it)."""
+ECAM, PCI_MEMORY = 0xE0000000, 0xC0000000
+"""PCI bus 0's ECAM window, and where the host assigns memory BARs (virtio-pci's BAR 1, then 4)."""
 IDENTITY_END = 1 << 30
 """The first GiB is identity mapped (RAM below ``RAM_SIZE``, the rest unbacked) ..."""
 HOLE, FOUR_GIB = 0xC0000000, 1 << 32
@@ -62,6 +68,7 @@ DEVICE_PORTS = (
     *range(0xE0, 0xEC),  # pc-testdev scratch / flush
     *range(0x2000, 0x2018),  # pc-testdev interrupt lines
     *range(0x600, 0x606),  # ACPI PM1 event / control
+    0xCF8, 0xCFA, 0xCFB, 0xCFC, 0xCFD, 0xCFE, 0xCFF,  # PCI mechanism #1 (0xCF9: reset, which ends the run)
 )  # fmt: skip
 """Ports the fuzzer favours: every device's, and a few neighbours."""
 EDGE_PORTS = (0x3F7, 0x3FE, 0x3FF, 0x50F, 0x513, 0x51A, 0x51B, 0x6F, 0x72, 0xDF, 0xEB, 0x1FFF, 0x2017, 0xFFFF, 0xF3)
@@ -190,8 +197,15 @@ def ports() -> st.SearchStrategy[int]:
 def addresses(draw: st.DrawFn) -> int:
     """Somewhere to read or write: device MMIO, RAM, ROM, unbacked, the edges of each; rarely unmapped."""
     kind = draw(
-        st.sampled_from(("hpet", "ioapic", "lapic", "virtio", "scratch", "ram", "rom", "unbacked", "edge", "wild"))
+        st.sampled_from(
+            ("hpet", "ioapic", "lapic", "virtio", "ecam", "pci", "scratch", "ram", "rom", "unbacked", "edge", "wild")
+        )
     )
+    if kind == "ecam":
+        return ECAM + draw(st.integers(0, 3)) * 0x8000 + draw(st.one_of(_PCI_REGISTERS, st.integers(0, 0xFFF)))
+    if kind == "pci":
+        return PCI_MEMORY + draw(st.one_of(st.sampled_from((0, 0x800, 0x4000, 0x5000, 0x6000, 0x7000)),
+                                           st.integers(0, 0x7FFF)))  # fmt: skip
     if kind == "virtio":
         return VIRTIO + draw(
             st.one_of(st.sampled_from((0, 0x34, 0x44, 0x50, 0x60, 0x70, 0x80, 0x100)), st.integers(0, 0x1FF))
@@ -339,6 +353,32 @@ def virtio_op(draw: st.DrawFn) -> Op:
     return join(*ops, store32(VIRTIO + 0x50, draw(values(32)) if wild else 0))
 
 
+_PCI_REGISTERS = st.sampled_from((0, 4, 6, 0x10, 0x14, 0x18, 0x20, 0x24, 0x34, 0x3C, 0x40, 0x42, 0x60, 0x63))
+
+
+@st.composite
+def pci_op(draw: st.DrawFn) -> Op:
+    """A configuration access through mechanism #1: the address (mostly bus 0, slots 0-3), then the data."""
+    enable = draw(st.integers(0, 7)) != 0
+    bus = 0 if draw(st.booleans()) else draw(st.integers(0, 255))
+    register = draw(st.one_of(_PCI_REGISTERS, st.integers(0, 0xFF)))
+    address = (
+        enable << 31
+        | bus << 16
+        | draw(st.integers(0, 3)) << 11
+        | draw(st.integers(0, 7) if bus else st.just(0)) << 8
+        | register
+    )
+    size = draw(st.sampled_from((1, 2, 4)))
+    port = 0xCFC + draw(st.integers(0, 4 - size))
+    data = (
+        port_io(port, size, True, False)
+        if draw(st.booleans())
+        else join(mov_imm("rax", draw(values(32))), port_io(port, size, False, False))
+    )
+    return join(mov_imm("rax", address), port_io(0xCF8, 4, False, False), data)
+
+
 @st.composite
 def select_op(draw: st.DrawFn) -> Op:
     """A fw_cfg selector write, then a few byte reads of the item."""
@@ -360,6 +400,7 @@ _WEIGHTED = (
     (12, mmio_op()),
     (8, dma_op()),
     (4, virtio_op()),
+    (6, pci_op()),
     (4, select_op()),
     (4, movs_op()),
     (1, st.just(STI)),

@@ -1,7 +1,8 @@
 """Run one generated guest on a ``Machine`` with every PC device, and say everything that went wrong.
 
 ``run_guest`` builds a fresh machine (4 MiB RAM, one vCPU, the in-kernel irqchip and PIT, every
-device of ``add_pc_devices`` including the HPET, virtio-rng on virtio-mmio, a 64 KiB ROM at ``guestgen.ROM``), loads the
+device of ``add_pc_devices`` including the HPET and the PCI bus, virtio-rng on virtio-mmio and on virtio-pci,
+a 64 KiB ROM at ``guestgen.ROM``), loads the
 guest as a raw 64-bit image with the 4th GiB (IOAPIC, HPET, LAPIC) mapped too, runs it with
 ``Machine.run(timeout=...)`` and closes it. ``Outcome.problems`` lists what the fuzzer fails on:
 
@@ -33,6 +34,7 @@ from hvcore import HvError, Hypervisor
 from hvcore.vmm import Machine, MachineResult, add_pc_devices
 from hvcore.vmm.loaders import load_raw
 from hvcore.vmm.virtio import VirtioRng, add_virtio_mmio
+from hvcore.vmm.virtio.pci import add_virtio_pci
 from tests.fuzz_devices.guestgen import CODE, RAM_SIZE, ROM, ROM_SIZE, Program
 
 HANG_SLACK = 10.0
@@ -155,6 +157,7 @@ def build(hv: Hypervisor, program: Program) -> Machine:
     try:
         add_pc_devices(machine, serial=io.BytesIO(), debugcon=io.BytesIO())
         add_virtio_mmio(machine, VirtioRng())
+        add_virtio_pci(machine, VirtioRng())
         machine.add_rom(ROM, bytes(range(256)) * (ROM_SIZE // 256))
         plan = load_raw(program.code, machine, address=CODE, mode="long")
         machine.boot(plan)

@@ -161,7 +161,8 @@ def test_a_firmware_load_serves_the_tables_in_fw_cfg(hv: Hypervisor) -> None:
     with Machine(hv, memory=64 << 20, cpus=2) as machine:
         devices = add_pc_devices(machine)
         machine.load(bytes(0x1FFF0) + b"\xea\x5b\xe0\x00\xf0".ljust(16, b"\0"))
-        served = {name: devices.fw_cfg.item(devices.fw_cfg.file_selector(name)) for name in (RSDP_FILE, TABLES_FILE, LOADER_FILE)}
+        fw_cfg = devices.fw_cfg
+        served = {name: fw_cfg.item(fw_cfg.file_selector(name)) for name in (RSDP_FILE, TABLES_FILE, LOADER_FILE)}
         assert served == acpi_files(2, [], machine.pci.acpi() if machine.pci else None)
 
 

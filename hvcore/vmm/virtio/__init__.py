@@ -1,6 +1,7 @@
 """virtio 1.x for hvcore machines: split virtqueues, the transports (virtio-mmio, virtio-pci), device models."""
 
 from hvcore.vmm.virtio.block import VirtioBlock
+from hvcore.vmm.virtio.console import VirtioConsole
 from hvcore.vmm.virtio.device import (
     STATUS_ACKNOWLEDGE,
     STATUS_DEVICE_NEEDS_RESET,
@@ -14,6 +15,8 @@ from hvcore.vmm.virtio.device import (
     VirtioDevice,
 )
 from hvcore.vmm.virtio.mmio import VirtioMmio, add_virtio_mmio
+from hvcore.vmm.virtio.net import VirtioNet
+from hvcore.vmm.virtio.net_backends import CallbackBackend, NetBackend, SocketBackend, TapBackend
 from hvcore.vmm.virtio.queue import (
     MAX_QUEUE_SIZE,
     VIRTQ_DESC_F_INDIRECT,
@@ -51,12 +54,18 @@ __all__ = [
     "VRING_AVAIL_F_NO_INTERRUPT",
     "VRING_USED_F_NO_NOTIFY",
     "Buffer",
+    "CallbackBackend",
     "Chain",
+    "NetBackend",
     "QueueMemory",
+    "SocketBackend",
     "SplitQueue",
+    "TapBackend",
     "VirtioBlock",
+    "VirtioConsole",
     "VirtioDevice",
     "VirtioMmio",
+    "VirtioNet",
     "VirtioRng",
     "add_virtio_mmio",
 ]

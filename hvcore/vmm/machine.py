@@ -63,6 +63,7 @@ from hvcore.vmm.acpi import AcpiDevice, build_acpi
 from hvcore.vmm.acpi.loader import acpi_files
 from hvcore.vmm.bios import set_up_bios_state
 from hvcore.vmm.bus import Bus, check_range_arguments
+from hvcore.vmm.cpuid import vcpu_cpuid
 from hvcore.vmm.device import Device, DeviceHost, IrqLine, StopRequest
 from hvcore.vmm.loaders import BootPlan
 from hvcore.vmm.loaders.detect import detect
@@ -192,7 +193,7 @@ class Machine:
                 self._add_ram(_HIGH_SLOT, HIGH_RAM_START, self._high_size)
             self.vcpus: list[VCPU] = [self.vm.create_vcpu(i) for i in range(cpus)]
             for vcpu in self.vcpus:
-                vcpu.set_cpuid(hypervisor.supported_cpuid())
+                vcpu.set_cpuid(vcpu_cpuid(hypervisor.supported_cpuid(), vcpu.id))
         except BaseException:
             self._release()
             raise

@@ -175,6 +175,14 @@ def test_busy_multi_vcpu_machine_stops_cleanly(hv: Hypervisor) -> None:
     assert threading.active_count() == before  # every vCPU thread joined
 
 
+def test_each_vcpu_reports_its_own_apic_id_in_cpuid(hv: Hypervisor) -> None:
+    with Machine(hv, memory=16 << 20, cpus=3) as machine:
+        for vcpu in machine.vcpus:
+            leaves = {(e.function, e.index): e for e in vcpu.get_cpuid()}
+            assert leaves[(1, 0)].ebx >> 24 == vcpu.id
+            assert all(e.edx == vcpu.id for (function, _), e in leaves.items() if function in (0xB, 0x1F))
+
+
 def test_application_processors_wait_for_sipi(hv: Hypervisor) -> None:
     with Machine(hv, memory=16 << 20, cpus=2) as two:
         _start_real(two, b"\xfa\xf4")  # cli; hlt: vCPU 0 sleeps for good, nobody sends SIPI

@@ -34,6 +34,7 @@ from hvcore.demo import RESULT_PORT, DemoResult, run_demo
 from hvcore.errors import HvError
 from hvcore.memory import MAX_GUEST_MEMORY, PAGE_SIZE
 from hvcore.vmm.loaders.files import check_image_file
+from hvcore.vmm.netspec import NetSpec, parse_net
 from hvcore.vmm.run import ExitStatus, LateUsageError, exit_status_help, run_image
 
 __all__ = ["main"]
@@ -313,6 +314,14 @@ def _disk(text: str) -> tuple[str, bool]:
     return path, option == "ro"
 
 
+def _net(text: str) -> NetSpec:
+    """``--net tap[=IFNAME][,mac=MAC]`` or ``--net udp=LOCALPORT:HOST:PORT[,mac=MAC]``."""
+    try:
+        return parse_net(text)
+    except HvError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def _writable_file(text: str) -> str:
     """``--trace``: a file that can be created or overwritten (its directory exists)."""
     path = Path(text)
@@ -366,6 +375,11 @@ def _build_parser() -> _Parser:
     run.add_argument(
         "--disk", type=_disk, action="append", default=[], metavar="FILE[,ro]",
         help="a disk image on virtio-blk (PCI); repeat for more; ,ro makes it read-only",
+    )  # fmt: skip
+    run.add_argument(
+        "--net", type=_net, action="append", default=[], metavar="tap[=IF]|udp=LPORT:HOST:PORT[,mac=MAC]",
+        help="a virtio-net NIC (PCI) on a TAP interface (needs CAP_NET_ADMIN) or exchanging frames as UDP "
+        "datagrams with HOST:PORT (another hvcore run, unprivileged); repeat for more",
     )  # fmt: skip
     run.add_argument("--timeout", type=_seconds, help="stop after this many seconds (exit status 124)")
     run.add_argument("--until", type=_until, help="stop once the guest's console output contains this text")

@@ -36,6 +36,8 @@ from hvcore.vmm.loaders.firmware import MAX_FIRMWARE_SIZE
 from hvcore.vmm.machine import Machine, MachineResult
 from hvcore.vmm.pc import add_pc_devices
 from hvcore.vmm.virtio.block import VirtioBlock
+from hvcore.vmm.virtio.device import VirtioDevice
+from hvcore.vmm.virtio.net import VirtioNet
 from hvcore.vmm.virtio.pci import add_virtio_pci
 
 __all__ = ["RUN_FAILED", "ConsoleTee", "ExitStatus", "LateUsageError", "exit_status_help", "run_image"]
@@ -237,13 +239,32 @@ def _run(
             return _run_machine(args, hv.name, machine, image, initrd, out)
 
 
+def _plug(machine: Machine, device: VirtioDevice) -> None:
+    """Put ``device`` on the machine's PCI bus, which closes it from then on; closed here if that fails."""
+    try:
+        add_virtio_pci(machine, device)
+    except BaseException:
+        close = getattr(device, "close", None)
+        if callable(close):
+            close()
+        raise
+
+
 def _run_machine(
     args: argparse.Namespace, backend: str, machine: Machine, image: bytes, initrd: bytes | None, out: TextIO
 ) -> tuple[MachineResult, float, Mapping[str, int]]:
     tee = ConsoleTee(out, args.until, lambda: machine.stop(MachineResult("until")))
     add_pc_devices(machine, serial=tee, debugcon=tee)  # type: ignore[arg-type]  # write/flush suffice
     for path, read_only in args.disk:
-        add_virtio_pci(machine, VirtioBlock(path, read_only=read_only))
+        _plug(machine, VirtioBlock(path, read_only=read_only))
+    for spec in args.net:
+        link = spec.open()
+        try:
+            nic = VirtioNet(link, mac=spec.mac)
+        except BaseException:
+            link.close()
+            raise
+        _plug(machine, nic)
     plan = machine.load(image, format=args.format, cmdline=args.cmdline, initrd=initrd, name=args.image)
     if not args.quiet:
         _row(out, "backend", backend)
@@ -251,6 +272,8 @@ def _run_machine(
         _row(out, "machine", f"{args.memory >> 20} MiB, {args.cpus} vCPU{'s' if args.cpus > 1 else ''}")
         for path, read_only in args.disk:
             _row(out, "disk", f"{path} (virtio-blk{', read-only' if read_only else ''})")
+        for spec in args.net:
+            _row(out, "net", f"virtio-net on {spec.describe()}")
         print(file=out, flush=True)
     started = time.monotonic()
     result = machine.run(args.timeout)

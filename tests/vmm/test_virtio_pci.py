@@ -8,16 +8,24 @@ configuration-space window do.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from hvcore import Hypervisor
 from hvcore.vmm.machine import Machine
 from hvcore.vmm.pci import CAPABILITY_MSIX, CONFIG_PORT, FIRST_PCI_GSI, PciHost
-from hvcore.vmm.virtio import STATUS_DEVICE_NEEDS_RESET, STATUS_FEATURES_OK, VIRTQ_DESC_F_WRITE, VirtioRng
+from hvcore.vmm.virtio import (
+    STATUS_DEVICE_NEEDS_RESET,
+    STATUS_FEATURES_OK,
+    VIRTQ_DESC_F_WRITE,
+    VirtioBlock,
+    VirtioRng,
+)
 from hvcore.vmm.virtio.pci import NO_VECTOR, VirtioPci, add_virtio_pci
 
 TABLE, AVAIL, USED, BUFFER = 0x40000, 0x41000, 0x42000, 0x43000
@@ -219,3 +227,18 @@ def test_firmware_reaches_the_structures_through_configuration_space(machine: Ma
     assert driver.common(STATUS, 1) == 1
     driver.config(at + 12, 4, 3)  # not 1, 2 or 4 bytes: nothing
     assert driver.config(at + 16, 4) == 0
+
+
+def _open_files() -> list[str]:
+    fds = os.listdir("/proc/self/fd")
+    return [os.readlink(f"/proc/self/fd/{fd}") for fd in fds if os.path.exists(f"/proc/self/fd/{fd}")]
+
+
+def test_the_machine_closes_what_it_plugged_in(hv: Hypervisor, tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(4096))
+    disk = VirtioBlock(image)  # held here: its closing must come from the machine, not the garbage collector
+    assert str(image) in _open_files()
+    with Machine(hv, memory=1 << 20) as machine:
+        add_virtio_pci(machine, disk)
+    assert str(image) not in _open_files()

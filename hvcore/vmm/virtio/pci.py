@@ -78,6 +78,10 @@ class _Function(PciFunction):
             return self.transport.window_access(None) >> (8 * (offset - data)) & ((1 << (8 * size)) - 1)
         return super().config_read(offset, size)
 
+    def close(self) -> None:
+        """Close the device model (the host calls this when the machine closes)."""
+        self.transport.close()
+
 
 class VirtioPci(VirtioTransport):
     """A virtio device as a PCI function (:attr:`function`), for :meth:`hvcore.vmm.pci.PciHost.add`."""

@@ -18,6 +18,8 @@ from hvcore.vmm.virtio import (
     VirtioMmio,
     add_virtio_mmio,
 )
+from hvcore.vmm.virtio import block as block_module
+from hvcore.vmm.virtio.block import MAX_ZEROED_SECTORS
 from tests.vmm.test_virtio_mmio import AVAIL, BUFFER, STATUS, TABLE, USED, _driver_up
 
 HEADER, DATA, STATUS_BYTE = BUFFER, BUFFER + 0x1000, BUFFER + 0x3000
@@ -123,6 +125,42 @@ def test_a_request_without_a_status_byte_needs_a_reset(machine: Machine, disk: P
     device.write(0x50, 4, 0)
     assert device.read(STATUS, 4) & STATUS_DEVICE_NEEDS_RESET
     assert isinstance(device.problem, GuestDataError) and "status byte" in str(device.problem)
+
+
+DISCARD, WRITE_ZEROES = 11, 13
+
+
+def _segment(sector: int, count: int, flags: int = 0) -> bytes:
+    return struct.pack("<QII", sector, count, flags)
+
+
+@pytest.mark.parametrize("holes", [True, False])
+def test_write_zeroes_and_discard(machine: Machine, disk: Path, holes: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not holes:  # a file system that cannot punch holes: the zeros are written
+        monkeypatch.setattr(block_module, "_punch_hole", lambda fd, offset, length: False)
+    device = VirtioMmio(VirtioBlock(disk), machine)
+    device.write(0x14, 4, 0)
+    assert device.read(0x10, 4) & (1 << 13 | 1 << 14) == 1 << 13 | 1 << 14  # DISCARD, WRITE_ZEROES offered
+    assert device.read(0x100 + 36, 4) == MAX_ZEROED_SECTORS and device.read(0x100 + 40, 4) == 1
+    driver = Disk(machine, device)
+    assert driver.request(WRITE_ZEROES, 0, _segment(2, 2, flags=1))[0] == 0
+    assert driver.request(DISCARD, 0, _segment(5, 1))[0] == 0  # a hint: its content is not checked
+    image = disk.read_bytes()
+    assert image[2 * 512 : 4 * 512] == bytes(1024) and image[4 * 512 : 5 * 512] == bytes([4]) * 512
+    assert len(image) == SECTORS * 512  # the disk keeps its size
+    assert driver.request(WRITE_ZEROES, 0, _segment(SECTORS - 1, 2))[0] == 1  # past the end
+    assert driver.request(WRITE_ZEROES, 0, _segment(0, MAX_ZEROED_SECTORS + 1))[0] == 1
+    assert driver.request(WRITE_ZEROES, 0, _segment(0, 1) + _segment(3, 1))[0] == 1  # one segment at most
+    assert driver.request(DISCARD, 0, _segment(0, 1, flags=2))[0] == 2  # a flag that does not exist
+    assert disk.read_bytes()[:512] == bytes([0]) * 512 and disk.read_bytes()[512:1024] == bytes([1]) * 512
+
+
+def test_a_read_only_disk_offers_no_discard_and_refuses_it(machine: Machine, disk: Path) -> None:
+    device = VirtioMmio(VirtioBlock(disk, read_only=True), machine)
+    assert not device.read(0x10, 4) & (1 << 13 | 1 << 14)
+    driver = Disk(machine, device)
+    assert driver.request(WRITE_ZEROES, 0, _segment(1, 1))[0] == 1
+    assert disk.read_bytes()[512:1024] == bytes([1]) * 512
 
 
 def test_a_missing_image_is_an_image_error(tmp_path: Path) -> None:

@@ -6,11 +6,13 @@ each line on the console, then ``reboot -f``. Its first line, :data:`INIT_MARKER
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
 
 from hvcore.vmm.initramfs import Initramfs
 
-__all__ = ["APPLETS", "CMDLINE", "INIT", "INIT_MARKER", "initramfs"]
+__all__ = ["APPLETS", "CMDLINE", "INIT", "INIT_MARKER", "initramfs", "initramfs_with_modules"]
 
 CMDLINE: Final = "console=ttyS0 panic=-1 quiet cryptomgr.notests"
 """``panic=-1``: a kernel panic resets at once; ``quiet`` keeps the boot log off the console;
@@ -38,3 +40,29 @@ def initramfs(busybox: bytes) -> bytes:
     for applet in APPLETS:
         archive.symlink(f"/bin/{applet}", "busybox")
     return archive.file("/init", INIT, 0o755).to_bytes()
+
+
+def initramfs_with_modules(
+    busybox: bytes,
+    init: bytes,
+    applets: Sequence[str],
+    modules: Path,
+    names: Sequence[str],
+    *,
+    directories: Sequence[str] = ("/proc", "/sys"),
+    devices: Sequence[tuple[str, int, int]] = (),
+) -> bytes:
+    """``init`` as ``/init``, busybox with a link per applet, kernel modules ``names`` from ``modules`` in
+    ``/lib`` (numbered in the order given, for ``insmod /lib/*.ko``), the ``directories`` and the
+    character ``devices`` (path, major, minor) besides ``/dev/console``."""
+    archive = Initramfs().char_device("/dev/console", 5, 1)
+    for path, major, minor in devices:
+        archive.char_device(path, major, minor)
+    for directory in (*directories, "/lib"):
+        archive.directory(directory)
+    archive.file("/bin/busybox", busybox, 0o755)
+    for applet in applets:
+        archive.symlink(f"/bin/{applet}", "busybox")
+    for index, module in enumerate(names):
+        archive.file(f"/lib/{index}-{module}", (modules / module).read_bytes(), 0o644)
+    return archive.file("/init", init, 0o755).to_bytes()

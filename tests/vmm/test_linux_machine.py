@@ -31,13 +31,12 @@ from pathlib import Path
 import pytest
 
 from hvcore.vmm import Machine, MachineResult, add_pc_devices
-from hvcore.vmm.initramfs import Initramfs
 from hvcore.vmm.run import ConsoleTee
 from hvcore.vmm.virtio import SocketBackend, VirtioBlock, VirtioConsole, VirtioNet, add_virtio_mmio
 from hvcore.vmm.virtio.net import parse_mac
 from hvcore.vmm.virtio.pci import add_virtio_pci
 from hvcore_sim.system import SimHypervisor
-from tests.busybox_init import CMDLINE
+from tests.busybox_init import CMDLINE, initramfs_with_modules
 from tests.vmm.test_linux_userspace import BUSYBOX_VARIABLE, KERNEL_VARIABLE, _input
 from tests.vmm.test_linux_virtio import MODULES_VARIABLE
 
@@ -85,16 +84,6 @@ ETH_P_ARP = 0x0806
 
 def _modules(transport: str) -> tuple[str, ...]:
     return ("virtio_ring.ko", "virtio.ko", *TRANSPORTS[transport][1], *DEVICE_MODULES)
-
-
-def _initramfs(busybox: bytes, modules: Path, names: tuple[str, ...]) -> bytes:
-    archive = Initramfs().char_device("/dev/console", 5, 1)
-    archive.directory("/proc").directory("/sys").directory("/mnt").file("/bin/busybox", busybox, 0o755)
-    for applet in APPLETS:
-        archive.symlink(f"/bin/{applet}", "busybox")
-    for index, module in enumerate(names):
-        archive.file(f"/lib/{index}-{module}", (modules / module).read_bytes(), 0o644)
-    return archive.file("/init", INIT, 0o755).to_bytes()
 
 
 def _ext2_image(tmp_path: Path) -> Path:
@@ -160,7 +149,13 @@ def test_linux_uses_a_disk_a_console_and_a_nic_on_two_vcpus(
         console = add(machine, hvc)
         net = VirtioNet(SocketBackend(guest_end, name="linux-test"), mac=GUEST_MAC)
         nic = add(machine, net)
-        machine.load(kernel, cmdline=CMDLINE, initrd=_initramfs(busybox, modules, names))
+        machine.load(
+            kernel,
+            cmdline=CMDLINE,
+            initrd=initramfs_with_modules(
+                busybox, INIT, APPLETS, modules, names, directories=("/proc", "/sys", "/mnt")
+            ),
+        )
         machine.start()
         try:
             pinged = hvc.wait_for(b"hvcore-ping", timeout=max(0.0, deadline - time.monotonic()))

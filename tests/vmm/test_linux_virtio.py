@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 
 from hvcore.vmm import Machine, add_pc_devices
-from hvcore.vmm.initramfs import Initramfs
 from hvcore.vmm.run import ConsoleTee
 from hvcore.vmm.virtio import VirtioBlock, VirtioRng, add_virtio_mmio
 from hvcore_sim.system import SimHypervisor
-from tests.busybox_init import CMDLINE
+from tests.busybox_init import CMDLINE, initramfs_with_modules
 from tests.vmm.test_linux_userspace import BUSYBOX_VARIABLE, KERNEL_VARIABLE, TIMEOUT, _input
 
 MODULES_VARIABLE = "HVCORE_LINUX_MODULES"
@@ -52,16 +51,6 @@ def pattern(length: int) -> bytes:
     return bytes((i + 1) & 0xFF for i in range(length))
 
 
-def _initramfs(busybox: bytes, modules: Path) -> bytes:
-    archive = Initramfs().char_device("/dev/console", 5, 1).char_device("/dev/hwrng", 10, 183)
-    archive.directory("/sys").directory("/devices").directory("/lib").file("/bin/busybox", busybox, 0o755)
-    for applet in APPLETS:
-        archive.symlink(f"/bin/{applet}", "busybox")
-    for index, module in enumerate(MODULES):
-        archive.file(f"/lib/{index}-{module}", (modules / module).read_bytes(), 0o644)
-    return archive.file("/init", INIT, 0o755).to_bytes()
-
-
 def test_linux_binds_virtio_rng_and_blk_on_virtio_mmio_from_the_dsdt(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -79,7 +68,19 @@ def test_linux_binds_virtio_rng_and_blk_on_virtio_mmio_from_the_dsdt(
         disk = tmp_path / "disk.img"
         disk.write_bytes(DISK_MARKER.ljust(1 << 20, b"\0"))
         disk_transport = add_virtio_mmio(machine, VirtioBlock(disk))
-        machine.load(kernel, cmdline=CMDLINE, initrd=_initramfs(busybox, modules))
+        machine.load(
+            kernel,
+            cmdline=CMDLINE,
+            initrd=initramfs_with_modules(
+                busybox,
+                INIT,
+                APPLETS,
+                modules,
+                MODULES,
+                directories=("/sys", "/devices"),
+                devices=[("/dev/hwrng", 10, 183)],
+            ),
+        )
         result = machine.run(timeout=TIMEOUT)
     text = console.getvalue()
     assert result.reason == "reset", (result, text[-2000:])

@@ -35,6 +35,7 @@ from hvcore.vmm.pci import (
     PciHost,
     add_pci_host,
 )
+from tests.vmm.test_devices import FakeLine
 
 COMMAND, STATUS, BAR0, INTERRUPT_LINE, CAPABILITIES = 0x04, 0x06, 0x10, 0x3C, 0x34
 
@@ -51,23 +52,6 @@ class Registers:
 
     def write(self, offset: int, size: int, value: int) -> None:
         self.written[offset] = value
-
-
-class Line:
-    """An interrupt line that records its levels."""
-
-    def __init__(self) -> None:
-        self.levels: list[bool] = []
-
-    @property
-    def level(self) -> bool:
-        return bool(self.levels) and self.levels[-1]
-
-    def set(self, level: bool) -> None:
-        self.levels.append(level)
-
-    def pulse(self) -> None:
-        raise AssertionError("PCI interrupts are levels")
 
 
 class Probe(PciFunction):
@@ -92,9 +76,9 @@ def machine(hv: Hypervisor) -> Iterator[Machine]:
 
 
 @pytest.fixture
-def lines(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> dict[int, Line]:
-    recorded: dict[int, Line] = {}
-    monkeypatch.setattr(machine, "irq", lambda gsi: recorded.setdefault(gsi, Line()))
+def lines(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> dict[int, FakeLine]:
+    recorded: dict[int, FakeLine] = {}
+    monkeypatch.setattr(machine, "irq", lambda gsi: recorded.setdefault(gsi, FakeLine()))
     return recorded
 
 
@@ -208,7 +192,7 @@ def test_a_bar_over_ram_or_another_device_decodes_nothing_until_moved(machine: M
     assert probe.memory.written == {0: 1}
 
 
-def test_intx_is_shared_routed_and_masked_by_the_command_register(machine: Machine, lines: dict[int, Line]) -> None:
+def test_intx_is_shared_routed_and_masked_by_the_command_register(machine: Machine, lines: dict[int, FakeLine]) -> None:
     host, probe, slot = plugged(machine)
     other = Probe()
     other_slot = slot + 4  # the same PIRQ
@@ -219,12 +203,12 @@ def test_intx_is_shared_routed_and_masked_by_the_command_register(machine: Machi
     assert conf1_read(machine, slot, INTERRUPT_LINE, 1) == gsi
     probe.set_intx(True)
     other.set_intx(True)
-    assert lines[gsi].levels == [True]
+    assert lines[gsi].events == [True]
     assert conf1_read(machine, slot, STATUS, 2) & 1 << 3  # interrupt status
     probe.set_intx(False)
     assert lines[gsi].level  # the other function still asserts
     other.set_intx(False)
-    assert lines[gsi].levels == [True, False]
+    assert lines[gsi].events == [True, False]
     conf1_write(machine, slot, COMMAND, COMMAND_IO | COMMAND_MEMORY | COMMAND_INTX_DISABLE, 2)
     probe.set_intx(True)
     assert not lines[gsi].level and conf1_read(machine, slot, STATUS, 2) & 1 << 3
@@ -236,7 +220,7 @@ def test_intx_is_shared_routed_and_masked_by_the_command_register(machine: Machi
     assert not lines[11].level and not lines[gsi].level
     conf1_write(machine, 1, 0x60 + pirq, 0x80, 1)
     probe.set_intx(True)
-    assert lines[11].levels == [True, False] and lines[gsi].level
+    assert lines[11].events == [True, False] and lines[gsi].level
 
 
 def _msix_entry(machine: Machine, table: int, vector: int, address: int, data: int, masked: bool) -> None:
@@ -328,8 +312,11 @@ GUEST = (
     b"\x66\xba\x90\x00"  # mov dx,0x90
     b"\xef"  # out dx,eax
     b"\xa1" + struct.pack("<I", ECAM_BASE + (2 << 15)) + b"\xef"  # mov eax,[ecam]; out dx,eax
-    b"\xc7\x05" + struct.pack("<II", ECAM_BASE + (2 << 15) + 0x14, 0xFFFF_FFFF)  # mov [bar1],-1
-    + b"\xa1" + struct.pack("<I", ECAM_BASE + (2 << 15) + 0x14) + b"\xef"  # mov eax,[bar1]; out dx,eax
+    b"\xc7\x05"
+    + struct.pack("<II", ECAM_BASE + (2 << 15) + 0x14, 0xFFFF_FFFF)  # mov [bar1],-1
+    + b"\xa1"
+    + struct.pack("<I", ECAM_BASE + (2 << 15) + 0x14)
+    + b"\xef"  # mov eax,[bar1]; out dx,eax
     b"\xb0\x00\xe6\xf4"  # mov al,0; out 0xf4,al
 )
 

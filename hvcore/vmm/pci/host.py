@@ -62,7 +62,8 @@ class PciHost:
         self.unmapped = 0
         """BAR placements the guest made that could not decode (over RAM or another device)."""
         self._lock = threading.RLock()
-        self._address = 0
+        self.config_address = 0
+        """Mechanism #1's address register (0xCF8): enable bit, bus, device, function, register."""
         self._mapped: dict[tuple[int, int], int] = {}  # (devfn, BAR) -> address it decodes at
         self._asserted: list[set[int]] = [set() for _ in range(4)]  # per PIRQ: devfns asserting
         self._isa_routes: list[int | None] = [None] * 4
@@ -246,21 +247,21 @@ class _ConfigPorts:
 
     def read(self, offset: int, size: int) -> int:
         if offset == 0 and size == 4:
-            return self.host._address
-        if offset >= 4 and self.host._address & _ENABLE:
+            return self.host.config_address
+        if offset >= 4 and self.host.config_address & _ENABLE:
             return self._data(offset, size, None)
         return (1 << (8 * size)) - 1 if offset != 1 else 0
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == 0 and size == 4:
-            self.host._address = value & 0x80FF_FFFC
+            self.host.config_address = value & 0x80FF_FFFC
         elif offset == 1 and size == 1:
             self.host.reset_requested(value)
-        elif offset >= 4 and self.host._address & _ENABLE:
+        elif offset >= 4 and self.host.config_address & _ENABLE:
             self._data(offset, size, value)
 
     def _data(self, offset: int, size: int, value: int | None) -> int:
-        address = self.host._address
+        address = self.host.config_address
         bus, devfn, register = address >> 16 & 0xFF, address >> 8 & 0xFF, (address & 0xFC) + offset - 4
         if value is None:
             return self.host.config_read(bus, devfn, register, size)

@@ -59,9 +59,10 @@ def unicorn_latest(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff over the packages, tests, benchmarks and this file."""
-    session.install("ruff>=0.5")
+    """ruff over the packages, tests, benchmarks and this file; the layer contracts (pyproject.toml's importlinter)."""
+    session.install("-e", ".", "ruff>=0.5", "import-linter>=2")
     session.run("ruff", "check", *SOURCES)
+    session.run("lint-imports")
 
 
 @nox.session(python=PYTHON)

@@ -6,7 +6,7 @@ simulator on Unicorn). Open one with :func:`open_hypervisor`; importing hvcore
 imports no backend.
 """
 
-from hvcore import trace, x86
+from hvcore import log, trace, x86
 from hvcore.caps import Capability
 from hvcore.errors import (
     AlignmentError,
@@ -153,8 +153,11 @@ __all__ = [
     "__version__",
     "available_backends",
     "backend_names",
+    "log",
     "open_hypervisor",
     "register_backend",
     "trace",
     "x86",
 ]
+
+log.enable_from_environment()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import math
 import os
 import sys
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 import hvcore
-from hvcore import host, registry
+from hvcore import host, log, registry
 from hvcore.demo import RESULT_PORT, DemoResult, run_demo
 from hvcore.errors import HvError
 from hvcore.memory import MAX_GUEST_MEMORY, PAGE_SIZE
@@ -336,7 +337,13 @@ def _writable_file(text: str) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    return run_image(args, sys.stdout)
+    if not args.verbose:
+        return run_image(args, sys.stdout)
+    handler = log.enable(logging.INFO if args.verbose == 1 else logging.DEBUG)
+    try:
+        return run_image(args, sys.stdout)
+    finally:
+        logging.getLogger(log.ROOT).removeHandler(handler)
 
 
 def _build_parser() -> _Parser:
@@ -388,6 +395,11 @@ def _build_parser() -> _Parser:
     )
     run.add_argument("--stats", action="store_true", help="print exit statistics at the end")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the guest's output")
+    run.add_argument(
+        "--verbose", "-v", action="count", default=0,
+        help="log what the machine does to stderr: -v devices, BARs, the run's exits and device accesses; "
+        "-vv every exit, device access and KVM ioctl (HVCORE_LOG=debug does it for any program)",
+    )  # fmt: skip
     run.set_defaults(handler=_cmd_run)
 
     info = commands.add_parser("info", help="list the backends: usable or why not, and what each supports")

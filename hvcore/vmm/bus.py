@@ -2,20 +2,26 @@
 
 A device registers ``[base, base + length)``; ranges may not overlap (``BusConflict``). An
 access is dispatched to the device whose range holds its first byte, with the offset into that
-range. Unclaimed reads answer all-ones and unclaimed writes are counted, as on a PC.
+range. Unclaimed reads answer all-ones and unclaimed writes are counted, as on a PC. Accesses
+are counted per device (``reads``, ``writes``) and logged at DEBUG on ``hvcore.vmm.bus``.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
+from collections import Counter
 from dataclasses import dataclass
 
 from hvcore.arguments import check_implements, check_int
 from hvcore.errors import BusConflict, InvalidArgument, NotFound
+from hvcore.log import get_logger
 from hvcore.vmm.device import Device
 
 __all__ = ["Bus", "Range", "check_range_arguments"]
+
+_log = get_logger("vmm.bus")
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,10 @@ class Bus:
         self._lock = threading.Lock()
         self.unclaimed_reads = 0
         self.unclaimed_writes = 0
+        self.reads: Counter[str] = Counter()
+        """Reads each device answered, by device name."""
+        self.writes: Counter[str] = Counter()
+        """Writes each device took, by device name."""
 
     def register(self, base: int, length: int, device: Device) -> Range:
         """Put ``device`` at ``[base, base + length)``; ``BusConflict`` if another device is there."""
@@ -109,18 +119,36 @@ class Bus:
         entry = self.find(address)
         if entry is None:
             self.unclaimed_reads += 1
+            if _log.isEnabledFor(logging.DEBUG):
+                _log.debug("%s read %#x/%d: unclaimed, all-ones", self.name, address, size)
             return (1 << (8 * size)) - 1
-        return entry.device.read(address - entry.base, size) & ((1 << (8 * size)) - 1)
+        name = entry.device.name
+        self.reads[name] += 1
+        value = entry.device.read(address - entry.base, size) & ((1 << (8 * size)) - 1)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("%s read %#x/%d = %#x (%s)", self.name, address, size, value, name)
+        return value
 
     def write(self, address: int, size: int, value: int) -> bool:
         """Dispatch a write; False (and counted) when no device claims ``address``."""
         if type(address) is not int or type(size) is not int or type(value) is not int or not 0 < size <= 8:
             _check_access(address, size, value, "write")
         entry = self.find(address)
+        value &= (1 << (8 * size)) - 1
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug(
+                "%s write %#x/%d = %#x (%s)",
+                self.name,
+                address,
+                size,
+                value,
+                entry.device.name if entry else "unclaimed",
+            )
         if entry is None:
             self.unclaimed_writes += 1
             return False
-        entry.device.write(address - entry.base, size, value & ((1 << (8 * size)) - 1))
+        self.writes[entry.device.name] += 1
+        entry.device.write(address - entry.base, size, value)
         return True
 
     def ranges(self) -> tuple[Range, ...]:

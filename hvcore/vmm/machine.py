@@ -24,6 +24,7 @@ the DSDT and MCFG; firmware gets the same tables through ``fw_cfg`` (QEMU's tabl
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -55,6 +56,7 @@ from hvcore.exits import (
     MmioExit,
     ShutdownExit,
 )
+from hvcore.log import get_logger
 from hvcore.memory import PAGE_SIZE, GuestMemory
 from hvcore.protocol import VCPU, VM, Hypervisor
 from hvcore.trace import TracingVCPU
@@ -84,6 +86,7 @@ _LOW_SLOT, _HIGH_SLOT, _FIRST_ROM_SLOT = 0, 1, 8
 ACPI_TABLES = 0xE0000
 """Where a direct kernel boot's ACPI tables go, the RSDP first (E820-reserved; the BIOS area Linux scans)."""
 _REGISTER_NAMES = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")}
+_log = get_logger("vmm.machine")
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,7 @@ class Machine:
         self._launched = threading.Event()  # every vCPU thread started: they may enter the guest
         self._threads: list[threading.Thread] = []
         self._result: MachineResult | None = None
+        self._reported = False
         self._closed = False
         self.timers = DeviceTimers(self.clock, on_error=self._device_failed, name="hvcore-device-timers")
         """Device timers on the VM clock (their thread starts with the first timer armed)."""
@@ -269,6 +273,7 @@ class Machine:
     def add_io_device(self, base: int, length: int, device: Device) -> None:
         """Put ``device`` at ports ``[base, base + length)``."""
         self.io_bus.register(base, length, device)
+        _log.info("io %#x+%#x: %s", base, length, device.name)
 
     def add_mmio_device(self, base: int, length: int, device: Device) -> None:
         """Put ``device`` at guest-physical ``[base, base + length)``, outside RAM.
@@ -287,6 +292,7 @@ class Machine:
                     operation="add_mmio_device",
                 )
         self.mmio_bus.register(base, length, device)
+        _log.info("mmio %#x+%#x: %s", base, length, device.name)
 
     def irq(self, gsi: int) -> IrqLine | None:
         """The irqchip line for GSI ``gsi`` (``None`` without an irqchip)."""
@@ -335,6 +341,7 @@ class Machine:
             for file, data in acpi_files(self.cpus, self.acpi_devices, pci).items():
                 self.fw_cfg.put_file(file, data)
         self.boot(plan)
+        _log.info("loaded %s", plan.description)
         return plan
 
     def boot(self, plan: BootPlan) -> None:
@@ -375,6 +382,8 @@ class Machine:
         self._done.clear()
         self._launched.clear()
         self._result = None
+        self._reported = False
+        _log.info("starting %d vCPU thread(s) on %s", len(self.vcpus), self.hypervisor.name)
         vcpus: list[VCPU] = self.vcpus
         if self._trace is not None:
             vcpus = [TracingVCPU(vcpus[0], self._trace, vm=self.vm, backend=self.hypervisor.name), *vcpus[1:]]
@@ -401,7 +410,23 @@ class Machine:
         if not self._done.wait(timeout):
             return None
         self._join()
+        if not self._reported:
+            self._reported = True
+            self._report()
         return self._result
+
+    def _report(self) -> None:
+        """The run's end, its exits by kind and the device accesses, at INFO."""
+        if not _log.isEnabledFor(logging.INFO):
+            return
+        result = self._result
+        _log.info("run ended: %s", result)
+        _log.info("exits: %s", ", ".join(f"{kind} {count}" for kind, count in sorted(self.stats.items())) or "none")
+        for bus in (self.io_bus, self.mmio_bus):
+            names = sorted(set(bus.reads) | set(bus.writes))
+            accesses = [f"{name} {bus.reads[name]}r/{bus.writes[name]}w" for name in names]
+            unclaimed = f"unclaimed {bus.unclaimed_reads}r/{bus.unclaimed_writes}w"
+            _log.info("%s accesses: %s", bus.name, ", ".join([*accesses, unclaimed]))
 
     def run(self, timeout: float | None = None) -> MachineResult:
         """Start, wait until the guest stops (or ``timeout`` seconds), stop; how it ended."""
@@ -477,6 +502,8 @@ class Machine:
                     continue
                 exit_ = vcpu.run()
                 self.stats[type(exit_).__name__] += 1
+                if _log.isEnabledFor(logging.DEBUG):
+                    _log.debug("vCPU %d: %r", vcpu.id, exit_)
                 self._dispatch(vcpu, exit_)
         except BaseException as exc:  # a device or backend failure ends the whole run, reported by wait()
             self.stop(MachineResult("error", error=exc))

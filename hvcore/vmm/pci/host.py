@@ -21,10 +21,13 @@ import threading
 from typing import TYPE_CHECKING, Final
 
 from hvcore.errors import BusConflict, InvalidArgument, ResourceExhausted
+from hvcore.log import get_logger
 from hvcore.vmm.acpi import AcpiPciRoot
 from hvcore.vmm.device import StopRequest
 from hvcore.vmm.pci.chipset import I440fxHostBridge, Piix3IsaBridge
 from hvcore.vmm.pci.function import BAR_IO, COMMAND_IO, COMMAND_MASTER, COMMAND_MEMORY, CONFIG_SIZE, PciFunction
+
+_log = get_logger("vmm.pci")
 
 if TYPE_CHECKING:
     from hvcore.vmm.machine import Machine
@@ -170,10 +173,12 @@ class PciHost:
                         self.machine.add_io_device(want, bar.size, bar.device)
                     else:
                         self.machine.add_mmio_device(want, bar.size, bar.device)
-                except (BusConflict, InvalidArgument):
+                except (BusConflict, InvalidArgument) as refused:
                     self.unmapped += 1
+                    _log.warning("%s BAR %d at %#x decodes nothing: %s", function.name, bar.index, want, refused)
                     continue
                 self._mapped[key] = want
+                _log.info("%s BAR %d (%s, %#x bytes) at %#x", function.name, bar.index, bar.kind, bar.size, want)
 
     def bar_address(self, devfn: int, index: int) -> int | None:
         """Where BAR ``index`` of function ``devfn`` decodes on its bus now, if anywhere."""

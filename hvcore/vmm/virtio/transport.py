@@ -17,6 +17,7 @@ import threading
 from typing import Final
 
 from hvcore.errors import GuestDataError
+from hvcore.log import get_logger
 from hvcore.vmm.virtio.device import (
     STATUS_DEVICE_NEEDS_RESET,
     STATUS_DRIVER_OK,
@@ -29,6 +30,8 @@ from hvcore.vmm.virtio.device import (
 from hvcore.vmm.virtio.queue import QueueMemory, SplitQueue
 
 __all__ = ["CONFIG_CHANGE", "TRANSPORT_FEATURES", "USED_BUFFER", "QueueSetup", "VirtioTransport"]
+
+_log = get_logger("vmm.virtio")
 
 TRANSPORT_FEATURES: Final = VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_RING_EVENT_IDX
 """The feature bits every hvcore transport offers besides the device's own."""
@@ -150,6 +153,7 @@ class VirtioTransport:
         """DEVICE_NEEDS_RESET, told to the driver by a configuration-change interrupt."""
         self.problem = error
         self.status |= STATUS_DEVICE_NEEDS_RESET
+        _log.warning("%s needs a reset: %s", self.device.name, error)
         self.interrupt(CONFIG_CHANGE, None)
 
     def interrupt(self, cause: int, index: int | None) -> None:

@@ -28,7 +28,8 @@ Each run is its own process, under a timeout (killed past it), and is timed in t
 A run that fails, times out or ends without its marker prints as failed with the reason, never a
 number; a row whose image, QEMU or backend is missing prints the reason it was skipped. The
 ratios are guest times: hvcore-sim / qemu-tcg and hvcore-kvm / qemu-kvm. Each hvcore run also
-reports ``Machine.statistics()`` (exits by kind). Timings are reported, never asserted.
+reports ``Machine.statistics()`` (exits by kind). Timings are reported, never asserted; ``--json PATH``
+also writes the runs as JSON (``python -m bench.record`` gathers it for the docs' performance page).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Final
 
@@ -64,6 +65,7 @@ __all__ = [
     "find_images",
     "format_report",
     "main",
+    "outcomes_to_json",
     "qemu_command",
     "run_all",
     "run_hvcore",
@@ -412,6 +414,11 @@ def format_report(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def outcomes_to_json(outcomes: Sequence[Outcome]) -> list[dict[str, object]]:
+    """The runs as plain JSON-able data (``--json``): each :class:`Outcome`'s fields."""
+    return [asdict(o) | {"exits": dict(o.exits)} for o in outcomes]
+
+
 def _median_outcome(runs: Sequence[Outcome]) -> Outcome:
     """The run with the median guest time; the first failure if any run failed."""
     bad = next((o for o in runs if not o.ok), None)
@@ -463,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per row; the median guest time is shown")
     parser.add_argument("--seabios-timeout", type=float, default=DEFAULT_TIMEOUTS["seabios"], help="seconds per run")
     parser.add_argument("--linux-timeout", type=float, default=DEFAULT_TIMEOUTS["linux"], help="seconds per run")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the runs as JSON")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
@@ -476,6 +484,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = write_initrd(find_images(), Path(tmp))
         outcomes = run_all(workloads, runners, images, timeouts, repeat=args.repeat, progress=_progress)
     print(format_report(outcomes))
+    if args.json is not None:
+        args.json.write_text(json.dumps(outcomes_to_json(outcomes), indent=2) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -41,7 +41,9 @@ __all__ = [
 AMD_COMPATIBLE: Final = frozenset({"AuthenticAMD", "HygonGenuine"})
 """Vendors KVM gives AMD's rules; every other vendor (and no CPUID) gets Intel's."""
 INTEL: Final = "GenuineIntel"
+"""Intel's CPUID vendor string (leaf 0)."""
 AMD: Final = "AuthenticAMD"
+"""AMD's CPUID vendor string (leaf 0)."""
 _MASK64: Final = (1 << 64) - 1
 VMCALL: Final = b"\x0f\x01\xc1"
 """Intel's VMCALL: the KVM hypercall a VMX host runs natively."""

@@ -37,6 +37,7 @@ from hvcore.types import DirtyLog, SlotFlags
 __all__ = ["PAGE_SIZE", "GuestMemory", "MemorySlot", "SlotChange", "SlotOwner", "SlotTable"]
 
 PAGE_SIZE = 4096
+"""The x86 page size: slots, ROMs and dirty logs work in whole pages."""
 MAX_GUEST_MEMORY = 1 << 46
 """The largest buffer hvcore will reserve (64 TiB): larger requests are a bug, not a wish."""
 

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "hvcore.backends"
+"""The entry-point group backends register in (``pyproject.toml``: ``[project.entry-points."hvcore.backends"]``)."""
 AUTO_ORDER = ("kvm", "sim")
 """What ``"auto"`` tries, in order."""
 

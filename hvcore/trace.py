@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 TRACE_FORMAT: Final = "hvcore-trace/1"
+"""The format name and version the first line of a trace file carries."""
 
 _KINDS: Final[dict[type, str]] = {
     IoExit: "io",

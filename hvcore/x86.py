@@ -38,18 +38,30 @@ __all__ = [
 ]
 
 CR0_PE: Final = 1 << 0
+"""CR0.PE: protected mode."""
 CR0_MP: Final = 1 << 1
 CR0_ET: Final = 1 << 4
+"""CR0.ET: the extension type bit (always 1 on modern CPUs)."""
 CR0_NE: Final = 1 << 5
+"""CR0.NE: x87 errors as #MF exceptions."""
 CR0_WP: Final = 1 << 16
+"""CR0.WP: supervisor writes honour read-only pages."""
 CR0_PG: Final = 1 << 31
+"""CR0.PG: paging."""
 CR4_PAE: Final = 1 << 5
+"""CR4.PAE: physical address extension (needed for long mode)."""
 CR4_OSFXSR: Final = 1 << 9
+"""CR4.OSFXSR: the OS supports FXSAVE/FXRSTOR (SSE enabled)."""
 EFER_LME: Final = 1 << 8
+"""EFER.LME: long mode enabled."""
 EFER_LMA: Final = 1 << 10
+"""EFER.LMA: long mode active (set by the CPU once paging is on)."""
 RFLAGS_IF: Final = 1 << 9
+"""RFLAGS.IF: maskable interrupts enabled."""
 RFLAGS_IOPL3: Final = 3 << 12
+"""RFLAGS.IOPL = 3: IN/OUT allowed at every privilege level."""
 RFLAGS_RF: Final = 1 << 16
+"""RFLAGS.RF: resume flag (suppresses an instruction breakpoint once)."""
 
 SELECTORS: Final = {"code64": 0x08, "data": 0x10, "code32": 0x18, "user_data": 0x23, "user_code64": 0x2B}
 """Selectors of the GDT these helpers write (user ones carry RPL 3)."""

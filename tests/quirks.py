@@ -173,7 +173,7 @@ HOST_QUIRKS: tuple[Quirk, ...] = tuple(_host_quirk(d) for d in DEVIATIONS)
 
 REGISTRY: tuple[Quirk, ...] = (
     *HOST_QUIRKS,
-    # the simulator's limitations (README, "Known divergences")
+    # the simulator's limitations (docs/conformance.md, "Other known differences of the simulator")
     Quirk(
         "page_table_writes_not_logged",
         is_simulator,

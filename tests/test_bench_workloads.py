@@ -7,6 +7,7 @@ SeaBIOS on the simulator (well under a few seconds) and skip where SeaBIOS or QE
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import replace
@@ -102,3 +103,17 @@ def test_qemu_tcg_runs_seabios_to_its_marker() -> None:
     outcome = run_qemu("seabios", "tcg", _seabios_or_skip(), timeout=60, marker=workloads.SEABIOS_MARKER)
     assert outcome.ok, outcome.failed
     assert outcome.startup is not None and outcome.guest is not None and outcome.guest > 0
+
+
+def test_json_holds_every_run_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--json`` (what ``bench.record`` reads for the docs' performance page) writes each run's fields."""
+    missing = Images(missing={"seabios": "SeaBIOS not found", "linux": "kernel or busybox not found"})
+    monkeypatch.setattr(workloads, "find_images", lambda: missing)
+    out = tmp_path / "runs.json"
+    assert workloads.main(["--only", "seabios", "--runners", "hvcore-sim,qemu-tcg", "--json", str(out)]) == 0
+    runs = json.loads(out.read_text())
+    assert [(r["workload"], r["runner"], r["skipped"], r["guest"]) for r in runs] == [
+        ("seabios", "hvcore-sim", "SeaBIOS not found", None),
+        ("seabios", "qemu-tcg", "SeaBIOS not found", None),
+    ]
+    assert runs == workloads.outcomes_to_json([Outcome(**r) for r in runs])

@@ -1,4 +1,7 @@
-"""The README's example runs and prints what it says."""
+"""The minimal VMM of the README and of the docs' getting-started page runs and prints what it says.
+
+The README's other checks moved with its content to the documentation site: ``tests/test_docs.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,37 +11,26 @@ from pathlib import Path
 import pytest
 
 import hvcore
-from hvcore.host.known import DEVIATIONS
-from hvcore.vmm.run import ExitStatus
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_minimal_vmm_example_prints_5(capsys: pytest.CaptureFixture[str], backend_name: str) -> None:
+@pytest.mark.parametrize("page", ["README.md", "docs/getting-started.md"])
+def test_minimal_vmm_example_prints_5(capsys: pytest.CaptureFixture[str], backend_name: str, page: str) -> None:
     if hvcore.available_backends().get(backend_name) is not None:
         pytest.skip(f"backend {backend_name!r} unusable here: {hvcore.available_backends()[backend_name]}")
-    block = re.search(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert block is not None
+    block = re.search(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S)
+    assert block is not None, f"{page}: no Python example"
     source = block.group(1).replace('open_hypervisor("auto")', f"open_hypervisor({backend_name!r})")
-    exec(compile(source, "README.md", "exec"), {})
+    exec(compile(source, page, "exec"), {})
     assert capsys.readouterr().out == "5\n"
 
 
-def test_every_host_deviation_and_variant_is_in_the_readme() -> None:
-    text = README.read_text()
-    for deviation in DEVIATIONS:
-        row = next((line for line in text.splitlines() if line.startswith(f"| `{deviation.name}` |")), None)
-        assert row is not None, f"README: no row for host deviation {deviation.name}"
-        for variant in deviation.variants:
-            assert f"`{variant}`" in row, f"README: {deviation.name} lacks its variant {variant}"
-
-
-def test_every_run_exit_status_is_in_the_readme() -> None:
-    """The README's "Exit statuses" table has a row for each of ``hvcore run``'s statuses, and the guest's odd ones."""
-    text = README.read_text()
-    section = text[text.index("### Exit statuses") :]
-    rows = [line for line in section.splitlines() if line.startswith("| ")]
-    for status in ExitStatus:
-        row = f"| `{int(status)}` | `{status.name}` | "
-        assert any(line.startswith(row) for line in rows), f"README: no row for exit status {status.name}"
-    assert any(row.startswith("| odd | | the guest wrote `v` to isa-debug-exit") for row in rows)
+def test_the_readme_is_the_front_page() -> None:
+    """Short, inside the repository, and pointing at the docs pages it replaced."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text) < 8000, "the README is the front page: the rest belongs in docs/"
+    assert "../shared" not in text
+    for page in re.findall(r"\]\((docs/[^)#]+)", text):
+        assert (ROOT / page).is_file(), f"README links to {page}, which does not exist"
+    assert "nox -s tests" in text

@@ -50,17 +50,33 @@ __all__ = [
 RAM_SIZE: Final = 0x40000
 GDT: Final = 0x500
 CODE: Final = 0x1000
+"""Where the probe guest's code is loaded and entered."""
 STACK_TOP: Final = 0x8000
+"""The top of the probe guest's kernel stack."""
 PML4: Final = 0x9000
 IDT: Final = 0x10000
+"""The probe guest's interrupt descriptor table."""
 TSS: Final = 0x11000
 RSP0: Final = 0x13000
+"""The stack the TSS gives for a switch to CPL 0 (from user mode)."""
 IST1: Final = 0x14000
 STUBS: Final = 0x20000
+"""The exception and interrupt stubs the IDT points at (each reports its vector at EVENT_PORT)."""
 DATA: Final = 0x30000
+"""Scratch data the probes read and write."""
 EVENT_PORT: Final = 0xE0
+"""The port a stub writes its vector to: an OUT exit says which event the guest took."""
 TSS_SELECTOR: Final = 0x30
-KERNEL_CS, KERNEL_SS, USER_CS, USER_SS, CODE32 = 0x08, 0x10, 0x2B, 0x23, 0x18
+KERNEL_CS: Final = 0x08
+"""The probe guest's 64-bit kernel code selector (GDT entry 1)."""
+KERNEL_SS: Final = 0x10
+"""Its kernel data and stack selector (entry 2)."""
+CODE32: Final = 0x18
+"""Its 32-bit code selector (entry 3), for compatibility-mode probes."""
+USER_SS: Final = 0x23
+"""Its user data and stack selector (entry 4, RPL 3)."""
+USER_CS: Final = 0x2B
+"""Its 64-bit user code selector (entry 5, RPL 3)."""
 Mode = Literal["real", "protected", "long", "user"]
 
 

@@ -1,6 +1,6 @@
 """``hvcore run IMAGE``: a PC machine around an image, its console on the terminal, a summary at the end.
 
-Exit statuses (:class:`ExitStatus`; ``hvcore run --help`` and the README's "Exit statuses" list them):
+Exit statuses (:class:`ExitStatus`; ``hvcore run --help`` and the documentation's CLI page (docs/cli.md) list them):
 
 - 0 ``OK``: the guest ended normally: it halted (no irqchip), reset the machine, or printed the ``--until`` text;
 - odd: the guest wrote ``v`` to isa-debug-exit (port 0xf4): ``(v << 1) | 1``, as QEMU;

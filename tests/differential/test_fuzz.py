@@ -488,7 +488,7 @@ def test_split_mmio_through_page_tables(backends: Backends, code: str, text: str
                 strict=True,
                 raises=AssertionError,
                 reason="sim, fast runs: a one-helper store to a read-only slot cannot be aborted, so the rest of its "
-                "block (here the HLT) runs before the write exit (README, simulator: fast runs)",
+                "block (here the HLT) runs before the write exit (docs/simulator.md: fast runs)",
             ),
         ),
         ([("0fc70c2501000d00", "cmpxchg8b qword ptr ds:0xd0001")], {"rax": 0x5555, "rbx": 0x44}, None),

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.kvm_unit_tests", description=__doc__)
     parser.add_argument("--backend", action="append", choices=hvcore.backend_names(), help="default: every usable one")
     parser.add_argument("--only", help="comma-separated test names")
-    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every test's timeout")
     args = parser.parse_args(argv)
     tree_name = os.environ.get(ENVIRONMENT)

@@ -149,7 +149,7 @@ def test_a_queue_larger_than_the_device_allows_needs_a_reset(machine: Machine) -
 
 
 def test_one_line_puts_the_device_on_a_machine(hv: Hypervisor) -> None:
-    """The README's line: the device, its interrupt on GSI 5 of the irqchip, answers on the machine's MMIO bus."""
+    """docs/vmm.md's line (virtio): the device, its interrupt on GSI 5 of the irqchip, answers on the MMIO bus."""
     with Machine(hv, memory=1 << 20) as machine:
         line = machine.irq(5)
         assert line is not None

@@ -383,3 +383,4 @@ DEVIATIONS: tuple[Deviation, ...] = (
         probe=_level_redelivered_early,
     ),
 )
+"""The deviations from upstream KVM this module's probes detect (control)."""

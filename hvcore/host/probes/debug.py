@@ -145,3 +145,4 @@ DEVIATIONS: tuple[Deviation, ...] = (
         probe=_software_breakpoints_delivered,
     ),
 )
+"""The deviations from upstream KVM this module's probes detect (debug)."""

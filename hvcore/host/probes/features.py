@@ -134,3 +134,4 @@ DEVIATIONS: tuple[Deviation, ...] = (
         probe=_xcr0_cpuid_unchecked,
     ),
 )
+"""The deviations from upstream KVM this module's probes detect (features)."""

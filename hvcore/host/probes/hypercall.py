@@ -68,3 +68,4 @@ DEVIATIONS: tuple[Deviation, ...] = (
         probe=_hypercall_hangs,
     ),
 )
+"""The deviations from upstream KVM this module's probes detect (hypercall)."""

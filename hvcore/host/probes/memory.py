@@ -55,3 +55,4 @@ DEVIATIONS: tuple[Deviation, ...] = (
         probe=_first_access_logged,
     ),
 )
+"""The deviations from upstream KVM this module's probes detect (memory)."""

@@ -362,3 +362,4 @@ DEVIATIONS: tuple[Deviation, ...] = (
         probe=_speculation_msrs_unchecked,
     ),
 )
+"""The deviations from upstream KVM this module's probes detect (msrs)."""

@@ -18,8 +18,11 @@ from hvcore.vmm.acpi.tables import RSDP_SIZE, AcpiDevice, AcpiPciRoot, lay_out, 
 __all__ = ["LOADER_FILE", "RSDP_FILE", "TABLES_FILE", "acpi_files"]
 
 RSDP_FILE: Final = "etc/acpi/rsdp"
+"""The fw_cfg file holding the RSDP (firmware allocates it in the F segment)."""
 TABLES_FILE: Final = "etc/acpi/tables"
+"""The fw_cfg file holding every other table, laid out from 0."""
 LOADER_FILE: Final = "etc/table-loader"
+"""The fw_cfg file of table-loader commands (allocate, add pointer, add checksum)."""
 _ALLOCATE, _ADD_POINTER, _ADD_CHECKSUM = 1, 2, 3
 _ZONE_HIGH, _ZONE_FSEG = 1, 2
 _NAME: Final = 56

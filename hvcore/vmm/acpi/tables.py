@@ -44,8 +44,11 @@ __all__ = [
 ]
 
 OEM_ID: Final = b"HVCORE"
+"""The OEM ID every table carries."""
 LAPIC_ADDRESS: Final = 0xFEE00000
+"""Where the MADT says the local APICs are."""
 IOAPIC_ADDRESS: Final = 0xFEC00000
+"""Where the MADT says the IOAPIC is (GSI base 0)."""
 _OEM_TABLE_ID: Final = b"HVCOREVM"
 _CREATOR: Final = b"HVCR"
 _HEADER = struct.Struct("<4sIBB6s8sI4sI")
@@ -198,6 +201,7 @@ def _dsdt(devices: Sequence[AcpiDevice], pci: AcpiPciRoot | None) -> bytes:
 
 
 RSDP_SIZE: Final = 36
+"""Bytes of an ACPI 2.0+ RSDP."""
 
 
 @dataclass(frozen=True)

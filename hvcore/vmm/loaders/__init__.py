@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 BootMode = Literal["reset", "real", "protected", "long"]
+"""The CPU mode a boot plan starts vCPU 0 in (``reset``: as the CPU leaves reset, for firmware)."""
 
 
 class LoadTarget(Protocol):

@@ -23,6 +23,7 @@ from hvcore.vmm.loaders.raw import load_raw
 __all__ = ["FORMATS", "ImageFormat", "detect", "load"]
 
 ImageFormat = Literal["bzimage", "multiboot", "elf", "firmware", "raw"]
+"""The image formats ``detect`` recognises and ``load`` takes."""
 FORMATS: Final[tuple[str, ...]] = get_args(ImageFormat)
 """Every format name :func:`detect` returns and :func:`load` takes, in probing order."""
 

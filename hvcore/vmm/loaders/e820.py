@@ -53,11 +53,13 @@ E820_RESERVED: Final = 2
 """E820 / multiboot memory type: reserved (firmware, holes)."""
 
 PAGE_SIZE: Final = 0x1000
+"""The x86 page size."""
 LOW_MEMORY_END: Final = 0x9FC00
 """End of conventional memory: the extended BIOS data area (EBDA) starts here on a PC."""
 HIGH_MEMORY: Final = 0x100000
 """1 MiB: where extended memory starts, and where kernels load."""
 FOUR_GIB: Final = 1 << 32
+"""4 GiB: the end of 32-bit physical memory, where the firmware ROM ends."""
 IDENTITY_MAPPED: Final = 1 << 30
 """The first GiB: what ``hvcore.x86``'s long-mode page tables identity-map."""
 

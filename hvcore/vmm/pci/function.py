@@ -36,8 +36,20 @@ __all__ = [
 
 CONFIG_SIZE: Final = 4096
 """Bytes of configuration space a function answers (256 conventional, the rest extended: zeros)."""
-COMMAND_IO, COMMAND_MEMORY, COMMAND_MASTER, COMMAND_INTX_DISABLE = 1 << 0, 1 << 1, 1 << 2, 1 << 10
-BAR_IO, BAR_MEMORY32, BAR_MEMORY64 = "io", "memory32", "memory64"
+COMMAND_IO: Final = 1 << 0
+"""Command register: the function decodes its IO BARs."""
+COMMAND_MEMORY: Final = 1 << 1
+"""Command register: the function decodes its memory BARs."""
+COMMAND_MASTER: Final = 1 << 2
+"""Command register: the function may master the bus (DMA, MSI)."""
+COMMAND_INTX_DISABLE: Final = 1 << 10
+"""Command register: the function's INTx pin is kept from its line."""
+BAR_IO: Final = "io"
+"""A BAR in port IO space."""
+BAR_MEMORY32: Final = "memory32"
+"""A 32-bit memory BAR."""
+BAR_MEMORY64: Final = "memory64"
+"""A 64-bit memory BAR (it takes the next BAR's register too)."""
 _STATUS_INTERRUPT, _STATUS_CAPABILITIES = 1 << 3, 1 << 4
 _VENDOR, _DEVICE, _COMMAND, _STATUS, _REVISION, _CLASS = 0x00, 0x02, 0x04, 0x06, 0x08, 0x09
 _HEADER_TYPE, _BAR0, _SUBSYSTEM_VENDOR, _SUBSYSTEM = 0x0E, 0x10, 0x2C, 0x2E

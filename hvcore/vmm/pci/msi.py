@@ -21,7 +21,9 @@ from hvcore.vmm.pci.function import PciFunction
 __all__ = ["CAPABILITY_MSI", "CAPABILITY_MSIX", "MSIX_ENTRY_SIZE", "MsiCapability", "MsixCapability"]
 
 CAPABILITY_MSI: Final = 0x05
+"""The MSI capability's ID."""
 CAPABILITY_MSIX: Final = 0x11
+"""The MSI-X capability's ID."""
 MSIX_ENTRY_SIZE: Final = 16
 """Bytes per table entry: address low, address high, data, vector control (bit 0: masked)."""
 _ENABLE, _FUNCTION_MASK = 1 << 15, 1 << 14

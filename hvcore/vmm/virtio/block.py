@@ -27,6 +27,7 @@ from hvcore.vmm.virtio.queue import Chain, SplitQueue
 __all__ = ["MAX_REQUEST", "SECTOR", "VirtioBlock"]
 
 SECTOR: Final = 512
+"""Bytes per sector: virtio-blk counts in 512-byte sectors whatever the block size."""
 MAX_REQUEST: Final = 1 << 20
 """The most data bytes one request may move (``size_max`` x ``seg_max`` as the config says)."""
 VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_GEOMETRY = 1 << 1, 1 << 2, 1 << 4

@@ -27,14 +27,22 @@ __all__ = [
 ]
 
 STATUS_ACKNOWLEDGE: Final = 1
+"""Device status: the driver found the device."""
 STATUS_DRIVER: Final = 2
+"""Device status: the driver knows how to drive it."""
 STATUS_DRIVER_OK: Final = 4
+"""Device status: the driver is set up; the device may use its queues."""
 STATUS_FEATURES_OK: Final = 8
+"""Device status: feature negotiation is done (the device clears it to refuse)."""
 STATUS_DEVICE_NEEDS_RESET: Final = 64
+"""Device status: the device met an error it cannot recover from; the driver must reset it."""
 STATUS_FAILED: Final = 128
+"""Device status: the driver gave up on the device."""
 
 VIRTIO_F_INDIRECT_DESC: Final = 1 << 28
+"""A descriptor may point at a table of descriptors."""
 VIRTIO_F_RING_EVENT_IDX: Final = 1 << 29
+"""Notifications and interrupts are suppressed by event indices (used_event, avail_event)."""
 VIRTIO_F_VERSION_1: Final = 1 << 32
 """Every virtio 1.x device offers it, and a driver that does not accept it is refused."""
 

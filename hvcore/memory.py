@@ -17,9 +17,9 @@ from __future__ import annotations
 import ctypes
 import mmap
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import ClassVar
 
 from hvcore.arguments import check_bytes, check_instance, check_int, check_optional_int
 from hvcore.errors import (
@@ -63,9 +63,6 @@ class GuestMemory(Closeable):
     ``close()`` always succeeds once no slot uses the buffer.
     """
 
-    writes: ClassVar[int] = 0
-    """Host writes through :meth:`write` to any GuestMemory (a cheap "did anything change" for emulators)."""
-
     def __init__(self, size: int) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise InvalidArgument(f"guest memory size must be a positive integer, got {size!r}")
@@ -86,6 +83,7 @@ class GuestMemory(Closeable):
         self._close_requested = False
         self._version = 0
         self._last_write = (0, 0)
+        self._watchers: tuple[Callable[[], None], ...] = ()
 
     @property
     def size(self) -> int:
@@ -132,7 +130,8 @@ class GuestMemory(Closeable):
         m[offset : offset + len(data)] = data
         self._version += 1
         self._last_write = (offset, len(data))
-        GuestMemory.writes += 1
+        for watcher in self._watchers:
+            watcher()
 
     @property
     def version(self) -> int:
@@ -143,6 +142,24 @@ class GuestMemory(Closeable):
     def last_write(self) -> tuple[int, int]:
         """``(offset, length)`` of the latest :meth:`write`."""
         return self._last_write
+
+    def watch_writes(self, watcher: Callable[[], None]) -> Callable[[], None]:
+        """Call ``watcher()`` after every host :meth:`write` (and :meth:`fill`); the function returned stops it.
+
+        For backends that keep something derived from the bytes: the simulator drops the code it
+        translated from what the host changed (KVM needs nothing: the processor sees every write).
+        """
+        self._watchers += (watcher,)
+        watching = True
+
+        def unwatch() -> None:
+            nonlocal watching
+            if watching:
+                watching = False
+                at = next(i for i, w in enumerate(self._watchers) if w is watcher)
+                self._watchers = self._watchers[:at] + self._watchers[at + 1 :]
+
+        return unwatch
 
     def fill(self, offset: int, length: int, byte: int = 0) -> None:
         """Set ``length`` bytes at ``offset`` to ``byte``."""

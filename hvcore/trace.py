@@ -18,6 +18,9 @@ fields, RIP after it, and the answer the VMM gave to an IN or MMIO read. Replayi
 recorded answers back and stops at the first exit or RIP that differs, with a readable diff.
 A malformed trace (not JSON, a field of the wrong type, an unknown exit or action) raises
 :class:`hvcore.TraceError` naming the file and the line.
+
+The format (its JSON records), the recorder and the replayer are one module: a change to the
+format touches all three.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A copy of the packages with one forbidden import added must fail ``lint-imports`` naming the
 contract it breaks: the core importing a backend, a backend importing the other, the core
-importing the VMM layer.
+importing the VMM layer, a simulator module reaching into Unicorn's memory itself (``ctypes``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ ROOT = Path(__file__).parents[1]
 NO_BACKEND = "hvcore (core, VMM layer, CLI) imports no backend: backends are reached by name through the registry"
 INDEPENDENT = "The backends are independent of each other"
 NO_VMM = "The core and the backends import neither the VMM layer nor the CLI"
-CONTRACTS = (NO_BACKEND, INDEPENDENT, NO_VMM)
+UNICORN_INTERNALS = (
+    "Only hvcore_sim.unicorn_internals reaches into Unicorn's memory (and hvcore_sim.memory into the host's):"
+    " no other simulator module imports ctypes"
+)
+CONTRACTS = (NO_BACKEND, INDEPENDENT, NO_VMM, UNICORN_INTERNALS)
 """pyproject.toml's contracts, by name."""
 PACKAGES = {
     "hvcore": ROOT / "hvcore",
@@ -68,6 +72,8 @@ def test_the_tree_keeps_every_contract(tmp_path: Path) -> None:
         ("hvcore_kvm/convert.py", "import hvcore_sim.engine", {INDEPENDENT}),
         ("hvcore/memory.py", "import hvcore.vmm.bus", {NO_VMM}),
         ("hvcore_sim/vm.py", "from hvcore.cli import main", {NO_VMM}),
+        ("hvcore_sim/engine.py", "import ctypes", {UNICORN_INTERNALS}),
+        ("hvcore_sim/blocks.py", "from ctypes import c_uint64", {UNICORN_INTERNALS}),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(tmp_path: Path, module: str, line: str, contracts: set[str]) -> None:

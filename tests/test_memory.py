@@ -238,3 +238,34 @@ def test_stores_after_a_dirty_log_read_land(hv: Hypervisor, vm: VM) -> None:
         assert vcpu.run() == IoExit(0x80, 1, 1, IoDirection.OUT, bytes([count]))
         assert read_guest(vm, layout.DATA, 1) == bytes([count])
         assert 16 in vm.get_dirty_log(0).pages()
+
+
+# Real mode: out 0x10, then a far jump to 0xa000:0, where a slot added later holds a loop the host
+# wrote before that slot existed: again: mov al, 1 / out 0x11, al / jmp again.
+JUMPS_TO_A_LATER_SLOT = b"\xb0\x01\xe6\x10\xea\x00\x00\x00\xa0"
+LATER_LOOP = b"\xb0\x01\xe6\x11\xeb\xfa"
+
+
+def test_host_writes_to_a_slot_added_after_the_first_run_are_seen(hv: Hypervisor, vm: VM) -> None:
+    vcpu = boot(hv, vm, JUMPS_TO_A_LATER_SLOT)
+    later = GuestMemory(0x1000)
+    later.write(0, LATER_LOOP)  # before it is in any slot
+    assert vcpu.run() == IoExit(0x10, 1, 1, IoDirection.OUT, b"\x01")
+    vm.set_memory_slot(1, layout.RAM_SIZE, later)
+    assert [vcpu.run(), vcpu.run()] == [IoExit(0x11, 1, 1, IoDirection.OUT, b"\x01")] * 2
+    later.write(1, b"\x02")  # "mov al, 1" becomes "mov al, 2"
+    assert vcpu.run() == IoExit(0x11, 1, 1, IoDirection.OUT, b"\x02")
+
+
+def test_watch_writes_calls_the_watcher_for_each_host_write_until_stopped() -> None:
+    calls: list[int] = []
+    with GuestMemory(0x2000) as ram:
+        stop = ram.watch_writes(lambda: calls.append(1))
+        ram.write(0, b"\x01")
+        ram.fill(0x1000, 0x10, 0xFF)
+        ram.read(0, 1)
+        assert len(calls) == 2
+        stop()
+        stop()  # once is enough
+        ram.write(0, b"\x02")
+        assert len(calls) == 2

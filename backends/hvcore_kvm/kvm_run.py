@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
+from hvcore._intern import InternTable
 from hvcore.exits import (
     DebugExit,
     Exit,
@@ -32,7 +33,7 @@ from hvcore.exits import (
 )
 from hvcore_kvm import uapi
 
-__all__ = ["Decoded", "decode_exit", "offset_of"]
+__all__ = ["EXIT_IO", "Decoded", "decode_exit", "offset_of", "out_exit"]
 
 
 def offset_of(cls: type[ctypes.Structure] | type[ctypes.Union], path: str) -> int:
@@ -78,6 +79,8 @@ REASON_IO = struct.Struct(f"<I{_IO_AT - EXIT_REASON - 4}x{_IO.format[1:]}").unpa
 if REASON_IO(bytes(uapi.KvmRun(exit_reason=7)), EXIT_REASON)[0] != 7:  # pragma: no cover
     raise AssertionError("kvm_run.exit_reason is not where uapi.KvmRun puts it")
 _U64 = struct.Struct("<Q")
+EXIT_IO: Final = int(ExitReason.IO)
+"""``KVM_EXIT_IO``, as the plain int that ``REASON_IO`` unpacks (compared on the hot path)."""
 
 _HLT: Final = HltExit()
 _SHUTDOWN: Final = ShutdownExit()
@@ -138,37 +141,35 @@ def _unknown(run: mmap.mmap, reason: int) -> Decoded:
     return UnknownExit(reason, _HW.unpack_from(run, _HW_AT)[0]), -1
 
 
-OUT_EXITS: Final[dict[tuple[int, int, bytes], IoExit]] = {}
-_IN_EXITS: Final[dict[tuple[int, int, int], IoExit]] = {}
-_CACHE_MAX: Final = 1024
-"""IoExits are immutable values: equal ones are shared (like _HLT), and a VMM's hot exits are few."""
+OUT_EXITS: Final[InternTable[tuple[int, int, bytes], IoExit]] = InternTable()
+"""Single-element OUT exits by (port, size, data): IoExits are immutable values, equal ones are shared (like _HLT)."""
+_IN_EXITS: Final[InternTable[tuple[int, int, int], IoExit]] = InternTable()
 
 
-def new_out(port: int, size: int, count: int, data: bytes) -> IoExit:
-    """An OUT exit, remembered for reuse when it has one element."""
-    exit_ = IoExit(port, size, count, _OUT, data)
-    if count == 1:  # small keys only (string OUTs exit once per element anyway)
-        if len(OUT_EXITS) >= _CACHE_MAX:
-            OUT_EXITS.clear()
-        OUT_EXITS[port, size, data] = exit_
+def out_exit(run: mmap.mmap, size: int, port: int, count: int, data_offset: int) -> IoExit:
+    """The OUT exit in ``run``: the shared value when a single-element OUT was seen before.
+
+    Its io fields come as ``REASON_IO`` unpacked them: the one OUT path of ``decode_exit`` and ``KvmVCPU.run``.
+    """
+    data = run[data_offset : data_offset + size * count]
+    exit_ = OUT_EXITS.get((port, size, data))
+    if exit_ is None:
+        exit_ = IoExit(port, size, count, _OUT, data)
+        if count == 1:  # small keys only (string OUTs exit once per element anyway)
+            OUT_EXITS.put((port, size, data), exit_)
     return exit_
 
 
 def _new_in(port: int, size: int, count: int) -> IoExit:
-    if len(_IN_EXITS) >= _CACHE_MAX:
-        _IN_EXITS.clear()
-    exit_ = _IN_EXITS[port, size, count] = IoExit(port, size, count, _IN)
-    return exit_
+    return _IN_EXITS.put((port, size, count), IoExit(port, size, count, _IN))
 
 
 def decode_exit(run: mmap.mmap) -> Decoded:
     """Decode the exit in the kvm_run mapping ``run`` (an ``mmap.mmap``)."""
     reason, direction, size, port, count, data_offset = REASON_IO(run, EXIT_REASON)
-    if reason == 2:  # IO, the hot path: one unpack, and a cached exit when it was seen before
+    if reason == EXIT_IO:  # the hot path: one unpack, and a shared exit when it was seen before
         if direction:
-            data = run[data_offset : data_offset + size * count]
-            exit_ = OUT_EXITS.get((port, size, data))
-            return (exit_ if exit_ is not None else new_out(port, size, count, data)), -1
+            return out_exit(run, size, port, count, data_offset), -1
         exit_ = _IN_EXITS.get((port, size, count))
         return (exit_ if exit_ is not None else _new_in(port, size, count)), data_offset
     decoder = _DECODERS.get(reason)

@@ -30,7 +30,7 @@ from hvcore.errors import (
     VcpuBusy,
     error_for_errno,
 )
-from hvcore.exits import Exit, ExitReason
+from hvcore.exits import Exit
 from hvcore.lifetime import Closeable
 from hvcore.state_checks import check_state_argument
 from hvcore.types import (
@@ -59,9 +59,9 @@ _KVM_RUN = ioctls.KVM_RUN
 _fcntl_ioctl = fcntl.ioctl
 _IMMEDIATE_EXIT = kvm_run.IMMEDIATE_EXIT
 _EXIT_REASON = kvm_run.EXIT_REASON
-_EXIT_IO = int(ExitReason.IO)
+_EXIT_IO = kvm_run.EXIT_IO
 _reason_io = kvm_run.REASON_IO
-_out_exits = kvm_run.OUT_EXITS
+_out_exit = kvm_run.out_exit
 _MAX_CPUID_ENTRIES = 256
 
 
@@ -138,12 +138,11 @@ class KvmVCPU(Closeable):
                 except OSError as exc:
                     self._leave_run()
                     raise error_for_errno(exc.errno or 0, "KVM_RUN", f"vCPU {self._id}") from exc
-            # Decode while still claimed (close() waits for us). A single-element OUT, the most
-            # frequent exit, is decoded inline: one unpack and a lookup of the shared exit value.
+            # Decode while still claimed (close() waits for us). An OUT, the most frequent exit, is
+            # decoded here: one unpack and a lookup of the shared exit value (kvm_run.out_exit).
             reason, direction, size, port, count, data_offset = _reason_io(run, _EXIT_REASON)
-            if reason == _EXIT_IO and direction and count == 1:
-                data = run[data_offset : data_offset + size]
-                out = _out_exits.get((port, size, data)) or kvm_run.new_out(port, size, 1, data)
+            if reason == _EXIT_IO and direction:
+                out = _out_exit(run, size, port, count, data_offset)
                 self._thread = None
                 if self._kicked:  # a kick that raced with this exit is consumed by it
                     self._leave_run()

@@ -16,79 +16,39 @@ ranges and one integer, and each mode finds its own blocks again. Where the clus
 found, a switch drops every translation instead. :class:`ExitDensity` picks the cheaper mode for
 what the guest does now: counted runs for code that exits every few instructions.
 
-Nothing here is Unicorn's public API: the ``struct hook`` fields, the ``count_hook`` slot (just
-before ``emu_counter``, which :mod:`hvcore_sim.layout` calibrates) and the ``CPUState`` fields
-around ``cluster_index`` are checked before use, and an engine where the hooks do not check out
-stays precise.
+Nothing here is Unicorn's public API: the ``struct hook`` fields, the ``count_hook`` slot and
+``CPUState.cluster_index`` (:mod:`hvcore_sim.unicorn_internals` reaches and checks them) are
+checked before use, and an engine where the hooks do not check out stays precise.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
+
+from hvcore_sim import unicorn_internals
+from hvcore_sim.unicorn_internals import Hook, I32Cell
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
 
 __all__ = ["DENSE_BLOCKS", "DENSE_INSTRUCTIONS", "BlockCounter", "ExitDensity"]
 
-# Unicorn 2.1's struct hook: int type, insn, refs, op, op_flags; bool to_delete; u64 begin, end; void *callback
-_TYPE, _BEGIN, _END, _CALLBACK = 0, 24, 32, 40
 _EVERYWHERE: Final = (1, 0)  # begin > end: every address (HOOK_BOUND_CHECK)
 _NOWHERE: Final = (0xFFFF_FFFF_FFFF_F000, 0xFFFF_FFFF_FFFF_F000)  # one address no guest code has
 _UC_HOOK_CODE: Final = 4
 _SCRATCH_RIP: Final = 0xFFFF_FFFF_FFFF_F000
 
 
-def _cluster_index(engine: Engine) -> ctypes.c_int32 | None:
-    """``CPUState.cluster_index`` of the engine's CPU in place, if found.
-
-    QEMU 5's ``CPUState`` has ``int cpu_index, cluster_index; uint32_t halted, can_do_io;
-    int32_t exception_index;`` then ``struct uc_struct *uc``: the one pointer to the engine's own
-    ``uc_struct`` with ``can_do_io`` 1 and no exception pending before it.
-    """
-    from hvcore_sim.internals import cpu_offsets, handle
-
-    offsets = cpu_offsets()
-    if offsets is None:
-        return None
-    uc = handle(engine.uc)
-    cpu = ctypes.c_uint64.from_address(uc + offsets[0]).value
-    if not cpu:
-        return None
-    known = _UC_POINTER_AT.get(offsets)
-    candidates = range(24, offsets[1], 8) if known is None else (known,)
-    found = [
-        at
-        for at in candidates
-        if ctypes.c_uint64.from_address(cpu + at).value == uc
-        and ctypes.c_int32.from_address(cpu + at - 8).value == -1
-        and ctypes.c_uint32.from_address(cpu + at - 12).value == 1
-    ]
-    if len(found) != 1:
-        return None
-    _UC_POINTER_AT[offsets] = found[0]  # the same in every engine of this Unicorn
-    return ctypes.c_int32.from_address(cpu + found[0] - 20)
-
-
-_UC_POINTER_AT: dict[tuple[int, int], int] = {}  # where CPUState.uc is, by cpu_offsets()
-
-
-def _bounds(hook: int, where: tuple[int, int]) -> None:
-    ctypes.c_uint64.from_address(hook + _BEGIN).value = where[0]
-    ctypes.c_uint64.from_address(hook + _END).value = where[1]
-
-
 class BlockCounter:
     """The per-instruction and per-block counting hooks of one engine, and which of them counts."""
 
-    def __init__(self, count_hook: int, block_hook: int, cluster: ctypes.c_int32 | None) -> None:
+    def __init__(self, count_hook: Hook, block_hook: Hook, cluster: I32Cell | None) -> None:
         self._count_hook = count_hook
         self._block_hook = block_hook
         self._cluster = cluster
         self._fast_cluster = cluster.value if cluster is not None else 0
-        _bounds(count_hook, _NOWHERE)  # fast from the start: nothing is translated yet
+        count_hook.bounds = _NOWHERE  # fast from the start: nothing is translated yet
         self.fast = True
         """Whether runs count blocks (else instructions)."""
 
@@ -96,43 +56,32 @@ class BlockCounter:
     def install(cls, engine: Engine) -> BlockCounter | None:
         """Add the block hook to ``engine`` (fast to begin with); None where Unicorn's layout does not check out."""
         import unicorn
-        from unicorn.unicorn_py3.unicorn import uclib
 
-        uc: Any = engine.uc
-        slot = ctypes.c_uint64.from_address(engine.handle_address + engine.layout.counter - 8)
+        uc, counter = engine.uc, engine.layout.counter
         rip = engine.reg(engine.RIP)
-        if not slot.value:  # Unicorn adds its count hook at the first counted run: one that fetches nothing
+        if not unicorn_internals.count_hook(
+            uc, counter
+        ):  # Unicorn adds it at the first counted run: one that fetches nothing
             with contextlib.suppress(unicorn.UcError):
                 engine.start(_SCRATCH_RIP, 1)
             engine.set_reg(engine.RIP, rip)
-        hook = slot.value
-        if not hook or ctypes.c_int.from_address(hook + _TYPE).value != _UC_HOOK_CODE:
+        address = unicorn_internals.count_hook(uc, counter)
+        if not address:
             return None
-        if (ctypes.c_uint64.from_address(hook + _BEGIN).value, ctypes.c_uint64.from_address(hook + _END).value) != (
-            _EVERYWHERE
-        ):
+        hook = Hook(address)
+        if hook.type != _UC_HOOK_CODE or hook.bounds != _EVERYWHERE:
             return None
-        callback = ctypes.c_uint64.from_address(hook + _CALLBACK).value
-        handle = ctypes.c_size_t()
-        status = uclib.uc_hook_add(
-            uc._uch,
-            ctypes.byref(handle),
-            unicorn.UC_HOOK_BLOCK,
-            ctypes.c_void_p(callback),
-            None,
-            ctypes.c_uint64(_EVERYWHERE[0]),
-            ctypes.c_uint64(_EVERYWHERE[1]),
-        )
-        if status or not handle.value:
+        block = unicorn_internals.add_block_hook(uc, hook.callback, *_EVERYWHERE)
+        if block is None:
             return None
-        return cls(hook, handle.value, _cluster_index(engine))
+        return cls(hook, block, unicorn_internals.cluster_index_cell(uc))
 
     def set_fast(self, engine: Engine, fast: bool) -> None:
         """Count blocks (``fast``) or instructions from the next run on (in the mode's own translations)."""
         if fast == self.fast:
             return
-        _bounds(self._count_hook, _NOWHERE if fast else _EVERYWHERE)
-        _bounds(self._block_hook, _EVERYWHERE if fast else _NOWHERE)
+        self._count_hook.bounds = _NOWHERE if fast else _EVERYWHERE
+        self._block_hook.bounds = _EVERYWHERE if fast else _NOWHERE
         self.fast = fast
         cluster = self._cluster
         if cluster is None:

@@ -10,12 +10,11 @@ it executes) is :func:`hvcore_sim.cpufeatures.as_kvm_reports`.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 
 from hvcore.types import CpuidEntry
 from hvcore_sim.cpufeatures import as_kvm_reports
-from hvcore_sim.cpumodel import new_uc
+from hvcore_sim.cpumodel import cpuid_engine, run_cpuid
 
 __all__ = ["PV_FEATURES", "pv_leaves", "supported"]
 
@@ -51,22 +50,10 @@ def pv_leaves() -> tuple[CpuidEntry, CpuidEntry]:
 @functools.cache
 def supported() -> tuple[CpuidEntry, ...]:
     """Every basic and extended leaf up to the maxima Unicorn reports, and KVM's paravirtual leaves between them."""
-    import unicorn
-    from unicorn import x86_const as x
-
-    uc = new_uc()
-    page = ctypes.create_string_buffer(0x1000)
-    uc.mem_map_ptr(0, 0x1000, unicorn.UC_PROT_ALL, ctypes.addressof(page))
-    ctypes.memmove(page, b"\x0f\xa2", 2)  # cpuid
-    uc.ctl_exits_enabled(True)
-    _RESULT_REGS = (x.UC_X86_REG_RAX, x.UC_X86_REG_RBX, x.UC_X86_REG_RCX, x.UC_X86_REG_RDX)  # noqa: N806
+    uc = cpuid_engine()
 
     def run(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
-        uc.reg_write(x.UC_X86_REG_RAX, leaf)
-        uc.reg_write(x.UC_X86_REG_RCX, subleaf)
-        uc.emu_start(0, 0, 0, 1)
-        eax, ebx, ecx, edx = (uc.reg_read(r) & 0xFFFFFFFF for r in _RESULT_REGS)
-        return eax, ebx, ecx, edx
+        return run_cpuid(uc, leaf, subleaf)
 
     entries = []
     for base in (0, 0x80000000):

@@ -1,4 +1,12 @@
-"""The little x86 decoding the exit rules need: the operands of IN / INS, an instruction's bytes."""
+"""The little x86 decoding the exit rules need: an instruction's bytes and prefixes, the operands of IN / INS.
+
+The one place the simulator knows x86 prefixes: :data:`LEGACY_PREFIXES` and :func:`prefixes`, which
+every decoder of an intercepted or hooked instruction uses (:mod:`hvcore_sim.operand` for memory
+operands; the CR, MSR, SYSCALL, SMSW, PUSHF and hypercall intercepts)::
+
+    found = prefixes(fetch_instruction(engine, rip), rex=code_bits == 64)
+    opcode = code[found.length]
+"""
 
 from __future__ import annotations
 
@@ -9,10 +17,33 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from hvcore_sim.engine import CpuView, Engine
 
-__all__ = ["IN_SAVED", "LEGACY_PREFIXES", "IoInstruction", "fetch_instruction", "io_instruction", "is_string_in"]
+__all__ = [
+    "CS",
+    "DS",
+    "ES",
+    "FS",
+    "GS",
+    "IN_SAVED",
+    "LEGACY_PREFIXES",
+    "NO_SEGMENT",
+    "SEGMENT_PREFIXES",
+    "SS",
+    "IoInstruction",
+    "Prefixes",
+    "fetch_instruction",
+    "io_instruction",
+    "is_string_in",
+    "prefixes",
+]
 
-LEGACY_PREFIXES: Final = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+ES, CS, SS, DS, FS, GS = range(6)  # segment numbers, as x86 encodes them (and QEMU orders its caches)
+SEGMENT_PREFIXES: Final = {0x26: ES, 0x2E: CS, 0x36: SS, 0x3E: DS, 0x64: FS, 0x65: GS}
+"""The segment-override prefix bytes, and the segment each selects."""
+OPERAND_SIZE, ADDRESS_SIZE, LOCK, REPNE, REP = 0x66, 0x67, 0xF0, 0xF2, 0xF3
+LEGACY_PREFIXES: Final = frozenset({*SEGMENT_PREFIXES, OPERAND_SIZE, ADDRESS_SIZE, LOCK, REPNE, REP})
 """The legacy prefix bytes (segment overrides, operand and address size, LOCK, REP)."""
+NO_SEGMENT: Final = -1
+""":attr:`Prefixes.segment` when no segment override is among the prefixes."""
 
 ReadLinear = Callable[[int, int], bytes]
 _PAGE_SIZE: Final = 0x1000
@@ -28,15 +59,64 @@ IN_SAVED: Final = _registers()
 """Registers an aborted IN must put back: RIP, RAX, RCX, RDI."""
 
 
-def _prefixes(code: bytes) -> tuple[set[int], int]:
-    seen: set[int] = set()
-    at = 0
-    while at < len(code) and code[at] in LEGACY_PREFIXES:
-        seen.add(code[at])
+@dataclass(frozen=True, slots=True)
+class Prefixes:
+    """The prefixes an instruction starts with."""
+
+    length: int
+    """How many bytes they take: the opcode (or its 0F escape, or VEX) is at ``code[length]``."""
+    legacy: frozenset[int]
+    """The legacy prefix bytes among them."""
+    rex: int = 0
+    """The REX byte in force, 0 if none (a REX that a legacy prefix follows is void, as on the processor)."""
+    segment: int = NO_SEGMENT
+    """The segment the last segment override selects (:data:`ES` ... :data:`GS`), or ``NO_SEGMENT``."""
+
+    @property
+    def operand16(self) -> bool:
+        """The operand-size override (0x66) is among them."""
+        return OPERAND_SIZE in self.legacy
+
+    @property
+    def address_override(self) -> bool:
+        """The address-size override (0x67) is among them."""
+        return ADDRESS_SIZE in self.legacy
+
+    @property
+    def lock(self) -> bool:
+        """LOCK (0xF0) is among them."""
+        return LOCK in self.legacy
+
+    @property
+    def rep(self) -> bool:
+        """REP or REPNE (0xF3, 0xF2) is among them."""
+        return REP in self.legacy or REPNE in self.legacy
+
+
+_NO_PREFIXES: Final = Prefixes(0, frozenset())
+
+
+def prefixes(code: bytes, *, rex: bool) -> Prefixes:
+    """The prefixes at the start of ``code``; ``rex``: 0x40-0x4F are REX prefixes (64-bit code), not INC/DEC.
+
+    Where the instruction at RIP is known (an intercept of a given instruction), ``rex=True`` is
+    right in every mode: outside 64-bit code such a byte would be an instruction of its own.
+    """
+    if not code or (code[0] not in LEGACY_PREFIXES and not (rex and 0x40 <= code[0] <= 0x4F)):
+        return _NO_PREFIXES  # the common case: no prefix at all
+    legacy: set[int] = set()
+    at, last_rex, segment = 0, 0, NO_SEGMENT
+    for byte in code:
+        if byte in LEGACY_PREFIXES:
+            legacy.add(byte)
+            segment = SEGMENT_PREFIXES.get(byte, segment)
+            last_rex = 0
+        elif rex and 0x40 <= byte <= 0x4F:
+            last_rex = byte
+        else:
+            break
         at += 1
-    if at < len(code) and 0x40 <= code[at] <= 0x4F:  # REX (only meaningful in 64-bit mode; harmless otherwise)
-        at += 1
-    return seen, at
+    return Prefixes(at, frozenset(legacy), last_rex, segment)
 
 
 @dataclass(frozen=True)
@@ -68,7 +148,7 @@ def _prefixes_and_opcode(read_linear: ReadLinear, linear: int) -> bytes:
     """
     first = min(16, _PAGE_SIZE - linear % _PAGE_SIZE)
     code = read_linear(linear, first)
-    if first < 16 and _prefixes(code)[1] >= len(code):
+    if first < 16 and prefixes(code, rex=True).length >= len(code):
         code += read_linear(linear + first, 16 - first)
     return code
 
@@ -77,24 +157,25 @@ def io_instruction(engine: Engine, rip: int, view: CpuView, read_linear: ReadLin
     """Decode the IN/INS at ``rip`` (``view``: CS, ES and paging at the time)."""
     address_bits = view.code_bits
     code = _prefixes_and_opcode(read_linear, view.cs_base + rip)
-    prefixes, at = _prefixes(code)
+    found = prefixes(code, rex=True)
+    at = found.length
     opcode = code[at] if at < len(code) else 0
     string = opcode in (0x6C, 0x6D)
     bits = address_bits
-    if 0x67 in prefixes:
+    if found.address_override:
         bits = {16: 32, 32: 16, 64: 32}[address_bits]
     mask = (1 << bits) - 1
     rcx = engine.reg(IN_SAVED[2]) & mask
     rdi = engine.reg(IN_SAVED[3]) & mask
     es_base = view.es_base if string else 0
     backwards = bool(engine.reg(engine.RFLAGS) & (1 << 10))
-    rep = string and (0xF3 in prefixes or 0xF2 in prefixes)
+    rep = string and found.rep
     return IoInstruction(string, rep, backwards, rcx, rdi, es_base + rdi, read_linear, bits, at + 1)
 
 
 def is_string_in(code: bytes) -> bool:
     """Whether ``code`` starts with an INS (``6C`` / ``6D``, after any prefixes)."""
-    _, at = _prefixes(code)
+    at = prefixes(code, rex=True).length
     return at < len(code) and code[at] in (0x6C, 0x6D)
 
 

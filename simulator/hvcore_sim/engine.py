@@ -4,22 +4,25 @@ The engine is always ``UC_MODE_64`` (the only mode that can follow a guest from
 real to long mode). Segment caches, control registers, EFER and ``hflags`` are
 written straight into the context blob at the offsets :mod:`hvcore_sim.layout`
 found, and ``hflags`` is recomputed from them the way QEMU derives it, so the
-translator decodes 16-, 32- or 64-bit code as the state says.
+translator decodes 16-, 32- or 64-bit code as the state says. The calls into Unicorn past its
+Python binding, and the engine's fields in Unicorn's memory, are
+:class:`hvcore_sim.unicorn_internals.DirectCalls`, which :class:`Engine` extends.
+
+One module: :class:`Engine` is the one door to an engine's CPU state, and the conversions
+between KVM's and QEMU's forms of that state (segments, ``hflags``) sit with it.
 """
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import struct
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from hvcore.types import DescriptorTable, Regs, Segment, Sregs
-from hvcore_sim import umip
+from hvcore_sim import umip, unicorn_internals
 from hvcore_sim.blocks import BlockCounter
 from hvcore_sim.cpumodel import limit_xcr0, new_uc
-from hvcore_sim.internals import cpu_offsets
 from hvcore_sim.layout import (
     CR0_READ_INTERCEPT,
     CR4_WRITE_INTERCEPT,
@@ -32,7 +35,7 @@ from hvcore_sim.layout import (
     VMCB_MSRPM,
     ContextLayout,
 )
-from hvcore_sim.memory import PHYSICAL_LIMIT
+from hvcore_sim.memory import PHYSICAL_LIMIT, buffer_address
 from hvcore_sim.windows import HF2_NMI_MASK, INTERCEPTS, REQUEST_INTERRUPT, REQUEST_NMI, request_offset
 
 __all__ = ["SVM_AREA", "CpuView", "Engine", "segment_flags"]
@@ -67,6 +70,8 @@ SVM_AREA: Final = PHYSICAL_LIMIT
 """Guest-physical address of each engine's VMCB page and MSR permission bitmap: above anything a guest reaches."""
 _MSRPM: Final = 0x1000  # the bitmap's offset in the area; every bit set: every RDMSR / WRMSR is intercepted
 _MSRPM_SIZE: Final = 0x2000
+_ALL_INTERCEPTED: Final = b"\xff" * _MSRPM_SIZE
+_NONE_INTERCEPTED: Final = bytes(_MSRPM_SIZE)
 _INTERCEPTS: Final = (
     1 << (SVM_EXIT_RDTSC - SVM_INTERCEPT_BASE)
     | 1 << (SVM_EXIT_MSR - SVM_INTERCEPT_BASE)
@@ -160,7 +165,7 @@ class CpuView:
     paging: Sregs
 
 
-class Engine:
+class Engine(unicorn_internals.DirectCalls):
     """A Unicorn x86-64 engine with KVM-shaped state accessors."""
 
     def __init__(self, layout: ContextLayout) -> None:
@@ -168,11 +173,9 @@ class Engine:
         from unicorn import x86_const as x
 
         self._uc_mod = unicorn
-        self.uc: Any = new_uc()
-        self.uc.ctl_exits_enabled(True)  # never pass `until`: it clobbers CR2 with paging on
-        self.layout = layout
-        self._ctx: Any = self.uc.context_save()
-        self._gprs = (
+        uc = new_uc()
+        uc.ctl_exits_enabled(True)  # never pass `until`: it clobbers CR2 with paging on
+        gprs = (
             x.UC_X86_REG_RAX,
             x.UC_X86_REG_RBX,
             x.UC_X86_REG_RCX,
@@ -192,7 +195,7 @@ class Engine:
             x.UC_X86_REG_RIP,
             x.UC_X86_REG_RFLAGS,
         )
-        self.RIP: Final = x.UC_X86_REG_RIP
+        super().__init__(uc, layout, gprs)
         self.GPRS_BY_NUMBER: Final = tuple(
             getattr(x, f"UC_X86_REG_{name}")
             for name in ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", *(f"R{i}" for i in range(8, 16)))
@@ -206,51 +209,16 @@ class Engine:
         self.RSP: Final = x.UC_X86_REG_RSP
         self.CS: Final = x.UC_X86_REG_CS
         self.DR6: Final = x.UC_X86_REG_DR6
-        base = ctypes.cast(self.uc._uch, ctypes.c_void_p).value
-        assert base is not None
-        self.handle_address: Final = base
-        """Where Unicorn's ``uc_struct`` is."""
-        self.counter_cell = ctypes.c_uint64.from_address(base + layout.counter)
-        """Unicorn's instruction counter in place (``.value``): read on every MMIO access."""
-        self._count = ctypes.c_uint64.from_address(base + layout.count)
-        # Straight ctypes calls for the per-exit register traffic: the binding's generic path costs ~2 us a read.
-        from unicorn.unicorn_py3.unicorn import uclib
-
-        self._handle = self.uc._uch
-        self._read_one = uclib.uc_reg_read
-        self._write_one = uclib.uc_reg_write
-        self._read_many = uclib.uc_reg_read_batch
-        self._emu_start = uclib.uc_emu_start
-        self._emu_stop = uclib.uc_emu_stop
-        self._vmem_read = uclib.uc_vmem_read
-        self._prot_exec = unicorn.UC_PROT_EXEC
-        self._code = ctypes.create_string_buffer(16)
-        self._uc_error = unicorn.UcError
-        self._scratch = ctypes.c_uint64()
-        self._scratch_ref = ctypes.byref(self._scratch)
-        n = len(self._gprs)
-        self._gpr_ids = (ctypes.c_int * n)(*self._gprs)
-        self._gpr_values = (ctypes.c_uint64 * n)()
-        at = ctypes.addressof(self._gpr_values)
-        self._gpr_pointers = (ctypes.c_void_p * n)(*(at + 8 * i for i in range(n)))
         self._msr_reg = x.UC_X86_REG_MSR
         self._intercept_msrs(unicorn)
-        self._requests = self._request_cell(base)
-        # QEMU's cflags_next_tb sits right before interrupt_request (how windows.request_offset finds it)
-        self._next_cflags = (
-            None if self._requests is None else ctypes.c_uint32.from_address(ctypes.addressof(self._requests) - 4)
-        )
+        # QEMU's interrupt_request (:mod:`hvcore_sim.windows`) and the cflags_next_tb before it
+        self._requests = unicorn_internals.interrupt_request_cell(uc, request_offset(), self.reg(self.RAX))
+        self._next_cflags = unicorn_internals.cflags_next_tb_cell(self._requests)
         self.set_xcr0(1)  # KVM's vCPU starts with x87 only and PKRU 0; Unicorn with every component
         self.set_pkru(0)
         self.DR0: Final = x.UC_X86_REG_DR0
         self.DR7: Final = x.UC_X86_REG_DR7
         self._trap_saved: tuple[int, int, int] | None = None
-        self.stop_requested = False
-        """The run in progress (or the last one) was asked to stop by :meth:`stop`."""
-        self.rip_cell: ctypes.c_uint64 | None = None
-        """RIP in the CPU state, in place (:class:`hvcore_sim.internals.Cells` finds it)."""
-        self.debug_registers: ctypes.Array[ctypes.c_uint64] | None = None
-        """DR0-DR7 in the CPU state, in place (:class:`hvcore_sim.internals.Cells` finds them)."""
         # a fast run needs blocks of one instruction on request (cflags_next_tb): no block counting without them
         self.blocks = BlockCounter.install(self) if self._next_cflags is not None else None
         """Counting per block instead of per instruction (:mod:`hvcore_sim.blocks`); None where unsupported."""
@@ -311,16 +279,6 @@ class Engine:
             _U32.pack_into(blob, self.layout.hflags, hflags | HF_IOBPT)
             self._store(blob)
 
-    def _request_cell(self, base: int) -> ctypes.c_uint32 | None:
-        """QEMU's ``interrupt_request`` of this engine's CPU in place (:mod:`hvcore_sim.windows`), if it was found."""
-        offset, pointers = request_offset(), cpu_offsets()
-        if offset is None or pointers is None:
-            return None
-        cpu = ctypes.c_uint64.from_address(base + pointers[0]).value
-        if not cpu or ctypes.c_uint64.from_address(cpu + pointers[1]).value != self.reg(self.RAX):
-            return None
-        return ctypes.c_uint32.from_address(cpu + offset)
-
     def _intercept_msrs(self, unicorn: Any) -> None:
         """Make guest RDMSR / WRMSR / RDTSC, IRET, CR0 reads, MOV to CR4 and to/from CR8, SGDT / SIDT / SLDT / STR
         (:mod:`hvcore_sim.umip`) reach the interrupt hook first.
@@ -332,11 +290,9 @@ class Engine:
         (QEMU reads only its bitmap address) and the bitmap live at ``SVM_AREA``.
         """
         self._svm_area = mmap.mmap(-1, _MSRPM + _MSRPM_SIZE)
-        area = ctypes.addressof(ctypes.c_char.from_buffer(self._svm_area))
         _U64.pack_into(self._svm_area, VMCB_MSRPM, SVM_AREA + _MSRPM)
-        self._msrpm = area + _MSRPM
-        ctypes.memset(self._msrpm, 0xFF, _MSRPM_SIZE)
-        self.uc.mem_map_ptr(SVM_AREA, _MSRPM + _MSRPM_SIZE, unicorn.UC_PROT_READ, area)
+        self._svm_area[_MSRPM:] = _ALL_INTERCEPTED
+        self.uc.mem_map_ptr(SVM_AREA, _MSRPM + _MSRPM_SIZE, unicorn.UC_PROT_READ, buffer_address(self._svm_area))
         blob = self._blob()
         _U64.pack_into(blob, self.layout.vm_vmcb, SVM_AREA)
         _U64.pack_into(blob, self.layout.intercept, _INTERCEPTS)
@@ -348,49 +304,13 @@ class Engine:
 
     # -- the context blob ----------------------------------------------------
 
-    def _blob(self) -> bytearray:
-        self.uc.context_update(self._ctx)
-        return bytearray(ctypes.string_at(self._ctx.context, self.layout.size))
-
-    def _store(self, blob: bytearray) -> None:
-        ctypes.memmove(self._ctx.context, bytes(blob), self.layout.size)
-        self.uc.context_restore(self._ctx)
-
     # -- registers -----------------------------------------------------------
-
-    def get_regs(self) -> Regs:
-        """RAX..R15, RIP, RFLAGS."""
-        if self._read_many(self._handle, self._gpr_ids, self._gpr_pointers, len(self._gprs)):
-            read = self.uc.reg_read
-            return Regs(*(read(r) for r in self._gprs))
-        return Regs(*self._gpr_values)
 
     def set_regs(self, regs: Regs) -> None:
         """Write RAX..R15, RIP, RFLAGS."""
         write = self.uc.reg_write
         for reg, value in zip(self._gprs, (getattr(regs, n) for n in Regs.__dataclass_fields__), strict=True):
             write(reg, value)
-
-    def reg(self, reg: int) -> int:
-        """One 64-bit register by Unicorn id."""
-        if self._read_one(self._handle, reg, self._scratch_ref):
-            return int(self.uc.reg_read(reg))
-        return self._scratch.value
-
-    def set_reg(self, reg: int, value: int) -> None:
-        """Write one 64-bit register by Unicorn id.
-
-        RIP goes straight into the CPU state where :attr:`rip_cell` is known: Unicorn's own write
-        of the PC from a hook also stops syncing RIP for every later hook of the run
-        (``skip_sync_pc_on_exit``), which a fast run's I/O and protection hooks rely on. The
-        simulator writes RIP only between runs and from hooks after which the CPU looks the next
-        block up again (exceptions, intercepts, SYSCALL), where the CPU state's RIP is the one used.
-        """
-        if reg == self.RIP and self.rip_cell is not None:
-            self.rip_cell.value = value & 0xFFFF_FFFF_FFFF_FFFF
-            return
-        if self._write_one(self._handle, reg, ctypes.byref(ctypes.c_uint64(value))):
-            self.uc.reg_write(reg, value)
 
     def get_sregs(self, *, apic_base: int, interrupt_bitmap: tuple[int, int, int, int], cr8: int) -> Sregs:
         """Segments (with hidden caches), descriptor tables, CR0-4, EFER.
@@ -494,15 +414,6 @@ class Engine:
         cs_base: int = _SEGMENT.unpack_from(blob, lay.segment(1))[1]
         return (cs_base + rip) & 0xFFFFFFFF
 
-    def read_code(self, linear: int, length: int) -> bytes | None:
-        """``length`` (<= 16) bytes at ``linear`` through Unicorn's MMU, as instruction fetch; None if unmapped.
-
-        Only for code the CPU has just fetched: a failed walk sets CR2, as Unicorn's MMU faults do.
-        """
-        if self._vmem_read(self._handle, ctypes.c_uint64(linear), self._prot_exec, self._code, ctypes.c_size_t(length)):
-            return None
-        return self._code.raw[:length]
-
     def adopt(self, old: Engine) -> None:
         """Take over ``old``'s CPU state (a new engine for a new memory layout)."""
         self._store(old._blob())
@@ -516,7 +427,7 @@ class Engine:
         try:
             return int(self.uc.reg_read(self._msr_reg, index))
         finally:
-            ctypes.memset(self._msrpm, 0xFF, _MSRPM_SIZE)
+            self._svm_area[_MSRPM:] = _ALL_INTERCEPTED
 
     def write_msr(self, index: int, value: int) -> None:
         """Set MSR ``index`` in Unicorn's state (its WRMSR helper, run with the intercept bitmap cleared)."""
@@ -524,12 +435,12 @@ class Engine:
         try:
             self.uc.reg_write(self._msr_reg, (index, value))
         finally:
-            ctypes.memset(self._msrpm, 0xFF, _MSRPM_SIZE)
+            self._svm_area[_MSRPM:] = _ALL_INTERCEPTED
 
     def _open_msr_bitmap(self, index: int) -> None:
         if not _in_msr_bitmap(index):  # QEMU would take the intercept and longjmp out of the API call
             raise ValueError(f"MSR {index:#x} is outside the SVM permission bitmap; Unicorn cannot be asked for it")
-        ctypes.memset(self._msrpm, 0, _MSRPM_SIZE)
+        self._svm_area[_MSRPM:] = _NONE_INTERCEPTED
 
     # -- XSAVE state the blob holds ----------------------------------------------
 
@@ -636,30 +547,6 @@ class Engine:
 
     # -- running ---------------------------------------------------------------
 
-    def start(self, rip: int, count: int) -> None:
-        """Run from ``rip`` for at most ``count`` instructions (stops and hooks may end it earlier).
-
-        This is the binding's ``emu_start`` without its Python wrapper: the same C call, the same
-        error and the same re-raise of an exception a hook raised.
-        """
-        status = self.start_status(rip, count)
-        if status:
-            raise self._uc_error(status)
-
-    def start_status(self, rip: int, count: int) -> int:
-        """:meth:`start`, with Unicorn's error as its status (0: none) instead of a ``UcError``.
-
-        A run that a hook ended by refusing an access fails; raising and catching that costs more
-        than the rest of an exit. An exception a hook raised is still raised.
-        """
-        uc = self.uc
-        uc._hook_exception = None
-        self.stop_requested = False
-        status: int = self._emu_start(self._handle, rip, 0, 0, count)
-        if uc._hook_exception is not None:
-            raise uc._hook_exception
-        return status
-
     def stop_after_this_instruction(self) -> None:
         """From a hook: let the current instruction complete, then stop (lowers the run's instruction budget)."""
         self._count.value = self.counter_cell.value
@@ -681,13 +568,6 @@ class Engine:
         else:
             counter.value -= 1
         self._count.value = counter.value + 1
-
-    def stop(self) -> None:
-        """Ask the running engine to stop at the next instruction boundary (the binding's ``emu_stop``, unwrapped)."""
-        self.stop_requested = True
-        status = self._emu_stop(self._handle)
-        if status:
-            raise self._uc_error(status)
 
     def reset(self) -> None:
         """KVM's x86 reset state (real mode at 0xf000:0xfff0)."""

@@ -36,16 +36,20 @@
 - **Dirty logging**: the first write to a write-protected page of a logging slot is let
   through and the page recorded; the slice ends after that instruction, and the page is made
   writable (refusing the write would lose it where one helper runs a whole instruction).
+
+One module for now, though long: :class:`Tracker` holds the per-vCPU state that every rule
+reads and writes, and reaches the VM through ``vcpu._vm`` / ``vcpu._state``; splitting the rules
+by exit kind first needs that state handed to them as one guest-context object (issue 15).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from hvcore._intern import InternTable
 from hvcore.checks import completion_bytes
 from hvcore.errors import HvError, HypervisorFault, StateError
 from hvcore.exits import DebugExit, Exit, IoDirection, IoExit, MmioExit
@@ -69,7 +73,8 @@ from hvcore_sim.layout import (
     SVM_EXIT_WRITE_DR7,
     SVM_INTERCEPT_BASE,
 )
-from hvcore_sim.memory import host_page_populated
+from hvcore_sim.memory import host_page_populated, store_in_place
+from hvcore_sim.unicorn_internals import IntCell
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
@@ -208,10 +213,10 @@ class Tracker:
         self._restore: list[tuple[int, bytes]] = []
         self._unprotect: list[tuple[int, bool]] = []  # (page, writable) to map once the run is over
         self._io_fault_rip: int | None = None
-        self._out_stops: dict[tuple[int, int, int], Stop] = {}
+        self._out_stops: InternTable[tuple[int, int, int], Stop] = InternTable()  # equal exits are shared values
         self.completed_instruction = False  # finish_instruction() just completed an IN (a step, when stepping)
-        self._read_stops: dict[tuple[int, int], Stop] = {}
-        self._write_stops: dict[tuple[int, int, bytes], Stop] = {}
+        self._read_stops: InternTable[tuple[int, int], Stop] = InternTable()
+        self._write_stops: InternTable[tuple[int, int, bytes], Stop] = InternTable()
         self._answer_parts: list[_Access] = []  # the pieces of the pending MMIO read
         self.watch_resume_flag = False
         """RFLAGS.RF may be set: after an event delivery, an IRET, or the VMM's set_regs (:mod:`hvcore_sim.resume`)."""
@@ -220,7 +225,7 @@ class Tracker:
         self._unprotected: dict[int, set[int]] = {}
         self.dirty_generation = -1
         self._cells: Cells | None = None
-        self._split: ctypes.c_int | None = None  # Unicorn's size of the access it is splitting, in place
+        self._split: IntCell | None = None  # Unicorn's size of the access it is splitting, in place
         self._swallow = False  # a split read is recorded: the rest of Unicorn's words for it are not new
         self._undo: tuple[int, int, int, int, int] | None = None  # before a cmpxchg8b/16b: see _undo_point
         self._rom_rip = 0  # where the instruction that wrote to a read-only slot is
@@ -369,11 +374,11 @@ class Tracker:
         if self._io_fault_rip is not None or (engine.reg(_GPRS[6]) == rsi and engine.reg(_GPRS[7]) == rdi):
             return  # IN or OUT (or refused by the I/O permission check, which puts the instruction back): done
         code = decode.fetch_instruction(engine, rip)
-        prefixes = code[: next((i for i, b in enumerate(code) if b not in decode.LEGACY_PREFIXES), len(code))]
-        if 0xF3 not in prefixes and 0xF2 not in prefixes:
+        found = decode.prefixes(code, rex=True)
+        if not found.rep:
             return
         bits = engine.view().code_bits
-        if 0x67 in prefixes:
+        if found.address_override:
             bits = 32 if bits != 32 else 16
         engine.set_reg(engine.RCX, _assign(rcx, rcx - 1, bits))
         engine.set_reg(engine.RIP, rip)  # at the instruction even after its last element, as KVM's exit has it
@@ -393,10 +398,8 @@ class Tracker:
             self._out_seen = cells.out_state()
         stop = self._out_stops.get((port, size, value))
         if stop is None:  # equal exits are shared values, as in the KVM backend
-            if len(self._out_stops) > 1024:
-                self._out_stops.clear()
             exit_ = IoExit(port, size, 1, IoDirection.OUT, value.to_bytes(size, "little"))
-            stop = self._out_stops[port, size, value] = Stop(StopKind.EXIT, exit_)
+            stop = self._out_stops.put((port, size, value), Stop(StopKind.EXIT, exit_))
         if _soft(self._stop):  # (_halt, inline: the hot path)
             self._stop = stop
         engine = self._engine
@@ -901,7 +904,7 @@ class Tracker:
         # TLB_DISCARD_WRITE for a read-only region), so it is stored here; where it does land
         # (a page never protected by mem_protect), it lands with the same bytes.
         host = slot.memory.address + slot.offset + address - slot.guest_address
-        ctypes.memmove(host, (value & _U64).to_bytes(8, "little"), size)
+        store_in_place(host, (value & _U64).to_bytes(8, "little")[:size])
         self.vcpu._vm.dirty.map_first(slot.slot, page, populated=True)
         self._unprotect.append((slot.guest_address + page * PAGE_SIZE, True))
         self._unprotected.setdefault(slot.slot, set()).add(page)
@@ -1222,12 +1225,9 @@ class Tracker:
                 self._cells.settle()  # the read aborted the instruction halfway
             self._known = answered + parts
             stop = self._read_stops.get((first.address, length))
-            if stop is None:  # equal exits are shared values
-                if len(self._read_stops) > 1024:
-                    self._read_stops.clear()
-                stop = self._read_stops[first.address, length] = Stop(
-                    StopKind.EXIT, MmioExit(first.address, length, False)
-                )
+            if stop is None:
+                exit_ = MmioExit(first.address, length, False)
+                stop = self._read_stops.put((first.address, length), Stop(StopKind.EXIT, exit_))
             self.pending = stop.exit
             return stop
         if len(parts) == 1:
@@ -1236,11 +1236,8 @@ class Tracker:
             data = b"".join((p.value or 0).to_bytes(p.size, "little") for p in parts)
         stop = self._write_stops.get((first.address, length, data))
         if stop is None:
-            if len(self._write_stops) > 1024:
-                self._write_stops.clear()
-            stop = self._write_stops[first.address, length, data] = Stop(
-                StopKind.EXIT, MmioExit(first.address, length, True, data)
-            )
+            exit_ = MmioExit(first.address, length, True, data)
+            stop = self._write_stops.put((first.address, length, data), Stop(StopKind.EXIT, exit_))
         rom = first.rom if len(new) == 1 else any(piece.rom for piece in new)  # a store to a read-only slot aborted it
         if rom and engine.reg(engine.RIP) != self._rom_rip:
             self._known = []  # a helper (cmpxchg8b) went on without the store: the instruction is complete

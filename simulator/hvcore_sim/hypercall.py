@@ -45,7 +45,7 @@ from hvcore.exits import MmioExit
 from hvcore.memory import PAGE_SIZE
 from hvcore.types import CpuidEntry, SlotFlags
 from hvcore_sim import mmu, operand
-from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
+from hvcore_sim.decode import fetch_instruction, prefixes
 from hvcore_sim.faults import NonCanonical, PageFault
 from hvcore_sim.irqchip.message import DeliveryMode, InterruptMessage
 
@@ -84,7 +84,6 @@ KVM_HC_SCHED_YIELD: Final = 11
 
 _U32: Final = 0xFFFFFFFF
 _U64: Final = (1 << 64) - 1
-_LOCK: Final = 0xF0
 _ICR_LOGICAL, _ICR_SHORTHAND, _ICR_ASSERT, _ICR_LEVEL = 1 << 11, 3 << 18, 1 << 14, 1 << 15
 _TF, _RF, _VM, _AC = 1 << 8, 1 << 16, 1 << 17, 1 << 18
 _CR0_PE: Final = 1
@@ -119,18 +118,12 @@ class Done:
 
 def decode(code: bytes, code_bits: int) -> Instruction | None:
     """VMCALL or VMMCALL at the start of ``code``, after any prefixes (REX in 64-bit code), as KVM decodes it."""
-    at, lock = 0, False
-    while at < len(code):
-        byte = code[at]
-        if byte in LEGACY_PREFIXES:
-            lock |= byte == _LOCK
-        elif not (code_bits == 64 and 0x40 <= byte <= 0x4F):
-            break
-        at += 1
+    found = prefixes(code, rex=code_bits == 64)
+    at = found.length
     opcode = code[at : at + 3]
     if opcode not in (cpuid_rules.VMCALL, cpuid_rules.VMMCALL) or at + 3 > _MAX_LENGTH:
         return None
-    return Instruction(opcode, at + 3, lock)
+    return Instruction(opcode, at + 3, found.lock)
 
 
 def emulate(engine: Engine, vm: SimVM, cpuid: Iterable[CpuidEntry]) -> Fault | Done | MmioExit | None:

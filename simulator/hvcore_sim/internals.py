@@ -18,10 +18,8 @@ the instruction started with, in EFLAGS form: :meth:`Cells.settle` sets ``CC_OP`
 
 ``CC_OP`` lives in ``CPUX86State``, which the context blob copies. Copying the blob in and out
 costs microseconds, more than an MMIO exit can spare, so the cells are read and written where the
-CPU keeps them: ``uc_struct.cpu`` points to QEMU's ``X86CPU``, and ``env`` is at a fixed offset in
-it. Both offsets are found once by calibration (reading candidates through ``/proc/self/mem``,
-which reports an unmapped address as an error instead of crashing) and checked for each engine;
-where that is not possible the blob is used instead.
+CPU keeps them (:func:`hvcore_sim.unicorn_internals.env_cells` finds them and checks them for each
+engine); where that is not possible the blob is used instead.
 
 **Split-access size.** Unicorn performs an unaligned or page-crossing access as the two aligned
 accesses around it and sets ``uc_struct.size_recur_mem`` to the access size meanwhile (it follows
@@ -39,46 +37,26 @@ the run stopped after it (:mod:`hvcore_sim.resume`, :mod:`hvcore_sim.smsw`,
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import os
 import struct
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
+from hvcore_sim import unicorn_internals
 from hvcore_sim.layout import CR0_READ_INTERCEPT, CR4_WRITE_INTERCEPT, HF_INHIBIT_IRQ, IRET_INTERCEPT
+from hvcore_sim.unicorn_internals import CC_OP as _CC_OP
+from hvcore_sim.unicorn_internals import CC_SRC as _CC_SRC
+from hvcore_sim.unicorn_internals import I32Cell, IntCell, U16Cell, U32Cell, U64Cell, U64Cells
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
     from hvcore_sim.layout import ContextLayout
 
-__all__ = ["CC_MASK", "Cells", "cpu_offsets", "handle"]
+__all__ = ["CC_MASK", "Cells"]
 
 CC_MASK: Final = 0x8D5
 """The arithmetic flags QEMU keeps lazily: OF SF ZF AF PF CF."""
 _CC_OP_EFLAGS: Final = 1
-# QEMU 5.0 CPUX86State, relative to regs[0]: cc_src and cc_op (checked by calibration)
-_CC_SRC, _CC_OP = 152, 168
-_EIP, _EFLAGS = 128, 136
-_RSI = 6 * 8  # regs[R_ESI]
-_R_CS = 1  # segs[R_CS]
 _RFLAGS_IF = 1 << 9
-_MARKERS: Final = (0x1122334455667788, 0x99AABBCCDDEEFF01, 0x0123456789ABCDEF, 0x7766554433221100)
-_RIP_MARKER: Final = 0x0000123456789ABC
-_SCAN_STRUCT = 2048  # bytes of uc_struct searched for the CPU pointer
-_SCAN_OBJECT = 1 << 18  # bytes of each candidate object searched for the register file
-
-
-def _engine() -> Any:
-    from hvcore_sim.cpumodel import new_uc
-
-    return new_uc()
-
-
-def handle(uc: Any) -> int:
-    """The address of an engine's ``uc_struct``."""
-    address = ctypes.cast(uc._uch, ctypes.c_void_p).value
-    assert address is not None
-    return address
 
 
 @functools.cache
@@ -86,7 +64,9 @@ def _cc_fields(env: int) -> bool:
     """Whether ``cc_src`` / ``cc_op`` sit where QEMU 5.0 puts them (``env`` is regs[0] in the blob)."""
     from unicorn import x86_const as x
 
-    uc = _engine()
+    from hvcore_sim.cpumodel import new_uc
+
+    uc = new_uc()
     for flags in (0x8D7, 0x2):
         uc.reg_write(x.UC_X86_REG_RFLAGS, flags)
         blob = bytes(uc.context_save())
@@ -95,93 +75,6 @@ def _cc_fields(env: int) -> bool:
         if (cc_src, cc_op) != (flags & CC_MASK, _CC_OP_EFLAGS):
             return False
     return True
-
-
-def _peek(fd: int, address: int, length: int) -> bytes:
-    try:
-        return os.pread(fd, length, address)
-    except (OSError, OverflowError):
-        return b""
-
-
-def _candidates(fd: int, markers: tuple[int, ...]) -> tuple[Any, set[tuple[int, int]]]:
-    """``(offset in uc_struct, offset of env in the object it points to)`` pairs that fit one engine."""
-    from unicorn import x86_const as x
-
-    uc = _engine()
-    for reg, value in zip(
-        (x.UC_X86_REG_RAX, x.UC_X86_REG_RCX, x.UC_X86_REG_RDX, x.UC_X86_REG_RBX), markers, strict=True
-    ):
-        uc.reg_write(reg, value)
-    uc.reg_write(x.UC_X86_REG_RIP, _RIP_MARKER)
-    pattern = struct.pack("<4Q", *markers)
-    rip = struct.pack("<Q", _RIP_MARKER)
-    fields = ctypes.string_at(handle(uc), _SCAN_STRUCT)
-    found: set[tuple[int, int]] = set()
-    for offset in range(0, _SCAN_STRUCT, 8):
-        pointer = struct.unpack_from("<Q", fields, offset)[0]
-        if pointer % 8 or not 1 << 16 <= pointer < 1 << 47:
-            continue
-        data = _peek(fd, pointer, _SCAN_OBJECT)
-        at = data.find(pattern)
-        while at >= 0:
-            # the CPU object holds env and, before it, CPUState.env_ptr pointing at it
-            if at % 8 == 0 and data[at + _EIP : at + _EIP + 8] == rip:
-                env_ptr = struct.pack("<Q", pointer + at)
-                if any(data[i : i + 8] == env_ptr for i in range(0, at, 8)):
-                    found.add((offset, at))
-            at = data.find(pattern, at + 1)
-    return uc, found
-
-
-@functools.cache
-def cpu_offsets() -> tuple[int, int] | None:
-    """Where ``uc_struct`` points to the CPU, and where ``env`` is in it; None if they cannot be found safely."""
-    try:
-        fd = os.open("/proc/self/mem", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        first, found = _candidates(fd, _MARKERS)
-        second, again = _candidates(fd, tuple(m ^ 0x5A5A5A5A5A5A5A5A for m in _MARKERS))
-        common = sorted(found & again, key=lambda pair: pair[1])
-        if not common:
-            return None
-        offset, env = common[0]  # the nearest object start: the X86CPU itself
-        from unicorn import x86_const as x
-
-        for uc in (first, second):  # the cells are live: a register write shows through them
-            pointer = struct.unpack("<Q", ctypes.string_at(handle(uc) + offset, 8))[0]
-            uc.reg_write(x.UC_X86_REG_RAX, 0x5EED)
-            if _peek(fd, pointer + env, 8) != struct.pack("<Q", 0x5EED):
-                return None
-        return offset, env
-    finally:
-        os.close(fd)
-
-
-@functools.cache
-def _split_size_offset(count: int) -> int | None:
-    """Offset of ``size_recur_mem`` in ``uc_struct`` (after ``emu_count`` at ``count``), if it checks out."""
-    import unicorn
-
-    uc = _engine()
-    page = ctypes.create_string_buffer(0x2000)
-    uc.mem_map_ptr(0, 0x2000, unicorn.UC_PROT_ALL, ctypes.addressof(page))
-    cell = ctypes.c_int.from_address(handle(uc) + count + 8)
-    seen: list[tuple[int, int]] = []
-
-    def read(_uc: Any, offset: int, size: int, _data: object) -> int:
-        seen.append((offset, cell.value))
-        return 0
-
-    uc.mmio_map(0x10000, 0x1000, read, None, lambda *_: None, None)
-    uc.ctl_exits_enabled(True)
-    # mov eax, [0x10000]; mov eax, [0x10001]; hlt
-    code = b"\x8b\x04\x25\x00\x00\x01\x00\x8b\x04\x25\x01\x00\x01\x00\xf4"
-    ctypes.memmove(ctypes.addressof(page) + 0x1000, code, len(code))
-    uc.emu_start(0x1000, 0, 0, 10)
-    return count + 8 if seen == [(0, 0), (0, 4), (4, 4)] and cell.value == 0 else None
 
 
 _DR7_WRITE_INTERCEPT = 1 << 7
@@ -198,14 +91,12 @@ def _flags_computed_first(cells: Cells) -> bool:
     (QEMU's translator calls ``gen_compute_eflags``, which labels the flags CC_OP_EFLAGS and drops
     CC_DST, ahead of the load or store; an abort there restores the older CC_OP.)
     """
-    from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
+    from hvcore_sim.decode import fetch_instruction, prefixes
 
     code = fetch_instruction(cells._engine, cells.rip())
     hflags = cells._hflags
     rex = hflags is not None and bool(hflags.value & _HF_CS64)  # (0x40-0x4f are INC / DEC outside 64-bit code)
-    at = 0
-    while at < len(code) and (code[at] in LEGACY_PREFIXES or (rex and 0x40 <= code[at] <= 0x4F)):
-        at += 1
+    at = prefixes(code, rex=rex).length
     if at + 1 >= len(code):
         return False
     if code[at] in _GROUP2:
@@ -220,25 +111,6 @@ def _flags_computed_first(cells: Cells) -> bool:
     return condition in (_JCC_O, _JCC_P) or (condition in (_JCC_BE, _JCC_L, _JCC_LE) and cc_op not in _CC_OP_SUB)
 
 
-_DR_MARKS = (0x5EED_0D06_0000_0DB0, 0x5EED_0D06_0000_0DB7)
-
-
-def _debug_registers(engine: Engine, env: int, size: int) -> ctypes.Array[ctypes.c_uint64] | None:
-    """``env->dr`` in place: found where Unicorn's writes of DR0 and DR7 land (56 bytes apart), else None."""
-    dr0, dr7 = engine.reg(engine.DR0), engine.reg(engine.DR7)
-    engine.set_reg(engine.DR0, _DR_MARKS[0])
-    engine.set_reg(engine.DR7, _DR_MARKS[1])
-    try:
-        state = ctypes.string_at(env, size)
-        at = state.find(_DR_MARKS[0].to_bytes(8, "little"))
-        if at < 0 or at % 8 or state[at + 56 : at + 64] != _DR_MARKS[1].to_bytes(8, "little"):
-            return None
-        return (ctypes.c_uint64 * 8).from_address(env + at)
-    finally:
-        engine.set_reg(engine.DR0, dr0)
-        engine.set_reg(engine.DR7, dr7)
-
-
 class Cells:
     """One engine's lazy-flag cells and split-access size, read and written in place."""
 
@@ -246,45 +118,32 @@ class Cells:
         layout: ContextLayout = engine.layout
         self._engine = engine
         self._blob_ok = _cc_fields(layout.env)
-        self._cc_op: ctypes.c_uint32 | None = None
-        self._cc_src: ctypes.c_uint64 | None = None
-        self._df: ctypes.c_int32 | None = None
+        self._cc_op: U32Cell | None = None
+        self._cc_src: U64Cell | None = None
+        self._df: I32Cell | None = None
         self._aborted_eflags: tuple[int, int] | None = None  # (RIP, RFLAGS) noted by note_abort
-        self._eflags: ctypes.c_uint64 | None = None
-        self._hflags: ctypes.c_uint32 | None = None
-        self._rip: ctypes.c_uint64 | None = None
-        self._rsi: ctypes.c_uint64 | None = None
-        self._cs: ctypes.c_uint32 | None = None
-        self._cr0: ctypes.c_uint64 | None = None
-        self._intercept: ctypes.c_uint64 | None = None
-        self._intercept_cr_read: ctypes.c_uint16 | None = None
-        self._intercept_cr_write: ctypes.c_uint16 | None = None
-        self._intercept_dr_write: ctypes.c_uint16 | None = None
-        self.debug_registers: ctypes.Array[ctypes.c_uint64] | None = None
+        self._eflags: U64Cell | None = None
+        self._hflags: U32Cell | None = None
+        self._rip: U64Cell | None = None
+        self._rsi: U64Cell | None = None
+        self._cs: U32Cell | None = None
+        self._cr0: U64Cell | None = None
+        self._intercept: U64Cell | None = None
+        self._intercept_cr_read: U16Cell | None = None
+        self._intercept_cr_write: U16Cell | None = None
+        self._intercept_dr_write: U16Cell | None = None
+        self.debug_registers: U64Cells | None = None
         """``env->dr[0..7]`` in place, if found (the I/O trap's DR0, DR6 and DR7: :meth:`Engine.arm_io_trap`)."""
-        base = handle(engine.uc)
-        offsets = cpu_offsets() if self._blob_ok else None
         rax, rip = engine.reg(engine.RAX), engine.reg(engine.RIP)  # (Unicorn creates its CPU on first use)
-        cpu = ctypes.c_uint64.from_address(base + offsets[0]).value if offsets is not None else 0
-        if offsets is not None and cpu:
-            env = cpu + offsets[1]
-            if ctypes.c_uint64.from_address(env).value == rax and ctypes.c_uint64.from_address(env + _EIP).value == rip:
-                self._cc_op = ctypes.c_uint32.from_address(env + _CC_OP)
-                self._cc_src = ctypes.c_uint64.from_address(env + _CC_SRC)
-                self._df = ctypes.c_int32.from_address(env + _CC_OP + 4)  # QEMU's df (+1 / -1) follows cc_op
-                self._eflags = ctypes.c_uint64.from_address(env + _EFLAGS)
-                self._hflags = ctypes.c_uint32.from_address(env + layout.hflags - layout.env)
-                self._rip = ctypes.c_uint64.from_address(env + _EIP)
-                self._rsi = ctypes.c_uint64.from_address(env + _RSI)
-                self._cs = ctypes.c_uint32.from_address(env + layout.segment(_R_CS) - layout.env)  # the selector
-                self._cr0 = ctypes.c_uint64.from_address(env + layout.cr - layout.env)
-                self._intercept = ctypes.c_uint64.from_address(env + layout.intercept - layout.env)
-                self._intercept_cr_read = ctypes.c_uint16.from_address(env + layout.intercept_cr - layout.env)
-                self._intercept_cr_write = ctypes.c_uint16.from_address(env + layout.intercept_cr + 2 - layout.env)
-                self._intercept_dr_write = ctypes.c_uint16.from_address(env + layout.intercept_cr + 6 - layout.env)
-                self.debug_registers = _debug_registers(engine, env, layout.size)
-        split = _split_size_offset(layout.count)
-        self.split_size: ctypes.c_int | None = None if split is None else ctypes.c_int.from_address(base + split)
+        found = unicorn_internals.env_cells(engine.uc, layout, rax, rip) if self._blob_ok else None
+        if found is not None:
+            self._cc_op, self._cc_src, self._df = found.cc_op, found.cc_src, found.df
+            self._eflags, self._hflags, self._rip, self._rsi = found.eflags, found.hflags, found.rip, found.rsi
+            self._cs, self._cr0, self._intercept = found.cs, found.cr0, found.intercept
+            self._intercept_cr_read, self._intercept_cr_write = found.intercept_cr_read, found.intercept_cr_write
+            self._intercept_dr_write = found.intercept_dr_write
+            self.debug_registers = found.debug_registers
+        self.split_size: IntCell | None = unicorn_internals.split_size_cell(engine.uc, layout.count)
         """Unicorn's ``size_recur_mem``: non-zero while it performs an access as two aligned ones."""
 
     def settle(self) -> None:
@@ -325,7 +184,7 @@ class Cells:
         eflags = self._eflags
         self._aborted_eflags = None if eflags is None else (self.rip(), eflags.value)
 
-    def _settle_fast_abort(self, cc_op: ctypes.c_uint32) -> None:
+    def _settle_fast_abort(self, cc_op: U32Cell) -> None:
         eflags, cc_src, direction = self._eflags, self._cc_src, self._df
         assert eflags is not None and cc_src is not None and direction is not None
         noted, self._aborted_eflags = self._aborted_eflags, None
@@ -349,7 +208,7 @@ class Cells:
         return (*self.rip_rsi(), self.interrupt_shadow())
 
     @property
-    def rip_cell(self) -> ctypes.c_uint64 | None:
+    def rip_cell(self) -> U64Cell | None:
         """``env->eip`` in place, if found."""
         return self._rip
 
@@ -431,7 +290,7 @@ class Cells:
         """Set or clear the DR7 bit of ``env->intercept_dr_write``: whether the next MOV to DR7 reaches the hook."""
         self._set_bit(self._intercept_dr_write, self._engine.layout.intercept_cr + 6, "<H", _DR7_WRITE_INTERCEPT, on)
 
-    def _set_bit(self, cell: ctypes.c_uint64 | ctypes.c_uint16 | None, at: int, fmt: str, bit: int, on: bool) -> None:
+    def _set_bit(self, cell: U64Cell | U16Cell | None, at: int, fmt: str, bit: int, on: bool) -> None:
         if cell is not None:
             cell.value = cell.value | bit if on else cell.value & ~bit
             return

@@ -12,11 +12,12 @@ rest, the backend refuses to run and names the Unicorn version.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import struct
 from dataclasses import dataclass
 from typing import Any
+
+from hvcore_sim import unicorn_internals
 
 __all__ = [
     "CR0_READ_INTERCEPT",
@@ -156,7 +157,10 @@ def calibrate() -> ContextLayout:
     size, env, efer, _ = _context_fields()
     error_code, old_exception = _exception_fields(env)
     vm_vmcb, intercept, intercept_cr = _intercept_fields(env, efer, error_code)
-    counter, count = _counter_fields()
+    counters = unicorn_internals.counter_offsets()
+    if counters is None:
+        raise LayoutError("instruction counter not found in uc_struct")
+    counter, count = counters
     xcr0, pkru = _xsave_fields(env)
     return ContextLayout(
         size=size,
@@ -190,9 +194,8 @@ def _exception_fields(env: int) -> tuple[int, int]:
     from unicorn import x86_const as x
 
     uc = _engine()
-    page = ctypes.create_string_buffer(0x2000)
-    uc.mem_map_ptr(0, 0x2000, unicorn.UC_PROT_ALL, ctypes.addressof(page))
-    ctypes.memmove(ctypes.addressof(page) + 0x1000, b"\xea\x00\x00\x00\x00\x30\x12", 7)  # jmp far 0x1230:0
+    uc.mem_map(0, 0x2000, unicorn.UC_PROT_ALL)
+    uc.mem_write(0x1000, b"\xea\x00\x00\x00\x00\x30\x12")  # jmp far 0x1230:0
     blob = bytearray(bytes(uc.context_save()))
     flat32 = (0xB << 8) | (1 << 12) | (1 << 15) | (1 << 22) | (1 << 23)
     for i in range(6):
@@ -201,7 +204,7 @@ def _exception_fields(env: int) -> tuple[int, int]:
     struct.pack_into("<Q", blob, env + _CR, 0x11)  # CR0.PE
     struct.pack_into("<I", blob, env + _HFLAGS, 0x80 | 0x20 | 0x10)  # PE, SS32, CS32
     ctx = uc.context_save()
-    ctypes.memmove(ctx.context, bytes(blob), len(blob))
+    unicorn_internals.write_context(ctx, blob)
     uc.context_restore(ctx)
     before = bytes(uc.context_save())
     seen: list[int] = []
@@ -220,7 +223,7 @@ def _exception_fields(env: int) -> tuple[int, int]:
     if len(codes) != 1 or len(sticky) != 1:
         raise LayoutError(f"error code / old_exception not found (candidates {codes}, {sticky})")
     # A software interrupt: QEMU marks it (exception_is_int) and keeps the return address next to the error code.
-    ctypes.memmove(ctypes.addressof(page) + 0x1800, b"\xcd\x30", 2)  # int 0x30
+    uc.mem_write(0x1800, b"\xcd\x30")  # int 0x30
     uc.reg_write(x.UC_X86_REG_RIP, 0x1800)
     uc.emu_start(0x1800, 0, 0, 1)
     is_int, next_eip = struct.unpack_from("<iQ", bytes(uc.context_save()), codes[0] + 4)
@@ -250,14 +253,12 @@ def _intercept_fields(env: int, efer: int, error_code: int) -> tuple[int, int, i
 
     uc = _engine()
     uc.ctl_exits_enabled(True)
-    low = ctypes.create_string_buffer(0x10000)  # code at 0x1000 / 0x2000, host save area, MSR bitmap
-    uc.mem_map_ptr(0, 0x10000, unicorn.UC_PROT_ALL, ctypes.addressof(low))
-    vmcb = ctypes.create_string_buffer(0x1000)
-    uc.mem_map_ptr(_CALIBRATION_VMCB, 0x1000, unicorn.UC_PROT_ALL, ctypes.addressof(vmcb))
-    ctypes.memmove(ctypes.addressof(low) + 0x1000, b"\x0f\x01\xd8", 3)  # vmrun
+    low = bytearray(0x10000)  # code at 0x1000 / 0x2000, host save area, MSR bitmap
+    vmcb = bytearray(0x1000)
+    low[0x1000:0x1003] = b"\x0f\x01\xd8"  # vmrun
     code = b"\x0f\x31\x0f\x32\x0f\x30\xcf\xf4"  # rdtsc; rdmsr; wrmsr; iret; hlt
-    ctypes.memmove(ctypes.addressof(low) + 0x2000, code, len(code))
-    ctypes.memset(ctypes.addressof(low) + 0x8000, 0xFF, 0x2000)
+    low[0x2000 : 0x2000 + len(code)] = code
+    low[0x8000:0xA000] = b"\xff" * 0x2000
     bits = sum(1 << (code - SVM_INTERCEPT_BASE) for code in (SVM_EXIT_RDTSC, SVM_EXIT_IRET, SVM_EXIT_MSR))
     struct.pack_into("<Q", vmcb, _VMCB_INTERCEPT, _CALIBRATION_MARK | bits)
     struct.pack_into("<HH", vmcb, _VMCB_INTERCEPT_CR, _CR_READ_MARK, _CR_WRITE_MARK)
@@ -267,6 +268,10 @@ def _intercept_fields(env: int, efer: int, error_code: int) -> tuple[int, int, i
         struct.pack_into("<HHIQ", vmcb, _VMCB_SAVE + 16 * i, 0x8 if i == 1 else 0x10, attrib, 0xFFFFFFFF, 0)
     for offset, value in ((0xD0, 1 << 12), (0x158, 0x11), (0x170, 0x2), (0x178, 0x2000), (0x1D8, 0x3000)):
         struct.pack_into("<Q", vmcb, _VMCB_SAVE + offset, value)  # EFER.SVME, CR0, RFLAGS, RIP, RSP
+    uc.mem_map(0, len(low), unicorn.UC_PROT_ALL)
+    uc.mem_write(0, bytes(low))
+    uc.mem_map(_CALIBRATION_VMCB, len(vmcb), unicorn.UC_PROT_ALL)
+    uc.mem_write(_CALIBRATION_VMCB, bytes(vmcb))
     uc.reg_write(x.UC_X86_REG_MSR, (0xC0010117, 0x6000))  # VM_HSAVE_PA: where VMRUN saves the host
     uc.reg_write(x.UC_X86_REG_RCX, 0x174)
     uc.reg_write(x.UC_X86_REG_RAX, _CALIBRATION_VMCB)
@@ -278,7 +283,7 @@ def _intercept_fields(env: int, efer: int, error_code: int) -> tuple[int, int, i
     struct.pack_into("<Q", blob, efer, 1 << 12)  # EFER.SVME: VMRUN is allowed
     struct.pack_into("<I", blob, env + _HFLAGS, 0x80 | 0x20 | 0x10 | (1 << 20))  # PE, SS32, CS32, SVME
     ctx = uc.context_save()
-    ctypes.memmove(ctx.context, bytes(blob), len(blob))
+    unicorn_internals.write_context(ctx, blob)
     uc.context_restore(ctx)
     seen: list[tuple[int, int, int]] = []
     snapshot: list[bytes] = []
@@ -312,44 +317,15 @@ def _intercept_fields(env: int, efer: int, error_code: int) -> tuple[int, int, i
     return vm_vmcb, intercept, intercept + 8
 
 
-def _counter_fields() -> tuple[int, int]:
-    """Find ``emu_counter`` and ``emu_count`` in ``uc_struct`` from two counted runs of ``jmp $``."""
-    import unicorn
-
-    uc = _engine()
-    page = ctypes.create_string_buffer(0x1000)
-    uc.mem_map_ptr(0, 0x1000, unicorn.UC_PROT_ALL, ctypes.addressof(page))
-    ctypes.memmove(page, b"\xeb\xfe", 2)
-    uc.ctl_exits_enabled(True)
-    base = ctypes.cast(uc._uch, ctypes.c_void_p).value
-    if base is None:
-        raise LayoutError("no uc_struct handle")
-    span = 1 << 16
-
-    def counted(count: int) -> tuple[set[int], set[int]]:
-        uc.emu_start(0, 0, 0, count)
-        blob = ctypes.string_at(base, span)
-        return set(_offsets(blob, count + 1, "<Q")), set(_offsets(blob, count, "<Q"))
-
-    counters_a, counts_a = counted(1234)
-    counters_b, counts_b = counted(4321)
-    counters, counts = counters_a & counters_b, counts_a & counts_b
-    pairs = [(c, n) for c in counters for n in counts if n == c + 8]
-    if len(pairs) != 1:
-        raise LayoutError(f"instruction counter not found in uc_struct (candidates {sorted(counters)})")
-    return pairs[0]
-
-
 def _xsave_fields(env: int) -> tuple[int, int]:
     """Find ``xcr0`` and ``pkru`` from a guest XSETBV and WRPKRU (QEMU 5.0 keeps ``pkru`` after ``xcr0``)."""
     import unicorn
     from unicorn import x86_const as x
 
     uc = _engine()
-    page = ctypes.create_string_buffer(0x1000)
-    uc.mem_map_ptr(0, 0x1000, unicorn.UC_PROT_ALL, ctypes.addressof(page))
+    uc.mem_map(0, 0x1000, unicorn.UC_PROT_ALL)
     code = b"\x0f\x01\xd1\x0f\x01\xef"  # xsetbv; wrpkru (ECX = EDX = 0)
-    ctypes.memmove(page, code, len(code))
+    uc.mem_write(0, code)
     uc.ctl_exits_enabled(True)
     uc.reg_write(x.UC_X86_REG_CR4, uc.reg_read(x.UC_X86_REG_CR4) | _CR4_OSXSAVE | _CR4_PKE)
     before = bytes(uc.context_save())

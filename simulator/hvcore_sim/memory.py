@@ -8,6 +8,11 @@ MMIO callbacks. Unmapping a large Unicorn region costs time in proportion to its
 size (a 2**48-byte gap would take hours), so a layout change is never patched in
 place: the vCPU builds a fresh engine with the new layout (about 1 ms) and moves
 its CPU state over.
+
+Also the host's own memory as the simulator touches it below ``GuestMemory``'s API: stores
+straight into a slot's buffer that are not host writes (:func:`store_in_place`), a buffer's address, and
+whether a host page is populated (``mincore``). With :mod:`hvcore_sim.unicorn_internals`, the one
+simulator module that imports ``ctypes`` (pyproject.toml's import contract).
 """
 
 from __future__ import annotations
@@ -18,10 +23,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from hvcore.memory import PAGE_SIZE, MemorySlot
+from hvcore.memory import PAGE_SIZE, GuestMemory, MemorySlot, SlotChange
 from hvcore.types import SlotFlags
 
-__all__ = ["PHYSICAL_LIMIT", "DeviceRegion", "DirtyLog", "MmioRead", "MmioWrite", "host_page_populated", "map_layout"]
+__all__ = [
+    "PHYSICAL_LIMIT",
+    "DeviceRegion",
+    "DirtyLog",
+    "HostWrites",
+    "MmioRead",
+    "MmioWrite",
+    "buffer_address",
+    "host_page_populated",
+    "map_layout",
+    "store_in_place",
+]
 
 PHYSICAL_LIMIT: Final = 1 << 52
 """Top of the guest-physical space the simulator maps (x86's architectural MAXPHYADDR)."""
@@ -96,6 +112,16 @@ def map_layout(
             uc.mem_protect(base, size, unicorn.UC_PROT_WRITE)
 
 
+def store_in_place(address: int, data: bytes) -> None:
+    """Copy ``data`` to host address ``address`` (inside a slot's buffer: what the simulated CPU stores itself)."""
+    ctypes.memmove(address, data, len(data))
+
+
+def buffer_address(buffer: Any) -> int:
+    """The host address of a writable buffer (an ``mmap``) the simulator maps into its engines."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
 @functools.cache
 def _mincore() -> Any:
     libc = ctypes.CDLL(None, use_errno=True)
@@ -115,6 +141,53 @@ def host_page_populated(address: int) -> bool:
     if _mincore()(address & ~(PAGE_SIZE - 1), PAGE_SIZE, vector) != 0:
         return True
     return bool(vector.raw[0] & 1)
+
+
+class HostWrites:
+    """Host writes to the memories behind one VM's slots: ``count`` goes up by one for each.
+
+    Unicorn does not see host writes to guest memory (``GuestMemory.write``, ``fill``; also the
+    simulator's own ``kvm_write_guest``-like stores), and code it translated from the old bytes
+    would run on. Each vCPU compares ``count`` with what it saw before every run and, when it
+    moved, drops the code translated from the memories whose ``version`` changed. A memory is
+    watched (``GuestMemory.watch_writes``) while a slot of the VM uses it; a memory newly watched
+    counts as written, as its earlier writes were not seen.
+    """
+
+    __slots__ = ("_watched", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        """Host writes seen so far."""
+        self._watched: dict[int, tuple[GuestMemory, int, Callable[[], None]]] = {}  # id -> memory, slots, unwatch
+
+    def __call__(self) -> None:
+        """One host write (the memory's watcher)."""
+        self.count += 1
+
+    def slot_changed(self, change: SlotChange) -> None:
+        """Watch the memory of the new slot, stop watching the old one's once no slot uses it."""
+        if change.new is not None:
+            memory = change.new.memory
+            entry = self._watched.get(id(memory))
+            if entry is None:
+                self._watched[id(memory)] = (memory, 1, memory.watch_writes(self))
+                self.count += 1
+            else:
+                self._watched[id(memory)] = (memory, entry[1] + 1, entry[2])
+        if change.old is not None:
+            memory, users, unwatch = self._watched[id(change.old.memory)]
+            if users > 1:
+                self._watched[id(memory)] = (memory, users - 1, unwatch)
+            else:
+                del self._watched[id(memory)]
+                unwatch()
+
+    def release_all(self) -> None:
+        """Stop watching every memory (the VM is closed)."""
+        for _, _, unwatch in self._watched.values():
+            unwatch()
+        self._watched.clear()
 
 
 @dataclass

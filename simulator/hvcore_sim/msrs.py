@@ -31,6 +31,9 @@ Addresses are checked for 57 bits (the engine's CPU has LA57: :mod:`hvcore_sim.c
 IA32_SYSENTER_ESP/EIP follow SVM's rule on the vCPU's CPUID vendor
 (:func:`hvcore.cpuid_rules.sysenter_esp_eip`): made canonical, and an AMD-compatible vCPU keeps and
 reads only the low 32 bits.
+
+One module: KVM's MSR rules (the index list, what each MSR accepts) and the emulator that
+applies them to the guest's instructions and the VMM's calls alike change together.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from hvcore.checks import check_msr, msr_refused, msr_unreadable
 from hvcore.errors import HypervisorFault, InvalidArgument
 from hvcore_sim import kvmclock
 from hvcore_sim.clock import Clock, VirtualClock
-from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
+from hvcore_sim.decode import fetch_instruction, prefixes
 from hvcore_sim.exits import Stop, StopKind
 from hvcore_sim.kvmclock import NO_MEMORY, KvmClock, PvClock
 from hvcore_sim.layout import SVM_EXIT_MSR, SVM_EXIT_RDTSC
@@ -540,11 +543,7 @@ _UD: Final = Stop(StopKind.EXCEPTION, vector=6)
 
 def _decode(code: bytes) -> tuple[int, int]:
     """Length and last opcode byte of the RDMSR (0x32), WRMSR (0x30), RDTSC (0x31) or RDTSCP (0xF9) in ``code``."""
-    at = 0
-    while at < len(code) and code[at] in LEGACY_PREFIXES:
-        at += 1
-    if at < len(code) and 0x40 <= code[at] <= 0x4F:  # REX: the instruction is 64-bit code, so it is a prefix
-        at += 1
+    at = prefixes(code, rex=True).length  # (a REX there: the instruction is 64-bit code)
     body = code[at : at + 3]
     if body[:2] in (b"\x0f\x30", b"\x0f\x31", b"\x0f\x32"):
         return at + 2, body[1]

@@ -27,14 +27,21 @@ from typing import TYPE_CHECKING, Final
 
 from hvcore.types import Sregs
 from hvcore_sim import mmu
+from hvcore_sim.decode import CS, DS, ES, FS, GS, SS, prefixes
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
 
 __all__ = [
     "AL",
+    "CS",
+    "DS",
+    "ES",
+    "FS",
+    "GS",
     "NO_REGISTER",
     "RIP",
+    "SS",
     "CpuState",
     "Instruction",
     "MemoryOperand",
@@ -44,15 +51,12 @@ __all__ = [
     "physical_pieces",
 ]
 
-ES, CS, SS, DS, FS, GS = range(6)  # segment numbers, as x86 encodes them (and QEMU orders its caches)
 RIP: Final = 16
 """Base "register" of a RIP-relative operand."""
 AL: Final = 17
 """Index "register" of ``xlat``: AL, zero-extended."""
 NO_REGISTER: Final = -1
 
-_SEGMENT_PREFIXES: Final = {0x26: ES, 0x2E: CS, 0x36: SS, 0x3E: DS, 0x64: FS, 0x65: GS}
-_LEGACY_PREFIXES: Final = frozenset({*_SEGMENT_PREFIXES, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 _MAX_LENGTH: Final = 15
 
 
@@ -151,20 +155,11 @@ def decode(code: bytes, code_bits: int) -> Instruction:
 
 
 def _decode(code: bytes, bits: int) -> Instruction:
-    at, segment, operand16, address_override = 0, NO_REGISTER, False, False
-    while code[at] in _LEGACY_PREFIXES:
-        byte = code[at]
-        segment = _SEGMENT_PREFIXES.get(byte, segment)
-        operand16 |= byte == 0x66
-        address_override |= byte == 0x67
-        at += 1
-        if at >= _MAX_LENGTH:
-            return _NOTHING
-    rex = 0
-    if bits == 64 and 0x40 <= code[at] <= 0x4F:
-        rex = code[at]
-        at += 1
-    address_bits = {16: 32, 32: 16, 64: 32}[bits] if address_override else bits
+    found = prefixes(code, rex=bits == 64)
+    at, segment, operand16, rex = found.length, found.segment, found.operand16, found.rex
+    if at >= _MAX_LENGTH:
+        return _NOTHING
+    address_bits = {16: 32, 32: 16, 64: 32}[bits] if found.address_override else bits
     if bits == 16:
         operand16 = not operand16
     operand16 &= not rex & 8  # REX.W wins over 0x66

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final
 
 from hvcore.errors import HvError
 from hvcore.x86 import EFER_LMA
-from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
+from hvcore_sim.decode import fetch_instruction, prefixes
 from hvcore_sim.faults import GuestFault
 from hvcore_sim.mmu import PhysicalMemory, translate_range
 
@@ -40,12 +40,8 @@ _RF_VM_IN_BYTE_2: Final = 0x3  # RF and VM are bits 0 and 1 of the image's third
 
 def _pushf_size(code: bytes, *, bits: int) -> int:
     """The operand size of the PUSHF at the start of ``code`` in ``bits``-bit code; 0 for any other instruction."""
-    at, operand16 = 0, False
-    while at < len(code) and code[at] in LEGACY_PREFIXES:
-        operand16 |= code[at] == 0x66
-        at += 1
-    if bits == 64 and at < len(code) and 0x40 <= code[at] <= 0x4F:  # REX
-        at += 1
+    found = prefixes(code, rex=bits == 64)
+    at, operand16 = found.length, found.operand16
     if code[at : at + 1] != bytes([_PUSHF]):
         return 0
     if bits == 64:

@@ -19,7 +19,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Final
 
 from hvcore.errors import HypervisorFault
-from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
+from hvcore_sim.decode import fetch_instruction, prefixes
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
@@ -45,12 +45,8 @@ def emulate(engine: Engine) -> Outcome:
     rip = engine.reg(engine.RIP)
     view = engine.view()
     code = fetch_instruction(engine, rip)
-    at, operand16, rex = 0, False, 0
-    while at < len(code) and code[at] in LEGACY_PREFIXES:
-        operand16 |= code[at] == 0x66
-        at += 1
-    if view.code_bits == 64 and at < len(code) and 0x40 <= code[at] <= 0x4F:
-        rex, at = code[at], at + 1
+    found = prefixes(code, rex=view.code_bits == 64)
+    at, operand16, rex = found.length, found.operand16, found.rex
     opcode, modrm = code[at : at + 2], code[at + 2] if at + 2 < len(code) else 0
     smsw = opcode == b"\x0f\x01" and modrm >> 3 & 7 == 4
     if opcode != b"\x0f\x20" and not smsw:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final
 
 from hvcore.types import Segment
 from hvcore.x86 import CR0_PE, EFER_LMA
-from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
+from hvcore_sim.decode import fetch_instruction, prefixes
 from hvcore_sim.msrs import CSTAR, FMASK, LSTAR, STAR
 
 if TYPE_CHECKING:
@@ -40,12 +40,7 @@ _UD: Final = 6
 
 def _length(code: bytes) -> int:
     """The length of the SYSCALL (0F 05) at the start of ``code``, prefixes included."""
-    at = 0
-    while at < len(code) and code[at] in LEGACY_PREFIXES:
-        at += 1
-    if at < len(code) and 0x40 <= code[at] <= 0x4F:  # REX: only 64-bit code reaches SYSCALL with one
-        at += 1
-    return at + 2
+    return prefixes(code, rex=True).length + 2  # (a REX: only 64-bit code reaches SYSCALL with one)
 
 
 def _segments(selector: int, *, long_mode: bool) -> tuple[Segment, Segment]:

@@ -4,6 +4,10 @@
 engines never execute at once and guest ``lock`` operations stay atomic), and
 turns what stopped a slice into KVM's exit. The instruction-level rules live in
 :mod:`hvcore_sim.exits`; this module owns the run loop, the kick and the state API.
+
+One module for now, though long: ``SimVCPU`` is both the public vCPU and the run loop over its
+engine, tracker, MSRs and LAPIC, and it splits cleanly only together with the exit tracker
+(:mod:`hvcore_sim.exits`) and ``SimVM``'s role as the vCPUs' service locator (issue 15).
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ from hvcore.exits import (
     ShutdownExit,
 )
 from hvcore.lifetime import Closeable
-from hvcore.memory import GuestMemory
 from hvcore.state_checks import check_state_argument
 from hvcore.types import (
     CpuidEntry,
@@ -62,7 +65,7 @@ from hvcore.types import (
 )
 from hvcore_sim import cpufeatures, guestdebug, hypercall, state, syscall, validity
 from hvcore_sim.blocks import ExitDensity
-from hvcore_sim.decode import LEGACY_PREFIXES, fetch_instruction
+from hvcore_sim.decode import fetch_instruction, prefixes
 from hvcore_sim.engine import EFER_LMA, Engine
 from hvcore_sim.exits import Stop, StopKind, Tracker
 from hvcore_sim.msrs import GP_FAULT, IA32_APIC_BASE, DefaultMsrHandler, LapicMsrHandler, MsrEmulator
@@ -203,8 +206,8 @@ class SimVCPU(Closeable):
             engine = self._engine = self._new_engine(engine)
         if vm.dirty.generation != self.tracker.dirty_generation:
             self.tracker.sync_dirty(engine)
-        if GuestMemory.writes != self._host_writes:  # any host write since the last look
-            self._host_writes = GuestMemory.writes
+        if vm.host_writes.count != self._host_writes:  # any host write since the last look
+            self._host_writes = vm.host_writes.count
             self._drop_stale_code(engine)
         return engine
 
@@ -291,6 +294,7 @@ class SimVCPU(Closeable):
         msrs = self.msrs
         pvclock = msrs.pvclock
         density = self._density
+        host_writes = vm.host_writes
         while True:
             if chip is not None and self._mp_state is not MpState.RUNNABLE and not first and self._sleep(chip):
                 return _INTERRUPTED
@@ -301,7 +305,7 @@ class SimVCPU(Closeable):
                 if (  # engine(), its checks inline: the hot path
                     self._layout_generation != vm.layout_generation
                     or vm.dirty.generation != tracker.dirty_generation
-                    or GuestMemory.writes != self._host_writes
+                    or host_writes.count != self._host_writes
                 ):
                     engine = self.engine()
                 assert engine is not None
@@ -450,11 +454,8 @@ class SimVCPU(Closeable):
         """A guest ``mov cr8, reg`` / ``mov reg, cr8`` (an SVM intercept, RIP at it): done, RIP past it; or #GP."""
         rip = engine.reg(engine.RIP)
         code = fetch_instruction(engine, rip)
-        at, rex = 0, 0
-        while at < len(code) and code[at] in LEGACY_PREFIXES:  # (LOCK MOV CR0 is AMD's CR8 outside 64-bit mode)
-            at += 1
-        if at < len(code) and 0x40 <= code[at] <= 0x4F:
-            rex, at = code[at], at + 1
+        found = prefixes(code, rex=True)  # (LOCK MOV CR0 is AMD's CR8 outside 64-bit mode)
+        at, rex = found.length, found.rex
         if code[at : at + 2] not in (b"\x0f\x20", b"\x0f\x22") or at + 2 >= len(code):
             raise HypervisorFault(f"CR8 intercept at {rip:#x}: not MOV to/from CR8: {code.hex()}", operation="run")
         modrm = code[at + 2]
@@ -474,11 +475,8 @@ class SimVCPU(Closeable):
         """Whether KVM takes the guest's ``mov cr4, reg`` at RIP (an SVM intercept): else it raises #GP(0)."""
         rip = engine.reg(engine.RIP)
         code = fetch_instruction(engine, rip)
-        at, rex = 0, 0
-        while at < len(code) and code[at] in LEGACY_PREFIXES:
-            at += 1
-        if at < len(code) and 0x40 <= code[at] <= 0x4F:
-            rex, at = code[at], at + 1
+        found = prefixes(code, rex=True)
+        at, rex = found.length, found.rex
         if code[at : at + 2] != b"\x0f\x22" or at + 2 >= len(code):
             raise HypervisorFault(f"CR4 write intercept at {rip:#x}: not MOV to CR4: {code.hex()}", operation="run")
         value = engine.reg(engine.GPRS_BY_NUMBER[(code[at + 2] & 7) | (rex & 1) << 3])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno as _errno
 import threading
 import time
@@ -35,7 +34,7 @@ from hvcore_sim.execlock import ExecLock
 from hvcore_sim.irqchip.chip import Irqchip
 from hvcore_sim.kvmclock import KvmClock
 from hvcore_sim.memory import DirtyLog as DirtyPages
-from hvcore_sim.memory import map_layout
+from hvcore_sim.memory import HostWrites, map_layout, store_in_place
 from hvcore_sim.msrs import TSC_HZ
 from hvcore_sim.vcpu import SimVCPU
 
@@ -77,7 +76,7 @@ class _SlotMemory:
         slot = self._vm.slot_at(address)
         if slot is None or address + len(data) > slot.end:
             raise NotFound(f"no memory slot backs guest-physical {address:#x}+{len(data)}")
-        ctypes.memmove(slot.memory.address + slot.offset + address - slot.guest_address, bytes(data), len(data))
+        store_in_place(slot.memory.address + slot.offset + address - slot.guest_address, bytes(data))
 
     def load(self, address: int, length: int) -> bytes | None:
         """As :meth:`read`, None where no slot backs it all (KVM's ``kvm_read_guest`` failing)."""
@@ -116,6 +115,8 @@ class SimVM(SlotOwner, Closeable):
         self._slots = SlotTable(MAX_SLOTS)
         self.layout_generation = 0
         self.dirty = DirtyPages()
+        self.host_writes = HostWrites()
+        """Host writes to the memory behind the slots, which make the vCPUs drop stale translated code."""
         self.exec_lock = ExecLock()
         self._vcpus: dict[int, SimVCPU] = {}
         self._used_vcpu_ids: set[int] = set()
@@ -145,6 +146,7 @@ class SimVM(SlotOwner, Closeable):
             if logging and (old is None or new is None or old.guest_address != new.guest_address):
                 self.dirty.unmapped(change.slot)  # a new or moved slot: KVM maps nothing of it yet
             self._slots.apply(change)
+            self.host_writes.slot_changed(change)
             self.layout_generation += 1
 
     def memory_slots_unchecked(self) -> tuple[MemorySlot, ...]:
@@ -413,6 +415,7 @@ class SimVM(SlotOwner, Closeable):
         self._closed = True
         with self.exec_lock:
             self._slots.release_all()
+            self.host_writes.release_all()
 
     def __repr__(self) -> str:
         return f"SimVM(vcpus={len(self._vcpus)}{', closed' if self._closed else ''})"

@@ -16,20 +16,19 @@ NMI blocking is QEMU's own ``HF2_NMI_MASK`` in ``hflags2``: the simulator sets i
 delivers an NMI, and any IRET clears it, wherever it returns to (as on hardware).
 
 ``interrupt_request`` is in QEMU's ``CPUState``, which the context blob does not copy; it follows
-``cflags_next_tb`` (-1 between runs). :func:`request_offset` finds it there and checks both
-windows with a run; where that is not possible it gives None and the vCPU single-steps while an
-event is blocked instead.
+``cflags_next_tb`` (-1 between runs), where :func:`hvcore_sim.unicorn_internals.interrupt_request_offset`
+finds it. :func:`request_offset` checks both windows with a run; where that is not possible it
+gives None and the vCPU single-steps while an event is blocked instead.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import struct
 from typing import Any, Final
 
+from hvcore_sim import unicorn_internals
 from hvcore_sim.cpumodel import new_uc
-from hvcore_sim.internals import cpu_offsets, handle
 from hvcore_sim.layout import EXCP_VMEXIT, HF_GUEST, SVM_EXIT_INTR, SVM_EXIT_NMI, SVM_INTERCEPT_BASE, calibrate
 
 __all__ = ["HF2_NMI_MASK", "INTERCEPTS", "REQUEST_INTERRUPT", "REQUEST_NMI", "request_offset"]
@@ -43,8 +42,6 @@ HF2_NMI_MASK: Final = 1 << 2
 INTERCEPTS: Final = 1 << (SVM_EXIT_INTR - SVM_INTERCEPT_BASE) | 1 << (SVM_EXIT_NMI - SVM_INTERCEPT_BASE)
 """The SVM intercept bits that turn QEMU's taking of a requested event into a hook call."""
 
-_CFLAGS_NEXT_TB_IDLE: Final = b"\xff\xff\xff\xff"
-_HEAD: Final = 256  # bytes of CPUState searched for cflags_next_tb / interrupt_request
 _RSP: Final = 0x1F00
 # sti; nop; nop; hlt -- the window opens after the nop in the shadow of the sti
 _STI_CODE: Final = 0x1000
@@ -55,43 +52,43 @@ _IRET: Final = b"\x48\xcf"
 _CODE64: Final = 0x00209A0000000000  # GDT entry 1: 64-bit code, DPL 0, present
 
 
-def _engine(intercept: int, hflags: int) -> tuple[Any, ctypes.Array[ctypes.c_char]]:
-    """A 64-bit engine in SVM guest mode with the window intercepts, its first 8 KiB mapped to a buffer."""
+def _engine(intercept: int, hflags: int) -> Any:
+    """A 64-bit engine in SVM guest mode with the window intercepts, its first 8 KiB RAM."""
     import unicorn
     from unicorn import x86_const as x
 
     layout = calibrate()
     uc = new_uc()
     uc.ctl_exits_enabled(True)
-    page = ctypes.create_string_buffer(0x2000)
-    uc.mem_map_ptr(0, 0x2000, unicorn.UC_PROT_ALL, ctypes.addressof(page))
+    page = bytearray(0x2000)
     struct.pack_into("<Q", page, 8, _CODE64)
     for at, code in ((_STI_CODE, _STI), (_IRET_CODE, _IRET), (_IRET_TARGET, b"\x90\xf4")):  # nop; hlt
-        ctypes.memmove(ctypes.addressof(page) + at, code, len(code))
+        page[at : at + len(code)] = code
     struct.pack_into("<5Q", page, _RSP, _IRET_TARGET, 0x8, 0x2, _RSP + 0x80, 0)  # RIP, CS, RFLAGS, RSP, SS
+    uc.mem_map(0, 0x2000, unicorn.UC_PROT_ALL)
+    uc.mem_write(0, bytes(page))
     uc.reg_write(x.UC_X86_REG_GDTR, (0, 0, 0xF, 0))
     uc.reg_write(x.UC_X86_REG_RSP, _RSP)
     uc.reg_write(x.UC_X86_REG_RFLAGS, 0x2)
     ctx = uc.context_save()
-    blob = bytearray(ctypes.string_at(ctx.context, layout.size))
+    blob = unicorn_internals.read_context(ctx, layout.size)
     struct.pack_into("<Q", blob, layout.intercept, intercept)
     struct.pack_into("<I", blob, layout.hflags, struct.unpack_from("<I", blob, layout.hflags)[0] | HF_GUEST)
     struct.pack_into("<I", blob, layout.hflags2, struct.unpack_from("<I", blob, layout.hflags2)[0] | hflags)
-    ctypes.memmove(ctx.context, bytes(blob), layout.size)
+    unicorn_internals.write_context(ctx, blob)
     uc.context_restore(ctx)
-    return uc, page
+    return uc
 
 
-def _window_run(
-    request_at: int, pointer_at: int, request: int, start: int, *, nmi_blocked: bool
-) -> list[tuple[int, int]]:
+def _window_run(request_at: int, request: int, start: int, *, nmi_blocked: bool) -> list[tuple[int, int]]:
     """Run from ``start`` with ``request`` raised; the (hook number, RIP) pairs the window hook saw."""
     import unicorn
     from unicorn import x86_const as x
 
-    uc, _page = _engine(INTERCEPTS, HF2_NMI_MASK if nmi_blocked else 0)
-    cpu = ctypes.c_uint64.from_address(handle(uc) + pointer_at).value
-    cell = ctypes.c_uint32.from_address(cpu + request_at)
+    uc = _engine(INTERCEPTS, HF2_NMI_MASK if nmi_blocked else 0)
+    cell = unicorn_internals.cpu_u32_cell(uc, request_at)
+    if cell is None:
+        return []
     seen: list[tuple[int, int]] = []
 
     def on_interrupt(engine: Any, number: int, _: object) -> None:
@@ -109,21 +106,11 @@ def _window_run(
 @functools.cache
 def request_offset() -> int | None:
     """Offset of ``interrupt_request`` in QEMU's CPU object, checked with both windows; None if not found."""
-    offsets = cpu_offsets()
-    if offsets is None:
+    request_at = unicorn_internals.interrupt_request_offset(_engine(0, 0))
+    if request_at is None:
         return None
-    pointer_at, env = offsets
-    uc, _page = _engine(0, 0)
-    cpu = ctypes.c_uint64.from_address(handle(uc) + pointer_at).value
-    head = ctypes.string_at(cpu, min(_HEAD, env))  # CPUState starts the object; env comes after it
-    at = head.find(_CFLAGS_NEXT_TB_IDLE)
-    if at < 0 or at % 4:
-        return None
-    request_at = at + 4
-    if struct.unpack_from("<I", head, request_at)[0] != 0:
-        return None
-    window = _window_run(request_at, pointer_at, REQUEST_INTERRUPT, _STI_CODE, nmi_blocked=False)
-    nmi = _window_run(request_at, pointer_at, REQUEST_NMI, _IRET_CODE, nmi_blocked=True)
+    window = _window_run(request_at, REQUEST_INTERRUPT, _STI_CODE, nmi_blocked=False)
+    nmi = _window_run(request_at, REQUEST_NMI, _IRET_CODE, nmi_blocked=True)
     if window != [(EXCP_VMEXIT + SVM_EXIT_INTR, _STI_CODE + 2)] or nmi != [(EXCP_VMEXIT + SVM_EXIT_NMI, _IRET_TARGET)]:
         return None
     return request_at

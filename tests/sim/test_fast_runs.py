@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from hvcore import DebugExit, GuestDebug, GuestDebugFlags, HltExit, IoExit
-from hvcore_sim import blocks, system
+from hvcore_sim import system, unicorn_internals
 from hvcore_sim.system import SimHypervisor
 from hvcore_sim.vcpu import SimVCPU
 from tests.boot import boot
@@ -108,7 +108,7 @@ def test_code_that_exits_every_few_instructions_runs_counted_until_it_runs_long(
 
 def test_without_separate_translations_exit_dense_code_stays_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the cluster index is not found, a switch would drop every translation: ExitDensity does not switch."""
-    monkeypatch.setattr(blocks, "_cluster_index", lambda engine: None)
+    monkeypatch.setattr(unicorn_internals, "cluster_index_cell", lambda uc: None)
     with SimHypervisor() as hv, hv.create_vm() as vm:
         vcpu = boot(hv, vm, DENSE_THEN_LONG, "long")
         assert isinstance(vcpu, SimVCPU)

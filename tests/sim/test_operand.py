@@ -31,6 +31,8 @@ def linear(code: bytes, bits: int = 64, rip: int = 0x40_0000, cpu: CpuState = FL
         ("f605 10000000 01", 64, 7, [MemoryOperand(DS, RIP, NO_REGISTER, 0, 0x10, 64)]),  # test byte, imm8
         ("66f705 10000000 0010", 64, 9, [MemoryOperand(DS, RIP, NO_REGISTER, 0, 0x10, 64)]),  # test word, imm16
         ("6648f705 10000000 00100000", 64, 12, [MemoryOperand(DS, RIP, NO_REGISTER, 0, 0x10, 64)]),  # REX.W wins
+        ("4866f705 10000000 0010", 64, 10, [MemoryOperand(DS, RIP, NO_REGISTER, 0, 0x10, 64)]),  # REX then 66: void
+        ("26648b00", 64, 4, [MemoryOperand(FS, 0, NO_REGISTER, 0, 0, 64)]),  # the last segment override wins
         ("f715 10000000", 64, 6, [MemoryOperand(DS, RIP, NO_REGISTER, 0, 0x10, 64)]),  # not: no immediate
         ("648b448b 10", 64, 5, [MemoryOperand(FS, 3, 1, 2, 0x10, 64)]),
         ("66438b44ec 80", 64, 6, [MemoryOperand(DS, 12, 13, 3, -0x80, 64)]),

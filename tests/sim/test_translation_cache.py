@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from hvcore import HltExit
+from hvcore import GuestMemory, HltExit
 from hvcore_sim import system
 from hvcore_sim.system import SimHypervisor
 from tests.boot import write_guest
@@ -53,3 +53,22 @@ def test_delivering_events_keeps_translated_code(monkeypatch: pytest.MonkeyPatch
         assert vcpu.run() == HltExit()
         assert vcpu.get_regs().rcx == 0  # all 100 delivered and returned from
     assert flushes == []
+
+
+def test_host_writes_count_for_the_vm_whose_slots_hold_the_memory() -> None:
+    with SimHypervisor() as hv, hv.create_vm() as vm, hv.create_vm() as other:
+        ram, elsewhere = GuestMemory(0x1000), GuestMemory(0x1000)
+        vm.set_memory_slot(0, 0, ram)
+        vm.set_memory_slot(1, 0x1000, ram)  # one memory in two slots
+        other.set_memory_slot(0, 0, elsewhere)
+        count = vm.host_writes.count
+        elsewhere.write(0, b"\x01")  # another VM's memory
+        assert vm.host_writes.count == count
+        ram.write(0, b"\x01")
+        assert vm.host_writes.count == count + 1
+        vm.delete_memory_slot(0)
+        ram.write(0, b"\x02")  # still in slot 1
+        assert vm.host_writes.count == count + 2
+        vm.delete_memory_slot(1)
+        ram.write(0, b"\x03")  # in no slot of the VM
+        assert vm.host_writes.count == count + 2

@@ -46,6 +46,9 @@ KVM's rules reproduced here:
 Left out: SMIs (no SMM: not accepted), the CMCI LVT, KVM's lapic_timer_advance tuning, PV EOI,
 Hyper-V SynIC, APICv and ``KVM_CAP_X2APIC_API`` (``KVM_GET_LAPIC`` shows an x2APIC ID shifted into
 bits 31:24, as KVM without it).
+
+One module, as KVM's ``lapic.c`` is one file: the register page, the timer and interrupt
+acceptance share one state, and the model is read side by side with upstream.
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ from typing import Final
 from hvcore.errors import error_for_errno
 from hvcore.log import get_logger
 from hvcore_kvm.ioctls import IOCTL_NAMES
+from hvcore_kvm.ioctls import KVM_CHECK_EXTENSION as IOCTL_CHECK_EXTENSION
 
-__all__ = ["ioctl", "ioctl_ulong"]
+__all__ = ["check_extension", "ioctl", "ioctl_ulong"]
 
 _libc: Final = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
@@ -59,3 +60,10 @@ def ioctl_ulong(fd: int, request: int, value: int, detail: str = "") -> int:
         raise error_for_errno(err, IOCTL_NAMES.get(request, hex(request)), detail)
     _logged(fd, request, detail, f"= {result}")
     return int(result)
+
+
+def check_extension(fd: int, capability: int) -> int:
+    """``KVM_CHECK_EXTENSION`` on ``fd`` (the system or a VM); 0 for numbers KVM cannot know (not a C int)."""
+    if not 0 <= capability < 1 << 31:
+        return 0
+    return ioctl(fd, IOCTL_CHECK_EXTENSION, capability)

@@ -13,7 +13,7 @@ from hvcore.errors import BackendUnavailable, ClosedError, HvError, InvalidArgum
 from hvcore.lifetime import Closeable
 from hvcore.types import CpuidEntry
 from hvcore_kvm import convert, ioctls, kick, uapi
-from hvcore_kvm._sys import ioctl
+from hvcore_kvm._sys import check_extension, ioctl
 from hvcore_kvm.vm import KvmVM
 
 __all__ = ["BACKEND", "KvmBackend", "KvmHypervisor"]
@@ -76,10 +76,7 @@ class KvmHypervisor(Closeable):
     def check_extension(self, capability: Capability | int) -> int:
         """``KVM_CHECK_EXTENSION`` (0 for numbers KVM cannot know)."""
         check_int("capability", capability, "check_extension")
-        fd = self._live()
-        if not 0 <= int(capability) < 1 << 31:
-            return 0
-        return ioctl(fd, ioctls.KVM_CHECK_EXTENSION, int(capability))
+        return check_extension(self._live(), int(capability))
 
     def capabilities(self) -> frozenset[Capability]:
         """Every :class:`Capability` for which ``KVM_CHECK_EXTENSION`` is non-zero."""

@@ -18,7 +18,7 @@ from hvcore.memory import MemorySlot, SlotChange, SlotOwner, SlotTable
 from hvcore.state_checks import check_state
 from hvcore.types import ClockData, GsiRoute, IoapicState, IrqchipId, PicState, PitState
 from hvcore_kvm import convert, ioctls, uapi
-from hvcore_kvm._sys import ioctl, ioctl_ulong
+from hvcore_kvm._sys import check_extension, ioctl, ioctl_ulong
 from hvcore_kvm.vcpu import KvmVCPU
 
 if TYPE_CHECKING:
@@ -55,10 +55,7 @@ class KvmVM(SlotOwner, Closeable):
     def check_extension(self, capability: Capability | int) -> int:
         """``KVM_CHECK_EXTENSION`` on the VM fd (0 for numbers KVM cannot know)."""
         check_int("capability", capability, "check_extension")
-        fd = self._live()
-        if not 0 <= int(capability) < 1 << 31:
-            return 0
-        return ioctl(fd, ioctls.KVM_CHECK_EXTENSION, int(capability))
+        return check_extension(self._live(), int(capability))
 
     # -- memory ------------------------------------------------------------
 

@@ -38,8 +38,9 @@
   writable (refusing the write would lose it where one helper runs a whole instruction).
 
 One module for now, though long: :class:`Tracker` holds the per-vCPU state that every rule
-reads and writes, and reaches the VM through ``vcpu._vm`` / ``vcpu._state``; splitting the rules
-by exit kind first needs that state handed to them as one guest-context object (issue 15).
+reads and writes; it reaches the VM only through the :class:`~hvcore_sim.context.GuestContext`
+it is handed (and the vCPU's state through ``state``), which the rules take with them when they
+are split out by exit kind.
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ from hvcore_sim.memory import host_page_populated, store_in_place
 from hvcore_sim.unicorn_internals import IntCell
 
 if TYPE_CHECKING:
+    from hvcore_sim.context import GuestContext
     from hvcore_sim.engine import Engine
+    from hvcore_sim.state import VcpuState
     from hvcore_sim.vcpu import SimVCPU
 
 __all__ = ["Stop", "StopKind", "Tracker"]
@@ -191,14 +194,18 @@ def _assign(old: int, value: int, bits: int) -> int:
 class Tracker:
     """The instruction in progress on one vCPU, and the hooks that see it."""
 
-    def __init__(self, vcpu: SimVCPU) -> None:
+    def __init__(self, vcpu: SimVCPU, guest: GuestContext, state: VcpuState) -> None:
         import unicorn
 
         self._unicorn = unicorn
         self._fetch_faults = (unicorn.UC_ERR_FETCH_UNMAPPED, unicorn.UC_ERR_FETCH_PROT)
         self._iret_at: int | None = None  # RIP of an IRET let through on a VM of several vCPUs
         self.vcpu = vcpu
-        self.local_ports: frozenset[int] = vcpu._vm.irqchip_ports
+        self.guest = guest
+        """The VM as the rules see it: slots, memory, dirty log, irqchip, clock, the other vCPUs."""
+        self.state = state
+        """The vCPU's architectural state beyond the engine's (CPUID, APIC base, ...)."""
+        self.local_ports: frozenset[int] = guest.irqchip_ports
         """Ports the simulator's own devices answer (the PIC, the PIT); the VM updates it."""
         self.pending: Exit | None = None  # an IN or MMIO read waiting for complete()
         self._engine: Engine | None = None
@@ -278,7 +285,7 @@ class Tracker:
         """
         plain = sorted(
             (slot.guest_address, slot.end)
-            for slot in self.vcpu._vm.memory_slots_unchecked()
+            for slot in self.guest.memory_slots_unchecked()
             if not slot.readonly and not slot.flags & SlotFlags.LOG_DIRTY_PAGES
         )
         ranges, at = [], 0
@@ -332,7 +339,7 @@ class Tracker:
         if not rflags >> 17 & 1 and engine.reg(engine.CS) & 3 <= (rflags >> 12) & 3:
             return False
         view = engine.view()
-        if decode.io_permitted(view, self.vcpu._vm.linear_reader(view), port, size):
+        if decode.io_permitted(view, self.guest.linear_reader(view), port, size):
             return False
         self._io_fault_rip = engine.reg(engine.RIP)
         self._halt(Stop(StopKind.EXCEPTION, vector=13, error_code=0))
@@ -389,7 +396,7 @@ class Tracker:
         if not cells.every_port_allowed() and self._io_forbidden(port, size):  # (the common case without a call)
             return
         if port in self.local_ports:  # the in-kernel PIC / PIT: never the VMM's
-            chip = self.vcpu._vm.irqchip
+            chip = self.guest.irqchip
             assert chip is not None
             chip.port_write(port, value)
             self._halt(_LOOK_AGAIN)
@@ -413,7 +420,7 @@ class Tracker:
         # MMIO or a ROM, the destination is not RAM and KVM's emulator order applies.
         probed = bool(self._new) or self._ins_rom
         if port in self.local_ports and not probed:
-            chip = self.vcpu._vm.irqchip
+            chip = self.guest.irqchip
             assert chip is not None
             return chip.port_read(port)
         engine = self._engine
@@ -424,7 +431,7 @@ class Tracker:
         rip = engine.reg(engine.RIP)
         view = engine.view()
         try:
-            insn = decode.io_instruction(engine, rip, view, self.vcpu._vm.linear_reader(view))
+            insn = decode.io_instruction(engine, rip, view, self.guest.linear_reader(view))
             count, current = 1, engine.reg(engine.RAX) & ((1 << (8 * size)) - 1)
             if insn.string:
                 if insn.rep:
@@ -456,7 +463,7 @@ class Tracker:
         at once (:mod:`hvcore_sim.stringin`). Unicorn's element-by-element replay differs once the
         INS overwrites its own code: QEMU decodes the instruction again between two elements.
         """
-        vm = self.vcpu._vm
+        vm = self.guest
         user = bool(view.paging.cr0 & 1) and engine.reg(engine.CS) & 3 == 3
         low = insn.destination - (count - 1) * size if insn.backwards else insn.destination
         try:
@@ -466,7 +473,7 @@ class Tracker:
         return True
 
     def _writable(self, physical: int, length: int) -> bool:
-        slot = self.vcpu._vm.slot_at(physical)
+        slot = self.guest.slot_at(physical)
         return slot is not None and not slot.readonly and physical + length <= slot.end
 
     def _string_in_exit(self, engine: Engine, port: int, size: int, count: int) -> int:
@@ -476,7 +483,7 @@ class Tracker:
         self._discard_writes = True
         self._saved = {reg: engine.reg(reg) for reg in decode.IN_SAVED}
         if port in self.local_ports:  # the simulator's own device answers at once, as KVM's kernel_pio
-            chip = self.vcpu._vm.irqchip
+            chip = self.guest.irqchip
             assert chip is not None
             self._local_in = size, b"".join(chip.port_read(port).to_bytes(size, "little") for _ in range(count))
             self._stop = _LOCAL_STRING_IN
@@ -488,7 +495,7 @@ class Tracker:
 
     def _complete_string_in(self, engine: Engine, size: int, data: bytes) -> Exit | None:
         """Write an answered INS batch as KVM's emulator; RCX, RDI (and RIP without REP) as its writeback."""
-        vm = self.vcpu._vm
+        vm = self.guest
         rip = engine.reg(engine.RIP)
         view = engine.view()
         insn = decode.io_instruction(engine, rip, view, vm.linear_reader(view))
@@ -531,11 +538,11 @@ class Tracker:
         the new bytes). A logging slot's pages are logged dirty, as KVM's emulator write does.
         """
         engine.uc.mem_write(physical, data)
-        slot = self.vcpu._vm.slot_at(physical)
+        slot = self.guest.slot_at(physical)
         if slot is not None and slot.flags & SlotFlags.LOG_DIRTY_PAGES:
             offset = physical - slot.guest_address
             for page in range(offset // PAGE_SIZE, (offset + len(data) - 1) // PAGE_SIZE + 1):
-                self.vcpu._vm.dirty.record(slot.slot, page)
+                self.guest.dirty.record(slot.slot, page)
 
     def _drop_code(self, engine: Engine, view: Any, linear: int, length: int, *, user: bool) -> None:
         """Forget code translated from ``length`` bytes at ``linear`` that the simulator wrote for the guest.
@@ -550,7 +557,7 @@ class Tracker:
         while linear < end:
             piece = min(end, (linear | (PAGE_SIZE - 1)) + 1)
             start = linear if paged else linear & 0xFFFFFFFF  # without paging: physical, wrapping at 4 GiB
-            if paged and not mmu.fetchable(paging, linear, self.vcpu._vm.physical, user=user):
+            if paged and not mmu.fetchable(paging, linear, self.guest.physical, user=user):
                 uc.ctl_flush_tb()
                 return
             uc.ctl_remove_cache(start, start + piece - linear)
@@ -558,8 +565,8 @@ class Tracker:
 
     def _device_write(self, physical: int, data: bytes) -> list[MmioExit]:
         """An INS's write to MMIO: the simulator's devices take their part in place; exits for the rest."""
-        chip = self.vcpu._vm.irqchip
-        if chip is not None and self.vcpu._vm.slot_at(physical) is None:
+        chip = self.guest.irqchip
+        if chip is not None and self.guest.slot_at(physical) is None:
             exits: list[MmioExit] = []
 
             def outside(uc: Any, offset: int, size: int, value: int, base: int) -> None:
@@ -576,7 +583,7 @@ class Tracker:
     def _on_cpuid(self, uc: Any, _: object) -> int:
         engine = self._engine
         assert engine is not None
-        self.vcpu._state.serve_cpuid(engine)
+        self.state.serve_cpuid(engine)
         if self._cells is not None:  # Unicorn synced the state for this hook the way an abort does
             self._cells.settle()
         return 1  # skip Unicorn's own CPUID model
@@ -608,7 +615,7 @@ class Tracker:
         # INT n / INT3 / INTO: deliver with the next instruction as the return address
         view = engine.view()
         try:
-            last = self.vcpu._vm.linear_reader(view)(view.cs_base + next_rip - 1, 1)[0]
+            last = self.guest.linear_reader(view)(view.cs_base + next_rip - 1, 1)[0]
         except Exception:
             last = 0
         kind, length = ("software_exception", 1) if last in (0xCC, 0xCE) and vector in (3, 4) else ("software", 2)
@@ -638,7 +645,7 @@ class Tracker:
         if exit_code == SVM_EXIT_IRET:
             self._let_run_once(engine, exit_code)
             self.watch_resume_flag = True  # RF as the IRET loads it
-            self._iret_at = engine.reg(engine.RIP) if self.vcpu._vm.vcpu_count > 1 else None
+            self._iret_at = engine.reg(engine.RIP) if self.guest.vcpu_count > 1 else None
             return
         if exit_code == SVM_EXIT_READ_CR0:
             self._cr0_read(engine)
@@ -686,7 +693,7 @@ class Tracker:
         if at is None:
             return
         rip = engine.reg(engine.RIP)
-        if rip - at not in (1, 2) or not any(v is not self.vcpu and v.started for v in self.vcpu._vm.vcpus()):
+        if rip - at not in (1, 2) or not any(v is not self.vcpu and v.started for v in self.guest.vcpus()):
             return
         engine.uc.ctl_flush_tb()
 
@@ -780,7 +787,7 @@ class Tracker:
         """The guest's read (its part in one page) that Unicorn reads as aligned words, one of them at ``address``."""
         engine = self._engine
         assert engine is not None
-        memory = self.vcpu._vm.physical
+        memory = self.guest.physical
         try:
             cpu = operand.cpu_state(engine)
             rip = engine.reg(engine.RIP)  # synced to the instruction's start in a counted run
@@ -797,7 +804,7 @@ class Tracker:
 
     def _code(self, cpu: operand.CpuState, rip: int) -> bytes:
         """Up to 15 bytes of the instruction at ``rip`` (fewer where the next page is not readable)."""
-        memory = self.vcpu._vm.physical
+        memory = self.guest.physical
         linear = cpu.bases[operand.CS] + rip
         first = min(15, PAGE_SIZE - linear % PAGE_SIZE)
         user = cpu.cpl == 3
@@ -864,7 +871,7 @@ class Tracker:
         return None
 
     def _on_write_protected(self, uc: Any, access: int, address: int, size: int, value: int, _: object) -> bool:
-        slot = self.vcpu._vm.slot_at(address)
+        slot = self.guest.slot_at(address)
         if slot is None:
             return self._gate()  # a device's region (write-protected in engines that can run fast)
         engine, cells = self._engine, self._cells
@@ -894,7 +901,7 @@ class Tracker:
                 self._rom_rip = engine.reg(engine.RIP)
             value &= (1 << (8 * size)) - 1
             self._new.append(_Access(True, address, inside, value & ((1 << (8 * inside)) - 1), rom=True))
-            if inside < size and self.vcpu._vm.slot_at(slot.end) is None:  # the rest is MMIO too, stored bytewise
+            if inside < size and self.guest.slot_at(slot.end) is None:  # the rest is MMIO too, stored bytewise
                 self._new += [_Access(True, slot.end + i, 1, value >> (8 * (inside + i)) & 0xFF)
                               for i in range(size - inside)]  # fmt: skip
             self._halt(_MMIO)
@@ -905,7 +912,7 @@ class Tracker:
         # (a page never protected by mem_protect), it lands with the same bytes.
         host = slot.memory.address + slot.offset + address - slot.guest_address
         store_in_place(host, (value & _U64).to_bytes(8, "little")[:size])
-        self.vcpu._vm.dirty.map_first(slot.slot, page, populated=True)
+        self.guest.dirty.map_first(slot.slot, page, populated=True)
         self._unprotect.append((slot.guest_address + page * PAGE_SIZE, True))
         self._unprotected.setdefault(slot.slot, set()).add(page)
         # The store lands: refused, it would be lost where one helper runs the whole instruction
@@ -973,7 +980,7 @@ class Tracker:
 
     def _on_first_access(self, uc: Any, access: int, address: int, size: int, value: int, _: object) -> bool:
         """A read or fetch from a page of a logging slot KVM has not mapped yet (:class:`DirtyLog`); an MMIO read."""
-        slot = self.vcpu._vm.slot_at(address)
+        slot = self.guest.slot_at(address)
         if slot is None and access == self._unicorn.UC_MEM_READ_PROT:
             return self._gate_read(address, size)
         if slot is None or slot.readonly or not slot.flags & SlotFlags.LOG_DIRTY_PAGES:
@@ -984,7 +991,7 @@ class Tracker:
             cells.settle()
         page = (address - slot.guest_address) // PAGE_SIZE
         host = slot.memory.address + slot.offset + page * PAGE_SIZE
-        logged = self.vcpu._vm.dirty.map_first(slot.slot, page, populated=host_page_populated(host))
+        logged = self.guest.dirty.map_first(slot.slot, page, populated=host_page_populated(host))
         self._unprotect.append((slot.guest_address + page * PAGE_SIZE, logged))  # writable if logged, as KVM maps it
         if logged:
             self._unprotected.setdefault(slot.slot, set()).add(page)
@@ -1018,7 +1025,7 @@ class Tracker:
             if count <= 0 or (self._stop is not None and self._stop is not _RETRY):
                 return stop
             if stop is _LET_THROUGH and self._let_through == SVM_EXIT_IRET:
-                if self.vcpu._vm.clock.virtual or engine.reg(engine.RFLAGS) & resume.RFLAGS_RF:
+                if self.guest.clock.virtual or engine.reg(engine.RFLAGS) & resume.RFLAGS_RF:
                     return stop  # (virtual time is counted per run; an RF the IRET loaded is for the run loop)
                 self.watch_resume_flag = False
             elif not (resumed and stop.kind is StopKind.SLICE and stop is not _LET_THROUGH):
@@ -1038,7 +1045,7 @@ class Tracker:
         self._cursor = 0
         self._rom_landing = None
         if self.breakpoints.watching:
-            vm = self.vcpu._vm
+            vm = self.guest
             self.breakpoints.arm(engine, vm.physical, lambda physical: vm.slot_at(physical) is not None)
         self._cut = False
         cells = self._cells
@@ -1120,12 +1127,12 @@ class Tracker:
         if rflags & resume.RFLAGS_RF:
             engine.set_reg(engine.RFLAGS, rflags & ~resume.RFLAGS_RF)
         if pushed_by is not None:  # (it ran with RF; a block of its own may have ended with QEMU clearing RF)
-            resume.clear_pushed_rf(engine, self.vcpu._vm.physical, pushed_by)
+            resume.clear_pushed_rf(engine, self.guest.physical, pushed_by)
         self.watch_resume_flag = False
 
     def _put_back_rom(self) -> None:
         for address, data in reversed(self._restore):  # an undo log: a byte stored twice gets its first value
-            slot = self.vcpu._vm.slot_at(address)
+            slot = self.guest.slot_at(address)
             if slot is not None:
                 slot.memory.write(slot.offset + address - slot.guest_address, data)
         self._restore = []
@@ -1367,12 +1374,12 @@ class Tracker:
         """Write-protect again the pages a read of the dirty log cleared."""
         import unicorn
 
-        dirty = self.vcpu._vm.dirty
+        dirty = self.guest.dirty
         if dirty.generation == self.dirty_generation:
             return
         for slot, pages in self._unprotected.items():
             still = dirty.writable_pages(slot)
-            entry = self.vcpu._vm.slot_by_id(slot)
+            entry = self.guest.slot_by_id(slot)
             for page in pages - still:
                 if entry is not None:
                     engine.uc.mem_protect(

@@ -175,7 +175,7 @@ class SimVCPU(Closeable):
         self._lapic = chip.add_lapic(vcpu_id) if chip is not None else None
         # with an irqchip, as on KVM, vCPUs other than 0 wait for INIT and SIPI
         self._mp_state = MpState.RUNNABLE if chip is None or vcpu_id == 0 else MpState.UNINITIALIZED
-        self.tracker = Tracker(self)
+        self.tracker = Tracker(self, vm, self._state)
         if chip is not None and self._lapic is not None:
             default = self.msrs.handler
             assert isinstance(default, DefaultMsrHandler)
@@ -1113,6 +1113,12 @@ class SimVCPU(Closeable):
     def running(self) -> bool:
         """True while a thread is inside ``run()``."""
         return self._thread is not None
+
+    @property
+    def running_elsewhere(self) -> bool:
+        """True while a thread other than the caller's is inside ``run()``."""
+        thread = self._thread
+        return thread is not None and thread != _get_ident()
 
     def __repr__(self) -> str:
         return f"SimVCPU(id={self._id}{', closed' if self._closed else ''})"

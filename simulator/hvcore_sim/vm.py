@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno as _errno
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -283,7 +282,7 @@ class SimVM(SlotOwner, Closeable):
     def wait_idle(self, vcpu: SimVCPU, timeout: float = 5.0) -> None:
         """Wait until ``vcpu`` is out of ``run()`` (it has been kicked)."""
         deadline = time.monotonic() + timeout
-        while vcpu.running and vcpu._thread != threading.get_ident():
+        while vcpu.running_elsewhere:
             if time.monotonic() > deadline:
                 raise StateError(f"vCPU {vcpu.id} did not leave run() after a kick")
             time.sleep(0.001)

@@ -13,6 +13,7 @@ which registered variants the tests relied on (``tests.quirks.host_variant``).
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import threading
@@ -23,6 +24,7 @@ import pytest
 import hvcore
 from hvcore import VM, Hypervisor
 from hvcore.host import UPSTREAM, host_profile
+from hvcore.vmm.machine import OvercommitWarning
 from tests.quirks import VARIANTS_SEEN
 
 WATCHDOG_SECONDS = float(os.environ.get("HVCORE_WATCHDOG", "20"))
@@ -31,6 +33,11 @@ WATCHDOG_SECONDS = float(os.environ.get("HVCORE_WATCHDOG", "20"))
 
 def _required() -> set[str]:
     return {n for n in os.environ.get("HVCORE_REQUIRE", "").split(",") if n}
+
+
+def overcommit(hv: Hypervisor, cpus: int) -> contextlib.AbstractContextManager[object]:
+    """What a machine of ``cpus`` vCPUs says on ``hv``: an ``OvercommitWarning`` above its soft limit, else nothing."""
+    return pytest.warns(OvercommitWarning) if cpus > hv.recommended_vcpus() else contextlib.nullcontext()
 
 
 def open_or_skip(name: str) -> Hypervisor:

@@ -13,7 +13,7 @@
 from hvcore.vmm.bus import Bus
 from hvcore.vmm.device import Device, DeviceHost, IrqLine, StopRequest
 from hvcore.vmm.loaders import BootPlan
-from hvcore.vmm.machine import Machine, MachineResult
+from hvcore.vmm.machine import Machine, MachineResult, OvercommitWarning
 from hvcore.vmm.pc import PcDevices, add_pc_devices
 from hvcore.vmm.timers import DeviceTimers
 
@@ -26,6 +26,7 @@ __all__ = [
     "IrqLine",
     "Machine",
     "MachineResult",
+    "OvercommitWarning",
     "PcDevices",
     "StopRequest",
     "add_pc_devices",

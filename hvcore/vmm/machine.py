@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -76,7 +77,16 @@ if TYPE_CHECKING:
     from hvcore.vmm.devices.fw_cfg import FwCfg
     from hvcore.vmm.pci import PciHost
 
-__all__ = ["ACPI_TABLES", "HIGH_RAM_START", "HOLE_START", "Machine", "MachineResult"]
+__all__ = [
+    "ACPI_TABLES",
+    "HIGH_RAM_START",
+    "HOLE_START",
+    "Machine",
+    "MachineResult",
+    "OvercommitWarning",
+    "check_vcpu_count",
+    "vcpu_limits",
+]
 
 HOLE_START = 0xC000_0000
 """RAM below 4 GiB ends here; the hole holds the IOAPIC, LAPIC and firmware ROM."""
@@ -141,6 +151,34 @@ def _check_machine_arguments(hypervisor: object, memory: object, cpus: object, i
     check_flag("irqchip", irqchip, "Machine")
 
 
+class OvercommitWarning(UserWarning):
+    """More vCPUs than the hypervisor recommends (its soft limit, ``KVM_CAP_NR_VCPUS``: the host's CPUs)."""
+
+
+def vcpu_limits(hypervisor: Hypervisor) -> tuple[int, int]:
+    """The hypervisor's soft limit (recommended vCPUs) and hard limit (most vCPUs per VM)."""
+    return hypervisor.recommended_vcpus(), hypervisor.max_vcpus()
+
+
+def check_vcpu_count(hypervisor: Hypervisor, cpus: int, operation: str) -> None:
+    """As QEMU's ``kvm_init``: ``InvalidArgument`` above the hard limit (naming both), an
+    :class:`OvercommitWarning` above the soft one (the vCPUs then share host CPUs: slower, not wrong)."""
+    soft, hard = vcpu_limits(hypervisor)
+    if not 1 <= cpus <= hard:
+        raise InvalidArgument(
+            f"{cpus} vCPUs: backend {hypervisor.name!r} takes 1 to {hard} (its hard limit; it recommends at most "
+            f"{soft}, its soft limit)",
+            operation=operation,
+        )
+    if cpus > soft:
+        warnings.warn(
+            f"{cpus} vCPUs is more than backend {hypervisor.name!r} recommends ({soft}, its soft limit: the host's "
+            f"CPUs); they will share host CPUs (the hard limit is {hard})",
+            OvercommitWarning,
+            stacklevel=3,
+        )
+
+
 class Machine:
     """A VM, its memory, devices and vCPU threads. See the module docstring."""
 
@@ -158,10 +196,7 @@ class Machine:
             raise InvalidArgument(
                 f"memory must be whole pages and at least 1 MiB, got {memory:#x}", operation="Machine"
             )
-        if cpus < 1 or cpus > hypervisor.max_vcpus():
-            raise InvalidArgument(
-                f"{cpus} vCPUs: this backend takes 1 to {hypervisor.max_vcpus()}", operation="Machine"
-            )
+        check_vcpu_count(hypervisor, cpus, "Machine")
         if cpus > 1 and not irqchip:
             raise InvalidArgument("more than one vCPU needs the irqchip (for INIT/SIPI)", operation="Machine")
         self.hypervisor = hypervisor

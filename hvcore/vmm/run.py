@@ -24,6 +24,7 @@ import errno
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from enum import IntEnum
 from pathlib import Path
@@ -33,7 +34,7 @@ import hvcore
 from hvcore.errors import HvError, InvalidArgument, ResourceExhausted
 from hvcore.vmm.loaders.files import read_image_file
 from hvcore.vmm.loaders.firmware import MAX_FIRMWARE_SIZE
-from hvcore.vmm.machine import Machine, MachineResult
+from hvcore.vmm.machine import Machine, MachineResult, OvercommitWarning, check_vcpu_count
 from hvcore.vmm.pc import add_pc_devices
 from hvcore.vmm.virtio.block import VirtioBlock
 from hvcore.vmm.virtio.device import VirtioDevice
@@ -233,9 +234,18 @@ def _run(
 ) -> tuple[MachineResult, float, Mapping[str, int]]:
     """Build the machine, load the image, run it: how it ended, in how many seconds, and the exit counts."""
     with hvcore.open_hypervisor(args.backend) as hv:
-        if args.cpus > hv.max_vcpus():
-            raise LateUsageError("--cpus", f"{args.cpus} vCPUs: backend {hv.name!r} takes 1 to {hv.max_vcpus()}")
-        with Machine(hv, memory=args.memory, cpus=args.cpus, trace=trace_file) as machine:  # type: ignore[arg-type]
+        try:
+            with warnings.catch_warnings(record=True) as warned:
+                warnings.simplefilter("always", OvercommitWarning)
+                check_vcpu_count(hv, args.cpus, "--cpus")
+        except InvalidArgument as exc:
+            raise LateUsageError("--cpus", exc.message) from None
+        for warning in warned:
+            print(f"hvcore: warning: {warning.message}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OvercommitWarning)  # said above, in one line
+            machine = Machine(hv, memory=args.memory, cpus=args.cpus, trace=trace_file)  # type: ignore[arg-type]
+        with machine:
             return _run_machine(args, hv.name, machine, image, initrd, out)
 
 

@@ -24,7 +24,7 @@ from hvcore.vmm.pc import PcDevices, add_pc_devices
 from hvcore.vmm.run import ConsoleTee
 from hvcore.vmm.virtio import VirtioBlock
 from hvcore.vmm.virtio.pci import add_virtio_pci
-from tests.conftest import open_or_skip
+from tests.conftest import open_or_skip, overcommit
 
 DONE = "No bootable device"
 _CANDIDATES = (
@@ -114,7 +114,8 @@ def test_seabios_finds_the_keyboard(hv: Hypervisor) -> None:
 
 def test_seabios_brings_up_every_vcpu(hv: Hypervisor) -> None:
     """SeaBIOS sends INIT/SIPI to all other APICs and counts the processors that check in."""
-    log = boot_log(hv, cpus=4)
+    with overcommit(hv, 4):
+        log = boot_log(hv, cpus=4)
     assert "Found 4 cpu(s) max supported 4 cpu(s)" in log
 
 

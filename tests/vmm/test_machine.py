@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -15,9 +16,9 @@ import pytest
 import hvcore
 from hvcore import Hypervisor, MpState, x86
 from hvcore.vmm.loaders import BootPlan
-from hvcore.vmm.machine import Machine, MachineResult
+from hvcore.vmm.machine import Machine, MachineResult, OvercommitWarning, vcpu_limits
 from hvcore.vmm.pc import PcDevices, add_pc_devices
-from tests.conftest import WATCHDOG_SECONDS, open_or_skip
+from tests.conftest import WATCHDOG_SECONDS, open_or_skip, overcommit
 
 # Real mode at 0x1000 (ds = 0): prints "hello, machine\n" on COM1 (polling nothing: the UART's THR
 # is always ready), reads unclaimed port 0x99 and echoes it to the debug console (0x402), writes
@@ -162,7 +163,7 @@ def test_pause_holds_every_vcpu_and_resume_lets_them_go(machine: Machine) -> Non
 
 def test_busy_multi_vcpu_machine_stops_cleanly(hv: Hypervisor) -> None:
     before = threading.active_count()
-    with Machine(hv, memory=16 << 20, cpus=3) as machine:
+    with overcommit(hv, 3), Machine(hv, memory=16 << 20, cpus=3) as machine:
         _start_real(machine, COUNT_FOREVER)
         boot = machine.vcpus[0]
         for ap in machine.vcpus[1:]:  # as if SIPI'd: all three spin on the same counter
@@ -176,7 +177,7 @@ def test_busy_multi_vcpu_machine_stops_cleanly(hv: Hypervisor) -> None:
 
 
 def test_each_vcpu_reports_its_own_apic_id_in_cpuid(hv: Hypervisor) -> None:
-    with Machine(hv, memory=16 << 20, cpus=3) as machine:
+    with overcommit(hv, 3), Machine(hv, memory=16 << 20, cpus=3) as machine:
         for vcpu in machine.vcpus:
             leaves = {(e.function, e.index): e for e in vcpu.get_cpuid()}
             assert leaves[(1, 0)].ebx >> 24 == vcpu.id
@@ -362,3 +363,20 @@ def test_an_mmio_device_over_a_rom_sees_the_guests_writes(hv: Hypervisor) -> Non
         assert machine.run(timeout=20) == MachineResult("halted")
         assert device.value == 0x5A  # the ROM's byte, written to the device
         assert machine.statistics()["MmioExit"] == 1  # the write; the read came from the ROM
+
+
+def test_the_vcpu_limits_are_a_warning_and_an_error(hv: Hypervisor) -> None:
+    soft, hard = vcpu_limits(hv)
+    assert (soft, hard) == (hv.recommended_vcpus(), hv.max_vcpus()) and 1 <= soft <= hard
+    with pytest.warns(
+        OvercommitWarning, match=rf"{soft + 1} vCPUs is more than .* recommends \({soft}.*hard limit is {hard}"
+    ):
+        Machine(hv, memory=16 << 20, cpus=soft + 1).close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Machine(hv, memory=16 << 20, cpus=soft).close()  # at the soft limit: nothing to say
+    for cpus in (0, hard + 1):
+        with pytest.raises(
+            hvcore.InvalidArgument, match=rf"takes 1 to {hard} \(its hard limit; it recommends at most {soft}"
+        ):
+            Machine(hv, memory=16 << 20, cpus=cpus)

@@ -138,7 +138,21 @@ def test_more_vcpus_than_the_backend_takes_is_a_usage_error(
     assert main(["run", str(image), "--backend", hv.name, "--cpus", str(cpus)]) == ExitStatus.USAGE
     assert capsys.readouterr().err == (
         f"hvcore run: error: argument --cpus: {cpus} vCPUs: backend {hv.name!r} takes 1 to {hv.max_vcpus()} "
-        "(see 'hvcore run --help')\n"
+        f"(its hard limit; it recommends at most {hv.recommended_vcpus()}, its soft limit) (see 'hvcore run --help')\n"
+    )
+
+
+def test_more_vcpus_than_the_backend_recommends_is_a_warning(
+    tmp_path: Path, hv: Hypervisor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "hello.bin"
+    image.write_bytes(HELLO_EXIT)
+    cpus = hv.recommended_vcpus() + 1
+    assert main(["run", str(image), "--backend", hv.name, "--format", "raw", "--cpus", str(cpus), "-q"]) == 0x43
+    err = capsys.readouterr().err
+    assert err == (
+        f"hvcore: warning: {cpus} vCPUs is more than backend {hv.name!r} recommends ({hv.recommended_vcpus()}, its "
+        f"soft limit: the host's CPUs); they will share host CPUs (the hard limit is {hv.max_vcpus()})\n"
     )
 
 

@@ -339,11 +339,14 @@ def _writable_file(text: str) -> str:
 def _cmd_run(args: argparse.Namespace) -> int:
     if not args.verbose:
         return run_image(args, sys.stdout)
+    root = logging.getLogger(log.ROOT)
+    level = root.level
     handler = log.enable(logging.INFO if args.verbose == 1 else logging.DEBUG)
     try:
         return run_image(args, sys.stdout)
     finally:
-        logging.getLogger(log.ROOT).removeHandler(handler)
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def _build_parser() -> _Parser:

@@ -246,7 +246,7 @@ class VCPU(Protocol):
         ...
 
     def close(self) -> None:
-        """Release the vCPU; idempotent."""
+        """Unplug the vCPU: it is parked in its VM (see :meth:`VM.parked_vcpus`); idempotent."""
         ...
 
     def __enter__(self) -> VCPU: ...
@@ -298,11 +298,21 @@ class VM(Protocol):
         ...
 
     def create_vcpu(self, vcpu_id: int) -> VCPU:
-        """Create vCPU ``vcpu_id`` in the architectural reset state (real mode at 0xfffffff0)."""
+        """Create vCPU ``vcpu_id`` in the architectural reset state (real mode at 0xfffffff0).
+
+        A parked id (a vCPU closed before, :meth:`parked_vcpus`) comes back in the state KVM
+        created it in; the VMM sets its state (CPUID first, the same entries as before on KVM) as
+        for a new one.
+        """
         ...
 
     def vcpus(self) -> tuple[VCPU, ...]:
         """The open vCPUs, by id."""
+        ...
+
+    def parked_vcpus(self) -> frozenset[int]:
+        """Ids of closed vCPUs, kept parked: KVM cannot destroy a vCPU or create an id twice, so a
+        closed vCPU's kernel object (fd, ``kvm_run``) stays with the VM until it closes."""
         ...
 
     def create_irqchip(self) -> None:

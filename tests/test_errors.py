@@ -376,12 +376,14 @@ def test_duplicate_vcpu_id(vm: VM) -> None:
     assert vm.vcpus() == (first,)
 
 
-def test_vcpu_id_cannot_be_reused_after_close(vm: VM) -> None:
-    """KVM keeps a vCPU until its VM goes, so the id stays taken after ``close()``."""
-    vm.create_vcpu(0).close()
+def test_an_open_vcpu_id_cannot_be_created_again_and_a_closed_one_is_parked(vm: VM) -> None:
+    """KVM keeps a vCPU until its VM goes: its id is taken while it is open, and parked once closed."""
+    vm.create_vcpu(0)
     with raises(hvcore.AlreadyExists, r"vCPU 0", errno.EEXIST):
         vm.create_vcpu(0)
-    assert vm.create_vcpu(1).id == 1
+    vm.vcpus()[0].close()
+    assert vm.parked_vcpus() == {0}
+    assert vm.create_vcpu(0).id == 0 and vm.parked_vcpus() == frozenset()
 
 
 @pytest.mark.parametrize("vcpu_id", [-1, 1 << 20, 1 << 32])

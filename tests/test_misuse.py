@@ -137,6 +137,7 @@ VM_METHODS: dict[str, Method] = {
     "get_dirty_log": m(lambda c, slot: c.vm.get_dirty_log(slot), (0, (*INTS, 5))),
     "create_vcpu": m(lambda c, vcpu_id: c.vm.create_vcpu(vcpu_id), (1, (*INTS, 0, 1 << 31))),
     "vcpus": m(lambda c: c.vm.vcpus()),
+    "parked_vcpus": m(lambda c: c.vm.parked_vcpus()),
     "create_irqchip": m(lambda c: c.vm.create_irqchip()),
     "irq_line": m(lambda c, irq, level: c.vm.irq_line(irq, level), (4, (*INTS, 1024)), (True, FLAGS)),
     "get_irqchip": m(lambda c, chip: c.vm.get_irqchip(chip), (IrqchipId.IOAPIC, (*INTS, 3))),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import mmap
@@ -10,6 +11,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hvcore.arguments import check_enum, check_flag, check_int, check_int_list, check_int_mapping
@@ -25,6 +27,7 @@ from hvcore.checks import (
 from hvcore.errors import (
     ClosedError,
     ExitNotCompleted,
+    HvError,
     InvalidArgument,
     StateError,
     VcpuBusy,
@@ -52,7 +55,7 @@ from hvcore_kvm._sys import ioctl
 if TYPE_CHECKING:
     from hvcore_kvm.vm import KvmVM
 
-__all__ = ["KvmVCPU"]
+__all__ = ["KvmVCPU", "ResetState"]
 
 _get_ident = threading.get_ident
 _KVM_RUN = ioctls.KVM_RUN
@@ -70,15 +73,31 @@ def _release(fd: int, run: mmap.mmap) -> None:
     os.close(fd)
 
 
+@dataclass(frozen=True)
+class ResetState:
+    """A vCPU's state as KVM created it: what a re-plugged vCPU is given back."""
+
+    regs: Regs
+    sregs: Sregs
+    fpu: Fpu
+    debugregs: DebugRegs
+    events: VcpuEvents
+    mp_state: MpState
+    lapic: Lapic | None
+    xcrs: dict[int, int] | None
+    msrs: dict[int, int]
+
+
 class KvmVCPU(Closeable):
     """A KVM vCPU. Create it with ``KvmVM.create_vcpu``; see :class:`hvcore.VCPU` for the contract."""
 
-    def __init__(self, vm: KvmVM, vcpu_id: int, fd: int, mmap_size: int) -> None:
-        try:
-            run = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except OSError as exc:
-            os.close(fd)
-            raise error_for_errno(exc.errno or 0, "mmap(kvm_run)", f"vCPU {vcpu_id}") from exc
+    def __init__(self, vm: KvmVM, vcpu_id: int, fd: int, mmap_size: int, run: mmap.mmap | None = None) -> None:
+        if run is None:
+            try:
+                run = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError as exc:
+                os.close(fd)
+                raise error_for_errno(exc.errno or 0, "mmap(kvm_run)", f"vCPU {vcpu_id}") from exc
         self._vm = vm
         self._id = vcpu_id
         self._fd = fd
@@ -436,13 +455,48 @@ class KvmVCPU(Closeable):
 
     # -- lifetime ----------------------------------------------------------
 
+    def capture_reset_state(self, msr_indices: Iterable[int]) -> ResetState:
+        """The state KVM created this vCPU in (before the VMM set anything), to give it back when re-plugged."""
+        msrs: dict[int, int] = {}
+        for index in msr_indices:  # one at a time: KVM_GET_MSRS stops at the first it does not know
+            with contextlib.suppress(HvError):
+                msrs.update(self.get_msrs([index]))
+        lapic = None
+        with contextlib.suppress(HvError):  # no irqchip, no LAPIC
+            lapic = self.get_lapic()
+        xcrs = None
+        with contextlib.suppress(HvError):  # a host without XSAVE
+            xcrs = self.get_xcrs()
+        return ResetState(
+            self.get_regs(), self.get_sregs(), self.get_fpu(), self.get_debugregs(), self.get_vcpu_events(),
+            self.get_mp_state(), lapic, xcrs, msrs,
+        )  # fmt: skip
+
+    def restore_reset_state(self, state: ResetState) -> None:
+        """Put the vCPU back in ``state`` (a re-plugged vCPU: KVM has no reset of its own)."""
+        self.set_sregs(state.sregs)
+        self.set_regs(state.regs)
+        self.set_fpu(state.fpu)
+        if state.xcrs is not None:
+            self.set_xcrs(state.xcrs)
+        self.set_debugregs(state.debugregs)
+        for index, value in state.msrs.items():  # each on its own: some take only values the CPUID allows
+            with contextlib.suppress(HvError):
+                self.set_msrs({index: value})
+        if state.lapic is not None:
+            self.set_lapic(state.lapic)
+        self.set_vcpu_events(state.events)
+        self.set_mp_state(state.mp_state)
+
     def close(self) -> None:
-        """Close the vCPU. A ``run()`` in another thread is kicked until it returns (up to 5 s);
-        from then on ``run()`` raises ClosedError."""
+        """Unplug the vCPU: the VM parks its fd and ``kvm_run`` (KVM keeps the vCPU until the VM goes),
+        and ``create_vcpu`` of its id brings it back. A ``run()`` in another thread is kicked until it
+        returns (up to 5 s); from then on ``run()`` raises ClosedError."""
         with self._kick_lock:
             if self._fd < 0:
                 return
             self._closing = True
+            fd = self._fd
         deadline = time.monotonic() + 5.0
         while True:
             with self._kick_lock:
@@ -458,8 +512,8 @@ class KvmVCPU(Closeable):
                     f"vCPU {self._id} did not leave run() after 5 s of kicks; close it from its own thread"
                 )
             time.sleep(0.001)
-        self._finalizer()
-        self._vm._forget_vcpu(self._id)
+        self._finalizer.detach()  # the VM keeps the fd and kvm_run now (parked)
+        self._vm._park(self._id, fd, self._run)
 
     def __repr__(self) -> str:
         return f"KvmVCPU(id={self._id}{', closed' if self._fd < 0 else ''})"

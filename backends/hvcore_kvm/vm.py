@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import weakref
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from hvcore.state_checks import check_state
 from hvcore.types import ClockData, GsiRoute, IoapicState, IrqchipId, PicState, PitState
 from hvcore_kvm import convert, ioctls, uapi
 from hvcore_kvm._sys import check_extension, ioctl, ioctl_ulong
-from hvcore_kvm.vcpu import KvmVCPU
+from hvcore_kvm.vcpu import KvmVCPU, ResetState
 
 if TYPE_CHECKING:
     from hvcore_kvm.system import KvmHypervisor
@@ -27,6 +28,13 @@ if TYPE_CHECKING:
 __all__ = ["KvmVM"]
 
 _DEFAULT_MAX_VCPU_ID = 1024
+
+
+def _release_parked(parked: dict[int, tuple[int, mmap.mmap]]) -> None:
+    for fd, run in parked.values():
+        run.close()
+        os.close(fd)
+    parked.clear()
 
 
 def _release(fd: int, slots: SlotTable) -> None:
@@ -44,6 +52,10 @@ class KvmVM(SlotOwner, Closeable):
         self._max_vcpu_id = self.check_extension(Capability.MAX_VCPU_ID) or _DEFAULT_MAX_VCPU_ID
         self._vcpus: dict[int, KvmVCPU] = {}
         self._vcpus_created = False  # closed vCPUs still count for KVM
+        self._parked: dict[int, tuple[int, mmap.mmap]] = {}  # closed vCPUs: their fd and kvm_run, as QEMU parks them
+        self._reset_states: dict[int, ResetState] = {}  # each vCPU id's state as KVM created it
+        self._msr_indices = hypervisor.msr_index_list()
+        self._parked_finalizer = weakref.finalize(self, _release_parked, self._parked)
         self._irqchip = False
         self._finalizer = weakref.finalize(self, _release, fd, self._slots)  # last: the caller owns fd until here
 
@@ -98,9 +110,15 @@ class KvmVM(SlotOwner, Closeable):
             )
         if vcpu_id in self._vcpus:
             raise AlreadyExists(f"vCPU {vcpu_id} already exists in this VM", operation="KVM_CREATE_VCPU")
-        vcpu_fd = ioctl(fd, ioctls.KVM_CREATE_VCPU, vcpu_id, f"vCPU {vcpu_id}")
-        self._vcpus_created = True
-        vcpu = KvmVCPU(self, vcpu_id, vcpu_fd, self._vcpu_mmap_size)
+        parked = self._parked.pop(vcpu_id, None)
+        if parked is not None:  # KVM cannot create an id twice: the parked vCPU comes back, reset
+            vcpu = KvmVCPU(self, vcpu_id, parked[0], self._vcpu_mmap_size, run=parked[1])
+            vcpu.restore_reset_state(self._reset_states[vcpu_id])
+        else:
+            vcpu_fd = ioctl(fd, ioctls.KVM_CREATE_VCPU, vcpu_id, f"vCPU {vcpu_id}")
+            self._vcpus_created = True
+            vcpu = KvmVCPU(self, vcpu_id, vcpu_fd, self._vcpu_mmap_size)
+            self._reset_states[vcpu_id] = vcpu.capture_reset_state(self._msr_indices)
         self._vcpus[vcpu_id] = vcpu
         return vcpu
 
@@ -109,8 +127,18 @@ class KvmVM(SlotOwner, Closeable):
         self._live()
         return tuple(self._vcpus[i] for i in sorted(self._vcpus))
 
-    def _forget_vcpu(self, vcpu_id: int) -> None:
+    def parked_vcpus(self) -> frozenset[int]:
+        """The ids of closed vCPUs: ``create_vcpu`` brings one back in the state KVM created it in."""
+        self._live()
+        return frozenset(self._parked)
+
+    def _park(self, vcpu_id: int, fd: int, run: mmap.mmap) -> None:
+        """Keep a closed vCPU's fd and ``kvm_run`` for the next ``create_vcpu`` of its id (QEMU's parking)."""
         self._vcpus.pop(vcpu_id, None)
+        if self._fd < 0:  # the VM is gone: nothing can come back
+            _release_parked({vcpu_id: (fd, run)})
+        else:
+            self._parked[vcpu_id] = (fd, run)
 
     # -- interrupt controllers, timer, clock ---------------------------------
 
@@ -231,6 +259,7 @@ class KvmVM(SlotOwner, Closeable):
             return
         for vcpu in list(self._vcpus.values()):
             vcpu.close()
+        self._parked_finalizer()
         self._fd = -1
         self._finalizer()
 

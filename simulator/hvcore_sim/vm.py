@@ -119,6 +119,7 @@ class SimVM(SlotOwner, Closeable):
         self.exec_lock = ExecLock()
         self._vcpus: dict[int, SimVCPU] = {}
         self._used_vcpu_ids: set[int] = set()
+        self._parked: set[int] = set()  # closed vCPUs' ids, as KVM keeps the vCPUs (QEMU parks them)
         self._closed = False
         self.physical = _SlotMemory(self)
         self.kvmclock = KvmClock(self.physical, TSC_HZ)
@@ -242,9 +243,10 @@ class SimVM(SlotOwner, Closeable):
             raise InvalidArgument(
                 f"vCPU id {vcpu_id} is out of range; use 0 to {MAX_VCPU_ID - 1}", operation="create_vcpu"
             )
-        if vcpu_id in self._used_vcpu_ids:  # as on KVM, a closed vCPU's id stays taken
+        if vcpu_id in self._vcpus:
             raise AlreadyExists(f"vCPU {vcpu_id} already exists in this VM", operation="create_vcpu")
-        if len(self._used_vcpu_ids) >= MAX_VCPUS:  # kvm_vm_ioctl_create_vcpu: created_vcpus >= max_vcpus
+        # kvm_vm_ioctl_create_vcpu: created_vcpus >= max_vcpus (a parked vCPU was created already)
+        if vcpu_id not in self._parked and len(self._used_vcpu_ids) >= MAX_VCPUS:
             raise InvalidArgument(
                 f"this VM has created {MAX_VCPUS} vCPUs (closed ones count), the most KVM allows",
                 operation="create_vcpu",
@@ -261,6 +263,7 @@ class SimVM(SlotOwner, Closeable):
                 ) from None
         self._vcpus[vcpu_id] = vcpu
         self._used_vcpu_ids.add(vcpu_id)
+        self._parked.discard(vcpu_id)  # a parked id comes back as KVM created it: a new vCPU in reset state
         return vcpu
 
     def vcpus(self) -> tuple[SimVCPU, ...]:
@@ -273,8 +276,14 @@ class SimVM(SlotOwner, Closeable):
         """How many vCPUs the VM has now."""
         return len(self._vcpus)
 
+    def parked_vcpus(self) -> frozenset[int]:
+        """The ids of closed vCPUs: ``create_vcpu`` brings one back in the state KVM created it in."""
+        self._live()
+        return frozenset(self._parked)
+
     def _forget_vcpu(self, vcpu_id: int) -> None:
-        self._vcpus.pop(vcpu_id, None)
+        if self._vcpus.pop(vcpu_id, None) is not None:
+            self._parked.add(vcpu_id)
         self.kvmclock.remove_vcpu(vcpu_id)
         if self.irqchip is not None:
             self.irqchip.remove_lapic(vcpu_id)

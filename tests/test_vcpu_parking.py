@@ -114,3 +114,40 @@ def test_closing_the_vm_releases_parked_vcpus(hv: Hypervisor) -> None:
     assert vm.parked_vcpus() == {0, 1}
     vm.close()
     assert _open_files() - files == set()
+
+
+# As BSP above, but first waits until the host writes 1 at 0x9100 (after it re-plugged vCPU 1).
+BSP_AFTER_REPLUG = b"\x80\x3d\x00\x91\x00\x00\x01\x75\xf7" + BSP  # wait: cmp byte [0x9100], 1; jne wait
+
+
+def test_a_running_machine_unplugs_and_replugs_a_vcpu(hv: Hypervisor) -> None:
+    with Machine(hv, memory=16 << 20, cpus=2) as machine:
+        machine.add_io_device(DebugExit.PORT, 1, DebugExit(machine.device_host))
+        machine.write(0x1000, BSP_AFTER_REPLUG)
+        machine.write(0x8000, AP)
+        machine.boot(BootPlan("protected", entry=0x1000))
+        machine.start()
+        try:
+            machine.unplug_vcpu(1)  # its thread was waiting for INIT/SIPI in run()
+            assert machine.unplugged == {1} and machine.vm.parked_vcpus() == {1}
+            assert machine.wait(0.2) is None  # vCPU 0 runs on
+            machine.plug_vcpu(1)
+            assert machine.unplugged == frozenset() and machine.vm.parked_vcpus() == frozenset()
+            machine.write(0x9100, b"\x01")  # now the BSP sends INIT/SIPI to the re-plugged vCPU
+            result = machine.wait(60)
+        finally:
+            machine.stop()
+        assert result == MachineResult("debug-exit", 0x31 << 1 | 1)
+        assert machine.read(0x9000, 1) == b"\x5a"
+
+
+def test_hotplug_mistakes_are_refused(hv: Hypervisor) -> None:
+    with Machine(hv, memory=16 << 20, cpus=2) as machine:
+        with pytest.raises(hvcore.InvalidArgument):
+            machine.unplug_vcpu(0)  # the bootstrap processor stays
+        with pytest.raises(hvcore.StateError, match="plugged in"):
+            machine.plug_vcpu(1)
+        machine.unplug_vcpu(1)
+        with pytest.raises(hvcore.StateError, match="unplugged already"):
+            machine.unplug_vcpu(1)
+        assert machine.plug_vcpu(1).id == 1

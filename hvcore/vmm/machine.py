@@ -214,6 +214,8 @@ class Machine:
         self._done = threading.Event()
         self._launched = threading.Event()  # every vCPU thread started: they may enter the guest
         self._threads: list[threading.Thread] = []
+        self._thread_of: dict[int, threading.Thread] = {}
+        self._unplugged: set[int] = set()
         self._result: MachineResult | None = None
         self._reported = False
         self._closed = False
@@ -423,6 +425,8 @@ class Machine:
         if self._trace is not None:
             vcpus = [TracingVCPU(vcpus[0], self._trace, vm=self.vm, backend=self.hypervisor.name), *vcpus[1:]]
         for vcpu in vcpus:
+            if vcpu.id in self._unplugged:
+                continue
             thread = threading.Thread(target=self._vcpu_loop, args=(vcpu,), name=f"hvcore-vcpu{vcpu.id}", daemon=True)
             try:
                 thread.start()
@@ -437,6 +441,7 @@ class Machine:
                     operation="start",
                 ) from exc
             self._threads.append(thread)
+            self._thread_of[vcpu.id] = thread
         self._launched.set()
 
     def wait(self, timeout: float | None = None) -> MachineResult | None:
@@ -515,6 +520,59 @@ class Machine:
             for thread in self._threads:
                 thread.join(0.05)
         self._threads = []
+        self._thread_of = {}
+
+    # -- CPU hotplug -----------------------------------------------------------------------------
+
+    def unplug_vcpu(self, vcpu_id: int) -> None:
+        """Take vCPU ``vcpu_id`` out, running or not: its thread leaves at its next exit and is joined,
+        and the vCPU is closed (parked in the VM, as KVM keeps it). The rest of the machine runs on.
+
+        vCPU 0 (the bootstrap processor) stays, as on QEMU's PC. ``StateError`` if it is out already.
+        """
+        check_int("vcpu_id", vcpu_id, "unplug_vcpu", 1, self.cpus)
+        with self._lock:
+            if vcpu_id in self._unplugged:
+                raise StateError(f"vCPU {vcpu_id} is unplugged already", operation="unplug_vcpu")
+            self._unplugged.add(vcpu_id)
+            thread = self._thread_of.pop(vcpu_id, None)
+        vcpu = self.vcpus[vcpu_id]
+        if thread is not None and thread is not threading.current_thread():
+            while thread.is_alive():
+                with contextlib.suppress(HvError):
+                    vcpu.kick()
+                thread.join(0.05)
+            self._threads = [t for t in self._threads if t is not thread]
+        vcpu.close()
+        _log.info("vCPU %d unplugged (parked: %s)", vcpu_id, sorted(self.vm.parked_vcpus()))
+
+    def plug_vcpu(self, vcpu_id: int) -> VCPU:
+        """Put an unplugged vCPU back: the parked vCPU comes back in reset state with its CPUID, and a
+        running machine gives it a thread, where it waits for INIT/SIPI as an application processor does."""
+        check_int("vcpu_id", vcpu_id, "plug_vcpu", 1, self.cpus)
+        with self._lock:
+            if vcpu_id not in self._unplugged:
+                raise StateError(f"vCPU {vcpu_id} is plugged in; unplug_vcpu() it first", operation="plug_vcpu")
+        vcpu = self.vm.create_vcpu(vcpu_id)
+        vcpu.set_cpuid(vcpu_cpuid(self.hypervisor.supported_cpuid(), vcpu_id))
+        self.vcpus[vcpu_id] = vcpu
+        with self._lock:
+            self._unplugged.discard(vcpu_id)
+            running = bool(self._threads) and not self._done.is_set()
+            if running:
+                thread = threading.Thread(
+                    target=self._vcpu_loop, args=(vcpu,), name=f"hvcore-vcpu{vcpu_id}", daemon=True
+                )
+                self._threads.append(thread)
+                self._thread_of[vcpu_id] = thread
+                thread.start()
+        _log.info("vCPU %d plugged in%s", vcpu_id, " and running" if running else "")
+        return vcpu
+
+    @property
+    def unplugged(self) -> frozenset[int]:
+        """The ids of the vCPUs unplugged now."""
+        return frozenset(self._unplugged)
 
     def _require_stopped(self, operation: str) -> None:
         """StateError while vCPU threads run; a run already told to stop is waited for."""
@@ -531,9 +589,9 @@ class Machine:
     def _vcpu_loop(self, vcpu: VCPU) -> None:
         self._launched.wait()
         try:
-            while not self._done.is_set():
+            while not self._done.is_set() and vcpu.id not in self._unplugged:
                 if not self._resumed.is_set():
-                    self._resumed.wait()
+                    self._resumed.wait(0.05)  # (awake now and then: an unplug may be waiting for this thread)
                     continue
                 exit_ = vcpu.run()
                 self.stats[type(exit_).__name__] += 1

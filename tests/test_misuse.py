@@ -539,6 +539,9 @@ MACHINE_CALLS: dict[str, tuple[Callable[[Machine], object], ...]] = {
     "pause": (),
     "resume": (),
     "paused": (),
+    "unplug_vcpu": (lambda mc: mc.unplug_vcpu("1"), lambda mc: mc.unplug_vcpu(None)),  # type: ignore[arg-type]
+    "plug_vcpu": (lambda mc: mc.plug_vcpu(1.0), lambda mc: mc.plug_vcpu(True)),  # type: ignore[arg-type]
+    "unplugged": (),
     "request_stop": (lambda mc: mc.request_stop(None), lambda mc: mc.request_stop("reset")),  # type: ignore[arg-type]
     "stop": (lambda mc: mc.stop("halted"),),  # type: ignore[arg-type]
     "statistics": (),

@@ -271,7 +271,11 @@ def test_an_msi_reaches_the_vm(machine: Machine) -> None:
     probe = Probe()
     host.add(probe)
     assert probe.msi is not None
-    probe.msi(0xFEE0_0000, 0x30)  # KVM_SIGNAL_MSI to vCPU 0's LAPIC, vector 0x30: accepted
+    vcpu = machine.vcpus[0]
+    vcpu.set_lapic(vcpu.get_lapic().with_register(0xF0, 0x1FF))  # software-enable the LAPIC (SVR)
+    assert not vcpu.get_lapic().register(0x210) & 1 << 16
+    probe.msi(0xFEE0_0000, 0x30)  # KVM_SIGNAL_MSI to APIC 0, fixed, vector 0x30
+    assert vcpu.get_lapic().register(0x210) & 1 << 16  # IRR: vector 0x30 (bit 16 of the second word) is pending
 
 
 def test_plugging_mistakes_are_refused(machine: Machine) -> None:

@@ -189,6 +189,15 @@ class DelegatingVCPU(Closeable):
         """Forwarded to the wrapped vCPU."""
         self.inner.nmi()
 
+    def smi(self) -> None:
+        """Forwarded to the wrapped vCPU."""
+        self.inner.smi()
+
+    @property
+    def in_smm(self) -> bool:
+        """Forwarded to the wrapped vCPU."""
+        return self.inner.in_smm
+
     def set_guest_debug(self, debug: GuestDebug) -> None:
         """Forwarded to the wrapped vCPU."""
         self.inner.set_guest_debug(debug)

@@ -29,12 +29,22 @@ from hvcore.errors import (
     InvalidArgument,
     NotFound,
     SlotOverlap,
+    Unsupported,
     error_for_errno,
 )
 from hvcore.lifetime import Closeable
 from hvcore.types import DirtyLog, SlotFlags
 
-__all__ = ["PAGE_SIZE", "GuestMemory", "MemorySlot", "SlotChange", "SlotOwner", "SlotTable"]
+__all__ = [
+    "PAGE_SIZE",
+    "SMM_ADDRESS_SPACE",
+    "GuestMemory",
+    "MemorySlot",
+    "SlotChange",
+    "SlotOwner",
+    "SlotTable",
+    "check_address_space",
+]
 
 PAGE_SIZE = 4096
 """The x86 page size: slots, ROMs and dirty logs work in whole pages."""
@@ -208,6 +218,13 @@ class MemorySlot:
     memory: GuestMemory
     offset: int = 0
     flags: SlotFlags = SlotFlags(0)
+    address_space: int = 0
+    """0: the normal address space; 1: what a vCPU in System Management Mode sees (KVM_CAP_MULTI_ADDRESS_SPACE)."""
+
+    @property
+    def kvm_slot(self) -> int:
+        """The slot number as KVM's uAPI spells it: ``address_space << 16 | slot``."""
+        return self.address_space << 16 | self.slot
 
     @property
     def end(self) -> int:
@@ -246,51 +263,101 @@ class SlotChange:
     old: MemorySlot | None
     new: MemorySlot | None
 
+    @property
+    def address_space(self) -> int:
+        """The address space the slot is in."""
+        either = self.new or self.old
+        assert either is not None
+        return either.address_space
+
+    @property
+    def kvm_slot(self) -> int:
+        """The slot number as KVM's uAPI spells it: ``address_space << 16 | slot``."""
+        return self.address_space << 16 | self.slot
+
+
+SMM_ADDRESS_SPACE = 1
+"""The address space a vCPU in System Management Mode sees (x86 KVM's second one, where SMRAM is)."""
+
+
+def check_address_space(address_space: object, spaces: int, operation: str) -> int:
+    """``address_space`` if this VM has it; ``Unsupported`` for SMM's on a VM without it, else ``InvalidArgument``."""
+    check_int("address_space", address_space, operation)
+    assert isinstance(address_space, int)
+    if 0 <= address_space < spaces:
+        return address_space
+    if address_space == SMM_ADDRESS_SPACE:
+        raise Unsupported(
+            "address space 1 (SMM) needs KVM_CAP_MULTI_ADDRESS_SPACE, and this VM has one address space "
+            "(its KVM has no SMM); map SMRAM only where check_extension(Capability.X86_SMM) is non-zero",
+            operation=operation,
+        )
+    raise InvalidArgument(
+        f"address space {address_space} does not exist; this VM has {spaces} (0 is the normal one"
+        f"{', 1 the SMM one' if spaces > 1 else ''})",
+        operation=operation,
+    )
+
 
 class SlotTable:
     """A VM's memory slots, with KVM's rules (Documentation/virt/kvm/api.rst, KVM_SET_USER_MEMORY_REGION).
 
     ``plan()`` validates a request and says what it means; the backend performs
     it, then ``apply()`` records it. The table also keeps each slot's
-    ``GuestMemory`` alive and refuses to let it close while mapped.
+    ``GuestMemory`` alive and refuses to let it close while mapped. Each address space
+    (``address_spaces`` of them: 2 where KVM has SMM) has its own slot ids, and slots overlap
+    only those of their own space.
     """
 
-    def __init__(self, max_slots: int) -> None:
+    def __init__(self, max_slots: int, address_spaces: int = 1) -> None:
         self.max_slots = max_slots
-        self._slots: dict[int, MemorySlot] = {}
+        self.address_spaces = address_spaces
+        self._slots: dict[tuple[int, int], MemorySlot] = {}  # (address space, slot id)
         self._sorted: tuple[MemorySlot, ...] = ()
+        self._by_space: tuple[tuple[MemorySlot, ...], ...] = ((),) * address_spaces
 
-    def slots(self) -> tuple[MemorySlot, ...]:
-        """Every slot, by slot id."""
-        return self._sorted
+    def slots(self, address_space: int | None = None) -> tuple[MemorySlot, ...]:
+        """The slots of ``address_space`` by slot id, or every slot (by address space, then id)."""
+        return self._sorted if address_space is None else self._by_space[address_space]
 
-    def get(self, slot: int) -> MemorySlot:
-        """The slot with id ``slot``; :class:`NotFound` if there is none."""
+    def _check_id(self, slot: int, operation: str) -> None:
         if not 0 <= slot < self.max_slots:
-            raise InvalidArgument(f"slot id {slot} is out of range; use 0 to {self.max_slots - 1}")
-        try:
-            return self._slots[slot]
-        except KeyError:
-            raise NotFound(f"memory slot {slot} does not exist", operation="memory slot lookup") from None
+            raise InvalidArgument(f"slot id {slot} is out of range; use 0 to {self.max_slots - 1}", operation=operation)
 
-    def find(self, guest_address: int) -> MemorySlot | None:
-        """The slot that maps ``guest_address``, if any."""
-        for s in self._slots.values():
+    def get(self, slot: int, address_space: int = 0) -> MemorySlot:
+        """The slot with id ``slot`` in ``address_space``; :class:`NotFound` if there is none."""
+        self._check_id(slot, "memory slot lookup")
+        try:
+            return self._slots[address_space, slot]
+        except KeyError:
+            where = f" in address space {address_space}" if address_space else ""
+            raise NotFound(f"memory slot {slot} does not exist{where}", operation="memory slot lookup") from None
+
+    def find(self, guest_address: int, address_space: int = 0) -> MemorySlot | None:
+        """The slot of ``address_space`` that maps ``guest_address``, if any."""
+        for s in self._by_space[address_space]:
             if s.contains(guest_address):
                 return s
         return None
 
     def plan(
-        self, slot: int, guest_address: int, memory: GuestMemory | None, offset: int, size: int, flags: SlotFlags
+        self,
+        slot: int,
+        guest_address: int,
+        memory: GuestMemory | None,
+        offset: int,
+        size: int,
+        flags: SlotFlags,
+        address_space: int = 0,
     ) -> SlotChange:
         """Check a request against KVM's rules; raise the error KVM would, with a better message."""
         op = "set_memory_slot"
-        if not 0 <= slot < self.max_slots:
-            raise InvalidArgument(f"slot id {slot} is out of range; use 0 to {self.max_slots - 1}", operation=op)
+        address_space = check_address_space(address_space, self.address_spaces, op)
+        self._check_id(slot, op)
         unknown = int(flags) & ~int(SlotFlags.LOG_DIRTY_PAGES | SlotFlags.READONLY)
         if unknown:
             raise InvalidArgument(f"unknown slot flag bits {unknown:#x}", operation=op)
-        old = self._slots.get(slot)
+        old = self._slots.get((address_space, slot))
         if size == 0:
             if old is None:
                 raise InvalidArgument(f"cannot delete memory slot {slot}: it does not exist", operation=op)
@@ -313,8 +380,8 @@ class SlotTable:
             raise InvalidArgument(
                 f"guest range {guest_address:#x}+{size:#x} is beyond 52-bit physical space", operation=op
             )
-        new = MemorySlot(slot, guest_address, size, memory, offset, SlotFlags(flags))
-        for other in self._slots.values():
+        new = MemorySlot(slot, guest_address, size, memory, offset, SlotFlags(flags), address_space)
+        for other in self._by_space[address_space]:
             if other.slot != slot and other.guest_address < new.end and new.guest_address < other.end:
                 raise SlotOverlap(
                     f"slot {slot} at {guest_address:#x}-{new.end:#x} overlaps slot {other.slot} at "
@@ -336,12 +403,12 @@ class SlotTable:
             )
         return SlotChange(SlotChangeKind.MODIFY, slot, old, new)
 
-    def plan_flags(self, slot: int, flags: SlotFlags) -> tuple[SlotChange, ...]:
+    def plan_flags(self, slot: int, flags: SlotFlags, address_space: int = 0) -> tuple[SlotChange, ...]:
         """The changes that give ``slot`` new ``flags``: one in place, or delete then add when READONLY changes.
 
         Everything is checked before anything is done, so a refused request leaves the slot as it was.
         """
-        old = self.get(slot)
+        old = self.get(slot, check_address_space(address_space, self.address_spaces, "set_slot_flags"))
         unknown = int(flags) & ~int(SlotFlags.LOG_DIRTY_PAGES | SlotFlags.READONLY)
         if unknown:
             raise InvalidArgument(f"unknown slot flag bits {unknown:#x}", operation="set_slot_flags")
@@ -356,14 +423,18 @@ class SlotTable:
 
     def apply(self, change: SlotChange) -> None:
         """Record a change the backend has carried out."""
+        key = (change.address_space, change.slot)
         if change.new is not None:
             change.new.memory._attach()
-            self._slots[change.slot] = change.new
+            self._slots[key] = change.new
         else:
-            del self._slots[change.slot]
+            del self._slots[key]
         if change.old is not None:
             change.old.memory._detach()
-        self._sorted = tuple(sorted(self._slots.values(), key=lambda s: s.slot))
+        self._sorted = tuple(sorted(self._slots.values(), key=lambda s: (s.address_space, s.slot)))
+        self._by_space = tuple(
+            tuple(s for s in self._sorted if s.address_space == space) for space in range(self.address_spaces)
+        )
 
     def release_all(self) -> None:
         """Forget every slot (the VM is closing) and let their memory close."""
@@ -371,6 +442,7 @@ class SlotTable:
             s.memory._detach()
         self._slots.clear()
         self._sorted = ()
+        self._by_space = ((),) * self.address_spaces
 
 
 def _check_slot_arguments(
@@ -414,6 +486,7 @@ class SlotOwner:
         offset: int = 0,
         size: int | None = None,
         flags: SlotFlags = SlotFlags(0),
+        address_space: int = 0,
     ) -> MemorySlot:
         """Map ``size`` bytes of ``memory`` (from ``offset``; all of it by default) at ``guest_address``."""
         _check_slot_arguments(slot, guest_address, memory, offset, size, flags)
@@ -424,21 +497,21 @@ class SlotOwner:
             raise InvalidArgument(
                 "a slot of size 0 maps nothing; use delete_memory_slot() to remove one", operation="set_memory_slot"
             )
-        self._commit(self._slots.plan(slot, guest_address, memory, offset, size, flags))
-        return self._slots.get(slot)
+        self._commit(self._slots.plan(slot, guest_address, memory, offset, size, flags, address_space))
+        return self._slots.get(slot, address_space)
 
-    def delete_memory_slot(self, slot: int) -> None:
+    def delete_memory_slot(self, slot: int, *, address_space: int = 0) -> None:
         """Remove a slot; later guest accesses to its range are MMIO exits."""
         check_int("slot", slot, "delete_memory_slot")
         self._live()
-        self._commit(self._slots.plan(slot, 0, None, 0, 0, SlotFlags(0)))
+        self._commit(self._slots.plan(slot, 0, None, 0, 0, SlotFlags(0), address_space))
 
-    def set_slot_flags(self, slot: int, flags: SlotFlags) -> MemorySlot:
+    def set_slot_flags(self, slot: int, flags: SlotFlags, *, address_space: int = 0) -> MemorySlot:
         """Change a slot's flags; a READONLY change deletes and re-adds the slot, as QEMU does."""
         check_int("slot", slot, "set_slot_flags")
         check_int("flags", flags, "set_slot_flags")
         self._live()
-        first, *rest = self._slots.plan_flags(slot, flags)
+        first, *rest = self._slots.plan_flags(slot, flags, address_space)
         self._commit(first)
         for change in rest:
             try:
@@ -446,18 +519,18 @@ class SlotOwner:
             except HvError:
                 self._commit(SlotChange(SlotChangeKind.ADD, slot, None, first.old))
                 raise
-        return self._slots.get(slot)
+        return self._slots.get(slot, address_space)
 
     def memory_slots(self) -> tuple[MemorySlot, ...]:
-        """The slots, by id."""
+        """The slots, by address space and id."""
         self._live()
         return self._slots.slots()
 
-    def get_dirty_log(self, slot: int) -> DirtyLog:
+    def get_dirty_log(self, slot: int, *, address_space: int = 0) -> DirtyLog:
         """Pages written since the last call, for a slot with ``LOG_DIRTY_PAGES``; reading clears it."""
         check_int("slot", slot, "get_dirty_log")
         self._live()
-        entry = self._slots.get(slot)
+        entry = self._slots.get(slot, check_address_space(address_space, self._slots.address_spaces, "get_dirty_log"))
         if not entry.flags & SlotFlags.LOG_DIRTY_PAGES:
             raise NotFound(
                 f"slot {slot} does not log dirty pages; set SlotFlags.LOG_DIRTY_PAGES on it first",

@@ -237,6 +237,22 @@ class VCPU(Protocol):
         """Queue an NMI (``KVM_NMI``)."""
         ...
 
+    def smi(self) -> None:
+        """Queue a System Management Interrupt (``KVM_SMI``).
+
+        The next ``run()`` enters SMM (unless the vCPU is in SMM already: then the SMI waits
+        for ``rsm``): the state is saved at SMBASE + 0xFE00 in address space 1, in the layout
+        of KVM's emulator (the 64-bit one when the CPUID has long mode), and the vCPU runs from
+        SMBASE + 0x8000 (SMBASE is MSR 0x9E, 0x30000 at reset). ``Unsupported`` where
+        ``check_extension(Capability.X86_SMM)`` is 0.
+        """
+        ...
+
+    @property
+    def in_smm(self) -> bool:
+        """After ``run()``: whether the vCPU is in System Management Mode (``KVM_RUN_X86_SMM``)."""
+        ...
+
     def set_guest_debug(self, debug: GuestDebug) -> None:
         """Enable single-step or breakpoints (``KVM_SET_GUEST_DEBUG``); exits come as ``DebugExit``."""
         ...
@@ -273,27 +289,30 @@ class VM(Protocol):
         offset: int = 0,
         size: int | None = None,
         flags: SlotFlags = SlotFlags(0),
+        address_space: int = 0,
     ) -> MemorySlot:
         """Map ``size`` bytes of ``memory`` (from ``offset``; all of it by default) at ``guest_address``.
 
         KVM's rules hold on every backend: page alignment, no overlap, an
-        existing slot may only move or toggle ``LOG_DIRTY_PAGES``.
+        existing slot may only move or toggle ``LOG_DIRTY_PAGES``. ``address_space`` 1 is
+        what a vCPU in SMM sees (SMRAM, and whatever else the VMM maps there); each space has
+        its own slot ids and overlap rules. ``Unsupported`` where KVM has no SMM.
         """
         ...
 
-    def delete_memory_slot(self, slot: int) -> None:
+    def delete_memory_slot(self, slot: int, *, address_space: int = 0) -> None:
         """Remove a slot; later guest accesses to its range are MMIO exits."""
         ...
 
-    def set_slot_flags(self, slot: int, flags: SlotFlags) -> MemorySlot:
+    def set_slot_flags(self, slot: int, flags: SlotFlags, *, address_space: int = 0) -> MemorySlot:
         """Change a slot's flags; a READONLY change deletes and re-adds the slot (its dirty log restarts)."""
         ...
 
     def memory_slots(self) -> tuple[MemorySlot, ...]:
-        """The slots, by id."""
+        """The slots of every address space, by address space and id."""
         ...
 
-    def get_dirty_log(self, slot: int) -> DirtyLog:
+    def get_dirty_log(self, slot: int, *, address_space: int = 0) -> DirtyLog:
         """Pages written since the last call, for a slot with ``LOG_DIRTY_PAGES``; reading clears it."""
         ...
 

@@ -231,7 +231,7 @@ class TraceEntry:
 
 @dataclass(frozen=True)
 class TraceAction:
-    """Something the VMM did to the vCPU between exits, replayed in order: ``interrupt``, ``nmi``,
+    """Something the VMM did to the vCPU between exits, replayed in order: ``interrupt``, ``nmi``, ``smi``,
     ``request_interrupt_window``, ``immediate_exit``, ``set_regs``, ``set_sregs``, ``set_guest_debug``."""
 
     name: str
@@ -254,6 +254,8 @@ def _prepare(name: Any, args: Any) -> Callable[[VCPU], None]:
         return lambda vcpu: vcpu.interrupt(vector)
     if name == "nmi":
         return lambda vcpu: vcpu.nmi()
+    if name == "smi":
+        return lambda vcpu: vcpu.smi()
     if name == "request_interrupt_window":
         window = _bool(args, what)
         return lambda vcpu: setattr(vcpu, "request_interrupt_window", window)
@@ -398,6 +400,11 @@ class TracingVCPU(DelegatingVCPU, Closeable):
         """Queue an NMI, and record it."""
         self.inner.nmi()
         self._action("nmi")
+
+    def smi(self) -> None:
+        """Queue an SMI, and record it."""
+        self.inner.smi()
+        self._action("smi")
 
     @property
     def request_interrupt_window(self) -> bool:

@@ -117,8 +117,8 @@ HYPERVISOR: dict[str, Method] = {
 VM_METHODS: dict[str, Method] = {
     "check_extension": m(lambda c, cap: c.vm.check_extension(cap), (Capability.NR_MEMSLOTS, INTS)),
     "set_memory_slot": m(
-        lambda c, slot, address, memory, offset, size, flags: c.vm.set_memory_slot(
-            slot, address, memory, offset=offset, size=size, flags=flags
+        lambda c, slot, address, memory, offset, size, flags, space: c.vm.set_memory_slot(
+            slot, address, memory, offset=offset, size=size, flags=flags, address_space=space
         ),
         (1, INTS),
         (0x100000, (*INTS, 0x100000 + 0.0, 0x1001)),
@@ -126,15 +126,21 @@ VM_METHODS: dict[str, Method] = {
         (0, (*INTS, 1 << 20)),
         (RAM, (*INTS[1:4], -RAM, HUGE, 0)),
         (SlotFlags(0), (*INTS, 0x80)),
+        (0, (*INTS, 2)),
     ),
-    "delete_memory_slot": m(lambda c, slot: c.vm.delete_memory_slot(slot), (0, (*INTS, 5))),
+    "delete_memory_slot": m(
+        lambda c, slot, space: c.vm.delete_memory_slot(slot, address_space=space), (0, (*INTS, 5)), (0, (*INTS, 2))
+    ),
     "set_slot_flags": m(
-        lambda c, slot, flags: c.vm.set_slot_flags(slot, flags),
+        lambda c, slot, flags, space: c.vm.set_slot_flags(slot, flags, address_space=space),
         (0, (*INTS, 5)),
         (SlotFlags.LOG_DIRTY_PAGES, (*INTS, 0x80)),
+        (0, (*INTS, 2)),
     ),
     "memory_slots": m(lambda c: c.vm.memory_slots()),
-    "get_dirty_log": m(lambda c, slot: c.vm.get_dirty_log(slot), (0, (*INTS, 5))),
+    "get_dirty_log": m(
+        lambda c, slot, space: c.vm.get_dirty_log(slot, address_space=space), (0, (*INTS, 5)), (0, (*INTS, 2))
+    ),
     "create_vcpu": m(lambda c, vcpu_id: c.vm.create_vcpu(vcpu_id), (1, (*INTS, 0, 1 << 31))),
     "vcpus": m(lambda c: c.vm.vcpus()),
     "parked_vcpus": m(lambda c: c.vm.parked_vcpus()),
@@ -265,6 +271,8 @@ VCPU_METHODS: dict[str, Method] = {
     "set_mp_state": m(lambda c, mp: c.vcpu.set_mp_state(mp), (MpState.RUNNABLE, (*INTS, 99))),
     "interrupt": m(lambda c, vector: c.vcpu.interrupt(vector), (0x20, (*INTS, 256))),
     "nmi": m(lambda c: c.vcpu.nmi()),
+    "smi": m(lambda c: c.vcpu.smi()),
+    "in_smm": m(lambda c: c.vcpu.in_smm),
     "set_guest_debug": m(
         lambda c, debug: c.vcpu.set_guest_debug(debug),
         (GuestDebug(), (*OBJECTS, Regs(), bad(GuestDebug, flags=None), GuestDebug(debugreg=(0,) * 7))),

@@ -335,7 +335,6 @@ REFUSED_BY_KVM: dict[str, Setter] = {
     "unknown events flag": _events(flags=0x40),
     "payload not enabled": _events(flags=0x10),
     "triple fault event not enabled": _events(flags=0x20),
-    "SMM": _events(flags=0x8, smi_smm=1),
     # kvm_vcpu_ioctl_x86_set_debugregs
     "DR6 above bit 31": _debugregs(dr6=1 << 32 | 0xFFFF0FF0),
     "DR7 above bit 31": _debugregs(dr7=1 << 32 | 0x400),

@@ -152,6 +152,8 @@ KVM_GET_MP_STATE: Final = _IOR(KVMIO, 0x98, uapi.KvmMpState)
 KVM_SET_MP_STATE: Final = _IOW(KVMIO, 0x99, uapi.KvmMpState)
 # Available with KVM_CAP_USER_NMI
 KVM_NMI: Final = _IO(KVMIO, 0x9A)
+# Available with KVM_CAP_X86_SMM
+KVM_SMI: Final = _IO(KVMIO, 0xB7)
 # Available with KVM_CAP_SET_GUEST_DEBUG
 KVM_SET_GUEST_DEBUG: Final = _IOW(KVMIO, 0x9B, uapi.KvmGuestDebug)
 # Available with KVM_CAP_VCPU_EVENTS

@@ -30,6 +30,7 @@ from hvcore.errors import (
     HvError,
     InvalidArgument,
     StateError,
+    Unsupported,
     VcpuBusy,
     error_for_errno,
 )
@@ -110,6 +111,7 @@ class KvmVCPU(Closeable):
         self._closing = False
         self._kicked = False  # a kick() is pending (immediate_exit is set): later kicks add nothing
         self._signal_owed = False  # the pending kick's signal could not be queued: the next kick() retries
+        self._smm = vm.smm
         self._finalizer = weakref.finalize(self, _release, fd, run)
 
     @property
@@ -435,6 +437,23 @@ class KvmVCPU(Closeable):
     def nmi(self) -> None:
         """``KVM_NMI``."""
         ioctl(self._live(), ioctls.KVM_NMI, 0, f"vCPU {self._id}")
+
+    def smi(self) -> None:
+        """``KVM_SMI``; ``Unsupported`` where the host's KVM has no SMM (``KVM_CAP_X86_SMM`` is 0)."""
+        fd = self._live()
+        if not self._smm:
+            raise Unsupported(
+                "this host's KVM has no SMM (KVM_CAP_X86_SMM is 0): it takes no SMI; use the simulator "
+                "or a kernel built with CONFIG_KVM_SMM",
+                operation="KVM_SMI",
+            )
+        ioctl(fd, ioctls.KVM_SMI, 0, f"vCPU {self._id}")
+
+    @property
+    def in_smm(self) -> bool:
+        """``KVM_RUN_X86_SMM`` in ``kvm_run.flags``."""
+        self._live()
+        return bool(int.from_bytes(self._run[kvm_run.FLAGS : kvm_run.FLAGS + 2], "little") & kvm_run.RUN_X86_SMM)
 
     def set_guest_debug(self, debug: GuestDebug) -> None:
         """``KVM_SET_GUEST_DEBUG``."""

@@ -48,7 +48,12 @@ class KvmVM(SlotOwner, Closeable):
     def __init__(self, hypervisor: KvmHypervisor, fd: int) -> None:
         self._fd = fd
         self._vcpu_mmap_size = hypervisor.vcpu_mmap_size()
-        self._slots = SlotTable(max(1, self.check_extension(Capability.NR_MEMSLOTS)))
+        self.smm = bool(self.check_extension(Capability.X86_SMM))
+        """Whether this KVM has System Management Mode (``KVM_CAP_X86_SMM``): ``KVM_SMI`` and address space 1."""
+        self._slots = SlotTable(
+            max(1, self.check_extension(Capability.NR_MEMSLOTS)),
+            max(1, self.check_extension(Capability.MULTI_ADDRESS_SPACE)),
+        )
         self._max_vcpu_id = self.check_extension(Capability.MAX_VCPU_ID) or _DEFAULT_MAX_VCPU_ID
         self._vcpus: dict[int, KvmVCPU] = {}
         self._vcpus_created = False  # closed vCPUs still count for KVM
@@ -75,7 +80,7 @@ class KvmVM(SlotOwner, Closeable):
         slot = change.new or change.old
         assert slot is not None
         region = uapi.KvmUserspaceMemoryRegion()
-        region.slot = change.slot
+        region.slot = change.kvm_slot
         if change.new is not None:
             region.flags = int(change.new.flags)
             region.guest_phys_addr = change.new.guest_address
@@ -85,7 +90,7 @@ class KvmVM(SlotOwner, Closeable):
             self._live(),
             ioctls.KVM_SET_USER_MEMORY_REGION,
             region,
-            f"slot {change.slot} at {slot.guest_address:#x} size {slot.size:#x}",
+            f"slot {change.slot} (address space {change.address_space}) at {slot.guest_address:#x} size {slot.size:#x}",
         )
         self._slots.apply(change)
 
@@ -93,9 +98,9 @@ class KvmVM(SlotOwner, Closeable):
         """``KVM_GET_DIRTY_LOG``: the slot's bitmap, cleared by reading."""
         bitmap = (ctypes.c_uint64 * ((slot.size // 4096 + 63) // 64))()
         raw = uapi.KvmDirtyLog()
-        raw.slot = slot.slot
+        raw.slot = slot.kvm_slot
         raw.dirty_bitmap = ctypes.addressof(bitmap)
-        ioctl(self._live(), ioctls.KVM_GET_DIRTY_LOG, raw, f"slot {slot.slot}")
+        ioctl(self._live(), ioctls.KVM_GET_DIRTY_LOG, raw, f"slot {slot.slot} (address space {slot.address_space})")
         return bytes(bitmap)
 
     # -- vCPUs -------------------------------------------------------------

@@ -3,7 +3,8 @@
 A :class:`~hvcore_sim.exits.Tracker` enforces KVM's exit rules for one vCPU; to do that it looks
 up memory slots, reads guest-physical and guest-linear memory, records dirty pages, consults the
 irqchip and the clock, and asks whether other vCPUs run. It gets exactly that, as this protocol
-(which :class:`~hvcore_sim.vm.SimVM` implements), instead of reaching through the vCPU into the
+(which :class:`~hvcore_sim.vm.AddressSpace` implements: one per address space, the vCPU's
+current one, so a vCPU in SMM sees SMRAM), instead of reaching through the vCPU into the
 VM's private attributes; a rule moved out of the tracker takes the same object.
 """
 
@@ -27,18 +28,29 @@ __all__ = ["GuestContext"]
 class GuestContext(Protocol):
     """The VM as the exit rules see it."""
 
-    clock: Clock
-    """The VM's clock (virtual or host time)."""
-    dirty: DirtyLog
-    """The dirty log of every logging slot."""
-    irqchip: Irqchip | None
-    """The in-kernel irqchip, once created."""
-    irqchip_ports: frozenset[int]
-    """Ports the simulator's own devices answer (PIC, PIT): never an exit."""
+    @property
+    def clock(self) -> Clock:
+        """The VM's clock (virtual or host time)."""
+        ...
+
+    @property
+    def dirty(self) -> DirtyLog:
+        """The dirty log of every logging slot (keyed by ``MemorySlot.kvm_slot``)."""
+        ...
+
+    @property
+    def irqchip(self) -> Irqchip | None:
+        """The in-kernel irqchip, once created."""
+        ...
+
+    @property
+    def irqchip_ports(self) -> frozenset[int]:
+        """Ports the simulator's own devices answer (PIC, PIT): never an exit."""
+        ...
 
     @property
     def physical(self) -> PhysicalMemory:
-        """Guest-physical memory over the memory slots."""
+        """Guest-physical memory over the memory slots of this address space."""
         ...
 
     def linear_reader(self, view: CpuView) -> Callable[[int, int], bytes]:
@@ -46,15 +58,15 @@ class GuestContext(Protocol):
         ...
 
     def memory_slots_unchecked(self) -> tuple[MemorySlot, ...]:
-        """Every memory slot (no closed-VM check: the run loop holds the VM open)."""
+        """The memory slots of this address space (no closed-VM check: the run loop holds the VM open)."""
         ...
 
     def slot_at(self, address: int) -> MemorySlot | None:
         """The slot holding guest-physical ``address``."""
         ...
 
-    def slot_by_id(self, slot: int) -> MemorySlot | None:
-        """Slot number ``slot``."""
+    def slot_by_id(self, kvm_slot: int) -> MemorySlot | None:
+        """The slot of this address space numbered ``kvm_slot`` (``MemorySlot.kvm_slot``), if any."""
         ...
 
     @property

@@ -542,7 +542,7 @@ class Tracker:
         if slot is not None and slot.flags & SlotFlags.LOG_DIRTY_PAGES:
             offset = physical - slot.guest_address
             for page in range(offset // PAGE_SIZE, (offset + len(data) - 1) // PAGE_SIZE + 1):
-                self.guest.dirty.record(slot.slot, page)
+                self.guest.dirty.record(slot.kvm_slot, page)
 
     def _drop_code(self, engine: Engine, view: Any, linear: int, length: int, *, user: bool) -> None:
         """Forget code translated from ``length`` bytes at ``linear`` that the simulator wrote for the guest.
@@ -912,9 +912,9 @@ class Tracker:
         # (a page never protected by mem_protect), it lands with the same bytes.
         host = slot.memory.address + slot.offset + address - slot.guest_address
         store_in_place(host, (value & _U64).to_bytes(8, "little")[:size])
-        self.guest.dirty.map_first(slot.slot, page, populated=True)
+        self.guest.dirty.map_first(slot.kvm_slot, page, populated=True)
         self._unprotect.append((slot.guest_address + page * PAGE_SIZE, True))
-        self._unprotected.setdefault(slot.slot, set()).add(page)
+        self._unprotected.setdefault(slot.kvm_slot, set()).add(page)
         # The store lands: refused, it would be lost where one helper runs the whole instruction
         # (cmpxchg8b goes on without it). The page is made writable once the instruction is done
         # (mem_protect cannot be called from a hook); an IN being completed finishes its batch first.
@@ -991,10 +991,10 @@ class Tracker:
             cells.settle()
         page = (address - slot.guest_address) // PAGE_SIZE
         host = slot.memory.address + slot.offset + page * PAGE_SIZE
-        logged = self.guest.dirty.map_first(slot.slot, page, populated=host_page_populated(host))
+        logged = self.guest.dirty.map_first(slot.kvm_slot, page, populated=host_page_populated(host))
         self._unprotect.append((slot.guest_address + page * PAGE_SIZE, logged))  # writable if logged, as KVM maps it
         if logged:
-            self._unprotected.setdefault(slot.slot, set()).add(page)
+            self._unprotected.setdefault(slot.kvm_slot, set()).add(page)
         if self._stop is None and not self._in_answers:
             self._stop = _WRITABLE
             engine.stop_after_this_instruction()

@@ -50,9 +50,9 @@ from hvcore_sim.faults import NonCanonical, PageFault
 from hvcore_sim.irqchip.message import DeliveryMode, InterruptMessage
 
 if TYPE_CHECKING:
+    from hvcore_sim.context import GuestContext
     from hvcore_sim.engine import Engine
     from hvcore_sim.irqchip.chip import Irqchip
-    from hvcore_sim.vm import SimVM
 
 __all__ = [
     "KVM_EINVAL",
@@ -126,7 +126,7 @@ def decode(code: bytes, code_bits: int) -> Instruction | None:
     return Instruction(opcode, at + 3, found.lock)
 
 
-def emulate(engine: Engine, vm: SimVM, cpuid: Iterable[CpuidEntry]) -> Fault | Done | MmioExit | None:
+def emulate(engine: Engine, vm: GuestContext, cpuid: Iterable[CpuidEntry]) -> Fault | Done | MmioExit | None:
     """KVM's handling of the #UD that Unicorn raised at RIP, if the instruction there is a hypercall (else None)."""
     rip = engine.reg(engine.RIP)
     cpu = operand.cpu_state(engine)
@@ -193,7 +193,7 @@ def _send_ipi(chip: Irqchip | None, bitmaps: tuple[int, int], first: int, icr: i
     return chip.pv_send_ipi(bitmaps, first, message, cluster=64 if wide else 32)
 
 
-def _patch(vm: SimVM, cpu: operand.CpuState, linear: int, native: bytes, *, ac: bool) -> Fault | MmioExit | None:
+def _patch(vm: GuestContext, cpu: operand.CpuState, linear: int, native: bytes, *, ac: bool) -> Fault | MmioExit | None:
     """Write ``native`` at ``linear`` as KVM's emulator writes (page by page); the fault or MMIO exit that stops it."""
     done = 0
     while done < len(native):
@@ -213,6 +213,6 @@ def _patch(vm: SimVM, cpu: operand.CpuState, linear: int, native: bytes, *, ac: 
             return MmioExit(physical, size, True, piece)
         slot.memory.write(slot.offset + physical - slot.guest_address, piece)
         if slot.flags & SlotFlags.LOG_DIRTY_PAGES:
-            vm.dirty.record(slot.slot, (physical - slot.guest_address) // PAGE_SIZE)
+            vm.dirty.record(slot.kvm_slot, (physical - slot.guest_address) // PAGE_SIZE)
         done += size
     return None

@@ -89,7 +89,7 @@ def map_layout(
     read_only = unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
     for s in slots:
         logging = bool(s.flags & SlotFlags.LOG_DIRTY_PAGES) and not s.readonly
-        present = dirty.present.get(s.slot) if logging else None
+        present = dirty.present.get(s.kvm_slot) if logging else None
         if present is not None:  # pages KVM has not mapped yet: the first access of any kind is caught
             uc.mem_map_ptr(s.guest_address, s.size, unicorn.UC_PROT_NONE, s.host_address)
             for page in present:
@@ -98,7 +98,7 @@ def map_layout(
             perms = read_only if s.readonly or logging else unicorn.UC_PROT_ALL
             uc.mem_map_ptr(s.guest_address, s.size, perms, s.host_address)
         if logging:
-            for page in dirty.writable_pages(s.slot):  # already dirty: no need to catch them again
+            for page in dirty.writable_pages(s.kvm_slot):  # already dirty: no need to catch them again
                 uc.mem_protect(s.guest_address + page * PAGE_SIZE, PAGE_SIZE, unicorn.UC_PROT_ALL)
     for device in devices:
         if not any(start < device.base + device.size and device.base < end for start, end in taken):

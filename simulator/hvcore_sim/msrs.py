@@ -51,6 +51,7 @@ from hvcore_sim.decode import fetch_instruction, prefixes
 from hvcore_sim.exits import Stop, StopKind
 from hvcore_sim.kvmclock import NO_MEMORY, KvmClock, PvClock
 from hvcore_sim.layout import SVM_EXIT_MSR, SVM_EXIT_RDTSC
+from hvcore_sim.smm import MSR_SMBASE, MSR_SMI_COUNT, SMBASE_RESET
 
 if TYPE_CHECKING:
     from hvcore_sim.engine import Engine
@@ -104,6 +105,8 @@ MSRS: Final = (
     KERNEL_GS_BASE,
     TSC_AUX,
     *kvmclock.MSRS,
+    MSR_SMBASE,
+    MSR_SMI_COUNT,
 )
 """Every MSR the simulator has (its KVM_GET_MSR_INDEX_LIST); any other index is unknown, as on KVM."""
 
@@ -187,7 +190,7 @@ class _Cpuid:
 
     @property
     def long_mode(self) -> bool:
-        """CPUID.80000001H:EDX.LM."""
+        """CPUID.80000001H:EDX.LM (also: KVM's SMM state-save area has the 64-bit layout)."""
         return self.has(0x80000001, 3, 29)
 
     @property
@@ -366,6 +369,15 @@ class MsrEmulator:
         self._sysenter_cs_upper = 0  # Unicorn keeps 16 bits of IA32_SYSENTER_CS (the selector); KVM on AMD keeps 64
         self.pvclock = pvclock if pvclock is not None else KvmClock(NO_MEMORY, TSC_HZ).add_vcpu(0, self._offset)
         """This vCPU's kvmclock (the VM's, or one of its own with no guest memory)."""
+        self.smbase = SMBASE_RESET
+        """SMBASE (MSR 0x9E, the VMM's only): where SMM saves the state and runs its handler."""
+        self.smi_count = 0
+        """SMIs taken (MSR_SMI_COUNT)."""
+
+    @property
+    def long_mode(self) -> bool:
+        """The vCPU's CPUID has long mode."""
+        return self._cpuid.long_mode
 
     @property
     def maxphyaddr(self) -> int:
@@ -410,6 +422,10 @@ class MsrEmulator:
             return self.tsc_adjust & _MASK64
         if index in kvmclock.MSRS:
             return self.pvclock.read(index)
+        if index == MSR_SMBASE:
+            return self.smbase if host else None
+        if index == MSR_SMI_COUNT:
+            return self.smi_count
         if index == TSC_AUX and not host and not self._cpuid.tsc_aux:
             return None
         if index in _EMULATED:
@@ -440,6 +456,14 @@ class MsrEmulator:
                 if not host:
                     self.tsc_offset = (self.tsc_offset + value - self.tsc_adjust) & _MASK64
                 self.tsc_adjust = value
+            return True
+        if index in (MSR_SMBASE, MSR_SMI_COUNT):  # both the VMM's to write only, as KVM's host_initiated check
+            if not host:
+                return False
+            if index == MSR_SMBASE:
+                self.smbase = value
+            else:
+                self.smi_count = value
             return True
         if index in kvmclock.MSRS:
             self.pvclock.write(index, value, self._clock_ns(engine if running else None), host=host)

@@ -41,6 +41,8 @@ _CAPABILITIES: Final = {
     Capability.VCPU_EVENTS: 1,
     Capability.MP_STATE: 1,
     Capability.USER_NMI: 1,
+    Capability.X86_SMM: 1,  # KVM_SMI, SMM entry and RSM (hvcore_sim.smm)
+    Capability.MULTI_ADDRESS_SPACE: 2,  # address space 1 is what a vCPU in SMM sees
     Capability.EXT_CPUID: 1,
     Capability.ADJUST_CLOCK: 1,
     Capability.CLOCKSOURCE: 1,  # kvmclock (hvcore_sim.kvmclock)

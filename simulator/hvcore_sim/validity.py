@@ -13,8 +13,7 @@ values of the right width:
 - ``KVM_SET_VCPU_EVENTS``: only the ``KVM_VCPUEVENT_VALID_*`` flags; PAYLOAD and TRIPLE_FAULT only
   once their capability is enabled (the simulator enables neither); an injected exception
   (or, with a payload, a pending one) must be an exception vector, 0-31 but not 2 (NMI). The
-  simulator has no SMM, so with VALID_SMM it refuses SMM, a pending SMI and SMM-inside-NMI, as a
-  KVM built without ``CONFIG_KVM_SMM``.
+  simulator has SMM, so the SMM part is taken (the vCPU refuses SMM for a vCPU waiting for SIPI).
 - ``KVM_SET_DEBUGREGS``: ``flags`` must be 0, DR6 and DR7 have no bit above 31.
 - ``KVM_SET_XSAVE`` (``copy_uabi_to_xstate``): XSTATE_BV only components the vCPU's CPUID lists
   (x87 and SSE always), XCOMP_BV 0 (the standard format), the header's reserved bytes 0, and
@@ -81,7 +80,7 @@ def check_sregs(sregs: Sregs, cpuid: Sequence[CpuidEntry], maxphyaddr: int) -> N
 
 
 def check_vcpu_events(events: VcpuEvents) -> None:
-    """``kvm_vcpu_ioctl_x86_set_vcpu_events``'s checks, with no capability enabled and no SMM."""
+    """``kvm_vcpu_ioctl_x86_set_vcpu_events``'s checks that need no vCPU, with no capability enabled."""
     flags = events.flags
     if flags & ~_VALID_EVENT_FLAGS:
         _refuse(
@@ -96,10 +95,6 @@ def check_vcpu_events(events: VcpuEvents) -> None:
     nr = events.exception_nr
     if events.exception_injected and (nr > 31 or nr == _NMI_VECTOR):
         _refuse(f"exception_nr = {nr} is not an exception vector (0-31, not 2: inject an NMI as nmi_pending)", "events")
-    if flags & _SMM and (events.smi_smm or events.smi_pending or events.smi_inside_nmi):
-        _refuse(
-            "the simulator has no SMM (as KVM without CONFIG_KVM_SMM): smi_smm, smi_pending, smi_inside_nmi", "events"
-        )
 
 
 def check_debugregs(debugregs: DebugRegs) -> None:

@@ -63,7 +63,7 @@ from hvcore.types import (
     VcpuEvents,
     Xsave,
 )
-from hvcore_sim import cpufeatures, guestdebug, hypercall, state, syscall, validity
+from hvcore_sim import cpufeatures, guestdebug, hypercall, smm, state, syscall, validity
 from hvcore_sim.blocks import ExitDensity
 from hvcore_sim.decode import fetch_instruction, prefixes
 from hvcore_sim.engine import EFER_LMA, Engine
@@ -116,7 +116,9 @@ _APIC_TPR = 0x80
 _RESET_RDX = 0x600  # KVM's CPU signature when the VMM set no CPUID
 _IDLE_POLL = 0.05  # seconds: a sleeping vCPU looks again at least this often
 _UD = 6
-_VALID_NMI_PENDING, _VALID_SHADOW = 1, 4  # KVM_VCPUEVENT_VALID_*: set_vcpu_events applies these parts only then
+_VALID_NMI_PENDING, _VALID_SHADOW, _VALID_SMM = 1, 4, 8  # KVM_VCPUEVENT_VALID_*: set_vcpu_events applies these then
+_RSM = b"\x0f\xaa"
+_LOCK = 0xF0
 _DR6_TRAPS, _DR6_ACTIVE_LOW, _DR6_BS, _DR6_BIT12 = 0xF, 0xFFFF0FF0, 1 << 14, 1 << 12  # kvm_deliver_exception_payload
 
 
@@ -126,6 +128,7 @@ def _completed(exit_: Exit) -> bool:
 
 
 _NO_LAPIC = "there is no in-kernel LAPIC: call vm.create_irqchip() before creating vCPUs"
+_TAKES_SMI = (MpState.RUNNABLE, MpState.HALTED)  # a vCPU waiting for INIT / SIPI keeps its SMI pending
 _SETTABLE_MP_STATES = (
     MpState.RUNNABLE,
     MpState.UNINITIALIZED,
@@ -162,6 +165,9 @@ class SimVCPU(Closeable):
         self._if_snapshot = False
         self._step_owed = False
         self._density = ExitDensity()
+        self._smm = False  # HF_SMM: in System Management Mode, seeing address space 1
+        self._smm_inside_nmi = False  # HF_SMM_INSIDE_NMI: NMIs were blocked already when SMM was entered
+        self._smi_pending = False
         self._state = state.VcpuState(apic_base=0xFEE00800 | (0x100 if vcpu_id == 0 else 0))  # BSP bit: vCPU 0
         pvclock = vm.kvmclock.add_vcpu(vcpu_id, lambda: self.msrs.tsc_offset)
         self.msrs = MsrEmulator(self._state, vm.clock, pvclock=pvclock)
@@ -175,7 +181,7 @@ class SimVCPU(Closeable):
         self._lapic = chip.add_lapic(vcpu_id) if chip is not None else None
         # with an irqchip, as on KVM, vCPUs other than 0 wait for INIT and SIPI
         self._mp_state = MpState.RUNNABLE if chip is None or vcpu_id == 0 else MpState.UNINITIALIZED
-        self.tracker = Tracker(self, vm, self._state)
+        self.tracker = Tracker(self, vm.spaces[0], self._state)
         if chip is not None and self._lapic is not None:
             default = self.msrs.handler
             assert isinstance(default, DefaultMsrHandler)
@@ -219,7 +225,7 @@ class SimVCPU(Closeable):
         while paging is off, where linear and physical addresses are the same; otherwise all is.
         """
         paging = bool(engine.reg(engine.CR0) & _CR0_PG)
-        for slot in self._vm.memory_slots_unchecked():
+        for slot in self.tracker.guest.memory_slots_unchecked():
             memory = slot.memory
             seen = self._versions.get(id(memory))
             if seen == memory.version:
@@ -331,6 +337,8 @@ class SimVCPU(Closeable):
                         return _SHUTDOWN
                     if self._debug_exception is not None and not self._deliver_debug_exception(engine):
                         return _SHUTDOWN
+                if self._smi_pending and not self._smm and self._mp_state in _TAKES_SMI:
+                    engine = self._enter_smm(engine)
                 count = 1 if stepping else SLICE
                 if chip is not None:
                     count = self._irqchip_events(chip, engine, count)
@@ -404,12 +412,12 @@ class SimVCPU(Closeable):
             deadline = chip.deadline()
             if deadline is not None and deadline <= chip.clock.now():
                 chip.advance()
-            if lapic.init_pending:
+            if lapic.init_pending and not self._smm:  # in SMM an INIT is latched until RSM
                 lapic.init_pending = False
                 self._init(engine)
             if lapic.sipi_vector is not None:
                 vector, lapic.sipi_vector = lapic.sipi_vector, None
-                if self._mp_state is MpState.INIT_RECEIVED:
+                if self._mp_state is MpState.INIT_RECEIVED and not self._smm:  # in SMM a SIPI is dropped
                     self._start_at(engine, vector)
             if lapic.nmi_pending:
                 lapic.nmi_pending = False
@@ -430,6 +438,95 @@ class SimVCPU(Closeable):
                 # QEMU stops the run right where IF and the shadow let it in, as KVM's interrupt window
                 return count if engine.open_window(REQUEST_INTERRUPT) else 1
         return count
+
+    # -- System Management Mode (:mod:`hvcore_sim.smm`) -------------------------------
+
+    def _switch_space(self, entering: bool) -> None:
+        """KVM's ``kvm_smm_changed``: in SMM the vCPU sees address space 1 (its engine is mapped anew)."""
+        self._smm = entering
+        if not entering:
+            self._smm_inside_nmi = False
+        self.tracker.guest = self._vm.spaces[1 if entering else 0]
+        self._layout_generation = -1
+
+    def _engine_sregs(self, engine: Engine) -> Sregs:
+        return engine.get_sregs(apic_base=self._state.apic_base, interrupt_bitmap=(0, 0, 0, 0), cr8=0)
+
+    def _enter_smm(self, engine: Engine) -> Engine:
+        """Take the pending SMI (KVM's ``enter_smm``); the engine mapping address space 1."""
+        msrs, long_mode = self.msrs, self.msrs.long_mode
+        regs, sregs = engine.get_regs(), self._engine_sregs(engine)
+        shadow = int(engine.interrupt_shadow)
+        area = smm.save(
+            regs, sregs, engine.reg(engine.DR6), engine.reg(engine.DR7), msrs.smbase & 0xFFFFFFFF, shadow,
+            long_mode=long_mode,
+        )  # fmt: skip
+        self._smi_pending = False
+        msrs.smi_count += 1
+        self._switch_space(True)
+        if not self._vm.spaces[1].physical.store(msrs.smbase + smm.SAVE_AREA_OFFSET, area):
+            raise HypervisorFault(
+                f"vCPU {self._id} took an SMI, but address space 1 has no writable RAM at SMBASE + 0xFE00 "
+                f"({msrs.smbase + smm.SAVE_AREA_OFFSET:#x}) for the state-save area; KVM marks the VM dead (EIO). "
+                "Map SMRAM with set_memory_slot(..., address_space=1) before sending SMIs",
+                errno=_errno.EIO,
+                operation="run",
+            )
+        if engine.nmi_blocked:
+            self._smm_inside_nmi = True
+        else:
+            engine.nmi_blocked = True
+        regs, sregs = smm.entry_state(regs, sregs, msrs.smbase, long_mode=long_mode)
+        engine.set_sregs(sregs)
+        engine.set_regs(regs)
+        engine.interrupt_shadow = False
+        engine.set_reg(engine.DR7, smm.DR7_AT_ENTRY)
+        if self._mp_state is MpState.HALTED:
+            self._mp_state = MpState.RUNNABLE
+        return self.engine()
+
+    def _at_rsm(self, engine: Engine) -> bool:
+        """The instruction at RIP is RSM (prefixes allowed but LOCK, as KVM's emulator decodes it)."""
+        code = fetch_instruction(engine, engine.reg(engine.RIP))
+        found = prefixes(code, rex=True)
+        return code[found.length : found.length + 2] == _RSM and _LOCK not in found.legacy
+
+    def _rsm(self, engine: Engine) -> bool:
+        """RSM in SMM (KVM's ``emulator_leave_smm``); False where the state cannot be loaded (a triple fault)."""
+        msrs = self.msrs
+        area = self._vm.spaces[1].physical.load(msrs.smbase + smm.SAVE_AREA_OFFSET, smm.SAVE_AREA_SIZE)
+        if area is None:
+            return False
+        if not self._smm_inside_nmi:
+            engine.nmi_blocked = False
+        self._switch_space(False)
+        saved = smm.load(area, long_mode=msrs.long_mode)
+        if saved.dr6 >> 32 or saved.dr7 >> 32:  # kvm_set_dr refuses them
+            return False
+        msrs.smbase = saved.smbase
+        regs, sregs = smm.resumed_state(saved, engine.get_regs(), self._engine_sregs(engine))
+        try:
+            validity.check_sregs(sregs, self._state.cpuid, msrs.maxphyaddr)
+        except InvalidArgument:  # kvm_set_cr0 / cr4 / EFER refused one of them
+            return False
+        engine.set_sregs(sregs)
+        engine.set_regs(regs)
+        engine.set_reg(engine.DR6, saved.dr6)
+        engine.set_reg(engine.DR7, saved.dr7)
+        engine.interrupt_shadow = bool(saved.interrupt_shadow)
+        return True
+
+    @_between_runs
+    def smi(self) -> None:
+        """Queue an SMI (``KVM_SMI``): the next run enters SMM, or the first after RSM if in SMM already."""
+        self._live()
+        self._smi_pending = True
+
+    @property
+    def in_smm(self) -> bool:
+        """In System Management Mode (``KVM_RUN_X86_SMM``)."""
+        self._live()
+        return self._smm
 
     # -- CR8: the task priority ----------------------------------------------------
 
@@ -513,6 +610,8 @@ class SimVCPU(Closeable):
         engine.set_reg(engine.RDX, signature)
         self._queued_interrupt = None
         self._nmi_pending = 0
+        self._smi_pending = False  # kvm_vcpu_reset; SMBASE stays (INIT is latched in SMM, so the vCPU is not in it)
+        self.msrs.smi_count = 0
         self._exception = replace(self._exception, injected=False)
         self._mp_state = MpState.RUNNABLE if self._id == 0 else MpState.INIT_RECEIVED
 
@@ -527,9 +626,11 @@ class SimVCPU(Closeable):
         """Whether what is pending ends this vCPU's sleep (call with ``chip.lock`` held)."""
         lapic = self._lapic
         assert lapic is not None and self._engine is not None
-        if lapic.init_pending or lapic.nmi_pending:
+        if (lapic.init_pending and not self._smm) or lapic.nmi_pending:
             return True
         state = self._mp_state
+        if self._smi_pending and not self._smm and state is MpState.HALTED:
+            return True
         if state is MpState.INIT_RECEIVED:
             return lapic.sipi_vector is not None
         if state is MpState.HALTED:
@@ -590,7 +691,9 @@ class SimVCPU(Closeable):
             return _HLT
         if kind is StopKind.EXCEPTION:
             if stop.vector == _UD and stop.event_kind == "exception":
-                outcome = hypercall.emulate(engine, self._vm, self._state.cpuid)
+                if self._smm and self._at_rsm(engine):
+                    return None if self._rsm(engine) else _SHUTDOWN
+                outcome = hypercall.emulate(engine, self.tracker.guest, self._state.cpuid)
                 if outcome is not None:
                     return self._after_hypercall(engine, outcome)
             if not self._vm.deliver(
@@ -958,6 +1061,11 @@ class SimVCPU(Closeable):
             engine = self._live()
             shadow, nmi_masked = int(engine.interrupt_shadow), int(engine.nmi_blocked)
             self._process_nmi(engine)
+        chip, lapic = self._vm.irqchip, self._lapic
+        latched_init = 0
+        if chip is not None and lapic is not None:
+            with chip.lock:
+                latched_init = int(lapic.init_pending)
         queued, exception = self._queued_interrupt, self._exception
         waiting = exception.injected or self._debug_exception is not None  # KVM folds pending into injected
         return VcpuEvents(
@@ -971,6 +1079,10 @@ class SimVCPU(Closeable):
             nmi_pending=self._nmi_pending,
             nmi_masked=nmi_masked,
             flags=0xD,
+            smi_smm=int(self._smm),
+            smi_pending=int(self._smi_pending),
+            smi_inside_nmi=int(self._smm_inside_nmi),
+            smi_latched_init=latched_init,
         )
 
     @_between_runs
@@ -983,11 +1095,29 @@ class SimVCPU(Closeable):
         """
         check_state_argument("events", events, VcpuEvents, "set_vcpu_events")
         validity.check_vcpu_events(events)
+        smm_part = bool(events.flags & _VALID_SMM)
+        if smm_part and (events.smi_smm or events.smi_pending) and self._mp_state is MpState.INIT_RECEIVED:
+            raise InvalidArgument(
+                "smi_smm / smi_pending on a vCPU waiting for SIPI (INIT_RECEIVED): KVM latches INIT in SMM, "
+                "so the two cannot be; set the MP state first",
+                operation="set_vcpu_events",
+            )
         with self._vm.exec_lock:
             engine = self._live()
             if events.flags & _VALID_SHADOW:
                 engine.interrupt_shadow = bool(events.interrupt_shadow)
             engine.nmi_blocked = bool(events.nmi_masked)
+            if smm_part:
+                if bool(events.smi_smm) != self._smm:
+                    self._switch_space(bool(events.smi_smm))
+                self._smi_pending = bool(events.smi_pending)
+                if events.smi_smm:
+                    self._smm_inside_nmi = bool(events.smi_inside_nmi)
+        chip, lapic = self._vm.irqchip, self._lapic
+        if smm_part and chip is not None and lapic is not None:
+            with chip.changed:
+                lapic.init_pending = bool(events.smi_latched_init)
+                chip.changed.notify_all()
         self._exception = QueuedException(
             events.exception_nr,
             bool(events.exception_has_error_code),
@@ -1093,7 +1223,7 @@ class SimVCPU(Closeable):
         if not 0 <= linear_address < 1 << 64:
             raise InvalidArgument(f"linear address {linear_address:#x} is not 64-bit", operation="translate")
         sregs = self.get_sregs()
-        return self._vm.translate(sregs, linear_address)
+        return self._vm.translate(sregs, linear_address, self.tracker.guest.physical)
 
     # -- lifetime ------------------------------------------------------------------
 

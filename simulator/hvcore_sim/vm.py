@@ -13,7 +13,7 @@ from hvcore.caps import Capability
 from hvcore.checks import IDENTITY_MAP_TOO_LATE, MAX_GSI, check_gsi_routes, check_irqchip, check_msi, check_pit_state
 from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, ResourceExhausted, StateError
 from hvcore.lifetime import Closeable
-from hvcore.memory import PAGE_SIZE, MemorySlot, SlotChange, SlotOwner, SlotTable
+from hvcore.memory import PAGE_SIZE, SMM_ADDRESS_SPACE, MemorySlot, SlotChange, SlotOwner, SlotTable
 from hvcore.state_checks import check_state
 from hvcore.types import (
     ClockData,
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from hvcore_sim.exits import Tracker
     from hvcore_sim.system import SimHypervisor
 
-__all__ = ["SimVM"]
+__all__ = ["AddressSpace", "SimVM"]
 
 MAX_SLOTS = 32764
 MAX_VCPUS: Final = 1024
@@ -53,7 +53,7 @@ RFLAGS_RF = 1 << 16
 
 
 class _SlotMemory:
-    """Guest-physical reads and writes through the VM's slots (for page walks and event delivery).
+    """Guest-physical reads and writes through one address space's slots (for page walks and event delivery).
 
     Writes are the simulated processor's own stores (interrupt frames, accessed and dirty bits):
     they go straight into the slot's buffer, as the engine's stores do, and are not host writes,
@@ -62,39 +62,99 @@ class _SlotMemory:
     an event pushed could tell.
     """
 
-    def __init__(self, vm: SimVM) -> None:
-        self._vm = vm
+    def __init__(self, space: AddressSpace) -> None:
+        self._space = space
 
     def read(self, address: int, length: int) -> bytes:
-        slot = self._vm.slot_at(address)
+        slot = self._space.slot_at(address)
         if slot is None or address + length > slot.end:
             raise NotFound(f"no memory slot backs guest-physical {address:#x}+{length}")
         return slot.memory.read(slot.offset + address - slot.guest_address, length)
 
     def write(self, address: int, data: bytes) -> None:
-        slot = self._vm.slot_at(address)
+        slot = self._space.slot_at(address)
         if slot is None or address + len(data) > slot.end:
             raise NotFound(f"no memory slot backs guest-physical {address:#x}+{len(data)}")
         store_in_place(slot.memory.address + slot.offset + address - slot.guest_address, bytes(data))
 
     def load(self, address: int, length: int) -> bytes | None:
         """As :meth:`read`, None where no slot backs it all (KVM's ``kvm_read_guest`` failing)."""
-        slot = self._vm.slot_at(address)
+        slot = self._space.slot_at(address)
         if slot is None or address + length > slot.end:
             return None
         return slot.memory.read(slot.offset + address - slot.guest_address, length)
 
     def store(self, address: int, data: bytes) -> bool:
         """Write as KVM's ``kvm_write_guest``: only into a writable slot (else False), logging the pages dirty."""
-        slot = self._vm.slot_at(address)
+        slot = self._space.slot_at(address)
         if slot is None or slot.readonly or address + len(data) > slot.end:
             return False
         offset = address - slot.guest_address
         slot.memory.write(slot.offset + offset, data)
         if slot.flags & SlotFlags.LOG_DIRTY_PAGES:
             for page in range(offset // PAGE_SIZE, (offset + len(data) - 1) // PAGE_SIZE + 1):
-                self._vm.dirty.record(slot.slot, page)
+                self._space.dirty.record(slot.kvm_slot, page)
         return True
+
+
+class AddressSpace:
+    """One of a VM's address spaces as a vCPU's exit rules see it (:class:`hvcore_sim.context.GuestContext`).
+
+    Space 0 is what a vCPU normally sees, space 1 what it sees in SMM: their own slots and
+    guest-physical memory, and the VM's clock, dirty log, irqchip and vCPUs.
+    """
+
+    def __init__(self, vm: SimVM, number: int) -> None:
+        self._vm = vm
+        self.number = number
+        """0 or 1 (SMM)."""
+        self.physical = _SlotMemory(self)
+        """Guest-physical memory over this space's slots."""
+
+    @property
+    def clock(self) -> Clock:
+        """The VM's clock."""
+        return self._vm.clock
+
+    @property
+    def dirty(self) -> DirtyPages:
+        """The VM's dirty log (keyed by ``MemorySlot.kvm_slot``)."""
+        return self._vm.dirty
+
+    @property
+    def irqchip(self) -> Irqchip | None:
+        """The VM's irqchip."""
+        return self._vm.irqchip
+
+    @property
+    def irqchip_ports(self) -> frozenset[int]:
+        """Ports the VM's own devices answer."""
+        return self._vm.irqchip_ports
+
+    @property
+    def vcpu_count(self) -> int:
+        """How many vCPUs the VM has."""
+        return self._vm.vcpu_count
+
+    def vcpus(self) -> tuple[SimVCPU, ...]:
+        """The VM's vCPUs."""
+        return self._vm.vcpus()
+
+    def linear_reader(self, view: CpuView) -> Callable[[int, int], bytes]:
+        """A ``read(linear, length)`` through the paging state of ``view``, over this space."""
+        return lambda linear, length: mmu.read_linear(view.paging, self.physical, linear, length)
+
+    def memory_slots_unchecked(self) -> tuple[MemorySlot, ...]:
+        """This space's slots."""
+        return self._vm._slots.slots(self.number)
+
+    def slot_at(self, address: int) -> MemorySlot | None:
+        """This space's slot mapping guest-physical ``address``."""
+        return self._vm._slots.find(address, self.number)
+
+    def slot_by_id(self, kvm_slot: int) -> MemorySlot | None:
+        """The slot of this space with ``MemorySlot.kvm_slot`` ``kvm_slot``, if there is one."""
+        return next((s for s in self.memory_slots_unchecked() if s.kvm_slot == kvm_slot), None)
 
 
 INVALID_GPA: Final = (1 << 64) - 1
@@ -111,7 +171,7 @@ class SimVM(SlotOwner, Closeable):
         self.irqchip_ports: frozenset[int] = frozenset()
         self.sleeping: set[int] = set()
         self.context_layout = hypervisor.context_layout
-        self._slots = SlotTable(MAX_SLOTS)
+        self._slots = SlotTable(MAX_SLOTS, address_spaces=2)
         self.layout_generation = 0
         self.dirty = DirtyPages()
         self.host_writes = HostWrites()
@@ -121,7 +181,9 @@ class SimVM(SlotOwner, Closeable):
         self._used_vcpu_ids: set[int] = set()
         self._parked: set[int] = set()  # closed vCPUs' ids, as KVM keeps the vCPUs (QEMU parks them)
         self._closed = False
-        self.physical = _SlotMemory(self)
+        self.spaces = (AddressSpace(self, 0), AddressSpace(self, SMM_ADDRESS_SPACE))
+        """The normal address space and SMM's."""
+        self.physical = self.spaces[0].physical
         self.kvmclock = KvmClock(self.physical, TSC_HZ)
         """The paravirtual clock's VM-wide state (:mod:`hvcore_sim.kvmclock`)."""
 
@@ -140,52 +202,44 @@ class SimVM(SlotOwner, Closeable):
     def _commit(self, change: SlotChange) -> None:
         with self.exec_lock:
             if change.old is not None and (change.new is None or change.old.flags != change.new.flags):
-                self.dirty.forget(change.slot)
+                self.dirty.forget(change.kvm_slot)
             new, old = change.new, change.old
             logging = new is not None and bool(new.flags & SlotFlags.LOG_DIRTY_PAGES)
             if logging and (old is None or new is None or old.guest_address != new.guest_address):
-                self.dirty.unmapped(change.slot)  # a new or moved slot: KVM maps nothing of it yet
+                self.dirty.unmapped(change.kvm_slot)  # a new or moved slot: KVM maps nothing of it yet
             self._slots.apply(change)
             self.host_writes.slot_changed(change)
             self.layout_generation += 1
 
     def memory_slots_unchecked(self) -> tuple[MemorySlot, ...]:
-        """The slots, without the closed check (the run loop's view)."""
+        """The slots of every address space, without the closed check."""
         return self._slots.slots()
 
     def slot_at(self, address: int) -> MemorySlot | None:
-        """The slot mapping guest-physical ``address``."""
+        """The slot of address space 0 mapping guest-physical ``address``."""
         return self._slots.find(address)
-
-    def slot_by_id(self, slot: int) -> MemorySlot | None:
-        """The slot with id ``slot``, if it exists."""
-        return next((s for s in self._slots.slots() if s.slot == slot), None)
 
     def _dirty_bitmap(self, slot: MemorySlot) -> bytes:
         """The pages the write-protect hooks recorded; reading clears them (and re-protects them)."""
         with self.exec_lock:
-            return self.dirty.take(slot.slot, slot.size // 4096)
+            return self.dirty.take(slot.kvm_slot, slot.size // 4096)
 
     def map_into(self, engine: Engine, tracker: Tracker) -> None:
-        """Map the current layout into a new engine."""
+        """Map the layout of the tracker's address space into a new engine."""
         chip = self.irqchip
         devices = chip.regions(tracker.vcpu.id, tracker.on_mmio_read, tracker.on_mmio_write) if chip is not None else ()
-        slots = self._slots.slots()
+        slots = tracker.guest.memory_slots_unchecked()
         gated = engine.blocks is not None
         map_layout(engine.uc, slots, tracker.on_mmio_read, tracker.on_mmio_write, self.dirty, devices, gated=gated)
 
-    def linear_reader(self, view: CpuView) -> Callable[[int, int], bytes]:
-        """A ``read(linear, length)`` through the paging state of ``view``."""
-        return lambda linear, length: mmu.read_linear(view.paging, self.physical, linear, length)
-
-    def translate(self, sregs: Sregs, linear: int) -> Translation:
+    def translate(self, sregs: Sregs, linear: int, memory: mmu.PhysicalMemory) -> Translation:
         """``KVM_TRANSLATE``: a read walk of the guest's page tables (setting accessed bits, as KVM's walker does).
 
         As upstream (kvm_arch_vcpu_ioctl_translate), ``writeable`` is always 1 and ``usermode`` 0:
         KVM reports only whether the address maps, and where (``INVALID_GPA`` when it does not).
         """
         try:
-            physical = mmu.translate(sregs, linear, self.physical, write=False, user=False)
+            physical = mmu.translate(sregs, linear, memory, write=False, user=False)
         except (mmu.PageFault, mmu.NonCanonical, HvError):
             return Translation(linear, INVALID_GPA, False, True, False)
         return Translation(linear, physical, True, True, False)
@@ -211,7 +265,8 @@ class SimVM(SlotOwner, Closeable):
         """
         regs = engine.get_regs()
         sregs = vcpu.get_sregs()
-        vcpu.tracker.watch_resume_flag = True
+        tracker = vcpu.tracker
+        tracker.watch_resume_flag = True
         if kind == "exception" and vector not in _NOT_FAULTS and not injected:
             # KVM sets RF in the guest's RFLAGS before it injects a fault, so it is in any #DF frame too
             regs = replace(regs, rflags=regs.rflags | RFLAGS_RF)
@@ -225,7 +280,7 @@ class SimVM(SlotOwner, Closeable):
             injected=injected,
         )
         try:
-            regs, sregs = delivery.deliver_with_escalation(regs, sregs, self.physical, event)
+            regs, sregs = delivery.deliver_with_escalation(regs, sregs, tracker.guest.physical, event)
         except delivery.TripleFault:
             return False
         engine.set_sregs(sregs, flush=False)  # segments only: translations are looked up by CS base and hflags

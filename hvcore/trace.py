@@ -328,9 +328,14 @@ def _memory_digests(header: Mapping[str, Any], what: str) -> dict[int, Mapping[s
 
 
 def memory_digests(vm: VM) -> list[dict[str, Any]]:
-    """Each slot's layout and a SHA-256 of its contents (to check a replay starts from the same image)."""
+    """Each slot's layout and a SHA-256 of its contents (to check a replay starts from the same image).
+
+    Address space 0's only: SMM's mirrors it where the backend has SMM, and may not exist elsewhere.
+    """
     digests = []
     for s in vm.memory_slots():
+        if s.address_space:
+            continue
         content = s.memory.read(s.offset, s.size)
         digests.append(
             {

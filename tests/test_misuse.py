@@ -550,6 +550,9 @@ MACHINE_CALLS: dict[str, tuple[Callable[[Machine], object], ...]] = {
     "unplug_vcpu": (lambda mc: mc.unplug_vcpu("1"), lambda mc: mc.unplug_vcpu(None)),  # type: ignore[arg-type]
     "plug_vcpu": (lambda mc: mc.plug_vcpu(1.0), lambda mc: mc.plug_vcpu(True)),  # type: ignore[arg-type]
     "unplugged": (),
+    "raise_smi": (lambda mc: mc.raise_smi("0"), lambda mc: mc.raise_smi(0.0)),  # type: ignore[arg-type]
+    "pending_smis": (),
+    "request_vcpu_unplug": (lambda mc: mc.request_vcpu_unplug("1"), lambda mc: mc.request_vcpu_unplug(False)),  # type: ignore[arg-type]
     "request_stop": (lambda mc: mc.request_stop(None), lambda mc: mc.request_stop("reset")),  # type: ignore[arg-type]
     "stop": (lambda mc: mc.stop("halted"),),  # type: ignore[arg-type]
     "statistics": (),
@@ -563,6 +566,8 @@ MACHINE_ARGUMENTS = (
     {"cpus": None},
     {"cpus": True},
     {"irqchip": "yes"},
+    {"present": "1"},
+    {"present": 1.0},
 )
 BUS_CALLS: dict[str, tuple[Callable[[Bus], object], ...]] = {
     "register": (

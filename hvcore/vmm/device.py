@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 from hvcore.vmm.timers import DeviceTimers
 
-__all__ = ["Device", "DeviceHost", "IrqLine", "StopRequest"]
+__all__ = ["Device", "DeviceHost", "IrqLine", "StopRequest", "read_registers"]
 
 
 @runtime_checkable
@@ -64,3 +64,8 @@ class DeviceHost:
     timers: DeviceTimers = field(default_factory=DeviceTimers)
     """The machine's clock (``timers.now()``, nanoseconds) and callbacks at its deadlines; a
     :class:`~hvcore.vmm.machine.Machine` gives its VM clock. The default counts host monotonic time."""
+
+
+def read_registers(registers: bytes | bytearray, offset: int, size: int) -> int:
+    """A little-endian read of ``size`` bytes at ``offset`` of a register file, all-ones past its end."""
+    return int.from_bytes(bytes(registers[offset : offset + size]).ljust(size, b"\xff"), "little")

@@ -19,6 +19,11 @@ request, a triple fault, an error) ends the run, and ``close()`` joins every thr
 the VM. A Linux kernel booted directly (with an irqchip) gets ACPI tables at ``ACPI_TABLES``:
 every vCPU and the IOAPIC in the MADT, ``acpi_devices`` (virtio-mmio) and the PCI bus (``pci``) in
 the DSDT and MCFG; firmware gets the same tables through ``fw_cfg`` (QEMU's table loader).
+CPU hotplug: ``Machine(cpus=4, present=2)`` starts with vCPUs 2 and 3 unplugged (the MADT lists
+them disabled but online-capable); ``plug_vcpu``/``unplug_vcpu`` work on a running machine, and
+with the ACPI hotplug device (``cpu_hotplug``, which ``add_pc_devices`` plugs in) the guest is
+told: a plug is an insert event and GPE, ``request_vcpu_unplug`` asks the guest to eject a vCPU,
+and a guest's eject (``_EJ0``) unplugs it.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from hvcore.arguments import (
     check_str,
     check_timeout,
 )
+from hvcore.caps import Capability
 from hvcore.checks import MAX_GSI
 from hvcore.errors import BusConflict, HvError, ImageError, InvalidArgument, ResourceExhausted, StateError
 from hvcore.exits import (
@@ -58,11 +64,11 @@ from hvcore.exits import (
     ShutdownExit,
 )
 from hvcore.log import get_logger
-from hvcore.memory import PAGE_SIZE, GuestMemory
+from hvcore.memory import PAGE_SIZE, SMM_ADDRESS_SPACE, GuestMemory
 from hvcore.protocol import VCPU, VM, Hypervisor
 from hvcore.trace import TracingVCPU
 from hvcore.types import PIT_FLAGS_HPET_LEGACY, SlotFlags
-from hvcore.vmm.acpi import AcpiDevice, build_acpi
+from hvcore.vmm.acpi import AcpiCpuHotplug, AcpiDevice, build_acpi
 from hvcore.vmm.acpi.loader import acpi_files
 from hvcore.vmm.bios import set_up_bios_state
 from hvcore.vmm.bus import Bus, check_range_arguments
@@ -71,9 +77,11 @@ from hvcore.vmm.device import Device, DeviceHost, IrqLine, StopRequest
 from hvcore.vmm.loaders import BootPlan
 from hvcore.vmm.loaders.detect import detect
 from hvcore.vmm.loaders.detect import load as load_image
+from hvcore.vmm.smram import SMRAM_BASE, SMRAM_END, SmramWindow
 from hvcore.vmm.timers import DeviceTimers
 
 if TYPE_CHECKING:
+    from hvcore.vmm.devices.cpu_hotplug import CpuHotplug
     from hvcore.vmm.devices.fw_cfg import FwCfg
     from hvcore.vmm.pci import PciHost
 
@@ -92,7 +100,7 @@ HOLE_START = 0xC000_0000
 """RAM below 4 GiB ends here; the hole holds the IOAPIC, LAPIC and firmware ROM."""
 HIGH_RAM_START = 1 << 32
 """Where RAM above the hole continues."""
-_LOW_SLOT, _HIGH_SLOT, _FIRST_ROM_SLOT = 0, 1, 8
+_LOW_SLOT, _HIGH_SLOT, _SMRAM_SLOT, _LOW_TOP_SLOT, _FIRST_ROM_SLOT = 0, 1, 2, 3, 8
 ACPI_TABLES = 0xE0000
 """Where a direct kernel boot's ACPI tables go, the RSDP first (E820-reserved; the BIOS area Linux scans)."""
 _REGISTER_NAMES = {f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")}
@@ -144,11 +152,15 @@ class _Line:
         self._vm.irq_line(self._gsi, False)
 
 
-def _check_machine_arguments(hypervisor: object, memory: object, cpus: object, irqchip: object) -> None:
+def _check_machine_arguments(
+    hypervisor: object, memory: object, cpus: object, irqchip: object, present: object
+) -> None:
     check_implements("hypervisor", hypervisor, Hypervisor, "Machine")
     check_int("memory", memory, "Machine")
     check_int("cpus", cpus, "Machine")
     check_flag("irqchip", irqchip, "Machine")
+    if present is not None:
+        check_int("present", present, "Machine")
 
 
 class OvercommitWarning(UserWarning):
@@ -190,8 +202,15 @@ class Machine:
         cpus: int = 1,
         irqchip: bool = True,
         trace: IO[str] | None = None,
+        present: int | None = None,
     ) -> None:
-        _check_machine_arguments(hypervisor, memory, cpus, irqchip)
+        _check_machine_arguments(hypervisor, memory, cpus, irqchip, present)
+        if present is not None and not 1 <= present <= cpus:
+            raise InvalidArgument(
+                f"present={present} with cpus={cpus}: between 1 (the bootstrap processor) and cpus vCPUs are "
+                "present at start; the others start unplugged, for plug_vcpu() to add",
+                operation="Machine",
+            )
         if memory < (1 << 20) or memory % PAGE_SIZE:
             raise InvalidArgument(
                 f"memory must be whole pages and at least 1 MiB, got {memory:#x}", operation="Machine"
@@ -222,19 +241,32 @@ class Machine:
         self.timers = DeviceTimers(self.clock, on_error=self._device_failed, name="hvcore-device-timers")
         """Device timers on the VM clock (their thread starts with the first timer armed)."""
         self.vm = hypervisor.create_vm()
+        self._smi_wanted: set[int] = set()  # vCPUs to send an SMI before their next run
         try:
+            self.smm = bool(self.vm.check_extension(Capability.X86_SMM))
+            """Whether the vCPUs have System Management Mode: then every slot is mapped in address space 1
+            too, and the SMRAM window (:attr:`smram`) follows the chipset's SMRAM register there."""
+            self._spaces = (0, SMM_ADDRESS_SPACE) if self.smm else (0,)
             self.irqchip = irqchip
             if irqchip:
                 self.vm.create_irqchip()
                 self.vm.create_pit()
             low = min(memory, HOLE_START)
-            self._low = self._add_ram(_LOW_SLOT, 0, low)
+            self._low = GuestMemory(low)
+            self._memories.append(self._low)
+            self._map(_LOW_SLOT, 0, self._low, size=SMRAM_BASE)
+            self.smram = SmramWindow(self.vm, self._low, _SMRAM_SLOT, smm=self.smm)
+            """RAM at 0xA0000-0xBFFFF: plain RAM until a chipset's SMRAM register says otherwise."""
+            self._map(_LOW_TOP_SLOT, SMRAM_END, self._low, offset=SMRAM_END)
             self._high_size = memory - low
             if self._high_size:
                 self._add_ram(_HIGH_SLOT, HIGH_RAM_START, self._high_size)
             self.vcpus: list[VCPU] = [self.vm.create_vcpu(i) for i in range(cpus)]
             for vcpu in self.vcpus:
                 vcpu.set_cpuid(vcpu_cpuid(hypervisor.supported_cpuid(), vcpu.id))
+            for vcpu in self.vcpus[cpus if present is None else present :]:
+                vcpu.close()  # parked: plug_vcpu() brings it in
+                self._unplugged.add(vcpu.id)
         except BaseException:
             self._release()
             raise
@@ -245,14 +277,31 @@ class Machine:
         """The PCI bus, once :func:`hvcore.vmm.pci.add_pci_host` gave the machine one."""
         self.fw_cfg: FwCfg | None = None
         """The fw_cfg device firmware takes its ACPI tables from (``add_pc_devices`` plugs one in)."""
+        self.cpu_hotplug: CpuHotplug | None = None
+        """The ACPI CPU hotplug registers (``add_pc_devices`` plugs them in): with them the ACPI tables
+        have a processor device per vCPU and a GPE, and plugging and unplugging tell the guest."""
 
     # -- memory (the loaders' LoadTarget) ------------------------------------------------------
 
     def _add_ram(self, slot: int, address: int, size: int) -> GuestMemory:
         memory = GuestMemory(size)
         self._memories.append(memory)
-        self.vm.set_memory_slot(slot, address, memory)
+        self._map(slot, address, memory)
         return memory
+
+    def _map(
+        self,
+        slot: int,
+        address: int,
+        memory: GuestMemory,
+        *,
+        offset: int = 0,
+        size: int | None = None,
+        flags: SlotFlags = SlotFlags(0),
+    ) -> None:
+        """A slot in address space 0 and, where the vCPUs have SMM, the same in address space 1."""
+        for space in self._spaces:
+            self.vm.set_memory_slot(slot, address, memory, offset=offset, size=size, flags=flags, address_space=space)
 
     @property
     def ram_size(self) -> int:
@@ -264,12 +313,30 @@ class Machine:
         """Bytes of RAM from 4 GiB."""
         return self._high_size
 
-    def _locate(self, address: int, length: int) -> tuple[GuestMemory, int]:
-        for slot in self.vm.memory_slots():
-            if slot.contains(address) and address + length <= slot.end and not slot.readonly:
-                return slot.memory, slot.offset + address - slot.guest_address
+    def _locate(self, address: int, length: int) -> list[tuple[GuestMemory, int, int]]:
+        """``(memory, offset, length)`` pieces of RAM outside SMM covering ``[address, address + length)``;
+        adjacent slots join (RAM around the SMRAM window is three)."""
+        pieces: list[tuple[GuestMemory, int, int]] = []
+        at, end = address, address + length
+        while True:
+            slot = next(
+                (
+                    s
+                    for s in self.vm.memory_slots()
+                    if s.address_space == 0 and not s.readonly and s.guest_address <= at < s.end
+                ),
+                None,
+            )
+            if slot is None:
+                break
+            piece = min(end, slot.end) - at
+            pieces.append((slot.memory, slot.offset + at - slot.guest_address, piece))
+            at += piece
+            if at >= end:
+                return pieces
+        window = "" if self.smram.mapped[0] else f", but not the SMRAM window {SMRAM_BASE:#x}..{SMRAM_END:#x}"
         raise ImageError(
-            f"guest-physical {address:#x}+{length:#x} is not RAM (RAM: 0..{self.ram_size:#x}"
+            f"guest-physical {address:#x}+{length:#x} is not RAM (RAM: 0..{self.ram_size:#x}{window}"
             + (f", {HIGH_RAM_START:#x}..{HIGH_RAM_START + self._high_size:#x}" if self._high_size else "")
             + "); give the machine more memory or load the image elsewhere",
             operation="load",
@@ -279,15 +346,20 @@ class Machine:
         """Write guest RAM."""
         check_int("address", address, "write")
         check_bytes("data", data, "write")
-        memory, offset = self._locate(address, len(data))
-        memory.write(offset, data)
+        done = 0
+        for memory, offset, length in self._locate(address, len(data)):
+            memory.write(offset, data[done : done + length])
+            done += length
 
     def read(self, address: int, length: int) -> bytes:
         """Read guest RAM."""
         check_int("address", address, "read")
         check_int("length", length, "read", 0)
-        memory, offset = self._locate(address, length)
-        return memory.read(offset, length)
+        pieces = self._locate(address, length)
+        if len(pieces) == 1:
+            memory, offset, _ = pieces[0]
+            return memory.read(offset, length)
+        return b"".join(memory.read(offset, piece) for memory, offset, piece in pieces)
 
     def add_rom(self, address: int, data: bytes) -> None:
         """Map ``data`` read-only at ``address`` (page aligned, padded to whole pages).
@@ -302,7 +374,7 @@ class Machine:
         rom = GuestMemory(size)
         self._memories.append(rom)
         rom.write(0, data)
-        self.vm.set_memory_slot(self._rom_slot, address, rom, flags=SlotFlags.READONLY)
+        self._map(self._rom_slot, address, rom, flags=SlotFlags.READONLY)
         self._rom_slot += 1
 
     # -- devices ---------------------------------------------------------------------------------
@@ -321,7 +393,8 @@ class Machine:
         """
         check_range_arguments(base, length, device)
         for slot in self.vm.memory_slots():
-            if not slot.readonly and slot.guest_address < base + length and base < slot.end:
+            outside_smm = slot.address_space == 0  # SMRAM answers only a vCPU in SMM
+            if outside_smm and not slot.readonly and slot.guest_address < base + length and base < slot.end:
                 raise BusConflict(
                     f"{device.name} at mmio {base:#x}+{length:#x} overlaps memory slot {slot.slot} "
                     f"(RAM {slot.guest_address:#x}..{slot.end:#x}): the guest's accesses there reach the RAM, "
@@ -372,10 +445,12 @@ class Machine:
         rsdp = ACPI_TABLES if kind == "bzimage" and self.irqchip else 0  # (the MADT describes the irqchip)
         plan = load_image(image, self, format=kind, cmdline=cmdline, initrd=initrd, name=name, acpi_rsdp=rsdp)
         pci = self.pci.acpi() if self.pci is not None else None
+        present = set(range(self.cpus)) - self._unplugged
+        hotplug = AcpiCpuHotplug() if self.cpu_hotplug is not None else None
         if rsdp:
-            self.write(rsdp, build_acpi(rsdp, self.cpus, self.acpi_devices, pci))
+            self.write(rsdp, build_acpi(rsdp, self.cpus, self.acpi_devices, pci, present=present, hotplug=hotplug))
         elif kind == "firmware" and self.irqchip and self.fw_cfg is not None:
-            for file, data in acpi_files(self.cpus, self.acpi_devices, pci).items():
+            for file, data in acpi_files(self.cpus, self.acpi_devices, pci, present=present, hotplug=hotplug).items():
                 self.fw_cfg.put_file(file, data)
         self.boot(plan)
         _log.info("loaded %s", plan.description)
@@ -528,7 +603,10 @@ class Machine:
         """Take vCPU ``vcpu_id`` out, running or not: its thread leaves at its next exit and is joined,
         and the vCPU is closed (parked in the VM, as KVM keeps it). The rest of the machine runs on.
 
-        vCPU 0 (the bootstrap processor) stays, as on QEMU's PC. ``StateError`` if it is out already.
+        The guest is not asked (a surprise removal: unplug a CPU it has offlined, or use
+        :meth:`request_vcpu_unplug`); the hotplug registers report it absent from now on. A guest's
+        eject (``_EJ0``) ends here too. vCPU 0 (the bootstrap processor) stays, as on QEMU's PC.
+        ``StateError`` if it is out already.
         """
         check_int("vcpu_id", vcpu_id, "unplug_vcpu", 1, self.cpus)
         with self._lock:
@@ -544,11 +622,16 @@ class Machine:
                 thread.join(0.05)
             self._threads = [t for t in self._threads if t is not thread]
         vcpu.close()
+        if self.cpu_hotplug is not None:
+            self.cpu_hotplug.removed(vcpu_id)
         _log.info("vCPU %d unplugged (parked: %s)", vcpu_id, sorted(self.vm.parked_vcpus()))
 
     def plug_vcpu(self, vcpu_id: int) -> VCPU:
         """Put an unplugged vCPU back: the parked vCPU comes back in reset state with its CPUID, and a
-        running machine gives it a thread, where it waits for INIT/SIPI as an application processor does."""
+        running machine gives it a thread, where it waits for INIT/SIPI as an application processor does.
+
+        With the ACPI hotplug device the guest is told (an insert event, the hotplug GPE, the SCI):
+        Linux adds the CPU (``/sys/devices/system/cpu/cpuN``) and starts it when it is onlined."""
         check_int("vcpu_id", vcpu_id, "plug_vcpu", 1, self.cpus)
         with self._lock:
             if vcpu_id not in self._unplugged:
@@ -566,8 +649,62 @@ class Machine:
                 self._threads.append(thread)
                 self._thread_of[vcpu_id] = thread
                 thread.start()
+        if self.cpu_hotplug is not None:
+            self.cpu_hotplug.insert(vcpu_id)
         _log.info("vCPU %d plugged in%s", vcpu_id, " and running" if running else "")
         return vcpu
+
+    def request_vcpu_unplug(self, vcpu_id: int) -> None:
+        """Ask the guest to give vCPU ``vcpu_id`` back, as QEMU's ``device_del``: a remove event and the
+        hotplug GPE. The guest offlines the CPU and ejects it (``_EJ0``), which unplugs it: watch
+        :attr:`unplugged`. A guest may refuse (its last online CPU, a CPU it pinned work to).
+
+        ``StateError`` without the ACPI hotplug device (``add_pc_devices`` plugs it in; without it use
+        :meth:`unplug_vcpu`) or when the vCPU is unplugged already.
+        """
+        check_int("vcpu_id", vcpu_id, "request_vcpu_unplug", 1, self.cpus)
+        if self.cpu_hotplug is None:
+            raise StateError(
+                "the machine has no ACPI CPU hotplug device to ask the guest through: add_pc_devices() plugs "
+                "one in; without it, unplug_vcpu() takes the vCPU out unasked",
+                operation="request_vcpu_unplug",
+            )
+        with self._lock:
+            if vcpu_id in self._unplugged:
+                raise StateError(f"vCPU {vcpu_id} is unplugged already", operation="request_vcpu_unplug")
+        self.cpu_hotplug.request_removal(vcpu_id)
+
+    def raise_smi(self, vcpu_id: int = 0) -> None:
+        """Send an SMI to vCPU ``vcpu_id``, as a chipset does (PIIX4 on an APM command: to vCPU 0).
+
+        From that vCPU's own thread (a device answering its exit) the SMI is taken before its next
+        instruction; another vCPU is kicked out of its run to take it. ``StateError`` on a machine
+        without SMM (:attr:`smm`).
+        """
+        check_int("vcpu_id", vcpu_id, "raise_smi", 0, self.cpus)
+        if not self.smm:
+            raise StateError(
+                f"the machine has no SMM (backend {self.hypervisor.name!r}: KVM_CAP_X86_SMM is 0), so no SMI",
+                operation="raise_smi",
+            )
+        with self._lock:
+            self._smi_wanted.add(vcpu_id)
+            thread = self._thread_of.get(vcpu_id)
+        if thread is not None and thread is not threading.current_thread() and vcpu_id not in self._unplugged:
+            self.vcpus[vcpu_id].kick()
+
+    @property
+    def pending_smis(self) -> frozenset[int]:
+        """The vCPUs :meth:`raise_smi` sent an SMI to that they have not taken yet (they do before their next run)."""
+        with self._lock:
+            return frozenset(self._smi_wanted)
+
+    def _send_smi(self, vcpu: VCPU) -> None:
+        with self._lock:
+            if vcpu.id not in self._smi_wanted:
+                return
+            self._smi_wanted.discard(vcpu.id)
+        vcpu.smi()
 
     @property
     def unplugged(self) -> frozenset[int]:
@@ -593,6 +730,8 @@ class Machine:
                 if not self._resumed.is_set():
                     self._resumed.wait(0.05)  # (awake now and then: an unplug may be waiting for this thread)
                     continue
+                if self._smi_wanted:
+                    self._send_smi(vcpu)
                 exit_ = vcpu.run()
                 self.stats[type(exit_).__name__] += 1
                 if _log.isEnabledFor(logging.DEBUG):

@@ -38,7 +38,7 @@ from hvcore_sim.layout import (
 from hvcore_sim.memory import PHYSICAL_LIMIT, buffer_address
 from hvcore_sim.windows import HF2_NMI_MASK, INTERCEPTS, REQUEST_INTERRUPT, REQUEST_NMI, request_offset
 
-__all__ = ["SVM_AREA", "CpuView", "Engine", "segment_flags"]
+__all__ = ["SVM_AREA", "CpuView", "Engine", "segment_flags", "segment_from_flags"]
 
 _SEGMENT: Final = struct.Struct("<IxxxxQII")  # selector, base, limit, flags
 _QEMU_ORDER: Final = ("es", "cs", "ss", "ds", "fs", "gs")
@@ -106,7 +106,8 @@ def segment_flags(seg: Segment) -> int:
     )
 
 
-def _segment(selector: int, base: int, limit: int, flags: int) -> Segment:
+def segment_from_flags(selector: int, base: int, limit: int, flags: int) -> Segment:
+    """A KVM-style segment from QEMU's SegmentCache (the same attribute bits KVM's SMM save area holds)."""
     present = flags >> 15 & 1
     return Segment(
         base=base,
@@ -319,7 +320,9 @@ class Engine(unicorn_internals.DirectCalls):
         """
         blob = self._blob()
         lay = self.layout
-        segs = {name: _segment(*_SEGMENT.unpack_from(blob, lay.segment(i))) for i, name in enumerate(_QEMU_ORDER)}
+        segs = {
+            name: segment_from_flags(*_SEGMENT.unpack_from(blob, lay.segment(i))) for i, name in enumerate(_QEMU_ORDER)
+        }
         gdt = _SEGMENT.unpack_from(blob, lay.gdt)
         idt = _SEGMENT.unpack_from(blob, lay.idt)
         cr = [_U64.unpack_from(blob, lay.cr + 8 * i)[0] for i in range(5)]
@@ -330,8 +333,8 @@ class Engine(unicorn_internals.DirectCalls):
             fs=segs["fs"],
             gs=segs["gs"],
             ss=segs["ss"],
-            tr=_segment(*_SEGMENT.unpack_from(blob, lay.tr)),
-            ldt=_segment(*_SEGMENT.unpack_from(blob, lay.ldt)),
+            tr=segment_from_flags(*_SEGMENT.unpack_from(blob, lay.tr)),
+            ldt=segment_from_flags(*_SEGMENT.unpack_from(blob, lay.ldt)),
             gdt=DescriptorTable(gdt[1], gdt[2]),
             idt=DescriptorTable(idt[1], idt[2]),
             cr0=cr[0],

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from hvcore.types import DescriptorTable, Regs, Segment, Sregs
+from hvcore_sim.engine import segment_flags, segment_from_flags
 
 __all__ = [
     "DR7_AT_ENTRY",
@@ -82,32 +83,6 @@ class Saved:
     interrupt_shadow: int
 
 
-def _flags(seg: Segment) -> int:
-    """``enter_smm_get_segment_flags``: the descriptor's attribute bits where the descriptor keeps them."""
-    return (
-        seg.g << 23 | seg.db << 22 | seg.l << 21 | seg.avl << 20 | seg.present << 15 | seg.dpl << 13 | seg.s << 12
-    ) | seg.type << 8
-
-
-def _segment(selector: int, flags: int, limit: int, base: int) -> Segment:
-    """``rsm_set_desc_flags`` and the rest of ``rsm_load_seg_*``."""
-    present = flags >> 15 & 1
-    return Segment(
-        base=base,
-        limit=limit,
-        selector=selector,
-        type=flags >> 8 & 15,
-        present=present,
-        dpl=flags >> 13 & 3,
-        db=flags >> 22 & 1,
-        s=flags >> 12 & 1,
-        l=flags >> 21 & 1,
-        g=flags >> 23 & 1,
-        avl=flags >> 20 & 1,
-        unusable=int(not present),
-    )
-
-
 # -- the 64-bit layout (struct kvm_smram_state_64), offsets from SMBASE + 0xFE00 --------------
 _SEG64 = struct.Struct("<HHIQ")  # selector, attributes (flags >> 8), limit, base
 _SEG64_AT: Final = {"es": 0x00, "cs": 0x10, "ss": 0x20, "ds": 0x30, "fs": 0x40, "gs": 0x50, "ldt": 0x70, "tr": 0x90}
@@ -137,7 +112,7 @@ def save(regs: Regs, sregs: Sregs, dr6: int, dr7: int, smbase: int, interrupt_sh
     if long_mode:
         for name, at in _SEG64_AT.items():
             seg = segments[name]
-            _SEG64.pack_into(area, at, seg.selector, _flags(seg) >> 8, seg.limit & _MASK32, seg.base)
+            _SEG64.pack_into(area, at, seg.selector, segment_flags(seg) >> 8, seg.limit & _MASK32, seg.base)
         _DT64.pack_into(area, _GDTR64, sregs.gdt.limit, 0, sregs.gdt.base)
         _DT64.pack_into(area, _IDTR64, sregs.idt.limit, 0, sregs.idt.base)
         area[_INT_SHADOW64] = interrupt_shadow
@@ -148,7 +123,7 @@ def save(regs: Regs, sregs: Sregs, dr6: int, dr7: int, smbase: int, interrupt_sh
         return bytes(area)
     for name, at in _SEG32_AT.items():
         seg = segments[name]
-        _SEG32.pack_into(area, at, _flags(seg), seg.limit & _MASK32, seg.base & _MASK32)
+        _SEG32.pack_into(area, at, segment_flags(seg), seg.limit & _MASK32, seg.base & _MASK32)
     for name, at in _SELECTOR32_AT.items():
         struct.pack_into("<I", area, at, segments[name].selector)
     struct.pack_into("<II", area, _SELECTOR32_AT_LDT, segments["ldt"].selector, segments["tr"].selector)
@@ -169,7 +144,7 @@ def load(area: bytes, *, long_mode: bool) -> Saved:
         segments = {}
         for name, at in _SEG64_AT.items():
             selector, attributes, limit, base = _SEG64.unpack_from(area, at)
-            segments[name] = _segment(selector, attributes << 8, limit, base)
+            segments[name] = segment_from_flags(selector, base, limit, attributes << 8)
         gdt_limit, _, gdt_base = _DT64.unpack_from(area, _GDTR64)
         idt_limit, _, idt_base = _DT64.unpack_from(area, _IDTR64)
         cr4, cr3, cr0, dr7, dr6, rflags, rip = _CONTROL64.unpack_from(area, _CONTROL64_AT)
@@ -195,7 +170,7 @@ def load(area: bytes, *, long_mode: bool) -> Saved:
     segments = {}
     for name, at in _SEG32_AT.items():
         flags, limit, base = _SEG32.unpack_from(area, at)
-        segments[name] = _segment(selectors[name] & 0xFFFF, flags, limit, base)
+        segments[name] = segment_from_flags(selectors[name] & 0xFFFF, base, limit, flags)
     _, gdt_limit, gdt_base = _SEG32.unpack_from(area, _GDTR32)
     _, idt_limit, idt_base = _SEG32.unpack_from(area, _IDTR32)
     dr7, dr6, *rest = _TAIL32.unpack_from(area, _TAIL32_AT)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from hvcore import Hypervisor, InvalidArgument
-from hvcore.vmm.acpi import AcpiDevice, AcpiPciRoot, aml, build_acpi
+from hvcore.vmm.acpi import AcpiCpuHotplug, AcpiDevice, AcpiPciRoot, aml, build_acpi
 from hvcore.vmm.acpi.loader import LOADER_FILE, RSDP_FILE, TABLES_FILE, acpi_files
-from hvcore.vmm.acpi.tables import IOAPIC_ADDRESS, LAPIC_ADDRESS, PM_PORT, SCI_IRQ
+from hvcore.vmm.acpi.tables import IOAPIC_ADDRESS, LAPIC_ADDRESS, OEM_ID, PM_PORT, SCI_IRQ, checksum
 from hvcore.vmm.device import DeviceHost, StopRequest
 from hvcore.vmm.devices import AcpiPm
 from hvcore.vmm.machine import ACPI_TABLES, Machine
@@ -82,6 +82,34 @@ def test_the_madt_lists_every_vcpu_and_the_ioapic() -> None:
     assert overrides == [(0, 0, 2, 0), (0, SCI_IRQ, SCI_IRQ, 0xD)]
 
 
+def _madt_cpus(madt: bytes) -> list[tuple[int, int, int]]:
+    """The MADT's processor local APIC entries: (UID, APIC ID, flags)."""
+    cpus, offset = [], 44
+    while offset < len(madt):
+        if madt[offset] == 0:
+            cpus.append(struct.unpack_from("<BBI", madt, offset + 2))
+        offset += madt[offset + 1]
+    return cpus
+
+
+def test_absent_vcpus_are_disabled_but_online_capable_in_the_madt() -> None:
+    madt = tables(build_acpi(ADDRESS, 3, present={0, 2}))[b"APIC"][1]
+    assert madt[8] >= 5  # revision 5: ACPI 6.3's online-capable flag counts
+    assert _madt_cpus(madt) == [(0, 0, 1), (1, 1, 2), (2, 2, 1)]
+    with pytest.raises(InvalidArgument, match="bootstrap"):
+        build_acpi(ADDRESS, 2, present={1})
+    with pytest.raises(InvalidArgument, match="below 2"):
+        build_acpi(ADDRESS, 2, present={0, 2})
+
+
+def test_cpu_hotplug_puts_the_gpe0_block_in_the_fadt() -> None:
+    plain = tables(build_acpi(ADDRESS, 2))[b"FACP"][1]
+    assert struct.unpack_from("<I", plain, 80)[0] == 0 and plain[92] == 0 and plain[220:232] == bytes(12)
+    fadt = tables(build_acpi(ADDRESS, 2, hotplug=AcpiCpuHotplug()))[b"FACP"][1]
+    assert struct.unpack_from("<I", fadt, 80)[0] == 0xAFE0 and fadt[92] == 4  # GPE0_BLK, GPE0_BLK_LEN
+    assert struct.unpack_from("<BBBBQ", fadt, 220) == (1, 32, 0, 1, 0xAFE0)  # X_GPE0_BLK: IO, 32 bits, bytes
+
+
 def test_the_dsdt_describes_each_device_and_s5() -> None:
     dsdt = tables(build_acpi(ADDRESS, 1, [VIRTIO]))[b"DSDT"][1]
     assert aml.name("\\_S5_", aml.package(aml.integer(0), aml.integer(0))) in dsdt
@@ -118,6 +146,128 @@ def test_the_mcfg_and_the_pci_root_describe_the_bus() -> None:
     dsdt = found[b"DSDT"][1]
     route = aml.package(aml.integer(0x3FFFF), aml.integer(0), aml.integer(0), aml.integer(19))
     assert route in dsdt and aml.memory32_fixed(0xE0000000, 1 << 20) in dsdt  # ECAM reserved for Linux
+
+
+def _disassemble(tmp_path: Path, body: bytes) -> str:
+    """``body`` as a DSDT's AML, disassembled by iasl (which must not complain), and recompiled without errors."""
+    length = 36 + len(body)
+    header = struct.pack("<4sIBB6s8sI4sI", b"DSDT", length, 2, 0, OEM_ID, b"HVCORETS", 1, b"HVCR", 1)
+    table = bytearray(header + body)
+    table[9] = checksum(bytes(table))
+    path = tmp_path / "DSDT.dat"
+    path.write_bytes(bytes(table))
+    run = subprocess.run(["iasl", "-d", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0 and "error" not in (run.stdout + run.stderr).lower(), run.stdout + run.stderr
+    assert "warning" not in (run.stdout + run.stderr).lower(), run.stdout
+    source = (tmp_path / "DSDT.dsl").read_text()
+    compiled = subprocess.run(
+        ["iasl", "-p", str(tmp_path / "again"), str(tmp_path / "DSDT.dsl")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert compiled.returncode == 0 and " 0 Errors," in compiled.stdout, compiled.stdout + compiled.stderr
+    return re.sub(r"[ \t]+", " ", source)
+
+
+NEEDS_IASL = pytest.mark.skipif(
+    shutil.which("iasl") is None, reason="ACPICA's iasl is not installed (apt-get install acpica-tools)"
+)
+AML_CODE = {
+    "method, store, locals, arguments, return": (
+        aml.method("MTHD", 2, aml.store(aml.arg(1), aml.local(3)), aml.return_(aml.local(3)), serialized=True),
+        ["Method (MTHD, 2, Serialized)", "Local3 = Arg1", "Return (Local3)"],
+    ),
+    "if and lequal": (
+        aml.method(
+            "TEST", 1, aml.if_(aml.lequal(aml.arg(0), aml.integer(5)), aml.return_(aml.ONE)), aml.return_(aml.ZERO)
+        ),
+        ["Method (TEST, 1, NotSerialized)", "If ((Arg0 == 0x05))", "Return (One)", "Return (Zero)"],
+    ),
+    "while": (
+        aml.method(
+            "LOOP",
+            0,
+            aml.store(aml.ONE, aml.local(0)),
+            aml.while_(aml.lequal(aml.local(0), aml.ONE), aml.store(aml.ZERO, aml.local(0))),
+        ),
+        ["While ((Local0 == One))", "Local0 = Zero"],
+    ),
+    "operation region and fields": (
+        aml.operation_region("REGN", aml.RegionSpace.SYSTEM_IO, 0x0CD8, 0x20)
+        + aml.field("REGN", ("WRD0", 32), ("", 32), ("BIG_", 0x40), access=aml.FieldAccess.DWORD)
+        + aml.field(
+            "REGN", ("", 32), ("FLG0", 1), ("FLG1", 1), ("", 6), ("CMD0", 8), update=aml.FieldUpdate.WRITE_AS_ZEROS
+        ),
+        [
+            "OperationRegion (REGN, SystemIO, 0x0CD8, 0x20)",
+            "Field (REGN, DWordAcc, NoLock, Preserve)",
+            "WRD0, 32,",
+            "Offset (0x08),",
+            "BIG, 64",
+            "Field (REGN, ByteAcc, NoLock, WriteAsZeros)",
+            "Offset (0x04),",
+            "FLG0, 1,",
+            "FLG1, 1,",
+            "CMD0, 8",
+        ],
+    ),
+    "mutex, acquire, release": (
+        aml.mutex("MUTX", 3) + aml.method("LOKD", 0, aml.acquire("MUTX", 100), aml.release("MUTX")),
+        ["Mutex (MUTX, 0x03)", "Acquire (MUTX, 0x0064)", "Release (MUTX)"],
+    ),
+    "notify and a call": (
+        aml.device("DEV0", aml.name("_HID", aml.string("ACPI0007")))
+        + aml.method("NTFY", 2, aml.notify(aml.reference("DEV0"), aml.arg(1)))
+        + aml.method("CALR", 0, aml.call("NTFY", aml.ONE, aml.integer(3))),
+        ["Notify (DEV0, Arg1)", "NTFY (One, 0x03)"],
+    ),
+}
+
+
+@NEEDS_IASL
+@pytest.mark.parametrize("case", sorted(AML_CODE))
+def test_each_aml_term_disassembles_as_its_asl(tmp_path: Path, case: str) -> None:
+    body, expected = AML_CODE[case]
+    source = _disassemble(tmp_path, aml.scope("\\_SB_", body))
+    for line in expected:
+        assert line in source, f"{line!r} not in:\n{source}"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: aml.local(8),
+        lambda: aml.arg(7),
+        lambda: aml.method("MTHD", 8),
+        lambda: aml.mutex("LOCK", 16),
+        lambda: aml.acquire("LOCK", 0x10000),
+        lambda: aml.field("REGN", ("FLG0", 0)),
+        lambda: aml.field("REGN", ("A.B", 1)),
+    ],
+)
+def test_aml_code_refuses_what_aml_cannot_say(bad: object) -> None:
+    assert callable(bad)
+    with pytest.raises(InvalidArgument):
+        bad()
+
+
+@NEEDS_IASL
+def test_the_cpu_hotplug_dsdt_disassembles_and_compiles(tmp_path: Path) -> None:
+    dsdt = tables(build_acpi(ADDRESS, 3, [VIRTIO], PCI, present={0}, hotplug=AcpiCpuHotplug()))[b"DSDT"][1]
+    source = _disassemble(tmp_path, dsdt[36:])
+    for line in (
+        "OperationRegion (PRST, SystemIO, 0x0CD8, 0x0C)",
+        'Device (C002) { Name (_HID, "ACPI0007" /* Processor Device */)',
+        "Return (CSTA (0x02))",
+        "Notify (C002, Arg1)",
+        "CNFY (Local1, 0x03)",
+        "Method (_E02, 0, NotSerialized)",
+        "\\_SB.CSCN ()",
+    ):
+        assert line in re.sub(r"\s+", " ", source), f"{line!r} not in:\n{source}"
+    assert source.count("Method (_EJ0, 1") == 2  # C001 and C002; the bootstrap processor stays
 
 
 def run_table_loader(files: dict[str, bytes], addresses: dict[str, int]) -> dict[str, bytearray]:
@@ -163,7 +313,8 @@ def test_a_firmware_load_serves_the_tables_in_fw_cfg(hv: Hypervisor) -> None:
         machine.load(bytes(0x1FFF0) + b"\xea\x5b\xe0\x00\xf0".ljust(16, b"\0"))
         fw_cfg = devices.fw_cfg
         served = {name: fw_cfg.item(fw_cfg.file_selector(name)) for name in (RSDP_FILE, TABLES_FILE, LOADER_FILE)}
-        assert served == acpi_files(2, [], machine.pci.acpi() if machine.pci else None)
+        pci = machine.pci.acpi() if machine.pci else None
+        assert served == acpi_files(2, [], pci, present={0, 1}, hotplug=AcpiCpuHotplug())
 
 
 @pytest.mark.parametrize(

@@ -27,19 +27,21 @@ from hvcore.vmm.virtio.pci import add_virtio_pci
 from tests.conftest import open_or_skip, overcommit
 
 DONE = "No bootable device"
-_CANDIDATES = (
-    os.environ.get("HVCORE_SEABIOS", ""),
-    str(Path.home() / ".cache/hvcore/seabios/bios.bin"),
-    "/usr/share/seabios/bios.bin",
-)
+_DIRECTORIES = (Path.home() / ".cache/hvcore/seabios", Path("/usr/share/seabios"))
 
 
-def seabios() -> Path:
-    """SeaBIOS's bios.bin, or skip saying where it was looked for."""
-    for candidate in _CANDIDATES:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    pytest.skip(f"SeaBIOS not found (HVCORE_SEABIOS, {', '.join(_CANDIDATES[1:])}); `bash .ci/run` fetches it")
+def seabios(name: str = "bios.bin") -> Path:
+    """SeaBIOS's ``name`` (``bios.bin``, 128 KiB, no SMM; ``bios-256k.bin`` with SMM), or skip saying
+    where it was looked for: beside ``HVCORE_SEABIOS``, then in the cache and Debian's directory."""
+    configured = os.environ.get("HVCORE_SEABIOS", "")
+    candidates: list[Path] = []
+    if configured:
+        candidates.append(Path(configured) if name == "bios.bin" else Path(configured).with_name(name))
+    candidates += [directory / name for directory in _DIRECTORIES]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    pytest.skip(f"SeaBIOS {name} not found ({', '.join(map(str, candidates))}); `bash .ci/run` fetches it")
 
 
 def boot_log(
@@ -198,24 +200,38 @@ BOOT_SECTOR = (
 SECOND_SECTOR = b"read from sector 2 via int 13h\r\n\x00"
 
 
-def test_seabios_boots_a_disk_through_virtio_blk_on_pci(hv: Hypervisor, tmp_path: Path) -> None:
-    """SeaBIOS finds the i440FX and PIIX3, assigns the virtio-blk function's BARs, drives it in
-    modern (1.0) mode and boots its first sector, which reads the second one through the BIOS."""
+def boot_disk(
+    hv: Hypervisor, tmp_path: Path, firmware: str = "bios.bin", after: Callable[[Machine], None] | None = None
+) -> str:
+    """Boot :data:`BOOT_SECTOR` from a virtio-blk disk on PCI through SeaBIOS ``firmware``, check what it
+    printed, then call ``after`` on the machine; SeaBIOS's debug log."""
     disk = tmp_path / "boot.img"
     disk.write_bytes((BOOT_SECTOR + SECOND_SECTOR).ljust(1 << 20, b"\0"))
     log, serial = io.BytesIO(), io.BytesIO()
     with Machine(hv, memory=128 << 20) as machine:
         add_pc_devices(machine, serial=serial, debugcon=log)
         add_virtio_pci(machine, VirtioBlock(disk, read_only=True))
-        machine.load(seabios().read_bytes())
+        machine.load(seabios(firmware).read_bytes())
         result = machine.run(timeout=120)
         text = log.getvalue().decode(errors="replace")
         assert result == MachineResult("debug-exit", 0x31 << 1 | 1), f"{result}; SeaBIOS said:\n{text}"
+        assert serial.getvalue() == b"hvcore boot sector: read from sector 2 via int 13h\r\n"
+        if after is not None:
+            after(machine)
+    return text
+
+
+def test_seabios_boots_a_disk_through_virtio_blk_on_pci(hv: Hypervisor, tmp_path: Path) -> None:
+    """SeaBIOS finds the i440FX and PIIX3, assigns the virtio-blk function's BARs, drives it in
+    modern (1.0) mode and boots its first sector, which reads the second one through the BIOS."""
+
+    def bars_moved(machine: Machine) -> None:
         assert machine.pci is not None
         # where SeaBIOS moved the BARs to (from the VMM's own assignment), they decode
         moved = [machine.pci.bar_address(2 << 3, bar) for bar in (1, 4)]
         assert all(address is not None and address >= 0x8000_0000 for address in moved), moved
-    assert serial.getvalue() == b"hvcore boot sector: read from sector 2 via int 13h\r\n"
+
+    text = boot_disk(hv, tmp_path, after=bars_moved)
     assert "Unable to unlock ram - bridge not found" not in text  # it found the i440FX
     assert "found virtio-blk at 00:02.0" in text and "using modern (1.0) virtio mode" in text
     assert "Booting from Hard Disk..." in text

@@ -1,31 +1,57 @@
-"""Just enough ACPI Machine Language (ACPI 6.5, chapter 20) for a DSDT that describes devices.
+"""Just enough ACPI Machine Language (ACPI 6.5, chapter 20) for a DSDT that describes devices and
+the CPU hotplug methods (:mod:`hvcore.vmm.acpi.cpus`).
 
 Each function returns the encoded bytes of one term; nest them as the ASL would:
-``scope("\\\\_SB_", device("VR00", name("_HID", string("LNRO0005")), ...))``.
+``scope("\\\\_SB_", device("VR00", name("_HID", string("LNRO0005")), ...))``. Code is written the
+same way: ``method("CSTA", 1, store(arg(0), reference("CSEL")), return_(local(0)))`` is
+``Method (CSTA, 1) { CSEL = Arg0; Return (Local0) }``; names used as operands go through
+:func:`reference` (or :func:`call` with the method's arguments).
 """
 
 from __future__ import annotations
 
 import struct
+from enum import IntEnum
 from typing import Final
 
 from hvcore.errors import InvalidArgument
 
 __all__ = [
+    "ONE",
+    "ZERO",
+    "FieldAccess",
+    "FieldUpdate",
+    "RegionSpace",
+    "acquire",
+    "arg",
     "buffer",
+    "call",
     "device",
     "dword_memory",
     "end_tag",
+    "field",
+    "if_",
     "integer",
     "interrupt",
     "io",
+    "lequal",
+    "local",
     "memory32_fixed",
+    "method",
+    "mutex",
     "name",
+    "notify",
+    "operation_region",
     "package",
     "package_length",
+    "reference",
+    "release",
     "resource_template",
+    "return_",
     "scope",
+    "store",
     "string",
+    "while_",
     "word_bus_number",
     "word_io",
 ]
@@ -33,6 +59,14 @@ __all__ = [
 _ZERO, _ONE, _BYTE, _WORD, _DWORD, _QWORD = 0x00, 0x01, 0x0A, 0x0B, 0x0C, 0x0E
 _STRING, _NAME, _SCOPE, _BUFFER, _PACKAGE = 0x0D, 0x08, 0x10, 0x11, 0x12
 _DEVICE: Final = b"\x5b\x82"
+_METHOD, _STORE, _NOTIFY, _LEQUAL, _IF, _WHILE, _RETURN = 0x14, 0x70, 0x86, 0x93, 0xA0, 0xA2, 0xA4
+_MUTEX, _ACQUIRE, _RELEASE = b"\x5b\x01", b"\x5b\x23", b"\x5b\x27"
+_REGION, _FIELD = b"\x5b\x80", b"\x5b\x81"
+_LOCAL0, _ARG0 = 0x60, 0x68
+ZERO: Final = b"\x00"
+"""``Zero``."""
+ONE: Final = b"\x01"
+"""``One``."""
 _ROOT, _PARENT = ord("\\"), ord("^")
 
 
@@ -45,6 +79,21 @@ def package_length(body: int) -> bytes:
         if total < 1 << (4 + 8 * extra):
             return bytes([extra << 6 | total & 0xF]) + (total >> 4).to_bytes(extra, "little")
     raise InvalidArgument(f"an AML package of {body} bytes is larger than PkgLength can say (256 MiB)")
+
+
+def _bit_length(bits: int) -> bytes:
+    """A field element's width: a PkgLength holding ``bits`` itself (it does not count its own bytes)."""
+    if bits < 0x40:
+        return bytes([bits])
+    for extra in (1, 2, 3):
+        if bits < 1 << (4 + 8 * extra):
+            return bytes([extra << 6 | bits & 0xF]) + (bits >> 4).to_bytes(extra, "little")
+    raise InvalidArgument(f"an AML field element of {bits} bits is wider than PkgLength can say")
+
+
+def _package(opcode: bytes, *parts: bytes) -> bytes:
+    body = b"".join(parts)
+    return opcode + package_length(len(body)) + body
 
 
 def _name_string(path: str) -> bytes:
@@ -92,14 +141,12 @@ def name(path: str, value: bytes) -> bytes:
 
 def scope(path: str, *terms: bytes) -> bytes:
     """``Scope(path) { terms }``."""
-    body = _name_string(path) + b"".join(terms)
-    return bytes([_SCOPE]) + package_length(len(body)) + body
+    return _package(bytes([_SCOPE]), _name_string(path), *terms)
 
 
 def device(path: str, *terms: bytes) -> bytes:
     """``Device(path) { terms }``."""
-    body = _name_string(path) + b"".join(terms)
-    return _DEVICE + package_length(len(body)) + body
+    return _package(_DEVICE, _name_string(path), *terms)
 
 
 def buffer(data: bytes) -> bytes:
@@ -163,3 +210,135 @@ def end_tag() -> bytes:
 def resource_template(*descriptors: bytes) -> bytes:
     """``ResourceTemplate() { descriptors }``: a buffer of them and the end tag."""
     return buffer(b"".join(descriptors) + end_tag())
+
+
+# -- code: methods, control flow, operands --------------------------------------------------------
+
+
+def reference(path: str) -> bytes:
+    """A named object used as an operand or a target (``CSEL``, ``\\_SB_.C001``): its NameString."""
+    return _name_string(path)
+
+
+def call(path: str, *arguments: bytes) -> bytes:
+    """``path(arguments)``: a method invocation (the method must take exactly that many arguments)."""
+    return _name_string(path) + b"".join(arguments)
+
+
+def local(index: int) -> bytes:
+    """``Local0`` to ``Local7``."""
+    if not 0 <= index <= 7:
+        raise InvalidArgument(f"Local{index}: AML has Local0 to Local7")
+    return bytes([_LOCAL0 + index])
+
+
+def arg(index: int) -> bytes:
+    """``Arg0`` to ``Arg6``."""
+    if not 0 <= index <= 6:
+        raise InvalidArgument(f"Arg{index}: AML has Arg0 to Arg6")
+    return bytes([_ARG0 + index])
+
+
+def method(path: str, arguments: int, *terms: bytes, serialized: bool = False) -> bytes:
+    """``Method(path, arguments, Serialized or NotSerialized) { terms }`` (0 to 7 arguments)."""
+    if not 0 <= arguments <= 7:
+        raise InvalidArgument(f"method {path}: {arguments} arguments, AML methods take 0 to 7")
+    return _package(bytes([_METHOD]), _name_string(path), bytes([arguments | (0x08 if serialized else 0)]), *terms)
+
+
+def return_(value: bytes) -> bytes:
+    """``Return(value)``."""
+    return bytes([_RETURN]) + value
+
+
+def store(source: bytes, target: bytes) -> bytes:
+    """``Store(source, target)``, ``target = source`` in ASL 2.0."""
+    return bytes([_STORE]) + source + target
+
+
+def notify(target: bytes, value: bytes) -> bytes:
+    """``Notify(target, value)``: 1 (device check) after an insert, 3 (eject request) to ask for a removal."""
+    return bytes([_NOTIFY]) + target + value
+
+
+def lequal(left: bytes, right: bytes) -> bytes:
+    """``LEqual(left, right)``, ``left == right``."""
+    return bytes([_LEQUAL]) + left + right
+
+
+def if_(predicate: bytes, *terms: bytes) -> bytes:
+    """``If(predicate) { terms }``."""
+    return _package(bytes([_IF]), predicate, *terms)
+
+
+def while_(predicate: bytes, *terms: bytes) -> bytes:
+    """``While(predicate) { terms }``."""
+    return _package(bytes([_WHILE]), predicate, *terms)
+
+
+def mutex(path: str, sync_level: int = 0) -> bytes:
+    """``Mutex(path, sync_level)`` (0 to 15)."""
+    if not 0 <= sync_level <= 15:
+        raise InvalidArgument(f"mutex {path}: sync level {sync_level}, AML takes 0 to 15")
+    return _MUTEX + _name_string(path) + bytes([sync_level])
+
+
+def acquire(path: str, timeout: int = 0xFFFF) -> bytes:
+    """``Acquire(path, timeout)``, in milliseconds; 0xFFFF waits for ever."""
+    if not 0 <= timeout <= 0xFFFF:
+        raise InvalidArgument(f"acquire {path}: timeout {timeout}, AML takes 0 to 0xFFFF ms")
+    return _ACQUIRE + _name_string(path) + struct.pack("<H", timeout)
+
+
+def release(path: str) -> bytes:
+    """``Release(path)``."""
+    return _RELEASE + _name_string(path)
+
+
+class RegionSpace(IntEnum):
+    """An operation region's address space (ACPI 6.5, 19.6.100)."""
+
+    SYSTEM_MEMORY = 0
+    SYSTEM_IO = 1
+    PCI_CONFIG = 2
+
+
+class FieldAccess(IntEnum):
+    """A field's access width: how wide each of the guest's accesses to the region is."""
+
+    ANY = 0
+    BYTE = 1
+    WORD = 2
+    DWORD = 3
+
+
+class FieldUpdate(IntEnum):
+    """What a write puts in the bits of an access that lie outside the field written."""
+
+    PRESERVE = 0
+    WRITE_AS_ONES = 1
+    WRITE_AS_ZEROS = 2
+
+
+def operation_region(path: str, space: RegionSpace, offset: int, length: int) -> bytes:
+    """``OperationRegion(path, space, offset, length)``."""
+    return _REGION + _name_string(path) + bytes([space]) + integer(offset) + integer(length)
+
+
+def field(
+    region: str,
+    *elements: tuple[str, int],
+    access: FieldAccess = FieldAccess.BYTE,
+    update: FieldUpdate = FieldUpdate.PRESERVE,
+) -> bytes:
+    """``Field(region, access, NoLock, update) { elements }``: each ``(name, bits)``, in order from bit 0
+    of the region; a name of ``""`` skips the bits (``Offset()`` or an unnamed field in ASL)."""
+    body = b""
+    for element, bits in elements:
+        if bits <= 0:
+            raise InvalidArgument(f"field {region}: element {element or '(reserved)'} of {bits} bits")
+        segment = _name_string(element) if element else b"\x00"
+        if len(segment) != 4 and element:
+            raise InvalidArgument(f"field {region}: element {element!r} must be one name segment")
+        body += segment + _bit_length(bits)
+    return _package(_FIELD, _name_string(region), bytes([access | update << 5]), body)

@@ -10,10 +10,10 @@ directly booted kernel gets (:func:`~hvcore.vmm.acpi.tables.build_acpi`).
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Final
 
-from hvcore.vmm.acpi.tables import RSDP_SIZE, AcpiDevice, AcpiPciRoot, lay_out, rsdp
+from hvcore.vmm.acpi.tables import RSDP_SIZE, AcpiCpuHotplug, AcpiDevice, AcpiPciRoot, lay_out, rsdp
 
 __all__ = ["LOADER_FILE", "RSDP_FILE", "TABLES_FILE", "acpi_files"]
 
@@ -50,9 +50,17 @@ def _add_checksum(file: str, offset: int, start: int, length: int) -> bytes:
     return _command(_ADD_CHECKSUM, _name(file) + struct.pack("<III", offset, start, length))
 
 
-def acpi_files(cpus: int, devices: Sequence[AcpiDevice] = (), pci: AcpiPciRoot | None = None) -> dict[str, bytes]:
-    """The three fw_cfg files, by name, that give firmware the machine's ACPI tables."""
-    layout = lay_out(0, cpus, devices, pci)
+def acpi_files(
+    cpus: int,
+    devices: Sequence[AcpiDevice] = (),
+    pci: AcpiPciRoot | None = None,
+    *,
+    present: Collection[int] | None = None,
+    hotplug: AcpiCpuHotplug | None = None,
+) -> dict[str, bytes]:
+    """The three fw_cfg files, by name, that give firmware the machine's ACPI tables (arguments as
+    :func:`~hvcore.vmm.acpi.tables.lay_out`)."""
+    layout = lay_out(0, cpus, devices, pci, present=present, hotplug=hotplug)
     tables = bytearray(layout.data)
     for at, _ in layout.tables:
         tables[at + 9] = 0  # the loader sets each checksum once the addresses are in

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import ClassVar, Final
 
-from hvcore.vmm.device import DeviceHost, StopRequest
+from hvcore.vmm.device import DeviceHost, StopRequest, read_registers
 
 __all__ = ["SLEEP_TYPE_S5", "AcpiPm"]
 
@@ -25,7 +25,10 @@ class AcpiPm:
     """PM1a event block (status, enable: 2 bytes each) and PM1a control block (2 bytes), at one base port."""
 
     PORT: ClassVar[int] = 0x600
+    """Where the PM block is: PIIX4's PMBA as SeaBIOS programs it (its ``PORT_ACPI_PM_BASE``)."""
     LENGTH: ClassVar[int] = 6
+    TIMER_OFFSET: ClassVar[int] = 8
+    """Where the PM timer (:class:`~hvcore.vmm.devices.pm_timer.PmTimer`) sits in the PM block."""
     POWEROFF_REASON: ClassVar[str] = "poweroff"
     """The ``StopRequest.reason`` of a power-off."""
 
@@ -39,8 +42,7 @@ class AcpiPm:
     def read(self, offset: int, size: int) -> int:
         """A little-endian read of the registers (all-ones past them)."""
         with self._lock:
-            data = bytes(self._registers[offset : offset + size]).ljust(size, b"\xff")
-        return int.from_bytes(data, "little")
+            return read_registers(self._registers, offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
         """Status bits clear where written 1; enable bits take the value; control may power off."""

@@ -13,21 +13,39 @@ from typing import Final
 
 from hvcore.vmm.pci.function import PciFunction
 
-__all__ = ["I440fxHostBridge", "Piix3IsaBridge"]
+__all__ = ["SMRAM_D_OPEN", "SMRAM_G_SMRAME", "I440fxHostBridge", "Piix3IsaBridge"]
 
 INTEL: Final = 0x8086
 _PAM0, _PAM_COUNT, _SMRAM = 0x59, 7, 0x72
+SMRAM_D_OPEN: Final = 1 << 6
+"""SMRAM register: SMRAM is visible outside SMM too."""
+SMRAM_G_SMRAME: Final = 1 << 3
+"""SMRAM register: SMRAM is enabled (a vCPU in SMM sees it)."""
+_SMRAM_RESET: Final = 0x02
 _PIRQ_ROUTE: Final = 0x60
 _ROUTING_DISABLED: Final = 0x80
 
 
 class I440fxHostBridge(PciFunction):
-    """00:00.0: the i440FX host bridge (its PAM and SMRAM registers read back what was written)."""
+    """00:00.0: the i440FX host bridge; ``smram_changed(value)`` hears of each write to the SMRAM register."""
 
-    def __init__(self) -> None:
+    def __init__(self, smram_changed: Callable[[int], None] = lambda _value: None) -> None:
         super().__init__("i440fx", vendor_id=INTEL, device_id=0x1237, class_code=0x060000, revision=2)
         self._writable[_PAM0 : _PAM0 + _PAM_COUNT] = b"\x33" * _PAM_COUNT
         self._writable[_SMRAM] = 0x78
+        self.config[_SMRAM] = _SMRAM_RESET
+        self._smram_changed = smram_changed
+
+    @property
+    def smram(self) -> int:
+        """The SMRAM register."""
+        return self.config[_SMRAM]
+
+    def config_write(self, offset: int, size: int, value: int) -> None:
+        """A configuration write; the SMRAM register re-maps the SMRAM window at once."""
+        super().config_write(offset, size, value)
+        if offset <= _SMRAM < offset + size:
+            self._smram_changed(self.config[_SMRAM])
 
 
 class Piix3IsaBridge(PciFunction):

@@ -71,7 +71,8 @@ class PciHost:
         self._asserted: list[set[int]] = [set() for _ in range(4)]  # per PIRQ: devfns asserting
         self._isa_routes: list[int | None] = [None] * 4
         self._next_io, self._next_memory = IO_WINDOW[0], MEMORY_WINDOW[0]
-        self.host_bridge = I440fxHostBridge()
+        self.host_bridge = I440fxHostBridge(machine.smram.register_written)
+        machine.smram.register_written(self.host_bridge.smram)  # its reset value: the VGA hole outside SMM
         self.isa_bridge = Piix3IsaBridge(self._reroute)
         self.plug(self.host_bridge, 0)
         self.plug(self.isa_bridge, 1)

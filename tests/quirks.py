@@ -141,6 +141,7 @@ HOST_HELPERS: dict[str, str] = {
     "hypercall_hangs": "host_variant",
     "cr4_cpuid_unchecked": "host_variant",
     "xcr0_cpuid_unchecked": "host_variant",
+    "cpuid_after_run": "host_variant",
     "speculation_msrs_unchecked": "host_variant",
 }
 """The function of this module other tests call for each host deviation they assert directly."""

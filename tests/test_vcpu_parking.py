@@ -24,6 +24,7 @@ from hvcore.vmm.cpuid import vcpu_cpuid
 from hvcore.vmm.devices import DebugExit
 from hvcore.vmm.loaders import BootPlan
 from hvcore.vmm.machine import Machine, MachineResult
+from tests.quirks import host_variant
 
 
 def test_a_replugged_vcpu_comes_back_as_kvm_created_it(hv: Hypervisor, vm: VM) -> None:
@@ -42,6 +43,37 @@ def test_a_replugged_vcpu_comes_back_as_kvm_created_it(hv: Hypervisor, vm: VM) -
     assert vm.parked_vcpus() == frozenset() and again is not first
     assert (again.get_regs(), again.get_sregs(), again.get_mp_state(), again.get_vcpu_events()) == created
     assert again.get_mp_state() == MpState.UNINITIALIZED  # an AP waits for INIT/SIPI again
+
+
+def test_a_vcpu_that_ran_keeps_its_cpuid_across_a_replug(hv: Hypervisor, vm: VM) -> None:
+    """Once a vCPU entered the guest KVM takes only the CPUID it has (``cpuid_after_run``), and a parked
+    vCPU keeps both its CPUID and having run: a VMM re-plugging it must not change its CPUID."""
+    with hvcore.GuestMemory(0x10000) as ram:
+        ram.write(0x1000, b"\xf4")  # hlt
+        vm.set_memory_slot(0, 0, ram)
+        vcpu = vm.create_vcpu(0)
+        assert vcpu.get_cpuid() == ()  # KVM creates a vCPU without CPUID entries
+        entries = hv.supported_cpuid()
+        vcpu.set_cpuid(entries)
+        vcpu.set_sregs(hvcore.x86.real_mode_sregs(vcpu.get_sregs()))
+        vcpu.set_regs(replace(vcpu.get_regs(), rip=0x1000))
+        assert isinstance(vcpu.run(), hvcore.HltExit)
+        kept = vcpu.get_cpuid()
+        vcpu.close()
+        again = vm.create_vcpu(0)
+        assert again.get_cpuid() == kept
+        again.set_cpuid(kept)  # what get_cpuid returns is taken everywhere
+        variant = host_variant(hv, "cpuid_after_run")
+        if variant == "unchecked":  # a kernel before 5.16 takes any entries
+            return
+        with pytest.raises(hvcore.InvalidArgument):
+            again.set_cpuid(entries[:-1])  # it has run: other entries are refused
+        if variant == "upstream":
+            again.set_cpuid(entries)  # the same entries again, KVM's runtime bits aside
+        else:
+            assert variant == "same_refused"
+            with pytest.raises(hvcore.InvalidArgument):
+                again.set_cpuid(entries)
 
 
 # Protected mode at 0x1000 on vCPU 0: INIT and a start-up IPI (vector 8: real mode at 0x8000) to APIC 1,

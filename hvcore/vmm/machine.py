@@ -637,7 +637,8 @@ class Machine:
             if vcpu_id not in self._unplugged:
                 raise StateError(f"vCPU {vcpu_id} is plugged in; unplug_vcpu() it first", operation="plug_vcpu")
         vcpu = self.vm.create_vcpu(vcpu_id)
-        vcpu.set_cpuid(vcpu_cpuid(self.hypervisor.supported_cpuid(), vcpu_id))
+        if not vcpu.get_cpuid():  # a parked vCPU keeps the CPUID given at start, which KVM may take only once
+            vcpu.set_cpuid(vcpu_cpuid(self.hypervisor.supported_cpuid(), vcpu_id))
         self.vcpus[vcpu_id] = vcpu
         with self._lock:
             self._unplugged.discard(vcpu_id)

@@ -163,10 +163,20 @@ class VcpuState:
                 raise InvalidArgument(error, operation="set_xcrs")
             engine.set_xcr0(xcrs[0])
 
-    def set_cpuid(self, engine: Engine, entries: list[CpuidEntry]) -> None:
-        """Keep what CPUID returns; the guest's XSETBV may enable only the XSAVE components it lists."""
+    def set_cpuid(self, engine: Engine, entries: list[CpuidEntry], *, has_run: bool = False) -> None:
+        """Keep what CPUID returns; the guest's XSETBV may enable only the XSAVE components it lists.
+
+        Once the vCPU has run (``has_run``), KVM takes only the entries it has, the bits it owns
+        (OSXSAVE, APIC, the XSAVE size...) aside (``kvm_cpuid_check_equal``): else EINVAL.
+        """
         wanted = check_cpuid(entries)
         validity.check_cpuid(wanted)
+        if has_run and self._runtime(wanted, engine) != self.current_cpuid(engine):
+            raise InvalidArgument(
+                "this vCPU has run, and KVM then takes only the CPUID it has (kvm_cpuid_check_equal: the same "
+                "entries in the same order); set the CPUID before the first run",
+                operation="set_cpuid",
+            )
         self.cpuid = wanted
         self.limit_xcr0(engine)
 

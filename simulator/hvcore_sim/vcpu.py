@@ -16,7 +16,7 @@ import errno as _errno
 import functools
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from hvcore.arguments import (
@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from hvcore_sim.irqchip.lapic import LocalApic
     from hvcore_sim.vm import SimVM
 
-__all__ = ["SimVCPU"]
+__all__ = ["ParkedVcpu", "SimVCPU"]
 
 _get_ident = threading.get_ident
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -138,10 +138,18 @@ _SETTABLE_MP_STATES = (
 )
 
 
+@dataclass(frozen=True)
+class ParkedVcpu:
+    """What KVM keeps of a closed (parked) vCPU beyond its reset state: its CPUID, and whether it ran."""
+
+    cpuid: tuple[CpuidEntry, ...]
+    has_run: bool
+
+
 class SimVCPU(Closeable):
     """A simulated vCPU; see :class:`hvcore.VCPU` for the contract."""
 
-    def __init__(self, vm: SimVM, vcpu_id: int) -> None:
+    def __init__(self, vm: SimVM, vcpu_id: int, parked: ParkedVcpu | None = None) -> None:
         self._vm = vm
         self._id = vcpu_id
         self._closed = False
@@ -168,6 +176,7 @@ class SimVCPU(Closeable):
         self._smm = False  # HF_SMM: in System Management Mode, seeing address space 1
         self._smm_inside_nmi = False  # HF_SMM_INSIDE_NMI: NMIs were blocked already when SMM was entered
         self._smi_pending = False
+        self._has_run = parked is not None and parked.has_run  # KVM's kvm_vcpu_has_run: it entered the guest
         self._state = state.VcpuState(apic_base=0xFEE00800 | (0x100 if vcpu_id == 0 else 0))  # BSP bit: vCPU 0
         pvclock = vm.kvmclock.add_vcpu(vcpu_id, lambda: self.msrs.tsc_offset)
         self.msrs = MsrEmulator(self._state, vm.clock, pvclock=pvclock)
@@ -189,6 +198,8 @@ class SimVCPU(Closeable):
         self._engine = self._new_engine(None)
         self._engine.reset()
         self._state.reset_fpu(self._engine)
+        if parked is not None and parked.cpuid:
+            self._state.set_cpuid(self._engine, list(parked.cpuid))
 
     # -- engine lifetime -------------------------------------------------------
 
@@ -374,6 +385,7 @@ class SimVCPU(Closeable):
                     )
                 )
                 fast = engine.fast
+                self._has_run = True
                 stop = tracker.run(engine, count)
                 engine.close_windows()
                 executed = engine.counter_cell.value
@@ -1006,7 +1018,7 @@ class SimVCPU(Closeable):
         """What CPUID returns to the guest."""
         wanted = check_instances("entries", entries, (CpuidEntry,), "set_cpuid")
         with self._vm.exec_lock:
-            self._state.set_cpuid(self._live(), wanted)
+            self._state.set_cpuid(self._live(), wanted, has_run=self._has_run)
 
     @_between_runs
     def get_cpuid(self) -> tuple[CpuidEntry, ...]:
@@ -1237,7 +1249,7 @@ class SimVCPU(Closeable):
         self._wake()
         self._vm.wait_idle(self)
         self._engine = None
-        self._vm._forget_vcpu(self._id)
+        self._vm._forget_vcpu(self._id, ParkedVcpu(tuple(self._state.cpuid), self._has_run))
 
     @property
     def running(self) -> bool:

@@ -35,7 +35,7 @@ from hvcore_sim.kvmclock import KvmClock
 from hvcore_sim.memory import DirtyLog as DirtyPages
 from hvcore_sim.memory import HostWrites, map_layout, store_in_place
 from hvcore_sim.msrs import TSC_HZ
-from hvcore_sim.vcpu import SimVCPU
+from hvcore_sim.vcpu import ParkedVcpu, SimVCPU
 
 if TYPE_CHECKING:
     from hvcore_sim.exits import Tracker
@@ -179,7 +179,7 @@ class SimVM(SlotOwner, Closeable):
         self.exec_lock = ExecLock()
         self._vcpus: dict[int, SimVCPU] = {}
         self._used_vcpu_ids: set[int] = set()
-        self._parked: set[int] = set()  # closed vCPUs' ids, as KVM keeps the vCPUs (QEMU parks them)
+        self._parked: dict[int, ParkedVcpu] = {}  # closed vCPUs, as KVM keeps the vCPUs (QEMU parks them)
         self._closed = False
         self.spaces = (AddressSpace(self, 0), AddressSpace(self, SMM_ADDRESS_SPACE))
         """The normal address space and SMM's."""
@@ -308,7 +308,7 @@ class SimVM(SlotOwner, Closeable):
             )
         with self.exec_lock:
             try:
-                vcpu = SimVCPU(self, vcpu_id)
+                vcpu = SimVCPU(self, vcpu_id, self._parked.get(vcpu_id))
             except ResourceExhausted as exc:  # no room for its engine (hvcore_sim.room): nothing of it stays
                 self._forget_vcpu(vcpu_id)
                 raise ResourceExhausted(
@@ -318,7 +318,7 @@ class SimVM(SlotOwner, Closeable):
                 ) from None
         self._vcpus[vcpu_id] = vcpu
         self._used_vcpu_ids.add(vcpu_id)
-        self._parked.discard(vcpu_id)  # a parked id comes back as KVM created it: a new vCPU in reset state
+        self._parked.pop(vcpu_id, None)  # a parked id comes back in reset state, with its CPUID, as on KVM
         return vcpu
 
     def vcpus(self) -> tuple[SimVCPU, ...]:
@@ -336,9 +336,9 @@ class SimVM(SlotOwner, Closeable):
         self._live()
         return frozenset(self._parked)
 
-    def _forget_vcpu(self, vcpu_id: int) -> None:
-        if self._vcpus.pop(vcpu_id, None) is not None:
-            self._parked.add(vcpu_id)
+    def _forget_vcpu(self, vcpu_id: int, parked: ParkedVcpu | None = None) -> None:
+        if self._vcpus.pop(vcpu_id, None) is not None and parked is not None:
+            self._parked[vcpu_id] = parked
         self.kvmclock.remove_vcpu(vcpu_id)
         if self.irqchip is not None:
             self.irqchip.remove_lapic(vcpu_id)

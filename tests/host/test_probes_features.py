@@ -1,4 +1,4 @@
-"""The probes of KVM's CPUID-dependent CR4 and XCR0 rules (``hvcore.host.probes.features``).
+"""The probes of KVM's CPUID-dependent rules: CR4, XCR0, CPUID after a run (``hvcore.host.probes.features``).
 
 Each probe must name upstream on the simulator and upstream or a registered variant on KVM; the
 simulator, taught the variant (its rules loosened), must be named with it, and half of it
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hvcore import CpuidEntry, Hypervisor
+from hvcore import CpuidEntry, Hypervisor, InvalidArgument
 from hvcore.host import UNRECOGNISED, Observation, probe_host
 from hvcore.host.probes import features
 from hvcore_sim import cpufeatures, state
@@ -20,7 +20,11 @@ from tests.conftest import open_or_skip
 from tests.host.probe_checks import assert_recognised
 
 NAMES = [d.name for d in features.DEVIATIONS]
-VARIANTS = {"cr4_cpuid_unchecked": {"accepted"}, "xcr0_cpuid_unchecked": {"accepted"}}
+VARIANTS = {
+    "cr4_cpuid_unchecked": {"accepted"},
+    "xcr0_cpuid_unchecked": {"accepted"},
+    "cpuid_after_run": {"same_refused", "unchecked"},
+}
 _ALL_CR4_FEATURES = sum(bit for _, bit, *_ in features.CR4_FEATURES)
 
 
@@ -91,3 +95,25 @@ def test_the_xcr0_probe_names_what_the_simulator_was_taught(
     if host:
         monkeypatch.setattr(cpufeatures, "xcr0_error", lambda value, cpuid: None)
     assert observe(sim, "xcr0_cpuid_unchecked").variant == variant
+
+
+@pytest.mark.parametrize(
+    ("check", "variant"),
+    [("raw", "same_refused"), ("none", "unchecked"), ("inverted", UNRECOGNISED)],
+)
+def test_the_cpuid_after_run_probe_names_what_the_simulator_was_taught(
+    sim: Hypervisor, monkeypatch: pytest.MonkeyPatch, check: str, variant: str
+) -> None:
+    """The simulator compares the new entries, with KVM's runtime bits applied, to the ones it has; taught
+    to compare them raw (the same set is then refused), not at all, or backwards, the probe says so."""
+    set_cpuid = state.VcpuState.set_cpuid
+
+    def taught(self: state.VcpuState, engine: Any, entries: list[CpuidEntry], *, has_run: bool = False) -> None:
+        if has_run and check == "raw" and tuple(entries) != self.current_cpuid(engine):
+            raise InvalidArgument("refused raw")
+        if has_run and check == "inverted" and tuple(entries) == tuple(self.cpuid):
+            raise InvalidArgument("refused the same")
+        set_cpuid(self, engine, entries, has_run=False)
+
+    monkeypatch.setattr(state.VcpuState, "set_cpuid", taught)
+    assert observe(sim, "cpuid_after_run").variant == variant

@@ -1,10 +1,15 @@
-"""Probes for KVM's rules that follow the vCPU's CPUID: CR4 bits and XCR0 components.
+"""Probes for KVM's rules that follow the vCPU's CPUID: CR4 bits, XCR0 components, CPUID itself.
 
 Upstream KVM refuses a CR4 bit whose feature the vCPU's CPUID lacks (``kvm_set_cr4`` /
 ``kvm_is_valid_sregs``: ``__cr4_reserved_bits`` on the guest's CPUID) and an XCR0 component
 its CPUID leaf 0xD does not list (``__kvm_set_xcr``: ``guest_supported_xcr0``): #GP(0) for the
 guest's MOV to CR4 or XSETBV, EINVAL from ``KVM_SET_SREGS`` / ``KVM_SET_XCRS``. Each probe
 makes a vCPU whose CPUID lacks the feature, in 64-bit mode at CPL0, and tries both ways.
+
+Once a vCPU has entered the guest, upstream KVM takes ``KVM_SET_CPUID2`` only with the entries
+the vCPU has (``kvm_cpuid_check_equal``, after applying KVM's own runtime bits to both sides),
+and refuses any other set with EINVAL: the probe runs a HLT, then sets the same entries again
+and then one entry fewer.
 """
 
 from __future__ import annotations
@@ -113,6 +118,30 @@ def _xcr0_cpuid_unchecked(hv: Hypervisor) -> str:
     raise Unrecognised(f"XCR0 = x87 | SSE with leaf 0xD listing x87 only: XSETBV {by_guest}, set_xcrs {by_host}")
 
 
+def _cpuid_after_run(hv: Hypervisor) -> str:
+    entries = hv.supported_cpuid()
+    with ProbeGuest(hv, b"\xf4", "long") as guest:
+        if guest.run_until_halt() != [HltExit()]:
+            raise Unrecognised("a HLT in 64-bit mode did not halt: the vCPU never ran")
+        outcomes = []
+        for attempt in (entries, entries[:-1]):
+            try:
+                guest.vcpu.set_cpuid(attempt)
+            except InvalidArgument:
+                outcomes.append("refused")
+            else:
+                outcomes.append("accepted")
+    seen = (outcomes[0], outcomes[1])
+    variant = {
+        ("accepted", "refused"): UPSTREAM,
+        ("refused", "refused"): "same_refused",
+        ("accepted", "accepted"): "unchecked",
+    }.get(seen)
+    if variant is None:
+        raise Unrecognised(f"set_cpuid after a run: the same entries {seen[0]}, one entry fewer {seen[1]}")
+    return variant
+
+
 DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "cr4_cpuid_unchecked",
@@ -132,6 +161,18 @@ DEVIATIONS: tuple[Deviation, ...] = (
         variants={"accepted": "XSETBV and set_xcrs enable SSE state although leaf 0xD lists x87 only"},
         reason="measured on nested kvm_pvm (AMD EPYC)",
         probe=_xcr0_cpuid_unchecked,
+    ),
+    Deviation(
+        "cpuid_after_run",
+        upstream="once the vCPU has entered the guest, set_cpuid takes the entries it has (the same set again, "
+        "KVM's runtime bits aside) and refuses any other with InvalidArgument (kvm_cpuid_check_equal)",
+        variants={
+            "same_refused": "the same entries are refused too: only what get_cpuid returns (with KVM's runtime "
+            "bits as it set them) is taken, as kernels before runtime updates were applied to the new entries",
+            "unchecked": "any entries are taken, as kernels before 5.16",
+        },
+        reason="measured on nested kvm_pvm (Intel): set_cpuid of the very entries set before the run is EINVAL",
+        probe=_cpuid_after_run,
     ),
 )
 """The deviations from upstream KVM this module's probes detect (features)."""

@@ -37,10 +37,11 @@ LONG_MODE_GUEST = (
     b"\xe6\x11"  # out 0x11, al
     b"\xf4"  # hlt
 )
+HANDLER_PORT = 0x99
 AT_FIRST_OUT = 0x1000 + 27  # where RIP is at the exit; the OUT is finished by the next run, before the SMI
 HANDLER = (  # 16-bit, at SMBASE + 0x8000 (CS base SMBASE, data segments flat from 0)
     b"\x67\xa0\x00\x01\x03\x00"  # addr32 mov al, [0x30100]
-    b"\xe6\x20"  # out 0x20, al
+    b"\xe6\x99"  # out 0x99, al (not 0x20: the in-kernel PIC's)
     b"\x0f\xaa"  # rsm
 )
 
@@ -75,6 +76,7 @@ def smm_guest(hv: Hypervisor, vm: VM) -> Iterator[SmmGuest]:
         vm.set_memory_slot(0, 0, ram, size=SMBASE, address_space=1)
         vm.set_memory_slot(1, SMBASE, smram, address_space=1)
         vm.set_memory_slot(2, SMBASE + 0x10000, ram, offset=SMBASE + 0x10000, address_space=1)
+        vm.create_irqchip()  # a LAPIC, which latches an INIT in SMM
         vcpu = vm.create_vcpu(0)
         yield SmmGuest(vm, vcpu, ram, smram)
 
@@ -109,7 +111,7 @@ def test_an_smi_runs_the_handler_from_smram_and_rsm_resumes_the_interrupted_code
     vcpu.smi()
     assert vcpu.get_vcpu_events().smi_pending == 1
 
-    assert _out(vcpu, 0x20).data == b"\x5a"  # the handler, in SMRAM, reads SMRAM
+    assert _out(vcpu, HANDLER_PORT).data == b"\x5a"  # the handler, in SMRAM, reads SMRAM
     assert vcpu.in_smm
     events = vcpu.get_vcpu_events()
     assert (events.smi_smm, events.smi_pending, events.nmi_masked) == (1, 0, 1)
@@ -148,7 +150,7 @@ def test_the_handler_relocates_smbase_as_firmware_does(hv: Hypervisor, smm_guest
     _long_mode(hv, smm_guest)
     _out(vcpu, 0x10)
     vcpu.smi()
-    _out(vcpu, 0x20)
+    _out(vcpu, HANDLER_PORT)
     _out(vcpu, 0x11)
     assert vcpu.get_msrs([MSR_SMBASE]) == {MSR_SMBASE: 0xA0000}
 
@@ -158,12 +160,12 @@ def test_an_smi_in_smm_waits_for_rsm_and_nmis_wait_too(hv: Hypervisor, smm_guest
     _long_mode(hv, smm_guest)
     _out(vcpu, 0x10)
     vcpu.smi()
-    _out(vcpu, 0x20)
+    _out(vcpu, HANDLER_PORT)
     vcpu.smi()
     vcpu.nmi()
     events = vcpu.get_vcpu_events()
     assert (events.smi_smm, events.smi_pending, events.nmi_pending, events.nmi_masked) == (1, 1, 1, 1)
-    assert _out(vcpu, 0x20).data == b"\x5a"  # RSM, then straight into SMM again: the handler runs twice
+    assert _out(vcpu, HANDLER_PORT).data == b"\x5a"  # RSM, then straight into SMM again: the handler runs twice
     assert vcpu.get_msrs([MSR_SMI_COUNT]) == {MSR_SMI_COUNT: 2}
     assert vcpu.get_vcpu_events().smi_pending == 0
 
@@ -208,7 +210,7 @@ def test_without_long_mode_the_save_area_has_the_32_bit_layout(smm_guest: SmmGue
     vcpu.set_regs(hvcore.Regs(rip=0x1000, rsp=0x8000, rflags=0x2))
     _out(vcpu, 0x10)
     vcpu.smi()
-    _out(vcpu, 0x20)
+    _out(vcpu, HANDLER_PORT)
     smram = smm_guest.smram
     assert _saved(smram, 0xFEFC, "<I") == 0x00020000 and _saved(smram, 0xFEF8, "<I") == SMBASE
     assert _saved(smram, 0xFFF0, "<I") == 0x1007  # EIP
@@ -235,7 +237,7 @@ def test_address_spaces_have_their_own_slots_and_dirty_logs(smm_guest: SmmGuest)
     vcpu.set_regs(hvcore.Regs(rip=0x1000, rsp=0x8000, rflags=0x2))
     _out(vcpu, 0x10)
     vcpu.smi()
-    _out(vcpu, 0x20)
+    _out(vcpu, HANDLER_PORT)
     assert 0xF in vm.get_dirty_log(1, address_space=1).pages()  # the save area's page, written by SMM entry
     vm.delete_memory_slot(1, address_space=1)
     assert [s.slot for s in vm.memory_slots() if s.address_space == 1] == [0, 2]
@@ -293,3 +295,47 @@ def test_rsm_outside_smm_raises_ud(vm: VM) -> None:
         vcpu.set_regs(hvcore.Regs(rip=0x1000, rsp=0x8000, rflags=0x2))
         _out(vcpu, 0x30)
         assert struct.unpack("<HHH", ram.read(0x8000 - 6, 6)) == (0x1000, 0, 0x2)  # IP, CS, FLAGS of the #UD
+
+
+SMI_IPI_GUEST = (  # 32-bit protected mode, no paging
+    b"\xc7\x05\x10\x03\xe0\xfe\x00\x00\x00\x00"  # mov dword [0xfee00310], 0 (destination: APIC 0)
+    b"\xc7\x05\x00\x03\xe0\xfe\x00\x42\x00\x00"  # mov dword [0xfee00300], 0x4200 (SMI, assert)
+    b"\xe6\x10"  # out 0x10, al
+    b"\xf4"  # hlt
+)
+
+
+def test_an_smi_ipi_from_the_guest_enters_smm_at_the_next_instruction(hv: Hypervisor, vm: VM) -> None:
+    """The LAPIC takes an SMI IPI as ``KVM_SMI`` (``APIC_DM_SMI``): the handler runs before the next instruction."""
+    _require_smm(vm)
+    vm.create_irqchip()
+    with GuestMemory(RAM_SIZE) as ram, GuestMemory(0x10000) as smram:
+        smram.write(0x8000, HANDLER)
+        smram.write(MARKER, b"\x5a")
+        ram.write(0x1000, SMI_IPI_GUEST)
+        vm.set_memory_slot(0, 0, ram)
+        vm.set_memory_slot(0, 0, ram, size=SMBASE, address_space=1)
+        vm.set_memory_slot(1, SMBASE, smram, address_space=1)
+        vcpu = vm.create_vcpu(0)
+        vcpu.set_cpuid(hv.supported_cpuid())
+        vcpu.set_sregs(x86.protected_mode_sregs(vcpu.get_sregs(), ram, GDT))
+        vcpu.set_regs(hvcore.Regs(rip=0x1000, rsp=0x8000, rflags=0x2))
+        assert _out(vcpu, HANDLER_PORT).data == b"\x5a" and vcpu.in_smm
+        assert _saved(smram, 0xFF78, "<Q") == 0x1000 + 20  # RIP: the instruction after the ICR write
+        assert _out(vcpu, 0x10) and not vcpu.in_smm
+
+
+def test_an_init_in_smm_waits_for_rsm(hv: Hypervisor, smm_guest: SmmGuest) -> None:
+    """INIT is latched in SMM (``smi_latched_init``) and taken after RSM: the BSP resets then."""
+    vcpu = smm_guest.vcpu
+    _long_mode(hv, smm_guest)
+    _out(vcpu, 0x10)
+    vcpu.smi()
+    _out(vcpu, HANDLER_PORT)
+    events = vcpu.get_vcpu_events()
+    vcpu.set_vcpu_events(replace(events, flags=0x8, smi_latched_init=1))
+    assert vcpu.get_vcpu_events().smi_latched_init == 1
+    vcpu.run()  # RSM, then the INIT: the BSP starts over at the reset vector, where no memory is
+    assert not vcpu.in_smm
+    sregs = vcpu.get_sregs()
+    assert (sregs.cs.selector, sregs.cs.base, vcpu.get_regs().rip) == (0xF000, 0xFFFF0000, 0xFFF0)

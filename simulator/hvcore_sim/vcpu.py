@@ -348,6 +348,8 @@ class SimVCPU(Closeable):
                         return _SHUTDOWN
                     if self._debug_exception is not None and not self._deliver_debug_exception(engine):
                         return _SHUTDOWN
+                if self._lapic is not None and self._lapic.smi_pending:
+                    self._take_lapic_smi(chip)
                 if self._smi_pending and not self._smm and self._mp_state in _TAKES_SMI:
                     engine = self._enter_smm(engine)
                 count = 1 if stepping else SLICE
@@ -497,6 +499,13 @@ class SimVCPU(Closeable):
             self._mp_state = MpState.RUNNABLE
         return self.engine()
 
+    def _take_lapic_smi(self, chip: Irqchip | None) -> None:
+        """An SMI the LAPIC accepted (an IPI, an IOAPIC pin, an MSI) becomes pending, as ``KVM_SMI`` makes it."""
+        assert chip is not None and self._lapic is not None
+        with chip.lock:
+            self._lapic.smi_pending = False
+        self._smi_pending = True  # a halted vCPU leaves HLT as it enters SMM
+
     def _at_rsm(self, engine: Engine) -> bool:
         """The instruction at RIP is RSM (prefixes allowed but LOCK, as KVM's emulator decodes it)."""
         code = fetch_instruction(engine, engine.reg(engine.RIP))
@@ -638,7 +647,7 @@ class SimVCPU(Closeable):
         """Whether what is pending ends this vCPU's sleep (call with ``chip.lock`` held)."""
         lapic = self._lapic
         assert lapic is not None and self._engine is not None
-        if (lapic.init_pending and not self._smm) or lapic.nmi_pending:
+        if (lapic.init_pending and not self._smm) or lapic.nmi_pending or lapic.smi_pending:
             return True
         state = self._mp_state
         if self._smi_pending and not self._smm and state is MpState.HALTED:

@@ -43,7 +43,7 @@ KVM's rules reproduced here:
 - ``set_state`` restarts the timer from the page's current count (an expired one-shot timer,
   saved with current count 0, fires once more, as on KVM).
 
-Left out: SMIs (no SMM: not accepted), the CMCI LVT, KVM's lapic_timer_advance tuning, PV EOI,
+Left out: the CMCI LVT, KVM's lapic_timer_advance tuning, PV EOI,
 Hyper-V SynIC, APICv and ``KVM_CAP_X2APIC_API`` (``KVM_GET_LAPIC`` shows an x2APIC ID shifted into
 bits 31:24, as KVM without it).
 
@@ -179,6 +179,8 @@ class LocalApic:
         """The vCPU's CPUID has x2APIC: IA32_APIC_BASE may set X2APIC_ENABLE."""
         self.nmi_pending = False
         """An NMI arrived (IPI, IOAPIC or LINT); the vCPU loop injects it and clears the flag."""
+        self.smi_pending = False
+        """An SMI arrived (IPI, IOAPIC or MSI: ``kvm_inject_smi``); the vCPU loop takes it and clears the flag."""
         self.init_pending = False
         """An INIT arrived; the vCPU loop resets the vCPU (``reset(bsp, init=True)``) and clears it."""
         self.sipi_vector: int | None = None
@@ -390,6 +392,9 @@ class LocalApic:
         if mode == DeliveryMode.NMI:
             self.nmi_pending = True
             return True
+        if mode == DeliveryMode.SMI:
+            self.smi_pending = True
+            return True
         if mode == DeliveryMode.INIT:
             if message.level_triggered and not message.assert_level:
                 return False  # INIT level de-assert
@@ -402,7 +407,7 @@ class LocalApic:
         if mode == DeliveryMode.REMOTE_READ:
             self.pv_unhalted = True
             return True
-        # SMI: no SMM in the simulator. ExtINT: the PIC path (accepts_pic_interrupt) handles it.
+        # ExtINT: the PIC path (accepts_pic_interrupt) handles it.
         return False
 
     def _accept_vector(self, vector: int, *, level: bool, asserted: bool) -> bool:

@@ -255,6 +255,11 @@ def test_an_smi_with_no_smram_mapped_kills_the_vm(smm_guest: SmmGuest) -> None:
     with pytest.raises(hvcore.HvError) as caught:
         vcpu.run()
     assert caught.value.errno == errno.EIO
+    for call in (vcpu.get_regs, vcpu.run, vm.get_clock, lambda: vm.create_vcpu(1)):  # every call but close: EIO
+        with pytest.raises(hvcore.HvError) as caught:
+            call()
+        assert caught.value.errno == errno.EIO
+    vm.close()
 
 
 def test_the_smm_calls_follow_the_capability(vm: VM) -> None:

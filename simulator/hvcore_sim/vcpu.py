@@ -259,6 +259,7 @@ class SimVCPU(Closeable):
     def _live(self) -> Engine:
         if self._closed:
             raise ClosedError(f"vCPU {self._id} is closed", operation="vcpu")
+        self._vm.check_alive()
         assert self._engine is not None
         return self._engine
 
@@ -278,6 +279,7 @@ class SimVCPU(Closeable):
             self._thread = _get_ident()
             if self._closed:
                 raise ClosedError(f"vCPU {self._id} is closed", operation="run")
+            self._vm.check_alive()
             exit_ = self._run()
             self._save_after_run()
             if type(exit_) is DebugExit:
@@ -479,13 +481,12 @@ class SimVCPU(Closeable):
         msrs.smi_count += 1
         self._switch_space(True)
         if not self._vm.spaces[1].physical.store(msrs.smbase + smm.SAVE_AREA_OFFSET, area):
-            raise HypervisorFault(
+            self._vm.kill(
                 f"vCPU {self._id} took an SMI, but address space 1 has no writable RAM at SMBASE + 0xFE00 "
-                f"({msrs.smbase + smm.SAVE_AREA_OFFSET:#x}) for the state-save area; KVM marks the VM dead (EIO). "
-                "Map SMRAM with set_memory_slot(..., address_space=1) before sending SMIs",
-                errno=_errno.EIO,
-                operation="run",
+                f"({msrs.smbase + smm.SAVE_AREA_OFFSET:#x}) for the state-save area; map SMRAM with "
+                "set_memory_slot(..., address_space=1) before sending SMIs"
             )
+            self._vm.check_alive()
         if engine.nmi_blocked:
             self._smm_inside_nmi = True
         else:

@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING, Final
 from hvcore.arguments import check_flag, check_int
 from hvcore.caps import Capability
 from hvcore.checks import IDENTITY_MAP_TOO_LATE, MAX_GSI, check_gsi_routes, check_irqchip, check_msi, check_pit_state
-from hvcore.errors import AlreadyExists, ClosedError, HvError, InvalidArgument, NotFound, ResourceExhausted, StateError
+from hvcore.errors import (
+    AlreadyExists,
+    ClosedError,
+    HvError,
+    HypervisorFault,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StateError,
+)
 from hvcore.lifetime import Closeable
 from hvcore.memory import PAGE_SIZE, SMM_ADDRESS_SPACE, MemorySlot, SlotChange, SlotOwner, SlotTable
 from hvcore.state_checks import check_state
@@ -181,6 +190,8 @@ class SimVM(SlotOwner, Closeable):
         self._used_vcpu_ids: set[int] = set()
         self._parked: dict[int, ParkedVcpu] = {}  # closed vCPUs, as KVM keeps the vCPUs (QEMU parks them)
         self._closed = False
+        self.dead: str | None = None
+        """Why KVM would have marked this VM dead (``kvm_vm_dead``), or None."""
         self.spaces = (AddressSpace(self, 0), AddressSpace(self, SMM_ADDRESS_SPACE))
         """The normal address space and SMM's."""
         self.physical = self.spaces[0].physical
@@ -190,6 +201,18 @@ class SimVM(SlotOwner, Closeable):
     def _live(self) -> None:
         if self._closed:
             raise ClosedError("the VM is closed; create a new one", operation="vm")
+        self.check_alive()
+
+    def check_alive(self) -> None:
+        """``HypervisorFault`` (EIO) once the VM is dead, as KVM answers every ioctl of a dead VM."""
+        if self.dead is not None:
+            raise HypervisorFault(
+                f"the VM is dead ({self.dead}); close it and create a new one", errno=_errno.EIO, operation="vm"
+            )
+
+    def kill(self, reason: str) -> None:
+        """Mark the VM dead, as KVM's ``kvm_vm_dead`` (a state it cannot go on from): every call but close fails."""
+        self.dead = reason
 
     def check_extension(self, capability: Capability | int) -> int:
         """The simulator's answer to ``KVM_CHECK_EXTENSION``."""

@@ -49,13 +49,14 @@ def boot_log(
     *,
     hide_kvm: bool = False,
     cpus: int = 1,
+    present: int | None = None,
     memory: int = 256 << 20,
     after: Callable[[Machine, PcDevices], None] | None = None,
 ) -> str:
     """SeaBIOS's debug-console output up to "No bootable device" (at most 120 s); then ``after``, if given."""
     image = seabios().read_bytes()
     console = io.StringIO()
-    with Machine(hv, memory=memory, cpus=cpus) as machine:
+    with Machine(hv, memory=memory, cpus=cpus, present=present) as machine:
         tee = ConsoleTee(console, DONE, lambda: machine.stop(MachineResult("until")))
         devices = add_pc_devices(machine, debugcon=tee)  # type: ignore[arg-type]  # write/flush suffice
         machine.load(image)
@@ -119,6 +120,13 @@ def test_seabios_brings_up_every_vcpu(hv: Hypervisor) -> None:
     with overcommit(hv, 4):
         log = boot_log(hv, cpus=4)
     assert "Found 4 cpu(s) max supported 4 cpu(s)" in log
+
+
+def test_seabios_waits_only_for_the_cpus_present(hv: Hypervisor) -> None:
+    """With a vCPU unplugged at start (``present=1``), fw_cfg and CMOS count the present ones: SeaBIOS
+    expects one CPU (of two possible) and does not wait for the other."""
+    log = boot_log(hv, cpus=2, present=1)
+    assert "Found 1 cpu(s) max supported 2 cpu(s)" in log
 
 
 def _smbios_in_f_segment(machine: Machine) -> tuple[bytes, bytes]:

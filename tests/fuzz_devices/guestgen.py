@@ -15,7 +15,8 @@ through isa-debug-exit (``out 0xf4, al`` with ``al = END_VALUE``: the run's resu
   0x514 / 0x518, with any control bits, length and target; selector writes to 0x510;
 - virtio-mmio (virtio-rng at ``VIRTIO``): the driver's bring-up with any features, queue size and
   ring addresses, hostile descriptors and available entries written to RAM, then a notify;
-  register accesses at random offsets; the ACPI PM1 registers at 0x600;
+  register accesses at random offsets; the ACPI PM1 registers at 0x600 and the PM timer; the APM
+  ports; the GPE0 block and the CPU hotplug registers;
 - PCI: configuration reads and writes through mechanism #1 (0xCF8/0xCFC, PIIX's reset control at
   0xCF9 excepted) and ECAM at ``ECAM``, to the chipset and the virtio-pci function in slot 2: BARs
   moved anywhere (over RAM, over other devices), decoding and MSI-X turned on and off; MMIO to
@@ -67,7 +68,9 @@ DEVICE_PORTS = (
     0x510, 0x511, *range(0x514, 0x51C),  # fw_cfg, its DMA register
     *range(0xE0, 0xEC),  # pc-testdev scratch / flush
     *range(0x2000, 0x2018),  # pc-testdev interrupt lines
-    *range(0x600, 0x606),  # ACPI PM1 event / control
+    *range(0x600, 0x606), *range(0x608, 0x60C),  # ACPI PM1 event / control, PM timer
+    0xB2, 0xB3,  # APM control (an SMI once PIIX4's APMC_EN is set) and status
+    *range(0xAFE0, 0xAFE4), *range(0xCD8, 0xCE4),  # GPE0, CPU hotplug registers
     0xCF8, 0xCFA, 0xCFB, 0xCFC, 0xCFD, 0xCFE, 0xCFF,  # PCI mechanism #1 (0xCF9: reset, which ends the run)
 )  # fmt: skip
 """Ports the fuzzer favours: every device's, and a few neighbours."""
@@ -353,12 +356,15 @@ def virtio_op(draw: st.DrawFn) -> Op:
     return join(*ops, store32(VIRTIO + 0x50, draw(values(32)) if wild else 0))
 
 
-_PCI_REGISTERS = st.sampled_from((0, 4, 6, 0x10, 0x14, 0x18, 0x20, 0x24, 0x34, 0x3C, 0x40, 0x42, 0x60, 0x63))
+_PCI_REGISTERS = st.sampled_from(
+    (0, 4, 6, 0x10, 0x14, 0x18, 0x20, 0x24, 0x34, 0x3C, 0x40, 0x42, 0x58, 0x5B, 0x60, 0x63, 0x72, 0x80)
+)  # the header, and the chipset's: PIIX4 PM's PMBA / DEVACTB / PMREGMISC, PIRQ routes, the SMRAM register
 
 
 @st.composite
 def pci_op(draw: st.DrawFn) -> Op:
-    """A configuration access through mechanism #1: the address (mostly bus 0, slots 0-3), then the data."""
+    """A configuration access through mechanism #1: the address (mostly bus 0, slots 0-3, function 0 or
+    PIIX4 PM's 3), then the data."""
     enable = draw(st.integers(0, 7)) != 0
     bus = 0 if draw(st.booleans()) else draw(st.integers(0, 255))
     register = draw(st.one_of(_PCI_REGISTERS, st.integers(0, 0xFF)))
@@ -366,7 +372,7 @@ def pci_op(draw: st.DrawFn) -> Op:
         enable << 31
         | bus << 16
         | draw(st.integers(0, 3)) << 11
-        | draw(st.integers(0, 7) if bus else st.just(0)) << 8
+        | draw(st.integers(0, 7) if bus else st.sampled_from((0, 0, 0, 3, 5))) << 8  # 1.3: PIIX4 PM
         | register
     )
     size = draw(st.sampled_from((1, 2, 4)))

@@ -63,8 +63,6 @@ EXIT_REASON: Final = offset_of(uapi.KvmRun, "exit_reason")
 READY_FOR_INJECTION: Final = offset_of(uapi.KvmRun, "ready_for_interrupt_injection")
 IF_FLAG: Final = offset_of(uapi.KvmRun, "if_flag")
 FLAGS: Final = offset_of(uapi.KvmRun, "flags")
-RUN_X86_SMM: Final = 1 << 0
-"""``KVM_RUN_X86_SMM`` in ``kvm_run.flags``: the vCPU is in System Management Mode."""
 CR8: Final = offset_of(uapi.KvmRun, "cr8")
 APIC_BASE: Final = offset_of(uapi.KvmRun, "apic_base")
 MMIO_DATA: Final = offset_of(uapi.KvmRun, "u.mmio.data")

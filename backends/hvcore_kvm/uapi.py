@@ -59,6 +59,9 @@ KVM_MAX_XCRS = 16
 SYNC_REGS_SIZE_BYTES = 2048
 """Size of the ``kvm_run.s`` union (``SYNC_REGS_SIZE_BYTES``)."""
 
+KVM_RUN_X86_SMM = 1 << 0
+"""``kvm_run.flags``: the vCPU is in System Management Mode."""
+
 
 # --------------------------------------------------------------------------
 # Registers (asm/kvm.h)

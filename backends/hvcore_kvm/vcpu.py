@@ -453,7 +453,7 @@ class KvmVCPU(Closeable):
     def in_smm(self) -> bool:
         """``KVM_RUN_X86_SMM`` in ``kvm_run.flags``."""
         self._live()
-        return bool(int.from_bytes(self._run[kvm_run.FLAGS : kvm_run.FLAGS + 2], "little") & kvm_run.RUN_X86_SMM)
+        return bool(int.from_bytes(self._run[kvm_run.FLAGS : kvm_run.FLAGS + 2], "little") & uapi.KVM_RUN_X86_SMM)
 
     def set_guest_debug(self, debug: GuestDebug) -> None:
         """``KVM_SET_GUEST_DEBUG``."""

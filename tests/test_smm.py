@@ -130,6 +130,8 @@ def test_an_smi_runs_the_handler_from_smram_and_rsm_resumes_the_interrupted_code
     assert _saved(smram, 0xFF48, "<Q") == sregs.cr4 and _saved(smram, 0xFED0, "<Q") == sregs.efer
     assert _saved(smram, 0xFF80, "<Q") == regs.r15 and _saved(smram, 0xFF80 + 12 * 8, "<Q") == regs.rbx
     assert _saved(smram, 0xFE10, "<H") == sregs.cs.selector and _saved(smram, 0xFE68, "<Q") == sregs.gdt.base
+    assert (_saved(smram, 0xFE64, "<I"), _saved(smram, 0xFE84, "<I")) == (sregs.gdt.limit, sregs.idt.limit)
+    assert _saved(smram, 0xFE88, "<Q") == sregs.idt.base
     assert smm_guest.ram.read(SMBASE + SAVE, 16) == b"\xf4" * 16  # address space 0 untouched
 
     assert _out(vcpu, 0x11).data == b"\xa0"  # back in address space 0, after the interrupted OUT

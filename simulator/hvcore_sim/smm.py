@@ -86,7 +86,7 @@ class Saved:
 # -- the 64-bit layout (struct kvm_smram_state_64), offsets from SMBASE + 0xFE00 --------------
 _SEG64 = struct.Struct("<HHIQ")  # selector, attributes (flags >> 8), limit, base
 _SEG64_AT: Final = {"es": 0x00, "cs": 0x10, "ss": 0x20, "ds": 0x30, "fs": 0x40, "gs": 0x50, "ldt": 0x70, "tr": 0x90}
-_DT64 = struct.Struct("<IIQ")  # limit, reserved, base
+_DT64 = struct.Struct("<4xIQ")  # a kvm_smm_seg_state_64 of which only limit and base are used
 _GDTR64, _IDTR64 = 0x60, 0x80
 _INT_SHADOW64, _EFER64, _REVISION64_AT, _SMBASE64 = 0xCB, 0xD0, 0xFC, 0x100
 _CONTROL64 = struct.Struct("<7Q")  # cr4, cr3, cr0, dr7, dr6, rflags, rip
@@ -113,8 +113,8 @@ def save(regs: Regs, sregs: Sregs, dr6: int, dr7: int, smbase: int, interrupt_sh
         for name, at in _SEG64_AT.items():
             seg = segments[name]
             _SEG64.pack_into(area, at, seg.selector, segment_flags(seg) >> 8, seg.limit & _MASK32, seg.base)
-        _DT64.pack_into(area, _GDTR64, sregs.gdt.limit, 0, sregs.gdt.base)
-        _DT64.pack_into(area, _IDTR64, sregs.idt.limit, 0, sregs.idt.base)
+        _DT64.pack_into(area, _GDTR64, sregs.gdt.limit, sregs.gdt.base)
+        _DT64.pack_into(area, _IDTR64, sregs.idt.limit, sregs.idt.base)
         area[_INT_SHADOW64] = interrupt_shadow
         struct.pack_into("<Q", area, _EFER64, sregs.efer)
         struct.pack_into("<II", area, _REVISION64_AT, _REVISION_64, smbase)
@@ -145,8 +145,8 @@ def load(area: bytes, *, long_mode: bool) -> Saved:
         for name, at in _SEG64_AT.items():
             selector, attributes, limit, base = _SEG64.unpack_from(area, at)
             segments[name] = segment_from_flags(selector, base, limit, attributes << 8)
-        gdt_limit, _, gdt_base = _DT64.unpack_from(area, _GDTR64)
-        idt_limit, _, idt_base = _DT64.unpack_from(area, _IDTR64)
+        gdt_limit, gdt_base = _DT64.unpack_from(area, _GDTR64)
+        idt_limit, idt_base = _DT64.unpack_from(area, _IDTR64)
         cr4, cr3, cr0, dr7, dr6, rflags, rip = _CONTROL64.unpack_from(area, _CONTROL64_AT)
         gprs = dict(zip(reversed(_GPRS_64), struct.unpack_from("<16Q", area, _GPRS64_AT), strict=True))
         return Saved(

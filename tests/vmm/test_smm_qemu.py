@@ -3,9 +3,11 @@
 QEMU (TCG) is the emulator whose SMM layout KVM's emulator copied (arch/x86/kvm/smm.c keeps
 QEMU's offsets), and it wrote neither hvcore nor this test: a judge. Both run QEMU's SeaBIOS
 (``bios-256k.bin``, which sets SMM up and moves SMBASE to 0xA0000) and boot the same sector
-from a virtio disk. The sector loads known registers and sends an SMI through the APM port,
-which SeaBIOS's handler takes and returns from without touching the save area; then it opens
-SMRAM (the i440FX's D_OPEN) and writes the 512-byte save area at 0xAFE00 to the debug console.
+from a virtio disk, one in real mode and one that enters 64-bit long mode first
+(``smm_sectors/*.S``, assembled here). The sector loads known registers and sends an SMI through
+the APM port, which SeaBIOS's handler takes and returns from without touching the save area;
+then it opens SMRAM (the i440FX's D_OPEN) and writes the 512-byte save area at 0xAFE00 to the
+debug console.
 Every byte must agree but RIP: QEMU's TCG takes the SMI at the end of the translation block (after
 the ``jmp`` that follows the OUT), KVM and hvcore right after the OUT, one 2-byte instruction
 earlier. The comparison found that hvcore put the GDTR and IDTR limits at +0 of their 16-byte
@@ -32,29 +34,29 @@ from hvcore.vmm.virtio import VirtioBlock
 from hvcore.vmm.virtio.pci import add_virtio_pci
 from tests.vmm.test_firmware import seabios
 
-BOOT_SECTOR = bytes.fromhex(
-    "fa31c08ed88ec08ed0bc007c"  # cli; ds = es = ss = 0; sp = 0x7c00
-    "66bb22222222" "66b933333333" "66be55555555" "66bf66666666" "66bd77777777"  # ebx ecx esi edi ebp
-    "66b85a111111"  # eax = 0x1111115a
-    "e6b2"  # 7c30: out 0xb2, al (APM: an SMI, SeaBIOS's handler ignores command 0x5a)
-    "eb00"  # 7c32: jmp 7c34
-    "66b870000080baf80c66ef"  # conf1 address: 00:00.0 register 0x70
-    "bafe0cb04aee"  # SMRAM register (0x72) = 0x4a: D_OPEN | G_SMRAME
-    "ba0204be617cb90800f36e"  # the marker "SMMDUMP:" to the debug console (0x402)
-    "b8e0af8ed831f6b90002f36e"  # then the 512 bytes at 0xafe0:0 (0xafe00)
-    "b031e6f4f4"  # isa-debug-exit 0x31; hlt
-) + b"SMMDUMP:"  # fmt: skip
+SECTORS = Path(__file__).parent / "smm_sectors"
 MARKER = b"SMMDUMP:"
 RIP = 0x178  # the save area's RIP, from SMBASE + 0xFE00
-AFTER_OUT = 0x7C32
+APM_OUT_THEN_JMP = b"\xe6\xb2\xeb\x00"  # out 0xb2, al; jmp to the next instruction
 
 
-def _disk(tmp_path: Path) -> Path:
-    sector = BOOT_SECTOR.ljust(510, b"\0") + b"\x55\xaa"
-    assert sector[0x61:0x69] == MARKER  # where the code's "mov si, 0x7c61" points
-    disk = tmp_path / "smm.img"
-    disk.write_bytes(sector.ljust(1 << 20, b"\0"))
-    return disk
+def _disk(mode: str, tmp_path: Path) -> tuple[Path, int]:
+    """The boot sector ``smm_sectors/{mode}.S`` on a 1 MiB disk, and the address right after its APM OUT."""
+    tools = [shutil.which(tool) for tool in ("as", "ld")]
+    if None in tools:
+        pytest.skip("binutils' as and ld assemble the boot sectors (`bash .ci/run` installs gcc, which brings them)")
+    source, objects, sector = SECTORS / f"{mode}.S", tmp_path / f"{mode}.o", tmp_path / f"{mode}.bin"
+    subprocess.run([str(tools[0]), str(source), "-o", str(objects)], check=True, capture_output=True)
+    subprocess.run(
+        [str(tools[1]), "-Ttext=0x7c00", "--oformat", "binary", "-o", str(sector), str(objects)],
+        check=True,
+        capture_output=True,
+    )
+    code = sector.read_bytes()
+    assert len(code) == 512 and code.endswith(b"\x55\xaa") and code.count(APM_OUT_THEN_JMP) == 1
+    disk = tmp_path / f"{mode}.img"
+    disk.write_bytes(code.ljust(1 << 20, b"\0"))
+    return disk, 0x7C00 + code.index(APM_OUT_THEN_JMP) + 2
 
 
 def _save_area(debugcon: bytes) -> bytes:
@@ -83,8 +85,9 @@ def _qemu(disk: Path, firmware: Path, tmp_path: Path) -> bytes:
     return _save_area(log.read_bytes())
 
 
-def test_the_save_area_is_qemus_byte_for_byte(hv: Hypervisor, tmp_path: Path) -> None:
-    disk, firmware = _disk(tmp_path), seabios("bios-256k.bin")
+@pytest.mark.parametrize("mode", ["real", "long"])
+def test_the_save_area_is_qemus_byte_for_byte(hv: Hypervisor, tmp_path: Path, mode: str) -> None:
+    (disk, after_out), firmware = _disk(mode, tmp_path), seabios("bios-256k.bin")
     debugcon = io.BytesIO()
     with Machine(hv, memory=128 << 20) as machine:
         if not machine.smm:
@@ -94,8 +97,8 @@ def test_the_save_area_is_qemus_byte_for_byte(hv: Hypervisor, tmp_path: Path) ->
         machine.load(firmware.read_bytes())
         assert machine.run(timeout=120) == MachineResult("debug-exit", 0x31 << 1 | 1)
     ours, qemus = _save_area(debugcon.getvalue()), _qemu(disk, firmware, tmp_path)
-    assert struct.unpack_from("<Q", ours, RIP)[0] == AFTER_OUT
-    assert struct.unpack_from("<Q", qemus, RIP)[0] == AFTER_OUT + 2  # TCG: at the end of the block
+    assert struct.unpack_from("<Q", ours, RIP)[0] == after_out
+    assert struct.unpack_from("<Q", qemus, RIP)[0] == after_out + 2  # TCG: at the end of the block
     words = [at for at in range(0, 512, 4) if at // 8 != RIP // 8]
     differ = [hex(0xFE00 + at) for at in words if ours[at : at + 4] != qemus[at : at + 4]]
     assert differ == [], f"save-area words that differ from QEMU's: {differ}"

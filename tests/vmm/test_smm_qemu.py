@@ -4,8 +4,10 @@ QEMU (TCG) is the emulator whose SMM layout KVM's emulator copied (arch/x86/kvm/
 QEMU's offsets), and it wrote neither hvcore nor this test: a judge. Both run QEMU's SeaBIOS
 (``bios-256k.bin``, which sets SMM up and moves SMBASE to 0xA0000) and boot the same sector
 from a virtio disk, one in real mode and one that enters 64-bit long mode first
-(``smm_sectors/*.S``, assembled here). The sector loads known registers and sends an SMI through
-the APM port, which SeaBIOS's handler takes and returns from without touching the save area;
+(``smm_sectors/*.S``, assembled here), and the real-mode one again on a CPU without long mode
+(QEMU's ``qemu-system-i386 -cpu qemu32``), for the 32-bit layout. The sector loads known
+registers and sends an SMI through the APM port, which SeaBIOS's handler takes and returns from
+without touching the save area;
 then it opens SMRAM (the i440FX's D_OPEN) and writes the 512-byte save area at 0xAFE00 to the
 debug console.
 Every byte must agree but RIP: QEMU's TCG takes the SMI at the end of the translation block (after
@@ -23,6 +25,7 @@ import io
 import shutil
 import struct
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,7 +39,10 @@ from tests.vmm.test_firmware import seabios
 
 SECTORS = Path(__file__).parent / "smm_sectors"
 MARKER = b"SMMDUMP:"
-RIP = 0x178  # the save area's RIP, from SMBASE + 0xFE00
+REVISION_64, REVISION_32 = 0x00020064, 0x00020000
+SEGMENT_FLAGS_32 = (0x12C, 0x138, 0x144, 0x15C, 0x178, 0x184, 0x190, 0x19C)
+"""The 32-bit layout's segment attribute words (DS FS GS TR LDTR ES CS SS), from SMBASE + 0xFE00."""
+_LM = 1 << 29  # CPUID 0x80000001 EDX: long mode
 APM_OUT_THEN_JMP = b"\xe6\xb2\xeb\x00"  # out 0xb2, al; jmp to the next instruction
 
 
@@ -59,46 +65,65 @@ def _disk(mode: str, tmp_path: Path) -> tuple[Path, int]:
     return disk, 0x7C00 + code.index(APM_OUT_THEN_JMP) + 2
 
 
-def _save_area(debugcon: bytes) -> bytes:
+def _save_area(debugcon: bytes, revision: int) -> bytes:
     at = debugcon.find(MARKER)
     assert at >= 0, debugcon[-400:]
     area = debugcon[at + len(MARKER) : at + len(MARKER) + 512]
-    assert len(area) == 512 and struct.unpack_from("<II", area, 0xFC) == (0x00020064, 0xA0000), area.hex()
+    smbase_at = 0x100 if revision == REVISION_64 else 0xF8
+    assert len(area) == 512 and struct.unpack_from("<I", area, 0xFC)[0] == revision, area.hex()
+    assert struct.unpack_from("<I", area, smbase_at)[0] == 0xA0000, area.hex()
     return area
 
 
-def _qemu(disk: Path, firmware: Path, tmp_path: Path) -> bytes:
-    qemu = shutil.which("qemu-system-x86_64")
+def _qemu(disk: Path, firmware: Path, tmp_path: Path, *, long_mode: bool) -> bytes:
+    binary, cpu = ("qemu-system-x86_64", "qemu64") if long_mode else ("qemu-system-i386", "qemu32")
+    qemu = shutil.which(binary)
     if qemu is None:
-        pytest.skip("qemu-system-x86_64 is not installed (`bash .ci/run` installs qemu-system-x86)")
+        pytest.skip(f"{binary} is not installed (`bash .ci/run` installs qemu-system-x86)")
     log = tmp_path / "qemu-debugcon.bin"
     done = subprocess.run(
         [
-            qemu, "-machine", "pc,accel=tcg", "-m", "128", "-bios", str(firmware), "-nodefaults", "-display", "none",
-            "-drive", f"file={disk},format=raw,if=virtio,readonly=on",
+            qemu, "-machine", "pc,accel=tcg", "-cpu", cpu, "-m", "128", "-bios", str(firmware), "-nodefaults",
+            "-display", "none", "-drive", f"file={disk},format=raw,if=virtio,readonly=on",
             "-chardev", f"file,id=debugcon,path={log}", "-device", "isa-debugcon,iobase=0x402,chardev=debugcon",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
         ],
         capture_output=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0x31 << 1 | 1, done.stderr.decode(errors="replace")
-    return _save_area(log.read_bytes())
+    return _save_area(log.read_bytes(), REVISION_64 if long_mode else REVISION_32)
 
 
-@pytest.mark.parametrize("mode", ["real", "long"])
-def test_the_save_area_is_qemus_byte_for_byte(hv: Hypervisor, tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "long_mode"),
+    [("real", True), ("long", True), ("real", False)],
+    ids=["real-mode", "long-mode", "real-mode-32-bit-layout"],
+)
+def test_the_save_area_is_qemus(hv: Hypervisor, tmp_path: Path, mode: str, long_mode: bool) -> None:
+    """The 64-bit layout (a CPU with long mode) byte for byte; the 32-bit one (a CPU without, as QEMU's
+    ``qemu32``) with one difference in KVM's making: its segment attribute words are unshifted
+    (``enter_smm_get_segment_flags``), where QEMU's TCG stores them shifted right by 8."""
     (disk, after_out), firmware = _disk(mode, tmp_path), seabios("bios-256k.bin")
     debugcon = io.BytesIO()
     with Machine(hv, memory=128 << 20) as machine:
         if not machine.smm:
             pytest.skip(f"backend {hv.name!r} has no SMM (KVM_CAP_X86_SMM is 0): SeaBIOS sends no SMI")
+        if not long_mode:
+            vcpu = machine.vcpus[0]
+            vcpu.set_cpuid([replace(e, edx=e.edx & ~_LM) if e.function == 0x80000001 else e for e in vcpu.get_cpuid()])
         add_pc_devices(machine, debugcon=debugcon)
         add_virtio_pci(machine, VirtioBlock(disk, read_only=True))
         machine.load(firmware.read_bytes())
         assert machine.run(timeout=120) == MachineResult("debug-exit", 0x31 << 1 | 1)
-    ours, qemus = _save_area(debugcon.getvalue()), _qemu(disk, firmware, tmp_path)
-    assert struct.unpack_from("<Q", ours, RIP)[0] == after_out
-    assert struct.unpack_from("<Q", qemus, RIP)[0] == after_out + 2  # TCG: at the end of the block
-    words = [at for at in range(0, 512, 4) if at // 8 != RIP // 8]
-    differ = [hex(0xFE00 + at) for at in words if ours[at : at + 4] != qemus[at : at + 4]]
-    assert differ == [], f"save-area words that differ from QEMU's: {differ}"
+    revision, rip, rip_format = (REVISION_64, 0x178, "<Q") if long_mode else (REVISION_32, 0x1F0, "<I")
+    ours, qemus = _save_area(debugcon.getvalue(), revision), _qemu(disk, firmware, tmp_path, long_mode=long_mode)
+    assert struct.unpack_from(rip_format, ours, rip)[0] == after_out
+    assert struct.unpack_from(rip_format, qemus, rip)[0] == after_out + 2  # TCG: at the end of the block
+    rip_words = (rip, rip + 4) if long_mode else (rip,)
+    words = [at for at in range(0, 512, 4) if at not in rip_words]
+    differ = [at for at in words if ours[at : at + 4] != qemus[at : at + 4]]
+    if not long_mode:
+        for at in [at for at in differ if at in SEGMENT_FLAGS_32]:
+            assert int.from_bytes(ours[at : at + 4], "little") == int.from_bytes(qemus[at : at + 4], "little") << 8
+            differ.remove(at)
+    assert differ == [], f"save-area words that differ from QEMU's: {[hex(0xFE00 + at) for at in differ]}"

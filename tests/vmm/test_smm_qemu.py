@@ -15,6 +15,10 @@ the ``jmp`` that follows the OUT), KVM and hvcore right after the OUT, one 2-byt
 earlier. The comparison found that hvcore put the GDTR and IDTR limits at +0 of their 16-byte
 records instead of +4 (KVM's ``kvm_smm_seg_state_64`` with only limit and base used).
 
+A third sector puts its own handler at SeaBIOS's SMBASE + 0x8000 (with SMRAM open), which
+rewrites saved registers: after RSM, back in long mode, what the guest reads must be the same on
+both (RSM, checked against QEMU's).
+
 Runs where QEMU and SeaBIOS's 256 KiB build are installed (``bash .ci/run`` installs both) and
 the backend has SMM (the simulator; KVM only where ``KVM_CAP_X86_SMM`` is set).
 """
@@ -65,17 +69,25 @@ def _disk(mode: str, tmp_path: Path) -> tuple[Path, int]:
     return disk, 0x7C00 + code.index(APM_OUT_THEN_JMP) + 2
 
 
-def _save_area(debugcon: bytes, revision: int) -> bytes:
-    at = debugcon.find(MARKER)
+def _dump(debugcon: bytes, marker: bytes, length: int) -> bytes:
+    """The ``length`` bytes the sector wrote to the debug console after ``marker``."""
+    at = debugcon.find(marker)
     assert at >= 0, debugcon[-400:]
-    area = debugcon[at + len(MARKER) : at + len(MARKER) + 512]
+    data = debugcon[at + len(marker) : at + len(marker) + length]
+    assert len(data) == length
+    return data
+
+
+def _save_area(debugcon: bytes, revision: int) -> bytes:
+    area = _dump(debugcon, MARKER, 512)
     smbase_at = 0x100 if revision == REVISION_64 else 0xF8
-    assert len(area) == 512 and struct.unpack_from("<I", area, 0xFC)[0] == revision, area.hex()
+    assert struct.unpack_from("<I", area, 0xFC)[0] == revision, area.hex()
     assert struct.unpack_from("<I", area, smbase_at)[0] == 0xA0000, area.hex()
     return area
 
 
-def _qemu(disk: Path, firmware: Path, tmp_path: Path, *, long_mode: bool) -> bytes:
+def _qemu(disk: Path, firmware: Path, tmp_path: Path, *, long_mode: bool = True) -> bytes:
+    """QEMU's debug-console output for ``disk`` booted through ``firmware`` (TCG; ``qemu32`` without long mode)."""
     binary, cpu = ("qemu-system-x86_64", "qemu64") if long_mode else ("qemu-system-i386", "qemu32")
     qemu = shutil.which(binary)
     if qemu is None:
@@ -91,7 +103,23 @@ def _qemu(disk: Path, firmware: Path, tmp_path: Path, *, long_mode: bool) -> byt
         capture_output=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0x31 << 1 | 1, done.stderr.decode(errors="replace")
-    return _save_area(log.read_bytes(), REVISION_64 if long_mode else REVISION_32)
+    return log.read_bytes()
+
+
+def _ours(hv: Hypervisor, disk: Path, firmware: Path, *, long_mode: bool = True) -> bytes:
+    """hvcore's debug-console output for the same (a CPUID without long mode where ``long_mode`` is false)."""
+    debugcon = io.BytesIO()
+    with Machine(hv, memory=128 << 20) as machine:
+        if not machine.smm:
+            pytest.skip(f"backend {hv.name!r} has no SMM (KVM_CAP_X86_SMM is 0): SeaBIOS sends no SMI")
+        if not long_mode:
+            vcpu = machine.vcpus[0]
+            vcpu.set_cpuid([replace(e, edx=e.edx & ~_LM) if e.function == 0x80000001 else e for e in vcpu.get_cpuid()])
+        add_pc_devices(machine, debugcon=debugcon)
+        add_virtio_pci(machine, VirtioBlock(disk, read_only=True))
+        machine.load(firmware.read_bytes())
+        assert machine.run(timeout=120) == MachineResult("debug-exit", 0x31 << 1 | 1)
+    return debugcon.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -104,19 +132,9 @@ def test_the_save_area_is_qemus(hv: Hypervisor, tmp_path: Path, mode: str, long_
     ``qemu32``) with one difference in KVM's making: its segment attribute words are unshifted
     (``enter_smm_get_segment_flags``), where QEMU's TCG stores them shifted right by 8."""
     (disk, after_out), firmware = _disk(mode, tmp_path), seabios("bios-256k.bin")
-    debugcon = io.BytesIO()
-    with Machine(hv, memory=128 << 20) as machine:
-        if not machine.smm:
-            pytest.skip(f"backend {hv.name!r} has no SMM (KVM_CAP_X86_SMM is 0): SeaBIOS sends no SMI")
-        if not long_mode:
-            vcpu = machine.vcpus[0]
-            vcpu.set_cpuid([replace(e, edx=e.edx & ~_LM) if e.function == 0x80000001 else e for e in vcpu.get_cpuid()])
-        add_pc_devices(machine, debugcon=debugcon)
-        add_virtio_pci(machine, VirtioBlock(disk, read_only=True))
-        machine.load(firmware.read_bytes())
-        assert machine.run(timeout=120) == MachineResult("debug-exit", 0x31 << 1 | 1)
     revision, rip, rip_format = (REVISION_64, 0x178, "<Q") if long_mode else (REVISION_32, 0x1F0, "<I")
-    ours, qemus = _save_area(debugcon.getvalue(), revision), _qemu(disk, firmware, tmp_path, long_mode=long_mode)
+    ours = _save_area(_ours(hv, disk, firmware, long_mode=long_mode), revision)
+    qemus = _save_area(_qemu(disk, firmware, tmp_path, long_mode=long_mode), revision)
     assert struct.unpack_from(rip_format, ours, rip)[0] == after_out
     assert struct.unpack_from(rip_format, qemus, rip)[0] == after_out + 2  # TCG: at the end of the block
     rip_words = (rip, rip + 4) if long_mode else (rip,)
@@ -127,3 +145,14 @@ def test_the_save_area_is_qemus(hv: Hypervisor, tmp_path: Path, mode: str, long_
             assert int.from_bytes(ours[at : at + 4], "little") == int.from_bytes(qemus[at : at + 4], "little") << 8
             differ.remove(at)
     assert differ == [], f"save-area words that differ from QEMU's: {[hex(0xFE00 + at) for at in differ]}"
+
+
+def test_rsm_loads_what_the_handler_wrote_as_qemus_does(hv: Hypervisor, tmp_path: Path) -> None:
+    """A handler of the sector's own (``rsm.S``) rewrites the saved RAX and R9's low half; after RSM, back
+    in long mode, the registers, control registers, RFLAGS and SS read the same on both."""
+    (disk, _), firmware = _disk("rsm", tmp_path), seabios("bios-256k.bin")
+    ours = struct.unpack("<10Q", _dump(_ours(hv, disk, firmware), b"REGDUMP:", 80))
+    qemus = struct.unpack("<10Q", _dump(_qemu(disk, firmware, tmp_path), b"REGDUMP:", 80))
+    assert ours == qemus
+    assert ours[0] == 0x12345678_5A5A5A5A and ours[3] == 0x91919191_99999999  # RAX, R9 as the handler wrote
+    assert ours[1] == 0x22222222_22222222 and ours[5:8] == (0x80000011, 0x1000, 0x20)  # RBX; CR0, CR3, CR4

@@ -256,7 +256,9 @@ def test_nmi_init_sipi_and_others(h: Harness) -> None:
     assert h.apic.sipi_vector is None  # INIT drops a pending SIPI
     deassert = InterruptMessage(vector=0, delivery_mode=DeliveryMode.INIT, level_triggered=True, assert_level=False)
     assert not accept(deassert)
-    assert not accept(InterruptMessage(vector=0, delivery_mode=DeliveryMode.SMI))
+    assert not h.apic.smi_pending
+    assert accept(InterruptMessage(vector=0, delivery_mode=DeliveryMode.SMI))  # the vCPU takes it as KVM_SMI
+    assert h.apic.smi_pending
     assert not accept(InterruptMessage(vector=0, delivery_mode=DeliveryMode.EXTINT))
 
 

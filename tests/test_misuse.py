@@ -568,6 +568,8 @@ MACHINE_ARGUMENTS = (
     {"irqchip": "yes"},
     {"present": "1"},
     {"present": 1.0},
+    {"smm": "yes"},
+    {"smm": 2},
 )
 BUS_CALLS: dict[str, tuple[Callable[[Bus], object], ...]] = {
     "register": (

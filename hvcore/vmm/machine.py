@@ -50,7 +50,15 @@ from hvcore.arguments import (
 )
 from hvcore.caps import Capability
 from hvcore.checks import MAX_GSI
-from hvcore.errors import BusConflict, HvError, ImageError, InvalidArgument, ResourceExhausted, StateError
+from hvcore.errors import (
+    BusConflict,
+    HvError,
+    ImageError,
+    InvalidArgument,
+    ResourceExhausted,
+    StateError,
+    Unsupported,
+)
 from hvcore.exits import (
     DebugExit,
     Exit,
@@ -203,8 +211,11 @@ class Machine:
         irqchip: bool = True,
         trace: IO[str] | None = None,
         present: int | None = None,
+        smm: bool | None = None,
     ) -> None:
         _check_machine_arguments(hypervisor, memory, cpus, irqchip, present)
+        if smm is not None:
+            smm = check_flag("smm", smm, "Machine")
         if present is not None and not 1 <= present <= cpus:
             raise InvalidArgument(
                 f"present={present} with cpus={cpus}: between 1 (the bootstrap processor) and cpus vCPUs are "
@@ -243,9 +254,17 @@ class Machine:
         self.vm = hypervisor.create_vm()
         self._smi_wanted: set[int] = set()  # vCPUs to send an SMI before their next run
         try:
-            self.smm = bool(self.vm.check_extension(Capability.X86_SMM))
+            has_smm = bool(self.vm.check_extension(Capability.X86_SMM))
+            if smm and not has_smm:
+                raise Unsupported(
+                    f"smm=True: backend {hypervisor.name!r} has no SMM (KVM_CAP_X86_SMM is 0); leave smm unset "
+                    "to use it where the backend has it",
+                    operation="Machine",
+                )
+            self.smm = has_smm if smm is None else smm
             """Whether the vCPUs have System Management Mode: then every slot is mapped in address space 1
-            too, and the SMRAM window (:attr:`smram`) follows the chipset's SMRAM register there."""
+            too, and the SMRAM window (:attr:`smram`) follows the chipset's SMRAM register there. By default
+            where the backend has it; ``Machine(smm=False)`` leaves it out, as QEMU's ``-machine smm=off``."""
             self._spaces = (0, SMM_ADDRESS_SPACE) if self.smm else (0,)
             self.irqchip = irqchip
             if irqchip:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from hvcore import Hypervisor, InvalidArgument, StateError
+from hvcore import Capability, Hypervisor, InvalidArgument, StateError, Unsupported
 from hvcore.memory import SMM_ADDRESS_SPACE
 from hvcore.vmm.acpi import build_acpi
 from hvcore.vmm.devices import AcpiPm
@@ -114,3 +114,23 @@ def test_raise_smi_refuses_what_cannot_take_one(machine: Machine) -> None:
             with pytest.raises(StateError, match="no SMM"):
                 machine.raise_smi(0)
             assert machine.pending_smis == frozenset()
+
+
+def test_smm_off_is_qemus_smm_off(hv: Hypervisor) -> None:
+    """``Machine(smm=False)``: no address space 1, APMC_EN set from reset (firmware skips SMM set-up),
+    ``raise_smi`` refused; ``smm=True`` where the backend has no SMM is ``Unsupported``."""
+    with Machine(hv, memory=16 << 20, smm=False) as machine:
+        add_pc_devices(machine)
+        assert not machine.smm and all(s.address_space == 0 for s in machine.vm.memory_slots())
+        assert conf1(machine, PM_FUNCTION, 0x58) >> 25 & 1
+        with pytest.raises(StateError):
+            machine.raise_smi(0)
+    with hv.create_vm() as vm:
+        has_smm = bool(vm.check_extension(Capability.X86_SMM))
+    if has_smm:
+        with Machine(hv, memory=16 << 20, smm=True) as machine:
+            assert machine.smm and any(s.address_space == SMM_ADDRESS_SPACE for s in machine.vm.memory_slots())
+    else:
+        with pytest.raises(Unsupported, match="no SMM"):
+            Machine(hv, memory=16 << 20, smm=True)
+

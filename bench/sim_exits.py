@@ -84,7 +84,7 @@ from hvcore import VCPU, HltExit, Hypervisor, IoDirection, IoExit, MmioExit
 from hvcore_sim.engine import Engine
 from hvcore_sim.exits import Stop, StopKind, Tracker
 from hvcore_sim.vcpu import SLICE, SimVCPU
-from hvcore_sim.vm import SimVM
+from hvcore_sim.vm import AddressSpace, SimVM
 from tests.boot import boot
 from tests.guests import layout
 from tests.guests.long_mode import OUT_LOOP
@@ -904,8 +904,8 @@ def measure_parts(
         ),
         ("  Tracker.sync_dirty", lambda: (partial(tracker.sync_dirty, engine), Tracker.sync_dirty.__code__)),
         (
-            "  SimVM.memory_slots_unchecked (cached tuple)",
-            lambda: (vm.memory_slots_unchecked, SimVM.memory_slots_unchecked.__code__),
+            "  AddressSpace.memory_slots_unchecked (cached tuple)",
+            lambda: (tracker.guest.memory_slots_unchecked, AddressSpace.memory_slots_unchecked.__code__),
         ),
         ("SimVCPU._consume_kick (kick lock)", lambda: (vcpu._consume_kick, SimVCPU._consume_kick.__code__)),
         ("GuestDebugFlags tests, once per SimVCPU._run", lambda: (stepping, SimVCPU._run.__code__)),

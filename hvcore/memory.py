@@ -264,16 +264,21 @@ class SlotChange:
     new: MemorySlot | None
 
     @property
-    def address_space(self) -> int:
-        """The address space the slot is in."""
+    def target(self) -> MemorySlot:
+        """The slot as the change leaves it, or (a delete) as it was."""
         either = self.new or self.old
         assert either is not None
-        return either.address_space
+        return either
+
+    @property
+    def address_space(self) -> int:
+        """The address space the slot is in."""
+        return self.target.address_space
 
     @property
     def kvm_slot(self) -> int:
-        """The slot number as KVM's uAPI spells it: ``address_space << 16 | slot``."""
-        return self.address_space << 16 | self.slot
+        """The slot number as KVM's uAPI spells it (``MemorySlot.kvm_slot``)."""
+        return self.target.kvm_slot
 
 
 SMM_ADDRESS_SPACE = 1

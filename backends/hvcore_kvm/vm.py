@@ -77,8 +77,7 @@ class KvmVM(SlotOwner, Closeable):
     # -- memory ------------------------------------------------------------
 
     def _commit(self, change: SlotChange) -> None:
-        slot = change.new or change.old
-        assert slot is not None
+        slot = change.target
         region = uapi.KvmUserspaceMemoryRegion()
         region.slot = change.kvm_slot
         if change.new is not None:

@@ -234,14 +234,6 @@ class SimVM(SlotOwner, Closeable):
             self.host_writes.slot_changed(change)
             self.layout_generation += 1
 
-    def memory_slots_unchecked(self) -> tuple[MemorySlot, ...]:
-        """The slots of every address space, without the closed check."""
-        return self._slots.slots()
-
-    def slot_at(self, address: int) -> MemorySlot | None:
-        """The slot of address space 0 mapping guest-physical ``address``."""
-        return self._slots.find(address)
-
     def _dirty_bitmap(self, slot: MemorySlot) -> bytes:
         """The pages the write-protect hooks recorded; reading clears them (and re-protects them)."""
         with self.exec_lock:

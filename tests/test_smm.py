@@ -46,6 +46,14 @@ HANDLER = (  # 16-bit, at SMBASE + 0x8000 (CS base SMBASE, data segments flat fr
 )
 
 
+PROTECTED_GUEST = (
+    b"\xbb\x44\x33\x22\x11"  # mov ebx, 0x11223344
+    b"\xe6\x10"  # out 0x10, al
+    b"\xe6\x11"  # out 0x11, al
+    b"\xf4"  # hlt
+)
+
+
 @dataclass
 class SmmGuest:
     """A VM with RAM in address space 0 and, in address space 1, the same RAM with 64 KiB of SMRAM at SMBASE."""
@@ -87,6 +95,17 @@ def _long_mode(hv: Hypervisor, guest: SmmGuest) -> None:
     guest.ram.write(0x1000, LONG_MODE_GUEST)
     vcpu.set_sregs(x86.long_mode_sregs(vcpu.get_sregs(), guest.ram, GDT, PML4))
     vcpu.set_regs(hvcore.Regs(rip=0x1000, rsp=0x8000, rflags=0x2))
+
+
+def _protected_mode(guest: SmmGuest) -> hvcore.Sregs:
+    """PROTECTED_GUEST at 0x1000 in flat 32-bit protected mode, run to its first OUT; the segments it has."""
+    vcpu = guest.vcpu
+    guest.ram.write(0x1000, PROTECTED_GUEST)
+    sregs = x86.protected_mode_sregs(vcpu.get_sregs(), guest.ram, GDT)
+    vcpu.set_sregs(sregs)
+    vcpu.set_regs(hvcore.Regs(rip=0x1000, rsp=0x8000, rflags=0x2))
+    _out(vcpu, 0x10)
+    return sregs
 
 
 def _out(vcpu: VCPU, port: int) -> IoExit:
@@ -195,22 +214,10 @@ def test_smm_refuses_a_vcpu_waiting_for_sipi(vm: VM) -> None:
     assert caught.value.errno == errno.EINVAL
 
 
-PROTECTED_GUEST = (
-    b"\xbb\x44\x33\x22\x11"  # mov ebx, 0x11223344
-    b"\xe6\x10"  # out 0x10, al
-    b"\xe6\x11"  # out 0x11, al
-    b"\xf4"  # hlt
-)
-
-
 def test_without_long_mode_the_save_area_has_the_32_bit_layout(smm_guest: SmmGuest) -> None:
     """KVM picks the layout by the CPUID: a vCPU without LM (here: no CPUID set) gets ``kvm_smram_state_32``."""
     vcpu = smm_guest.vcpu
-    smm_guest.ram.write(0x1000, PROTECTED_GUEST)
-    sregs = x86.protected_mode_sregs(vcpu.get_sregs(), smm_guest.ram, GDT)
-    vcpu.set_sregs(sregs)
-    vcpu.set_regs(hvcore.Regs(rip=0x1000, rsp=0x8000, rflags=0x2))
-    _out(vcpu, 0x10)
+    sregs = _protected_mode(smm_guest)
     vcpu.smi()
     _out(vcpu, HANDLER_PORT)
     smram = smm_guest.smram
@@ -234,10 +241,7 @@ def test_address_spaces_have_their_own_slots_and_dirty_logs(smm_guest: SmmGuest)
     vm.set_slot_flags(1, SlotFlags.LOG_DIRTY_PAGES, address_space=1)
     assert vm.get_dirty_log(1, address_space=1).pages() == []
     vcpu = smm_guest.vcpu
-    smm_guest.ram.write(0x1000, PROTECTED_GUEST)
-    vcpu.set_sregs(x86.protected_mode_sregs(vcpu.get_sregs(), smm_guest.ram, GDT))
-    vcpu.set_regs(hvcore.Regs(rip=0x1000, rsp=0x8000, rflags=0x2))
-    _out(vcpu, 0x10)
+    _protected_mode(smm_guest)
     vcpu.smi()
     _out(vcpu, HANDLER_PORT)
     assert 0xF in vm.get_dirty_log(1, address_space=1).pages()  # the save area's page, written by SMM entry
@@ -249,10 +253,7 @@ def test_an_smi_with_no_smram_mapped_kills_the_vm(smm_guest: SmmGuest) -> None:
     """``enter_smm`` cannot write the save area: KVM marks the VM dead, and KVM_RUN fails with EIO."""
     vm, vcpu = smm_guest.vm, smm_guest.vcpu
     vm.delete_memory_slot(1, address_space=1)
-    smm_guest.ram.write(0x1000, PROTECTED_GUEST)
-    vcpu.set_sregs(x86.protected_mode_sregs(vcpu.get_sregs(), smm_guest.ram, GDT))
-    vcpu.set_regs(hvcore.Regs(rip=0x1000, rsp=0x8000, rflags=0x2))
-    _out(vcpu, 0x10)
+    _protected_mode(smm_guest)
     vcpu.smi()
     with pytest.raises(hvcore.HvError) as caught:
         vcpu.run()

@@ -56,7 +56,8 @@ def _disk(mode: str, tmp_path: Path) -> tuple[Path, int]:
     if None in tools:
         pytest.skip("binutils' as and ld assemble the boot sectors (`bash .ci/run` installs gcc, which brings them)")
     source, objects, sector = SECTORS / f"{mode}.S", tmp_path / f"{mode}.o", tmp_path / f"{mode}.bin"
-    subprocess.run([str(tools[0]), str(source), "-o", str(objects)], check=True, capture_output=True)
+    assemble = [str(tools[0]), "-I", str(SECTORS), str(source), "-o", str(objects)]  # -I: common.inc
+    subprocess.run(assemble, check=True, capture_output=True)
     subprocess.run(
         [str(tools[1]), "-Ttext=0x7c00", "--oformat", "binary", "-o", str(sector), str(objects)],
         check=True,

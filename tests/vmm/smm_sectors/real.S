@@ -1,15 +1,11 @@
 # A boot sector (real mode): known registers, an SMI through the APM port (SeaBIOS ignores command
 # 0x5a), then SMRAM opened (the i440FX D_OPEN) and the save area at 0xAFE00 written to the debug
 # console after "SMMDUMP:"; isa-debug-exit 0x31. tests/vmm/test_smm_qemu.py assembles it.
+.include "common.inc"
 .code16
 .globl _start
 _start:
-    cli
-    xor %ax, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    mov $0x7c00, %sp
+    boot_sector_start
     mov $0x22222222, %ebx
     mov $0x33333333, %ecx
     mov $0x55555555, %esi
@@ -19,12 +15,7 @@ _start:
     outb %al, $0xb2
     jmp after_smi
 after_smi:
-    mov $0x80000070, %eax
-    mov $0xcf8, %dx
-    outl %eax, %dx
-    mov $0xcfe, %dx
-    mov $0x4a, %al
-    outb %al, %dx
+    open_smram
     mov $0x402, %dx
     mov $marker, %si
     mov $8, %cx
@@ -39,5 +30,4 @@ after_smi:
     hlt
 marker:
     .ascii "SMMDUMP:"
-. = _start + 510
-    .byte 0x55, 0xaa
+    boot_signature

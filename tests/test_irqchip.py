@@ -348,6 +348,16 @@ def test_guest_cr8_is_the_task_priority(hv: Hypervisor, vm: VM, irqchip: bool) -
         assert vcpu.get_sregs().cr8 == 3
 
 
+def test_cr8_is_the_tpr_with_the_apic_disabled_too(hv: Hypervisor, vm: VM) -> None:
+    """KVM's ``kvm_set_cr8`` / ``kvm_get_cr8`` use the TPR register itself, whether or not the APIC is on:
+    with IA32_APIC_BASE's enable bit clear (its MMIO page a hole) CR8 still holds what the guest wrote."""
+    vm.create_irqchip()
+    vcpu = boot(hv, vm, CR8_ROUND_TRIP, "long")
+    vcpu.set_msrs({0x1B: vcpu.get_msrs([0x1B])[0x1B] & ~(1 << 11)})  # IA32_APIC_BASE: EN off
+    assert vcpu.run() == out(0x10, 5)
+    assert vcpu.get_sregs().cr8 == 5 and vcpu.get_lapic().register(0x80) == 0x50
+
+
 def test_guest_cr8_refuses_reserved_bits(hv: Hypervisor, vm: VM) -> None:
     """``mov cr8, rax`` with bits above 3 set is #GP; with no IDT that is a triple fault."""
     vcpu = boot(hv, vm, bytes.fromhex("48c7c010000000" "440f22c0" "f4"), "long")  # mov rax, 16; mov cr8, rax

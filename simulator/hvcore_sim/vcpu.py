@@ -112,7 +112,6 @@ _HLT = HltExit()
 _SHUTDOWN = ShutdownExit()
 _WINDOW = IrqWindowOpenExit()
 _CR0_ET, _CR0_CD_NW, _CR0_PG = 0x10, 0x60000000, 1 << 31
-_APIC_TPR = 0x80
 _RESET_RDX = 0x600  # KVM's CPU signature when the VMM set no CPUID
 _IDLE_POLL = 0.05  # seconds: a sleeping vCPU looks again at least this often
 _UD = 6
@@ -557,16 +556,16 @@ class SimVCPU(Closeable):
         chip, lapic = self._vm.irqchip, self._lapic
         if chip is None or lapic is None:
             return self._cr8
-        with chip.lock:
-            return (lapic.read(_APIC_TPR, 4) >> 4) & 0xF
+        with chip.lock:  # the register itself: KVM reads it whether or not the APIC is enabled
+            return lapic.get_cr8()
 
     def _set_task_priority(self, value: int) -> None:
         chip, lapic = self._vm.irqchip, self._lapic
         if chip is None or lapic is None:
             self._cr8 = value
             return
-        with chip.changed:
-            lapic.write(_APIC_TPR, 4, value << 4)
+        with chip.changed:  # kvm_lapic_set_tpr: the register itself, enabled or not
+            lapic.set_cr8(value)
             chip.changed.notify_all()
 
     def cr8_intercepted(self, engine: Engine, *, write: bool) -> Stop | None:

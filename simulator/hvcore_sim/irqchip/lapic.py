@@ -380,9 +380,9 @@ class LocalApic:
         return (self._get(APIC_TASKPRI) & 0xF0) >> 4
 
     def set_cr8(self, value: int) -> None:
-        """A guest ``mov cr8`` (or ``kvm_run.cr8``): TPR = ``value`` bits 3:0 << 4, keeping TPR bit 2 as
-        ``kvm_lapic_set_tpr`` does; the register itself, whether or not the APIC is enabled."""
-        self._set(APIC_TASKPRI, (value & 0xF) << 4 | self._get(APIC_TASKPRI) & 4)
+        """A guest ``mov cr8`` (or ``kvm_run.cr8``): TPR = ``value`` bits 3:0 << 4 (``kvm_lapic_set_tpr``), the
+        register itself whether or not the APIC is enabled."""
+        self._set(APIC_TASKPRI, (value & 0xF) << 4)
         self._update_ppr()
 
     def accept(self, message: InterruptMessage) -> bool:

@@ -108,6 +108,14 @@ def _protected_mode(guest: SmmGuest) -> hvcore.Sregs:
     return sregs
 
 
+def _into_the_handler(hv: Hypervisor, guest: SmmGuest) -> None:
+    """The 64-bit guest to its first OUT, then an SMI: the run stops at the handler's OUT."""
+    _long_mode(hv, guest)
+    _out(guest.vcpu, 0x10)
+    guest.vcpu.smi()
+    _out(guest.vcpu, HANDLER_PORT)
+
+
 def _out(vcpu: VCPU, port: int) -> IoExit:
     exit_ = vcpu.run()
     assert isinstance(exit_, IoExit) and exit_.port == port and not exit_.is_in, exit_
@@ -168,20 +176,14 @@ def test_the_handler_relocates_smbase_as_firmware_does(hv: Hypervisor, smm_guest
     vcpu = smm_guest.vcpu
     relocating = HANDLER[:8] + b"\x67\x66\xc7\x05\x00\xff\x03\x00\x00\x00\x0a\x00" + HANDLER[8:]
     smm_guest.smram.write(0x8000, relocating)
-    _long_mode(hv, smm_guest)
-    _out(vcpu, 0x10)
-    vcpu.smi()
-    _out(vcpu, HANDLER_PORT)
+    _into_the_handler(hv, smm_guest)
     _out(vcpu, 0x11)
     assert vcpu.get_msrs([MSR_SMBASE]) == {MSR_SMBASE: 0xA0000}
 
 
 def test_an_smi_in_smm_waits_for_rsm_and_nmis_wait_too(hv: Hypervisor, smm_guest: SmmGuest) -> None:
     vcpu = smm_guest.vcpu
-    _long_mode(hv, smm_guest)
-    _out(vcpu, 0x10)
-    vcpu.smi()
-    _out(vcpu, HANDLER_PORT)
+    _into_the_handler(hv, smm_guest)
     vcpu.smi()
     vcpu.nmi()
     events = vcpu.get_vcpu_events()
@@ -336,10 +338,7 @@ def test_an_smi_ipi_from_the_guest_enters_smm_at_the_next_instruction(hv: Hyperv
 def test_an_init_in_smm_waits_for_rsm(hv: Hypervisor, smm_guest: SmmGuest) -> None:
     """INIT is latched in SMM (``smi_latched_init``) and taken after RSM: the BSP resets then."""
     vcpu = smm_guest.vcpu
-    _long_mode(hv, smm_guest)
-    _out(vcpu, 0x10)
-    vcpu.smi()
-    _out(vcpu, HANDLER_PORT)
+    _into_the_handler(hv, smm_guest)
     events = vcpu.get_vcpu_events()
     vcpu.set_vcpu_events(replace(events, flags=0x8, smi_latched_init=1))
     assert vcpu.get_vcpu_events().smi_latched_init == 1
